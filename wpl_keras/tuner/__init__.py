@@ -1,0 +1,1 @@
+"""wpl_keras.tuner"""

@@ -1,0 +1,49 @@
+"""Weight Plasticity Loss: penalty, Fisher/anchor state, training integration, callbacks."""
+
+from wpl_keras.wpl.callbacks import (
+    DivergenceGuard,
+    FisherFlush,
+    SnapshotAnchors,
+    StrengthScheduler,
+    WPLMonitor,
+    strength_schedule,
+)
+from wpl_keras.wpl.fisher import WPLState, estimate_fisher, momentum_fisher
+from wpl_keras.wpl.penalty import (
+    WeightPlasticity,
+    max_stable_strength,
+    numpy_wpl_penalty,
+    proximal_pull,
+    wpl_penalty,
+)
+from wpl_keras.wpl.training import (
+    WPLDivergenceError,
+    WPLModel,
+    WPLTrainingMixin,
+    apply_wpl,
+    check_finite_loss,
+    resolve_shared_variables,
+)
+
+__all__ = [
+    "DivergenceGuard",
+    "FisherFlush",
+    "SnapshotAnchors",
+    "StrengthScheduler",
+    "WPLDivergenceError",
+    "WPLModel",
+    "WPLMonitor",
+    "WPLState",
+    "WPLTrainingMixin",
+    "WeightPlasticity",
+    "apply_wpl",
+    "check_finite_loss",
+    "estimate_fisher",
+    "max_stable_strength",
+    "momentum_fisher",
+    "numpy_wpl_penalty",
+    "proximal_pull",
+    "resolve_shared_variables",
+    "strength_schedule",
+    "wpl_penalty",
+]

@@ -1,0 +1,152 @@
+"""Keras callbacks around the WPL state: flush, α schedule, anchors, logging, divergence.
+
+The schedule itself is a pure function, :func:`strength_schedule`:
+
+    α(e) = α0                                   for e < start
+    α(e) = max(floor, α0 − rate · (e − start))  linear decay
+    α(e) = max(floor, α0 · rate^(e − start))    exponential decay
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import keras
+import tensorflow as tf
+
+from wpl_keras.wpl.fisher import WPLState
+from wpl_keras.wpl.training import WPLDivergenceError
+
+
+def strength_schedule(
+    epoch: int,
+    *,
+    initial: float,
+    decay: Optional[str] = None,
+    start_epoch: int = 0,
+    rate: float = 0.0,
+    floor: float = 0.0,
+) -> float:
+    """``α`` at ``epoch``: constant, then linear or exponential decay after ``start_epoch``.
+
+    Args:
+        epoch: 0-based epoch.
+        initial: ``α0``.
+        decay: ``None`` (constant), ``"linear"`` (``α0 − rate·(e − start)``) or
+            ``"exponential"`` (``α0 · rate^(e − start)``, ``0 < rate <= 1``).
+        start_epoch: first epoch whose ``α`` decays.
+        rate: decay per epoch (amount for linear, factor for exponential).
+        floor: ``α`` never goes below this.
+    """
+    if decay is None or epoch < start_epoch:
+        return float(initial)
+    steps = epoch - start_epoch + 1
+    if decay == "linear":
+        value = initial - rate * steps
+    elif decay == "exponential":
+        if not 0.0 < rate <= 1.0:
+            raise ValueError(f"exponential decay needs 0 < rate <= 1, got {rate}.")
+        value = initial * rate**steps
+    else:
+        raise ValueError(f"decay must be None, 'linear' or 'exponential', got {decay!r}.")
+    return float(max(floor, value))
+
+
+class _StateCallback(keras.callbacks.Callback):
+    def __init__(self, state: WPLState):
+        super().__init__()
+        if not isinstance(state, WPLState):
+            raise TypeError(f"expected a WPLState, got {type(state).__name__}.")
+        self.state = state
+
+
+class FisherFlush(_StateCallback):
+    """Resets the Fisher to zero at the start of every ``every``-th epoch (paper: 3)."""
+
+    def __init__(self, state: WPLState, every: int = 3):
+        super().__init__(state)
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}.")
+        self.every = int(every)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch > 0 and epoch % self.every == 0:
+            self.state.reset_fisher()
+
+
+class StrengthScheduler(_StateCallback):
+    """Sets ``α`` at the start of each epoch from ``schedule(epoch) -> float``.
+
+    ``schedule`` is typically ``functools.partial(strength_schedule, initial=..., ...)``.
+    """
+
+    def __init__(self, state: WPLState, schedule: Callable[[int], float]):
+        super().__init__(state)
+        self.schedule = schedule
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.state.strength.assign(float(self.schedule(epoch)))
+
+
+class SnapshotAnchors(_StateCallback):
+    """``θ* ← θ`` when training ends (after training the earlier model of a sequence)."""
+
+    def on_train_end(self, logs=None):
+        self.state.snapshot_anchors()
+
+
+class WPLMonitor(_StateCallback):
+    """Writes ``wpl_alpha``, ``wpl_penalty`` and ``wpl_fisher_norm`` into epoch logs.
+
+    For plain Keras models trained through :func:`apply_wpl`'s regularizers (a
+    :class:`~wpl_keras.wpl.WPLModel` logs these itself). Put it before ``TensorBoard`` or
+    ``CSVLogger`` in the callback list so that they see the values.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["wpl_alpha"] = float(self.state.strength.numpy())
+        logs["wpl_penalty"] = float(self.state.penalty().numpy())
+        logs["wpl_fisher_norm"] = float(self.state.fisher_norm().numpy())
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training with a :class:`WPLDivergenceError` on a NaN/Inf or exploding loss.
+
+    The loss explodes when it exceeds ``factor`` times the smallest loss seen so far. The
+    error names ``α`` and the learning rate and points to the stable proximal mode.
+
+    Args:
+        state: the WPL state (for ``α`` and ``max F`` in the message), or None.
+        factor: ratio over the best loss that counts as exploding.
+    """
+
+    def __init__(self, state: Optional[WPLState] = None, factor: float = 1e3):
+        super().__init__()
+        self.state = state
+        self.factor = float(factor)
+        self._best = math.inf
+
+    def on_train_begin(self, logs=None):
+        self._best = math.inf
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not logs or "loss" not in logs:
+            return
+        loss = float(logs["loss"])
+        exploded = math.isfinite(self._best) and self._best > 0 and loss > self.factor * self._best
+        if not math.isfinite(loss) or exploded:
+            alpha = float(self.state.strength.numpy()) if self.state is not None else float("nan")
+            max_f = float(self.state.max_fisher().numpy()) if self.state is not None else float("nan")
+            lr = float(tf.convert_to_tensor(self.model.optimizer.learning_rate).numpy())
+            self.model.stop_training = True
+            raise WPLDivergenceError(
+                f"Training diverged at batch {batch}: loss={loss:g} (best so far {self._best:g}) "
+                f"with WPL alpha={alpha:g}, learning rate={lr:g}, max Fisher={max_f:g}. A gradient "
+                "step on (alpha/2) F (theta - theta*)^2 is stable only while "
+                "lr * alpha * max(F) < 2 (1 + momentum): lower alpha or the learning rate, or "
+                "train with mode='proximal' (exact proximal step, stable for any alpha)."
+            )
+        self._best = min(self._best, loss)

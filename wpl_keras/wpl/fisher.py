@@ -1,0 +1,464 @@
+"""Fisher information and anchor state for the Weight Plasticity Loss.
+
+:class:`WPLState` keeps, for every shared weight ``θ``, two non-trainable variables created
+beside it (the way optimizers keep slots): the anchor ``θ*`` and the diagonal Fisher ``F``.
+Because it is a Keras layer, a model or a ``tf.train.Checkpoint`` that tracks it saves both.
+
+:func:`estimate_fisher` computes the diagonal Fisher of a trained model at its current
+weights from per-example gradients of the log-likelihood,
+
+    ``F_i = (1/N) Σ_n (∂ log p(y_n | x_n; θ) / ∂θ_i)²``
+
+with ``y_n`` the true label (empirical Fisher) or a label drawn from the model (true Fisher).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Sequence, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from wpl_keras.wpl.penalty import wpl_penalty
+
+GradientLike = Union[tf.Tensor, tf.IndexedSlices, None]
+
+
+def _unique_rows(slices: tf.IndexedSlices):
+    """Sums the rows of an ``IndexedSlices`` that share an index; returns (rows, values)."""
+    rows, position = tf.unique(tf.cast(slices.indices, tf.int32))
+    values = tf.math.unsorted_segment_sum(slices.values, position, tf.shape(rows)[0])
+    return rows, values
+
+
+def momentum_fisher(fisher: tf.Tensor, gradient: tf.Tensor, momentum: float) -> tf.Tensor:
+    """One momentum step of the running Fisher: ``F ← (1 − η) F + η g²``."""
+    return (1.0 - momentum) * fisher + momentum * tf.square(gradient)
+
+
+@keras.saving.register_keras_serializable(package="wpl_keras")
+class WPLState(keras.layers.Layer):
+    """Anchors ``θ*`` and diagonal Fisher ``F`` for a set of shared weights.
+
+    The penalty it serves is ``(α/2) Σ_i F_i (θ_i − θ*_i)²`` (:func:`wpl_penalty`); ``α`` is
+    the non-trainable scalar variable ``strength`` so that schedules can change it inside a
+    traced training step.
+
+    Operations:
+      * :meth:`snapshot_anchors`: ``θ* ← θ`` (all rows, or only some rows of a weight).
+      * :meth:`update_fisher`: ``F ← (1 − η) F + η g²`` from gradients that training already
+        computed (dense tensors or ``tf.IndexedSlices``, in which case only the touched rows
+        change), optionally clipping each updated Fisher tensor to an L2 norm.
+      * :meth:`add_model`: fold the Fisher of one more earlier model in, ``F ← F + F_new``,
+        moving the anchors to the Fisher-weighted mean
+        ``θ* ← (F θ* + F_new θ) / (F + F_new)``, which equals the sum of the per-model
+        penalties ``Σ_m F_m (θ − θ*_m)²`` up to a constant.
+      * :meth:`reset_fisher`: ``F ← 0`` (the periodic flush of the paper's §3.2).
+
+    Create it under the same ``tf.distribute`` strategy scope as the model. Its variables use
+    ``aggregation="only_first_replica"``: every replica computes the same update from
+    all-reduced gradients and the first replica's value is kept.
+
+    Args:
+        variables: the shared weights to protect (Keras or ``tf`` variables).
+        strength: initial ``α``.
+        momentum: ``η`` of the running Fisher update (paper: 0.9).
+        clip_norm: if set, each updated Fisher tensor is clipped to this L2 norm.
+        name: layer name.
+    """
+
+    def __init__(
+        self,
+        variables: Sequence,
+        *,
+        strength: float = 1.0,
+        momentum: float = 0.9,
+        clip_norm: Optional[float] = None,
+        name: str = "wpl_state",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        variables = list(variables)
+        if not variables:
+            raise ValueError("WPLState needs at least one variable to protect.")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}.")
+        if clip_norm is not None and clip_norm <= 0:
+            raise ValueError(f"clip_norm must be positive or None, got {clip_norm}.")
+        self.momentum = float(momentum)
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
+        # The protected weights are referenced, not owned: keep them out of Keras/TF tracking
+        # so that they are not saved twice.
+        object.__setattr__(self, "_protected", tuple(variables))
+        fisher, anchors = [], []
+        for k, v in enumerate(variables):
+            base = _base_name(v, k)
+            fisher.append(
+                self.add_weight(
+                    shape=tuple(v.shape),
+                    initializer="zeros",
+                    trainable=False,
+                    name=f"fisher_{base}",
+                    aggregation="only_first_replica",
+                )
+            )
+            anchor = self.add_weight(
+                shape=tuple(v.shape),
+                initializer="zeros",
+                trainable=False,
+                name=f"anchor_{base}",
+                aggregation="only_first_replica",
+            )
+            anchor.assign(tf.convert_to_tensor(v))
+            anchors.append(anchor)
+        self.fisher = fisher
+        self.anchors = anchors
+        self.strength = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(float(strength)),
+            trainable=False,
+            name="strength",
+            aggregation="only_first_replica",
+        )
+        self.num_fisher_updates = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            dtype="int64",
+            trainable=False,
+            name="num_fisher_updates",
+            aggregation="only_first_replica",
+        )
+        self.built = True
+
+    # ------------------------------------------------------------------ lookup
+    @property
+    def protected_variables(self) -> tuple:
+        """The shared weights this state protects, in order."""
+        return self._protected
+
+    def index_of(self, variable) -> int:
+        """Position of ``variable`` among the protected weights.
+
+        Raises:
+            KeyError: if the variable is not protected by this state (it has no anchor).
+        """
+        for k, v in enumerate(self._protected):
+            if v is variable or _same_variable(v, variable):
+                return k
+        raise KeyError(
+            f"Variable {getattr(variable, 'path', getattr(variable, 'name', variable))!r} "
+            "has no WPL anchor/Fisher in this state; protected variables are: "
+            f"{[_var_label(v) for v in self._protected]}."
+        )
+
+    # --------------------------------------------------------------- penalty
+    def penalty(self, strength=None) -> tf.Tensor:
+        """``(α/2) Σ F (θ − θ*)²`` over every protected weight (``α`` = ``strength`` var)."""
+        alpha = self.strength if strength is None else strength
+        return wpl_penalty(
+            [tf.convert_to_tensor(v) for v in self._protected],
+            [tf.convert_to_tensor(f) for f in self.fisher],
+            [tf.convert_to_tensor(a) for a in self.anchors],
+            alpha,
+        )
+
+    def penalty_rows(self, index: int, rows: tf.Tensor, strength=None) -> tf.Tensor:
+        """Penalty restricted to rows ``rows`` (leading axis) of protected weight ``index``.
+
+        ``(α/2) Σ_{r ∈ rows} Σ_j F[r, j] (θ[r, j] − θ*[r, j])²``: a supernet uses it to
+        penalise only the slices the sampled architecture uses.
+        """
+        alpha = self.strength if strength is None else strength
+        v = self._protected[index]
+        return wpl_penalty(
+            [tf.gather(tf.convert_to_tensor(v), rows)],
+            [tf.gather(tf.convert_to_tensor(self.fisher[index]), rows)],
+            [tf.gather(tf.convert_to_tensor(self.anchors[index]), rows)],
+            alpha,
+        )
+
+    def fisher_norm(self) -> tf.Tensor:
+        """Global L2 norm of the Fisher over all protected weights."""
+        return tf.linalg.global_norm([tf.convert_to_tensor(f) for f in self.fisher])
+
+    def max_fisher(self) -> tf.Tensor:
+        """Largest Fisher value (used to bound a stable ``α``)."""
+        return tf.reduce_max(
+            tf.stack([tf.reduce_max(tf.convert_to_tensor(f)) for f in self.fisher])
+        )
+
+    # -------------------------------------------------------------- updates
+    def snapshot_anchors(self, rows: Optional[dict] = None) -> None:
+        """``θ* ← θ``; with ``rows={index: row_ids}`` only those rows of those weights."""
+        for k, (v, anchor) in enumerate(zip(self._protected, self.anchors)):
+            if rows is None:
+                anchor.assign(tf.convert_to_tensor(v))
+            elif k in rows:
+                r = tf.cast(rows[k], tf.int32)
+                _scatter_assign(anchor, r, tf.gather(tf.convert_to_tensor(v), r))
+
+    def update_fisher(
+        self,
+        gradients: Sequence[GradientLike],
+        momentum: Optional[float] = None,
+        clip_norm: Optional[float] = None,
+    ) -> None:
+        """``F ← (1 − η) F + η g²`` from gradients aligned with :attr:`protected_variables`.
+
+        A ``None`` gradient leaves its Fisher unchanged. A ``tf.IndexedSlices`` gradient (from a
+        ``tf.gather`` of some rows) updates only those rows; rows that appear several times are
+        summed first. With ``clip_norm``, each updated Fisher tensor (or block of rows) is
+        clipped to that L2 norm.
+
+        Call it with the all-reduced gradient under ``tf.distribute``.
+        """
+        eta = self.momentum if momentum is None else float(momentum)
+        clip = self.clip_norm if clip_norm is None else float(clip_norm)
+        if len(gradients) != len(self.fisher):
+            raise ValueError(
+                f"update_fisher got {len(gradients)} gradients for {len(self.fisher)} "
+                "protected variables."
+            )
+        for f, g in zip(self.fisher, gradients):
+            if g is None:
+                continue
+            if isinstance(g, tf.IndexedSlices):
+                rows, values = _unique_rows(g)
+                new = momentum_fisher(tf.gather(tf.convert_to_tensor(f), rows), values, eta)
+                if clip is not None:
+                    new = tf.clip_by_norm(new, clip)
+                _scatter_assign(f, rows, new)
+            else:
+                g = tf.convert_to_tensor(g)
+                new = momentum_fisher(tf.convert_to_tensor(f), tf.cast(g, f.dtype), eta)
+                if clip is not None:
+                    new = tf.clip_by_norm(new, clip)
+                f.assign(new)
+        self.num_fisher_updates.assign_add(1)
+
+    def assign_fisher(self, values: Sequence[tf.Tensor]) -> None:
+        """``F ← values`` (e.g. the output of :func:`estimate_fisher`), after checks."""
+        self._check_values(values, "assign_fisher")
+        for f, value in zip(self.fisher, values):
+            f.assign(tf.cast(value, f.dtype))
+
+    def add_model(self, fisher_values: Sequence[tf.Tensor]) -> None:
+        """Fold one more earlier model (trained to the current weights) into the state.
+
+        ``F ← F + F_new`` and ``θ* ← (F θ* + F_new θ) / (F + F_new)`` elementwise (``θ*``
+        unchanged where both are 0), so that ``F (θ − θ*)²`` equals
+        ``F_old (θ − θ*_old)² + F_new (θ − θ_now)²`` up to a constant.
+        """
+        self._check_values(fisher_values, "add_model")
+        for v, f, anchor, new in zip(self._protected, self.fisher, self.anchors, fisher_values):
+            new = tf.cast(new, f.dtype)
+            old = tf.convert_to_tensor(f)
+            total = old + new
+            merged = tf.math.divide_no_nan(
+                old * tf.convert_to_tensor(anchor) + new * tf.convert_to_tensor(v), total
+            )
+            anchor.assign(tf.where(total > 0, merged, tf.convert_to_tensor(anchor)))
+            f.assign(total)
+
+    def reset_fisher(self) -> None:
+        """Flush: ``F ← 0``."""
+        for f in self.fisher:
+            f.assign(tf.zeros_like(f))
+
+    def _check_values(self, values, what):
+        values = list(values)
+        if len(values) != len(self.fisher):
+            raise ValueError(f"{what} got {len(values)} tensors for {len(self.fisher)} variables.")
+        for k, (f, value) in enumerate(zip(self.fisher, values)):
+            value = tf.convert_to_tensor(value)
+            if tuple(value.shape) != tuple(f.shape):
+                raise ValueError(
+                    f"{what}: Fisher for {_var_label(self._protected[k])} has shape "
+                    f"{tuple(value.shape)}, expected {tuple(f.shape)}."
+                )
+            if not bool(tf.reduce_all(tf.math.is_finite(value))):
+                raise ValueError(
+                    f"{what}: Fisher for {_var_label(self._protected[k])} contains NaN or Inf; "
+                    "the model it was estimated from has diverged or the data is invalid."
+                )
+            if bool(tf.reduce_any(value < 0)):
+                raise ValueError(f"{what}: Fisher values must be >= 0.")
+
+    def call(self, inputs=None):  # pragma: no cover - a state holder, not a transformation
+        raise TypeError("WPLState holds WPL variables; use .penalty(), not call().")
+
+    def get_config(self):
+        raise NotImplementedError(
+            "WPLState references the weights of another model and is recreated with "
+            "apply_wpl(...); its variables are saved with the model's weights or a checkpoint."
+        )
+
+
+def _scatter_assign(variable, rows, values):
+    """``variable[rows] = values`` for Keras (TF backend) or tf variables."""
+    target = getattr(variable, "value", variable)
+    if isinstance(target, tf.Variable) or hasattr(target, "scatter_update"):
+        target.scatter_update(tf.IndexedSlices(values, rows))
+    else:  # pragma: no cover - other backends
+        variable.assign(tf.tensor_scatter_nd_update(variable, rows[:, None], values))
+
+
+def _base_name(v, k) -> str:
+    name = getattr(v, "path", None) or getattr(v, "name", None) or f"var{k}"
+    return name.replace("/", "_").replace(":", "_")
+
+
+def _var_label(v) -> str:
+    return getattr(v, "path", None) or getattr(v, "name", repr(v))
+
+
+def _same_variable(a, b) -> bool:
+    """True when two handles refer to the same storage (Keras wrapper vs its tf.Variable)."""
+    va = getattr(a, "value", a)
+    vb = getattr(b, "value", b)
+    try:
+        return va is vb or (
+            isinstance(va, tf.Variable) and isinstance(vb, tf.Variable) and va.handle is vb.handle
+        )
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- estimation
+def _infer_from_logits(model) -> bool:
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    activation = getattr(last, "activation", None)
+    if activation is None:
+        return True
+    return getattr(activation, "__name__", "") != "softmax"
+
+
+def _iterate_examples(data, num_samples: int, batch_size: int):
+    """Yields (x, y) batches totalling ``num_samples`` examples from a dataset or arrays."""
+    if isinstance(data, tf.data.Dataset):
+        dataset = data.unbatch() if _is_batched(data) else data
+    else:
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise TypeError(
+                "estimate_fisher: data must be a tf.data.Dataset of (x, y) or a tuple (x, y)."
+            )
+        dataset = tf.data.Dataset.from_tensor_slices((data[0], data[1]))
+    dataset = dataset.take(num_samples).batch(batch_size)
+    return dataset
+
+
+def _is_batched(dataset: tf.data.Dataset) -> bool:
+    spec = dataset.element_spec
+    first = spec[0] if isinstance(spec, (tuple, list)) else spec
+    return first.shape.rank is not None and first.shape.rank >= 1 and first.shape[0] is None
+
+
+def estimate_fisher(
+    model: keras.Model,
+    data,
+    variables: Optional[Sequence] = None,
+    *,
+    num_samples: int = 200,
+    kind: str = "empirical",
+    batch_size: int = 50,
+    from_logits: Optional[bool] = None,
+    seed: Optional[int] = None,
+    method: str = "vectorized",
+) -> List[tf.Tensor]:
+    """Diagonal Fisher of a classifier at its current weights.
+
+    ``F_i = (1/N) Σ_n (∂ log p(ŷ_n | x_n; θ) / ∂θ_i)²`` over ``N = num_samples`` examples, where
+    ``ŷ_n`` is the true label (``kind="empirical"``) or a label sampled from the model's own
+    predictive distribution (``kind="true"``). Per-example gradients are computed together for
+    each batch with a vectorised Jacobian (``tf.GradientTape.jacobian`` with pfor), not a Python
+    loop over examples; ``method="loop"`` is the per-example loop, kept as a reference.
+
+    Args:
+        model: a Keras classifier whose output is logits or softmax probabilities.
+        data: ``tf.data.Dataset`` of ``(x, y)`` (batched or not) or a tuple of arrays ``(x, y)``;
+            ``y`` holds integer class ids.
+        variables: the weights to compute the Fisher of (default: all trainable weights).
+        num_samples: number of examples ``N`` (paper: 200 validation images).
+        kind: ``"empirical"`` or ``"true"``.
+        batch_size: examples per vectorised Jacobian (memory: batch × parameters floats).
+        from_logits: whether the model outputs logits; inferred from a final softmax when None.
+        seed: seed for the sampled labels of ``kind="true"``.
+        method: ``"vectorized"`` (default) or ``"loop"``.
+
+    Returns:
+        One float32 tensor per variable, same shapes.
+
+    Raises:
+        ValueError: for an unknown ``kind``/``method``, no data, or a non-finite result.
+    """
+    if kind not in ("empirical", "true"):
+        raise ValueError(f"kind must be 'empirical' or 'true', got {kind!r}.")
+    if method not in ("vectorized", "loop"):
+        raise ValueError(f"method must be 'vectorized' or 'loop', got {method!r}.")
+    if num_samples <= 0:
+        raise ValueError(f"num_samples must be positive, got {num_samples}.")
+    variables = list(model.trainable_variables if variables is None else variables)
+    if not variables:
+        raise ValueError("estimate_fisher: no variables to estimate the Fisher of.")
+    if from_logits is None:
+        from_logits = _infer_from_logits(model)
+    rng = tf.random.Generator.from_seed(0 if seed is None else seed)
+
+    @tf.function(reduce_retracing=True)
+    def batch_sq_grads(x, y, labels_seed):
+        with tf.GradientTape() as tape:
+            out = tf.cast(model(x, training=False), tf.float32)
+            logp = tf.nn.log_softmax(out) if from_logits else tf.math.log(out + 1e-12)
+            if kind == "true":
+                labels = tf.random.stateless_categorical(
+                    tf.stop_gradient(logp), 1, seed=labels_seed
+                )[:, 0]
+            else:
+                labels = tf.reshape(tf.cast(y, tf.int64), [-1])
+            ll = tf.gather(logp, labels, batch_dims=1)  # [B]
+        jac = tape.jacobian(ll, variables, experimental_use_pfor=True)
+        return [tf.reduce_sum(tf.square(j), axis=0) for j in jac]
+
+    @tf.function(reduce_retracing=True)
+    def one_sq_grad(x, y, labels_seed):
+        with tf.GradientTape() as tape:
+            out = tf.cast(model(x, training=False), tf.float32)
+            logp = tf.nn.log_softmax(out) if from_logits else tf.math.log(out + 1e-12)
+            if kind == "true":
+                labels = tf.random.stateless_categorical(
+                    tf.stop_gradient(logp), 1, seed=labels_seed
+                )[:, 0]
+            else:
+                labels = tf.reshape(tf.cast(y, tf.int64), [-1])
+            ll = tf.reduce_sum(tf.gather(logp, labels, batch_dims=1))
+        return [tf.square(g) for g in tape.gradient(ll, variables)]
+
+    totals = [tf.zeros(v.shape, tf.float32) for v in variables]
+    count = 0
+    for x, y in _iterate_examples(data, num_samples, batch_size):
+        seed_pair = rng.make_seeds(1)[:, 0]
+        if method == "vectorized":
+            sq = batch_sq_grads(x, y, seed_pair)
+            totals = [t + s for t, s in zip(totals, sq)]
+        else:
+            n = int(tf.shape(x)[0])
+            for i in range(n):
+                sq = one_sq_grad(x[i : i + 1], y[i : i + 1], seed_pair + i)
+                totals = [t + s for t, s in zip(totals, sq)]
+        count += int(tf.shape(x)[0])
+    if count == 0:
+        raise ValueError("estimate_fisher: the data yielded no examples (empty dataset).")
+    fisher = [t / float(count) for t in totals]
+    for v, f in zip(variables, fisher):
+        if not bool(tf.reduce_all(tf.math.is_finite(f))):
+            raise ValueError(
+                f"estimate_fisher: non-finite Fisher for {_var_label(v)}; the model outputs "
+                "NaN/Inf on this data."
+            )
+    return fisher
+
+
+def fisher_to_numpy(fisher: Iterable[tf.Tensor]) -> List[np.ndarray]:
+    """Converts a list of Fisher tensors to NumPy arrays."""
+    return [np.asarray(f) for f in fisher]

@@ -1,0 +1,197 @@
+"""The Weight Plasticity Loss penalty (paper §3.1, eq. 8): pure functions and a regularizer.
+
+For a model trained after earlier models that share the weights ``θs`` with it,
+
+    L(θ) = CE(θ) + (λ/2) Σ_i θ_i² + (α/2) Σ_i F_i (θs_i − θs*_i)²
+
+where ``θs*`` are the shared weights at the end of the earlier training (the *anchors*) and
+``F`` the diagonal Fisher information of the earlier models at ``θs*``. This module holds the
+penalty as a pure function of tensors, the learning-rate bound under which a gradient step on
+it is stable, the exact proximal step that is stable for any ``α``, and the Keras regularizer
+that attaches the penalty to one weight.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def wpl_penalty(
+    params: Sequence[tf.Tensor],
+    fisher: Sequence[tf.Tensor],
+    anchors: Sequence[tf.Tensor],
+    strength: float | tf.Tensor,
+    l2: float | tf.Tensor = 0.0,
+) -> tf.Tensor:
+    """Weight Plasticity penalty over aligned lists of tensors.
+
+    ``penalty = (strength / 2) * Σ_k Σ_i F_k,i (θ_k,i − θ*_k,i)²  +  (l2 / 2) * Σ_k Σ_i θ_k,i²``
+
+    Args:
+        params: current values ``θ`` of the penalised weights (or slices of them).
+        fisher: diagonal Fisher ``F``, one tensor per entry of ``params``, same shapes.
+        anchors: anchors ``θ*``, one tensor per entry of ``params``, same shapes.
+        strength: ``α``, the weight of the Fisher term (python float or scalar tensor).
+        l2: ``λ``, the weight of the optional L2 term of eq. 8 (0 disables it).
+
+    Returns:
+        A float32 scalar tensor.
+
+    Raises:
+        ValueError: if the three lists differ in length or a pair of shapes differs.
+    """
+    if not (len(params) == len(fisher) == len(anchors)):
+        raise ValueError(
+            "wpl_penalty needs one Fisher and one anchor tensor per parameter; got "
+            f"{len(params)} params, {len(fisher)} Fisher tensors, {len(anchors)} anchors."
+        )
+    total = tf.constant(0.0, tf.float32)
+    if not params:
+        return total
+    fisher_terms = []
+    l2_terms = []
+    for k, (theta, f, anchor) in enumerate(zip(params, fisher, anchors)):
+        theta = tf.convert_to_tensor(theta)
+        f = tf.convert_to_tensor(f)
+        anchor = tf.convert_to_tensor(anchor)
+        if theta.shape.is_fully_defined() and f.shape.is_fully_defined():
+            if theta.shape != f.shape or theta.shape != anchor.shape:
+                raise ValueError(
+                    f"wpl_penalty: shape mismatch at entry {k}: param {theta.shape}, "
+                    f"Fisher {f.shape}, anchor {anchor.shape}."
+                )
+        theta = tf.cast(theta, tf.float32)
+        fisher_terms.append(
+            tf.reduce_sum(tf.cast(f, tf.float32) * tf.square(theta - tf.cast(anchor, tf.float32)))
+        )
+        l2_terms.append(tf.reduce_sum(tf.square(theta)))
+    strength = tf.cast(strength, tf.float32)
+    total = 0.5 * strength * tf.add_n(fisher_terms)
+    if not (isinstance(l2, (int, float)) and l2 == 0.0):
+        total = total + 0.5 * tf.cast(l2, tf.float32) * tf.add_n(l2_terms)
+    return total
+
+
+def max_stable_strength(
+    learning_rate: float, max_fisher: float, momentum: float = 0.0
+) -> float:
+    """Largest ``α`` for which plain (heavy-ball) SGD on the penalty alone is stable.
+
+    Along one coordinate the penalty is the quadratic ``(α F / 2) x²`` with curvature ``α F``.
+    Gradient descent with step ``η`` and heavy-ball momentum ``β`` converges on it iff
+    ``η α F < 2 (1 + β)``, so the bound is ``α_max = 2 (1 + β) / (η · max F)``.
+
+    Args:
+        learning_rate: the optimiser's step size ``η``.
+        max_fisher: the largest Fisher value over the penalised weights.
+        momentum: heavy-ball momentum ``β`` (0 for plain SGD).
+
+    Returns:
+        The bound, ``inf`` when ``max_fisher`` is 0.
+    """
+    if learning_rate <= 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}.")
+    if max_fisher <= 0:
+        return float("inf")
+    return 2.0 * (1.0 + momentum) / (learning_rate * max_fisher)
+
+
+def proximal_pull(
+    theta: tf.Tensor,
+    fisher: tf.Tensor,
+    anchor: tf.Tensor,
+    strength: float | tf.Tensor,
+    learning_rate: float | tf.Tensor,
+) -> tf.Tensor:
+    """Exact proximal step of the Fisher term, stable for every ``α``.
+
+    After an optimiser step that left ``θ̃``, the proximal operator of ``η (α/2) F (θ − θ*)²``
+    is the closed form
+
+        ``θ = (θ̃ + η α F θ*) / (1 + η α F)``
+
+    a convex combination of ``θ̃`` and ``θ*``: it never overshoots the anchor, whatever
+    ``η α F`` is, whereas a gradient step on the same term diverges once ``η α F > 2``.
+
+    Args:
+        theta: weights after the data-loss step, ``θ̃``.
+        fisher: diagonal Fisher ``F``.
+        anchor: anchors ``θ*``.
+        strength: ``α``.
+        learning_rate: ``η``.
+
+    Returns:
+        The pulled weights, same shape as ``theta``.
+    """
+    k = tf.cast(learning_rate, theta.dtype) * tf.cast(strength, theta.dtype) * fisher
+    return (theta + k * anchor) / (1.0 + k)
+
+
+@keras.saving.register_keras_serializable(package="wpl_keras")
+class WeightPlasticity(keras.regularizers.Regularizer):
+    """Keras regularizer for one weight: ``(α/2) Σ F (w − w*)² + (λ/2) Σ w²``.
+
+    ``F`` and ``w*`` are non-trainable variables held by a :class:`~wpl_keras.wpl.fisher.WPLState`
+    (created beside the weight, saved in checkpoints); ``α`` is that state's ``strength``
+    variable, so schedules change it without retracing. Until it is bound to a state (as
+    :func:`~wpl_keras.wpl.training.apply_wpl` does, or after ``from_config``) the regularizer
+    contributes only its L2 term.
+
+    >>> import keras, numpy as np
+    >>> from wpl_keras.wpl import WPLState, WeightPlasticity
+    >>> layer = keras.layers.Dense(2); layer.build((None, 3))
+    >>> state = WPLState([layer.kernel], strength=1.0)
+    >>> reg = WeightPlasticity(l2=0.0).bind(state, layer.kernel)
+    >>> float(reg(layer.kernel))  # anchors equal the weights at creation
+    0.0
+
+    Args:
+        l2: ``λ`` of eq. 8 (0 disables the L2 term).
+    """
+
+    def __init__(self, l2: float = 0.0):
+        self.l2 = float(l2)
+        self._state = None
+        self._index: Optional[int] = None
+
+    def bind(self, state, variable) -> "WeightPlasticity":
+        """Connects the regularizer to ``state``'s Fisher and anchor of ``variable``."""
+        self._state = state
+        self._index = state.index_of(variable)
+        return self
+
+    @property
+    def is_bound(self) -> bool:
+        return self._state is not None
+
+    def __call__(self, x):
+        x = tf.convert_to_tensor(x)
+        if self._state is None:
+            if self.l2 == 0.0:
+                return tf.constant(0.0, tf.float32)
+            return 0.5 * self.l2 * tf.reduce_sum(tf.square(tf.cast(x, tf.float32)))
+        state = self._state
+        return wpl_penalty(
+            [x],
+            [state.fisher[self._index]],
+            [state.anchors[self._index]],
+            state.strength,
+            self.l2,
+        )
+
+    def get_config(self):
+        return {"l2": self.l2}
+
+
+def numpy_wpl_penalty(params, fisher, anchors, strength, l2=0.0) -> float:
+    """NumPy reference of :func:`wpl_penalty` (float64), for tests and checks."""
+    total = 0.0
+    for theta, f, anchor in zip(params, fisher, anchors):
+        theta = np.asarray(theta, np.float64)
+        total += 0.5 * strength * float(np.sum(np.asarray(f, np.float64) * (theta - anchor) ** 2))
+        total += 0.5 * l2 * float(np.sum(theta**2))
+    return total
