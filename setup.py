@@ -37,6 +37,7 @@ setup(
     entry_points={
         "console_scripts": [
             "wpl-two-models=apps.two_models:main",
+            "wpl-enas-search=apps.enas_search:main",
         ]
     },
 )
