@@ -1,0 +1,81 @@
+"""Forgetting metrics on hand-made numbers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from wpl_keras.nas import metrics
+
+
+def test_differences_are_err2_minus_err1():
+    d = metrics.forgetting_differences([10.0, 20.0, 30.0], [12.0, 19.0, 36.0])
+    np.testing.assert_allclose(d, [2.0, -1.0, 6.0])
+
+
+def test_differences_reject_bad_input():
+    with pytest.raises(ValueError, match="pair up"):
+        metrics.forgetting_differences([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="empty"):
+        metrics.forgetting_differences([], [])
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.forgetting_differences([1.0, float("nan")], [1.0, 2.0])
+
+
+def test_summary_mean_best5_max():
+    err1 = [100.0, 50.0, 80.0, 60.0, 70.0, 90.0, 55.0]
+    err2 = [101.0, 60.0, 80.0, 63.0, 74.0, 130.0, 57.0]
+    # d = [1, 10, 0, 3, 4, 40, 2]; lowest err1: 50 (10), 55 (2), 60 (3), 70 (4), 80 (0)
+    s = metrics.forgetting_summary(err1, err2)
+    assert s["mean_diff"] == pytest.approx(60.0 / 7)
+    assert s["best5_diff"] == pytest.approx((10 + 2 + 3 + 4 + 0) / 5)
+    assert s["max_diff"] == pytest.approx(40.0)
+    assert s["num_archs"] == 7
+    assert s["mean_err1"] == pytest.approx(np.mean(err1))
+    # Fewer than best_k architectures: best-k is the mean of all.
+    s2 = metrics.forgetting_summary([1.0, 2.0], [2.0, 5.0], best_k=5)
+    assert s2["best5_diff"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="best_k"):
+        metrics.forgetting_summary([1.0], [1.0], best_k=0)
+
+
+def test_reduction():
+    assert metrics.reduction(10.0, 1.0) == pytest.approx(0.9)
+    assert metrics.reduction(10.0, 10.0) == pytest.approx(0.0)
+    assert metrics.reduction(4.0, 6.0) == pytest.approx(-0.5)
+    assert math.isnan(metrics.reduction(0.0, 1.0))
+
+
+def test_reductions_over_epochs():
+    without = [
+        {"mean_diff": 1.0, "best5_diff": 1.0, "max_diff": 1.0},
+        {"mean_diff": 10.0, "best5_diff": 4.0, "max_diff": 20.0},
+        {"mean_diff": 20.0, "best5_diff": 0.0, "max_diff": 40.0},
+    ]
+    with_wpl = [
+        {"mean_diff": 1.0, "best5_diff": 1.0, "max_diff": 1.0},
+        {"mean_diff": 5.0, "best5_diff": 1.0, "max_diff": 10.0},
+        {"mean_diff": 2.0, "best5_diff": 3.0, "max_diff": 40.0},
+    ]
+    r = metrics.reductions_over_epochs(without, with_wpl, epochs=[1, 2])
+    assert r["mean_reduction"] == pytest.approx((0.5 + 0.9) / 2)
+    assert r["mean_reduction_pooled"] == pytest.approx((15.0 - 3.5) / 15.0)
+    assert r["mean_without"] == pytest.approx(15.0) and r["mean_with"] == pytest.approx(3.5)
+    # Epoch 2 has best5 d_without = 0 (NaN reduction), so only epoch 1 counts.
+    assert r["best5_reduction"] == pytest.approx(0.75)
+    assert r["max_reduction"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="different lengths"):
+        metrics.reductions_over_epochs(without, with_wpl[:2])
+    with pytest.raises(ValueError, match="outside"):
+        metrics.reductions_over_epochs(without, with_wpl, epochs=[3])
+
+
+def test_plot_forgetting_writes_png(tmp_path):
+    recs = [{"epoch": e, "mean_diff": e, "best5_diff": 1.0, "max_diff": 2.0 * e} for e in range(3)]
+    path = metrics.plot_forgetting(
+        {"without WPL": recs, "with WPL": recs}, str(tmp_path / "fig3.png"), wpl_start_epoch=1
+    )
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError):
+        metrics.plot_forgetting({}, str(tmp_path / "x.png"))

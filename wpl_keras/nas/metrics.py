@@ -1,0 +1,195 @@
+"""Multi-model forgetting metrics of a weight-sharing search (paper §4.2, Figure 3).
+
+For every architecture sampled in an epoch, ``err1`` is its validation error on a fixed
+validation batch right after it was trained and ``err2`` the same error at the end of the
+epoch. Per epoch the paper reports, over the differences ``d = err2 − err1``:
+
+* ``mean_diff = mean(d)`` over all sampled architectures,
+* ``best5_diff = mean(d)`` over the 5 architectures with the lowest ``err1``,
+* ``max_diff = max(d)``.
+
+A positive difference means the architecture was forgotten. The reduction that WPL brings is
+``(d_without − d_with) / d_without``.
+
+Pure functions first (:func:`forgetting_differences`, :func:`forgetting_summary`,
+:func:`reduction`, :func:`reductions_over_epochs`), then a Figure-3-like plot
+(:func:`plot_forgetting`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+DIFF_KEYS = ("mean_diff", "best5_diff", "max_diff")
+
+
+def forgetting_differences(err1: Sequence[float], err2: Sequence[float]) -> np.ndarray:
+    """``d = err2 − err1`` per architecture, as float64.
+
+    Args:
+        err1: error of each architecture right after its training.
+        err2: error of the same architectures (same order) at the end of the epoch.
+
+    Raises:
+        ValueError: if the lengths differ, a list is empty, or a value is not finite.
+    """
+    a = np.asarray(err1, dtype=np.float64).reshape(-1)
+    b = np.asarray(err2, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"err1 has {a.size} values but err2 has {b.size}; they must pair up.")
+    if a.size == 0:
+        raise ValueError("no architectures: err1 and err2 are empty.")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("err1/err2 contain NaN or Inf; the task diverged or returned no error.")
+    return b - a
+
+
+def forgetting_summary(
+    err1: Sequence[float], err2: Sequence[float], *, best_k: int = 5
+) -> Dict[str, float]:
+    """Mean, best-k and max of ``d = err2 − err1`` for one epoch.
+
+    ``best5_diff`` averages ``d`` over the ``best_k`` architectures with the lowest ``err1``
+    (all of them when fewer were sampled; ties keep the sampling order).
+
+    Returns:
+        ``{"mean_diff", "best5_diff", "max_diff", "mean_err1", "mean_err2", "num_archs"}``.
+    """
+    if best_k < 1:
+        raise ValueError(f"best_k must be >= 1, got {best_k}.")
+    d = forgetting_differences(err1, err2)
+    e1 = np.asarray(err1, dtype=np.float64).reshape(-1)
+    best = np.argsort(e1, kind="stable")[:best_k]
+    return {
+        "mean_diff": float(d.mean()),
+        "best5_diff": float(d[best].mean()),
+        "max_diff": float(d.max()),
+        "mean_err1": float(e1.mean()),
+        "mean_err2": float(np.mean(err2)),
+        "num_archs": int(d.size),
+    }
+
+
+def reduction(d_without: float, d_with: float) -> float:
+    """``(d_without − d_with) / d_without``: the share of forgetting that WPL removed.
+
+    1 means all forgetting removed, 0 none, negative more forgetting with WPL. Returns NaN
+    when ``d_without`` is 0 (nothing was forgotten, so nothing can be reduced).
+    """
+    d_without, d_with = float(d_without), float(d_with)
+    if d_without == 0.0:
+        return math.nan
+    return (d_without - d_with) / d_without
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def reductions_over_epochs(
+    without: Sequence[Mapping[str, float]],
+    with_wpl: Sequence[Mapping[str, float]],
+    epochs: Optional[Iterable[int]] = None,
+    keys: Sequence[str] = DIFF_KEYS,
+) -> Dict[str, float]:
+    """Reductions of two runs' per-epoch forgetting summaries over some epochs.
+
+    For each ``key`` in ``keys`` (e.g. ``mean_diff``):
+
+    * ``<name>_reduction``: mean over ``epochs`` of the per-epoch
+      ``reduction(without[e][key], with_wpl[e][key])`` (epochs where ``d_without`` is 0 are
+      skipped);
+    * ``<name>_reduction_pooled``: ``reduction(mean_e without[e][key], mean_e with[e][key])``,
+      the reduction of the epoch-averaged differences (less noisy);
+    * ``<name>_without`` / ``<name>_with``: the epoch-averaged differences.
+
+    ``<name>`` is the key without ``_diff`` (``mean``, ``best5``, ``max``).
+
+    Args:
+        without: per-epoch summaries of the run without WPL, indexed by epoch.
+        with_wpl: per-epoch summaries of the run with WPL (same length).
+        epochs: the epochs to average over (default: all).
+    """
+    if len(without) != len(with_wpl):
+        raise ValueError(
+            f"runs have different lengths: {len(without)} epochs without WPL, "
+            f"{len(with_wpl)} with."
+        )
+    epochs = list(range(len(without)) if epochs is None else epochs)
+    if not epochs:
+        raise ValueError("no epochs to average over.")
+    for e in epochs:
+        if not 0 <= e < len(without):
+            raise ValueError(f"epoch {e} is outside the runs' {len(without)} epochs.")
+    out: Dict[str, float] = {}
+    for key in keys:
+        name = key[: -len("_diff")] if key.endswith("_diff") else key
+        a = [float(without[e][key]) for e in epochs]
+        b = [float(with_wpl[e][key]) for e in epochs]
+        out[f"{name}_reduction"] = _nanmean(reduction(x, y) for x, y in zip(a, b))
+        out[f"{name}_reduction_pooled"] = reduction(float(np.mean(a)), float(np.mean(b)))
+        out[f"{name}_without"] = float(np.mean(a))
+        out[f"{name}_with"] = float(np.mean(b))
+    return out
+
+
+def plot_forgetting(
+    runs: Mapping[str, Sequence[Mapping[str, float]]],
+    path: str,
+    *,
+    wpl_start_epoch: Optional[int] = None,
+    title: Optional[str] = None,
+    error_name: str = "error",
+) -> str:
+    """Figure-3-like PNG: mean, best-5 and max of ``err2 − err1`` per epoch, one line per run.
+
+    Args:
+        runs: label → per-epoch summaries (dicts with ``epoch`` and the three diff keys).
+        path: PNG path to write.
+        wpl_start_epoch: draws a vertical line where WPL turns on.
+        title: figure title.
+        error_name: what the error is ("perplexity", "error (%)"), for the y labels.
+
+    Returns:
+        ``path``.
+    """
+    if not runs:
+        raise ValueError("plot_forgetting needs at least one run.")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = (("mean_diff", "(a) mean"), ("best5_diff", "(b) best 5"), ("max_diff", "(c) max"))
+    for ax, (key, label) in zip(axes, panels):
+        for run_label, records in runs.items():
+            epochs = [int(r.get("epoch", i)) for i, r in enumerate(records)]
+            ax.plot(epochs, [float(r[key]) for r in records], marker=".", label=run_label)
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        if wpl_start_epoch is not None:
+            ax.axvline(wpl_start_epoch, color="0.6", ls="--", lw=0.8)
+        ax.set_title(f"{label} err2 − err1")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{error_name} difference")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def history_to_rows(history: Sequence[Mapping[str, object]]) -> List[Dict[str, object]]:
+    """Flat per-epoch rows (scalars only) of a search history, for a CSV file."""
+    rows = []
+    for record in history:
+        rows.append(
+            {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool))}
+        )
+    return rows
