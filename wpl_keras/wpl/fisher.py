@@ -285,6 +285,15 @@ class WPLState(keras.layers.Layer):
             if bool(tf.reduce_any(value < 0)):
                 raise ValueError(f"{what}: Fisher values must be >= 0.")
 
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        # Keras keeps lists of variables in its own containers, which tf.train.Checkpoint does
+        # not see; name every state variable explicitly so checkpoints hold all of them.
+        children = dict(super()._trackable_children(save_type, **kwargs))
+        for k, (f, a) in enumerate(zip(self.fisher, self.anchors)):
+            children[f"fisher_{k}"] = f
+            children[f"anchor_{k}"] = a
+        return children
+
     def call(self, inputs=None):  # pragma: no cover - a state holder, not a transformation
         raise TypeError("WPLState holds WPL variables; use .penalty(), not call().")
 

@@ -1,0 +1,124 @@
+"""Tests for WPLState: anchors, Fisher momentum, clipping, rows, flush, several models."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from wpl_keras.wpl import WPLState, momentum_fisher
+
+
+def _vars(shapes):
+    return [keras.Variable(np.full(s, 1.0, np.float32)) for s in shapes]
+
+
+def test_state_creates_anchor_equal_to_weights_and_zero_fisher():
+    v = _vars([(2, 3), (3,)])
+    state = WPLState(v, strength=5.0)
+    for var, anchor, f in zip(v, state.anchors, state.fisher):
+        np.testing.assert_array_equal(anchor.numpy(), var.numpy())
+        assert float(tf.reduce_sum(f)) == 0.0
+    assert float(state.strength.numpy()) == 5.0
+    assert not any(w.trainable for w in state.weights)
+
+
+def test_fisher_momentum_update_matches_formula():
+    v = _vars([(2,)])
+    state = WPLState(v, momentum=0.9)
+    state.fisher[0].assign([1.0, 2.0])
+    g = tf.constant([3.0, -1.0])
+    state.update_fisher([g])
+    want = 0.1 * np.array([1.0, 2.0]) + 0.9 * np.array([9.0, 1.0])
+    np.testing.assert_allclose(state.fisher[0].numpy(), want, rtol=1e-6)
+    np.testing.assert_allclose(momentum_fisher(tf.constant([1.0]), tf.constant([2.0]), 0.5), [2.5])
+    assert int(state.num_fisher_updates.numpy()) == 1
+
+
+def test_fisher_clip_by_norm():
+    v = _vars([(4,)])
+    state = WPLState(v, momentum=1.0, clip_norm=1.0)
+    state.update_fisher([tf.constant([10.0, 0.0, 0.0, 0.0])])
+    np.testing.assert_allclose(np.linalg.norm(state.fisher[0].numpy()), 1.0, rtol=1e-6)
+
+
+def test_indexed_slices_update_touches_only_rows_and_sums_duplicates():
+    v = _vars([(4, 2)])
+    state = WPLState(v, momentum=1.0)
+    g = tf.IndexedSlices(
+        values=tf.constant([[1.0, 1.0], [2.0, 0.0], [1.0, 1.0]]),
+        indices=tf.constant([1, 3, 1]),
+        dense_shape=tf.constant([4, 2]),
+    )
+    state.update_fisher([g])
+    f = state.fisher[0].numpy()
+    np.testing.assert_allclose(f[0], [0, 0])
+    np.testing.assert_allclose(f[2], [0, 0])
+    np.testing.assert_allclose(f[1], [4.0, 4.0])  # (1 + 1)² after summing duplicate rows
+    np.testing.assert_allclose(f[3], [4.0, 0.0])
+
+
+def test_snapshot_rows_and_penalty_rows():
+    v = _vars([(3, 2)])
+    state = WPLState(v, strength=2.0)
+    state.fisher[0].assign(tf.ones((3, 2)))
+    v[0].assign(tf.constant([[2.0, 2.0], [3.0, 3.0], [4.0, 4.0]]))
+    # Penalty of row 1 only: (2/2) * 2 * (3 − 1)² = 8
+    assert float(state.penalty_rows(0, tf.constant([1]))) == pytest.approx(8.0)
+    state.snapshot_anchors(rows={0: tf.constant([1])})
+    np.testing.assert_allclose(state.anchors[0].numpy()[1], [3.0, 3.0])
+    np.testing.assert_allclose(state.anchors[0].numpy()[0], [1.0, 1.0])
+    state.snapshot_anchors()
+    assert float(state.penalty()) == 0.0
+
+
+def test_reset_and_add_model_equals_sum_of_penalties():
+    v = _vars([(3,)])
+    state = WPLState(v, strength=1.0)
+    f1 = tf.constant([1.0, 2.0, 0.0])
+    state.assign_fisher([f1])
+    anchor1 = v[0].numpy().copy()
+    v[0].assign([3.0, -1.0, 2.0])
+    anchor2 = v[0].numpy().copy()
+    f2 = tf.constant([0.5, 0.0, 0.0])
+    state.add_model([f2])
+    theta_a, theta_b = np.array([0.0, 1.0, 5.0]), np.array([2.0, -3.0, 1.0])
+
+    def summed(theta):
+        return 0.5 * (np.sum(f1.numpy() * (theta - anchor1) ** 2) + np.sum(f2.numpy() * (theta - anchor2) ** 2))
+
+    def merged(theta):
+        v[0].assign(theta)
+        return float(state.penalty())
+
+    # Equal up to a constant: the differences agree.
+    np.testing.assert_allclose(merged(theta_a) - merged(theta_b), summed(theta_a) - summed(theta_b), rtol=1e-5)
+    state.reset_fisher()
+    assert float(state.fisher_norm()) == 0.0
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="at least one variable"):
+        WPLState([])
+    v = _vars([(2,)])
+    state = WPLState(v)
+    with pytest.raises(ValueError, match="shape"):
+        state.assign_fisher([tf.zeros((3,))])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        state.assign_fisher([tf.constant([np.nan, 1.0])])
+    with pytest.raises(ValueError, match="2 gradients for 1"):
+        state.update_fisher([tf.zeros(2), tf.zeros(2)])
+    other = keras.Variable(np.zeros((2,), np.float32))
+    with pytest.raises(KeyError, match="has no WPL anchor"):
+        state.index_of(other)
+
+
+def test_state_round_trips_through_tf_checkpoint(tmp_path):
+    v = _vars([(2,)])
+    state = WPLState(v, strength=3.0)
+    state.update_fisher([tf.constant([1.0, 2.0])])
+    path = tf.train.Checkpoint(state=state).save(str(tmp_path / "ckpt"))
+    v2 = _vars([(2,)])
+    restored = WPLState(v2, strength=0.0)
+    tf.train.Checkpoint(state=restored).restore(path).assert_consumed()
+    np.testing.assert_allclose(restored.fisher[0].numpy(), state.fisher[0].numpy())
+    assert float(restored.strength.numpy()) == 3.0
