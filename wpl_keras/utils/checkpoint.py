@@ -3,7 +3,7 @@
 Keras 3 keeps sub-layers and weights created in Python lists inside its own tracking containers,
 which ``tf.train.Checkpoint`` does not traverse: a subclassed model holding ``self.cells = [...]``
 would be saved without those weights. :class:`VariableBundle` names every variable of a Keras
-layer, model or optimizer explicitly (by position and path), so a checkpoint holds all of them and
+layer, model or optimizer explicitly (by position), so a checkpoint holds all of them and
 restores them into an identically built object.
 """
 
@@ -13,7 +13,7 @@ import tensorflow as tf
 
 
 class VariableBundle(tf.Module):
-    """All variables of one Keras object, tracked by ``"{index:05d}_{path}"`` names.
+    """All variables of one Keras object, tracked by position (``"v00000"``, ...).
 
     Args:
         obj: a Keras layer/model (``.variables``), an optimizer (built), or any object with a
@@ -24,10 +24,9 @@ class VariableBundle(tf.Module):
     def __init__(self, obj, name: str = "bundle"):
         super().__init__(name=name)
         variables = obj if isinstance(obj, (list, tuple)) else obj.variables
-        self.tracked = {
-            f"{k:05d}_{(getattr(v, 'path', None) or v.name).replace('/', '.')}": v
-            for k, v in enumerate(variables)
-        }
+        # Keyed by position only: Keras paths carry instance counters ("dense_3") that differ
+        # between the saving and the restoring process.
+        self.tracked = {f"v{k:05d}": v for k, v in enumerate(variables)}
 
 
 def checkpoint_for(**objects) -> tf.train.Checkpoint:

@@ -1,0 +1,76 @@
+"""Tests for the α schedule and the WPL callbacks."""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from wpl_keras.wpl import (
+    FisherFlush,
+    SnapshotAnchors,
+    StrengthScheduler,
+    WPLMonitor,
+    WPLState,
+    apply_wpl,
+    strength_schedule,
+)
+
+
+def test_strength_schedule_values():
+    assert strength_schedule(3, initial=60.0) == 60.0
+    lin = functools.partial(strength_schedule, initial=60.0, decay="linear", start_epoch=15, rate=1.0, floor=5.0)
+    assert [lin(e) for e in (0, 14, 15, 16)] == [60.0, 60.0, 59.0, 58.0]
+    assert lin(200) == 5.0
+    exp = functools.partial(strength_schedule, initial=8.0, decay="exponential", start_epoch=2, rate=0.5)
+    assert [exp(e) for e in (1, 2, 3)] == [8.0, 4.0, 2.0]
+    with pytest.raises(ValueError, match="decay must be"):
+        strength_schedule(20, initial=1.0, decay="cosine")
+    with pytest.raises(ValueError, match="0 < rate <= 1"):
+        strength_schedule(20, initial=1.0, decay="exponential", rate=2.0)
+
+
+def _fit_with(callbacks_for, epochs=4):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d")(inputs))
+    state = apply_wpl(model, ["d"], strength=1.0)
+    state.assign_fisher([tf.ones_like(f) for f in state.fisher])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append((float(state.fisher_norm()), float(state.strength.numpy())))
+
+    x = np.ones((8, 3), "float32")
+    y = np.zeros((8, 2), "float32")
+    history = model.fit(x, y, epochs=epochs, verbose=0, callbacks=callbacks_for(state) + [Record()])
+    return state, seen, history
+
+
+def test_fisher_flush_every_k_epochs(seed):
+    state, seen, _ = _fit_with(lambda s: [FisherFlush(s, every=2)], epochs=4)
+    norms = [n for n, _ in seen]
+    assert norms[0] > 0 and norms[1] > 0 and norms[2] == 0.0
+
+
+def test_strength_scheduler_and_monitor(seed):
+    sched = functools.partial(strength_schedule, initial=10.0, decay="linear", start_epoch=1, rate=2.0)
+    state, seen, history = _fit_with(lambda s: [StrengthScheduler(s, sched), WPLMonitor(s)], epochs=3)
+    assert [a for _, a in seen] == [10.0, 8.0, 6.0]
+    assert history.history["wpl_alpha"] == [10.0, 8.0, 6.0]
+    assert all(p >= 0 for p in history.history["wpl_penalty"])
+
+
+def test_snapshot_anchors_on_train_end(seed):
+    state, _, _ = _fit_with(lambda s: [SnapshotAnchors(s)], epochs=1)
+    for v, a in zip(state.protected_variables, state.anchors):
+        np.testing.assert_array_equal(v.numpy(), a.numpy())
+
+
+def test_callbacks_reject_non_state():
+    with pytest.raises(TypeError, match="expected a WPLState"):
+        FisherFlush(object())
+    with pytest.raises(ValueError):
+        FisherFlush(WPLState([keras.Variable(np.zeros(2, "float32"))]), every=0)

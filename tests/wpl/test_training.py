@@ -1,0 +1,203 @@
+"""Tests for apply_wpl, WPLModel's train step, saving, divergence and tf.distribute."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from wpl_keras.wpl import (
+    DivergenceGuard,
+    WPLDivergenceError,
+    WPLModel,
+    apply_wpl,
+)
+
+
+def _data(n=128, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype("int32")
+    return x, y
+
+
+def _model(cls=keras.Model):
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu", name="shared")(inputs)
+    outputs = keras.layers.Dense(2, name="head")(hidden)
+    return cls(inputs, outputs)
+
+
+def _compile(model, lr=0.1, momentum=0.0):
+    model.compile(
+        optimizer=keras.optimizers.SGD(lr, momentum=momentum),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+
+
+def _distance_to_anchor(model, alpha, seed_value, cls=keras.Model):
+    keras.utils.set_random_seed(seed_value)
+    model = _model(cls)
+    state = apply_wpl(model, ["shared"], strength=alpha)
+    state.assign_fisher([tf.ones_like(f) for f in state.fisher])
+    _compile(model)
+    x, y = _data(seed=1)
+    y = 1 - y  # a different task pulls the shared layer away
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    return sum(
+        float(tf.reduce_sum(tf.square(v - a)))
+        for v, a in zip(state.protected_variables, state.anchors)
+    )
+
+
+@pytest.mark.parametrize("cls", [keras.Model, WPLModel])
+def test_fit_with_wpl_keeps_shared_weights_near_anchors(seed, cls):
+    free = _distance_to_anchor(None, 0.0, seed, cls)
+    held = _distance_to_anchor(None, 5.0, seed, cls)
+    assert held < 0.5 * free
+
+
+def test_plain_model_gets_regularizer_and_wpl_model_does_not(seed):
+    plain = _model()
+    apply_wpl(plain, ["shared"], strength=1.0)
+    assert all(v.regularizer is not None for v in plain.get_layer("shared").trainable_weights)
+    wpl_model = _model(WPLModel)
+    apply_wpl(wpl_model, ["shared"], strength=1.0)
+    assert all(v.regularizer is None for v in wpl_model.get_layer("shared").trainable_weights)
+
+
+def test_fisher_update_uses_data_gradient_only(seed):
+    model = _model(WPLModel)
+    state = apply_wpl(model, ["shared"], strength=3.0, update_fisher=True, momentum=0.9)
+    state.assign_fisher([tf.fill(f.shape, 0.5) for f in state.fisher])
+    # Move the weights off their anchors so that the penalty has a gradient.
+    for v in state.protected_variables:
+        v.assign(v + 0.1)
+    x, y = _data(32)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        data_loss = loss_fn(y, model(x, training=True))
+    g_data = tape.gradient(data_loss, list(state.protected_variables))
+    want = [0.1 * 0.5 + 0.9 * tf.square(g) for g in g_data]
+    _compile(model, lr=0.0)
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    for f, w in zip(state.fisher, want):
+        np.testing.assert_allclose(f.numpy(), w.numpy(), rtol=1e-4, atol=1e-7)
+    for key in ("wpl_alpha", "wpl_penalty", "wpl_fisher_norm"):
+        assert key in history.history
+    assert history.history["wpl_alpha"][0] == pytest.approx(3.0)
+
+
+def test_proximal_mode_is_stable_where_gradient_mode_diverges(seed):
+    x, y = _data(256)
+    y = 1 - y
+
+    def run(mode):
+        keras.utils.set_random_seed(7)
+        model = _model(WPLModel)
+        state = apply_wpl(model, ["shared"], strength=1e5, mode=mode)
+        state.assign_fisher([tf.ones_like(f) for f in state.fisher])
+        for v in state.protected_variables:
+            v.assign(v + 0.05)
+        _compile(model, lr=0.1, momentum=0.9)
+        model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[DivergenceGuard(state)])
+        return state
+
+    with pytest.raises(WPLDivergenceError, match=r"alpha=100000.*learning rate=0\.1"):
+        run("gradient")
+    state = run("proximal")
+    for v, a in zip(state.protected_variables, state.anchors):
+        assert np.all(np.isfinite(v.numpy()))
+        np.testing.assert_allclose(v.numpy(), a.numpy(), atol=1e-3)
+
+
+def test_save_and_load_weights_keep_wpl_state(tmp_path, seed):
+    model = _model(WPLModel)
+    state = apply_wpl(model, ["shared"], strength=2.5)
+    state.assign_fisher([tf.random.uniform(f.shape) for f in state.fisher])
+    path = str(tmp_path / "model.weights.h5")
+    model.save_weights(path)
+    clone = _model(WPLModel)
+    clone_state = apply_wpl(clone, ["shared"], strength=0.0)
+    clone.load_weights(path)
+    for a, b in zip(state.weights, clone_state.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy())
+    ckpt_path = tf.train.Checkpoint(model=model.wpl_state).save(str(tmp_path / "ck"))
+    other = apply_wpl(_model(WPLModel), ["shared"])
+    tf.train.Checkpoint(model=other).restore(ckpt_path).assert_consumed()
+    np.testing.assert_allclose(other.fisher[0].numpy(), state.fisher[0].numpy())
+
+
+def test_apply_wpl_bad_inputs(seed):
+    model = _model()
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        apply_wpl(model, ["nope"])
+    with pytest.raises(ValueError, match="need the WPL train step"):
+        apply_wpl(model, ["shared"], update_fisher=True)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        apply_wpl(model, ["shared"], mode="magic")
+    reg_model = _model()
+    reg_model.get_layer("shared").kernel.regularizer = keras.regularizers.L2(0.1)
+    with pytest.raises(ValueError, match="already has regularizer"):
+        apply_wpl(reg_model, ["shared"])
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np, tensorflow as tf, keras
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    from wpl_keras.wpl import WPLModel, apply_wpl
+
+    def run(strategy, mode):
+        keras.utils.set_random_seed(3)
+        with strategy.scope():
+            inputs = keras.Input((6,))
+            h = keras.layers.Dense(8, activation="relu", name="shared")(inputs)
+            model = WPLModel(inputs, keras.layers.Dense(2)(h))
+            state = apply_wpl(model, ["shared"], strength=4.0, update_fisher=True, mode=mode)
+            state.assign_fisher([tf.fill(f.shape, 0.3) for f in state.fisher])
+            model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(64, 6)).astype("float32")
+        y = (x[:, 0] > 0).astype("int32")
+        ds = tf.data.Dataset.from_tensor_slices((x, 1 - y)).batch(16)
+        h = model.fit(ds, epochs=3, verbose=0)
+        return {"loss": h.history["loss"], "penalty": h.history["wpl_penalty"],
+                "fisher": float(state.fisher_norm()),
+                "kernel": model.get_layer("shared").kernel.numpy().ravel().tolist()}
+
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    out = {}
+    for mode in ("gradient", "proximal"):
+        out[mode] = {"one": run(tf.distribute.OneDeviceStrategy(devices[0]), mode),
+                     "two": run(tf.distribute.MirroredStrategy(devices[:2]), mode)}
+    print(json.dumps(out))
+    """
+)
+
+
+def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for mode, runs in out.items():
+        one, two = runs["one"], runs["two"]
+        np.testing.assert_allclose(one["loss"], two["loss"], rtol=1e-4, err_msg=mode)
+        np.testing.assert_allclose(one["penalty"], two["penalty"], rtol=1e-3, atol=1e-6, err_msg=mode)
+        np.testing.assert_allclose(one["fisher"], two["fisher"], rtol=1e-4, err_msg=mode)
+        np.testing.assert_allclose(one["kernel"], two["kernel"], rtol=1e-4, atol=1e-6, err_msg=mode)
