@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
+from keras.src.losses.loss import scale_loss_for_distribution, unscale_loss_for_distribution
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from wpl_keras.wpl.fisher import WPLState
@@ -162,6 +163,7 @@ class WPLTrainingMixin:
     _wpl_update_fisher: bool = False
     _wpl_mode: str = "gradient"
     _wpl_l2: float = 0.0
+    _wpl_in_train_step: bool = False
 
     def configure_wpl(
         self, *, update_fisher: bool = False, mode: str = "gradient", l2: float = 0.0
@@ -190,12 +192,13 @@ class WPLTrainingMixin:
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
-        if training and self.wpl_state is not None and self._wpl_mode == "gradient":
-            from keras.src.losses.loss import scale_loss_for_distribution
-
-            loss = loss + tf.cast(
-                scale_loss_for_distribution(self.wpl_penalty_value()), loss.dtype
-            )
+        if (
+            training
+            and self.wpl_state is not None
+            and self._wpl_mode == "gradient"
+            and not self._wpl_in_train_step
+        ):
+            loss = loss + tf.cast(scale_loss_for_distribution(self.wpl_penalty_value()), loss.dtype)
         return loss
 
     def train_step(self, data):
@@ -208,11 +211,18 @@ class WPLTrainingMixin:
                 y_pred = self(x, training=True)
             else:
                 y_pred = self(x)
-            loss = self._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            from keras.src.losses.loss import unscale_loss_for_distribution
-
+            # The penalty is computed once here (and reused for the logs), not again in
+            # compute_loss.
+            object.__setattr__(self, "_wpl_in_train_step", True)
+            try:
+                loss = self._compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+                )
+            finally:
+                object.__setattr__(self, "_wpl_in_train_step", False)
+            penalty = self.wpl_penalty_value()
+            if self._wpl_mode == "gradient":
+                loss = loss + tf.cast(scale_loss_for_distribution(penalty), loss.dtype)
             self._loss_tracker.update_state(
                 unscale_loss_for_distribution(loss),
                 sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
@@ -228,7 +238,7 @@ class WPLTrainingMixin:
         metrics = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         metrics = dict(metrics)
         metrics["wpl_alpha"] = tf.convert_to_tensor(state.strength)
-        metrics["wpl_penalty"] = self.wpl_penalty_value()
+        metrics["wpl_penalty"] = penalty
         metrics["wpl_fisher_norm"] = state.fisher_norm()
         return metrics
 
