@@ -1,0 +1,249 @@
+"""The search loop with a tiny fake shared-weights task and the real controller/REINFORCE."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from wpl_keras.nas import search
+from wpl_keras.nas.base import SearchSpace, SharedWeightsTask
+from wpl_keras.nas.controller import Controller
+from wpl_keras.nas.reinforce import Reinforce
+from wpl_keras.wpl.fisher import WPLState
+
+
+class _Space(SearchSpace):
+    name = "fake"
+
+    @property
+    def decision_sizes(self):
+        return (3, 3, 3)
+
+    @property
+    def decision_names(self):
+        return ("a", "b", "c")
+
+    def to_string(self, arch):
+        return "-".join(str(a) for a in self.validate(arch))
+
+    def from_string(self, text):
+        return self.validate([int(t) for t in text.split("-")])
+
+
+class FakeTask(SharedWeightsTask):
+    """Shared rows W[offset_k + a_k] pulled towards an architecture-specific target.
+
+    Architectures that share a row fight over it, so training one makes another forget;
+    the WPL penalty ``(α/2) Σ F (θ − θ*)²`` on the used rows resists that.
+    """
+
+    def __init__(self, seed=0, dim=4, lr=0.3):
+        self.space = _Space()
+        self.lr = lr
+        self.w = tf.Variable(tf.zeros([9, dim]), name="w")
+        self.wpl_state = WPLState([self.w], strength=0.0, momentum=0.9, clip_norm=10.0)
+        self.gen = tf.random.Generator.from_seed(seed)
+        self.batches = tf.Variable(0, dtype=tf.int64)
+        self.log = []  # (epoch, wpl_active, alpha) per train call
+        self.flushes = []
+        self.epoch = None
+        original = self.wpl_state.reset_fisher
+
+        def reset_fisher():
+            self.flushes.append(self.epoch_next)
+            original()
+
+        self.wpl_state.reset_fisher = reset_fisher
+        self.epoch_next = 0
+        self.dim = dim
+
+    def _rows(self, arch):
+        return tf.constant([3 * k + a for k, a in enumerate(arch)], tf.int32)
+
+    def _target(self, arch):
+        rng = np.random.default_rng(hash(tuple(arch)) % (2**32))
+        return tf.constant(rng.normal(size=(3, self.dim)), tf.float32)
+
+    def start_epoch(self, epoch):
+        self.epoch = epoch
+        self.epoch_next = epoch + 1
+
+    def train_architecture(self, arch, num_batches, *, wpl_active):
+        self.log.append((self.epoch, wpl_active, float(self.wpl_state.strength.numpy())))
+        rows, target = self._rows(arch), self._target(arch)
+        losses = []
+        for _ in range(num_batches):
+            noise = 0.05 * self.gen.normal([3, self.dim])
+            with tf.GradientTape() as tape:
+                used = tf.gather(self.w, rows)
+                loss = tf.reduce_mean(tf.square(used - target - noise))
+                total = loss + (self.wpl_state.penalty_rows(0, rows) if wpl_active else 0.0)
+            grad = tape.gradient(total, self.w)
+            dense = tf.convert_to_tensor(grad)
+            self.w.assign_sub(self.lr * dense)
+            self.batches.assign_add(1)
+            losses.append(float(loss))
+        if wpl_active:
+            self.wpl_state.update_fisher([tf.IndexedSlices(tf.gather(dense, rows), rows)])
+            self.wpl_state.snapshot_anchors(rows={0: rows})
+        return {"loss": float(np.mean(losses)), "penalty": 0.0}
+
+    def validation_error(self, arch):
+        used = tf.gather(self.w, self._rows(arch))
+        return float(100.0 * tf.reduce_mean(tf.square(used - self._target(arch))))
+
+    def reward(self, arch):
+        return 1.0 / (1.0 + self.validation_error(arch))
+
+    def checkpoint_items(self):
+        return {"w": self.w, "wpl_state": self.wpl_state, "gen": self.gen, "batches": self.batches}
+
+    def config(self):
+        return {"kind": "fake", "lr": self.lr}
+
+
+def _build(seed=0):
+    task = FakeTask(seed=seed)
+    controller = Controller(task.space.decision_sizes, units=8, seed=seed)
+    reinforce = Reinforce(controller, learning_rate=0.01)
+    return task, controller, reinforce
+
+
+def _config(**kw):
+    base = dict(
+        epochs=5, shared_steps_per_epoch=4, batches_per_arch=2, controller_steps=3,
+        wpl_start_epoch=1, strength=10.0, strength_decay="linear", strength_decay_start=3,
+        strength_decay_rate=2.0, flush_every=2, verbose=0,
+    )
+    base.update(kw)
+    return search.SearchConfig(**base)
+
+
+def test_schedule_functions():
+    c = _config()
+    assert [search.wpl_active_at(e, c) for e in range(5)] == [False, True, True, True, True]
+    assert [search.strength_at(e, c) for e in range(5)] == [0.0, 10.0, 10.0, 8.0, 6.0]
+    assert [search.flush_at(e, c) for e in range(6)] == [False, False, False, True, False, True]
+    off = _config(wpl=False)
+    assert not any(search.wpl_active_at(e, off) for e in range(5))
+    assert search.strength_at(3, off) == 0.0
+
+
+def test_config_validation_and_json():
+    with pytest.raises(ValueError, match="epochs"):
+        search.SearchConfig(epochs=0)
+    with pytest.raises(ValueError, match="strength_decay"):
+        search.SearchConfig(strength_decay="cosine")
+    with pytest.raises(ValueError, match="rate"):
+        search.SearchConfig(strength_decay="exponential", strength_decay_rate=2.0)
+    c = search.SearchConfig.cpu_small(epochs=3)
+    assert search.SearchConfig.from_json(json.dumps(c.to_json())) == c
+    paper = search.SearchConfig.paper()
+    assert (paper.wpl_start_epoch, paper.strength, paper.flush_every, paper.batches_per_arch) == (
+        5, 60.0, 2, 7)
+    with pytest.raises(ValueError, match="unknown"):
+        search.SearchConfig.from_json({"nope": 1})
+
+
+def test_loop_schedule_logs_and_outputs(tmp_path, seed):
+    task, controller, reinforce = _build()
+    config = _config()
+    result = search.run_search(task, controller, reinforce, config, str(tmp_path))
+    # WPL turns on at epoch 1, α follows the schedule, flush at epochs 3 (and would at 5).
+    per_epoch = {}
+    for epoch, active, alpha in task.log:
+        per_epoch.setdefault(epoch, set()).add((active, alpha))
+    assert per_epoch == {
+        0: {(False, 0.0)}, 1: {(True, 10.0)}, 2: {(True, 10.0)}, 3: {(True, 8.0)},
+        4: {(True, 6.0)},
+    }
+    assert task.flushes == [3]  # the flush happens before start_epoch(3): epoch_next is 3
+    assert len(task.log) == 5 * 4
+    assert int(reinforce.step.numpy()) == 5 * 3
+    h = result.history
+    assert [r["epoch"] for r in h] == list(range(5))
+    assert [r["flushed"] for r in h] == [False, False, False, True, False]
+    for r in h:
+        assert r["num_archs"] == 4 and len(r["err1"]) == 4 and len(r["err2"]) == 4
+        d = np.array(r["err2"]) - np.array(r["err1"])
+        assert r["mean_diff"] == pytest.approx(d.mean())
+        assert r["max_diff"] == pytest.approx(d.max())
+        assert np.isfinite(r["mean_reward"])
+    # Files: configs, CSV, JSON, TensorBoard events, checkpoint.
+    names = set(os.listdir(tmp_path))
+    assert {"search_config.json", "task_config.json", "history.csv", "history.json", "tb",
+            "ckpt"} <= names
+    with open(tmp_path / "history.csv") as f:
+        lines = f.read().strip().splitlines()
+    assert len(lines) == 6 and "mean_diff" in lines[0]
+    assert any(n.startswith("events") for n in os.listdir(tmp_path / "tb"))
+    # Re-running into the same directory without resume is refused.
+    with pytest.raises(FileExistsError, match="resume"):
+        search.run_search(*_build(), config, str(tmp_path))
+
+
+def test_wpl_reduces_forgetting_on_the_fake(tmp_path, seed):
+    """The fake has real forgetting, and WPL removes part of it (the loop wires WPL in)."""
+    c = _config(epochs=4, shared_steps_per_epoch=8, wpl_start_epoch=1, strength=50.0,
+                strength_decay=None, flush_every=0, controller_steps=1)
+    off = search.run_search(*_build(), _config(**{**c.to_json(), "wpl": False}),
+                            str(tmp_path / "off")).history
+    on = search.run_search(*_build(), c, str(tmp_path / "on")).history
+    without = np.mean([r["mean_diff"] for r in off[1:]])
+    with_wpl = np.mean([r["mean_diff"] for r in on[1:]])
+    assert without > 0
+    assert with_wpl < without
+
+
+def _final_state(task, controller, reinforce):
+    arrays = [task.w.numpy(), reinforce.baseline.numpy(), task.wpl_state.strength.numpy()]
+    arrays += [f.numpy() for f in task.wpl_state.fisher + task.wpl_state.anchors]
+    arrays += [np.asarray(v.numpy()) for v in controller.trainable_variables]
+    return arrays
+
+
+@pytest.mark.parametrize("kill_at", [3, 6, 9])
+def test_resume_equals_uninterrupted(tmp_path, seed, kill_at):
+    """SIGTERM at unit ``kill_at`` → saved and raised; a fresh process-like resume then
+    finishes with exactly the uninterrupted run's history and weights."""
+    config = _config(epochs=2, shared_steps_per_epoch=3, controller_steps=2, wpl_start_epoch=1)
+    ref_objs = _build()
+    ref = search.run_search(*ref_objs, config, str(tmp_path / "ref")).history
+
+    objs = _build()
+    calls = {"n": 0}
+    original = objs[0].train_architecture
+    original_reward = objs[0].reward
+
+    def count():
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def train(*a, **k):
+        count()
+        return original(*a, **k)
+
+    def reward(a):
+        count()
+        return original_reward(a)
+
+    objs[0].train_architecture = train
+    objs[0].reward = reward
+    out = str(tmp_path / "run")
+    with pytest.raises(search.SearchInterrupted) as info:
+        search.run_search(*objs, config, out)
+    assert info.value.signum == signal.SIGTERM
+    # Change the global RNGs: resume must restore them too.
+    np.random.seed(999)
+    resumed_objs = _build(seed=0)
+    resumed = search.run_search(*resumed_objs, config, out, resume=True).history
+    strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in h]
+    assert strip(resumed) == strip(ref)
+    for a, b in zip(_final_state(*resumed_objs), _final_state(*ref_objs)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    info = search.restore_latest(*_build(), out)
+    assert info["epoch"] == 2 and len(info["history"]) == 2
