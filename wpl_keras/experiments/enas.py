@@ -1,0 +1,490 @@
+"""ENAS (+ WPL) experiments: frozen configs, presets per search space, and runners.
+
+An experiment is one :class:`ENASExperimentConfig`: the search space's name, its task config
+(a frozen dataclass of that space, e.g. ``RNNSupernetConfig``), the controller settings
+(:class:`ControllerConfig`) and the loop settings (:class:`~wpl_keras.nas.search.SearchConfig`).
+Runners build the objects from a config and run one stage:
+
+* :func:`run_search_experiment`: the search (with or without WPL), resumable;
+* :func:`run_derive`: reload the finished search, sample ``K`` architectures, keep the best;
+* :func:`run_train_best`: train the derived architecture from scratch;
+* :func:`run_export`: export the trained model (a SavedModel for the RNN space).
+
+Search spaces plug in through a registry of :class:`SpaceSpec` objects, imported lazily:
+``"rnn"`` lives in this module (PTB language modelling with the ENAS recurrent cell),
+``"cnn"`` in :mod:`wpl_keras.experiments.enas_cnn`. Another module registers its own space
+with :func:`register_space` (``"name" → "module.path:ATTRIBUTE"``).
+
+The RNN presets are the reference defaults of the public WPL release (``paper``, sized for a
+GPU) and a ``cpu-small`` one that runs in minutes on 2 CPU cores; ``tiny`` is for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from wpl_keras.nas.search import SearchConfig, SearchResult
+
+# Space name → "module:attribute" of its SpaceSpec, imported on first use.
+_SPACES: Dict[str, str] = {
+    "rnn": "wpl_keras.experiments.enas:RNN_SPACE",
+    "cnn": "wpl_keras.experiments.enas_cnn:CNN_SPACE",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ControllerConfig:
+    """ENAS controller and REINFORCE settings (ENAS/WPL release RNN defaults).
+
+    Args:
+        units: LSTM units (100).
+        temperature: logit temperature (RNN 5, CNN 8).
+        tanh_constant: logits ``c·tanh(z)`` (2.5).
+        learning_rate: Adam learning rate (RNN 3.5e-4, CNN 3.5e-3).
+        baseline_decay: EMA baseline decay (RNN 0.95, CNN 0.99).
+        entropy_weight: entropy bonus (1e-4).
+    """
+
+    units: int = 100
+    temperature: Optional[float] = 5.0
+    tanh_constant: Optional[float] = 2.5
+    learning_rate: float = 3.5e-4
+    baseline_decay: float = 0.95
+    entropy_weight: float = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class ENASExperimentConfig:
+    """Everything an ENAS experiment needs, saved as ``experiment.json`` next to results.
+
+    Args:
+        space: registered space name (``"rnn"``, ``"cnn"``).
+        preset: the preset it came from (informational).
+        task: the space's frozen task config (e.g. ``RNNSupernetConfig``).
+        search: the loop settings.
+        controller: the controller settings.
+        derive_samples: ``K`` architectures sampled by the derive step.
+        train_epochs: epochs of training the derived architecture from scratch.
+        seed: seeds the task, the controller and the global RNGs.
+        data_check: verify the data is the standard dataset (PTB's 10,000-word vocabulary);
+            False for tiny test corpora.
+    """
+
+    space: str
+    preset: str
+    task: Any
+    search: SearchConfig
+    controller: ControllerConfig = ControllerConfig()
+    derive_samples: int = 100
+    train_epochs: int = 1
+    seed: int = 0
+    data_check: bool = True
+
+    def __post_init__(self):
+        if not dataclasses.is_dataclass(self.task):
+            raise TypeError(f"task must be a dataclass config, got {type(self.task).__name__}.")
+        if self.derive_samples < 1 or self.train_epochs < 0:
+            raise ValueError("derive_samples must be >= 1 and train_epochs >= 0.")
+
+    def with_wpl(self, wpl: bool) -> "ENASExperimentConfig":
+        return dataclasses.replace(self, search=dataclasses.replace(self.search, wpl=bool(wpl)))
+
+    def replace(self, *, search: Optional[Mapping[str, Any]] = None, task=None,
+                **fields) -> "ENASExperimentConfig":
+        """A copy with some top-level fields, search fields and/or task fields changed."""
+        new = dataclasses.replace(self, **fields)
+        if search:
+            new = dataclasses.replace(new, search=dataclasses.replace(new.search, **search))
+        if task:
+            new = dataclasses.replace(new, task=dataclasses.replace(new.task, **task))
+        return new
+
+    def to_json(self) -> dict:
+        return {
+            "space": self.space,
+            "preset": self.preset,
+            "task": dataclasses.asdict(self.task),
+            "search": self.search.to_json(),
+            "controller": dataclasses.asdict(self.controller),
+            "derive_samples": self.derive_samples,
+            "train_epochs": self.train_epochs,
+            "seed": self.seed,
+            "data_check": self.data_check,
+        }
+
+    @classmethod
+    def from_json(cls, obj) -> "ENASExperimentConfig":
+        if isinstance(obj, str):
+            obj = json.loads(obj)
+        obj = dict(obj)
+        spec = get_space(obj["space"])
+        obj["task"] = spec.task_config_type(**obj["task"])
+        obj["search"] = SearchConfig.from_json(obj["search"])
+        obj["controller"] = ControllerConfig(**obj["controller"])
+        return cls(**obj)
+
+    def save(self, path: str) -> str:
+        with open(path, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> "ENASExperimentConfig":
+        with open(path) as f:
+            return cls.from_json(json.load(f))
+
+
+@dataclasses.dataclass(frozen=True)
+class SpaceSpec:
+    """How to run ENAS experiments in one search space.
+
+    Args:
+        name: registry name.
+        data_subdir: sub-folder of a shared data root holding this space's data (``"ptb"``).
+        task_config_type: the frozen dataclass of the task config (for JSON round trips).
+        presets: preset name → ``() -> ENASExperimentConfig``.
+        load_data: ``(data_dir, config) -> data``.
+        build_task: ``(data, config) -> SharedWeightsTask``.
+        train_best: ``(data, arch, config, out_dir) -> (model, metrics dict)`` or None.
+        export: ``(model, arch, space, export_dir) -> path`` or None.
+        build_space: ``(config) -> SearchSpace`` without building the task, or None.
+        adapt_config: ``(data, config) -> config`` fitting sizes to the loaded data (e.g. the
+            vocabulary of a tiny corpus when ``data_check`` is off), or None.
+        error_name: what ``validation_error`` measures, for plots.
+    """
+
+    name: str
+    data_subdir: str
+    task_config_type: type
+    presets: Mapping[str, Callable[[], ENASExperimentConfig]]
+    load_data: Callable[[Optional[str], ENASExperimentConfig], Any]
+    build_task: Callable[[Any, ENASExperimentConfig], Any]
+    train_best: Optional[Callable[..., Tuple[Any, Dict[str, Any]]]] = None
+    export: Optional[Callable[..., str]] = None
+    build_space: Optional[Callable[[ENASExperimentConfig], Any]] = None
+    adapt_config: Optional[Callable[[Any, ENASExperimentConfig], ENASExperimentConfig]] = None
+    error_name: str = "error"
+
+
+def register_space(name: str, target: str) -> None:
+    """Registers ``"module.path:ATTRIBUTE"`` (a :class:`SpaceSpec`) under ``name``."""
+    if ":" not in target:
+        raise ValueError(f"target must look like 'module.path:ATTRIBUTE', got {target!r}.")
+    _SPACES[name] = target
+
+
+def available_spaces() -> Tuple[str, ...]:
+    return tuple(sorted(_SPACES))
+
+
+def get_space(name: str) -> SpaceSpec:
+    """The :class:`SpaceSpec` registered as ``name`` (imports its module on first use).
+
+    Raises:
+        ValueError: for an unknown name, or a module that cannot be imported yet.
+    """
+    if name not in _SPACES:
+        raise ValueError(f"unknown search space {name!r}; available: {list(available_spaces())}.")
+    module_name, attribute = _SPACES[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"search space {name!r} needs {module_name}, which failed to import: "
+                         f"{error}") from error
+    return getattr(module, attribute)
+
+
+def get_preset(space: str, preset: str, **overrides) -> ENASExperimentConfig:
+    """The named preset of ``space``, with top-level fields replaced by ``overrides``."""
+    spec = get_space(space)
+    key = preset.replace("_", "-")
+    if key not in spec.presets:
+        raise ValueError(
+            f"unknown preset {preset!r} for space {space!r}; available: {sorted(spec.presets)}."
+        )
+    return dataclasses.replace(spec.presets[key](), **overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runners.
+
+
+def _seed_everything(seed: int) -> None:
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+
+
+def build_search(config: ENASExperimentConfig, data) -> Tuple[Any, Any, Any]:
+    """Builds ``(task, controller, reinforce)`` of an experiment from its config and data."""
+    from wpl_keras.nas.controller import Controller
+    from wpl_keras.nas.reinforce import Reinforce
+
+    spec = get_space(config.space)
+    _seed_everything(config.seed)
+    task = spec.build_task(data, config)
+    c = config.controller
+    controller = Controller(
+        task.space.decision_sizes,
+        units=c.units,
+        temperature=c.temperature,
+        tanh_constant=c.tanh_constant,
+        seed=config.seed,
+    )
+    reinforce = Reinforce(
+        controller,
+        learning_rate=c.learning_rate,
+        baseline_decay=c.baseline_decay,
+        entropy_weight=c.entropy_weight,
+    )
+    return task, controller, reinforce
+
+
+def load_data(config: ENASExperimentConfig, data_dir: Optional[str]):
+    """Loads the experiment's data from ``data_dir`` (the space's loader decides defaults)."""
+    return get_space(config.space).load_data(data_dir, config)
+
+
+def prepare(config: ENASExperimentConfig, data_dir: Optional[str], data=None):
+    """``(data, config)``: loads the data unless given, and fits the config to it."""
+    spec = get_space(config.space)
+    data = spec.load_data(data_dir, config) if data is None else data
+    if spec.adapt_config is not None:
+        config = spec.adapt_config(data, config)
+    return data, config
+
+
+def run_search_experiment(
+    config: ENASExperimentConfig,
+    data_dir: Optional[str],
+    out_dir: str,
+    *,
+    resume: bool = False,
+    data=None,
+) -> SearchResult:
+    """Runs (or resumes) the search of ``config`` into ``out_dir``; saves ``experiment.json``.
+
+    Args:
+        config: the experiment.
+        data_dir: the space's data folder (e.g. ``../shared/data/ptb``).
+        out_dir: results, logs and checkpoints.
+        resume: continue from the latest checkpoint in ``out_dir``.
+        data: already loaded data (skips loading).
+    """
+    from wpl_keras.nas.search import run_search
+
+    os.makedirs(out_dir, exist_ok=True)
+    data, config = prepare(config, data_dir, data)
+    config.save(os.path.join(out_dir, "experiment.json"))
+    task, controller, reinforce = build_search(config, data)
+    return run_search(task, controller, reinforce, config.search, out_dir, resume=resume)
+
+
+def run_derive(
+    config: ENASExperimentConfig,
+    data_dir: Optional[str],
+    out_dir: str,
+    *,
+    num_samples: Optional[int] = None,
+    data=None,
+):
+    """Reloads the search in ``out_dir`` and derives its best architecture.
+
+    Writes ``derived.json`` and ``derived.png`` into ``out_dir``.
+
+    Returns:
+        The :class:`~wpl_keras.nas.derive.DerivedArchitecture`.
+    """
+    from wpl_keras.nas.derive import derive_best, write_derived
+    from wpl_keras.nas.search import restore_latest
+
+    data, config = prepare(config, data_dir, data)
+    task, controller, reinforce = build_search(config, data)
+    restore_latest(task, controller, reinforce, out_dir)
+    derived = derive_best(task, controller, num_samples or config.derive_samples)
+    write_derived(derived, task.space, out_dir)
+    return derived
+
+
+def run_train_best(
+    config: ENASExperimentConfig,
+    data_dir: Optional[str],
+    out_dir: str,
+    *,
+    arch=None,
+    epochs: Optional[int] = None,
+    data=None,
+):
+    """Trains the derived architecture (``out_dir/derived.json`` unless ``arch`` is given)
+    from scratch for ``epochs`` (default ``config.train_epochs``); writes ``train_best.json``.
+
+    Returns:
+        ``(model, metrics)`` from the space's ``train_best``.
+    """
+    from wpl_keras.nas.derive import load_derived
+
+    spec = get_space(config.space)
+    if spec.train_best is None:
+        raise NotImplementedError(f"space {config.space!r} has no train-best runner.")
+    data, config = prepare(config, data_dir, data)
+    if arch is None:
+        arch = load_derived(os.path.join(out_dir, "derived.json"))
+    if epochs is not None:
+        config = dataclasses.replace(config, train_epochs=int(epochs))
+    model, result = spec.train_best(data, tuple(arch), config, out_dir)
+    with open(os.path.join(out_dir, "train_best.json"), "w") as f:
+        json.dump({"arch": list(arch), "epochs": config.train_epochs, **result}, f, indent=1,
+                  default=float)
+    return model, result
+
+
+def run_export(
+    config: ENASExperimentConfig,
+    data_dir: Optional[str],
+    out_dir: str,
+    export_dir: Optional[str] = None,
+    *,
+    epochs: Optional[int] = None,
+    data=None,
+) -> str:
+    """Trains the derived architecture (as :func:`run_train_best`) and exports it to
+    ``export_dir`` (default ``out_dir/export``). Returns the export path."""
+    spec = get_space(config.space)
+    if spec.export is None:
+        raise NotImplementedError(f"space {config.space!r} has no export.")
+    data, config = prepare(config, data_dir, data)
+    model, _ = run_train_best(config, data_dir, out_dir, epochs=epochs, data=data)
+    from wpl_keras.nas.derive import load_derived
+
+    arch = load_derived(os.path.join(out_dir, "derived.json"))
+    space = build_space(config)
+    return spec.export(model, arch, space, export_dir or os.path.join(out_dir, "export"))
+
+
+def build_space(config: ENASExperimentConfig):
+    """The experiment's search space object, without building the task."""
+    spec = get_space(config.space)
+    if spec.build_space is None:
+        raise NotImplementedError(f"space {config.space!r} does not define build_space.")
+    return spec.build_space(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# The RNN space: PTB language modelling with the ENAS recurrent cell.
+
+
+def _rnn_load_data(data_dir: Optional[str], config: ENASExperimentConfig):
+    from wpl_keras.data.ptb import PTB_VOCAB_SIZE, load_ptb
+
+    return load_ptb(data_dir, vocab_size=PTB_VOCAB_SIZE if config.data_check else None)
+
+
+def _rnn_adapt_config(corpus, config: ENASExperimentConfig) -> ENASExperimentConfig:
+    if config.data_check or corpus.vocab_size == config.task.vocab_size:
+        return config
+    return config.replace(task={"vocab_size": corpus.vocab_size})
+
+
+def _rnn_build_task(corpus, config: ENASExperimentConfig):
+    from wpl_keras.nas.rnn_supernet import RNNSearchTask
+
+    return RNNSearchTask(corpus, config.task, seed=config.seed)
+
+
+def _rnn_train_best(corpus, arch, config: ENASExperimentConfig, out_dir: str):
+    from wpl_keras.nas import rnn_model
+
+    result = rnn_model.train_from_scratch(corpus, arch, config.task, config.train_epochs)
+    if isinstance(result, tuple):
+        model, metrics = result[0], (result[1] if len(result) > 1 else {})
+    else:
+        model, metrics = result, {}
+    if not isinstance(metrics, dict):
+        metrics = {"metrics": metrics}
+    return model, metrics
+
+
+def _rnn_export(model, arch, space, export_dir: str) -> str:
+    from wpl_keras.nas.rnn_model import export_language_model
+
+    return export_language_model(model, arch, space, export_dir)
+
+
+def _rnn_preset(name: str) -> ENASExperimentConfig:
+    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+
+    if name == "paper":
+        # WPL release run command / ENAS RNN defaults (see REFERENCE.md), sized for a GPU.
+        return ENASExperimentConfig(
+            space="rnn", preset="paper", task=RNNSupernetConfig.paper(),
+            search=SearchConfig.paper(), controller=ControllerConfig(),
+            derive_samples=100, train_epochs=150,
+        )
+    if name == "cpu-small":
+        return ENASExperimentConfig(
+            space="rnn", preset="cpu-small", task=RNNSupernetConfig.cpu_small(),
+            search=SearchConfig.cpu_small(), controller=ControllerConfig(),
+            derive_samples=20, train_epochs=1,
+        )
+    if name == "tiny":
+        # Seconds, for tests and the notebook's smoke run; not a measurement.
+        task = _tiny_rnn_task_config(RNNSupernetConfig)
+        return ENASExperimentConfig(
+            space="rnn", preset="tiny", task=task,
+            search=SearchConfig(epochs=3, shared_steps_per_epoch=3, batches_per_arch=1,
+                                controller_steps=2, wpl_start_epoch=1, strength_decay=None,
+                                flush_every=2, verbose=0),
+            controller=ControllerConfig(units=8), derive_samples=3, train_epochs=1,
+            data_check=False,
+        )
+    raise ValueError(f"unknown RNN preset {name!r}.")
+
+
+def _tiny_rnn_task_config(config_type):
+    """The smallest sensible RNN task config: cpu_small with tiny sizes where fields exist."""
+    base = config_type.cpu_small()
+    wanted = dict(num_nodes=2, embedding_size=8, hidden_size=8, batch_size=2,
+                  eval_batch_size=2, bptt=4, eval_bptt=4)
+    names = {f.name for f in dataclasses.fields(base)}
+    return dataclasses.replace(base, **{k: v for k, v in wanted.items() if k in names})
+
+
+def _rnn_build_space(config: ENASExperimentConfig):
+    from wpl_keras.nas.rnn_space import RNNCellSpace
+
+    return RNNCellSpace(num_nodes=config.task.num_nodes)
+
+
+def _rnn_config_type():
+    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+
+    return RNNSupernetConfig
+
+
+class _LazyType:
+    """Resolves the task config class on first call (keeps this module import-light)."""
+
+    def __init__(self, resolve):
+        self._resolve = resolve
+
+    def __call__(self, *args, **kwargs):
+        return self._resolve()(*args, **kwargs)
+
+
+RNN_SPACE = SpaceSpec(
+    name="rnn",
+    data_subdir="ptb",
+    task_config_type=_LazyType(_rnn_config_type),
+    presets={p: (lambda p=p: _rnn_preset(p)) for p in ("paper", "cpu-small", "tiny")},
+    load_data=_rnn_load_data,
+    build_task=_rnn_build_task,
+    train_best=_rnn_train_best,
+    export=_rnn_export,
+    build_space=_rnn_build_space,
+    adapt_config=_rnn_adapt_config,
+    error_name="perplexity",
+)

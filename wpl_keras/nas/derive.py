@@ -1,0 +1,97 @@
+"""Deriving the final architecture of a weight-sharing search (ENAS's derive step).
+
+Sample ``K`` architectures from the trained controller, score each on the task's fixed
+validation batch with the shared weights (``task.validation_error``), and keep the one with
+the lowest error:
+
+    ``a* = argmin_{a ∈ {a_1..a_K} ~ π} err(a)``
+
+Duplicates are scored once. :func:`derive_best` returns the ranking; :func:`write_derived`
+writes it as JSON plus a picture of the best architecture (``space.plot``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class DerivedArchitecture:
+    """The derive result: the best architecture, its error, and every candidate scored."""
+
+    arch: Tuple[int, ...]
+    error: float
+    candidates: Tuple[Tuple[Tuple[int, ...], float], ...]
+    num_samples: int
+
+    def to_json(self, space=None) -> Dict[str, Any]:
+        out: Dict[str, Any] = {
+            "arch": list(self.arch),
+            "error": self.error,
+            "num_samples": self.num_samples,
+            "num_unique": len(self.candidates),
+            "candidates": [{"arch": list(a), "error": e} for a, e in self.candidates],
+        }
+        if space is not None:
+            out["architecture"] = space.to_json(self.arch)
+        return out
+
+
+def derive_best(task, controller, num_samples: int = 100) -> DerivedArchitecture:
+    """Samples ``num_samples`` architectures from ``controller`` and keeps the lowest-error one.
+
+    Args:
+        task: a :class:`~wpl_keras.nas.base.SharedWeightsTask` (its shared weights trained).
+        controller: has ``sample_architecture() -> tuple``.
+        num_samples: ``K``, architectures sampled (ENAS: 100 for RNN, 10 for CNN per epoch).
+
+    Returns:
+        A :class:`DerivedArchitecture`; ``candidates`` sorted by error (ties: first sampled).
+
+    Raises:
+        ValueError: for ``num_samples < 1`` or a non-finite error of every candidate.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    scores: Dict[Tuple[int, ...], float] = {}
+    for _ in range(int(num_samples)):
+        arch = tuple(int(a) for a in controller.sample_architecture())
+        if arch not in scores:
+            scores[arch] = float(task.validation_error(arch))
+    finite = [(a, e) for a, e in scores.items() if e == e and e != float("inf")]
+    if not finite:
+        raise ValueError("every sampled architecture had a non-finite validation error.")
+    ranked = sorted(scores.items(), key=lambda item: (not (item[1] == item[1]), item[1]))
+    best_arch, best_error = min(finite, key=lambda item: item[1])
+    return DerivedArchitecture(
+        arch=best_arch, error=best_error, candidates=tuple(ranked), num_samples=int(num_samples)
+    )
+
+
+def write_derived(derived: DerivedArchitecture, space, out_dir: str) -> Dict[str, Optional[str]]:
+    """Writes ``derived.json`` and ``derived.png`` (when the space can plot) into ``out_dir``.
+
+    Returns:
+        ``{"json": path, "png": path or None}``.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, "derived.json")
+    with open(json_path, "w") as f:
+        json.dump(derived.to_json(space), f, indent=1)
+    png_path: Optional[str] = os.path.join(out_dir, "derived.png")
+    try:
+        space.plot(derived.arch, png_path)
+    except NotImplementedError:
+        png_path = None
+    return {"json": json_path, "png": png_path}
+
+
+def load_derived(path: str, space=None) -> Tuple[int, ...]:
+    """Reads the best architecture back from a ``derived.json`` (validated by ``space``)."""
+    with open(path) as f:
+        obj = json.load(f)
+    arch: List[int] = obj["arch"] if "arch" in obj else obj["decisions"]
+    return space.validate(arch) if space is not None else tuple(int(a) for a in arch)
