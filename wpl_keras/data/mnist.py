@@ -1,0 +1,309 @@
+"""MNIST as NumPy arrays and ``tf.data`` pipelines, from tensorflow-datasets or idx files.
+
+Two sources, one result:
+
+* ``data_dir=None``: ``tensorflow_datasets.load("mnist")`` (downloads on first use into
+  ``tfds_dir`` or tfds' default cache). Without internet the download fails and
+  :class:`MnistDownloadError` says so and asks for a directory of idx files instead.
+* ``data_dir=DIR``: the four standard idx files, gzip-compressed, read by :func:`read_idx`:
+  ``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
+  ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``.
+
+The idx format (LeCun & Cortes) is a big-endian header ``0x00 0x00 <dtype> <ndim>`` followed by
+``ndim`` big-endian uint32 sizes and the data; MNIST uses dtype ``0x08`` (unsigned byte).
+Images are scaled to ``x = pixel / 255`` (float32, shape ``[N, 28, 28]``), labels are int32.
+
+A validation split of ``validation_size`` examples is held out from the training set with a
+seeded permutation; the test set is never touched for model selection.
+
+This module reads no environment variables: applications resolve ``WPL_DATA_DIR`` themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import struct
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+class MnistDataError(ValueError):
+    """MNIST idx files are missing, unreadable or inconsistent."""
+
+
+class MnistDownloadError(RuntimeError):
+    """tensorflow-datasets could not download or prepare MNIST (usually: no internet)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistSplits:
+    """MNIST as arrays: images ``float32 [N, 28, 28]`` in ``[0, 1]``, labels ``int32 [N]``."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+
+    def sizes(self) -> dict:
+        """Number of examples per split."""
+        return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
+
+
+# --------------------------------------------------------------------------- idx parsing
+def parse_idx(raw: bytes, *, name: str = "<bytes>") -> np.ndarray:
+    """Parses the bytes of one (decompressed) idx file into an array.
+
+    Header: two zero bytes, a dtype code, the number of dimensions ``d``, then ``d`` big-endian
+    uint32 sizes; the payload must hold exactly ``prod(sizes)`` items.
+
+    Raises:
+        MnistDataError: for a bad magic number, unknown dtype or a payload of the wrong size.
+    """
+    if len(raw) < 4:
+        raise MnistDataError(f"{name}: too short for an idx header ({len(raw)} bytes).")
+    zero1, zero2, code, ndim = struct.unpack(">BBBB", raw[:4])
+    if zero1 != 0 or zero2 != 0 or code not in _IDX_DTYPES or ndim == 0:
+        raise MnistDataError(
+            f"{name}: not an idx file (magic bytes {raw[:4].hex()}; expected 0000 08 01 for "
+            "labels or 0000 08 03 for images)."
+        )
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise MnistDataError(f"{name}: truncated idx header.")
+    shape = struct.unpack(">" + "I" * ndim, raw[4:header])
+    dtype = _IDX_DTYPES[code]
+    expected = int(np.prod(shape)) * dtype.itemsize
+    payload = len(raw) - header
+    if payload != expected:
+        raise MnistDataError(
+            f"{name}: header says shape {shape} ({expected} bytes) but the file holds "
+            f"{payload} bytes of data (truncated or corrupt)."
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads one gzip-compressed idx file (see :func:`parse_idx`).
+
+    Raises:
+        MnistDataError: if the file is missing, not gzip, or not a valid idx file.
+    """
+    if not os.path.isfile(path):
+        raise MnistDataError(f"missing MNIST file {path}.")
+    try:
+        with gzip.open(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as error:
+        raise MnistDataError(f"{path}: cannot decompress ({error}); the file is corrupt.") from error
+    return parse_idx(raw, name=path)
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+    """Writes a uint8 array as a gzip-compressed idx file (for tests and small fixtures)."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise ValueError(f"write_idx writes uint8 arrays, got {array.dtype}.")
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        ">" + "I" * array.ndim, *array.shape
+    )
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.tobytes())
+
+
+def _expected_files_message(data_dir: str) -> str:
+    return (
+        f"MNIST directory {data_dir!r} must contain the four standard idx files: "
+        + ", ".join(MNIST_FILES.values())
+        + "."
+    )
+
+
+def read_mnist_idx_dir(data_dir: str):
+    """Reads the four MNIST idx files of ``data_dir``.
+
+    Returns:
+        ``(x_train, y_train, x_test, y_test)`` as uint8 arrays (images ``[N, 28, 28]``).
+
+    Raises:
+        MnistDataError: naming every expected file when one is missing, corrupt or when the
+            image and label counts disagree.
+    """
+    if not os.path.isdir(data_dir):
+        raise MnistDataError(f"no such directory {data_dir!r}. " + _expected_files_message(data_dir))
+    missing = [f for f in MNIST_FILES.values() if not os.path.isfile(os.path.join(data_dir, f))]
+    if missing:
+        raise MnistDataError(
+            f"missing {', '.join(missing)}. " + _expected_files_message(data_dir)
+        )
+    arrays = {}
+    for key, filename in MNIST_FILES.items():
+        try:
+            arrays[key] = read_idx(os.path.join(data_dir, filename))
+        except MnistDataError as error:
+            raise MnistDataError(f"{error} " + _expected_files_message(data_dir)) from error
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise MnistDataError(
+                f"{split} split: images {images.shape} and labels {labels.shape} do not match "
+                "(expected [N, rows, cols] and [N]). " + _expected_files_message(data_dir)
+            )
+        if labels.size and labels.max() > 9:
+            raise MnistDataError(f"{split} labels contain {labels.max()}, MNIST has 10 classes.")
+    return arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"]
+
+
+def _load_tfds(tfds_dir: Optional[str]):
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as error:  # pragma: no cover - tfds is a dependency
+        raise MnistDownloadError(
+            "tensorflow-datasets is not installed; install it or pass data_dir (--data-dir / "
+            "WPL_DATA_DIR) pointing to the MNIST idx files."
+        ) from error
+    try:
+        (x_train, y_train), (x_test, y_test) = tfds.as_numpy(
+            tfds.load(
+                "mnist",
+                split=["train", "test"],
+                batch_size=-1,
+                as_supervised=True,
+                data_dir=tfds_dir,
+            )
+        )
+    except Exception as error:  # tfds raises many kinds of download/IO errors
+        raise MnistDownloadError(
+            "could not download MNIST with tensorflow-datasets "
+            f"({type(error).__name__}: {error}). Without internet access, pass --data-dir DIR "
+            "(or set WPL_DATA_DIR=DIR) with the four idx files: "
+            + ", ".join(MNIST_FILES.values())
+            + "."
+        ) from error
+    return x_train[..., 0], y_train, x_test[..., 0], y_test
+
+
+# --------------------------------------------------------------------------- public loaders
+def split_validation(x: np.ndarray, y: np.ndarray, validation_size: int, seed: int = 0):
+    """Holds out ``validation_size`` examples chosen by a seeded permutation.
+
+    Returns:
+        ``(x_train, y_train, x_val, y_val)``.
+    """
+    if not 0 <= validation_size < len(y):
+        raise ValueError(
+            f"validation_size must be in [0, {len(y)}) for {len(y)} training examples, "
+            f"got {validation_size}."
+        )
+    order = np.random.default_rng(seed).permutation(len(y))
+    val, train = order[:validation_size], order[validation_size:]
+    return x[train], y[train], x[val], y[val]
+
+
+def load_mnist(
+    data_dir: Optional[str] = None,
+    *,
+    validation_size: int = 5000,
+    seed: int = 0,
+    tfds_dir: Optional[str] = None,
+) -> MnistSplits:
+    """Loads MNIST as float arrays with a held-out validation split.
+
+    ``x = pixel / 255`` as float32 ``[N, 28, 28]``; labels int32.
+
+    Args:
+        data_dir: directory with the four idx ``.gz`` files; None downloads with
+            tensorflow-datasets.
+        validation_size: training examples held out as validation (taken before any training).
+        seed: seed of the validation permutation.
+        tfds_dir: tensorflow-datasets cache directory (only when ``data_dir`` is None).
+
+    Raises:
+        MnistDataError: bad or missing idx files (the message lists the expected names).
+        MnistDownloadError: tfds could not download (points to ``--data-dir``/``WPL_DATA_DIR``).
+    """
+    if data_dir is None:
+        x_train, y_train, x_test, y_test = _load_tfds(tfds_dir)
+        source = "tensorflow-datasets:mnist"
+    else:
+        x_train, y_train, x_test, y_test = read_mnist_idx_dir(str(data_dir))
+        source = f"idx:{os.path.abspath(str(data_dir))}"
+    x_train, y_train, x_val, y_val = split_validation(x_train, y_train, validation_size, seed)
+
+    def images(a):
+        return (np.asarray(a, np.float32) / 255.0).astype(np.float32)
+
+    def labels(a):
+        return np.asarray(a, np.int32)
+
+    return MnistSplits(
+        images(x_train), labels(y_train), images(x_val), labels(y_val),
+        images(x_test), labels(y_test), source,
+    )
+
+
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    repeat: bool = False,
+    seed: Optional[int] = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """``tf.data`` pipeline over arrays: (shuffle) → (repeat) → batch → prefetch.
+
+    Args:
+        x, y: images and labels with the same leading size.
+        batch_size: examples per batch (> 0).
+        shuffle: reshuffle each pass with a buffer of the whole array.
+        repeat: repeat forever (for step-counted training).
+        seed: shuffle seed.
+        drop_remainder: drop the last incomplete batch.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}.")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def mnist_datasets(
+    splits: MnistSplits, *, batch_size: int = 64, seed: Optional[int] = None
+) -> dict:
+    """``{"train": shuffled+repeated, "val": ..., "test": ...}`` ``tf.data`` pipelines."""
+    return {
+        "train": make_dataset(
+            splits.x_train, splits.y_train, batch_size=batch_size, shuffle=True, repeat=True, seed=seed
+        ),
+        "val": make_dataset(splits.x_val, splits.y_val, batch_size=batch_size),
+        "test": make_dataset(splits.x_test, splits.y_test, batch_size=batch_size),
+    }

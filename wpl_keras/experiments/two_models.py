@@ -1,0 +1,540 @@
+"""Two models sharing weights on MNIST (paper §4.1, Figure 2): forgetting with and without WPL.
+
+Models (all ``Dense`` layers have ``hidden_units`` ReLU units; "operation" = one such layer):
+
+* **A**: ``x (28×28) → flatten → W_A1 → W_A2 → W_A3 → W_A4 → head_A (10 logits)``.
+* **B**: ``x → flatten → W_A1 → W_A2 → W_A3 → W_A4 → W_B5 → W_B6 → head_B (10 logits)``.
+  Its first four operations *are* A's layer objects (the same variables, ``θs``), so training B
+  moves A's weights; ``W_B5``, ``W_B6`` and ``head_B`` belong to B only (``θ2``).
+
+This matches the paper's description ("two feed-forward networks with 4 (model A) and 6 (model B)
+layers ... all the layers of A are shared by B"): A's 4 layers are B's first 4, B has 2 more, and
+each network keeps its own classifier head (a shared head would force B's 6-layer features into
+A's 4-layer readout, which is not what "A's layers are shared" describes). ReLU layers without
+normalisation are positively homogeneous, the property the paper invokes for the MLE argument.
+
+Protocol for one seed and one convergence level (§4.1):
+
+1. Train A: *strict* = to convergence (plain SGD, early stopping on validation accuracy); *loose* =
+   plain SGD stopped as soon as validation top-1 reaches a level (e.g. 0.56, 0.44, 0.36).
+2. ``F = estimate_fisher(A, 200 validation images, variables=θs)`` (empirical Fisher).
+3. Snapshot all weights; train B for ``iterations`` SGD steps twice from that same start:
+   without WPL, then with WPL (``θs* = θs`` of A, ``F`` from step 2), evaluating A's and B's
+   test accuracy every ``eval_every`` iterations.
+4. Forgetting ``d = acc_A(before) − acc_A(after)`` for both runs and the reduction
+   ``(d_without − d_with) / d_without``.
+
+Why forgetting is real here: B is trained with SGD + momentum 0.9 at lr 0.1, which moves the
+shared weights far from A's solution (A falls from ~97% to ~20-60%); plain SGD at the same lr
+barely moves them (measured: 96.4% → 96.3%), so it would show no forgetting to remove.
+
+Stable form of WPL used: the proximal step of ``training.WPLTrainingMixin`` (``mode="proximal"``):
+after each optimiser step ``θ ← (θ + η α F θ*) / (1 + η α F)``, the exact minimiser of the
+penalty's proximal problem, stable for every ``α``. A gradient step on ``(α/2) F (θ − θ*)²`` is
+stable only while ``η α max F < 2 (1 + β)``; with ``mode="gradient"`` and a larger ``α``
+a :class:`~wpl_keras.wpl.callbacks.DivergenceGuard` stops training with a
+:class:`~wpl_keras.wpl.training.WPLDivergenceError` naming ``α`` and the learning rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from wpl_keras.wpl.callbacks import DivergenceGuard
+from wpl_keras.wpl.fisher import estimate_fisher
+from wpl_keras.wpl.penalty import max_stable_strength
+from wpl_keras.wpl.training import WPLModel, apply_wpl
+
+SHARED_LAYER_NAMES = ("W_A1", "W_A2", "W_A3", "W_A4")
+OWN_LAYER_NAMES_B = ("W_B5", "W_B6")
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoModelsConfig:
+    """Settings of the two-model experiment (saved as ``config.json`` next to the results).
+
+    Attributes:
+        hidden_units: units of every ReLU layer.
+        batch_size: examples per training step (A and B).
+        a_optimizer: ``"sgd"`` (plain SGD) or ``"adam"`` for strict training of A.
+        a_learning_rate: learning rate for strict training of A.
+        a_max_epochs: epochs at most for strict training of A.
+        a_patience: epochs without validation improvement before A counts as converged.
+        a_steps_per_epoch: steps per epoch for A (None: one pass over the training split).
+        loose_levels: validation top-1 accuracies at which loose training of A stops.
+        loose_learning_rate: plain-SGD learning rate of loose training (slow enough to stop
+            near a level).
+        loose_check_every: steps between validation checks in loose training.
+        loose_max_steps: give up reaching a level after this many steps (error).
+        iterations: SGD steps of B (paper: 1,500).
+        b_learning_rate: SGD learning rate of B.
+        b_momentum: heavy-ball momentum of B (0.9 makes the forgetting real, see module doc).
+        eval_every: evaluate A and B on the test set every this many iterations.
+        fisher_samples: validation images for the Fisher (paper: 200).
+        fisher_kind: ``"empirical"`` (true labels) or ``"true"`` (sampled labels).
+        alpha: WPL strength ``α``.
+        wpl_mode: ``"proximal"`` (stable for any α) or ``"gradient"`` (penalty in the loss).
+        l2: ``λ`` of eq. 8 on the shared weights (0 in our runs).
+        eval_examples: test examples used for the curves (None: all).
+        seeds: one full repetition per seed.
+        validation_size: training examples held out for validation.
+    """
+
+    hidden_units: int = 64
+    batch_size: int = 64
+    a_optimizer: str = "sgd"
+    a_learning_rate: float = 0.1
+    a_max_epochs: int = 8
+    a_patience: int = 2
+    a_steps_per_epoch: Optional[int] = None
+    loose_levels: tuple = (0.56, 0.44, 0.36)
+    loose_learning_rate: float = 0.01
+    loose_check_every: int = 5
+    loose_max_steps: int = 5000
+    iterations: int = 1500
+    b_learning_rate: float = 0.1
+    b_momentum: float = 0.9
+    eval_every: int = 100
+    fisher_samples: int = 200
+    fisher_kind: str = "empirical"
+    alpha: float = 1e8
+    wpl_mode: str = "proximal"
+    l2: float = 0.0
+    eval_examples: Optional[int] = None
+    seeds: tuple = (0, 1, 2)
+    validation_size: int = 5000
+
+    def __post_init__(self):
+        checks = {
+            "hidden_units": self.hidden_units > 0,
+            "batch_size": self.batch_size > 0,
+            "iterations": self.iterations > 0,
+            "eval_every": 0 < self.eval_every <= self.iterations,
+            "fisher_samples": self.fisher_samples > 0,
+            "alpha": self.alpha >= 0,
+            "seeds": len(self.seeds) > 0,
+            "a_max_epochs": self.a_max_epochs > 0,
+            "loose_check_every": self.loose_check_every > 0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"TwoModelsConfig: invalid {', '.join(bad)} ({self}).")
+        if self.iterations % self.eval_every:
+            raise ValueError(
+                f"iterations ({self.iterations}) must be a multiple of eval_every ({self.eval_every})."
+            )
+        if self.a_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"a_optimizer must be 'sgd' or 'adam', got {self.a_optimizer!r}.")
+        if self.wpl_mode not in ("proximal", "gradient"):
+            raise ValueError(f"wpl_mode must be 'proximal' or 'gradient', got {self.wpl_mode!r}.")
+        if self.fisher_kind not in ("empirical", "true"):
+            raise ValueError(f"fisher_kind must be 'empirical' or 'true', got {self.fisher_kind!r}.")
+        for level in self.loose_levels:
+            if not 0.0 < level < 1.0:
+                raise ValueError(f"loose levels are top-1 accuracies in (0, 1), got {level}.")
+        object.__setattr__(self, "loose_levels", tuple(float(v) for v in self.loose_levels))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+
+    def to_json(self) -> dict:
+        """JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TwoModelsConfig":
+        """Inverse of :meth:`to_json`."""
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------- pure helpers
+def forgetting(acc_before: float, acc_after: float) -> float:
+    """``d = acc_A(before B) − acc_A(after B)`` (positive: A forgot)."""
+    return float(acc_before) - float(acc_after)
+
+
+def forgetting_reduction(d_without: float, d_with: float) -> float:
+    """``(d_without − d_with) / d_without``; NaN when there was no forgetting to reduce."""
+    if d_without <= 0:
+        return float("nan")
+    return (float(d_without) - float(d_with)) / float(d_without)
+
+
+def mean_std(values: Sequence[float]) -> dict:
+    """``{"mean", "std", "min", "max", "values"}`` (population std) of finite values."""
+    values = [float(v) for v in values]
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"),
+                "max": float("nan"), "values": values}
+    arr = np.asarray(finite)
+    return {"mean": float(arr.mean()), "std": float(arr.std()), "min": float(arr.min()),
+            "max": float(arr.max()), "values": values}
+
+
+# --------------------------------------------------------------------------- models
+def build_models(input_shape, config: TwoModelsConfig, num_classes: int = 10):
+    """Builds A and B with A's four layers shared by B (same layer objects, same variables).
+
+    Returns:
+        ``(model_a, make_b, shared_layers)``; ``make_b()`` returns a new :class:`WPLModel` B
+        over the same layer objects (a fresh model per run, so a WPL state never leaks from one
+        run into the next while every weight stays shared).
+    """
+    def dense(name):
+        return keras.layers.Dense(config.hidden_units, activation="relu", name=name)
+
+    shared = [dense(n) for n in SHARED_LAYER_NAMES]
+    own_b = [dense(n) for n in OWN_LAYER_NAMES_B]
+    head_a = keras.layers.Dense(num_classes, name="head_A")
+    head_b = keras.layers.Dense(num_classes, name="head_B")
+
+    inputs_a = keras.Input(tuple(input_shape), name="image_A")
+    h = keras.layers.Flatten(name="flatten_A")(inputs_a)
+    for layer in shared:
+        h = layer(h)
+    model_a = keras.Model(inputs_a, head_a(h), name="model_A")
+
+    def make_b():
+        inputs_b = keras.Input(tuple(input_shape), name="image_B")
+        h = keras.layers.Flatten(name="flatten_B")(inputs_b)
+        for layer in shared + own_b:
+            h = layer(h)
+        return WPLModel(inputs_b, head_b(h), name="model_B")
+
+    make_b()  # builds B's own layers now, so that their initial weights depend only on the seed
+    return model_a, make_b, shared
+
+
+def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 2000) -> float:
+    """Top-1 accuracy of a logits model on arrays."""
+    correct = 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start : start + batch_size], training=False)
+        correct += int(np.sum(np.argmax(np.asarray(logits), -1) == y[start : start + batch_size]))
+    return correct / max(1, len(y))
+
+
+def _dataset(x, y, batch_size, seed):
+    return (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+        .repeat()
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def _loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def train_a_strict(model_a, data, config: TwoModelsConfig, seed: int) -> dict:
+    """Trains A to convergence: early stopping on validation accuracy, best weights kept."""
+    optimizer = (keras.optimizers.SGD if config.a_optimizer == "sgd" else keras.optimizers.Adam)(
+        config.a_learning_rate
+    )
+    model_a.compile(optimizer=optimizer, loss=_loss(), metrics=["accuracy"])
+    steps = config.a_steps_per_epoch or max(1, len(data.y_train) // config.batch_size)
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_accuracy", patience=config.a_patience, restore_best_weights=True, mode="max"
+    )
+    history = model_a.fit(
+        _dataset(data.x_train, data.y_train, config.batch_size, seed),
+        steps_per_epoch=steps,
+        epochs=config.a_max_epochs,
+        validation_data=(data.x_val, data.y_val),
+        callbacks=[stop],
+        verbose=0,
+    )
+    return {"epochs": len(history.history["loss"]), "steps": steps * len(history.history["loss"])}
+
+
+class _StopAtAccuracy(keras.callbacks.Callback):
+    def __init__(self, x, y, level):
+        super().__init__()
+        self.x, self.y, self.level = x, y, level
+        self.reached = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        acc = accuracy(self.model, self.x, self.y)
+        if acc >= self.level:
+            self.reached = acc
+            self.model.stop_training = True
+
+
+def train_a_loose(model_a, data, level: float, config: TwoModelsConfig, seed: int) -> dict:
+    """Trains A with plain SGD and stops at the first check where validation top-1 >= ``level``.
+
+    Raises:
+        RuntimeError: if A does not reach ``level`` within ``loose_max_steps`` steps.
+    """
+    model_a.compile(optimizer=keras.optimizers.SGD(config.loose_learning_rate), loss=_loss())
+    stop = _StopAtAccuracy(data.x_val, data.y_val, level)
+    epochs = max(1, config.loose_max_steps // config.loose_check_every)
+    history = model_a.fit(
+        _dataset(data.x_train, data.y_train, config.batch_size, seed),
+        steps_per_epoch=config.loose_check_every,
+        epochs=epochs,
+        callbacks=[stop],
+        verbose=0,
+    )
+    if stop.reached is None:
+        raise RuntimeError(
+            f"loose training of A did not reach validation accuracy {level} in "
+            f"{config.loose_max_steps} steps (lr {config.loose_learning_rate})."
+        )
+    return {"steps": config.loose_check_every * len(history.history["loss"]),
+            "val_accuracy": stop.reached}
+
+
+class _Curves(keras.callbacks.Callback):
+    """Records A's and B's test accuracy at the end of every (eval_every-step) epoch."""
+
+    def __init__(self, model_a, model_b, x, y, eval_every):
+        super().__init__()
+        self.model_a, self.model_b, self.x, self.y = model_a, model_b, x, y
+        self.eval_every = eval_every
+        self.iterations, self.a, self.b = [], [], []
+
+    def record(self, iteration):
+        self.iterations.append(int(iteration))
+        self.a.append(accuracy(self.model_a, self.x, self.y))
+        self.b.append(accuracy(self.model_b, self.x, self.y))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.record((epoch + 1) * self.eval_every)
+
+
+def train_b(model_a, model_b, shared, data, fisher, config: TwoModelsConfig, *, wpl: bool,
+            seed: int, x_eval, y_eval) -> dict:
+    """Trains B for ``config.iterations`` SGD steps (with or without WPL), recording curves.
+
+    Raises:
+        WPLDivergenceError: (through :class:`DivergenceGuard`) if the loss becomes NaN or
+            explodes, e.g. a gradient-mode penalty with ``α`` beyond the stable bound.
+    """
+    state = None
+    if wpl:
+        state = apply_wpl(model_b, shared, strength=config.alpha, l2=config.l2, mode=config.wpl_mode)
+        state.assign_fisher(fisher)
+    model_b.compile(
+        optimizer=keras.optimizers.SGD(config.b_learning_rate, momentum=config.b_momentum),
+        loss=_loss(),
+    )
+    curves = _Curves(model_a, model_b, x_eval, y_eval, config.eval_every)
+    curves.record(0)
+    model_b.fit(
+        _dataset(data.x_train, data.y_train, config.batch_size, seed + 1),
+        steps_per_epoch=config.eval_every,
+        epochs=config.iterations // config.eval_every,
+        callbacks=[curves, DivergenceGuard(state)],
+        verbose=0,
+    )
+    out = {"iterations": curves.iterations, "acc_a": curves.a, "acc_b": curves.b}
+    if state is not None:
+        out["penalty_final"] = float(state.penalty().numpy())
+    return out
+
+
+def run_case(data, config: TwoModelsConfig, seed: int, level: Optional[float] = None) -> dict:
+    """One seed, one convergence level (None = strict): train A, Fisher, B without / with WPL."""
+    keras.utils.set_random_seed(seed)
+    model_a, make_b, shared = build_models(data.x_train.shape[1:], config)
+    started = time.time()
+    if level is None:
+        a_info = train_a_strict(model_a, data, config, seed)
+    else:
+        a_info = train_a_loose(model_a, data, level, config, seed)
+    x_eval, y_eval = data.x_test, data.y_test
+    if config.eval_examples is not None:
+        x_eval, y_eval = x_eval[: config.eval_examples], y_eval[: config.eval_examples]
+    baseline = accuracy(model_a, x_eval, y_eval)
+    shared_vars = [v for layer in shared for v in layer.trainable_weights]
+    fisher = estimate_fisher(
+        model_a,
+        (data.x_val, data.y_val),
+        shared_vars,
+        num_samples=config.fisher_samples,
+        kind=config.fisher_kind,
+        from_logits=True,
+        seed=seed,
+    )
+    max_f = float(max(float(tf.reduce_max(f)) for f in fisher))
+    reference_b = make_b()
+    start_weights = [np.array(v) for v in reference_b.weights]  # B's weights include θs
+    runs = {}
+    for name, wpl in (("without", False), ("with", True)):
+        for v, w in zip(reference_b.weights, start_weights):
+            v.assign(w)
+        model_b = make_b()
+        runs[name] = train_b(model_a, model_b, shared, data, fisher, config, wpl=wpl,
+                             seed=seed, x_eval=x_eval, y_eval=y_eval)
+    d_without = forgetting(baseline, runs["without"]["acc_a"][-1])
+    d_with = forgetting(baseline, runs["with"]["acc_a"][-1])
+    return {
+        "seed": seed,
+        "level": level,
+        "a_training": a_info,
+        "a_baseline": baseline,
+        "fisher_max": max_f,
+        "gradient_mode_max_stable_alpha": max_stable_strength(
+            config.b_learning_rate, max_f, config.b_momentum
+        ),
+        "runs": runs,
+        "a_final_without": runs["without"]["acc_a"][-1],
+        "a_final_with": runs["with"]["acc_a"][-1],
+        "b_final_without": runs["without"]["acc_b"][-1],
+        "b_final_with": runs["with"]["acc_b"][-1],
+        "d_without": d_without,
+        "d_with": d_with,
+        "forgetting_reduction": forgetting_reduction(d_without, d_with),
+        "a_drop_without": 100.0 * d_without,
+        "b_accuracy_gap": 100.0 * (runs["without"]["acc_b"][-1] - runs["with"]["acc_b"][-1]),
+        "seconds": time.time() - started,
+    }
+
+
+def summarize(cases: Sequence[dict]) -> dict:
+    """Mean/std over seeds of the scalar results of :func:`run_case` for one level."""
+    keys = ("a_baseline", "a_final_without", "a_final_with", "b_final_without", "b_final_with",
+            "d_without", "d_with", "forgetting_reduction", "a_drop_without", "b_accuracy_gap")
+    return {k: mean_std([c[k] for c in cases]) for k in keys}
+
+
+def case_name(level: Optional[float]) -> str:
+    """``"strict"`` or ``"loose_0.56"``."""
+    return "strict" if level is None else f"loose_{level:g}"
+
+
+def run_experiment(
+    data,
+    config: TwoModelsConfig,
+    *,
+    strict: bool = True,
+    levels: Optional[Sequence[float]] = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> dict:
+    """Runs every seed for the strict case and each loose level.
+
+    Args:
+        data: an object with ``x_train, y_train, x_val, y_val, x_test, y_test`` arrays
+            (e.g. :class:`~wpl_keras.data.mnist.MnistSplits`).
+        config: the settings.
+        strict: include the strict-convergence case.
+        levels: loose levels (default ``config.loose_levels``).
+        progress: called with a one-line message after each case.
+
+    Returns:
+        ``{"config", "source", "cases": {name: {"level", "seeds": [...], "summary"}}}``.
+    """
+    levels = config.loose_levels if levels is None else tuple(levels)
+    wanted = ([None] if strict else []) + list(levels)
+    results = {"config": config.to_json(), "source": getattr(data, "source", "arrays"), "cases": {}}
+    for level in wanted:
+        per_seed = []
+        for seed in config.seeds:
+            case = run_case(data, config, seed, level)
+            per_seed.append(case)
+            if progress is not None:
+                progress(
+                    f"{case_name(level)} seed {seed}: A {case['a_baseline']:.4f} -> "
+                    f"{case['a_final_without']:.4f} without / {case['a_final_with']:.4f} with WPL; "
+                    f"B {case['b_final_without']:.4f} / {case['b_final_with']:.4f}; reduction "
+                    f"{case['forgetting_reduction']:.4f} ({case['seconds']:.0f}s)"
+                )
+        results["cases"][case_name(level)] = {
+            "level": level, "seeds": per_seed, "summary": summarize(per_seed)
+        }
+    return results
+
+
+def loosest_helpful_level(results: dict, min_reduction: float = 0.5, min_drop: float = 5.0):
+    """Name of the loose case with the lowest level whose mean reduction >= ``min_reduction``
+    and mean A drop without WPL >= ``min_drop`` points; None if no loose case qualifies."""
+    best = None
+    for name, case in results["cases"].items():
+        if case["level"] is None:
+            continue
+        s = case["summary"]
+        if s["forgetting_reduction"]["mean"] >= min_reduction and s["a_drop_without"]["mean"] >= min_drop:
+            if best is None or case["level"] < results["cases"][best]["level"]:
+                best = name
+    return best
+
+
+# --------------------------------------------------------------------------- output
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def plot_results(results: dict, path: str) -> None:
+    """Figure-2-style plot: per case, A's (top) and B's (bottom) test accuracy vs iterations;
+    baseline green, without WPL blue, with WPL orange (mean over seeds, band = ±1 std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["cases"])
+    fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 5.6), squeeze=False)
+    for col, name in enumerate(names):
+        seeds = results["cases"][name]["seeds"]
+        its = np.asarray(seeds[0]["runs"]["without"]["iterations"])
+        for row, key in enumerate(("acc_a", "acc_b")):
+            ax = axes[row][col]
+            if key == "acc_a":
+                base = np.mean([s["a_baseline"] for s in seeds])
+                ax.axhline(base, color="tab:green", label="Baseline (A before B)")
+            for run, color, label in (("without", "tab:blue", "w/o WPL"),
+                                      ("with", "tab:orange", "with WPL")):
+                curves = np.asarray([s["runs"][run][key] for s in seeds])
+                mean, std = curves.mean(0), curves.std(0)
+                ax.plot(its, mean, color=color, label=label)
+                ax.fill_between(its, mean - std, mean + std, color=color, alpha=0.25)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("Iterations (training B)")
+            ax.set_ylabel(f"Model {'A' if key == 'acc_a' else 'B'} test accuracy")
+            if row == 0:
+                ax.set_title(name.replace("_", " "))
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_results(results: dict, out_dir: str, *, plot: bool = True) -> dict:
+    """Writes ``results.json``, ``config.json`` and (optionally) ``two_models.png`` to ``out_dir``.
+
+    Returns:
+        The written paths.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {
+        "results": os.path.join(out_dir, "results.json"),
+        "config": os.path.join(out_dir, "config.json"),
+    }
+    with open(paths["results"], "w") as handle:
+        json.dump(_clean(results), handle, indent=1)
+    with open(paths["config"], "w") as handle:
+        json.dump(_clean(results["config"]), handle, indent=1)
+    if plot:
+        paths["figure"] = os.path.join(out_dir, "two_models.png")
+        plot_results(results, paths["figure"])
+    return paths
