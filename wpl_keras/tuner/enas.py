@@ -1,0 +1,222 @@
+"""ENAS as a KerasTuner oracle, and a weight-sharing tuner that trains a supernet with WPL.
+
+:class:`ENASOracle` is a :class:`~wpl_keras.tuner.controller_oracle.ControllerOracle` whose
+controller is the ENAS LSTM (:class:`~wpl_keras.nas.controller.Controller`) trained by
+REINFORCE with an EMA baseline and an entropy bonus (:class:`~wpl_keras.nas.reinforce.Reinforce`):
+when a trial ends with score ``s``, ``R = reward(s)``, ``b ← decay·b + (1 − decay)·R`` and one
+Adam step on ``−(log π(arch)·(R − b) + entropy_weight·H)``.
+
+Two ways to use it:
+
+1. with any build function / ``HyperModel`` and a standard ``keras_tuner.Tuner``: the oracle
+   only proposes; the build function reads the architecture with
+   :func:`~wpl_keras.tuner.controller_oracle.hyperparameters_to_architecture`;
+2. with :class:`WeightSharingTuner`: every trial trains the trial's architecture on the shared
+   weights of a :class:`~wpl_keras.nas.base.SharedWeightsTask` for ``batches_per_trial``
+   batches (with the Weight Plasticity Loss once ``wpl_start_trial`` trials have run) and
+   scores it on validation (metrics ``val_error`` and ``reward``); the best trials become
+   standalone models through a ``build_standalone(arch)`` callable.
+
+Example (mode 1):
+
+>>> oracle = ENASOracle(space, objective="val_accuracy", max_trials=20)   # doctest: +SKIP
+>>> tuner = keras_tuner.Tuner(oracle=oracle, hypermodel=build_fn, directory="runs")  # +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Optional
+
+import keras
+import keras_tuner
+import tensorflow as tf
+
+from wpl_keras.nas.base import Architecture, SearchSpace, SharedWeightsTask
+from wpl_keras.nas.controller import Controller
+from wpl_keras.nas.reinforce import Reinforce
+from wpl_keras.tuner.controller_oracle import (
+    ControllerAdapter,
+    ControllerOracle,
+    hyperparameters_to_architecture,
+)
+
+
+class ENASAdapter(ControllerAdapter):
+    """ENAS controller + REINFORCE behind the :class:`ControllerAdapter` interface.
+
+    Args:
+        controller: the LSTM controller.
+        reinforce: its REINFORCE trainer.
+    """
+
+    def __init__(self, controller: Controller, reinforce: Reinforce):
+        self.controller = controller
+        self.reinforce = reinforce
+        self._checkpoint = tf.train.Checkpoint(**reinforce.checkpoint_items())
+
+    def propose(self) -> Architecture:
+        return self.controller.sample_architecture()
+
+    def learn(self, arch, reward: float) -> Dict[str, float]:
+        return self.reinforce.update(arch, reward)
+
+    def save(self, path: str) -> None:
+        self._checkpoint.write(path)
+
+    def load(self, path: str) -> None:
+        self._checkpoint.read(path).assert_existing_objects_matched()
+
+    def state(self) -> dict:
+        return {
+            "reinforce_step": int(self.reinforce.step.numpy()),
+            "baseline": float(self.reinforce.baseline.numpy()),
+        }
+
+
+class ENASOracle(ControllerOracle):
+    """KerasTuner oracle driven by an ENAS controller trained with REINFORCE.
+
+    Args:
+        space: the search space; one ``Choice`` per decision named by ``decision_names``.
+        objective, max_trials: as ``keras_tuner.Oracle``.
+        units, temperature, tanh_constant: controller settings (ENAS RNN preset: 100, 5, 2.5).
+        learning_rate, baseline_decay, entropy_weight: REINFORCE settings (ENAS RNN preset:
+            3.5e-4, 0.95, 1e-4).
+        controller_seed: seeds controller weights and sampling.
+        **kwargs: :class:`ControllerOracle` options (``reward_fn``, ``repeats``,
+            ``max_resamples``, ``trial_timeout``, ``seed``, ``max_retries_per_trial``, ...).
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        objective=None,
+        max_trials: int = 10,
+        *,
+        units: int = 100,
+        temperature: Optional[float] = None,
+        tanh_constant: Optional[float] = None,
+        learning_rate: float = 3.5e-4,
+        baseline_decay: float = 0.95,
+        entropy_weight: float = 1e-4,
+        controller_seed: int = 0,
+        **kwargs,
+    ):
+        controller = Controller(
+            space.decision_sizes,
+            units=units,
+            temperature=temperature,
+            tanh_constant=tanh_constant,
+            seed=controller_seed,
+        )
+        reinforce = Reinforce(
+            controller,
+            learning_rate=learning_rate,
+            baseline_decay=baseline_decay,
+            entropy_weight=entropy_weight,
+        )
+        super().__init__(
+            space, ENASAdapter(controller, reinforce), objective, max_trials, **kwargs
+        )
+        self.controller = controller
+        self.reinforce = reinforce
+
+
+class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
+    """A tuner whose trials all train one shared supernet (a :class:`SharedWeightsTask`).
+
+    ``run_trial`` for architecture ``a`` (read from the trial's hyperparameters):
+    ``task.train_architecture(a, batches_per_trial, wpl_active=trials_run >= wpl_start_trial)``,
+    then ``val_error = task.validation_error(a)`` (fixed validation batch) and
+    ``reward = task.reward(a)``; it returns those and the training logs (``loss``,
+    ``penalty``, ...), so the oracle's objective can be ``Objective("reward", "max")`` or
+    ``Objective("val_error", "min")``. ``save()`` also writes the task's checkpoint (supernet,
+    optimizer, WPL state) under the project directory; ``reload()`` reads it back.
+
+    In distributed tuning each worker owns its own copy of the task (the supernet is not
+    synchronised between workers); the controller lives in the chief's oracle.
+
+    Args:
+        oracle: usually an :class:`ENASOracle` (any Oracle over ``task.space`` works).
+        task: the shared-weights task.
+        batches_per_trial: training batches per trial (paper RNN preset: 7).
+        wpl_start_trial: trials of plain training before WPL turns on (0: from the start).
+        build_standalone: ``arch -> keras.Model`` for :meth:`load_model` / ``get_best_models``.
+        **kwargs: ``directory``, ``project_name``, ``overwrite`` of ``BaseTuner``.
+    """
+
+    def __init__(
+        self,
+        oracle: keras_tuner.Oracle,
+        task: SharedWeightsTask,
+        *,
+        batches_per_trial: int = 7,
+        wpl_start_trial: int = 0,
+        build_standalone: Optional[Callable[[Architecture], keras.Model]] = None,
+        **kwargs,
+    ):
+        if batches_per_trial < 1:
+            raise ValueError(f"batches_per_trial must be >= 1, got {batches_per_trial}.")
+        if wpl_start_trial < 0:
+            raise ValueError(f"wpl_start_trial must be >= 0, got {wpl_start_trial}.")
+        self.task = task
+        self.space = task.space
+        self.batches_per_trial = int(batches_per_trial)
+        self.wpl_start_trial = int(wpl_start_trial)
+        self.build_standalone = build_standalone
+        self.trials_run = 0
+        self._task_checkpoint = tf.train.Checkpoint(**task.checkpoint_items())
+        super().__init__(oracle, hypermodel=None, **kwargs)
+
+    def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
+        arch = hyperparameters_to_architecture(self.space, trial.hyperparameters)
+        wpl_active = self.trials_run >= self.wpl_start_trial
+        logs = self.task.train_architecture(arch, self.batches_per_trial, wpl_active=wpl_active)
+        self.trials_run += 1
+        metrics = {k: float(v) for k, v in (logs or {}).items()}
+        metrics["val_error"] = float(self.task.validation_error(arch))
+        metrics["reward"] = float(self.task.reward(arch))
+        metrics["wpl_active"] = float(wpl_active)
+        return metrics
+
+    def load_model(self, trial) -> keras.Model:
+        """A standalone model of the trial's architecture, from ``build_standalone``."""
+        if self.build_standalone is None:
+            raise ValueError(
+                "WeightSharingTuner needs build_standalone(arch) -> keras.Model to return "
+                "models; use get_best_hyperparameters() + hyperparameters_to_architecture()."
+            )
+        arch = hyperparameters_to_architecture(self.space, trial.hyperparameters)
+        return self.build_standalone(arch)
+
+    def save_model(self, trial_id, model, step=0):  # the supernet is saved by save()
+        pass
+
+    def get_best_architectures(self, num: int = 1):
+        """Architectures of the ``num`` best trials."""
+        return [
+            hyperparameters_to_architecture(self.space, hp)
+            for hp in self.get_best_hyperparameters(num)
+        ]
+
+    def get_state(self):
+        state = super().get_state()
+        state["trials_run"] = self.trials_run
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.trials_run = int(state.get("trials_run", 0))
+
+    def _task_path(self) -> str:
+        return os.path.join(self.project_dir, "supernet", "checkpoint")
+
+    def save(self):
+        super().save()
+        self._task_checkpoint.write(self._task_path())
+
+    def reload(self):
+        super().reload()
+        if tf.io.gfile.exists(self._task_path() + ".index"):
+            self._task_checkpoint.read(self._task_path()).assert_existing_objects_matched()
