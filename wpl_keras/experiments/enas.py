@@ -348,19 +348,21 @@ def run_export(
     out_dir: str,
     export_dir: Optional[str] = None,
     *,
+    arch=None,
     epochs: Optional[int] = None,
     data=None,
 ) -> str:
-    """Trains the derived architecture (as :func:`run_train_best`) and exports it to
+    """Trains the derived architecture or ``arch`` (as :func:`run_train_best`) and exports it to
     ``export_dir`` (default ``out_dir/export``). Returns the export path."""
     spec = get_space(config.space)
     if spec.export is None:
         raise NotImplementedError(f"space {config.space!r} has no export.")
     data, config = prepare(config, data_dir, data)
-    model, _ = run_train_best(config, data_dir, out_dir, epochs=epochs, data=data)
     from wpl_keras.nas.derive import load_derived
 
-    arch = load_derived(os.path.join(out_dir, "derived.json"))
+    if arch is None:
+        arch = load_derived(os.path.join(out_dir, "derived.json"))
+    model, _ = run_train_best(config, data_dir, out_dir, arch=arch, epochs=epochs, data=data)
     space = build_space(config)
     return spec.export(model, arch, space, export_dir or os.path.join(out_dir, "export"))
 
@@ -435,7 +437,7 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
         task = _tiny_rnn_task_config(RNNSupernetConfig)
         return ENASExperimentConfig(
             space="rnn", preset="tiny", task=task,
-            search=SearchConfig(epochs=3, shared_steps_per_epoch=3, batches_per_arch=1,
+            search=SearchConfig(epochs=3, shared_steps_per_epoch=3, batches_per_arch=2,
                                 controller_steps=2, wpl_start_epoch=1, strength_decay=None,
                                 flush_every=2, verbose=0),
             controller=ControllerConfig(units=8), derive_samples=3, train_epochs=1,

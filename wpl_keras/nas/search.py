@@ -137,13 +137,13 @@ class SearchConfig:
 
     @classmethod
     def cpu_small(cls, **overrides) -> "SearchConfig":
-        """Minutes on 2 CPU cores: 8 epochs of 12 architectures × 4 batches and 10 controller
+        """Minutes on 2 CPU cores: 6 epochs of 10 architectures × 3 batches and 5 controller
         steps; WPL from epoch 2, α 60 constant, flush every 2 epochs."""
         base = cls(
-            epochs=8,
-            shared_steps_per_epoch=12,
-            batches_per_arch=4,
-            controller_steps=10,
+            epochs=6,
+            shared_steps_per_epoch=10,
+            batches_per_arch=3,
+            controller_steps=5,
             wpl_start_epoch=2,
             strength_decay=None,
             flush_every=2,

@@ -1,0 +1,145 @@
+"""Figure 3 of the paper: multi-model forgetting in ENAS search, with and without WPL.
+
+Runs the same search twice (same seed, same budget, same data): once plain ENAS (``--no-wpl``)
+and once with WPL from ``wpl_start_epoch``. For each epoch it reports, over the architectures
+sampled in that epoch, the mean, best-5 (lowest err1) and max of ``err2 − err1`` (validation
+perplexity on a fixed validation batch right after an architecture's training, and at the end of
+the epoch), and the reductions ``(d_without − d_with) / d_without`` averaged over the epochs
+where WPL is active.
+
+    python benchmarks/enas_forgetting.py --space rnn --preset cpu-small \
+        --data-dir ../shared/data/ptb
+
+The last line of output is one JSON object with what was measured, on what, with what settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from wpl_keras.experiments import enas  # noqa: E402
+from wpl_keras.nas import metrics  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--space", default="rnn", help="registered search space")
+    parser.add_argument("--preset", default="cpu-small", help="experiment preset")
+    parser.add_argument("--data-dir", default=None, help="the space's data folder")
+    parser.add_argument("--out", default=None,
+                        help="results folder (default: a new temporary folder)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue runs already in --out (same settings)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of both runs")
+    parser.add_argument("--epochs", type=int, default=None, help="override: search epochs")
+    parser.add_argument("--shared-steps", type=int, default=None,
+                        help="override: architectures per epoch")
+    parser.add_argument("--batches-per-arch", type=int, default=None,
+                        help="override: batches per architecture")
+    parser.add_argument("--controller-steps", type=int, default=None,
+                        help="override: controller updates per epoch")
+    parser.add_argument("--wpl-start-epoch", type=int, default=None,
+                        help="override: first epoch with WPL")
+    parser.add_argument("--alpha", type=float, default=None, help="override: WPL alpha0")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    config = enas.get_preset(args.space, args.preset)
+    overrides = {
+        "epochs": args.epochs, "shared_steps_per_epoch": args.shared_steps,
+        "batches_per_arch": args.batches_per_arch, "controller_steps": args.controller_steps,
+        "wpl_start_epoch": args.wpl_start_epoch, "strength": args.alpha,
+    }
+    search = {k: v for k, v in overrides.items() if v is not None}
+    if args.quiet:
+        search["verbose"] = 0
+    config = config.replace(search=search, **({"seed": args.seed} if args.seed is not None else {}))
+    out = args.out or tempfile.mkdtemp(prefix="enas_forgetting_")
+    os.makedirs(out, exist_ok=True)
+
+    start = time.time()
+    data, config = enas.prepare(config, args.data_dir)
+    runs, seconds = {}, {}
+    # The run with WPL is named by its alpha, so that runs with several alphas can share one
+    # run without WPL in the same --out (with --resume).
+    dirs = {"without": "without_wpl", "with": f"with_wpl_alpha{config.search.strength:g}"}
+    for label, wpl in (("without", False), ("with", True)):
+        t = time.time()
+        print(f"=== {args.space} search {label} WPL ({config.preset}, seed {config.seed}) ===")
+        result = enas.run_search_experiment(
+            config.with_wpl(wpl), args.data_dir, os.path.join(out, dirs[label]),
+            resume=args.resume, data=data,
+        )
+        runs[label] = result.history
+        seconds[label] = round(time.time() - t, 1)
+
+    start_epoch = config.search.wpl_start_epoch
+    active = [e for e in range(config.search.epochs) if e >= start_epoch]
+    if not active:
+        raise SystemExit("WPL never turns on: wpl_start_epoch >= epochs.")
+    red = metrics.reductions_over_epochs(runs["without"], runs["with"], epochs=active)
+    error_name = enas.get_space(args.space).error_name
+    plot = metrics.plot_forgetting(
+        {"without WPL": runs["without"], "with WPL": runs["with"]},
+        os.path.join(out, "figure3_forgetting.png"),
+        wpl_start_epoch=start_epoch, error_name=error_name,
+        title=f"ENAS {args.space} ({config.preset}): err2 − err1 per epoch",
+    )
+    per_epoch = {
+        label: [
+            {"epoch": r["epoch"], "mean": round(r["mean_diff"], 4),
+             "best5": round(r["best5_diff"], 4), "max": round(r["max_diff"], 4),
+             "mean_err1": round(r["mean_err1"], 3), "alpha": r["alpha"]}
+            for r in history
+        ]
+        for label, history in runs.items()
+    }
+    print(f"{'epoch':>5} | {'mean w/o':>9} {'mean w':>9} | {'best5 w/o':>9} {'best5 w':>9} | "
+          f"{'max w/o':>9} {'max w':>9} | {'err1 w/o':>9} {'err1 w':>9}")
+    for a, b in zip(per_epoch["without"], per_epoch["with"]):
+        mark = "*" if a["epoch"] in active else " "
+        print(f"{a['epoch']:>4}{mark} | {a['mean']:9.3f} {b['mean']:9.3f} | {a['best5']:9.3f} "
+              f"{b['best5']:9.3f} | {a['max']:9.3f} {b['max']:9.3f} | {a['mean_err1']:9.2f} "
+              f"{b['mean_err1']:9.2f}")
+    print("(* = WPL active in the WPL run; differences are in", error_name, "units)")
+    result = {
+        "benchmark": "enas_forgetting",
+        "figure": "paper Figure 3 (err2 - err1: mean / best-5 / max per epoch)",
+        "space": args.space,
+        "preset": config.preset,
+        "data_dir": args.data_dir,
+        "error": error_name,
+        "seed": config.seed,
+        "wpl_active_epochs": active,
+        "mean_reduction": red["mean_reduction"],
+        "best5_reduction": red["best5_reduction"],
+        "max_reduction": red["max_reduction"],
+        "mean_reduction_pooled": red["mean_reduction_pooled"],
+        "best5_reduction_pooled": red["best5_reduction_pooled"],
+        "max_reduction_pooled": red["max_reduction_pooled"],
+        "mean_diff_without": red["mean_without"],
+        "mean_diff_with": red["mean_with"],
+        "best5_diff_without": red["best5_without"],
+        "best5_diff_with": red["best5_with"],
+        "max_diff_without": red["max_without"],
+        "max_diff_with": red["max_with"],
+        "per_epoch": per_epoch,
+        "seconds": {**seconds, "total": round(time.time() - start, 1)},
+        "out": out,
+        "plot": plot,
+        "settings": config.to_json(),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
