@@ -253,6 +253,7 @@ def train_a_strict(model_a, data, config: TwoModelsConfig, seed: int) -> dict:
         validation_data=(data.x_val, data.y_val),
         callbacks=[stop],
         verbose=0,
+        shuffle=False,  # the tf.data pipeline shuffles
     )
     return {"epochs": len(history.history["loss"]), "steps": steps * len(history.history["loss"])}
 
@@ -285,6 +286,7 @@ def train_a_loose(model_a, data, level: float, config: TwoModelsConfig, seed: in
         epochs=epochs,
         callbacks=[stop],
         verbose=0,
+        shuffle=False,  # the tf.data pipeline shuffles
     )
     if stop.reached is None:
         raise RuntimeError(
@@ -337,6 +339,7 @@ def train_b(model_a, model_b, shared, data, fisher, config: TwoModelsConfig, *, 
         epochs=config.iterations // config.eval_every,
         callbacks=[curves, DivergenceGuard(state)],
         verbose=0,
+        shuffle=False,  # the tf.data pipeline shuffles
     )
     out = {"iterations": curves.iterations, "acc_a": curves.a, "acc_b": curves.b}
     if state is not None:
