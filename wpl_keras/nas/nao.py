@@ -265,7 +265,8 @@ class NAOController(keras.Model):
         )
         self.token_embed.build((None,))
         self.encoder_cell = keras.layers.LSTMCell(
-            c.units, kernel_initializer=init(1), recurrent_initializer=init(2), name="encoder"
+            c.units, kernel_initializer=init(1), recurrent_initializer=init(2),
+            seed=self.seed, name="encoder"
         )
         self.encoder_cell.build((None, c.token_embedding))
         for k in range(c.predictor_layers):
@@ -282,7 +283,8 @@ class NAOController(keras.Model):
         )
         self.decoder_init.build((None, c.units))
         self.decoder_cell = keras.layers.LSTMCell(
-            c.units, kernel_initializer=init(5), recurrent_initializer=init(6), name="decoder"
+            c.units, kernel_initializer=init(5), recurrent_initializer=init(6),
+            seed=self.seed + 1, name="decoder"
         )
         self.decoder_cell.build((None, c.token_embedding + c.units))
         self.decoder_out = keras.layers.Dense(V, kernel_initializer=init(7), name="decoder_out")

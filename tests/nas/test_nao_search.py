@@ -1,0 +1,204 @@
+"""NAO weight-sharing search: pool growth, WPL schedule, Figure-4 numbers, exact resume."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from wpl_keras.nas import nao_search
+from wpl_keras.nas.base import SearchSpace, SharedWeightsTask
+from wpl_keras.nas.nao import NAOConfig, NAOController
+from wpl_keras.nas.nao_search import NAOSearchConfig, run_nao_search
+from wpl_keras.wpl.fisher import WPLState
+
+
+class _Space(SearchSpace):
+    name = "fake_nao"
+
+    @property
+    def decision_sizes(self):
+        return (3, 3, 3)
+
+    @property
+    def decision_names(self):
+        return ("a", "b", "c")
+
+    def to_string(self, arch):
+        return "-".join(str(a) for a in self.validate(arch))
+
+    def from_string(self, text):
+        return self.validate([int(t) for t in text.split("-")])
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+class FakeTask(SharedWeightsTask):
+    """Rows ``W[3k + a_k]`` pulled to an architecture-specific target: architectures sharing a
+    row fight over it (forgetting); the WPL penalty on the used rows resists it."""
+
+    def __init__(self, seed=0, dim=4, lr=0.3, crash_after=None):
+        self.space = _Space()
+        self.lr = lr
+        self.dim = dim
+        self.w = tf.Variable(tf.zeros([9, dim]), name="w")
+        self.wpl_state = WPLState([self.w], strength=0.0, momentum=0.9, clip_norm=10.0)
+        self.gen = tf.random.Generator.from_seed(seed)
+        self.calls = tf.Variable(0, dtype=tf.int64)
+        self.crash_after = crash_after
+        self.alphas = []
+
+    def _rows(self, arch):
+        return tf.constant([3 * k + a for k, a in enumerate(arch)], tf.int32)
+
+    def _target(self, arch):
+        rng = np.random.default_rng(sum(a * 7**k for k, a in enumerate(arch)))
+        return tf.constant(rng.normal(size=(3, self.dim)), tf.float32)
+
+    def train_architecture(self, arch, num_batches, *, wpl_active):
+        if self.crash_after is not None and int(self.calls.numpy()) >= self.crash_after:
+            raise _Crash("simulated kill")
+        self.calls.assign_add(1)
+        self.alphas.append((wpl_active, float(self.wpl_state.strength.numpy())))
+        rows, target = self._rows(arch), self._target(arch)
+        for _ in range(num_batches):
+            noise = 0.05 * self.gen.normal([3, self.dim])
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(tf.gather(self.w, rows) - target - noise))
+                total = loss + (self.wpl_state.penalty_rows(0, rows) if wpl_active else 0.0)
+            dense = tf.convert_to_tensor(tape.gradient(total, self.w))
+            self.w.assign_sub(self.lr * dense)
+        if wpl_active:
+            self.wpl_state.update_fisher([tf.IndexedSlices(tf.gather(dense, rows), rows)])
+            self.wpl_state.snapshot_anchors(rows={0: rows})
+        return {"loss": float(loss)}
+
+    def validation_error(self, arch):
+        used = tf.gather(self.w, self._rows(arch))
+        return float(100.0 * tf.reduce_mean(tf.square(used - self._target(arch))))
+
+    def reward(self, arch):
+        return 1.0 / (1.0 + self.validation_error(arch))
+
+    def checkpoint_items(self):
+        return {"w": self.w, "wpl_state": self.wpl_state, "gen": self.gen, "calls": self.calls}
+
+    def config(self):
+        return {"kind": "fake"}
+
+
+NAO_CFG = NAOConfig(token_embedding=4, units=8, predictor_units=8, epochs=4, batch_size=8,
+                    max_rounds=5)
+
+
+def _config(**kw):
+    base = dict(epochs=4, shared_steps_per_epoch=5, batches_per_arch=2, seed_archs=6,
+                controller_every=2, new_archs=3, top_k_seeds=3, max_pool=10,
+                wpl_start_epoch=1, strength=10.0, flush_every=2, verbose=0)
+    base.update(kw)
+    return NAOSearchConfig(**base)
+
+
+def _run(out, config, crash_after=None, resume=False):
+    task = FakeTask(seed=1, crash_after=crash_after)
+    nao = NAOController(task.space.decision_sizes, NAO_CFG, seed=2)
+    result = run_nao_search(task, nao, config, str(out), seed=3, resume=resume,
+                            handle_signals=False)
+    return task, nao, result
+
+
+def test_grow_pool_keeps_new_and_best():
+    pool = [(0,), (1,), (2,), (3,)]
+    scores = [0.1, 0.9, 0.5, 0.2]
+    assert nao_search.grow_pool(pool, scores, [(5,), (1,), (5,)], 10) == pool + [(5,)]
+    assert nao_search.grow_pool(pool, scores, [(5,), (6,)], 4) == [(1,), (2,), (5,), (6,)]
+
+
+def test_with_regularization_sets_the_spaces_fields():
+    from wpl_keras.nas.cnn_supernet import SupernetConfig
+    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+
+    rnn = nao_search.with_regularization(RNNSupernetConfig.cpu_small(), output_dropout=0.75)
+    assert rnn.output_dropout == 0.75
+    with pytest.raises(ValueError, match="path"):
+        nao_search.with_regularization(RNNSupernetConfig.cpu_small(), path_keep=0.9)
+    cnn = nao_search.with_regularization(SupernetConfig(), output_dropout=0.25, path_keep=0.8)
+    assert (cnn.dropout, cnn.drop_path_keep) == (0.25, 0.8)
+
+
+def test_config_validation_and_schedule():
+    with pytest.raises(ValueError, match="max_pool"):
+        _config(seed_archs=20, max_pool=10)
+    with pytest.raises(ValueError, match="new_archs"):
+        _config(new_archs=-1)
+    c = _config()
+    assert NAOSearchConfig.from_json(c.to_json()) == c
+    assert c.schedule().wpl_start_epoch == 1
+
+
+def test_forgetting_by_rate_and_plot(tmp_path):
+    def hist(best5):
+        return [{"epoch": e, "best5_diff": b, "mean_diff": b, "mean_err1": 100.0 - e}
+                for e, b in enumerate(best5)]
+
+    runs = {(0.0, False): hist([9, 4, 4]), (0.0, True): hist([9, 1, 3]),
+            (0.5, False): hist([9, 2, 2]), (0.5, True): hist([9, 3, 3])}
+    out = nao_search.forgetting_by_rate(runs, wpl_start_epoch=1)
+    assert out["rates"]["0"]["best5_without"] == 4.0
+    assert out["rates"]["0"]["best5_with"] == 2.0
+    assert out["rates"]["0"]["wpl_lower"] == 1
+    assert out["rates"]["0.5"]["wpl_lower"] == 0
+    assert out["wpl_lower_at_all_rates"] == 0
+    path = nao_search.plot_figure4(runs, str(tmp_path / "fig4.png"))
+    assert os.path.getsize(path) > 1000
+    with pytest.raises(ValueError, match="with and a run without"):
+        nao_search.forgetting_by_rate({(0.0, True): hist([1])}, 0)
+
+
+def test_search_grows_pool_and_follows_wpl_schedule(tmp_path):
+    task, nao, result = _run(tmp_path / "run", _config())
+    hist = result.history
+    assert [r["epoch"] for r in hist] == [0, 1, 2, 3]
+    # Controller phases after epochs 1 and 3; new architectures only after epoch 1.
+    assert hist[1]["new_archs"] >= 1 and hist[1]["pool_size_after"] == 6 + hist[1]["new_archs"]
+    assert "new_archs" not in hist[0] and hist[3]["new_archs"] == 0
+    assert len(result.pool) == hist[1]["pool_size_after"]
+    for arch in result.pool:
+        task.space.validate(arch)
+    arch, err = result.best_architecture()
+    assert err == pytest.approx(task.validation_error(arch))
+    # WPL off in epoch 0, on with α = 10 afterwards.
+    assert task.alphas[:5] == [(False, 0.0)] * 5
+    assert task.alphas[5:] == [(True, 10.0)] * 15
+    assert all(len(r["err1"]) == 5 and len(r["err2"]) == 5 for r in hist)
+    saved = json.load(open(tmp_path / "run" / "history.json"))
+    assert len(saved) == 4
+    assert len(json.load(open(tmp_path / "run" / "pool.json"))) == len(result.pool)
+    with pytest.raises(FileExistsError):
+        _run(tmp_path / "run", _config())
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    config = _config(epochs=3, checkpoint_every=1)
+    ref_task, ref_nao, ref = _run(tmp_path / "ref", config)
+    # Killed after 12 trained architectures (in epoch 2, after one controller phase).
+    with pytest.raises(_Crash):
+        _run(tmp_path / "cut", config, crash_after=12)
+    task, nao, resumed = _run(tmp_path / "cut", config, resume=True)
+    assert [r["err1"] for r in resumed.history] == [r["err1"] for r in ref.history]
+    assert [r["err2"] for r in resumed.history] == [r["err2"] for r in ref.history]
+    assert [r["archs"] for r in resumed.history] == [r["archs"] for r in ref.history]
+    assert resumed.pool == ref.pool
+    np.testing.assert_array_equal(task.w.numpy(), ref_task.w.numpy())
+    for a, b in zip(nao.variables, ref_nao.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_mismatched_controller_is_an_error(tmp_path):
+    task = FakeTask()
+    nao = NAOController((3, 3), NAO_CFG, seed=0)
+    with pytest.raises(ValueError, match="decision sizes"):
+        run_nao_search(task, nao, _config(), str(tmp_path), handle_signals=False)
