@@ -186,6 +186,8 @@ class _CellWeights(keras.layers.Layer):
                 kernels = [self.add_weight(shape=(1, 1, cin, channels), initializer=he(),
                                            name=f"input{k}_conv1x1")]
             self.calibration.append(kernels)
+            for j, kernel in enumerate(kernels):  # plain attributes: tracked by checkpoints
+                setattr(self, f"input{k}_kernel{j}", kernel)
         self.op_weights = {}
         for op, size in _SEP_OPS.items():
             self.op_weights[op] = (
@@ -194,6 +196,8 @@ class _CellWeights(keras.layers.Layer):
                 self.add_weight(shape=(num_nodes, 2, 1, 1, channels, channels), initializer=he(),
                                 name=f"{op}_pointwise"),
             )
+            self.__setattr__(f"{op}_depthwise", self.op_weights[op][0])
+            self.__setattr__(f"{op}_pointwise", self.op_weights[op][1])
         self.built = True
 
     def calibrate(self, k: int, x: tf.Tensor) -> tf.Tensor:
@@ -247,6 +251,7 @@ class CNNSupernet(keras.Model):
                     name=f"cell{len(self.cell_weights)}_{'reduce' if cell_type else 'normal'}",
                 )
                 self.cell_weights.append(weights)
+                setattr(self, weights.name, weights)  # a plain attribute: tracked by checkpoints
                 self.cell_types.append(cell_type)
                 prev_prev, prev = prev, (channels, scale)
         self.final_channels = channels

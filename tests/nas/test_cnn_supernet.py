@@ -1,0 +1,191 @@
+"""Tests for the one-trace micro-CNN supernet and its WPL search task (tiny 8x8 images)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from wpl_keras.data.cifar10 import SearchSplits
+from wpl_keras.nas.base import InvalidArchitectureError
+from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
+from wpl_keras.nas.cnn_supernet import (
+    CNNSearchConfig,
+    CNNSearchTask,
+    CNNSupernet,
+    SupernetConfig,
+    per_example_norm,
+)
+
+SEP5 = OPS.index("sep5x5")
+
+
+def _splits(n=48, size=8):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    return SearchSplits(x[:32], y[:32], x[32:], y[32:])
+
+
+def _config(**kwargs):
+    base = dict(
+        supernet=SupernetConfig(num_cells=1, filters=4, num_stages=1),
+        batch_size=8, eval_batch_size=8, fixed_valid_size=16, augment=False,
+        lr_max=0.05, epochs=4,
+    )
+    base.update(kwargs)
+    return CNNSearchConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return CNNSearchTask(MicroCellSpace(num_nodes=2), _config(), _splits(), seed=0)
+
+
+def _arch_without(space, op, rng):
+    while True:
+        arch = space.sample(rng)
+        if op not in arch[1::2]:
+            return arch
+
+
+def test_one_trace_serves_every_architecture(task):
+    rng = np.random.default_rng(1)
+    for k in range(6):
+        out = task.train_architecture(task.space.sample(rng), 2, wpl_active=k % 2 == 1)
+        assert np.isfinite(out["loss"]) and out["penalty"] >= 0
+    for _ in range(3):
+        arch = task.space.sample(rng)
+        assert 0.0 <= task.validation_error(arch) <= 100.0
+        assert 0.0 <= task.reward(arch) <= 1.0
+    assert task.train_traces == 1
+    assert task.eval_traces == 1
+
+
+def test_unchosen_poisoned_op_does_not_run(seed):
+    space = MicroCellSpace(num_nodes=2)
+    net = CNNSupernet(space, SupernetConfig(num_cells=1, filters=4, num_stages=2))
+    for cell in net.cell_weights:
+        for v in cell.op_weights["sep5x5"]:
+            v.assign(tf.fill(v.shape, np.nan))
+    call = tf.function(lambda x, a: net((x, a), training=True))
+    images = tf.random.normal([2, 8, 8, 3])
+    rng = np.random.default_rng(0)
+    clean = _arch_without(space, SEP5, rng)
+    assert np.all(np.isfinite(call(images, tf.constant(clean, tf.int32)).numpy()))
+    poisoned = list(clean)
+    poisoned[1] = SEP5  # normal node 2, input x runs sep5x5
+    poisoned[3] = 0
+    out = call(images, tf.constant(poisoned, tf.int32)).numpy()
+    assert np.all(np.isnan(out))
+
+
+def test_masks_select_the_sliced_op_weights():
+    space = MicroCellSpace(num_nodes=2)
+    net = CNNSupernet(space, SupernetConfig(num_cells=1, filters=4, num_stages=1))
+    arch = (0, 1, 1, 2, 2, 0, 0, 1) + (0, 0, 0, 0, 0, 0, 0, 0)
+    masks = net.usage_masks(tf.constant(arch, tf.int32))
+    names = [v.path for v in net.trainable_variables]
+    by_name = dict(zip(names, masks))
+    sep3 = [m for n, m in by_name.items() if "sep3x3_depthwise" in n][0].numpy()
+    sep5 = [m for n, m in by_name.items() if "sep5x5_pointwise" in n][0].numpy()
+    np.testing.assert_array_equal(sep3.reshape(2, 2), [[1, 0], [0, 1]])
+    np.testing.assert_array_equal(sep5.reshape(2, 2), [[0, 1], [0, 0]])
+    stem = by_name[[n for n in names if "stem" in n][0]]
+    assert float(stem) == 1.0
+
+
+def test_unused_ops_get_no_update_fisher_or_anchor(task):
+    arch = (0, 1, 1, 1, 2, 0, 0, 1) + (1, 3, 0, 4, 2, 1, 1, 0)  # no sep5x5 anywhere
+    # give anchors an offset so that a snapshot is visible
+    for a in task.wpl_state.anchors:
+        a.assign(tf.convert_to_tensor(a) + 1.0)
+    before = [v.numpy().copy() for v in task.variables]
+    fisher_before = [f.numpy().copy() for f in task.wpl_state.fisher]
+    updates_before = int(task.wpl_state.num_fisher_updates.numpy())
+    anchors_before = [a.numpy().copy() for a in task.wpl_state.anchors]
+    task.train_architecture(arch, 2, wpl_active=True)
+    masks = task.supernet.usage_masks(tf.constant(arch, tf.int32))
+    changed_used = 0
+    for v, b, f, fb, a, ab, m in zip(task.variables, before, task.wpl_state.fisher, fisher_before,
+                                     task.wpl_state.anchors, anchors_before, masks):
+        m = np.broadcast_to(m.numpy(), b.shape).astype(bool)
+        np.testing.assert_array_equal(v.numpy()[~m], b[~m])  # no step on unused slices
+        np.testing.assert_array_equal(f.numpy()[~m], fb[~m])  # no Fisher update
+        np.testing.assert_array_equal(a.numpy()[~m], ab[~m])  # no anchor snapshot
+        np.testing.assert_allclose(a.numpy()[m], v.numpy()[m])  # θ* ← θ on used slices
+        changed_used += int(np.any(v.numpy()[m] != b[m]))
+        if m.any():
+            assert np.any(f.numpy()[m] != fb[m])
+    assert changed_used > 0
+    assert int(task.wpl_state.num_fisher_updates.numpy()) == updates_before + 1
+
+
+def test_penalty_counts_only_used_slices():
+    space = MicroCellSpace(num_nodes=2)
+    task = CNNSearchTask(space, _config(), _splits(), seed=0)
+    arch = (0, 1, 1, 1, 2, 0, 0, 1) + (1, 3, 0, 4, 2, 2, 1, 0)
+    state = task.wpl_state
+    state.strength.assign(2.0)
+    rng = np.random.default_rng(0)
+    expected = 0.0
+    masks = task.supernet.usage_masks(tf.constant(arch, tf.int32))
+    for v, f, a, m in zip(task.variables, state.fisher, state.anchors, masks):
+        fv = rng.uniform(0, 1, f.shape).astype(np.float32)
+        f.assign(fv)
+        a.assign(v.numpy() - 0.5)
+        expected += float(np.sum(np.broadcast_to(m.numpy(), fv.shape) * fv * 0.25))
+    got = float(task._penalty(masks))
+    np.testing.assert_allclose(got, 0.5 * 2.0 * expected, rtol=1e-4)
+    assert expected < 0.99 * sum(float(np.sum(f.numpy() * 0.25)) for f in state.fisher)
+
+
+def test_validation_error_is_on_a_fixed_batch(task):
+    arch = task.space.sample(np.random.default_rng(5))
+    first = task.validation_error(arch)
+    assert task.validation_error(arch) == first
+    assert task.fixed_images.shape[0] == 16
+
+
+def test_start_epoch_schedule_and_flush(task):
+    task.start_epoch(0)
+    np.testing.assert_allclose(task.optimizer.learning_rate.numpy(), 0.05, rtol=1e-6)
+    task.start_epoch(4)
+    np.testing.assert_allclose(task.optimizer.learning_rate.numpy(), 0.0005, rtol=1e-5)
+    task.wpl_state.fisher[0].assign(tf.ones_like(task.wpl_state.fisher[0]))
+    task.start_epoch(3)  # fisher_flush_every = 3
+    assert float(task.wpl_state.fisher_norm()) == 0.0
+    task.start_epoch(0)
+
+
+def test_bad_inputs_raise(task):
+    with pytest.raises(InvalidArchitectureError):
+        task.train_architecture((0,) * 3, 1, wpl_active=False)
+    with pytest.raises(ValueError, match="num_batches"):
+        task.train_architecture(task.space.sample(np.random.default_rng(0)), 0, wpl_active=False)
+    with pytest.raises(ValueError, match="even"):
+        SupernetConfig(filters=5)
+    with pytest.raises(ValueError, match="drop_path_keep"):
+        SupernetConfig(drop_path_keep=0.0)
+    with pytest.raises(TypeError, match="MicroCellSpace"):
+        CNNSupernet(object())
+    with pytest.raises(ValueError, match="full training batch"):
+        CNNSearchTask(MicroCellSpace(1), _config(batch_size=64), _splits())
+
+
+def test_checkpoint_round_trip(task, tmp_path):
+    arch = task.space.sample(np.random.default_rng(2))
+    task.train_architecture(arch, 1, wpl_active=True)
+    ckpt = tf.train.Checkpoint(**task.checkpoint_items())
+    path = ckpt.write(str(tmp_path / "ckpt"))
+    saved = [f.numpy().copy() for f in task.wpl_state.fisher]
+    error = task.validation_error(arch)
+    task.train_architecture(arch, 2, wpl_active=True)
+    ckpt.read(path).assert_consumed()
+    for f, s in zip(task.wpl_state.fisher, saved):
+        np.testing.assert_array_equal(f.numpy(), s)
+    assert task.validation_error(arch) == error
+
+
+def test_per_example_norm_is_batch_independent():
+    x = tf.random.normal([4, 3, 3, 2])
+    np.testing.assert_allclose(per_example_norm(x)[:2].numpy(), per_example_norm(x[:2]).numpy(),
+                               atol=1e-6)
