@@ -115,3 +115,28 @@ def test_loosest_helpful_level():
     assert tm.loosest_helpful_level(results) == "loose_0.44"
     results["cases"]["loose_0.44"] = case(0.44, 0.6, 2.0)
     assert tm.loosest_helpful_level(results) == "loose_0.56"
+
+
+def test_app_arguments_and_data_dir_resolution(tmp_path):
+    from apps import two_models as app
+
+    args = app.build_parser().parse_args(
+        ["--out", str(tmp_path), "--seeds", "3", "4", "--iterations", "200", "--alpha", "5",
+         "--loose-levels", "0.5", "0.4"]
+    )
+    config = app.config_from_args(args)
+    assert config.seeds == (3, 4) and config.iterations == 200 and config.alpha == 5.0
+    assert config.loose_levels == (0.5, 0.4)
+    assert app.resolve_data_dir("given", {"WPL_DATA_DIR": "/x"}) == "given"
+    assert app.resolve_data_dir(None, {"WPL_DATA_DIR": "/x"}) == os.path.join("/x", "mnist")
+    assert app.resolve_data_dir(None, {}) is None
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    assert app.resolve_data_dir(None, {"WPL_DATA_DIR": str(tmp_path)}) == str(tmp_path)
+
+
+def test_app_reports_missing_files(tmp_path, capsys):
+    from apps import two_models as app
+
+    code = app.main(["--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "t10k-images-idx3-ubyte.gz" in capsys.readouterr().err

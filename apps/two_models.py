@@ -1,0 +1,160 @@
+"""``wpl-two-models``: the paper's two-model MNIST experiment (§4.1, Figure 2).
+
+    wpl-two-models --data-dir ../shared/data/mnist --out runs/two_models
+    wpl-two-models --out runs/two_models              # MNIST via tensorflow-datasets download
+    WPL_DATA_DIR=../shared/data wpl-two-models --out runs/two_models --seeds 0 1 --loose-levels 0.56
+
+The app parses arguments into a :class:`~wpl_keras.experiments.two_models.TwoModelsConfig`,
+loads MNIST and calls :func:`~wpl_keras.experiments.two_models.run_experiment`; it writes
+``results.json``, ``config.json`` and ``two_models.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+ENV_DATA_DIR = "WPL_DATA_DIR"
+
+
+def resolve_data_dir(data_dir: Optional[str], environ=None) -> Optional[str]:
+    """``--data-dir`` if given, else ``$WPL_DATA_DIR/mnist`` (or ``$WPL_DATA_DIR`` itself when
+    it holds the idx files), else None (tensorflow-datasets download)."""
+    from wpl_keras.data.mnist import MNIST_FILES
+
+    if data_dir:
+        return data_dir
+    environ = os.environ if environ is None else environ
+    root = environ.get(ENV_DATA_DIR)
+    if not root:
+        return None
+    first = next(iter(MNIST_FILES.values()))
+    if os.path.isfile(os.path.join(root, first)):
+        return root
+    return os.path.join(root, "mnist")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from wpl_keras.experiments.two_models import TwoModelsConfig
+
+    d = TwoModelsConfig()
+    parser = argparse.ArgumentParser(
+        prog="wpl-two-models",
+        description=(
+            "Two models sharing weights on MNIST (paper section 4.1, Figure 2). Model A = 4 ReLU "
+            "layers + its classifier; model B = A's 4 layers (shared) + 2 own layers + its "
+            "classifier. A is trained (strictly to convergence, and/or loosely: stopped at lower "
+            "accuracies), its Fisher is estimated on validation images, then B is trained with "
+            "and without the Weight Plasticity Loss from the same start while A's and B's test "
+            "accuracy are recorded. Writes results.json, config.json and two_models.png to --out."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--data-dir", default=None,
+        help="directory with the four MNIST idx .gz files (train-images-idx3-ubyte.gz, "
+             "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz). "
+             f"Default: ${ENV_DATA_DIR}/mnist when {ENV_DATA_DIR} is set, else download with "
+             "tensorflow-datasets (needs internet)")
+    parser.add_argument("--tfds-dir", default=None,
+                        help="tensorflow-datasets cache directory for the download")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds),
+                        help="one full repetition per seed; figures show mean and spread")
+    parser.add_argument("--iterations", type=int, default=d.iterations,
+                        help="SGD steps of model B (paper: 1,500)")
+    parser.add_argument("--eval-every", type=int, default=d.eval_every,
+                        help="evaluate A and B on the test set every this many iterations")
+    parser.add_argument("--alpha", type=float, default=d.alpha,
+                        help="WPL strength alpha (the penalty is (alpha/2) sum F (theta - theta*)^2)")
+    parser.add_argument("--wpl-mode", choices=("proximal", "gradient"), default=d.wpl_mode,
+                        help="proximal: exact proximal step after each SGD step, stable for any "
+                             "alpha; gradient: penalty in the loss, diverges (with an error naming "
+                             "alpha and the learning rate) once lr*alpha*max(F) >= 2(1+momentum)")
+    parser.add_argument("--loose-levels", type=float, nargs="*", default=list(d.loose_levels),
+                        help="validation top-1 accuracies at which loose training of A stops "
+                             "(give none to skip the loose cases)")
+    parser.add_argument("--no-strict", action="store_true",
+                        help="skip the strict-convergence case")
+    parser.add_argument("--b-learning-rate", type=float, default=d.b_learning_rate,
+                        help="SGD learning rate of model B")
+    parser.add_argument("--b-momentum", type=float, default=d.b_momentum,
+                        help="SGD momentum of model B (0.9 makes A forget; 0 barely moves A)")
+    parser.add_argument("--a-max-epochs", type=int, default=d.a_max_epochs,
+                        help="epochs at most when training A to convergence")
+    parser.add_argument("--fisher-samples", type=int, default=d.fisher_samples,
+                        help="validation images used to estimate A's Fisher (paper: 200)")
+    parser.add_argument("--fisher-kind", choices=("empirical", "true"), default=d.fisher_kind,
+                        help="empirical: gradients of the true labels; true: of labels sampled "
+                             "from A's prediction")
+    parser.add_argument("--hidden-units", type=int, default=d.hidden_units,
+                        help="units of every ReLU layer")
+    parser.add_argument("--validation-size", type=int, default=d.validation_size,
+                        help="training images held out for validation")
+    parser.add_argument("--eval-examples", type=int, default=None,
+                        help="test images used for the curves (default: all 10,000)")
+    parser.add_argument("--no-plot", action="store_true", help="do not write two_models.png")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`TwoModelsConfig` the arguments describe."""
+    from wpl_keras.experiments.two_models import TwoModelsConfig
+
+    return dataclasses.replace(
+        TwoModelsConfig(),
+        seeds=tuple(args.seeds),
+        iterations=args.iterations,
+        eval_every=args.eval_every,
+        alpha=args.alpha,
+        wpl_mode=args.wpl_mode,
+        loose_levels=tuple(args.loose_levels),
+        b_learning_rate=args.b_learning_rate,
+        b_momentum=args.b_momentum,
+        a_max_epochs=args.a_max_epochs,
+        fisher_samples=args.fisher_samples,
+        fisher_kind=args.fisher_kind,
+        hidden_units=args.hidden_units,
+        validation_size=args.validation_size,
+        eval_examples=args.eval_examples,
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    from wpl_keras.data.mnist import MnistDataError, MnistDownloadError, load_mnist
+    from wpl_keras.experiments import two_models
+
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        print(f"wpl-two-models: {error}", file=sys.stderr)
+        return 2
+    data_dir = resolve_data_dir(args.data_dir)
+    try:
+        data = load_mnist(data_dir, validation_size=config.validation_size, seed=0,
+                          tfds_dir=args.tfds_dir)
+    except (MnistDataError, MnistDownloadError) as error:
+        print(f"wpl-two-models: {error}", file=sys.stderr)
+        return 2
+    print(f"MNIST from {data.source}: {data.sizes()}", flush=True)
+    results = two_models.run_experiment(
+        data, config, strict=not args.no_strict, progress=lambda m: print(m, flush=True)
+    )
+    paths = two_models.save_results(results, args.out, plot=not args.no_plot)
+    summary = {
+        name: {k: round(case["summary"][k]["mean"], 4) if case["summary"][k]["mean"] == case["summary"][k]["mean"] else None
+               for k in ("a_baseline", "a_drop_without", "forgetting_reduction", "b_accuracy_gap")}
+        for name, case in results["cases"].items()
+    }
+    print(json.dumps({"out": paths, "summary": summary}))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
