@@ -1,0 +1,100 @@
+"""ENAS experiment configs, space registry, runners and the wpl-enas-search app."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from apps import enas_search
+from wpl_keras.experiments import enas
+from wpl_keras.nas.search import SearchConfig
+
+
+def write_tiny_ptb(directory, *, words=30, lines=60, seed=0):
+    """PTB-like text: lines of 8 words from a small vocabulary (every word in train)."""
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(words)]
+    os.makedirs(directory, exist_ok=True)
+    for split, n in (("train", lines), ("valid", lines // 4), ("test", lines // 4)):
+        with open(os.path.join(directory, f"{split}.txt"), "w") as f:
+            if split == "train":
+                f.write(" " + " ".join(vocab) + " \n")
+            for _ in range(n):
+                f.write(" " + " ".join(rng.choice(vocab, 8)) + " \n")
+    return str(directory)
+
+
+def test_registry_and_presets():
+    assert {"rnn", "cnn"} <= set(enas.available_spaces())
+    with pytest.raises(ValueError, match="unknown search space"):
+        enas.get_space("mlp")
+    with pytest.raises(ValueError, match="unknown preset"):
+        enas.get_preset("rnn", "huge")
+    paper = enas.get_preset("rnn", "paper")
+    assert paper.search == SearchConfig.paper()
+    assert paper.task.hidden_size == 1000 and paper.task.num_nodes == 12
+    assert paper.controller.temperature == 5.0 and paper.controller.baseline_decay == 0.95
+    small = enas.get_preset("rnn", "cpu_small", seed=3)
+    assert small.preset == "cpu-small" and small.seed == 3
+    with pytest.raises(ValueError, match="module.path"):
+        enas.register_space("x", "no_colon")
+
+
+def test_config_json_round_trip(tmp_path):
+    config = enas.get_preset("rnn", "cpu-small").replace(
+        search={"epochs": 2, "wpl": False}, task={"hidden_size": 32, "embedding_size": 32}
+    )
+    path = config.save(str(tmp_path / "experiment.json"))
+    again = enas.ENASExperimentConfig.load(path)
+    assert again == config
+    assert again.search.epochs == 2 and not again.search.wpl and again.task.hidden_size == 32
+    assert config.with_wpl(True).search.wpl
+    with pytest.raises(TypeError, match="dataclass"):
+        enas.ENASExperimentConfig(space="rnn", preset="x", task={}, search=SearchConfig())
+
+
+def test_app_help_explains_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        enas_search.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--space", "--preset", "--wpl", "--no-wpl", "--data-dir", "--out", "--resume",
+                   "--samples", "--train-epochs", "--export-dir", "derive", "train-best",
+                   "export"):
+        assert option in text
+
+
+def test_app_config_overrides(tmp_path, monkeypatch):
+    parser = enas_search.build_parser()
+    args = parser.parse_args(["--preset", "tiny", "--no-wpl", "--epochs", "4", "--alpha", "7",
+                              "--out", str(tmp_path), "--seed", "5"])
+    config = enas_search.make_config(args)
+    assert config.search.epochs == 4 and not config.search.wpl
+    assert config.search.strength == 7.0 and config.seed == 5
+    monkeypatch.setenv("WPL_DATA_DIR", "/data/root")
+    assert enas_search._data_dir(args, enas.get_space("rnn")) == "/data/root/ptb"
+
+
+def test_app_search_and_derive_on_tiny_text(tmp_path, seed):
+    """The real RNN task end to end through the app (resume is tested in tests/nas)."""
+    data = write_tiny_ptb(tmp_path / "ptb")
+    out = str(tmp_path / "run")
+    common = ["--data-dir", data, "--out", out]
+    assert enas_search.main(["search", "--preset", "tiny", "--epochs", "2", *common]) == 0
+    # The saved run is complete: searching again without --resume is refused.
+    with pytest.raises(FileExistsError):
+        enas_search.main(["search", *common])
+    with open(os.path.join(out, "history.json")) as f:
+        history = json.load(f)
+    assert [r["epoch"] for r in history] == [0, 1]
+    assert history[1]["wpl_active"] and history[1]["alpha"] == 60.0
+    assert all(np.isfinite(r["mean_diff"]) for r in history)
+    saved = enas.ENASExperimentConfig.load(os.path.join(out, "experiment.json"))
+    assert saved.preset == "tiny" and saved.task.vocab_size == 31
+    assert enas_search.main(["derive", "--samples", "3", *common]) == 0
+    with open(os.path.join(out, "derived.json")) as f:
+        derived = json.load(f)
+    enas.build_space(saved).validate(derived["arch"])
+    assert derived["error"] == min(c["error"] for c in derived["candidates"])
+    assert os.path.exists(os.path.join(out, "derived.png"))
