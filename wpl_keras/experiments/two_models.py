@@ -474,11 +474,12 @@ def loosest_helpful_level(results: dict, min_reduction: float = 0.5, min_drop: f
 
 
 # --------------------------------------------------------------------------- output
-def _clean(obj):
+def to_jsonable(obj):
+    """Converts NumPy scalars to Python and non-finite floats to None (strict JSON)."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, (np.floating, float)):
         return None if not math.isfinite(float(obj)) else float(obj)
     if isinstance(obj, np.integer):
@@ -534,9 +535,9 @@ def save_results(results: dict, out_dir: str, *, plot: bool = True) -> dict:
         "config": os.path.join(out_dir, "config.json"),
     }
     with open(paths["results"], "w") as handle:
-        json.dump(_clean(results), handle, indent=1)
+        json.dump(to_jsonable(results), handle, indent=1)
     with open(paths["config"], "w") as handle:
-        json.dump(_clean(results["config"]), handle, indent=1)
+        json.dump(to_jsonable(results["config"]), handle, indent=1)
     if plot:
         paths["figure"] = os.path.join(out_dir, "two_models.png")
         plot_results(results, paths["figure"])

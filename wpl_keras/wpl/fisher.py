@@ -430,16 +430,18 @@ def estimate_fisher(
         return [tf.reduce_sum(tf.square(j), axis=0) for j in jac]
 
     @tf.function(reduce_retracing=True)
-    def one_sq_grad(x, y, labels_seed):
+    def batch_sampled_labels(x, labels_seed):
+        # The same draw as batch_sq_grads makes for this batch, so both methods agree.
+        out = tf.cast(model(x, training=False), tf.float32)
+        logp = tf.nn.log_softmax(out) if from_logits else tf.math.log(out + 1e-12)
+        return tf.random.stateless_categorical(logp, 1, seed=labels_seed)[:, 0]
+
+    @tf.function(reduce_retracing=True)
+    def one_sq_grad(x, y):
         with tf.GradientTape() as tape:
             out = tf.cast(model(x, training=False), tf.float32)
             logp = tf.nn.log_softmax(out) if from_logits else tf.math.log(out + 1e-12)
-            if kind == "true":
-                labels = tf.random.stateless_categorical(
-                    tf.stop_gradient(logp), 1, seed=labels_seed
-                )[:, 0]
-            else:
-                labels = tf.reshape(tf.cast(y, tf.int64), [-1])
+            labels = tf.reshape(tf.cast(y, tf.int64), [-1])
             ll = tf.reduce_sum(tf.gather(logp, labels, batch_dims=1))
         return [tf.square(g) for g in tape.gradient(ll, variables)]
 
@@ -452,8 +454,10 @@ def estimate_fisher(
             totals = [t + s for t, s in zip(totals, sq)]
         else:
             n = int(tf.shape(x)[0])
+            if kind == "true":
+                y = batch_sampled_labels(x, seed_pair)
             for i in range(n):
-                sq = one_sq_grad(x[i : i + 1], y[i : i + 1], seed_pair + i)
+                sq = one_sq_grad(x[i : i + 1], y[i : i + 1])
                 totals = [t + s for t, s in zip(totals, sq)]
         count += int(tf.shape(x)[0])
     if count == 0:
