@@ -29,7 +29,7 @@ def _config(**kwargs):
     base = dict(
         supernet=SupernetConfig(num_cells=1, filters=4, num_stages=1),
         batch_size=8, eval_batch_size=8, fixed_valid_size=16, augment=False,
-        lr_max=0.05, epochs=4,
+        lr_max=0.05, epochs=4, fisher_flush_every=3,
     )
     base.update(kwargs)
     return CNNSearchConfig(**base)

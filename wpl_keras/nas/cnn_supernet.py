@@ -97,7 +97,9 @@ class CNNSearchConfig:
         weight_decay: L2 coefficient added to the gradient of the used weights.
         grad_clip: global-norm clip of the gradient (None disables).
         wpl_strength: ``α``. fisher_momentum: ``η``. fisher_clip: L2 clip of each updated
-            Fisher slice. fisher_flush_every: ``F ← 0`` every this many epochs (0 never).
+            Fisher slice. fisher_flush_every: ``F ← 0`` every this many epochs in
+            :meth:`CNNSearchTask.start_epoch` (0 never: the default, since the search loop's
+            ``SearchConfig.flush_every`` flushes).
         augment: padded crop + flip on training batches.
     """
 
@@ -115,7 +117,7 @@ class CNNSearchConfig:
     wpl_strength: float = 60.0
     fisher_momentum: float = 0.9
     fisher_clip: Optional[float] = 10.0
-    fisher_flush_every: int = 3
+    fisher_flush_every: int = 0
     augment: bool = True
 
 

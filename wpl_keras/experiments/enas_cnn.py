@@ -1,0 +1,226 @@
+"""ENAS micro-CNN search on CIFAR-10: task config, presets and the registry entry.
+
+:data:`CNN_SPACE` is the :class:`~wpl_keras.experiments.enas.SpaceSpec` that
+:mod:`wpl_keras.experiments.enas` imports lazily for ``space="cnn"``; :func:`build_task`
+builds a :class:`~wpl_keras.nas.cnn_supernet.CNNSearchTask` straight from a config and a data
+folder.
+
+Presets:
+
+* ``paper``: the reference defaults of the public WPL release / ENAS micro search (5 nodes
+  per cell, 5 normal cells per stage, 20 filters, batch 32, α 60, Fisher clip 10, flush every
+  3 epochs, WPL from epoch 3, controller lr 0.0035, temperature 8, EMA decay 0.99) and an
+  ENAS-style final training (36 filters, auxiliary head 0.4, drop-path keep 0.6, cutout 16,
+  cosine lr 0.05 → 1e-4). Values not stated by those sources are our choices and say so:
+  7 batches per sampled architecture and 200 architectures per epoch (≈ one pass over the
+  45,000 search-train images), α decaying linearly to 0 over the second half, 630 final epochs.
+  Sized for a GPU.
+* ``cpu-small``: minutes on 2 CPU cores (3 nodes, 1 cell per stage, 2 stages, 8 filters, 5,000
+  training images, 1,000 held-out validation images).
+* ``tiny``: seconds, for tests; not a measurement.
+
+Validation always comes from a split held out from train (``num_valid`` images), never test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from wpl_keras.experiments.enas import ControllerConfig, ENASExperimentConfig, SpaceSpec
+from wpl_keras.nas.search import SearchConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNTaskConfig:
+    """Flat task config of the CIFAR-10 micro search (JSON round-trips through the registry).
+
+    Attributes:
+        num_nodes: ``B`` nodes per cell.
+        num_cells, filters, num_stages, drop_path_keep: supernet shape (search).
+        batch_size, eval_batch_size, fixed_valid_size: search batches (see
+            :class:`~wpl_keras.nas.cnn_supernet.CNNSearchConfig`).
+        lr_max, lr_min, lr_epochs, momentum, weight_decay, grad_clip: shared-weights SGD.
+        fisher_momentum, fisher_clip: ``η`` and the Fisher clip.
+        augment: crop + flip during the search.
+        num_valid: train images held out for validation; train_size: search-train subset size
+            (None: all the rest).
+        strategy: ``tf.distribute`` strategy kind (:func:`wpl_keras.nas.distribute.make_strategy`).
+        final_*: final-training settings (:class:`~wpl_keras.nas.cnn_model.FinalConfig`);
+        final_train_size: train the final model on a subset (None: all 50,000).
+    """
+
+    num_nodes: int = 5
+    num_cells: int = 5
+    filters: int = 20
+    num_stages: int = 3
+    drop_path_keep: float = 1.0
+    batch_size: int = 32
+    eval_batch_size: int = 100
+    fixed_valid_size: int = 500
+    lr_max: float = 0.05
+    lr_min: float = 0.0005
+    lr_epochs: int = 150
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: Optional[float] = 5.0
+    fisher_momentum: float = 0.9
+    fisher_clip: Optional[float] = 10.0
+    augment: bool = True
+    num_valid: int = 5000
+    train_size: Optional[int] = None
+    strategy: str = "auto"
+    final_num_cells: int = 5
+    final_filters: int = 36
+    final_num_stages: int = 3
+    final_batch_size: int = 144
+    final_aux_weight: float = 0.4
+    final_drop_path_keep: float = 0.6
+    final_cutout: int = 16
+    final_lr_max: float = 0.05
+    final_lr_min: float = 0.0001
+    final_weight_decay: float = 2e-4
+    final_train_size: Optional[int] = None
+
+    def search_config(self, strength: float = 60.0):
+        """The :class:`~wpl_keras.nas.cnn_supernet.CNNSearchConfig` of the supernet task."""
+        from wpl_keras.nas.cnn_supernet import CNNSearchConfig, SupernetConfig
+
+        return CNNSearchConfig(
+            supernet=SupernetConfig(num_cells=self.num_cells, filters=self.filters,
+                                    num_stages=self.num_stages,
+                                    drop_path_keep=self.drop_path_keep),
+            batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
+            fixed_valid_size=self.fixed_valid_size, lr_max=self.lr_max, lr_min=self.lr_min,
+            epochs=self.lr_epochs, momentum=self.momentum, weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip, wpl_strength=strength,
+            fisher_momentum=self.fisher_momentum, fisher_clip=self.fisher_clip,
+            fisher_flush_every=0, augment=self.augment,
+        )
+
+    def final_config(self, epochs: int):
+        """The :class:`~wpl_keras.nas.cnn_model.FinalConfig` for ``epochs`` of training."""
+        from wpl_keras.nas.cnn_model import FinalConfig
+
+        return FinalConfig(
+            num_cells=self.final_num_cells, filters=self.final_filters,
+            num_stages=self.final_num_stages, aux_weight=self.final_aux_weight,
+            drop_path_keep=self.final_drop_path_keep, cutout=self.final_cutout,
+            batch_size=self.final_batch_size, epochs=max(int(epochs), 1),
+            lr_max=self.final_lr_max, lr_min=self.final_lr_min,
+            weight_decay=self.final_weight_decay,
+        )
+
+
+_CNN_CONTROLLER = ControllerConfig(units=100, temperature=8.0, tanh_constant=1.1,
+                                   learning_rate=3.5e-3, baseline_decay=0.99,
+                                   entropy_weight=1e-4)
+
+
+def _preset(name: str) -> ENASExperimentConfig:
+    if name == "paper":
+        search = SearchConfig(
+            epochs=150, shared_steps_per_epoch=200, batches_per_arch=7, controller_steps=30,
+            wpl=True, wpl_start_epoch=3, strength=60.0, strength_decay="linear",
+            strength_decay_start=75, strength_decay_rate=0.8, flush_every=3,
+        )
+        return ENASExperimentConfig(space="cnn", preset="paper", task=CNNTaskConfig(),
+                                    search=search, controller=_CNN_CONTROLLER,
+                                    derive_samples=100, train_epochs=630)
+    if name == "cpu-small":
+        task = CNNTaskConfig(
+            num_nodes=3, num_cells=1, filters=8, num_stages=2, batch_size=32,
+            eval_batch_size=100, fixed_valid_size=200, lr_epochs=6, num_valid=1000,
+            train_size=5000, final_num_cells=1, final_filters=16, final_num_stages=3,
+            final_batch_size=64, final_train_size=10000,
+        )
+        search = SearchConfig.cpu_small(flush_every=3)
+        return ENASExperimentConfig(space="cnn", preset="cpu-small", task=task, search=search,
+                                    controller=dataclasses.replace(_CNN_CONTROLLER, units=32),
+                                    derive_samples=20, train_epochs=2)
+    if name == "tiny":
+        task = CNNTaskConfig(
+            num_nodes=2, num_cells=1, filters=4, num_stages=1, batch_size=8, eval_batch_size=8,
+            fixed_valid_size=16, lr_epochs=3, num_valid=16, augment=False, strategy="default",
+            final_num_cells=1, final_filters=4, final_num_stages=1, final_batch_size=8,
+            final_aux_weight=0.0, final_cutout=2,
+        )
+        search = SearchConfig(epochs=3, shared_steps_per_epoch=3, batches_per_arch=2,
+                              controller_steps=2, wpl_start_epoch=1, strength_decay=None,
+                              flush_every=2, verbose=0)
+        return ENASExperimentConfig(space="cnn", preset="tiny", task=task, search=search,
+                                    controller=dataclasses.replace(_CNN_CONTROLLER, units=8),
+                                    derive_samples=3, train_epochs=1)
+    raise ValueError(f"unknown CNN preset {name!r}; available: paper, cpu-small, tiny.")
+
+
+def preset(name: str) -> ENASExperimentConfig:
+    """The named preset (``paper``, ``cpu-small`` or ``tiny``)."""
+    return _preset(name.replace("_", "-"))
+
+
+# --------------------------------------------------------------------------- builders
+def load_data(data_dir: Optional[str], config: Optional[ENASExperimentConfig] = None):
+    """CIFAR-10 arrays: tensorflow-datasets when ``data_dir`` is None, else the folder (see
+    :func:`wpl_keras.data.cifar10.load_cifar10`)."""
+    from wpl_keras.data.cifar10 import load_cifar10
+
+    return load_cifar10(data_dir)
+
+
+def _space(config: ENASExperimentConfig):
+    from wpl_keras.nas.cnn_space import MicroCellSpace
+
+    return MicroCellSpace(num_nodes=config.task.num_nodes)
+
+
+def _task_from_data(arrays, config: ENASExperimentConfig, seed: Optional[int] = None):
+    from wpl_keras.data.cifar10 import SearchSplits, search_splits, subsample
+    from wpl_keras.nas.cnn_supernet import CNNSearchTask
+    from wpl_keras.nas.distribute import make_strategy
+
+    t = config.task
+    seed = config.seed if seed is None else int(seed)
+    splits = search_splits(arrays, num_valid=t.num_valid, seed=seed)
+    x, y = subsample(splits.x_train, splits.y_train, t.train_size, seed)
+    splits = SearchSplits(x, y, splits.x_valid, splits.y_valid)
+    return CNNSearchTask(_space(config), t.search_config(config.search.strength), splits,
+                         strategy=make_strategy(t.strategy), seed=seed)
+
+
+def build_task(config: ENASExperimentConfig, data_dir: Optional[str] = None, seed: int = 0):
+    """Loads CIFAR-10 from ``data_dir`` and builds the search task of ``config``.
+
+    The search trains on train minus ``num_valid`` held-out images and validates on those.
+    """
+    return _task_from_data(load_data(data_dir, config), config, seed)
+
+
+def _train_best(arrays, arch, config: ENASExperimentConfig, out_dir: str):
+    from wpl_keras.nas.cnn_model import train_final
+    from wpl_keras.nas.distribute import make_strategy
+
+    t = config.task
+    return train_final(_space(config), arch, t.final_config(config.train_epochs), arrays,
+                       strategy=make_strategy(t.strategy), seed=config.seed,
+                       train_size=t.final_train_size)
+
+
+def _export(model, arch, space, export_dir: str) -> str:
+    from wpl_keras.nas.cnn_model import export_classifier
+
+    return export_classifier(model, arch, space, export_dir)["saved_model"]
+
+
+CNN_SPACE = SpaceSpec(
+    name="cnn",
+    data_subdir="cifar10",
+    task_config_type=CNNTaskConfig,
+    presets={p: (lambda p=p: _preset(p)) for p in ("paper", "cpu-small", "tiny")},
+    load_data=load_data,
+    build_task=lambda data, config: _task_from_data(data, config),
+    train_best=_train_best,
+    export=_export,
+    build_space=_space,
+    error_name="error_percent",
+)
