@@ -159,4 +159,4 @@ def test_real_jpeg_archives(shared_data):
     assert arrays.x_train.shape == (50000, 32, 32, 3) and arrays.x_test.shape == (10000, 32, 32, 3)
     assert arrays.lossy_jpeg  # lossy JPEG re-encodings of the real images
     np.testing.assert_array_equal(np.bincount(arrays.y_train), [5000] * 10)
-    assert 100 < arrays.x_train[:1000].mean() < 140
+    assert 110 < arrays.x_train[::50].mean() < 130  # CIFAR-10 mean pixel is about 121
