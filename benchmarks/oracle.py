@@ -73,20 +73,24 @@ def score(arch, best) -> float:
     return float(np.mean([a == b for a, b in zip(arch, best)]))
 
 
-def trials_to_best(oracle, space, best, budget: int) -> int:
-    """Runs the trial protocol until a trial hits ``best``; returns its 1-based index."""
+def trials_to_best(oracle, space, best, budget: int):
+    """Runs the trial protocol until a trial hits ``best``.
+
+    Returns:
+        (1-based index of the hitting trial or ``budget`` on a miss, whether it hit).
+    """
     for n in range(1, budget + 1):
         trial = oracle.create_trial("tuner0")
         if trial.status != "RUNNING":
-            return budget  # the oracle stopped: a miss
+            return budget, False  # the oracle stopped: a miss
         arch = hyperparameters_to_architecture(space, trial.hyperparameters)
         value = score(arch, best)
         oracle.update_trial(trial.trial_id, {"score": value})
         trial.status = "COMPLETED"
         oracle.end_trial(trial)
         if value == 1.0:
-            return n
-    return budget
+            return n, True
+    return budget, False
 
 
 def main():
@@ -104,7 +108,7 @@ def main():
     space = make_space(args.num_nodes)
     objective = keras_tuner.Objective("score", "max")
     num_archs = int(np.prod(space.decision_sizes))
-    enas, rand, bests = [], [], []
+    enas, rand, bests, enas_hits, random_hits = [], [], [], [], []
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
@@ -118,13 +122,17 @@ def main():
                 max_resamples=args.max_resamples, seed=seed + 1,
             )
             oracle._set_project_dir(tmp, f"enas_{seed}")
-            enas.append(trials_to_best(oracle, space, best, args.budget))
+            n, hit = trials_to_best(oracle, space, best, args.budget)
+            enas.append(n)
+            enas_hits.append(hit)
             random_oracle = keras_tuner.oracles.RandomSearchOracle(
                 objective=objective, max_trials=args.budget,
                 hyperparameters=space_hyperparameters(space), seed=seed + 1,
             )
             random_oracle._set_project_dir(tmp, f"random_{seed}")
-            rand.append(trials_to_best(random_oracle, space, best, args.budget))
+            n, hit = trials_to_best(random_oracle, space, best, args.budget)
+            rand.append(n)
+            random_hits.append(hit)
             print(f"seed {seed}: best={space.to_string(best)} enas={enas[-1]} random={rand[-1]}",
                   flush=True)
     result = {
@@ -132,6 +140,8 @@ def main():
         "enas_trials_to_best": float(statistics.median(enas)),
         "random_trials_to_best": float(statistics.median(rand)),
         "enas_fewer": bool(statistics.median(enas) < statistics.median(rand)),
+        "enas_hits": sum(enas_hits),
+        "random_hits": sum(random_hits),
         "enas_per_seed": enas,
         "random_per_seed": rand,
         "data": "synthetic objective: fraction of decisions equal to a random best architecture",

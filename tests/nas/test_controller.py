@@ -59,11 +59,14 @@ def test_sample_is_valid_and_traced_once(seed):
 
 def test_log_prob_is_differentiable(seed):
     controller = Controller(SIZES, units=8, seed=0)
-    with tf.GradientTape() as tape:
-        log_prob, _ = controller(tf.constant([1, 2, 0, 3], tf.int32))
-    grads = tape.gradient(log_prob, controller.trainable_variables)
-    assert all(g is not None for g in grads)
-    assert any(float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(g)))) > 0 for g in grads)
+    arch = tf.constant([1, 2, 0, 3], tf.int32)
+    for fn in (controller, controller.log_prob_and_entropy):  # eager call and traced function
+        with tf.GradientTape() as tape:
+            log_prob, entropy = fn(arch)
+            total = log_prob + entropy
+        grads = tape.gradient(total, controller.trainable_variables)
+        assert all(g is not None for g in grads)
+        assert any(float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(g)))) > 0 for g in grads)
 
 
 def test_checkpoint_round_trip_restores_sampling(tmp_path, seed):
