@@ -223,7 +223,7 @@ class ControllerOracle(keras_tuner.Oracle):
     def create_trial(self, tuner_id):
         trial = self._create_trial(tuner_id)
         if trial.status == TrialStatus.IDLE:
-            time.sleep(self.idle_wait)  # outside the lock: let the other workers report
+            time.sleep(self.idle_wait)  # outside the oracle lock, before the worker asks again
         return trial
 
     @keras_tuner.synchronized
