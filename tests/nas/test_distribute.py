@@ -1,0 +1,138 @@
+"""Tests for strategy selection and distributed supernet training on CPU.
+
+The distributed runs need logical devices or TF_CONFIG set before TensorFlow initialises,
+so they run in subprocesses (started together, so their start-up overlaps).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from wpl_keras.nas import distribute
+from wpl_keras.nas.distribute import free_ports, local_tf_config, resolve_kind, tf_config_workers
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+_COMMON = """
+import json, sys
+import numpy as np
+from wpl_keras.data.cifar10 import SearchSplits
+from wpl_keras.nas.cnn_space import MicroCellSpace
+from wpl_keras.nas.cnn_supernet import CNNSearchConfig, CNNSearchTask, SupernetConfig
+
+def run(strategy):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 48).astype(np.int32)
+    splits = SearchSplits(x[:32], y[:32], x[32:], y[32:])
+    space = MicroCellSpace(2)
+    cfg = CNNSearchConfig(supernet=SupernetConfig(num_cells=1, filters=4, num_stages=1),
+                          batch_size=8, eval_batch_size=8, fixed_valid_size=16, augment=False)
+    task = CNNSearchTask(space, cfg, splits, strategy=strategy, seed=0)
+    archs = [space.sample(np.random.default_rng(1)) for _ in range(2)]
+    values = []
+    for k, arch in enumerate(archs):
+        out = task.train_architecture(arch, 2, wpl_active=k > 0)
+        values += [out["loss"], out["penalty"]]
+    values += [task.validation_error(archs[0]), float(task.wpl_state.fisher_norm())]
+    return {"values": values, "replicas": int(strategy.num_replicas_in_sync),
+            "steps": int(task.step.numpy()), "traces": task.train_traces}
+"""
+
+_MIRRORED = """
+from wpl_keras.nas.distribute import make_strategy, split_cpu
+split_cpu(2)
+""" + _COMMON + """
+one = run(make_strategy("default"))
+two = run(make_strategy("mirrored"))
+print(json.dumps({"one": one, "two": two}))
+"""
+
+_WORKER = """
+from wpl_keras.nas.distribute import make_strategy
+strategy = make_strategy("auto")
+""" + _COMMON + """
+print(json.dumps({"kind": type(strategy).__name__, **run(strategy)}), flush=True)
+"""
+
+
+def _start(code, env_extra=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    env.pop("TF_CONFIG", None)
+    env.update(env_extra or {})
+    return subprocess.Popen([sys.executable, "-c", code], cwd=str(ROOT), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _last_json(proc, timeout=300):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"subprocess timed out; stderr tail:\n{err[-2000:]}")
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0 and lines, f"subprocess failed ({proc.returncode}):\n{err[-3000:]}"
+    return json.loads(lines[-1])
+
+
+@pytest.fixture(scope="module")
+def runs():
+    ports = free_ports(2)
+    procs = {
+        "mirrored": _start(_MIRRORED),
+        "worker0": _start(_WORKER, {"TF_CONFIG": local_tf_config(ports, 0)}),
+        "worker1": _start(_WORKER, {"TF_CONFIG": local_tf_config(ports, 1)}),
+    }
+    try:
+        yield {name: _last_json(proc) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_mirrored_two_cpus_match_one_device(runs):
+    one, two = runs["mirrored"]["one"], runs["mirrored"]["two"]
+    assert one["replicas"] == 1 and two["replicas"] == 2
+    assert two["traces"] == 1
+    assert one["values"][2] > 0  # something was trained
+    for a, b in zip(one["values"], two["values"]):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (one["values"], two["values"])
+
+
+def test_two_workers_complete_steps(runs):
+    for name in ("worker0", "worker1"):
+        result = runs[name]
+        assert result["replicas"] == 2
+        assert "CollectiveAllReduce" in result["kind"] or "MultiWorker" in result["kind"]
+        assert result["steps"] == 4
+        assert all(v == v for v in result["values"])  # no NaN
+    # both workers apply the same all-reduced updates
+    assert runs["worker0"]["values"] == pytest.approx(runs["worker1"]["values"], rel=1e-5)
+
+
+def test_resolve_kind_and_tf_config():
+    two = {"TF_CONFIG": local_tf_config([1111, 2222], 1)}
+    assert tf_config_workers(two) == 2
+    assert json.loads(two["TF_CONFIG"])["task"] == {"type": "worker", "index": 1}
+    assert resolve_kind("auto", two) == "multi_worker"
+    assert resolve_kind("mirrored", {}) == "mirrored"
+    assert tf_config_workers({}) == 0
+    with pytest.raises(ValueError, match="unknown strategy"):
+        resolve_kind("tpu")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        tf_config_workers({"TF_CONFIG": "{oops"})
+    ports = free_ports(3)
+    assert len(set(ports)) == 3
+
+
+def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        distribute.make_strategy("multi_worker")
+    assert distribute.make_strategy("default").num_replicas_in_sync == 1
