@@ -1,0 +1,179 @@
+"""``wpl-nao-search``: NAO weight-sharing architecture search with (or without) WPL.
+
+Stages, as subcommands (``search`` is the default when none is given):
+
+    wpl-nao-search [search] --space rnn --preset cpu-small --wpl --output-dropout 0.25 \\
+        --data-dir DATA --out DIR
+    wpl-nao-search search --out DIR --resume       # continue an interrupted search
+    wpl-nao-search derive --out DIR                # best scored pool architecture
+    wpl-nao-search train-best --out DIR --train-epochs 1
+    wpl-nao-search export --out DIR --export-dir DIR/export
+
+The app parses arguments into a :class:`~wpl_keras.nas.nao_search.NAOExperimentConfig` and
+calls a runner: :func:`~wpl_keras.nas.nao_search.run_nao_experiment` for the search (it
+writes ``DIR/derived.json``, the best pool architecture), and the ENAS runners
+(:func:`~wpl_keras.experiments.enas.run_train_best`, ``run_export``) for training the derived
+cell from scratch and exporting it. The config is saved as ``DIR/nao_experiment.json``; later
+stages reload it from there unless ``--preset``/``--config`` say otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+COMMANDS = ("search", "derive", "train-best", "export")
+
+_SEARCH_OVERRIDES = (
+    # (flag, NAOSearchConfig field, type, help)
+    ("--epochs", "epochs", int, "search epochs"),
+    ("--shared-steps", "shared_steps_per_epoch", int, "pool architectures trained per epoch"),
+    ("--batches-per-arch", "batches_per_arch", int, "training batches per architecture"),
+    ("--seed-archs", "seed_archs", int, "random architectures in the initial pool"),
+    ("--controller-every", "controller_every", int,
+     "score the pool, train NAO and grow the pool every this many epochs"),
+    ("--new-archs", "new_archs", int, "new architectures per controller phase"),
+    ("--top-k-seeds", "top_k_seeds", int, "best pool architectures used as ascent seeds"),
+    ("--max-pool", "max_pool", int, "pool size cap"),
+    ("--wpl-start-epoch", "wpl_start_epoch", int, "first epoch (0-based) with WPL on"),
+    ("--alpha", "strength", float, "WPL strength alpha0"),
+    ("--flush-every", "flush_every", int,
+     "reset the Fisher every this many epochs after WPL turns on (0: never)"),
+    ("--checkpoint-every", "checkpoint_every", int,
+     "also checkpoint every this many units of work (0: each epoch and on signals only)"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wpl-nao-search",
+        description=(
+            "NAO (Neural Architecture Optimization) weight-sharing search with the Weight "
+            "Plasticity Loss. Subcommands: search (default), derive, train-best, export. Logs "
+            "(history.csv/json, pool.json), checkpoints and nao_experiment.json go to --out."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("command", nargs="?", default="search", choices=COMMANDS)
+    parser.add_argument("--space", default=None,
+                        help="search space of the ENAS registry (rnn; cnn where registered); "
+                             "default rnn or the one in DIR/nao_experiment.json")
+    parser.add_argument("--preset", default=None,
+                        help="cpu-small (default), paper (for a GPU) or tiny (tests)")
+    parser.add_argument("--config", default=None, help="a nao_experiment.json to use")
+    parser.add_argument("--data-dir", default=None,
+                        help="the space's data folder (e.g. ../shared/data/ptb); default "
+                             "$WPL_DATA_DIR/<ptb|cifar10> when set, else the loader's download")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--wpl", action=argparse.BooleanOptionalAction, default=None,
+                        help="use WPL (--no-wpl: plain NAO); default from the preset (on)")
+    parser.add_argument("--output-dropout", type=float, default=None,
+                        help="output dropout rate of the supernet (Figure 4: 0, .25, .5, .75)")
+    parser.add_argument("--path-keep", type=float, default=None,
+                        help="random path dropping: keep probability of each path (spaces "
+                             "whose supernet supports it)")
+    parser.add_argument("--resume", action="store_true",
+                        help="search: continue from the latest checkpoint in --out")
+    parser.add_argument("--seed", type=int, default=None)
+    for flag, _, kind, text in _SEARCH_OVERRIDES:
+        parser.add_argument(flag, type=kind, default=None, help=f"override: {text}")
+    parser.add_argument("--controller-epochs", type=int, default=None,
+                        help="override: NAO training epochs per controller phase")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    parser.add_argument("--arch", default=None,
+                        help="train-best/export: architecture string instead of derived.json")
+    parser.add_argument("--train-epochs", type=int, default=None,
+                        help="train-best/export: epochs of training from scratch")
+    parser.add_argument("--export-dir", default=None, help="export: destination")
+    return parser
+
+
+def make_config(args):
+    """The experiment config from the arguments (preset / config file / saved + overrides)."""
+    import dataclasses
+
+    from wpl_keras.nas.nao_search import NAOExperimentConfig, nao_preset
+
+    saved = os.path.join(args.out, "nao_experiment.json")
+    if args.config:
+        config = NAOExperimentConfig.load(args.config)
+    elif args.preset is None and os.path.exists(saved):
+        config = NAOExperimentConfig.load(saved)
+    else:
+        config = nao_preset(args.space or "rnn", args.preset or "cpu-small")
+    if args.space and args.space != config.base.space:
+        raise SystemExit(f"--space {args.space} does not match the config's {config.base.space}.")
+    search = {field: getattr(args, flag[2:].replace("-", "_"))
+              for flag, field, _, _ in _SEARCH_OVERRIDES}
+    search = {k: v for k, v in search.items() if v is not None}
+    if args.controller_epochs is not None:
+        search["controller_epochs"] = args.controller_epochs
+    if args.wpl is not None:
+        search["wpl"] = bool(args.wpl)
+    if args.quiet:
+        search["verbose"] = 0
+    top = {}
+    if args.output_dropout is not None:
+        top["output_dropout"] = args.output_dropout
+    if args.path_keep is not None:
+        top["path_keep"] = args.path_keep
+    base = {}
+    if args.seed is not None:
+        base["seed"] = args.seed
+    if args.train_epochs is not None:
+        base["train_epochs"] = args.train_epochs
+    if base:
+        top["base"] = dataclasses.replace(config.base, **base)
+    return config.replace(search=search, **top)
+
+
+def _data_dir(args, base) -> Optional[str]:
+    if args.data_dir:
+        return args.data_dir
+    from wpl_keras.experiments import enas
+
+    root = os.environ.get("WPL_DATA_DIR")
+    return os.path.join(root, enas.get_space(base.space).data_subdir) if root else None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from wpl_keras.experiments import enas
+    from wpl_keras.nas import nao_search
+
+    config = make_config(args)
+    data_dir = _data_dir(args, config.base)
+    os.makedirs(args.out, exist_ok=True)
+    if args.command == "search":
+        result = nao_search.run_nao_experiment(config, data_dir, args.out, resume=args.resume)
+        last = result.history[-1] if result.history else {}
+        summary = {k: last.get(k) for k in ("epoch", "mean_err1", "mean_diff", "best5_diff",
+                                             "max_diff", "alpha", "pool_best_error")}
+        print(json.dumps({"command": "search", "out": args.out, "epochs": len(result.history),
+                          "pool_size": len(result.pool), "last_epoch": summary}))
+    elif args.command == "derive":
+        path = os.path.join(args.out, "derived.json")
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} is missing: run the search (it writes it at the end).")
+        with open(path) as f:
+            derived = json.load(f)
+        print(json.dumps({"command": "derive", "arch": derived["arch"],
+                          "error": derived["error"], "json": path}))
+    elif args.command == "train-best":
+        base = config.enas_config()
+        arch = enas.build_space(base).from_string(args.arch) if args.arch else None
+        _, result = enas.run_train_best(base, data_dir, args.out, arch=arch)
+        print(json.dumps({"command": "train-best", **result}, default=float))
+    else:
+        base = config.enas_config()
+        arch = enas.build_space(base).from_string(args.arch) if args.arch else None
+        path = enas.run_export(base, data_dir, args.out, args.export_dir, arch=arch)
+        print(json.dumps({"command": "export", "path": path}))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
