@@ -238,7 +238,7 @@ def enas_cell_sequence(
     def run(xp, h0, w_h, w_nodes):
         shape = tf.shape(xp)
         offsets = [tf.zeros(shape, xp.dtype) for _ in range(num_nodes)]
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
+        with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
             tape.watch([xp, h0] + offsets)
             outputs, h_last, node_inputs = _cell_loop(
                 xp, h0, w_h, w_nodes, acts, inputs, loose, offsets, num_nodes

@@ -1,0 +1,199 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from wpl_keras.data.ptb import PTBCorpus
+from wpl_keras.nas.rnn_space import RNNCellSpace
+from wpl_keras.nas.rnn_supernet import (
+    RNNSearchTask,
+    RNNSupernet,
+    RNNSupernetConfig,
+    decode_architecture,
+)
+from wpl_keras.utils.checkpoint import VariableBundle
+
+V = 30
+
+
+def tiny_config(**kw):
+    base = dict(num_nodes=4, vocab_size=V, embedding_size=6, hidden_size=6, batch_size=3,
+                bptt=4, eval_batch_size=2, eval_bptt=4)
+    base.update(kw)
+    return RNNSupernetConfig.cpu_small(**base)
+
+
+@pytest.fixture(scope="module")
+def task():
+    """One tiny task shared by the tests below (tracing dominates their cost)."""
+    return RNNSearchTask(tiny_corpus(), tiny_config(weight_drop=0.0, wpl_clip_norm=1e9), seed=0)
+
+
+def tiny_corpus(seed=0):
+    rng = np.random.default_rng(seed)
+    ids = lambda n: rng.integers(0, V, n).astype(np.int32)  # noqa: E731
+    return PTBCorpus(ids(400), ids(120), ids(60), [f"w{i}" for i in range(V)], {})
+
+
+ACT = {0: tf.tanh, 1: lambda a: tf.nn.relu(a), 2: lambda a: a, 3: tf.sigmoid}
+
+
+def reference_logits(net, tokens, arch, state):
+    """Plain unrolled ENAS cell (static architecture), no dropout."""
+    space = RNNCellSpace(net.cfg.num_nodes)
+    acts, inputs, loose = space.activation_ids(arch), space.inputs(arch), space.loose_ends(arch)
+    H = net.cfg.hidden_size
+    emb = tf.convert_to_tensor(net.embedding)
+    W = tf.convert_to_tensor(net.w_nodes)
+    h = state
+    outs = []
+    for t in range(tokens.shape[1]):
+        x = tf.gather(emb, tokens[:, t])
+        z = x @ net.w_x + h @ net.w_h
+        s = [h + tf.sigmoid(z[:, :H]) * (ACT[acts[0]](z[:, H:]) - h)]
+        for i in range(1, len(acts)):
+            p = s[inputs[i - 1]]
+            z = p @ W[i * (i - 1) // 2 + inputs[i - 1]]
+            s.append(p + tf.sigmoid(z[:, :H]) * (ACT[acts[i]](z[:, H:]) - p))
+        h = tf.add_n([s[j] for j in loose]) / len(loose)
+        outs.append(h)
+    out = tf.stack(outs, axis=1)
+    return out @ tf.transpose(emb) + net.decoder_bias, h
+
+
+def test_config_presets_and_checks():
+    paper = RNNSupernetConfig.paper()
+    assert (paper.hidden_size, paper.embedding_size, paper.num_nodes, paper.batch_size,
+            paper.bptt, paper.vocab_size) == (1000, 1000, 12, 64, 35, 10000)
+    assert (paper.lr_decay, paper.grad_clip, paper.l2, paper.wpl_momentum) == (0.96, 0.25, 1e-7, 0.9)
+    assert RNNSupernetConfig.cpu_small().hidden_size <= 256
+    with pytest.raises(ValueError, match="tied"):
+        RNNSupernetConfig(embedding_size=10, hidden_size=12)
+    with pytest.raises(ValueError, match="input_dropout"):
+        RNNSupernetConfig(input_dropout=1.0)
+
+
+def test_decode_architecture():
+    acts, inputs, loose, rows = decode_architecture(tf.constant([1, 0, 0, 0, 3, 1, 2]), 4)
+    np.testing.assert_array_equal(acts, [1, 0, 3, 2])
+    np.testing.assert_array_equal(inputs, [0, 0, 1])
+    np.testing.assert_allclose(loose, [0, 0, 0.5, 0.5])
+    np.testing.assert_array_equal(rows, [0, 1, 4])
+
+
+def test_forward_matches_reference_and_gradients(seed):
+    cfg = tiny_config()
+    net = RNNSupernet(cfg, seed=1)
+    rng = np.random.default_rng(0)
+    tokens = tf.constant(rng.integers(0, V, (3, 5)), tf.int32)
+    state = tf.constant(rng.normal(size=(3, 6)), tf.float32)
+    for arch in [(1, 0, 0, 0, 3, 1, 2), (3, 0, 2, 1, 1, 2, 0)]:
+        with tf.GradientTape(persistent=True) as tape:
+            logits, new_state = net(tokens, tf.constant(arch), state, training=False)
+            ref, ref_state = reference_logits(net, tokens, arch, state)
+            loss = tf.reduce_sum(tf.sin(logits)) + tf.reduce_sum(new_state**2)
+            ref_loss = tf.reduce_sum(tf.sin(ref)) + tf.reduce_sum(ref_state**2)
+        assert logits.shape == (3, 5, V) and new_state.shape == (3, 6)
+        np.testing.assert_allclose(logits, ref, atol=1e-5)
+        np.testing.assert_allclose(new_state, ref_state, atol=1e-5)
+        variables = [net.embedding, net.w_x, net.w_h, net.w_nodes, net.decoder_bias]
+        for g, r in zip(tape.gradient(loss, variables), tape.gradient(ref_loss, variables)):
+            np.testing.assert_allclose(tf.convert_to_tensor(g), tf.convert_to_tensor(r), atol=1e-4)
+        node_grad = tape.gradient(loss, net.w_nodes)
+        assert isinstance(node_grad, tf.IndexedSlices)
+        np.testing.assert_array_equal(np.sort(node_grad.indices), np.sort(net.wpl_rows(arch)))
+
+
+def test_different_architectures_give_different_outputs(seed):
+    net = RNNSupernet(tiny_config(), seed=2)
+    tokens = tf.constant(np.arange(12).reshape(3, 4) % V, tf.int32)
+    a, _ = net(tokens, tf.constant([0, 0, 0, 0, 0, 0, 0]))
+    b, _ = net(tokens, tf.constant([1, 0, 2, 1, 3, 2, 1]))
+    assert a.shape == b.shape == (3, 4, V)
+    assert np.abs(a.numpy() - b.numpy()).max() > 1e-4
+
+
+def test_one_trace_over_many_architectures(task):
+    rng = np.random.default_rng(3)
+    for k in range(6):
+        task.train_architecture(task.space.sample(rng), 1, wpl_active=bool(k % 2))
+        task.validation_error(task.space.sample(rng))
+        task.reward(task.space.sample(rng))
+    assert task.trace_count == 1
+    assert task._eval_step.experimental_get_tracing_count() == 1
+    assert task._snapshot.experimental_get_tracing_count() == 1
+
+
+def test_wpl_touches_only_the_sampled_rows(task):
+    state = task.wpl_state
+    state.reset_fisher()
+    w = task.supernet.w_nodes
+    arch = (0, 0, 1, 1, 2, 2, 3)  # nodes 1..3 read 0, 1, 2
+    rows = sorted(task.space.edge_rows(arch))
+    others = [r for r in range(task.space.num_pairs) if r not in rows]
+    anchors_before = state.anchors[0].numpy()
+    w_before = w.numpy()
+    task.train_architecture(arch, 2, wpl_active=True)
+    fisher = state.fisher[0].numpy()
+    anchors = state.anchors[0].numpy()
+    # Fisher only on used rows, anchors of used rows = current weights, others unchanged.
+    assert np.all(fisher[others] == 0) and np.all(fisher[rows].sum(axis=(1, 2)) > 0)
+    np.testing.assert_array_equal(anchors[others], anchors_before[others])
+    np.testing.assert_allclose(anchors[rows], w.numpy()[rows])
+    # Unused node matrices got no update (not even L2).
+    np.testing.assert_array_equal(w.numpy()[others], w_before[others])
+    assert not np.allclose(w.numpy()[rows], w_before[rows])
+    # The penalty covers only the used rows: perturb an unused row, then a used one.
+    rows_t = task.supernet.wpl_rows(arch)
+    state.fisher[0].assign(tf.ones_like(state.fisher[0]))
+    w.assign(state.anchors[0])
+    w.assign(w.numpy() + np.eye(task.space.num_pairs)[others[0]][:, None, None])
+    assert float(state.penalty_rows(0, rows_t)) == 0.0
+    w.assign(w.numpy() + np.eye(task.space.num_pairs)[rows[0]][:, None, None] * 0.1)
+    assert float(state.penalty_rows(0, rows_t)) > 0.0
+    out = task.train_architecture(arch, 1, wpl_active=True)
+    assert out["penalty"] > 0.0
+    assert task.train_architecture(arch, 1, wpl_active=False)["penalty"] == 0.0
+
+
+def test_fisher_update_formula_on_last_batch(task):
+    arch = (2, 0, 0, 1, 1, 0, 3)
+    rows = np.asarray(task.supernet.wpl_rows(arch))
+    task.wpl_state.reset_fisher()
+    count = int(task.wpl_state.num_fisher_updates.numpy())
+    task.train_architecture(arch, 2, wpl_active=False)
+    assert np.all(task.wpl_state.fisher[0].numpy() == 0)  # WPL off: no Fisher
+    task.train_architecture(arch, 3, wpl_active=True)
+    assert int(task.wpl_state.num_fisher_updates.numpy()) == count + 1  # last batch only
+    f = task.wpl_state.fisher[0].numpy()[rows]
+    assert np.all(f >= 0) and f.max() > 0
+    others = np.setdiff1d(np.arange(task.space.num_pairs), rows)
+    assert np.all(task.wpl_state.fisher[0].numpy()[others] == 0)
+
+
+def test_epoch_lr_schedule_and_checkpoint(seed, tmp_path):
+    task = RNNSearchTask(tiny_corpus(), tiny_config(), seed=0)
+    task.start_epoch(17)
+    np.testing.assert_allclose(float(task.optimizer.learning_rate), 20.0 * 0.96**2, rtol=1e-6)
+    task.train_architecture((0, 0, 0, 0, 0, 0, 0), 2, wpl_active=True)
+    ckpt = tf.train.Checkpoint(**task.checkpoint_items())
+    path = ckpt.save(str(tmp_path / "ckpt"))
+    other = RNNSearchTask(tiny_corpus(), tiny_config(), seed=5)
+    tf.train.Checkpoint(**other.checkpoint_items()).restore(path).assert_consumed()
+    np.testing.assert_array_equal(other.supernet.w_nodes.numpy(), task.supernet.w_nodes.numpy())
+    np.testing.assert_array_equal(other.wpl_state.fisher[0].numpy(), task.wpl_state.fisher[0].numpy())
+    assert int(other.train_position.numpy()) == 2
+    np.testing.assert_array_equal(other.train_state.numpy(), task.train_state.numpy())
+    assert isinstance(task.checkpoint_items()["supernet"], VariableBundle)
+    assert task.config()["hidden_size"] == 6
+
+
+def test_validation_is_fixed_and_reward_moves(task):
+    arch = (0, 0, 1, 0, 2, 1, 3)
+    e1, e2 = task.validation_error(arch), task.validation_error(arch)
+    assert e1 == e2 and 1.0 < e1 < 10 * V
+    r1, r2 = task.reward(arch), task.reward(arch)
+    assert r1 > 0 and r2 > 0 and r1 != r2
+    with pytest.raises(ValueError, match="vocab"):
+        RNNSearchTask(tiny_corpus(), dataclasses.replace(tiny_config(), vocab_size=V + 1))
