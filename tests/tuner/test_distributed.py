@@ -115,3 +115,30 @@ def test_worker_killed_mid_trial_does_not_stall_chief(tmp_path):
     assert summary["statuses"][killed_trial] == "COMPLETED"
     assert set(summary["statuses"].values()) == {"COMPLETED"} and len(summary["statuses"]) == 4
     assert summary["reinforce_step"] == 4
+
+
+def test_stale_trial_is_taken_back_in_process(tmp_path):
+    """The take-back rule without processes: a silent tuner's trial is retried, then FAILED."""
+    import keras_tuner
+
+    from tiny_task import TinySpace
+
+    from wpl_keras.tuner.enas import ENASOracle
+
+    oracle = ENASOracle(TinySpace((3, 3)), keras_tuner.Objective("score", "max"), max_trials=2,
+                        units=4, trial_timeout=30, idle_wait=0.05, max_retries_per_trial=1)
+    oracle._set_project_dir(str(tmp_path), "p")
+    dead = oracle.create_trial("dead")
+    live = oracle.create_trial("live")
+    oracle.update_trial(live.trial_id, {"score": 0.5})
+    live.status = "COMPLETED"
+    oracle.end_trial(live)
+    assert oracle.create_trial("live").status == "IDLE"  # budget spent, "dead" may still report
+    oracle._last_seen[dead.trial_id] -= 31  # 31 s of silence, without waiting for them
+    retry = oracle.create_trial("live")
+    assert retry.status == "RUNNING" and retry.trial_id == dead.trial_id
+    assert "dead" not in oracle.tuner_ids and oracle.num_reaped_trials == 1
+    oracle._last_seen[retry.trial_id] -= 31  # the retry goes silent too: no retries left
+    assert oracle.create_trial("other").status == "STOPPED"
+    assert oracle.trials[dead.trial_id].status == "FAILED"
+    assert not oracle.ongoing_trials
