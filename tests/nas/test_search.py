@@ -105,8 +105,37 @@ class FakeTask(SharedWeightsTask):
         return {"kind": "fake", "lr": self.lr}
 
 
-def _build(seed=0):
+class RandomController(tf.Module):
+    """Uniform sampling from a checkpointable generator (no tracing: keeps tests fast)."""
+
+    def __init__(self, sizes, seed=0):
+        super().__init__()
+        self.sizes = tuple(sizes)
+        self.generator = tf.random.Generator.from_seed(seed)
+
+    def sample_architecture(self):
+        u = self.generator.uniform([len(self.sizes)]).numpy()
+        return tuple(int(x * s) for x, s in zip(u, self.sizes))
+
+
+class CountingReinforce:
+    def __init__(self):
+        self.step = tf.Variable(0, dtype=tf.int64)
+        self.baseline = tf.Variable(0.0)
+
+    def update(self, arch, reward):
+        self.step.assign_add(1)
+        self.baseline.assign(0.9 * self.baseline + 0.1 * reward)
+        return {"baseline": float(self.baseline.numpy())}
+
+    def checkpoint_items(self):
+        return {"step": self.step, "baseline": self.baseline}
+
+
+def _build(seed=0, real_controller=True):
     task = FakeTask(seed=seed)
+    if not real_controller:
+        return task, RandomController(task.space.decision_sizes, seed), CountingReinforce()
     controller = Controller(task.space.decision_sizes, units=8, seed=seed)
     reinforce = Reinforce(controller, learning_rate=0.01)
     return task, controller, reinforce
@@ -149,7 +178,7 @@ def test_config_validation_and_json():
 
 
 def test_loop_schedule_logs_and_outputs(tmp_path, seed):
-    task, controller, reinforce = _build()
+    task, controller, reinforce = _build(real_controller=False)
     config = _config()
     result = search.run_search(task, controller, reinforce, config, str(tmp_path))
     # WPL turns on at epoch 1, α follows the schedule, flush at epochs 3 (and would at 5).
@@ -182,16 +211,16 @@ def test_loop_schedule_logs_and_outputs(tmp_path, seed):
     assert any(n.startswith("events") for n in os.listdir(tmp_path / "tb"))
     # Re-running into the same directory without resume is refused.
     with pytest.raises(FileExistsError, match="resume"):
-        search.run_search(*_build(), config, str(tmp_path))
+        search.run_search(*_build(real_controller=False), config, str(tmp_path))
 
 
 def test_wpl_reduces_forgetting_on_the_fake(tmp_path, seed):
     """The fake has real forgetting, and WPL removes part of it (the loop wires WPL in)."""
-    c = _config(epochs=4, shared_steps_per_epoch=8, wpl_start_epoch=1, strength=50.0,
+    c = _config(epochs=3, shared_steps_per_epoch=6, wpl_start_epoch=1, strength=50.0,
                 strength_decay=None, flush_every=0, controller_steps=1)
-    off = search.run_search(*_build(), _config(**{**c.to_json(), "wpl": False}),
+    off = search.run_search(*_build(real_controller=False), _config(**{**c.to_json(), "wpl": False}),
                             str(tmp_path / "off")).history
-    on = search.run_search(*_build(), c, str(tmp_path / "on")).history
+    on = search.run_search(*_build(real_controller=False), c, str(tmp_path / "on")).history
     without = np.mean([r["mean_diff"] for r in off[1:]])
     with_wpl = np.mean([r["mean_diff"] for r in on[1:]])
     assert without > 0
@@ -205,13 +234,31 @@ def _final_state(task, controller, reinforce):
     return arrays
 
 
-@pytest.mark.parametrize("kill_at", [3, 6, 9])
-def test_resume_equals_uninterrupted(tmp_path, seed, kill_at):
+_RESUME_CONFIG = dict(epochs=2, shared_steps_per_epoch=3, controller_steps=2, wpl_start_epoch=1)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """The uninterrupted run that interrupted-then-resumed runs must equal."""
+    import keras
+
+    keras.utils.set_random_seed(1234)
+    np.random.seed(1234)
+    objs = _build()
+    history = search.run_search(
+        *objs, _config(**_RESUME_CONFIG), str(tmp_path_factory.mktemp("ref"))
+    ).history
+    return history, _final_state(*objs)
+
+
+# Units per epoch: 3 architectures trained, then 2 rewards. Killing at call 5 lands in the
+# controller phase of epoch 0, at call 7 in the shared phase of epoch 1.
+@pytest.mark.parametrize("kill_at", [5, 7])
+def test_resume_equals_uninterrupted(tmp_path, seed, kill_at, reference_run):
     """SIGTERM at unit ``kill_at`` → saved and raised; a fresh process-like resume then
     finishes with exactly the uninterrupted run's history and weights."""
-    config = _config(epochs=2, shared_steps_per_epoch=3, controller_steps=2, wpl_start_epoch=1)
-    ref_objs = _build()
-    ref = search.run_search(*ref_objs, config, str(tmp_path / "ref")).history
+    config = _config(**_RESUME_CONFIG)
+    ref, ref_state = reference_run
 
     objs = _build()
     calls = {"n": 0}
@@ -243,7 +290,25 @@ def test_resume_equals_uninterrupted(tmp_path, seed, kill_at):
     resumed = search.run_search(*resumed_objs, config, out, resume=True).history
     strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in h]
     assert strip(resumed) == strip(ref)
-    for a, b in zip(_final_state(*resumed_objs), _final_state(*ref_objs)):
+    for a, b in zip(_final_state(*resumed_objs), ref_state):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     info = search.restore_latest(*_build(), out)
     assert info["epoch"] == 2 and len(info["history"]) == 2
+
+
+def test_derive_keeps_the_lowest_error(tmp_path, seed):
+    from wpl_keras.nas import derive
+
+    task, controller, _ = _build(real_controller=False)
+    for arch in [(0, 0, 0), (1, 1, 1)]:
+        task.train_architecture(arch, 3, wpl_active=False)
+    result = derive.derive_best(task, controller, num_samples=12)
+    errors = [e for _, e in result.candidates]
+    assert result.error == min(errors) and errors == sorted(errors)
+    assert result.error == pytest.approx(task.validation_error(result.arch))
+    assert len({a for a, _ in result.candidates}) == len(result.candidates) <= 12
+    paths = derive.write_derived(result, task.space, str(tmp_path))
+    assert paths["png"] is None  # the fake space cannot plot
+    assert derive.load_derived(paths["json"], task.space) == result.arch
+    with pytest.raises(ValueError, match="num_samples"):
+        derive.derive_best(task, controller, num_samples=0)
