@@ -137,14 +137,14 @@ class SearchConfig:
 
     @classmethod
     def cpu_small(cls, **overrides) -> "SearchConfig":
-        """Minutes on 2 CPU cores: 6 epochs of 10 architectures × 3 batches and 5 controller
-        steps; WPL from epoch 2, α 60 constant, flush every 2 epochs."""
+        """Minutes on 2 CPU cores: 10 epochs of 10 architectures × 5 batches and 10 controller
+        steps; WPL from epoch 3, α 60 constant, flush every 2 epochs."""
         base = cls(
-            epochs=6,
+            epochs=10,
             shared_steps_per_epoch=10,
-            batches_per_arch=3,
-            controller_steps=5,
-            wpl_start_epoch=2,
+            batches_per_arch=5,
+            controller_steps=10,
+            wpl_start_epoch=3,
             strength_decay=None,
             flush_every=2,
         )
