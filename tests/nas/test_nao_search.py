@@ -202,3 +202,30 @@ def test_mismatched_controller_is_an_error(tmp_path):
     nao = NAOController((3, 3), NAO_CFG, seed=0)
     with pytest.raises(ValueError, match="decision sizes"):
         run_nao_search(task, nao, _config(), str(tmp_path), handle_signals=False)
+
+
+def test_app_search_derive_and_resume(tmp_path, capsys):
+    from apps import nao_search as app
+
+    data = tmp_path / "ptb"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    words = np.array(["the", "cat", "sat", "on", "a", "mat", "dog", "ran"])
+    for split, n in (("train", 30), ("valid", 10), ("test", 10)):
+        (data / f"{split}.txt").write_text(
+            "\n".join(" ".join(rng.choice(words, 8)) for _ in range(n)) + "\n")
+    out = tmp_path / "run"
+    args = ["--preset", "tiny", "--data-dir", str(data), "--out", str(out), "--quiet",
+            "--output-dropout", "0.25", "--epochs", "2"]
+    assert app.main(args) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["epochs"] == 2
+    saved = json.load(open(out / "nao_experiment.json"))
+    assert saved["output_dropout"] == 0.25 and saved["search"]["epochs"] == 2
+    assert app.main(["derive", "--out", str(out)]) == 0
+    derived = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert derived["arch"] == json.load(open(out / "derived.json"))["arch"]
+    with pytest.raises(FileExistsError):
+        app.main(["--out", str(out), "--data-dir", str(data)])
+    assert app.main(["--out", str(out), "--data-dir", str(data), "--resume", "--epochs", "3"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs"] == 3

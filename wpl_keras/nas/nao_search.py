@@ -719,6 +719,7 @@ def run_nao_experiment(
     *,
     resume: bool = False,
     data=None,
+    on_epoch_end: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> NAOSearchResult:
     """Runs (or resumes) the NAO search of ``config`` into ``out_dir``; saves
     ``nao_experiment.json`` and, at the end, ``derived.json`` (the best pool architecture,
@@ -731,7 +732,7 @@ def run_nao_experiment(
     config.save(os.path.join(out_dir, "nao_experiment.json"))
     task, nao = build_nao_search(config, data)
     result = run_nao_search(task, nao, config.search, out_dir, seed=config.base.seed,
-                            resume=resume)
+                            resume=resume, on_epoch_end=on_epoch_end)
     scored = [(a, e) for a, e in zip(result.pool, result.pool_errors) if math.isfinite(e)]
     if scored:
         scored.sort(key=lambda ae: ae[1])
