@@ -180,21 +180,29 @@ def _cell_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, offsets, num_nodes):
     table = tf.gather(tf.constant(_ACTIVATION_TABLE), acts)  # [N, 5]
     out_ta = tf.TensorArray(xp.dtype, size=steps, element_shape=h0.shape)
     in_tas = [tf.TensorArray(xp.dtype, size=steps, element_shape=h0.shape)
-              for _ in range(num_nodes)]
+              for _ in range(num_nodes if offsets is not None else 0)]
 
     def node(p, z, coeffs):
         c = tf.sigmoid(z[:, :hidden])
         return p + c * (select_activation(z[:, hidden:], coeffs) - p)
 
+    # Without offsets (inference, export) the loop is plain matmuls and records nothing.
+    matmul = tf.matmul if offsets is None else _matmul_no_weight_grad
+
+    def offset(i, t):
+        return 0.0 if offsets is None else offsets[i][t]
+
     def body(t, h, out_ta, in_tas):
-        z = xp[t] + _matmul_no_weight_grad(h, w_h) + offsets[0][t]
+        z = xp[t] + matmul(h, w_h) + offset(0, t)
         states = [node(h, z, table[0])]
         in_tas = list(in_tas)
-        in_tas[0] = in_tas[0].write(t, h)
+        if offsets is not None:
+            in_tas[0] = in_tas[0].write(t, h)
         for i in range(1, num_nodes):
             p = tf.gather(tf.stack(states), inputs[i - 1])
-            in_tas[i] = in_tas[i].write(t, p)
-            z = _matmul_no_weight_grad(p, w_nodes[i - 1]) + offsets[i][t]
+            if offsets is not None:
+                in_tas[i] = in_tas[i].write(t, p)
+            z = matmul(p, w_nodes[i - 1]) + offset(i, t)
             states.append(node(p, z, table[i]))
         h_new = tf.tensordot(loose, tf.stack(states), axes=1)
         return t + 1, h_new, out_ta.write(t, h_new), tuple(in_tas)
@@ -206,6 +214,13 @@ def _cell_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, offsets, num_nodes):
         maximum_iterations=steps,
     )
     return out_ta.stack(), h_last, [ta.stack() for ta in in_tas]
+
+
+def enas_cell_sequence_inference(xp, h0, w_h, w_nodes, arch, num_nodes):
+    """:func:`enas_cell_sequence` without its custom gradient (plain ops; for export)."""
+    acts, inputs, loose, _ = decode_architecture(arch, num_nodes)
+    outputs, h_last, _ = _cell_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, None, num_nodes)
+    return outputs, h_last
 
 
 def enas_cell_sequence(

@@ -1,0 +1,261 @@
+"""A standalone language model with ONE fixed ENAS cell: retraining and SavedModel export.
+
+After a search, the chosen cell is trained from scratch with its own weights (not the
+supernet's): embedding ``E [V, H]`` (tied decoder), ``W_x [H, 2H]``, ``W_h [H, 2H]`` and only
+the ``N − 1`` node matrices the cell uses, ``[N − 1, H, 2H]``. The cell equations, dropouts and
+the fast weight gradients are those of :mod:`wpl_keras.nas.rnn_supernet`
+(:func:`~wpl_keras.nas.rnn_supernet.enas_cell_sequence`).
+
+Perplexity is ``exp(mean next-word cross-entropy)`` over a whole split read in BPTT windows
+with the hidden state carried across windows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Dict, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from wpl_keras.data.ptb import PTBCorpus, batchify, bptt_windows
+from wpl_keras.nas.rnn_space import RNNCellSpace
+from wpl_keras.nas.rnn_supernet import (
+    RNNSupernetConfig,
+    _dropout_mask,
+    clamp_rows,
+    enas_cell_sequence,
+    enas_cell_sequence_inference,
+    sequence_loss,
+)
+
+
+class RNNLanguageModel(keras.Model):
+    """Word-level language model whose recurrent cell is the fixed architecture ``arch``.
+
+    ``call(tokens [B, T], state [B, H] or None, training) -> (logits [B, T, V], state)``.
+
+    Args:
+        space: the cell space (gives the number of nodes).
+        arch: the cell's decisions.
+        config: sizes and dropouts (an :class:`RNNSupernetConfig`).
+        seed: initialisation and dropout seed.
+    """
+
+    def __init__(self, space: RNNCellSpace, arch: Sequence[int], config: RNNSupernetConfig,
+                 *, seed: int = 0, name: str = "enas_rnn_lm"):
+        super().__init__(name=name)
+        if space.num_nodes != config.num_nodes:
+            raise ValueError(
+                f"space has {space.num_nodes} nodes but config.num_nodes is {config.num_nodes}."
+            )
+        self.space = space
+        self.arch = space.validate(arch)
+        self.cfg = config
+        e, h, v = config.embedding_size, config.hidden_size, config.vocab_size
+        init = keras.initializers.RandomUniform(-config.init_range, config.init_range, seed=seed)
+        self.embedding = self.add_weight(shape=(v, e), initializer=init, name="embedding")
+        self.w_x = self.add_weight(shape=(e, 2 * h), initializer=init, name="w_x")
+        self.w_h = self.add_weight(shape=(h, 2 * h), initializer=init, name="w_h")
+        self.w_nodes = self.add_weight(shape=(config.num_nodes - 1, h, 2 * h), initializer=init,
+                                       name="w_nodes")
+        self.decoder_bias = self.add_weight(shape=(v,), initializer="zeros", name="decoder_bias")
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._arch_const = np.asarray(self.arch, np.int32)
+        self.built = True
+
+    def call(self, tokens, state=None, training=False, differentiable=True):
+        """``differentiable=False`` runs the cell without its custom gradient (export)."""
+        cfg = self.cfg
+        tokens = tf.cast(tokens, tf.int32)
+        batch, steps = tf.shape(tokens)[0], tf.shape(tokens)[1]
+        if state is None:
+            state = tf.zeros([batch, cfg.hidden_size], tf.float32)
+        embedding = tf.convert_to_tensor(self.embedding)
+        w_h = tf.convert_to_tensor(self.w_h)
+        w_nodes = tf.convert_to_tensor(self.w_nodes)
+        x = tf.gather(embedding, tf.transpose(tokens))  # [T, B, E]
+        if training:
+            if cfg.embedding_dropout > 0:
+                mask = _dropout_mask([cfg.vocab_size], cfg.embedding_dropout, self.seed_generator)
+                x = x * tf.gather(mask, tf.transpose(tokens))[..., None]
+            if cfg.input_dropout > 0:
+                x = x * _dropout_mask([batch, cfg.embedding_size], cfg.input_dropout,
+                                      self.seed_generator)[None]
+            if cfg.weight_drop > 0:
+                w_h = w_h * _dropout_mask(tf.shape(w_h), cfg.weight_drop, self.seed_generator)
+                w_nodes = w_nodes * _dropout_mask(tf.shape(w_nodes), cfg.weight_drop,
+                                                  self.seed_generator)
+        xp = tf.reshape(tf.matmul(tf.reshape(x, [-1, cfg.embedding_size]), self.w_x),
+                        [steps, batch, 2 * cfg.hidden_size])
+        cell = enas_cell_sequence if differentiable else enas_cell_sequence_inference
+        outputs, new_state = cell(
+            xp, state, w_h, w_nodes, tf.constant(self._arch_const), cfg.num_nodes
+        )
+        outputs = tf.transpose(outputs, [1, 0, 2])
+        if training and cfg.output_dropout > 0:
+            outputs = outputs * _dropout_mask([batch, 1, cfg.hidden_size], cfg.output_dropout,
+                                              self.seed_generator)
+        logits = tf.matmul(tf.reshape(outputs, [-1, cfg.hidden_size]), embedding,
+                           transpose_b=True) + self.decoder_bias
+        return tf.reshape(logits, [batch, steps, cfg.vocab_size]), new_state
+
+
+def build_language_model(space: RNNCellSpace, arch: Sequence[int], config: RNNSupernetConfig,
+                         *, seed: int = 0) -> RNNLanguageModel:
+    """A fresh :class:`RNNLanguageModel` for cell ``arch`` (raises for an invalid ``arch``)."""
+    return RNNLanguageModel(space, arch, config, seed=seed)
+
+
+def evaluate_perplexity(model: RNNLanguageModel, ids: np.ndarray, *, batch_size: int,
+                        bptt: int, max_batches: Optional[int] = None) -> float:
+    """``exp(mean CE)`` over ``ids`` read in BPTT windows, state carried, no dropout."""
+    step = _eval_fn(model)
+    data = batchify(ids, batch_size)
+    state = tf.zeros([batch_size, model.cfg.hidden_size])
+    total, count = 0.0, 0
+    for k, (x, y) in enumerate(bptt_windows(data, bptt)):
+        if max_batches is not None and k >= max_batches:
+            break
+        loss, state = step(tf.constant(x), tf.constant(y), state)
+        total += float(loss)
+        count += 1
+    if count == 0:
+        raise ValueError("evaluate_perplexity: no full BPTT window in the data.")
+    return float(math.exp(min(total / count, 50.0)))
+
+
+def _eval_fn(model):
+    fn = getattr(model, "_wpl_eval_fn", None)
+    if fn is None:
+        @tf.function(reduce_retracing=True)
+        def fn(x, y, state):
+            logits, new_state = model(x, state, training=False)
+            return sequence_loss(logits, y), new_state
+
+        model._wpl_eval_fn = fn
+    return fn
+
+
+def train_from_scratch(
+    corpus: PTBCorpus,
+    arch: Sequence[int],
+    config: RNNSupernetConfig,
+    epochs: int,
+    *,
+    space: Optional[RNNCellSpace] = None,
+    seed: int = 0,
+    max_batches_per_epoch: Optional[int] = None,
+    max_eval_batches: Optional[int] = None,
+    log=None,
+) -> Dict[str, object]:
+    """Trains the cell ``arch`` from scratch on ``corpus.train`` and reports perplexities.
+
+    SGD with ``config.learning_rate`` (decayed by ``lr_decay`` per epoch after
+    ``lr_decay_start_epoch``), global-norm clip ``grad_clip``, L2 ``λ`` on all weights,
+    the config's dropouts, hidden state carried across windows.
+
+    Args:
+        corpus: PTB ids.
+        arch: the chosen cell.
+        config: sizes, dropouts, optimisation settings.
+        epochs: passes over the training split.
+        space: the cell space (default ``RNNCellSpace(config.num_nodes)``).
+        seed: initialisation/dropout seed.
+        max_batches_per_epoch: cap on training windows per epoch (quick runs).
+        max_eval_batches: cap on validation/test windows (quick runs).
+        log: optional callable receiving a dict per epoch.
+
+    Returns:
+        ``{"valid_ppl", "test_ppl", "train_ppl", "epochs", "seconds", "model"}``.
+    """
+    if epochs <= 0:
+        raise ValueError(f"epochs must be positive, got {epochs}.")
+    space = space or RNNCellSpace(config.num_nodes)
+    model = build_language_model(space, arch, config, seed=seed)
+    optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate)
+    variables = model.trainable_variables
+    optimizer.build(variables)
+
+    @tf.function
+    def train_step(x, y, state):
+        with tf.GradientTape() as tape:
+            logits, new_state = model(x, state, training=True)
+            loss = sequence_loss(logits, y)
+        grads = tape.gradient(loss, variables)
+        grads = [tf.convert_to_tensor(g) + config.l2 * tf.convert_to_tensor(v)
+                 for g, v in zip(grads, variables)]
+        grads, _ = tf.clip_by_global_norm(grads, config.grad_clip)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss, clamp_rows(new_state, config.hidden_max_norm)
+
+    data = batchify(corpus.train, config.batch_size)
+    start = time.time()
+    train_ppl = float("nan")
+    for epoch in range(epochs):
+        lr = config.learning_rate * config.lr_decay ** max(0, epoch - config.lr_decay_start_epoch)
+        optimizer.learning_rate.assign(lr)
+        state = tf.zeros([config.batch_size, config.hidden_size])
+        total, count = 0.0, 0
+        for k, (x, y) in enumerate(bptt_windows(data, config.bptt)):
+            if max_batches_per_epoch is not None and k >= max_batches_per_epoch:
+                break
+            loss, state = train_step(tf.constant(x), tf.constant(y), state)
+            total += float(loss)
+            count += 1
+        if not math.isfinite(total):
+            raise FloatingPointError(f"training diverged in epoch {epoch} (loss {total}).")
+        train_ppl = math.exp(min(total / max(count, 1), 50.0))
+        if log is not None:
+            log({"epoch": epoch, "train_ppl": train_ppl, "lr": lr})
+    kwargs = dict(batch_size=config.eval_batch_size, bptt=config.eval_bptt,
+                  max_batches=max_eval_batches)
+    return {
+        "valid_ppl": evaluate_perplexity(model, corpus.valid, **kwargs),
+        "test_ppl": evaluate_perplexity(model, corpus.test, **kwargs),
+        "train_ppl": float(train_ppl),
+        "epochs": int(epochs),
+        "seconds": float(time.time() - start),
+        "model": model,
+    }
+
+
+class _ServingModule(tf.Module):
+    def __init__(self, model: RNNLanguageModel):
+        super().__init__()
+        self.model = model
+        self.variables_list = list(model.variables)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="tokens")])
+    def serve(self, tokens):
+        logits, _ = self.model(tokens, None, training=False, differentiable=False)
+        return {"log_probs": tf.nn.log_softmax(logits, axis=-1)}
+
+
+def export_language_model(model: RNNLanguageModel, arch: Sequence[int], space: RNNCellSpace,
+                          export_dir: str) -> str:
+    """Writes a SavedModel and ``cell.json`` to ``export_dir``.
+
+    The ``serving_default`` signature maps ``tokens`` (int32 ``[batch, time]``, zero initial
+    state) to ``log_probs`` (``[batch, time, vocab]``, ``log p(w_{t+1} | w_{≤t})``).
+    ``cell.json`` holds the cell (space name, decisions, readable string) and the config.
+
+    Returns:
+        ``export_dir``.
+    """
+    arch = space.validate(arch)
+    if tuple(arch) != tuple(model.arch):
+        raise ValueError(
+            f"export_language_model: arch {space.to_string(arch)!r} is not the model's cell "
+            f"{space.to_string(model.arch)!r}."
+        )
+    module = _ServingModule(model)
+    tf.saved_model.save(module, export_dir,
+                        signatures={"serving_default": module.serve.get_concrete_function()})
+    with open(os.path.join(export_dir, "cell.json"), "w") as f:
+        json.dump({**space.to_json(arch), "config": model.cfg.to_json()}, f, indent=2)
+    return export_dir
