@@ -1,0 +1,178 @@
+"""Benchmark: one traced supernet training step over many architectures (issue 3).
+
+RNN (default, ``--space rnn``): ENAS recurrent supernet on real PTB (``--data-dir``), at the
+cpu-small size (hidden 256) and the paper size (embedding = hidden = 1000, 12 nodes, batch 64,
+BPTT 35, vocab 10k). Measures
+
+* ``traces``: traces of the training step over ``--archs`` (50) different sampled
+  architectures (must be 1), ``compile_s``: the first call (trace + graph build + one step);
+* median ``step_ms`` and ``tokens_per_s`` (``batch · bptt / step``) per size; the timed steps
+  alternate WPL on/off, ``wpl_ratio`` = median step with WPL / median step without;
+* ``floor_ratio`` (paper) and ``floor_ratio_small``: median step time over the matmul floor,
+  ``floor = 3 · forward matmul FLOPs / R`` with ``R`` the float32 rate of a 2048×2048 matmul
+  measured in the same run (median of 10), forward FLOPs counted analytically:
+  ``2 · B · T · (E·2H + H·2H + (N−1)·H·2H + H·V)`` (input projection, hidden matrix, node
+  matrices, tied softmax).
+
+``--space cnn`` delegates to ``benchmarks/supernet_step_cnn.py`` (its ``main(argv)``).
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
+    """Median float32 FLOP/s of an ``n × n`` matmul (``2 n³`` FLOPs)."""
+    import tensorflow as tf
+
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+    mm = tf.function(lambda x, y: tf.matmul(x, y))
+    mm(a, b).numpy()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        mm(a, b).numpy()
+        times.append(time.perf_counter() - start)
+    return 2.0 * n**3 / statistics.median(times)
+
+
+def forward_matmul_flops(cfg) -> float:
+    """``2 · B · T · (E·2H + H·2H + (N−1)·H·2H + H·V)``."""
+    b, t, e, h, n, v = (cfg.batch_size, cfg.bptt, cfg.embedding_size, cfg.hidden_size,
+                        cfg.num_nodes, cfg.vocab_size)
+    return 2.0 * b * t * (e * 2 * h + h * 2 * h + (n - 1) * h * 2 * h + h * v)
+
+
+def time_size(corpus, cfg, num_archs: int, seed: int = 0) -> dict:
+    """Compiles the step, runs it over ``num_archs`` sampled architectures (alternating WPL
+    off/on), returns traces, compile time and median step times."""
+    import numpy as np
+    import tensorflow as tf
+
+    from wpl_keras.nas.rnn_supernet import RNNSearchTask
+
+    task = RNNSearchTask(corpus, cfg, seed=seed)
+    rng = np.random.default_rng(seed)
+    archs = []
+    while len(archs) < num_archs + 1:
+        arch = task.space.sample(rng)
+        if arch not in archs:
+            archs.append(arch)
+    false, true = tf.constant(False), tf.constant(True)
+    start = time.perf_counter()
+    float(task._train_step(tf.constant(archs[0], tf.int32), true, true)[0])
+    compile_s = time.perf_counter() - start
+    plain, wpl = [], []
+    for k, arch in enumerate(archs[1:]):
+        active = k % 2 == 1
+        a = tf.constant(arch, tf.int32)
+        start = time.perf_counter()
+        loss = float(task._train_step(a, true if active else false, false)[0])
+        (wpl if active else plain).append(time.perf_counter() - start)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"loss {loss} at step {k}")
+    step = statistics.median(plain + wpl)
+    return {
+        "traces": task.trace_count,
+        "compile_s": round(compile_s, 2),
+        "step_ms": round(1000 * step, 1),
+        "step_ms_plain": round(1000 * statistics.median(plain), 1),
+        "step_ms_wpl": round(1000 * statistics.median(wpl), 1),
+        "tokens_per_s": round(cfg.batch_size * cfg.bptt / step, 1),
+        "timed_steps": len(plain) + len(wpl),
+        "wpl_ratio": round(statistics.median(wpl) / statistics.median(plain), 3),
+        "final_loss": round(loss, 3),
+    }
+
+
+def run_rnn(args) -> dict:
+    import tensorflow as tf
+
+    from wpl_keras.data.ptb import load_ptb
+    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+
+    corpus = load_ptb(args.data_dir)
+    rate = matmul_rate()
+    print(f"matmul 2048x2048 float32: {rate / 1e9:.1f} GFLOP/s (median of 10)", flush=True)
+    result = {
+        "benchmark": "supernet_step",
+        "space": "enas_rnn",
+        "data": f"PTB from {args.data_dir} (train split, BPTT windows)",
+        "device": "CPU",
+        "cpu_threads": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "matmul_gflops": round(rate / 1e9, 2),
+    }
+    sizes = [("small", RNNSupernetConfig.cpu_small(), args.archs)]
+    if not args.skip_paper:
+        sizes.append(("paper", RNNSupernetConfig.paper(), args.paper_steps))
+    for label, cfg, steps in sizes:
+        flops = 3.0 * forward_matmul_flops(cfg)
+        print(f"[{label}] hidden={cfg.hidden_size} batch={cfg.batch_size} bptt={cfg.bptt} "
+              f"nodes={cfg.num_nodes} vocab={cfg.vocab_size}: fwd+bwd matmul FLOPs "
+              f"{flops / 1e9:.1f} G, floor {1000 * flops / rate:.0f} ms", flush=True)
+        timing = time_size(corpus, cfg, steps)
+        floor_ms = 1000.0 * flops / rate
+        timing["step_gflop"] = round(flops / 1e9, 2)
+        timing["floor_ms"] = round(floor_ms, 1)
+        timing["floor_ratio"] = round(timing["step_ms"] / floor_ms, 3)
+        timing["config"] = {k: getattr(cfg, k) for k in (
+            "hidden_size", "embedding_size", "num_nodes", "batch_size", "bptt", "vocab_size",
+            "jit_compile")}
+        print(f"[{label}] {json.dumps(timing)}", flush=True)
+        result[label] = timing
+    small = result["small"]
+    result["traces"] = small["traces"]
+    result["traces_over_archs"] = small["timed_steps"] + 1
+    result["compile_s"] = small["compile_s"]
+    result["wpl_ratio"] = small["wpl_ratio"]
+    result["floor_ratio_small"] = small["floor_ratio"]
+    if "paper" in result:
+        result["floor_ratio"] = result["paper"]["floor_ratio"]
+        result["wpl_ratio_paper"] = result["paper"]["wpl_ratio"]
+        result["traces"] = max(result["traces"], result["paper"]["traces"])
+    return result
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", choices=("rnn", "cnn"), default="rnn")
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "ptb"))
+    parser.add_argument("--archs", type=int, default=50,
+                        help="sampled architectures timed at the small size (traces over them)")
+    parser.add_argument("--paper-steps", type=int, default=4,
+                        help="timed steps at the paper size (alternating WPL off/on)")
+    parser.add_argument("--skip-paper", action="store_true")
+    args, rest = parser.parse_known_args(argv)
+    if args.space == "cnn":
+        path = pathlib.Path(__file__).with_name("supernet_step_cnn.py")
+        spec = importlib.util.spec_from_file_location("supernet_step_cnn", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {rest}")
+    result = run_rnn(args)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
