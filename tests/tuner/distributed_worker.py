@@ -2,8 +2,9 @@
 
 The role comes from KerasTuner's environment variables: ``KERASTUNER_TUNER_ID=chief`` runs the
 ENAS oracle as a gRPC server; any other id runs trials of a :class:`WeightSharingTuner` on the
-tiny task. With ``--hang-marker PATH`` a worker writes PATH when its first trial starts and
-then blocks forever (the test kills it there).
+tiny task. With ``--hang-marker PATH`` a worker runs ``--hang-on-trial`` trials normally, then
+writes PATH (the id of the trial it holds) when the next one starts and blocks forever (the test
+kills it there).
 
     python tests/tuner/distributed_worker.py --directory DIR --max-trials 5 --trial-timeout 8
 """
@@ -38,11 +39,14 @@ class _FastSleep:
 
 
 class HangingTuner(WeightSharingTuner):
-    def __init__(self, *args, marker, **kwargs):
+    def __init__(self, *args, marker, hang_on_trial, **kwargs):
         super().__init__(*args, **kwargs)
         self.marker = marker
+        self.hang_on_trial = hang_on_trial
 
     def run_trial(self, trial, *args, **kwargs):
+        if self.trials_run < self.hang_on_trial:
+            return super().run_trial(trial, *args, **kwargs)
         pathlib.Path(self.marker).write_text(trial.trial_id)
         while True:
             time.sleep(1)
@@ -54,6 +58,7 @@ def main():
     parser.add_argument("--max-trials", type=int, default=6)
     parser.add_argument("--trial-timeout", type=float, default=None)
     parser.add_argument("--hang-marker", default=None)
+    parser.add_argument("--hang-on-trial", type=int, default=0)
     args = parser.parse_args()
     tuner_id = os.environ["KERASTUNER_TUNER_ID"]
 
@@ -71,7 +76,8 @@ def main():
     )
     tuner_cls, extra = WeightSharingTuner, {}
     if args.hang_marker:
-        tuner_cls, extra = HangingTuner, {"marker": args.hang_marker}
+        tuner_cls = HangingTuner
+        extra = {"marker": args.hang_marker, "hang_on_trial": args.hang_on_trial}
     tuner = tuner_cls(
         oracle,
         task,
