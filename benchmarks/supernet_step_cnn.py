@@ -1,0 +1,179 @@
+"""Benchmark: one-trace micro-CNN supernet training step (CIFAR-10 shapes).
+
+Measures, for :class:`wpl_keras.nas.cnn_supernet.CNNSearchTask`:
+
+* ``traces``: traces of the training step after training ``--archs`` random architectures
+  (must be 1: the architecture is an int32 tensor input);
+* ``compile_s``: wall time of the first step (trace + graph optimisation + first run);
+* ``step_ms`` / ``images_per_s``: mean step time without WPL over the architectures;
+* ``wpl_ratio``: step time with WPL (masked penalty every step, Fisher update on the last
+  step of each architecture, anchor snapshot after it) over the time without. The penalty
+  and Fisher ops are in the one traced step in both modes, gated by tensors (so that
+  switching WPL on does not retrace); the ratio therefore measures the extra work of the
+  snapshot and of non-zero gates, not the cost of those ops against a step without them;
+* ``mirrored_2cpu_ratio``: step time under ``MirroredStrategy`` over 2 logical CPU devices
+  divided by the time on 1 device (a subprocess, since logical devices must be configured
+  before TensorFlow starts); for information only: both share the same physical cores.
+
+Data: the CIFAR-10 JPEG archives of ``--data-dir`` (lossy JPEG re-encodings of the real
+images) when present, else random images of the same shape (``"data": "synthetic"``).
+The last line of output is one JSON object.
+
+Usage: ``python benchmarks/supernet_step_cnn.py [--archs 50] [--filters 16] ...``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else None)
+    p.add_argument("--num-nodes", type=int, default=5)
+    p.add_argument("--num-cells", type=int, default=1, help="normal cells per stage")
+    p.add_argument("--num-stages", type=int, default=3)
+    p.add_argument("--filters", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--archs", type=int, default=50)
+    p.add_argument("--batches-per-arch", type=int, default=2)
+    p.add_argument("--train-size", type=int, default=2000)
+    p.add_argument("--mirrored-steps", type=int, default=10)
+    p.add_argument("--no-mirrored", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mirrored-child", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _data(args):
+    import numpy as np
+
+    from wpl_keras.data.cifar10 import SearchSplits, load_cifar10, search_splits, subsample
+
+    if args.data_dir:
+        arrays = load_cifar10(args.data_dir)
+        splits = search_splits(arrays, num_valid=500, seed=args.seed)
+        x, y = subsample(splits.x_train, splits.y_train, args.train_size, args.seed)
+        name = ("cifar10 jpeg archives (lossy re-encodings)" if arrays.lossy_jpeg
+                else f"cifar10 ({arrays.source})")
+        return SearchSplits(x, y, splits.x_valid, splits.y_valid), name
+    rng = np.random.default_rng(args.seed)
+    n = args.train_size + 500
+    x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    return SearchSplits(x[:-500], y[:-500], x[-500:], y[-500:]), "synthetic"
+
+
+def _task(args, splits, strategy=None):
+    from wpl_keras.nas.cnn_space import MicroCellSpace
+    from wpl_keras.nas.cnn_supernet import CNNSearchConfig, CNNSearchTask, SupernetConfig
+
+    config = CNNSearchConfig(
+        supernet=SupernetConfig(num_cells=args.num_cells, filters=args.filters,
+                                num_stages=args.num_stages),
+        batch_size=args.batch_size, eval_batch_size=100, fixed_valid_size=100,
+    )
+    return CNNSearchTask(MicroCellSpace(args.num_nodes), config, splits, strategy=strategy,
+                         seed=args.seed)
+
+
+def _mirrored_child(args) -> dict:
+    """In a fresh process: 2 logical CPUs; step time under mirrored over default."""
+    from wpl_keras.nas.distribute import make_strategy, split_cpu
+
+    split_cpu(2)
+    import numpy as np
+
+    splits, _ = _data(args)
+    times = {}
+    for kind in ("default", "mirrored"):
+        task = _task(args, splits, make_strategy(kind))
+        arch = task.space.sample(np.random.default_rng(args.seed))
+        task.train_architecture(arch, 1, wpl_active=False)  # compile
+        start = time.perf_counter()
+        task.train_architecture(arch, args.mirrored_steps, wpl_active=False)
+        times[kind] = (time.perf_counter() - start) / args.mirrored_steps
+    return {"default_step_ms": 1e3 * times["default"], "mirrored_step_ms": 1e3 * times["mirrored"],
+            "ratio": times["mirrored"] / times["default"]}
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
+    if args.mirrored_child:
+        result = _mirrored_child(args)
+        print(json.dumps(result))
+        return result
+    import numpy as np
+
+    splits, data_name = _data(args)
+    task = _task(args, splits)
+    rng = np.random.default_rng(args.seed)
+    archs = [task.space.sample(rng) for _ in range(args.archs)]
+    start = time.perf_counter()
+    task.train_architecture(archs[0], 1, wpl_active=False)
+    compile_s = time.perf_counter() - start
+    task.train_architecture(archs[0], 1, wpl_active=True)  # warm up the anchor snapshot
+    plain, wpl = [], []
+    for k, arch in enumerate(archs):
+        # alternate the order so that drifts in machine load hit both modes alike
+        for mode in ((False, True) if k % 2 == 0 else (True, False)):
+            t0 = time.perf_counter()
+            task.train_architecture(arch, args.batches_per_arch, wpl_active=mode)
+            (wpl if mode else plain).append((time.perf_counter() - t0) / args.batches_per_arch)
+        print(f"arch {k + 1}/{len(archs)}: {task.space.to_string(arch)}", file=sys.stderr)
+    step = float(np.median(plain))
+    step_wpl = float(np.median(wpl))
+    result = {
+        "benchmark": "supernet_step_cnn",
+        "space": task.space.name,
+        "traces": task.train_traces,
+        "architectures": len(archs),
+        "compile_s": round(compile_s, 2),
+        "step_ms": round(1e3 * step, 2),
+        "images_per_s": round(args.batch_size / step, 1),
+        "wpl_step_ms": round(1e3 * step_wpl, 2),
+        "wpl_ratio": round(step_wpl / step, 3),
+        "mirrored_2cpu_ratio": None,
+        "sizes": {"num_nodes": args.num_nodes, "normal_cells_per_stage": args.num_cells,
+                  "stages": args.num_stages, "filters": args.filters,
+                  "batch_size": args.batch_size, "image": [32, 32, 3],
+                  "batches_per_arch": args.batches_per_arch,
+                  "variables": len(task.variables),
+                  "parameters": int(sum(np.prod(v.shape) for v in task.variables))},
+        "data": data_name,
+        "timing": "median per-step wall time over the architectures, 2 shared CPU cores, "
+                  "TensorFlow " + __import__("tensorflow").__version__,
+    }
+    if not args.no_mirrored:
+        child = subprocess.run(
+            [sys.executable, __file__, "--mirrored-child", *(argv or sys.argv[1:])],
+            capture_output=True, text=True, timeout=1200,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        )
+        lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
+        if child.returncode == 0 and lines:
+            mirrored = json.loads(lines[-1])
+            result["mirrored_2cpu_ratio"] = round(mirrored["ratio"], 3)
+            result["mirrored_2cpu"] = {k: round(v, 2) for k, v in mirrored.items()}
+        else:
+            result["mirrored_error"] = child.stderr[-500:]
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
