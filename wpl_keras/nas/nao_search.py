@@ -281,6 +281,7 @@ def plot_figure4(
             axes[1, col].plot(epochs, [r["best5_diff"] for r in hist], marker=".", label=label)
         axes[0, col].set_title(f"Dropout = {rate:.2f}")
         axes[0, col].set_ylabel(f"mean validation {error_name}")
+        axes[0, col].set_yscale("log")
         axes[1, col].set_ylabel("best-5 err2 − err1")
         axes[1, col].axhline(0.0, color="0.6", lw=0.8)
         for row in (0, 1):
