@@ -198,7 +198,9 @@ class NAOConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"NAOConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if self.predictor_layers < 0:
-            raise ValueError(f"NAOConfig.predictor_layers must be >= 0, got {self.predictor_layers}.")
+            raise ValueError(
+                f"NAOConfig.predictor_layers must be >= 0, got {self.predictor_layers}."
+            )
         if not 0.0 <= self.trade_off <= 1.0:
             raise ValueError(f"NAOConfig.trade_off must be in [0, 1], got {self.trade_off}.")
         if self.learning_rate <= 0 or self.step_size <= 0 or self.grad_clip <= 0:

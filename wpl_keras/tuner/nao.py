@@ -1,4 +1,4 @@
-"""NAO as a KerasTuner oracle (through :class:`~wpl_keras.tuner.controller_oracle.ControllerOracle`).
+"""NAO as a KerasTuner oracle (a :class:`~wpl_keras.tuner.controller_oracle.ControllerOracle`).
 
 :class:`NAOAdapter` puts the NAO controller (:class:`~wpl_keras.nas.nao.NAOController`)
 behind the ``propose()`` / ``learn(arch, reward)`` interface, in NAO's batch rhythm:
@@ -21,7 +21,7 @@ random generator) goes into the oracle's side checkpoint, so ``overwrite=False``
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
