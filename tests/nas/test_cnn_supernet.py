@@ -189,3 +189,16 @@ def test_per_example_norm_is_batch_independent():
     x = tf.random.normal([4, 3, 3, 2])
     np.testing.assert_allclose(per_example_norm(x)[:2].numpy(), per_example_norm(x[:2]).numpy(),
                                atol=1e-6)
+
+
+def test_drop_path_only_in_training(seed):
+    space = MicroCellSpace(num_nodes=2)
+    net = CNNSupernet(space, SupernetConfig(num_cells=1, filters=4, num_stages=1,
+                                            drop_path_keep=0.5))
+    images = tf.random.normal([16, 8, 8, 3])
+    arch = tf.constant((0, 1, 1, 2, 2, 3, 0, 4) * 2, tf.int32)
+    a = net((images, arch), training=False).numpy()
+    np.testing.assert_allclose(net((images, arch), training=False).numpy(), a, atol=1e-6)
+    b = net((images, arch), training=True).numpy()
+    c = net((images, arch), training=True).numpy()
+    assert not np.allclose(b, c)

@@ -277,7 +277,7 @@ def train_final(
     if len(model.outputs) == 2:
         train = train.map(lambda x, y: (x, (y, y)))
     start = time.time()
-    history = model.fit(train, epochs=config.epochs, verbose=verbose)
+    history = model.fit(train, epochs=config.epochs, verbose=verbose, shuffle=False)
     seconds = time.time() - start
     accuracy = evaluate_accuracy(classifier_of(model), arrays.x_test, arrays.y_test)
     return model, {
