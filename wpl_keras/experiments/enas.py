@@ -70,6 +70,8 @@ class ENASExperimentConfig:
         derive_samples: ``K`` architectures sampled by the derive step.
         train_epochs: epochs of training the derived architecture from scratch.
         seed: seeds the task, the controller and the global RNGs.
+        train_max_batches: cap on training (and evaluation) batches per epoch when training
+            the derived architecture from scratch; None trains on everything.
         data_check: verify the data is the standard dataset (PTB's 10,000-word vocabulary);
             False for tiny test corpora.
     """
@@ -82,6 +84,7 @@ class ENASExperimentConfig:
     derive_samples: int = 100
     train_epochs: int = 1
     seed: int = 0
+    train_max_batches: Optional[int] = None
     data_check: bool = True
 
     def __post_init__(self):
@@ -113,6 +116,7 @@ class ENASExperimentConfig:
             "derive_samples": self.derive_samples,
             "train_epochs": self.train_epochs,
             "seed": self.seed,
+            "train_max_batches": self.train_max_batches,
             "data_check": self.data_check,
         }
 
@@ -398,16 +402,15 @@ def _rnn_build_task(corpus, config: ENASExperimentConfig):
 
 
 def _rnn_train_best(corpus, arch, config: ENASExperimentConfig, out_dir: str):
-    from wpl_keras.nas import rnn_model
+    from wpl_keras.nas.rnn_model import train_from_scratch
 
-    result = rnn_model.train_from_scratch(corpus, arch, config.task, config.train_epochs)
-    if isinstance(result, tuple):
-        model, metrics = result[0], (result[1] if len(result) > 1 else {})
-    else:
-        model, metrics = result, {}
-    if not isinstance(metrics, dict):
-        metrics = {"metrics": metrics}
-    return model, metrics
+    result = dict(train_from_scratch(
+        corpus, arch, config.task, config.train_epochs, seed=config.seed,
+        max_batches_per_epoch=config.train_max_batches,
+        max_eval_batches=config.train_max_batches,
+    ))
+    model = result.pop("model")
+    return model, result
 
 
 def _rnn_export(model, arch, space, export_dir: str) -> str:
@@ -435,7 +438,7 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
             task=RNNSupernetConfig.cpu_small(embedding_size=128, hidden_size=128,
                                              batch_size=32, eval_batch_size=32),
             search=SearchConfig.cpu_small(), controller=ControllerConfig(),
-            derive_samples=20, train_epochs=1,
+            derive_samples=20, train_epochs=1, train_max_batches=200,
         )
     if name == "tiny":
         # Seconds, for tests and the notebook's smoke run; not a measurement.
@@ -446,7 +449,7 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
                                 controller_steps=2, wpl_start_epoch=1, strength_decay=None,
                                 flush_every=2, verbose=0),
             controller=ControllerConfig(units=8), derive_samples=3, train_epochs=1,
-            data_check=False,
+            train_max_batches=2, data_check=False,
         )
     raise ValueError(f"unknown RNN preset {name!r}.")
 
