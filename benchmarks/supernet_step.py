@@ -21,7 +21,6 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os

@@ -14,7 +14,8 @@ def test_decisions_and_pairs():
     assert space.decision_sizes[:5] == (4, 1, 4, 2, 4)
     assert space.decision_names[3] == "node2_input"
     assert space.num_pairs == 66
-    assert [pair_index(1, 0), pair_index(2, 0), pair_index(2, 1), pair_index(11, 10)] == [0, 1, 2, 65]
+    pairs = [pair_index(1, 0), pair_index(2, 0), pair_index(2, 1), pair_index(11, 10)]
+    assert pairs == [0, 1, 2, 65]
     with pytest.raises(ValueError):
         pair_index(2, 2)
 

@@ -66,7 +66,8 @@ def test_config_presets_and_checks():
     paper = RNNSupernetConfig.paper()
     assert (paper.hidden_size, paper.embedding_size, paper.num_nodes, paper.batch_size,
             paper.bptt, paper.vocab_size) == (1000, 1000, 12, 64, 35, 10000)
-    assert (paper.lr_decay, paper.grad_clip, paper.l2, paper.wpl_momentum) == (0.96, 0.25, 1e-7, 0.9)
+    assert (paper.lr_decay, paper.grad_clip, paper.l2, paper.wpl_momentum) == (
+        0.96, 0.25, 1e-7, 0.9)
     assert RNNSupernetConfig.cpu_small().hidden_size <= 256
     with pytest.raises(ValueError, match="tied"):
         RNNSupernetConfig(embedding_size=10, hidden_size=12)
@@ -182,7 +183,8 @@ def test_epoch_lr_schedule_and_checkpoint(seed, tmp_path):
     other = RNNSearchTask(tiny_corpus(), tiny_config(), seed=5)
     tf.train.Checkpoint(**other.checkpoint_items()).restore(path).assert_consumed()
     np.testing.assert_array_equal(other.supernet.w_nodes.numpy(), task.supernet.w_nodes.numpy())
-    np.testing.assert_array_equal(other.wpl_state.fisher[0].numpy(), task.wpl_state.fisher[0].numpy())
+    np.testing.assert_array_equal(other.wpl_state.fisher[0].numpy(),
+                                  task.wpl_state.fisher[0].numpy())
     assert int(other.train_position.numpy()) == 2
     np.testing.assert_array_equal(other.train_state.numpy(), task.train_state.numpy())
     assert isinstance(task.checkpoint_items()["supernet"], VariableBundle)

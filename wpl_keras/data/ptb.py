@@ -104,7 +104,9 @@ def build_vocab(words: List[str]) -> List[str]:
     return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
-def load_ptb(data_dir: Optional[str] = None, *, vocab_size: Optional[int] = PTB_VOCAB_SIZE) -> PTBCorpus:
+def load_ptb(
+    data_dir: Optional[str] = None, *, vocab_size: Optional[int] = PTB_VOCAB_SIZE
+) -> PTBCorpus:
     """Loads PTB from ``data_dir`` (or downloads the standard files when None).
 
     Args:

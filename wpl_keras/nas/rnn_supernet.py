@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Tuple
 
 import keras
 import numpy as np
@@ -160,7 +160,8 @@ def decode_architecture(arch: tf.Tensor, num_nodes: int):
 
 def select_activation(a: tf.Tensor, coeffs: tf.Tensor) -> tf.Tensor:
     """``k₁ tanh(k₂ a) + k₃ + k₄ relu(a) + k₅ a`` with ``coeffs = (k₁..k₅)`` a table row."""
-    return coeffs[0] * tf.tanh(coeffs[1] * a) + coeffs[2] + coeffs[3] * tf.nn.relu(a) + coeffs[4] * a
+    return (coeffs[0] * tf.tanh(coeffs[1] * a) + coeffs[2] + coeffs[3] * tf.nn.relu(a)
+            + coeffs[4] * a)
 
 
 @tf.custom_gradient
@@ -280,6 +281,13 @@ def enas_cell_sequence(
     return run(xp, h0, w_h, w_nodes)
 
 
+def sparse_read(variable, rows: tf.Tensor) -> tf.Tensor:
+    """``variable[rows]`` read from the variable directly (a resource gather: no full read,
+    so a later sparse update does not copy the whole variable); its gradient is a
+    ``tf.IndexedSlices`` over ``rows``."""
+    return tf.gather(getattr(variable, "value", variable), rows)
+
+
 def _dropout_mask(shape, rate, seed_gen, dtype=tf.float32):
     keep = 1.0 - rate
     return tf.cast(keras.random.uniform(shape, seed=seed_gen) < keep, dtype) / keep
@@ -343,11 +351,12 @@ class RNNSupernet(keras.Model):
         rows = self.wpl_rows(arch)
         embedding = tf.convert_to_tensor(self.embedding)
         w_h = tf.convert_to_tensor(self.w_h)
-        w_nodes = tf.gather(tf.convert_to_tensor(self.w_nodes), rows)
+        w_nodes = sparse_read(self.w_nodes, rows)
         x = tf.gather(embedding, tf.transpose(tokens))  # [T, B, E]
         if training:
             if cfg.embedding_dropout > 0:
-                word_mask = _dropout_mask([cfg.vocab_size], cfg.embedding_dropout, self.seed_generator)
+                word_mask = _dropout_mask([cfg.vocab_size], cfg.embedding_dropout,
+                                          self.seed_generator)
                 x = x * tf.gather(word_mask, tf.transpose(tokens))[..., None]
             if cfg.input_dropout > 0:
                 x = x * _dropout_mask([batch, cfg.embedding_size], cfg.input_dropout,
@@ -465,7 +474,7 @@ class RNNSearchTask(SharedWeightsTask):
         dense_grads, node_grad = grads[:-1], grads[-1]
         # The node gradient comes from one gather of `rows` (distinct rows): values align.
         data_node = tf.convert_to_tensor(node_grad.values)
-        used = tf.gather(tf.convert_to_tensor(net.w_nodes), rows)
+        used = sparse_read(net.w_nodes, rows)
 
         def wpl_grad():
             with tf.GradientTape() as ptape:
@@ -484,7 +493,7 @@ class RNNSearchTask(SharedWeightsTask):
             for g, v in zip(dense_grads, dense_vars)
         ]
         clipped, grad_norm = tf.clip_by_global_norm(dense_grads + [node_values], cfg.grad_clip)
-        node_update = tf.IndexedSlices(clipped[-1], rows, tf.shape(net.w_nodes, out_type=tf.int32))
+        node_update = tf.IndexedSlices(clipped[-1], rows, tf.constant(net.w_nodes.shape, tf.int32))
         self.optimizer.apply_gradients(
             list(zip(clipped[:-1], dense_vars)) + [(node_update, net.w_nodes)]
         )
@@ -492,7 +501,7 @@ class RNNSearchTask(SharedWeightsTask):
 
         def fisher():
             self.wpl_state.update_fisher(
-                [tf.IndexedSlices(data_node, rows, tf.shape(net.w_nodes, out_type=tf.int32))]
+                [tf.IndexedSlices(data_node, rows, tf.constant(net.w_nodes.shape, tf.int32))]
             )
             return tf.constant(True)
 
