@@ -112,6 +112,8 @@ def _mirrored_child(args) -> dict:
 
 
 def main(argv=None) -> dict:
+    """Runs the benchmark; ``argv`` as for the command line (None: ``sys.argv[1:]``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.mirrored_child:
         result = _mirrored_child(args)
@@ -160,7 +162,7 @@ def main(argv=None) -> dict:
     }
     if not args.no_mirrored:
         child = subprocess.run(
-            [sys.executable, __file__, "--mirrored-child", *(argv or sys.argv[1:])],
+            [sys.executable, __file__, "--mirrored-child", *argv],
             capture_output=True, text=True, timeout=1200,
             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
         )
