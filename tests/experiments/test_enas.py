@@ -76,7 +76,7 @@ def test_app_config_overrides(tmp_path, monkeypatch):
     assert enas_search._data_dir(args, enas.get_space("rnn")) == "/data/root/ptb"
 
 
-def test_app_search_and_derive_on_tiny_text(tmp_path, seed):
+def test_app_search_derive_export_on_tiny_text(tmp_path, seed):
     """The real RNN task end to end through the app (resume is tested in tests/nas)."""
     data = write_tiny_ptb(tmp_path / "ptb")
     out = str(tmp_path / "run")
@@ -98,3 +98,9 @@ def test_app_search_and_derive_on_tiny_text(tmp_path, seed):
     enas.build_space(saved).validate(derived["arch"])
     assert derived["error"] == min(c["error"] for c in derived["candidates"])
     assert os.path.exists(os.path.join(out, "derived.png"))
+    # export = train-best (from scratch, capped at 2 batches by the tiny preset) + SavedModel.
+    assert enas_search.main(["export", *common]) == 0
+    with open(os.path.join(out, "train_best.json")) as f:
+        trained = json.load(f)
+    assert trained["arch"] == derived["arch"] and np.isfinite(trained["valid_ppl"])
+    assert os.path.exists(os.path.join(out, "export", "saved_model.pb"))

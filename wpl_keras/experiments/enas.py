@@ -414,9 +414,13 @@ def _rnn_train_best(corpus, arch, config: ENASExperimentConfig, out_dir: str):
 
 
 def _rnn_export(model, arch, space, export_dir: str) -> str:
-    from wpl_keras.nas.rnn_model import export_language_model
+    from wpl_keras.nas.rnn_model import build_language_model, export_language_model
 
-    return export_language_model(model, arch, space, export_dir)
+    # A model whose training step traced its custom gradient cannot be saved (the SavedModel
+    # would capture that gradient function), so export a fresh copy holding the same weights.
+    fresh = build_language_model(space, arch, model.cfg)
+    fresh.set_weights(model.get_weights())
+    return export_language_model(fresh, arch, space, export_dir)
 
 
 def _rnn_preset(name: str) -> ENASExperimentConfig:
