@@ -21,7 +21,8 @@ from wpl_keras.data.cifar10 import (
 
 def _images(n, seed):
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    return images, rng.integers(0, 10, n).astype(np.int32)
 
 
 def _write_python_batches(folder, per_batch=4):

@@ -67,7 +67,8 @@ def test_validate_rejects_bad_architectures(arch, match):
     [
         ("normal: 2=sep3x3(0)+identity(1)", "normal: … \\| reduce"),
         ("normal: 2=conv(0)+identity(1) | reduce: 2=identity(0)+identity(1)", "unknown op"),
-        ("normal: 2=identity(0)+identity(1) 3=x | reduce: 2=identity(0)+identity(1)", "cannot parse"),
+        ("normal: 2=identity(0)+identity(1) 3=x | reduce: 2=identity(0)+identity(1)",
+         "cannot parse"),
         ("reduce: 2=identity(0)+identity(1) | normal: 2=identity(0)+identity(1)", "must start"),
         ("normal: 2=identity(5)+identity(1) | reduce: 2=identity(0)+identity(1)", "must be in"),
         ("normal: 3=identity(0)+identity(1) | reduce: 2=identity(0)+identity(1)", "out of order"),

@@ -202,3 +202,27 @@ def test_drop_path_only_in_training(seed):
     b = net((images, arch), training=True).numpy()
     c = net((images, arch), training=True).numpy()
     assert not np.allclose(b, c)
+
+
+def test_registry_builds_the_cnn_task_from_a_preset():
+    import json
+
+    from wpl_keras.data.cifar10 import CIFAR10Arrays
+    from wpl_keras.experiments import enas, enas_cnn
+
+    rng = np.random.default_rng(0)
+    arrays = CIFAR10Arrays(rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8),
+                           rng.integers(0, 10, 40).astype(np.int32),
+                           rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8),
+                           rng.integers(0, 10, 8).astype(np.int32), "synthetic")
+    for name in ("paper", "cpu-small", "tiny"):
+        config = enas.get_preset("cnn", name)
+        assert enas.ENASExperimentConfig.from_json(json.dumps(config.to_json())) == config
+    config = enas.get_preset("cnn", "tiny")
+    task = enas.get_space("cnn").build_task(arrays, config)
+    assert isinstance(task, CNNSearchTask) and task.space.num_nodes == 2
+    assert len(task.fixed_labels) == 16  # the held-out part of train, not test
+    assert task.cfg.epochs == config.search.epochs
+    assert enas_cnn.preset("cpu_small").task.num_nodes == 3
+    with pytest.raises(ValueError, match="unknown CNN preset"):
+        enas_cnn.preset("huge")

@@ -205,7 +205,8 @@ def _load_folder(root: pathlib.Path) -> Tuple[np.ndarray, ...]:
         for path in (root / split).rglob("*"):
             if path.suffix.lower() in _IMAGE_SUFFIXES and path.is_file():
                 rel = path.relative_to(root).parts
-                items.append((rel, _class_of(rel, str(path)), _decode_image(path.read_bytes(), str(path))))
+                image = _decode_image(path.read_bytes(), str(path))
+                items.append((rel, _class_of(rel, str(path)), image))
         out.extend(_stack(items, str(root / split)))
     return tuple(out)
 
@@ -220,9 +221,8 @@ def _load_archives(archives: Dict[str, pathlib.Path]) -> Tuple[np.ndarray, ...]:
                     continue
                 where = f"{archives[split]}:{member.name}"
                 parts = tuple(p for p in member.name.split("/") if p not in ("", "."))
-                items.append(
-                    (parts, _class_of(parts, where), _decode_image(tar.extractfile(member).read(), where))
-                )
+                image = _decode_image(tar.extractfile(member).read(), where)
+                items.append((parts, _class_of(parts, where), image))
         out.extend(_stack(items, str(archives[split])))
     return tuple(out)
 
@@ -232,7 +232,8 @@ def _cached(root: pathlib.Path, cache_dir, kind: str, load) -> CIFAR10Arrays:
     for path in sorted(root.iterdir()):
         st = path.stat()
         stats.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
-    key = hashlib.sha1((str(root.resolve()) + "|" + kind + "|" + ";".join(stats)).encode()).hexdigest()[:16]
+    text = str(root.resolve()) + "|" + kind + "|" + ";".join(stats)
+    key = hashlib.sha1(text.encode()).hexdigest()[:16]
     folder = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
     names = ("x_train", "y_train", "x_test", "y_test")
     files = [folder / f"{kind}-{key}-{n}.npy" for n in names]
@@ -310,7 +311,8 @@ def cutout(image: tf.Tensor, size: int) -> tf.Tensor:
     ys = tf.range(h)[:, None]
     xs = tf.range(w)[None, :]
     half = size // 2
-    inside = (ys >= cy - half) & (ys < cy - half + size) & (xs >= cx - half) & (xs < cx - half + size)
+    top, left = cy - half, cx - half
+    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
     return image * tf.cast(~inside, image.dtype)[:, :, None]
 
 

@@ -40,7 +40,8 @@ class CNNTaskConfig:
         num_cells, filters, num_stages, drop_path_keep: supernet shape (search).
         batch_size, eval_batch_size, fixed_valid_size: search batches (see
             :class:`~wpl_keras.nas.cnn_supernet.CNNSearchConfig`).
-        lr_max, lr_min, lr_epochs, momentum, weight_decay, grad_clip: shared-weights SGD.
+        lr_max, lr_min, lr_epochs, momentum, weight_decay, grad_clip: shared-weights SGD
+            (cosine over ``lr_epochs``; None: over the search's epochs).
         fisher_momentum, fisher_clip: ``η`` and the Fisher clip.
         augment: crop + flip during the search.
         num_valid: train images held out for validation; train_size: search-train subset size
@@ -60,7 +61,7 @@ class CNNTaskConfig:
     fixed_valid_size: int = 500
     lr_max: float = 0.05
     lr_min: float = 0.0005
-    lr_epochs: int = 150
+    lr_epochs: Optional[int] = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
     grad_clip: Optional[float] = 5.0
@@ -82,8 +83,9 @@ class CNNTaskConfig:
     final_weight_decay: float = 2e-4
     final_train_size: Optional[int] = None
 
-    def search_config(self, strength: float = 60.0):
-        """The :class:`~wpl_keras.nas.cnn_supernet.CNNSearchConfig` of the supernet task."""
+    def search_config(self, strength: float = 60.0, epochs: int = 150):
+        """The :class:`~wpl_keras.nas.cnn_supernet.CNNSearchConfig` of the supernet task
+        (``epochs``: length of the cosine schedule when ``lr_epochs`` is None)."""
         from wpl_keras.nas.cnn_supernet import CNNSearchConfig, SupernetConfig
 
         return CNNSearchConfig(
@@ -92,7 +94,7 @@ class CNNTaskConfig:
                                     drop_path_keep=self.drop_path_keep),
             batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
             fixed_valid_size=self.fixed_valid_size, lr_max=self.lr_max, lr_min=self.lr_min,
-            epochs=self.lr_epochs, momentum=self.momentum, weight_decay=self.weight_decay,
+            epochs=self.lr_epochs or epochs, momentum=self.momentum, weight_decay=self.weight_decay,
             grad_clip=self.grad_clip, wpl_strength=strength,
             fisher_momentum=self.fisher_momentum, fisher_clip=self.fisher_clip,
             fisher_flush_every=0, augment=self.augment,
@@ -130,7 +132,7 @@ def _preset(name: str) -> ENASExperimentConfig:
     if name == "cpu-small":
         task = CNNTaskConfig(
             num_nodes=3, num_cells=1, filters=8, num_stages=2, batch_size=32,
-            eval_batch_size=100, fixed_valid_size=200, lr_epochs=6, num_valid=1000,
+            eval_batch_size=100, fixed_valid_size=200, num_valid=1000,
             train_size=5000, final_num_cells=1, final_filters=16, final_num_stages=3,
             final_batch_size=64, final_train_size=10000,
         )
@@ -141,7 +143,7 @@ def _preset(name: str) -> ENASExperimentConfig:
     if name == "tiny":
         task = CNNTaskConfig(
             num_nodes=2, num_cells=1, filters=4, num_stages=1, batch_size=8, eval_batch_size=8,
-            fixed_valid_size=16, lr_epochs=3, num_valid=16, augment=False, strategy="default",
+            fixed_valid_size=16, num_valid=16, augment=False, strategy="default",
             final_num_cells=1, final_filters=4, final_num_stages=1, final_batch_size=8,
             final_aux_weight=0.0, final_cutout=2,
         )
@@ -184,7 +186,8 @@ def _task_from_data(arrays, config: ENASExperimentConfig, seed: Optional[int] = 
     splits = search_splits(arrays, num_valid=t.num_valid, seed=seed)
     x, y = subsample(splits.x_train, splits.y_train, t.train_size, seed)
     splits = SearchSplits(x, y, splits.x_valid, splits.y_valid)
-    return CNNSearchTask(_space(config), t.search_config(config.search.strength), splits,
+    search_config = t.search_config(config.search.strength, config.search.epochs)
+    return CNNSearchTask(_space(config), search_config, splits,
                          strategy=make_strategy(t.strategy), seed=seed)
 
 

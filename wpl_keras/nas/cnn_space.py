@@ -18,8 +18,8 @@ average pool 3×3, max pool 3×3.
 >>> space = MicroCellSpace(num_nodes=2)
 >>> space.decision_sizes
 (2, 5, 2, 5, 3, 5, 3, 5, 2, 5, 2, 5, 3, 5, 3, 5)
->>> space.to_string((0, 1, 1, 0, 2, 3, 0, 4) * 2)
-'normal: 2=sep3x3(0)+identity(1) 3=avg3x3(2)+max3x3(0) | reduce: 2=sep3x3(0)+identity(1) 3=avg3x3(2)+max3x3(0)'
+>>> MicroCellSpace(num_nodes=1).to_string((0, 1, 1, 0, 1, 2, 0, 4))
+'normal: 2=sep3x3(0)+identity(1) | reduce: 2=sep5x5(1)+max3x3(0)'
 """
 
 from __future__ import annotations

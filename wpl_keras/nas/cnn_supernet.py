@@ -91,7 +91,8 @@ class CNNSearchConfig:
         batch_size: global training batch (split over replicas).
         eval_batch_size: batch of :meth:`CNNSearchTask.reward`.
         fixed_valid_size: size of the FIXED validation batch of ``validation_error``.
-        lr_max, lr_min, epochs: cosine schedule ``lr = lr_min + (lr_max − lr_min)(1 + cos(π e/E))/2``
+        lr_max, lr_min, epochs: cosine schedule
+            ``lr = lr_min + (lr_max − lr_min)(1 + cos(π e/E))/2``
             set at each :meth:`CNNSearchTask.start_epoch`.
         momentum: heavy-ball momentum (Nesterov when ``nesterov``) of the masked SGD.
         weight_decay: L2 coefficient added to the gradient of the used weights.
@@ -336,7 +337,8 @@ class CNNSupernet(keras.Model):
             for op, variables in weights.op_weights.items():
                 mask = tf.cast(tf.equal(ops, OPS.index(op)), tf.float32)
                 for v in variables:
-                    by_ref[id(v)] = tf.reshape(mask, mask.shape.as_list() + [1] * (len(v.shape) - 2))
+                    trailing = [1] * (len(v.shape) - 2)
+                    by_ref[id(v)] = tf.reshape(mask, mask.shape.as_list() + trailing)
         one = tf.constant(1.0, tf.float32)
         return [by_ref.get(id(v), one) for v in self.trainable_variables]
 
@@ -352,8 +354,8 @@ class MaskedMomentumSGD(tf.Module):
     """SGD with (Nesterov) momentum whose update touches only masked-in slices.
 
     ``v ← m (μ v + g) + (1 − m) v``;  ``θ ← θ − lr · m · (g + μ v)`` (Nesterov) or
-    ``θ ← θ − lr · m · v``. Weights of ops an architecture does not run keep their values and
-    their momentum, unlike a plain optimizer whose momentum would keep moving them.
+    ``θ ← θ − lr · m · v``. Weights of ops an architecture does not run keep their values
+    and their momentum, unlike a plain optimizer whose momentum would keep moving them.
     """
 
     def __init__(self, variables: Sequence, learning_rate: float, momentum: float = 0.9,
@@ -381,7 +383,8 @@ class MaskedMomentumSGD(tf.Module):
 
 # --------------------------------------------------------------------------- task
 def _none_to_zeros(grads, variables):
-    return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
+    return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, variables)]
 
 
 class CNNSearchTask(SharedWeightsTask):

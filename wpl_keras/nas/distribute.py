@@ -59,7 +59,9 @@ def resolve_kind(kind: str = "auto", environ: Optional[dict] = None) -> str:
     return "default"
 
 
-def make_strategy(kind: str = "auto", devices: Optional[Sequence[str]] = None) -> tf.distribute.Strategy:
+def make_strategy(
+    kind: str = "auto", devices: Optional[Sequence[str]] = None
+) -> tf.distribute.Strategy:
     """Creates the strategy named by ``kind`` (see module docstring).
 
     Raises:
