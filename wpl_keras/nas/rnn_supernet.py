@@ -475,6 +475,7 @@ class RNNSearchTask(SharedWeightsTask):
         # The node gradient comes from one gather of `rows` (distinct rows): values align.
         data_node = tf.convert_to_tensor(node_grad.values)
         used = sparse_read(net.w_nodes, rows)
+        node_shape = tf.constant([int(d) for d in net.w_nodes.shape], tf.int32)
 
         def wpl_grad():
             with tf.GradientTape() as ptape:
@@ -493,7 +494,7 @@ class RNNSearchTask(SharedWeightsTask):
             for g, v in zip(dense_grads, dense_vars)
         ]
         clipped, grad_norm = tf.clip_by_global_norm(dense_grads + [node_values], cfg.grad_clip)
-        node_update = tf.IndexedSlices(clipped[-1], rows, tf.constant(net.w_nodes.shape, tf.int32))
+        node_update = tf.IndexedSlices(clipped[-1], rows, node_shape)
         self.optimizer.apply_gradients(
             list(zip(clipped[:-1], dense_vars)) + [(node_update, net.w_nodes)]
         )
@@ -501,7 +502,7 @@ class RNNSearchTask(SharedWeightsTask):
 
         def fisher():
             self.wpl_state.update_fisher(
-                [tf.IndexedSlices(data_node, rows, tf.constant(net.w_nodes.shape, tf.int32))]
+                [tf.IndexedSlices(data_node, rows, node_shape)]
             )
             return tf.constant(True)
 
