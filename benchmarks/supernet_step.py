@@ -10,7 +10,9 @@ BPTT 35, vocab 10k). Measures
   alternate WPL on/off, ``wpl_ratio`` = median step with WPL / median step without;
 * ``floor_ratio`` (paper) and ``floor_ratio_small``: median step time over the matmul floor,
   ``floor = 3 · forward matmul FLOPs / R`` with ``R`` the float32 rate of a 2048×2048 matmul
-  measured in the same run (median of 10), forward FLOPs counted analytically:
+  measured in the same run (median of 10 samples taken just before and 10 just after that
+  size's steps; the start-of-run median of 10 is ``matmul_gflops``), forward FLOPs counted
+  analytically:
   ``2 · B · T · (E·2H + H·2H + (N−1)·H·2H + H·V)`` (input projection, hidden matrix, node
   matrices, tied softmax).
 
@@ -38,6 +40,11 @@ if str(ROOT) not in sys.path:
 
 def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
     """Median float32 FLOP/s of an ``n × n`` matmul (``2 n³`` FLOPs)."""
+    return statistics.median(matmul_rate_samples(n, repeats))
+
+
+def matmul_rate_samples(n: int = 2048, repeats: int = 10) -> list:
+    """``repeats`` float32 FLOP/s samples of an ``n × n`` matmul."""
     import tensorflow as tf
 
     a = tf.random.normal([n, n])
@@ -49,7 +56,7 @@ def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
         start = time.perf_counter()
         mm(a, b).numpy()
         times.append(time.perf_counter() - start)
-    return 2.0 * n**3 / statistics.median(times)
+    return [2.0 * n**3 / t for t in times]
 
 
 def forward_matmul_flops(cfg) -> float:
@@ -127,8 +134,14 @@ def run_rnn(args) -> dict:
         print(f"[{label}] hidden={cfg.hidden_size} batch={cfg.batch_size} bptt={cfg.bptt} "
               f"nodes={cfg.num_nodes} vocab={cfg.vocab_size}: fwd+bwd matmul FLOPs "
               f"{flops / 1e9:.1f} G, floor {1000 * flops / rate:.0f} ms", flush=True)
+        # The machine may be shared: measure the rate again around each size's timing and
+        # use the median of all samples so the floor sees the same conditions as the steps.
+        before = matmul_rate_samples()
         timing = time_size(corpus, cfg, steps)
-        floor_ms = 1000.0 * flops / rate
+        samples = before + matmul_rate_samples()
+        rate_here = statistics.median(samples)
+        timing["matmul_gflops_around"] = round(rate_here / 1e9, 2)
+        floor_ms = 1000.0 * flops / rate_here
         timing["step_gflop"] = round(flops / 1e9, 2)
         timing["floor_ms"] = round(floor_ms, 1)
         timing["floor_ratio"] = round(timing["step_ms"] / floor_ms, 3)

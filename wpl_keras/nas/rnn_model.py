@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import weakref
 from typing import Dict, Optional, Sequence
 
 import keras
@@ -129,15 +130,20 @@ def evaluate_perplexity(model: RNNLanguageModel, ids: np.ndarray, *, batch_size:
     return float(math.exp(min(total / count, 50.0)))
 
 
+_EVAL_FNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _eval_fn(model):
-    fn = getattr(model, "_wpl_eval_fn", None)
+    # Cached outside the model: a traced function stored on the model would be tracked by
+    # tf.saved_model.save and its custom gradient would block the export.
+    fn = _EVAL_FNS.get(model)
     if fn is None:
         @tf.function(reduce_retracing=True)
         def fn(x, y, state):
             logits, new_state = model(x, state, training=False)
             return sequence_loss(logits, y), new_state
 
-        model._wpl_eval_fn = fn
+        _EVAL_FNS[model] = fn
     return fn
 
 
@@ -225,15 +231,20 @@ def train_from_scratch(
 
 
 class _ServingModule(tf.Module):
+    """Tracks only the model's variables; the model itself is reached through a closure so
+    that functions traced on it earlier (training steps with custom gradients) are not
+    saved."""
+
     def __init__(self, model: RNNLanguageModel):
         super().__init__()
-        self.model = model
-        self.variables_list = list(model.variables)
+        self.weights = list(model.variables)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="tokens")])
-    def serve(self, tokens):
-        logits, _ = self.model(tokens, None, training=False, differentiable=False)
-        return {"log_probs": tf.nn.log_softmax(logits, axis=-1)}
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="tokens")])
+        def serve(tokens):
+            logits, _ = model(tokens, None, training=False, differentiable=False)
+            return {"log_probs": tf.nn.log_softmax(logits, axis=-1)}
+
+        self.serve = serve
 
 
 def export_language_model(model: RNNLanguageModel, arch: Sequence[int], space: RNNCellSpace,
