@@ -3,8 +3,8 @@
 Model: model A of the two-model experiment (flatten → 4 × Dense(64, relu) → Dense(10) logits),
 Fisher of its 4 hidden layers on 200 examples (the paper's MNIST setting), ``kind="empirical"``
 and ``kind="true"``. Times are wall-clock seconds of a whole ``estimate_fisher`` call: the first
-call (includes tracing) and the median of ``--repeats`` further calls (each call builds its own
-``tf.function``s, so every call traces; the median still shows the steady cost).
+call (includes tracing) and the median of ``--repeats`` further calls (``estimate_fisher`` caches
+its traced functions on the model, so these measure the computation).
 
 ``max_relative_difference`` = max over tensors and both kinds of
 ``max |F_vec − F_loop| / max |F_loop|`` (per tensor); ``max_elementwise_relative_difference``

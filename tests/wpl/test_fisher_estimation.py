@@ -29,6 +29,7 @@ def test_vectorized_equals_loop(seed, kind):
     fast = estimate_fisher(model, (x, y), **kwargs)
     slow = estimate_fisher(model, (x, y), method="loop", **kwargs)
     assert len(fast) == len(model.trainable_variables)
+    assert len(model._wpl_fisher_functions) == 1  # traced once, reused by the second call
     for f, s in zip(fast, slow):
         np.testing.assert_allclose(f.numpy(), s.numpy(), rtol=1e-5, atol=1e-8)
         assert float(tf.reduce_sum(f)) > 0

@@ -414,36 +414,49 @@ def estimate_fisher(
         from_logits = _infer_from_logits(model)
     rng = tf.random.Generator.from_seed(0 if seed is None else seed)
 
-    @tf.function(reduce_retracing=True)
-    def batch_sq_grads(x, y, labels_seed):
-        with tf.GradientTape() as tape:
+    # Traced functions are cached on the model (per variables/kind), so that repeated estimates
+    # (e.g. a Fisher refreshed during a search) do not retrace the vectorised Jacobian.
+    cache = getattr(model, "_wpl_fisher_functions", None)
+    if cache is None:
+        cache = {}
+        object.__setattr__(model, "_wpl_fisher_functions", cache)
+    key = (kind, bool(from_logits), tuple(id(v) for v in variables))
+    cached = cache.get(key)
+    if cached is not None and all(a is b for a, b in zip(cached[0], variables)):
+        batch_sq_grads, batch_sampled_labels, one_sq_grad = cached[1]
+    else:
+        @tf.function(reduce_retracing=True)
+        def batch_sq_grads(x, y, labels_seed):
+            with tf.GradientTape() as tape:
+                out = tf.cast(model(x, training=False), tf.float32)
+                logp = tf.nn.log_softmax(out) if from_logits else tf.math.log(out + 1e-12)
+                if kind == "true":
+                    labels = tf.random.stateless_categorical(
+                        tf.stop_gradient(logp), 1, seed=labels_seed
+                    )[:, 0]
+                else:
+                    labels = tf.reshape(tf.cast(y, tf.int64), [-1])
+                ll = tf.gather(logp, labels, batch_dims=1)  # [B]
+            jac = tape.jacobian(ll, variables, experimental_use_pfor=True)
+            return [tf.reduce_sum(tf.square(j), axis=0) for j in jac]
+
+        @tf.function(reduce_retracing=True)
+        def batch_sampled_labels(x, labels_seed):
+            # The same draw as batch_sq_grads makes for this batch, so both methods agree.
             out = tf.cast(model(x, training=False), tf.float32)
             logp = tf.nn.log_softmax(out) if from_logits else tf.math.log(out + 1e-12)
-            if kind == "true":
-                labels = tf.random.stateless_categorical(
-                    tf.stop_gradient(logp), 1, seed=labels_seed
-                )[:, 0]
-            else:
+            return tf.random.stateless_categorical(logp, 1, seed=labels_seed)[:, 0]
+
+        @tf.function(reduce_retracing=True)
+        def one_sq_grad(x, y):
+            with tf.GradientTape() as tape:
+                out = tf.cast(model(x, training=False), tf.float32)
+                logp = tf.nn.log_softmax(out) if from_logits else tf.math.log(out + 1e-12)
                 labels = tf.reshape(tf.cast(y, tf.int64), [-1])
-            ll = tf.gather(logp, labels, batch_dims=1)  # [B]
-        jac = tape.jacobian(ll, variables, experimental_use_pfor=True)
-        return [tf.reduce_sum(tf.square(j), axis=0) for j in jac]
+                ll = tf.reduce_sum(tf.gather(logp, labels, batch_dims=1))
+            return [tf.square(g) for g in tape.gradient(ll, variables)]
 
-    @tf.function(reduce_retracing=True)
-    def batch_sampled_labels(x, labels_seed):
-        # The same draw as batch_sq_grads makes for this batch, so both methods agree.
-        out = tf.cast(model(x, training=False), tf.float32)
-        logp = tf.nn.log_softmax(out) if from_logits else tf.math.log(out + 1e-12)
-        return tf.random.stateless_categorical(logp, 1, seed=labels_seed)[:, 0]
-
-    @tf.function(reduce_retracing=True)
-    def one_sq_grad(x, y):
-        with tf.GradientTape() as tape:
-            out = tf.cast(model(x, training=False), tf.float32)
-            logp = tf.nn.log_softmax(out) if from_logits else tf.math.log(out + 1e-12)
-            labels = tf.reshape(tf.cast(y, tf.int64), [-1])
-            ll = tf.reduce_sum(tf.gather(logp, labels, batch_dims=1))
-        return [tf.square(g) for g in tape.gradient(ll, variables)]
+        cache[key] = (tuple(variables), (batch_sq_grads, batch_sampled_labels, one_sq_grad))
 
     totals = [tf.zeros(v.shape, tf.float32) for v in variables]
     count = 0
