@@ -11,8 +11,9 @@ BPTT 35, vocab 10k). Measures
 * ``floor_ratio`` (paper) and ``floor_ratio_small``: median step time over the matmul floor,
   ``floor = 3 · forward matmul FLOPs / R`` with ``R`` the float32 rate of a 2048×2048 matmul
   measured in the same run (median of 10 samples taken just before and 10 just after that
-  size's steps; the start-of-run median of 10 is ``matmul_gflops``), forward FLOPs counted
-  analytically:
+  size's steps; the start-of-run median of 10 is ``matmul_gflops``); ``*_paired`` variants
+  pair every step with a rate sample taken right after it (median of ``step / floor``), which
+  is steadier on a shared machine. Forward FLOPs are counted analytically:
   ``2 · B · T · (E·2H + H·2H + (N−1)·H·2H + H·V)`` (input projection, hidden matrix, node
   matrices, tied softmax).
 
@@ -66,9 +67,13 @@ def forward_matmul_flops(cfg) -> float:
     return 2.0 * b * t * (e * 2 * h + h * 2 * h + (n - 1) * h * 2 * h + h * v)
 
 
-def time_size(corpus, cfg, num_archs: int, seed: int = 0) -> dict:
+def time_size(corpus, cfg, num_archs: int, seed: int = 0, flops: float = 0.0) -> dict:
     """Compiles the step, runs it over ``num_archs`` sampled architectures (alternating WPL
-    off/on), returns traces, compile time and median step times."""
+    off/on), returns traces, compile time and median step times.
+
+    After every step one 2048×2048 matmul rate sample is taken, so each step has its own
+    floor ``flops / rate`` measured under the same machine load (the machine may be shared);
+    ``floor_ratio_paired`` is the median over steps of ``step / floor``."""
     import numpy as np
     import tensorflow as tf
 
@@ -85,15 +90,18 @@ def time_size(corpus, cfg, num_archs: int, seed: int = 0) -> dict:
     start = time.perf_counter()
     float(task._train_step(tf.constant(archs[0], tf.int32), true, true)[0])
     compile_s = time.perf_counter() - start
-    plain, wpl = [], []
+    plain, wpl, paired = [], [], []
     for k, arch in enumerate(archs[1:]):
         active = k % 2 == 1
         a = tf.constant(arch, tf.int32)
         start = time.perf_counter()
         loss = float(task._train_step(a, true if active else false, false)[0])
-        (wpl if active else plain).append(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        (wpl if active else plain).append(seconds)
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss {loss} at step {k}")
+        if flops:
+            paired.append(seconds * matmul_rate_samples(repeats=1)[0] / flops)
     step = statistics.median(plain + wpl)
     return {
         "traces": task.trace_count,
@@ -105,6 +113,7 @@ def time_size(corpus, cfg, num_archs: int, seed: int = 0) -> dict:
         "timed_steps": len(plain) + len(wpl),
         "wpl_ratio": round(statistics.median(wpl) / statistics.median(plain), 3),
         "final_loss": round(loss, 3),
+        "floor_ratio_paired": round(statistics.median(paired), 3) if paired else None,
     }
 
 
@@ -137,7 +146,7 @@ def run_rnn(args) -> dict:
         # The machine may be shared: measure the rate again around each size's timing and
         # use the median of all samples so the floor sees the same conditions as the steps.
         before = matmul_rate_samples()
-        timing = time_size(corpus, cfg, steps)
+        timing = time_size(corpus, cfg, steps, flops=flops)
         samples = before + matmul_rate_samples()
         rate_here = statistics.median(samples)
         timing["matmul_gflops_around"] = round(rate_here / 1e9, 2)
@@ -156,8 +165,10 @@ def run_rnn(args) -> dict:
     result["compile_s"] = small["compile_s"]
     result["wpl_ratio"] = small["wpl_ratio"]
     result["floor_ratio_small"] = small["floor_ratio"]
+    result["floor_ratio_small_paired"] = small["floor_ratio_paired"]
     if "paper" in result:
         result["floor_ratio"] = result["paper"]["floor_ratio"]
+        result["floor_ratio_paired"] = result["paper"]["floor_ratio_paired"]
         result["wpl_ratio_paper"] = result["paper"]["wpl_ratio"]
         result["traces"] = max(result["traces"], result["paper"]["traces"])
     return result
