@@ -38,6 +38,7 @@ setup(
         "console_scripts": [
             "wpl-two-models=apps.two_models:main",
             "wpl-enas-search=apps.enas_search:main",
+            "wpl-nao-search=apps.nao_search:main",
         ]
     },
 )
