@@ -187,11 +187,14 @@ class MicroCellSpace(SearchSpace):
                     bbox=dict(boxstyle="round", fc="lightblue" if node in (0, 1) else "wheat"),
                 )
             for i, (in_x, op_x, in_y, op_y) in enumerate(cell):
-                for src, op in ((in_x, op_x), (in_y, op_y)):
+                for t, src, op in ((0.4, in_x, op_x), (0.65, in_y, op_y)):
                     (x0, y0), (x1, y1) = pos[src], pos[i + 2]
                     ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                                 arrowprops=dict(arrowstyle="->", color="gray"))
-                    ax.text((x0 + x1) / 2, (y0 + y1) / 2, OPS[op], fontsize=7, color="darkred")
+                    # x and y labels at different points, so that two edges from the
+                    # same input stay readable
+                    ax.text(x0 + t * (x1 - x0), y0 + t * (y1 - y0), OPS[op], fontsize=7,
+                            color="darkred", ha="center")
             for node in self.loose_ends(cell):
                 (x0, y0), (x1, y1) = pos[node], pos["out"]
                 ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
