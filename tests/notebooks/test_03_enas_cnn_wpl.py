@@ -1,0 +1,54 @@
+"""Executes notebooks/03_enas_cnn_wpl.ipynb at tiny settings on a tiny CIFAR-like image folder."""
+
+import io
+import pathlib
+
+import numpy as np
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+Image = pytest.importorskip("PIL.Image")
+
+from wpl_keras.data.cifar10 import CLASSES  # noqa: E402
+
+NOTEBOOK = pathlib.Path(__file__).resolve().parents[2] / "notebooks" / "03_enas_cnn_wpl.ipynb"
+
+
+def _write_image_folder(root: pathlib.Path, per_class: int = 5) -> str:
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", 1)):
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                image[..., label % 3] = 40 * (label % 5)  # a weak class signal
+                buffer = io.BytesIO()
+                Image.fromarray(image).save(buffer, format="PNG")
+                (folder / f"{i:04d}.png").write_bytes(buffer.getvalue())
+    return str(root)
+
+
+def test_notebook_03_runs_tiny_cnn_search_export(tmp_path, monkeypatch):
+    data = _write_image_folder(tmp_path / "cifar")
+    out = tmp_path / "out"
+    monkeypatch.setenv("WPL_NB_DATA_DIR", data)
+    monkeypatch.setenv("WPL_NB_PRESET", "tiny")
+    monkeypatch.setenv("WPL_NB_EPOCHS", "2")
+    monkeypatch.setenv("WPL_NB_OUT", str(out))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    monkeypatch.setenv("WPL_KERAS_CACHE", str(tmp_path / "cache"))
+    nb = nbformat.read(str(NOTEBOOK), as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    )
+    client.execute()
+    assert (out / "figure3_forgetting_cnn.png").exists()
+    assert (out / "with_wpl" / "derived.json").exists()
+    assert (out / "with_wpl" / "train_best.json").exists()
+    text = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
+    assert "best cells:" in text and "mean_reduction" in text and "exported to" in text
