@@ -5,7 +5,9 @@ and once with WPL from ``wpl_start_epoch``. For each epoch it reports, over the 
 sampled in that epoch, the mean, best-5 (lowest err1) and max of ``err2 − err1`` (validation
 perplexity on a fixed validation batch right after an architecture's training, and at the end of
 the epoch), and the reductions ``(d_without − d_with) / d_without`` averaged over the epochs
-where WPL is active.
+where WPL is active and forgetting happened without WPL (``d_without > 0``; a reduction of a
+negative difference means nothing). ``forgetting_is_real`` says whether the mean difference
+without WPL is positive over those epochs; when it is not, the reductions are not evidence.
 
     python benchmarks/enas_forgetting.py --space rnn --preset cpu-small \
         --data-dir ../shared/data/ptb
@@ -122,6 +124,8 @@ def main(argv=None) -> dict:
         "mean_reduction": red["mean_reduction"],
         "best5_reduction": red["best5_reduction"],
         "max_reduction": red["max_reduction"],
+        "reduction_epochs_used": {k: red[f"{k}_reduction_epochs"] for k in ("mean", "best5", "max")},
+        "forgetting_is_real": red["mean_without"] > 0,
         "mean_reduction_pooled": red["mean_reduction_pooled"],
         "best5_reduction_pooled": red["best5_reduction_pooled"],
         "max_reduction_pooled": red["max_reduction_pooled"],

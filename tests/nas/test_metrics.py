@@ -44,6 +44,7 @@ def test_reduction():
     assert metrics.reduction(10.0, 10.0) == pytest.approx(0.0)
     assert metrics.reduction(4.0, 6.0) == pytest.approx(-0.5)
     assert math.isnan(metrics.reduction(0.0, 1.0))
+    assert math.isnan(metrics.reduction(-5.0, -1.0))  # no forgetting: nothing to reduce
 
 
 def test_reductions_over_epochs():
@@ -63,7 +64,15 @@ def test_reductions_over_epochs():
     assert r["mean_without"] == pytest.approx(15.0) and r["mean_with"] == pytest.approx(3.5)
     # Epoch 2 has best5 d_without = 0 (NaN reduction), so only epoch 1 counts.
     assert r["best5_reduction"] == pytest.approx(0.75)
+    assert r["best5_reduction_epochs"] == 1 and r["mean_reduction_epochs"] == 2
     assert r["max_reduction"] == pytest.approx(0.25)
+    # Negative d_without (the errors improved) is skipped, not averaged in with a flipped sign.
+    neg = metrics.reductions_over_epochs(
+        [{"mean_diff": -4.0}, {"mean_diff": 2.0}], [{"mean_diff": -8.0}, {"mean_diff": 1.0}],
+        keys=("mean_diff",),
+    )
+    assert neg["mean_reduction"] == pytest.approx(0.5) and neg["mean_reduction_epochs"] == 1
+    assert math.isnan(neg["mean_reduction_pooled"])  # averaged d_without is -1
     with pytest.raises(ValueError, match="different lengths"):
         metrics.reductions_over_epochs(without, with_wpl[:2])
     with pytest.raises(ValueError, match="outside"):

@@ -77,10 +77,11 @@ def reduction(d_without: float, d_with: float) -> float:
     """``(d_without − d_with) / d_without``: the share of forgetting that WPL removed.
 
     1 means all forgetting removed, 0 none, negative more forgetting with WPL. Returns NaN
-    when ``d_without`` is 0 (nothing was forgotten, so nothing can be reduced).
+    when ``d_without <= 0``: without forgetting there is nothing to reduce, and a negative
+    denominator would turn the sign of the ratio around.
     """
     d_without, d_with = float(d_without), float(d_with)
-    if d_without == 0.0:
+    if not d_without > 0.0:
         return math.nan
     return (d_without - d_with) / d_without
 
@@ -101,10 +102,12 @@ def reductions_over_epochs(
     For each ``key`` in ``keys`` (e.g. ``mean_diff``):
 
     * ``<name>_reduction``: mean over ``epochs`` of the per-epoch
-      ``reduction(without[e][key], with_wpl[e][key])`` (epochs where ``d_without`` is 0 are
-      skipped);
+      ``reduction(without[e][key], with_wpl[e][key])``, skipping epochs where
+      ``d_without <= 0`` (NaN when every epoch is skipped);
+    * ``<name>_reduction_epochs``: how many epochs that mean used;
     * ``<name>_reduction_pooled``: ``reduction(mean_e without[e][key], mean_e with[e][key])``,
-      the reduction of the epoch-averaged differences (less noisy);
+      the reduction of the epoch-averaged differences (less noisy; NaN unless the averaged
+      ``d_without`` is positive);
     * ``<name>_without`` / ``<name>_with``: the epoch-averaged differences.
 
     ``<name>`` is the key without ``_diff`` (``mean``, ``best5``, ``max``).
@@ -130,7 +133,9 @@ def reductions_over_epochs(
         name = key[: -len("_diff")] if key.endswith("_diff") else key
         a = [float(without[e][key]) for e in epochs]
         b = [float(with_wpl[e][key]) for e in epochs]
-        out[f"{name}_reduction"] = _nanmean(reduction(x, y) for x, y in zip(a, b))
+        per_epoch = [reduction(x, y) for x, y in zip(a, b)]
+        out[f"{name}_reduction"] = _nanmean(per_epoch)
+        out[f"{name}_reduction_epochs"] = sum(1 for r in per_epoch if not math.isnan(r))
         out[f"{name}_reduction_pooled"] = reduction(float(np.mean(a)), float(np.mean(b)))
         out[f"{name}_without"] = float(np.mean(a))
         out[f"{name}_with"] = float(np.mean(b))
