@@ -175,6 +175,17 @@ def run_rnn(args) -> dict:
 
 
 def main(argv=None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    space_parser = argparse.ArgumentParser(add_help=False)
+    space_parser.add_argument("--space", choices=("rnn", "cnn"), default="rnn")
+    space_args, rest = space_parser.parse_known_args(argv)
+    if space_args.space == "cnn":
+        # Everything but --space goes to the CNN benchmark unchanged (its own --archs, --data-dir).
+        path = pathlib.Path(__file__).with_name("supernet_step_cnn.py")
+        spec = importlib.util.spec_from_file_location("supernet_step_cnn", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main(rest)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", choices=("rnn", "cnn"), default="rnn")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "ptb"))
@@ -183,15 +194,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--paper-steps", type=int, default=4,
                         help="timed steps at the paper size (alternating WPL off/on)")
     parser.add_argument("--skip-paper", action="store_true")
-    args, rest = parser.parse_known_args(argv)
-    if args.space == "cnn":
-        path = pathlib.Path(__file__).with_name("supernet_step_cnn.py")
-        spec = importlib.util.spec_from_file_location("supernet_step_cnn", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.main(rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {rest}")
+    args = parser.parse_args(argv)
     result = run_rnn(args)
     print(json.dumps(result))
     return result

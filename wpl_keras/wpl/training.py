@@ -286,22 +286,6 @@ class WPLTrainingMixin:
             grads.append(grad)
         return 0.5 * tf.add_n(terms), grads
 
-    def _update_fisher_from(self, gradients, trainable) -> None:
-        """Fisher update from gradients of the *total* loss (penalty included in gradient mode):
-        the penalty's analytic gradient is subtracted to recover the data gradient."""
-        positions = self._wpl_positions(trainable)
-        grads = [None if i is None else gradients[i] for i in positions]
-        if self._wpl_mode == "gradient" and any(g is not None for g in grads):
-            _, penalty_grads = self._wpl_penalty_and_gradients()
-            factor = scale_loss_for_distribution(tf.constant(1.0, tf.float32))
-            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-                factor = factor * tf.cast(self.optimizer.dynamic_scale, tf.float32)
-            grads = [
-                None if g is None else tf.convert_to_tensor(g) - tf.cast(pg * factor, g.dtype)
-                for g, pg in zip(grads, penalty_grads)
-            ]
-        self._update_fisher_from_data_gradients(grads)
-
     def _update_fisher_from_data_gradients(self, grads) -> None:
         """``F ← (1 − η) F + η g²`` from per-replica data-loss gradients aligned with the
         protected variables (all-reduced across replicas, loss scaling undone)."""
