@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -136,13 +137,28 @@ def main(argv=None) -> dict:
         "max_diff_without": red["max_without"],
         "max_diff_with": red["max_with"],
         "per_epoch": per_epoch,
+        # Wall time of this invocation, and the searches' own time summed over their epochs
+        # (the latter survives interruption and --resume).
         "seconds": {**seconds, "total": round(time.time() - start, 1)},
+        "search_seconds": {label: round(sum(r["epoch_seconds"] for r in h), 1)
+                           for label, h in runs.items()},
         "out": out,
         "plot": plot,
         "settings": config.to_json(),
     }
-    print(json.dumps(result))
+    print(json.dumps(_finite_or_null(result), allow_nan=False))
     return result
+
+
+def _finite_or_null(obj):
+    """NaN/Inf → null, so that the last line is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
 
 
 if __name__ == "__main__":
