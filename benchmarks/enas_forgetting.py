@@ -53,7 +53,14 @@ def main(argv=None) -> dict:
                         help="override: first epoch with WPL")
     parser.add_argument("--alpha", type=float, default=None, help="override: WPL alpha0")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--nondeterministic", action="store_true",
+                        help="allow nondeterministic TensorFlow ops (faster); by default ops are "
+                             "deterministic so that both runs match exactly until WPL turns on")
     args = parser.parse_args(argv)
+    if not args.nondeterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
 
     config = enas.get_preset(args.space, args.preset)
     overrides = {
@@ -121,6 +128,7 @@ def main(argv=None) -> dict:
         "data_dir": args.data_dir,
         "error": error_name,
         "seed": config.seed,
+        "deterministic_ops": not args.nondeterministic,
         "wpl_active_epochs": active,
         "mean_reduction": red["mean_reduction"],
         "best5_reduction": red["best5_reduction"],

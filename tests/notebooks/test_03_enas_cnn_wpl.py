@@ -5,14 +5,11 @@ import pathlib
 
 import numpy as np
 import pytest
+from nbrun import execute_notebook
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 Image = pytest.importorskip("PIL.Image")
 
 from wpl_keras.data.cifar10 import CLASSES  # noqa: E402
-
-NOTEBOOK = pathlib.Path(__file__).resolve().parents[2] / "notebooks" / "03_enas_cnn_wpl.ipynb"
 
 
 def _write_image_folder(root: pathlib.Path, per_class: int = 5) -> str:
@@ -33,22 +30,18 @@ def _write_image_folder(root: pathlib.Path, per_class: int = 5) -> str:
 def test_notebook_03_runs_tiny_cnn_search_export(tmp_path, monkeypatch):
     data = _write_image_folder(tmp_path / "cifar")
     out = tmp_path / "out"
-    monkeypatch.setenv("WPL_NB_DATA_DIR", data)
-    monkeypatch.setenv("WPL_NB_PRESET", "tiny")
-    monkeypatch.setenv("WPL_NB_EPOCHS", "2")
-    monkeypatch.setenv("WPL_NB_OUT", str(out))
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-    monkeypatch.setenv("WPL_KERAS_CACHE", str(tmp_path / "cache"))
-    nb = nbformat.read(str(NOTEBOOK), as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    nb, text = execute_notebook(
+        "03_enas_cnn_wpl.ipynb", monkeypatch,
+        {
+            "WPL_NB_DATA_DIR": data,
+            "WPL_NB_PRESET": "tiny",
+            "WPL_NB_EPOCHS": "2",
+            "WPL_NB_OUT": str(out),
+            "WPL_KERAS_CACHE": str(tmp_path / "cache"),
+        },
+        timeout=300,
     )
-    client.execute()
     assert (out / "figure3_forgetting_cnn.png").exists()
     assert (out / "with_wpl" / "derived.json").exists()
     assert (out / "with_wpl" / "train_best.json").exists()
-    text = "".join(
-        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-    )
     assert "best cells:" in text and "mean_reduction" in text and "exported to" in text

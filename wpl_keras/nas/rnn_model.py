@@ -28,6 +28,7 @@ from wpl_keras.nas.rnn_space import RNNCellSpace
 from wpl_keras.nas.rnn_supernet import (
     RNNSupernetConfig,
     _dropout_mask,
+    apply_input_dropouts,
     clamp_rows,
     enas_cell_sequence,
     enas_cell_sequence_inference,
@@ -81,16 +82,8 @@ class RNNLanguageModel(keras.Model):
         w_nodes = tf.convert_to_tensor(self.w_nodes)
         x = tf.gather(embedding, tf.transpose(tokens))  # [T, B, E]
         if training:
-            if cfg.embedding_dropout > 0:
-                mask = _dropout_mask([cfg.vocab_size], cfg.embedding_dropout, self.seed_generator)
-                x = x * tf.gather(mask, tf.transpose(tokens))[..., None]
-            if cfg.input_dropout > 0:
-                x = x * _dropout_mask([batch, cfg.embedding_size], cfg.input_dropout,
-                                      self.seed_generator)[None]
-            if cfg.weight_drop > 0:
-                w_h = w_h * _dropout_mask(tf.shape(w_h), cfg.weight_drop, self.seed_generator)
-                w_nodes = w_nodes * _dropout_mask(tf.shape(w_nodes), cfg.weight_drop,
-                                                  self.seed_generator)
+            x, w_h, w_nodes = apply_input_dropouts(x, tokens, w_h, w_nodes, cfg,
+                                                   self.seed_generator)
         xp = tf.reshape(tf.matmul(tf.reshape(x, [-1, cfg.embedding_size]), self.w_x),
                         [steps, batch, 2 * cfg.hidden_size])
         cell = enas_cell_sequence if differentiable else enas_cell_sequence_inference

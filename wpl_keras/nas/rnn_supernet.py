@@ -293,6 +293,25 @@ def _dropout_mask(shape, rate, seed_gen, dtype=tf.float32):
     return tf.cast(keras.random.uniform(shape, seed=seed_gen) < keep, dtype) / keep
 
 
+def apply_input_dropouts(x, tokens, w_h, w_nodes, cfg: "RNNSupernetConfig", seed_gen):
+    """ENAS training-time dropouts on the inputs and recurrent weights.
+
+    Embedding dropout drops whole words (``x ⊙ m[token]``, ``m ∈ {0, 1/keep}^V``); input dropout
+    is one mask per batch row shared over time; weight-drop (DropConnect) masks ``W_h`` and the
+    node matrices once per batch. Returns ``(x, w_h, w_nodes)``.
+    """
+    batch = tf.shape(tokens)[0]
+    if cfg.embedding_dropout > 0:
+        word_mask = _dropout_mask([cfg.vocab_size], cfg.embedding_dropout, seed_gen)
+        x = x * tf.gather(word_mask, tf.transpose(tokens))[..., None]
+    if cfg.input_dropout > 0:
+        x = x * _dropout_mask([batch, cfg.embedding_size], cfg.input_dropout, seed_gen)[None]
+    if cfg.weight_drop > 0:
+        w_h = w_h * _dropout_mask(tf.shape(w_h), cfg.weight_drop, seed_gen)
+        w_nodes = w_nodes * _dropout_mask(tf.shape(w_nodes), cfg.weight_drop, seed_gen)
+    return x, w_h, w_nodes
+
+
 # --------------------------------------------------------------------------- supernet
 class RNNSupernet(keras.Model):
     """All shared weights of the ENAS RNN search and the forward pass of any cell.
@@ -354,17 +373,8 @@ class RNNSupernet(keras.Model):
         w_nodes = sparse_read(self.w_nodes, rows)
         x = tf.gather(embedding, tf.transpose(tokens))  # [T, B, E]
         if training:
-            if cfg.embedding_dropout > 0:
-                word_mask = _dropout_mask([cfg.vocab_size], cfg.embedding_dropout,
-                                          self.seed_generator)
-                x = x * tf.gather(word_mask, tf.transpose(tokens))[..., None]
-            if cfg.input_dropout > 0:
-                x = x * _dropout_mask([batch, cfg.embedding_size], cfg.input_dropout,
-                                      self.seed_generator)[None]
-            if cfg.weight_drop > 0:
-                w_h = w_h * _dropout_mask(tf.shape(w_h), cfg.weight_drop, self.seed_generator)
-                w_nodes = w_nodes * _dropout_mask(tf.shape(w_nodes), cfg.weight_drop,
-                                                  self.seed_generator)
+            x, w_h, w_nodes = apply_input_dropouts(x, tokens, w_h, w_nodes, cfg,
+                                                   self.seed_generator)
         steps = tf.shape(x)[0]
         xp = tf.reshape(
             tf.matmul(tf.reshape(x, [-1, cfg.embedding_size]), self.w_x),
