@@ -313,7 +313,7 @@ def make_checkpoint_manager(task, nao: NAOController, directory: str, max_to_kee
     Returns:
         ``(manager, loop_state, nao_state)``.
     """
-    loop = enas_search._LoopState()
+    loop = enas_search.LoopState()
     state = _NAOState()
     items: Dict[str, Any] = {"loop": loop, "nao_state": state}
     items.update({f"nao_{k}": v for k, v in nao.checkpoint_items().items()})
@@ -422,7 +422,7 @@ def run_nao_search(
         return manager.save()
 
     S = config.shared_steps_per_epoch
-    with enas_search._SignalCatcher(handle_signals) as catcher:
+    with enas_search.SignalCatcher(handle_signals) as catcher:
 
         def unit_done() -> None:
             loop.units.assign_add(1)
@@ -465,7 +465,7 @@ def run_nao_search(
                 pool = pool_now()
                 while int(loop.phase.numpy()) == SHARED and int(loop.step.numpy()) < S:
                     arch = pool[int(rng.integers(len(pool)))]
-                    stats = enas_search._numeric(
+                    stats = enas_search.numeric_values(
                         task.train_architecture(arch, config.batches_per_arch, wpl_active=active)
                     )
                     partial["archs"].append(list(arch))
@@ -485,7 +485,7 @@ def run_nao_search(
                                               "alpha": alpha, "flushed": partial["flushed"]}
                     record.update(forgetting.forgetting_summary(
                         partial["err1"], err2, best_k=config.best_k))
-                    record.update(enas_search._mean_dicts(partial["train"], "train_"))
+                    record.update(enas_search.mean_of_dicts(partial["train"], "train_"))
                     wpl_state = getattr(task, "wpl_state", None)
                     if wpl_state is not None:
                         record["fisher_norm"] = float(wpl_state.fisher_norm().numpy())
@@ -531,7 +531,7 @@ def run_nao_search(
                     })
                 record["epoch_seconds"] = partial["elapsed"] + (time.time() - commit.t)
                 history.append(record)
-                enas_search._write_logs(out_dir, history)
+                enas_search.write_logs(out_dir, history)
                 if config.verbose:
                     print(
                         f"NAO epoch {epoch + 1}/{config.epochs} (WPL {'on' if active else 'off'}, "

@@ -200,7 +200,7 @@ def flush_at(epoch: int, config: SearchConfig) -> bool:
 # Loop state kept in the checkpoint.
 
 
-class _LoopState(tf.Module):
+class LoopState(tf.Module):
     """Counters, partial epoch, history, α and RNG states as checkpointable variables."""
 
     def __init__(self):
@@ -249,7 +249,7 @@ class SearchResult:
     checkpoint: Optional[str]
 
 
-class _SignalCatcher:
+class SignalCatcher:
     """Defers SIGINT/SIGTERM to the end of the current unit (main thread only).
 
     A second SIGINT while one is pending raises ``KeyboardInterrupt`` at once.
@@ -277,7 +277,7 @@ class _SignalCatcher:
         return False
 
 
-def _checkpoint_items(task, controller, reinforce, loop: _LoopState) -> Dict[str, Any]:
+def _checkpoint_items(task, controller, reinforce, loop: LoopState) -> Dict[str, Any]:
     items: Dict[str, Any] = {"loop": loop, "controller": controller}
     for prefix, source in (("task", task), ("reinforce", reinforce)):
         for key, value in source.checkpoint_items().items():
@@ -287,12 +287,12 @@ def _checkpoint_items(task, controller, reinforce, loop: _LoopState) -> Dict[str
 
 def make_checkpoint_manager(
     task, controller, reinforce, directory: str, max_to_keep: int = 2
-) -> "tuple[tf.train.CheckpointManager, _LoopState]":
+) -> "tuple[tf.train.CheckpointManager, LoopState]":
     """A ``CheckpointManager`` over the whole search state (task, controller, REINFORCE, loop).
 
     Used by :func:`run_search` and by :mod:`wpl_keras.nas.derive` to reload a finished search.
     """
-    loop = _LoopState()
+    loop = LoopState()
     ckpt = tf.train.Checkpoint(**_checkpoint_items(task, controller, reinforce, loop))
     return tf.train.CheckpointManager(ckpt, directory, max_to_keep=max_to_keep), loop
 
@@ -321,7 +321,8 @@ def _ckpt_dir(out_dir: str) -> str:
     return os.path.join(out_dir, "ckpt")
 
 
-def _mean_dicts(dicts: List[Dict[str, float]], prefix: str) -> Dict[str, float]:
+def mean_of_dicts(dicts: List[Dict[str, float]], prefix: str) -> Dict[str, float]:
+    """``{prefix + key: mean over dicts of d[key]}`` for every key seen (shared by the NAO loop)."""
     keys = sorted({k for d in dicts for k in d})
     out = {}
     for k in keys:
@@ -330,7 +331,8 @@ def _mean_dicts(dicts: List[Dict[str, float]], prefix: str) -> Dict[str, float]:
     return out
 
 
-def _numeric(d: Dict[str, Any]) -> Dict[str, float]:
+def numeric_values(d: Dict[str, Any]) -> Dict[str, float]:
+    """The entries of ``d`` that convert to float, as floats."""
     out = {}
     for k, v in (d or {}).items():
         try:
@@ -340,7 +342,8 @@ def _numeric(d: Dict[str, Any]) -> Dict[str, float]:
     return out
 
 
-def _write_logs(out_dir: str, history: List[Dict[str, Any]]) -> None:
+def write_logs(out_dir: str, history: List[Dict[str, Any]]) -> None:
+    """Writes ``history.json`` (full records) and ``history.csv`` (one row per epoch)."""
     with open(os.path.join(out_dir, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
     rows = forgetting.history_to_rows(history)
@@ -408,7 +411,7 @@ def run_search(
         json.dump(task.config(), f, indent=1, default=str)
 
     history: List[Dict[str, Any]] = _json_var(loop.history, [])
-    _write_logs(out_dir, history)
+    write_logs(out_dir, history)
     writer = tf.summary.create_file_writer(os.path.join(out_dir, "tb"))
 
     def save() -> str:
@@ -416,7 +419,7 @@ def run_search(
         return manager.save()
 
     S, C = config.shared_steps_per_epoch, config.controller_steps
-    with _SignalCatcher(handle_signals) as catcher:
+    with SignalCatcher(handle_signals) as catcher:
 
         def unit_done() -> None:
             loop.units.assign_add(1)
@@ -471,7 +474,7 @@ def run_search(
                 # 1. Shared phase.
                 while int(loop.phase.numpy()) == SHARED and int(loop.step.numpy()) < S:
                     arch = tuple(int(a) for a in controller.sample_architecture())
-                    stats = _numeric(
+                    stats = numeric_values(
                         task.train_architecture(arch, config.batches_per_arch, wpl_active=active)
                     )
                     err1 = float(task.validation_error(arch))
@@ -494,7 +497,7 @@ def run_search(
                 while int(loop.phase.numpy()) == CONTROLLER and int(loop.step.numpy()) < C:
                     arch = tuple(int(a) for a in controller.sample_architecture())
                     reward = float(task.reward(arch))
-                    stats = _numeric(reinforce.update(arch, reward))
+                    stats = numeric_values(reinforce.update(arch, reward))
                     partial["rewards"].append(reward)
                     partial["controller"].append(stats)
                     loop.step.assign_add(1)
@@ -516,8 +519,8 @@ def run_search(
                 )
                 rewards = partial["rewards"]
                 record["mean_reward"] = float(np.mean(rewards)) if rewards else math.nan
-                record.update(_mean_dicts(partial["train"], "train_"))
-                record.update(_mean_dicts(partial["controller"], "controller_"))
+                record.update(mean_of_dicts(partial["train"], "train_"))
+                record.update(mean_of_dicts(partial["controller"], "controller_"))
                 state = getattr(task, "wpl_state", None)
                 if state is not None:
                     record["fisher_norm"] = float(state.fisher_norm().numpy())
@@ -531,7 +534,7 @@ def run_search(
                         if isinstance(value, (int, float)) and not isinstance(value, bool):
                             tf.summary.scalar(key, value)
                 writer.flush()
-                _write_logs(out_dir, history)
+                write_logs(out_dir, history)
                 if bar is not None:
                     print(
                         f"  err2-err1: mean {record['mean_diff']:.4g}, "
