@@ -490,13 +490,10 @@ def to_jsonable(obj):
 def plot_results(results: dict, path: str) -> None:
     """Figure-2-style plot: per case, A's (top) and B's (bottom) test accuracy vs iterations;
     baseline green, without WPL blue, with WPL orange (mean over seeds, band = ±1 std)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from wpl_keras.utils.plotting import new_figure
 
     names = list(results["cases"])
-    fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 5.6), squeeze=False)
+    fig, axes = new_figure(2, len(names), figsize=(3.6 * len(names), 5.6), squeeze=False)
     for col, name in enumerate(names):
         seeds = results["cases"][name]["seeds"]
         its = np.asarray(seeds[0]["runs"]["without"]["iterations"])
@@ -520,7 +517,6 @@ def plot_results(results: dict, path: str) -> None:
     axes[0][0].legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def save_results(results: dict, out_dir: str, *, plot: bool = True) -> dict:

@@ -168,13 +168,10 @@ class MicroCellSpace(SearchSpace):
     # ------------------------------------------------------------------ picture
     def plot(self, arch: Sequence[int], path: str) -> str:
         """Draws both cells as DAGs (inputs left, nodes right, edges labelled by op) to a PNG."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from wpl_keras.utils.plotting import new_figure
 
         cells = self.cells(arch)
-        fig, axes = plt.subplots(1, 2, figsize=(5 + 1.6 * self.num_nodes, 4))
+        fig, axes = new_figure(1, 2, figsize=(5 + 1.6 * self.num_nodes, 4))
         for ax, cell_name, cell in zip(axes, CELL_TYPES, cells):
             pos = {0: (0.0, 0.25), 1: (0.0, 0.75)}
             for i in range(self.num_nodes):
@@ -205,5 +202,4 @@ class MicroCellSpace(SearchSpace):
             ax.axis("off")
         fig.tight_layout()
         fig.savefig(path, format="png", dpi=80)
-        plt.close(fig)
         return str(path)

@@ -164,12 +164,9 @@ def plot_forgetting(
     """
     if not runs:
         raise ValueError("plot_forgetting needs at least one run.")
-    import matplotlib
+    from wpl_keras.utils.plotting import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = new_figure(1, 3, figsize=(13, 3.6))
     panels = (("mean_diff", "(a) mean"), ("best5_diff", "(b) best 5"), ("max_diff", "(c) max"))
     for ax, (key, label) in zip(axes, panels):
         for run_label, records in runs.items():
@@ -186,7 +183,6 @@ def plot_forgetting(
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

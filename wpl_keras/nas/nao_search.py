@@ -262,15 +262,12 @@ def plot_figure4(
         extra: label → history drawn in every column (e.g. ``"NAO + path dropping"``).
         error_name: the error's name for the y labels.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from wpl_keras.utils.plotting import new_figure
 
     rates = sorted({rate for rate, _ in runs})
     if not rates:
         raise ValueError("plot_figure4 needs at least one run.")
-    fig, axes = plt.subplots(2, len(rates), figsize=(3.6 * len(rates), 6.0), squeeze=False)
+    fig, axes = new_figure(2, len(rates), figsize=(3.6 * len(rates), 6.0), squeeze=False)
     for col, rate in enumerate(rates):
         lines = {f"NAO{' + WPL' if wpl else ''}": runs[(rate, wpl)]
                  for wpl in (False, True) if (rate, wpl) in runs}
@@ -289,7 +286,6 @@ def plot_figure4(
             axes[row, col].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -158,10 +158,7 @@ class RNNCellSpace(SearchSpace):
     # ---------------------------------------------------------------- plot
     def plot(self, arch: Sequence[int], path: str) -> str:
         """Draws the cell as a DAG (x_t, h_{t-1} → nodes → average → h_t) to a PNG."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from wpl_keras.utils.plotting import new_figure
 
         acts = self.activation_ids(arch)
         inputs = self.inputs(arch)
@@ -171,7 +168,7 @@ class RNNCellSpace(SearchSpace):
         pos["x"] = (-0.3, 0.6)
         pos["h"] = (-0.3, -0.6)
         pos["out"] = (n + 1.2, 0.0)
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * n + 2), 3.2))
+        fig, ax = new_figure(figsize=(max(6.0, 1.1 * n + 2), 3.2))
 
         def arrow(a, b, color="0.3"):
             ax.annotate(
@@ -201,5 +198,4 @@ class RNNCellSpace(SearchSpace):
         ax.set_title(self.to_string(arch), fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         return path
