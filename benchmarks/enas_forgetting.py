@@ -61,6 +61,8 @@ def main(argv=None) -> dict:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+        # Determinism forbids the implicit global generator; give it an explicit seeded one.
+        tf.random.set_global_generator(tf.random.Generator.from_seed(args.seed or 0))
 
     config = enas.get_preset(args.space, args.preset)
     overrides = {
