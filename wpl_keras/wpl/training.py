@@ -242,15 +242,18 @@ class WPLTrainingMixin:
         if penalty_grads is not None:
             # d(scaled loss)/dθ of the penalty term: α F (θ − θ*) + λ θ, times the loss scale and
             # divided by the replica count like the data loss (all-reduce sums replicas).
-            factor = scale_loss_for_distribution(tf.constant(1.0, tf.float32))
+            factor = None  # 1 on one replica without loss scaling: no multiply in the graph
+            if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+                factor = scale_loss_for_distribution(tf.constant(1.0, tf.float32))
             if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-                factor = factor * tf.cast(self.optimizer.dynamic_scale, tf.float32)
+                scale = tf.cast(self.optimizer.dynamic_scale, tf.float32)
+                factor = scale if factor is None else factor * scale
             for i, pg in zip(positions, penalty_grads):
                 if i is None:
                     continue
                 g = gradients[i]
                 g = tf.convert_to_tensor(g) if g is not None else tf.zeros_like(pg)
-                gradients[i] = g + tf.cast(pg * factor, g.dtype)
+                gradients[i] = g + tf.cast(pg if factor is None else pg * factor, g.dtype)
         self.optimizer.apply_gradients(zip(gradients, trainable))
         if self._wpl_mode == "proximal":
             self._proximal_step()
