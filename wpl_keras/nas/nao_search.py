@@ -536,11 +536,7 @@ def run_nao_search(
                         f"{record['best5_diff']:.4g} max {record['max_diff']:.4g}; pool "
                         f"{record.get('pool_size_after', record['pool_size'])}"
                     )
-                loop.history.assign(json.dumps(history))
-                loop.partial.assign("")
-                loop.phase.assign(SHARED)
-                loop.step.assign(0)
-                loop.epoch.assign_add(1)
+                loop.close_epoch(history)
                 save()
                 if on_epoch_end is not None:
                     on_epoch_end(record)

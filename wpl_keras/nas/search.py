@@ -216,6 +216,15 @@ class LoopState(tf.Module):
         self.python_rng = tf.Variable("", dtype=tf.string, trainable=False, name="python_rng")
         self.tf_rng = tf.random.get_global_generator()
 
+    def close_epoch(self, history: List[Dict[str, Any]]) -> None:
+        """Commits a finished epoch: its history, no partial epoch, and the counters at the next
+        epoch's first shared-training step (phase ``SHARED`` = 0 in every search loop)."""
+        self.history.assign(json.dumps(history))
+        self.partial.assign("")
+        self.phase.assign(SHARED)
+        self.step.assign(0)
+        self.epoch.assign_add(1)
+
     def capture_rngs(self) -> None:
         name, keys, pos, has_gauss, cached = np.random.get_state()
         self.numpy_rng.assign(
@@ -541,11 +550,7 @@ def run_search(
                         f"best-{config.best_k} {record['best5_diff']:.4g}, "
                         f"max {record['max_diff']:.4g}; mean reward {record['mean_reward']:.4g}"
                     )
-                loop.history.assign(json.dumps(history))
-                loop.partial.assign("")
-                loop.phase.assign(SHARED)
-                loop.step.assign(0)
-                loop.epoch.assign_add(1)
+                loop.close_epoch(history)
                 save()
                 if on_epoch_end is not None:
                     on_epoch_end(record)
