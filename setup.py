@@ -9,6 +9,8 @@ RUNTIME = [
     "keras-tuner>=1.4",
     "numpy>=1.23",
     "matplotlib>=3.6",
+    # Decodes the CIFAR-10 image folders / JPEG archives.
+    "pillow>=9",
     # keras-tuner's worker imports tensorboard's hparams plugin at trial time.
     "tensorboard>=2.16",
 ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pathlib
 from typing import Mapping, Tuple
 
-import pytest
+import nbclient
+import nbformat
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[2] / "notebooks"
 
@@ -14,8 +15,6 @@ def execute_notebook(name: str, monkeypatch, env: Mapping[str, str], timeout: in
     """Runs ``notebooks/<name>`` in a fresh kernel (which inherits ``env``); returns the
     executed notebook and the text of all its code-cell outputs. A failing cell fails the test
     with the cell's traceback."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     for key, value in {"TF_CPP_MIN_LOG_LEVEL": "2", **env}.items():
         monkeypatch.setenv(key, str(value))
     path = NOTEBOOKS / name

@@ -4,12 +4,10 @@ import io
 import pathlib
 
 import numpy as np
-import pytest
 from nbrun import execute_notebook
+from PIL import Image
 
-Image = pytest.importorskip("PIL.Image")
-
-from wpl_keras.data.cifar10 import CLASSES  # noqa: E402
+from wpl_keras.data.cifar10 import CLASSES
 
 
 def _write_image_folder(root: pathlib.Path, per_class: int = 5) -> str:

@@ -35,13 +35,13 @@ shuffling) is seeded, and its weights, optimizer state and random stream are all
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from wpl_keras.utils.config import JsonConfig
 from wpl_keras.utils.checkpoint import VariableBundle
 
 Architecture = Tuple[int, ...]
@@ -159,7 +159,7 @@ def nao_loss(
 
 
 @dataclasses.dataclass(frozen=True)
-class NAOConfig:
+class NAOConfig(JsonConfig):
     """Settings of the NAO controller.
 
     The NAO release (ENAS-like spaces) uses 96 encoder/decoder units, an MLP of 200 units,
@@ -206,18 +206,6 @@ class NAOConfig:
         if self.learning_rate <= 0 or self.step_size <= 0 or self.grad_clip <= 0:
             raise ValueError("NAOConfig.learning_rate, step_size and grad_clip must be > 0.")
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, obj) -> "NAOConfig":
-        if isinstance(obj, str):
-            obj = json.loads(obj)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(obj) - names
-        if unknown:
-            raise ValueError(f"unknown NAOConfig fields: {sorted(unknown)}.")
-        return cls(**obj)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from wpl_keras.utils.config import JsonConfig
 from wpl_keras.nas import metrics as forgetting
 from wpl_keras.nas import search as enas_search
 from wpl_keras.nas.nao import NAOConfig, NAOController, normalize_scores
@@ -60,7 +61,7 @@ SHARED, EPOCH_END, CONTROLLER = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
-class NAOSearchConfig:
+class NAOSearchConfig(JsonConfig):
     """Settings of the NAO weight-sharing search and its WPL schedule.
 
     Args:
@@ -145,18 +146,6 @@ class NAOSearchConfig:
         )
         return dataclasses.replace(base, **overrides)
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, obj) -> "NAOSearchConfig":
-        if isinstance(obj, str):
-            obj = json.loads(obj)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(obj) - names
-        if unknown:
-            raise ValueError(f"unknown NAOSearchConfig fields: {sorted(unknown)}.")
-        return cls(**obj)
 
 
 # ---------------------------------------------------------------------------------------------

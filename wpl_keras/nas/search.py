@@ -50,6 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from wpl_keras.utils.config import JsonConfig
 from wpl_keras.nas import metrics as forgetting
 from wpl_keras.wpl.callbacks import strength_schedule
 
@@ -67,7 +68,7 @@ class SearchInterrupted(KeyboardInterrupt):
 
 
 @dataclasses.dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(JsonConfig):
     """Settings of the search loop (ENAS schedule + WPL schedule).
 
     Args:
@@ -150,18 +151,6 @@ class SearchConfig:
         )
         return dataclasses.replace(base, **overrides)
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, obj) -> "SearchConfig":
-        if isinstance(obj, str):
-            obj = json.loads(obj)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(obj) - names
-        if unknown:
-            raise ValueError(f"unknown SearchConfig fields: {sorted(unknown)}.")
-        return cls(**obj)
 
 
 # ---------------------------------------------------------------------------------------------
