@@ -8,28 +8,12 @@ import pytest
 import tensorflow as tf
 
 from wpl_keras.nas import nao_search
-from wpl_keras.nas.base import SearchSpace, SharedWeightsTask
+from fakes import FakeSpace
+
+from wpl_keras.nas.base import SharedWeightsTask
 from wpl_keras.nas.nao import NAOConfig, NAOController
 from wpl_keras.nas.nao_search import NAOSearchConfig, run_nao_search
 from wpl_keras.wpl.fisher import WPLState
-
-
-class _Space(SearchSpace):
-    name = "fake_nao"
-
-    @property
-    def decision_sizes(self):
-        return (3, 3, 3)
-
-    @property
-    def decision_names(self):
-        return ("a", "b", "c")
-
-    def to_string(self, arch):
-        return "-".join(str(a) for a in self.validate(arch))
-
-    def from_string(self, text):
-        return self.validate([int(t) for t in text.split("-")])
 
 
 class _Crash(RuntimeError):
@@ -41,7 +25,7 @@ class FakeTask(SharedWeightsTask):
     row fight over it (forgetting); the WPL penalty on the used rows resists it."""
 
     def __init__(self, seed=0, dim=4, lr=0.3, crash_after=None):
-        self.space = _Space()
+        self.space = FakeSpace("fake_nao")
         self.lr = lr
         self.dim = dim
         self.w = tf.Variable(tf.zeros([9, dim]), name="w")

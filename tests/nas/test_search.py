@@ -9,28 +9,12 @@ import pytest
 import tensorflow as tf
 
 from wpl_keras.nas import search
-from wpl_keras.nas.base import SearchSpace, SharedWeightsTask
+from fakes import FakeSpace
+
+from wpl_keras.nas.base import SharedWeightsTask
 from wpl_keras.nas.controller import Controller
 from wpl_keras.nas.reinforce import Reinforce
 from wpl_keras.wpl.fisher import WPLState
-
-
-class _Space(SearchSpace):
-    name = "fake"
-
-    @property
-    def decision_sizes(self):
-        return (3, 3, 3)
-
-    @property
-    def decision_names(self):
-        return ("a", "b", "c")
-
-    def to_string(self, arch):
-        return "-".join(str(a) for a in self.validate(arch))
-
-    def from_string(self, text):
-        return self.validate([int(t) for t in text.split("-")])
 
 
 class FakeTask(SharedWeightsTask):
@@ -41,7 +25,7 @@ class FakeTask(SharedWeightsTask):
     """
 
     def __init__(self, seed=0, dim=4, lr=0.3):
-        self.space = _Space()
+        self.space = FakeSpace("fake")
         self.lr = lr
         self.w = tf.Variable(tf.zeros([9, dim]), name="w")
         self.wpl_state = WPLState([self.w], strength=0.0, momentum=0.9, clip_norm=10.0)
