@@ -41,7 +41,7 @@ from wpl_keras.data.ptb import PTBCorpus, batchify, num_windows
 from wpl_keras.nas.base import Architecture, SharedWeightsTask
 from wpl_keras.nas.rnn_space import ACTIVATIONS, RNNCellSpace
 from wpl_keras.utils.checkpoint import VariableBundle
-from wpl_keras.wpl.fisher import WPLState
+from wpl_keras.wpl.fisher import WPLState, read_rows
 
 # f(a) = k1 tanh(k2 a) + k3 + k4 relu(a) + k5 a, one row per activation of ACTIVATIONS.
 _ACTIVATION_TABLE = np.array(
@@ -164,63 +164,139 @@ def select_activation(a: tf.Tensor, coeffs: tf.Tensor) -> tf.Tensor:
             + coeffs[4] * a)
 
 
-@tf.custom_gradient
-def _matmul_no_weight_grad(p, w):
-    """``p @ w`` whose gradient flows to ``p`` only (weights get theirs outside the loop)."""
+def activation_and_slope(a: tf.Tensor, coeffs: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """``(f(a), f'(a))`` for the table row ``coeffs``:
+    ``f' = k₁ k₂ (1 − tanh²(k₂ a)) + k₄ [a > 0] + k₅``."""
+    th = tf.tanh(coeffs[1] * a)
+    f = coeffs[0] * th + coeffs[2] + coeffs[3] * tf.nn.relu(a) + coeffs[4] * a
+    slope = (coeffs[0] * coeffs[1]) * (1.0 - th * th) + coeffs[4] + coeffs[3] * tf.cast(
+        a > 0, a.dtype)
+    return f, slope
 
-    def grad(dz):
-        return tf.matmul(dz, w, transpose_b=True), None
 
-    return tf.matmul(p, w), grad
+def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record):
+    """The time loop of the cell.
 
+    Node states of one step live in a ``TensorArray`` (a node reads its input with one
+    dynamic read, O(1)), the weight matrices are loop invariants unstacked once before the
+    loop. With ``record`` the loop also keeps, per node and step, what the hand-written
+    backward loop needs: the node input ``p``, ``q = 1 − c`` and
+    ``G = [(f − p) c (1 − c), c f']`` (so ``∂L/∂z = [∂L/∂s, ∂L/∂s] ⊙ G``).
 
-def _cell_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, offsets, num_nodes):
-    """The time loop; returns (outputs [T,B,H], h_T, node inputs [N × [T,B,H]])."""
+    Returns:
+        ``(outputs [T, B, H], h_T, records)`` with ``records`` a list (per node) of
+        ``(p [T, B, H], q [T, B, H], G [T, B, 2H])`` (empty without ``record``).
+    """
     steps = xp.shape[0] if xp.shape[0] is not None else tf.shape(xp)[0]
     hidden = h0.shape[-1]
-    table = tf.gather(tf.constant(_ACTIVATION_TABLE), acts)  # [N, 5]
-    out_ta = tf.TensorArray(xp.dtype, size=steps, element_shape=h0.shape)
-    in_tas = [tf.TensorArray(xp.dtype, size=steps, element_shape=h0.shape)
-              for _ in range(num_nodes if offsets is not None else 0)]
+    dtype = xp.dtype
+    table = tf.gather(tf.constant(_ACTIVATION_TABLE, dtype), acts)  # [N, 5]
+    coeffs = tf.unstack(table, num=num_nodes)
+    node_inputs = tf.unstack(inputs, num=num_nodes - 1)
+    matrices = [w_h] + tf.unstack(w_nodes, num=num_nodes - 1)
+    element = h0.shape
 
-    def node(p, z, coeffs):
-        c = tf.sigmoid(z[:, :hidden])
-        return p + c * (select_activation(z[:, hidden:], coeffs) - p)
+    def new_ta(size, shape):
+        return tf.TensorArray(dtype, size=size, element_shape=shape, clear_after_read=False)
 
-    # Without offsets (inference, export) the loop is plain matmuls and records nothing.
-    matmul = tf.matmul if offsets is None else _matmul_no_weight_grad
+    out_ta = new_ta(steps, element)
+    rec_tas = []
+    if record:
+        wide = tf.TensorShape(element[:-1]).concatenate([2 * hidden])
+        rec_tas = [(new_ta(steps, element), new_ta(steps, element), new_ta(steps, wide))
+                   for _ in range(num_nodes)]
 
-    def offset(i, t):
-        return 0.0 if offsets is None else offsets[i][t]
+    def body(t, h, out_ta, rec_tas):
+        states = new_ta(num_nodes, element)
+        stacked, rec_tas = [], list(rec_tas)
+        for i in range(num_nodes):
+            if i == 0:
+                p = h
+                z = xp[t] + tf.matmul(h, matrices[0])
+            else:
+                p = states.read(node_inputs[i - 1])
+                z = tf.matmul(p, matrices[i])
+            zc, za = tf.split(z, 2, axis=1)
+            c = tf.sigmoid(zc)
+            if record:
+                f, slope = activation_and_slope(za, coeffs[i])
+            else:
+                f = select_activation(za, coeffs[i])
+            d = f - p
+            s = p + c * d
+            states = states.write(i, s)
+            stacked.append(s)
+            if record:
+                q = 1.0 - c
+                g = tf.concat([d * (c * q), c * slope], axis=1)
+                p_ta, q_ta, g_ta = rec_tas[i]
+                rec_tas[i] = (p_ta.write(t, p), q_ta.write(t, q), g_ta.write(t, g))
+        h_new = tf.tensordot(loose, tf.stack(stacked), axes=1)
+        return t + 1, h_new, out_ta.write(t, h_new), tuple(rec_tas)
 
-    def body(t, h, out_ta, in_tas):
-        z = xp[t] + matmul(h, w_h) + offset(0, t)
-        states = [node(h, z, table[0])]
-        in_tas = list(in_tas)
-        if offsets is not None:
-            in_tas[0] = in_tas[0].write(t, h)
-        for i in range(1, num_nodes):
-            p = tf.gather(tf.stack(states), inputs[i - 1])
-            if offsets is not None:
-                in_tas[i] = in_tas[i].write(t, p)
-            z = matmul(p, w_nodes[i - 1]) + offset(i, t)
-            states.append(node(p, z, table[i]))
-        h_new = tf.tensordot(loose, tf.stack(states), axes=1)
-        return t + 1, h_new, out_ta.write(t, h_new), tuple(in_tas)
-
-    _, h_last, out_ta, in_tas = tf.while_loop(
+    _, h_last, out_ta, rec_tas = tf.while_loop(
         lambda t, *_: t < steps,
         body,
-        (tf.constant(0), h0, out_ta, tuple(in_tas)),
+        (tf.constant(0), h0, out_ta, tuple(rec_tas)),
         maximum_iterations=steps,
     )
-    return out_ta.stack(), h_last, [ta.stack() for ta in in_tas]
+    records = [tuple(ta.stack() for ta in tas) for tas in rec_tas]
+    return out_ta.stack(), h_last, records
+
+
+def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, num_nodes):
+    """Reverse time loop: from ``∂L/∂outputs`` and ``∂L/∂h_T`` to ``∂L/∂z`` of every node and
+    step and ``∂L/∂h_0``.
+
+    Per step, ``∂L/∂s_j`` starts at ``loose_j ∂L/∂h_t``; nodes run last to first:
+    ``∂L/∂z_i = [∂L/∂s_i, ∂L/∂s_i] ⊙ G_i``, ``∂L/∂p_i = ∂L/∂s_i ⊙ q_i + ∂L/∂z_i W_iᵀ``, added
+    to ``∂L/∂s`` of node ``i``'s input (node 0's goes to ``h_{t−1}``).
+
+    Returns:
+        ``(dz, d_h0)``: ``dz`` a list (per node) of ``[T, B, 2H]``.
+    """
+    steps = d_outputs.shape[0] if d_outputs.shape[0] is not None else tf.shape(d_outputs)[0]
+    dtype = d_outputs.dtype
+    element = d_outputs.shape[1:]
+    wide = records[0][2].shape[1:]
+    node_inputs = tf.unstack(inputs, num=num_nodes - 1)
+    dz_tas = [tf.TensorArray(dtype, size=steps, element_shape=wide) for _ in range(num_nodes)]
+
+    def body(k, dh_next, dz_tas):
+        t = steps - 1 - k
+        dh = d_outputs[t] + dh_next
+        ds = tf.TensorArray(dtype, size=num_nodes, element_shape=element,
+                            clear_after_read=False)
+        ds = ds.unstack(loose[:, None, None] * dh[None])
+        dz_tas = list(dz_tas)
+        d_prev = None
+        for i in reversed(range(num_nodes)):
+            p_all, q_all, g_all = records[i]
+            ds_i = ds.read(i)
+            dz = tf.concat([ds_i, ds_i], axis=1) * g_all[t]
+            dp = ds_i * q_all[t] + tf.matmul(dz, matrices_t[i])
+            dz_tas[i] = dz_tas[i].write(t, dz)
+            if i == 0:
+                d_prev = dp
+            else:
+                j = node_inputs[i - 1]
+                ds = ds.write(j, ds.read(j) + dp)
+        return k + 1, d_prev, tuple(dz_tas)
+
+    _, d_h0, dz_tas = tf.while_loop(
+        lambda k, *_: k < steps,
+        body,
+        (tf.constant(0), d_h_last, tuple(dz_tas)),
+        maximum_iterations=steps,
+    )
+    return [ta.stack() for ta in dz_tas], d_h0
 
 
 def enas_cell_sequence_inference(xp, h0, w_h, w_nodes, arch, num_nodes):
     """:func:`enas_cell_sequence` without its custom gradient (plain ops; for export)."""
     acts, inputs, loose, _ = decode_architecture(arch, num_nodes)
-    outputs, h_last, _ = _cell_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, None, num_nodes)
+    outputs, h_last, _ = _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes,
+                                       record=False)
     return outputs, h_last
 
 
@@ -232,7 +308,7 @@ def enas_cell_sequence(
     arch: tf.Tensor,
     num_nodes: int,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Runs the ENAS cell of ``arch`` over time.
+    """Runs the ENAS cell of ``arch`` over time, with a hand-written backward pass.
 
     Args:
         xp: input projections ``x_t W_x``, ``[T, B, 2H]``.
@@ -244,48 +320,43 @@ def enas_cell_sequence(
         num_nodes: ``N``.
 
     Returns:
-        ``(outputs [T, B, H], h_T [B, H])``. Gradients: the weight gradients are
-        ``∂L/∂W_h = Σ_t h_{t−1}ᵀ ∂L/∂z⁰_t`` and ``∂L/∂W_i = Σ_t p_{i,t}ᵀ ∂L/∂zⁱ_t``, each one
-        matmul over the ``T·B`` rows after the backward loop.
+        ``(outputs [T, B, H], h_T [B, H])``. Gradients: a reverse time loop
+        (:func:`_backward_loop`) gives ``∂L/∂z`` of every node and step; then
+        ``∂L/∂xp = ∂L/∂z⁰``, ``∂L/∂W_h = Σ_t h_{t−1}ᵀ ∂L/∂z⁰_t`` and
+        ``∂L/∂W_i = Σ_t p_{i,t}ᵀ ∂L/∂zⁱ_t``, one matmul over the ``T·B`` rows per matrix.
     """
     acts, inputs, loose, _ = decode_architecture(arch, num_nodes)
 
     @tf.custom_gradient
     def run(xp, h0, w_h, w_nodes):
-        shape = tf.shape(xp)
-        offsets = [tf.zeros(shape, xp.dtype) for _ in range(num_nodes)]
-        with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
-            tape.watch([xp, h0] + offsets)
-            outputs, h_last, node_inputs = _cell_loop(
-                xp, h0, w_h, w_nodes, acts, inputs, loose, offsets, num_nodes
-            )
+        outputs, h_last, records = _forward_loop(
+            xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record=True
+        )
 
         def grad(d_outputs, d_h_last):
-            grads = tape.gradient(
-                [outputs, h_last], [xp, h0] + offsets, output_gradients=[d_outputs, d_h_last]
-            )
-            d_xp, d_h0, d_z = grads[0], grads[1], grads[2:]
+            if d_outputs is None:
+                d_outputs = tf.zeros_like(outputs)
+            if d_h_last is None:
+                d_h_last = tf.zeros_like(h_last)
+            matrices_t = [tf.transpose(w_h)] + tf.unstack(
+                tf.transpose(w_nodes, [0, 2, 1]), num=num_nodes - 1)
+            dz, d_h0 = _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose,
+                                      records, num_nodes)
             hidden, width = w_h.shape[0], w_h.shape[1]
-            flat = lambda a, n: tf.reshape(a, [-1, n])  # noqa: E731
-            d_w_h = tf.matmul(flat(node_inputs[0], hidden), flat(d_z[0], width), transpose_a=True)
-            d_nodes = tf.stack(
-                [
-                    tf.matmul(flat(node_inputs[i], hidden), flat(d_z[i], width), transpose_a=True)
-                    for i in range(1, num_nodes)
-                ]
+            p_all = tf.stack([r[0] for r in records[1:]])  # [N − 1, T, B, H]
+            dz_nodes = tf.stack(dz[1:])
+            d_nodes = tf.matmul(
+                tf.reshape(p_all, [num_nodes - 1, -1, hidden]),
+                tf.reshape(dz_nodes, [num_nodes - 1, -1, width]),
+                transpose_a=True,
             )
-            return d_xp, d_h0, d_w_h, d_nodes
+            d_w_h = tf.matmul(tf.reshape(records[0][0], [-1, hidden]),
+                              tf.reshape(dz[0], [-1, width]), transpose_a=True)
+            return dz[0], d_h0, d_w_h, d_nodes
 
         return (outputs, h_last), grad
 
     return run(xp, h0, w_h, w_nodes)
-
-
-def sparse_read(variable, rows: tf.Tensor) -> tf.Tensor:
-    """``variable[rows]`` read from the variable directly (a resource gather: no full read,
-    so a later sparse update does not copy the whole variable); its gradient is a
-    ``tf.IndexedSlices`` over ``rows``."""
-    return tf.gather(getattr(variable, "value", variable), rows)
 
 
 def _dropout_mask(shape, rate, seed_gen, dtype=tf.float32):
@@ -370,7 +441,7 @@ class RNNSupernet(keras.Model):
         rows = self.wpl_rows(arch)
         embedding = tf.convert_to_tensor(self.embedding)
         w_h = tf.convert_to_tensor(self.w_h)
-        w_nodes = sparse_read(self.w_nodes, rows)
+        w_nodes = read_rows(self.w_nodes, rows)
         x = tf.gather(embedding, tf.transpose(tokens))  # [T, B, E]
         if training:
             x, w_h, w_nodes = apply_input_dropouts(x, tokens, w_h, w_nodes, cfg,
@@ -484,15 +555,11 @@ class RNNSearchTask(SharedWeightsTask):
         dense_grads, node_grad = grads[:-1], grads[-1]
         # The node gradient comes from one gather of `rows` (distinct rows): values align.
         data_node = tf.convert_to_tensor(node_grad.values)
-        used = sparse_read(net.w_nodes, rows)
+        used = read_rows(net.w_nodes, rows)
         node_shape = tf.constant([int(d) for d in net.w_nodes.shape], tf.int32)
 
         def wpl_grad():
-            with tf.GradientTape() as ptape:
-                ptape.watch(net.w_nodes.value)
-                pen = self.wpl_state.penalty_rows(0, rows)
-            pgrad = ptape.gradient(pen, net.w_nodes.value)
-            return pen, tf.convert_to_tensor(pgrad.values)
+            return self.wpl_state.penalty_and_gradient_rows(0, rows)
 
         penalty, pen_grad = tf.cond(
             wpl_active, wpl_grad, lambda: (tf.constant(0.0), tf.zeros_like(data_node))

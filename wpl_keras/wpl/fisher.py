@@ -167,16 +167,23 @@ class WPLState(keras.layers.Layer):
         """Penalty restricted to rows ``rows`` (leading axis) of protected weight ``index``.
 
         ``(α/2) Σ_{r ∈ rows} Σ_j F[r, j] (θ[r, j] − θ*[r, j])²``: a supernet uses it to
-        penalise only the slices the sampled architecture uses.
+        penalise only the slices the sampled architecture uses. Reads only those rows
+        (resource gathers), never the whole variables.
+        """
+        return self.penalty_and_gradient_rows(index, rows, strength)[0]
+
+    def penalty_and_gradient_rows(self, index: int, rows: tf.Tensor, strength=None):
+        """``(penalty, gradient)`` of :meth:`penalty_rows` in closed form.
+
+        ``gradient = α F[rows] ⊙ (θ[rows] − θ*[rows])`` (shape ``[len(rows), ...]``, aligned
+        with ``rows``; ``rows`` must be distinct) and ``penalty = ½ Σ gradient ⊙ (θ − θ*)``.
         """
         alpha = self.strength if strength is None else strength
-        v = self._protected[index]
-        return wpl_penalty(
-            [tf.gather(tf.convert_to_tensor(v), rows)],
-            [tf.gather(tf.convert_to_tensor(self.fisher[index]), rows)],
-            [tf.gather(tf.convert_to_tensor(self.anchors[index]), rows)],
-            alpha,
-        )
+        alpha = tf.cast(tf.convert_to_tensor(alpha), self.fisher[index].dtype)
+        rows = tf.cast(rows, tf.int32)
+        diff = read_rows(self._protected[index], rows) - read_rows(self.anchors[index], rows)
+        grad = alpha * read_rows(self.fisher[index], rows) * diff
+        return 0.5 * tf.reduce_sum(grad * diff), grad
 
     def fisher_norm(self) -> tf.Tensor:
         """Global L2 norm of the Fisher over all protected weights."""
@@ -196,7 +203,7 @@ class WPLState(keras.layers.Layer):
                 anchor.assign(tf.convert_to_tensor(v))
             elif k in rows:
                 r = tf.cast(rows[k], tf.int32)
-                _scatter_assign(anchor, r, tf.gather(tf.convert_to_tensor(v), r))
+                _scatter_assign(anchor, r, read_rows(v, r))
 
     def update_fisher(
         self,
@@ -225,7 +232,7 @@ class WPLState(keras.layers.Layer):
                 continue
             if isinstance(g, tf.IndexedSlices):
                 rows, values = _unique_rows(g)
-                new = momentum_fisher(tf.gather(tf.convert_to_tensor(f), rows), values, eta)
+                new = momentum_fisher(read_rows(f, rows), values, eta)
                 if clip is not None:
                     new = tf.clip_by_norm(new, clip)
                 _scatter_assign(f, rows, new)
@@ -302,6 +309,17 @@ class WPLState(keras.layers.Layer):
             "WPLState references the weights of another model and is recreated with "
             "apply_wpl(...); its variables are saved with the model's weights or a checkpoint."
         )
+
+
+def read_rows(variable, rows: tf.Tensor) -> tf.Tensor:
+    """``variable[rows]`` by a resource gather on the variable itself.
+
+    A variable that has seen sparse reads or updates is in TensorFlow's copy-on-read mode, so
+    ``tf.gather(tf.convert_to_tensor(v), rows)`` would first copy the WHOLE variable; a
+    supernet's 100M-parameter node tensor makes that the dominant cost of a step. The gradient
+    of this read is a ``tf.IndexedSlices`` over ``rows``.
+    """
+    return tf.gather(getattr(variable, "value", variable), rows)
 
 
 def _scatter_assign(variable, rows, values):
