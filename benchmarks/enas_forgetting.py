@@ -1,7 +1,9 @@
 """Figure 3 of the paper: multi-model forgetting in ENAS search, with and without WPL.
 
 Runs the same search twice (same seed, same budget, same data): once plain ENAS (``--no-wpl``)
-and once with WPL from ``wpl_start_epoch``. For each epoch it reports, over the architectures
+and once with WPL from ``wpl_start_epoch``. The epochs before ``wpl_start_epoch`` are plain
+ENAS in both runs, so they run once (``warmup/``) and both runs continue from that checkpoint
+(``--no-fork`` runs them twice); the runs are then identical until WPL turns on. For each epoch it reports, over the architectures
 sampled in that epoch, the mean, best-5 (lowest err1) and max of ``err2 − err1`` (validation
 perplexity on a fixed validation batch right after an architecture's training, and at the end of
 the epoch), and the reductions ``(d_without − d_with) / d_without`` averaged over the epochs
@@ -21,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -56,6 +59,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--nondeterministic", action="store_true",
                         help="allow nondeterministic TensorFlow ops (faster); by default ops are "
                              "deterministic so that both runs match exactly until WPL turns on")
+    parser.add_argument("--no-fork", action="store_true",
+                        help="run the epochs before WPL turns on twice (once per run) instead of "
+                             "once, shared by both runs through a checkpoint")
     args = parser.parse_args(argv)
     if not args.nondeterministic:
         import tensorflow as tf
@@ -83,17 +89,34 @@ def main(argv=None) -> dict:
     # The run with WPL is named by its alpha, so that runs with several alphas can share one
     # run without WPL in the same --out (with --resume).
     dirs = {"without": "without_wpl", "with": f"with_wpl_alpha{config.search.strength:g}"}
+    start_epoch = config.search.wpl_start_epoch
+    fork = not args.no_fork and 0 < start_epoch < config.search.epochs
+    if fork:
+        # Both runs are plain ENAS until WPL turns on: run those epochs once and start both
+        # runs from that checkpoint, so they are identical up to the first WPL epoch.
+        t = time.time()
+        warm_dir = os.path.join(out, "warmup")
+        print(f"=== {args.space} shared warm-up: epochs 0-{start_epoch - 1} without WPL "
+              f"({config.preset}, seed {config.seed}) ===")
+        enas.run_search_experiment(
+            config.with_wpl(False).replace(search={"epochs": start_epoch}), args.data_dir,
+            warm_dir, resume=args.resume, data=data,
+        )
+        seconds["warmup"] = round(time.time() - t, 1)
+        for name in dirs.values():
+            target = os.path.join(out, name)
+            if not os.path.isdir(os.path.join(target, "ckpt")):
+                shutil.copytree(warm_dir, target, dirs_exist_ok=True)
     for label, wpl in (("without", False), ("with", True)):
         t = time.time()
         print(f"=== {args.space} search {label} WPL ({config.preset}, seed {config.seed}) ===")
         result = enas.run_search_experiment(
             config.with_wpl(wpl), args.data_dir, os.path.join(out, dirs[label]),
-            resume=args.resume, data=data,
+            resume=args.resume or fork, data=data,
         )
         runs[label] = result.history
         seconds[label] = round(time.time() - t, 1)
 
-    start_epoch = config.search.wpl_start_epoch
     active = [e for e in range(config.search.epochs) if e >= start_epoch]
     if not active:
         raise SystemExit("WPL never turns on: wpl_start_epoch >= epochs.")
@@ -131,6 +154,7 @@ def main(argv=None) -> dict:
         "error": error_name,
         "seed": config.seed,
         "deterministic_ops": not args.nondeterministic,
+        "shared_warmup": fork,
         "wpl_active_epochs": active,
         "mean_reduction": red["mean_reduction"],
         "best5_reduction": red["best5_reduction"],

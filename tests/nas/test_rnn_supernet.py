@@ -39,8 +39,9 @@ def tiny_corpus(seed=0):
 ACT = {0: tf.tanh, 1: lambda a: tf.nn.relu(a), 2: lambda a: a, 3: tf.sigmoid}
 
 
-def reference_logits(net, tokens, arch, state):
-    """Plain unrolled ENAS cell (static architecture), no dropout."""
+def reference_logits(net, tokens, arch, state, max_norm=None):
+    """Plain unrolled ENAS cell (static architecture), no dropout; with ``max_norm`` each
+    step's state rows are rescaled to that norm (the scale a constant for gradients)."""
     space = RNNCellSpace(net.cfg.num_nodes)
     acts, inputs, loose = space.activation_ids(arch), space.inputs(arch), space.loose_ends(arch)
     H = net.cfg.hidden_size
@@ -57,6 +58,9 @@ def reference_logits(net, tokens, arch, state):
             z = p @ W[i * (i - 1) // 2 + inputs[i - 1]]
             s.append(p + tf.sigmoid(z[:, :H]) * (ACT[acts[i]](z[:, H:]) - p))
         h = tf.add_n([s[j] for j in loose]) / len(loose)
+        if max_norm is not None:
+            norm = tf.norm(h, axis=-1, keepdims=True)
+            h = h * tf.stop_gradient(tf.minimum(1.0, max_norm / norm))
         outs.append(h)
     out = tf.stack(outs, axis=1)
     return out @ tf.transpose(emb) + net.decoder_bias, h
@@ -104,6 +108,27 @@ def test_forward_matches_reference_and_gradients(seed):
         node_grad = tape.gradient(loss, net.w_nodes)
         assert isinstance(node_grad, tf.IndexedSlices)
         np.testing.assert_array_equal(np.sort(node_grad.indices), np.sort(net.wpl_rows(arch)))
+
+
+def test_state_norm_clamp_matches_reference_with_gradients(seed):
+    """A small hidden_max_norm makes the per-step clamp act; values and gradients still match
+    the unrolled reference (all four activations, fan-out, several loose ends)."""
+    cfg = tiny_config(hidden_max_norm=0.3, init_range=0.5)
+    net = RNNSupernet(cfg, seed=3)
+    rng = np.random.default_rng(1)
+    tokens = tf.constant(rng.integers(0, V, (3, 6)), tf.int32)
+    state = tf.constant(rng.normal(size=(3, 6)), tf.float32)
+    for arch in [(1, 0, 0, 0, 3, 1, 2), (2, 0, 1, 0, 1, 1, 3)]:
+        with tf.GradientTape(persistent=True) as tape:
+            logits, new_state = net(tokens, tf.constant(arch), state, training=False)
+            ref, ref_state = reference_logits(net, tokens, arch, state, max_norm=0.3)
+            loss = tf.reduce_sum(tf.sin(logits)) + tf.reduce_sum(new_state**2)
+            ref_loss = tf.reduce_sum(tf.sin(ref)) + tf.reduce_sum(ref_state**2)
+        np.testing.assert_allclose(tf.norm(new_state, axis=-1), 0.3, rtol=1e-4)
+        np.testing.assert_allclose(logits, ref, atol=1e-5)
+        variables = [net.embedding, net.w_x, net.w_h, net.w_nodes]
+        for g, r in zip(tape.gradient(loss, variables), tape.gradient(ref_loss, variables)):
+            np.testing.assert_allclose(tf.convert_to_tensor(g), tf.convert_to_tensor(r), atol=1e-4)
 
 
 def test_different_architectures_give_different_outputs(seed):

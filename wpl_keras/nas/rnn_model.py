@@ -88,7 +88,8 @@ class RNNLanguageModel(keras.Model):
                         [steps, batch, 2 * cfg.hidden_size])
         cell = enas_cell_sequence if differentiable else enas_cell_sequence_inference
         outputs, new_state = cell(
-            xp, state, w_h, w_nodes, tf.constant(self._arch_const), cfg.num_nodes
+            xp, state, w_h, w_nodes, tf.constant(self._arch_const), cfg.num_nodes,
+            max_norm=cfg.hidden_max_norm,
         )
         outputs = tf.transpose(outputs, [1, 0, 2])
         if training and cfg.output_dropout > 0:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import keras
 import numpy as np
@@ -74,7 +74,9 @@ class RNNSupernetConfig:
         l2: L2 weight ``λ`` on the weights a step uses (1e-7).
         weight_drop, output_dropout, embedding_dropout, input_dropout: 0.5 / 0.4 / 0.1 / 0.65.
         init_range: weights start uniform in ``[−init_range, init_range]``.
-        hidden_max_norm: the carried hidden state's rows are rescaled to at most this norm.
+        hidden_max_norm: every step's hidden state rows (and so the carried state) are
+            rescaled to at most this norm (ENAS: 25), which keeps ReLU/identity cells from
+            exploding.
         wpl_strength, wpl_momentum, wpl_clip_norm: ``α`` (60), ``η`` (0.9) and the Fisher
             clip norm (10).
         reward_constant: reward ``= reward_constant / valid_ppl`` (80).
@@ -174,18 +176,24 @@ def activation_and_slope(a: tf.Tensor, coeffs: tf.Tensor) -> Tuple[tf.Tensor, tf
     return f, slope
 
 
-def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record):
+def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, max_norm):
     """The time loop of the cell.
 
     Node states of one step live in a ``TensorArray`` (a node reads its input with one
     dynamic read, O(1)), the weight matrices are loop invariants unstacked once before the
     loop. With ``record`` the loop also keeps, per node and step, what the hand-written
     backward loop needs: the node input ``p``, ``q = 1 − c`` and
-    ``G = [(f − p) c (1 − c), c f']`` (so ``∂L/∂z = [∂L/∂s, ∂L/∂s] ⊙ G``).
+    ``G = [(f − p) c (1 − c), c f']`` (so ``∂L/∂z = [∂L/∂s, ∂L/∂s] ⊙ G``), and each step's
+    row scales of the norm clamp.
+
+    With ``max_norm``, every step's ``h_t`` rows are rescaled to norm at most ``max_norm``
+    (``h_t ← h_t · min(1, max_norm / ‖h_t‖)``, as the ENAS code does against exploding
+    states); the scale is treated as a constant in the backward pass.
 
     Returns:
-        ``(outputs [T, B, H], h_T, records)`` with ``records`` a list (per node) of
-        ``(p [T, B, H], q [T, B, H], G [T, B, 2H])`` (empty without ``record``).
+        ``(outputs [T, B, H], h_T, records, scales)`` with ``records`` a list (per node) of
+        ``(p [T, B, H], q [T, B, H], G [T, B, 2H])`` and ``scales`` ``[T, B, 1]`` (empty /
+        None without ``record``).
     """
     steps = xp.shape[0] if xp.shape[0] is not None else tf.shape(xp)[0]
     hidden = h0.shape[-1]
@@ -201,12 +209,13 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record):
 
     out_ta = new_ta(steps, element)
     rec_tas = []
+    scale_ta = new_ta(steps, tf.TensorShape(element[:-1]).concatenate([1]))
     if record:
         wide = tf.TensorShape(element[:-1]).concatenate([2 * hidden])
         rec_tas = [(new_ta(steps, element), new_ta(steps, element), new_ta(steps, wide))
                    for _ in range(num_nodes)]
 
-    def body(t, h, out_ta, rec_tas):
+    def body(t, h, out_ta, rec_tas, scale_ta):
         states = new_ta(num_nodes, element)
         stacked, rec_tas = [], list(rec_tas)
         for i in range(num_nodes):
@@ -224,7 +233,8 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record):
                 f = select_activation(za, coeffs[i])
             d = f - p
             s = p + c * d
-            states = states.write(i, s)
+            if i < num_nodes - 1:  # the last node is nobody's input
+                states = states.write(i, s)
             stacked.append(s)
             if record:
                 q = 1.0 - c
@@ -232,23 +242,32 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record):
                 p_ta, q_ta, g_ta = rec_tas[i]
                 rec_tas[i] = (p_ta.write(t, p), q_ta.write(t, q), g_ta.write(t, g))
         h_new = tf.tensordot(loose, tf.stack(stacked), axes=1)
-        return t + 1, h_new, out_ta.write(t, h_new), tuple(rec_tas)
+        if max_norm is not None:
+            norms = tf.norm(h_new, axis=-1, keepdims=True)
+            scale = tf.minimum(1.0, max_norm / tf.maximum(norms, 1e-12))
+            h_new = h_new * scale
+            if record:
+                scale_ta = scale_ta.write(t, scale)
+        return t + 1, h_new, out_ta.write(t, h_new), tuple(rec_tas), scale_ta
 
-    _, h_last, out_ta, rec_tas = tf.while_loop(
+    _, h_last, out_ta, rec_tas, scale_ta = tf.while_loop(
         lambda t, *_: t < steps,
         body,
-        (tf.constant(0), h0, out_ta, tuple(rec_tas)),
+        (tf.constant(0), h0, out_ta, tuple(rec_tas), scale_ta),
         maximum_iterations=steps,
     )
     records = [tuple(ta.stack() for ta in tas) for tas in rec_tas]
-    return out_ta.stack(), h_last, records
+    scales = scale_ta.stack() if (record and max_norm is not None) else None
+    return out_ta.stack(), h_last, records, scales
 
 
-def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, num_nodes):
+def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, scales,
+                   num_nodes):
     """Reverse time loop: from ``∂L/∂outputs`` and ``∂L/∂h_T`` to ``∂L/∂z`` of every node and
     step and ``∂L/∂h_0``.
 
-    Per step, ``∂L/∂s_j`` starts at ``loose_j ∂L/∂h_t``; nodes run last to first:
+    Per step, ``∂L/∂s_j`` starts at ``loose_j ∂L/∂h_t`` (times the step's clamp scale, if
+    any); nodes run last to first:
     ``∂L/∂z_i = [∂L/∂s_i, ∂L/∂s_i] ⊙ G_i``, ``∂L/∂p_i = ∂L/∂s_i ⊙ q_i + ∂L/∂z_i W_iᵀ``, added
     to ``∂L/∂s`` of node ``i``'s input (node 0's goes to ``h_{t−1}``).
 
@@ -265,6 +284,8 @@ def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, num_
     def body(k, dh_next, dz_tas):
         t = steps - 1 - k
         dh = d_outputs[t] + dh_next
+        if scales is not None:
+            dh = dh * scales[t]
         ds = tf.TensorArray(dtype, size=num_nodes, element_shape=element,
                             clear_after_read=False)
         ds = ds.unstack(loose[:, None, None] * dh[None])
@@ -292,11 +313,11 @@ def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, num_
     return [ta.stack() for ta in dz_tas], d_h0
 
 
-def enas_cell_sequence_inference(xp, h0, w_h, w_nodes, arch, num_nodes):
+def enas_cell_sequence_inference(xp, h0, w_h, w_nodes, arch, num_nodes, max_norm=None):
     """:func:`enas_cell_sequence` without its custom gradient (plain ops; for export)."""
     acts, inputs, loose, _ = decode_architecture(arch, num_nodes)
-    outputs, h_last, _ = _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes,
-                                       record=False)
+    outputs, h_last, _, _ = _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes,
+                                          record=False, max_norm=max_norm)
     return outputs, h_last
 
 
@@ -307,6 +328,7 @@ def enas_cell_sequence(
     w_nodes: tf.Tensor,
     arch: tf.Tensor,
     num_nodes: int,
+    max_norm: Optional[float] = None,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
     """Runs the ENAS cell of ``arch`` over time, with a hand-written backward pass.
 
@@ -318,6 +340,8 @@ def enas_cell_sequence(
             ``i`` (already gathered and weight-dropped).
         arch: int32 architecture tensor.
         num_nodes: ``N``.
+        max_norm: if set, each step's state rows are rescaled to at most this L2 norm
+            (``h_t ← h_t · min(1, max_norm / ‖h_t‖)``, the scale a constant for gradients).
 
     Returns:
         ``(outputs [T, B, H], h_T [B, H])``. Gradients: a reverse time loop
@@ -329,8 +353,9 @@ def enas_cell_sequence(
 
     @tf.custom_gradient
     def run(xp, h0, w_h, w_nodes):
-        outputs, h_last, records = _forward_loop(
-            xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record=True
+        outputs, h_last, records, scales = _forward_loop(
+            xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record=True,
+            max_norm=max_norm,
         )
 
         def grad(d_outputs, d_h_last):
@@ -341,7 +366,7 @@ def enas_cell_sequence(
             matrices_t = [tf.transpose(w_h)] + tf.unstack(
                 tf.transpose(w_nodes, [0, 2, 1]), num=num_nodes - 1)
             dz, d_h0 = _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose,
-                                      records, num_nodes)
+                                      records, scales, num_nodes)
             hidden, width = w_h.shape[0], w_h.shape[1]
             p_all = tf.stack([r[0] for r in records[1:]])  # [N − 1, T, B, H]
             dz_nodes = tf.stack(dz[1:])
@@ -451,7 +476,8 @@ class RNNSupernet(keras.Model):
             tf.matmul(tf.reshape(x, [-1, cfg.embedding_size]), self.w_x),
             [steps, batch, 2 * cfg.hidden_size],
         )
-        outputs, new_state = enas_cell_sequence(xp, state, w_h, w_nodes, arch, cfg.num_nodes)
+        outputs, new_state = enas_cell_sequence(xp, state, w_h, w_nodes, arch, cfg.num_nodes,
+                                                max_norm=cfg.hidden_max_norm)
         outputs = tf.transpose(outputs, [1, 0, 2])  # [B, T, H]
         if training and cfg.output_dropout > 0:
             outputs = outputs * _dropout_mask([batch, 1, cfg.hidden_size], cfg.output_dropout,
