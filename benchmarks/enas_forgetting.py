@@ -59,6 +59,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--nondeterministic", action="store_true",
                         help="allow nondeterministic TensorFlow ops (faster); by default ops are "
                              "deterministic so that both runs match exactly until WPL turns on")
+    parser.add_argument("--task-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a task config field (JSON value), e.g. learning_rate=10; "
+                             "repeatable")
     parser.add_argument("--no-fork", action="store_true",
                         help="run the epochs before WPL turns on twice (once per run) instead of "
                              "once, shared by both runs through a checkpoint")
@@ -79,7 +82,18 @@ def main(argv=None) -> dict:
     search = {k: v for k, v in overrides.items() if v is not None}
     if args.quiet:
         search["verbose"] = 0
-    config = config.replace(search=search, **({"seed": args.seed} if args.seed is not None else {}))
+    task = {}
+    for item in args.task_set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--task-set expects KEY=VALUE, got {item!r}")
+        value = json.loads(value)
+        current = getattr(config.task, key.strip(), None)
+        if isinstance(current, float) and isinstance(value, int):
+            value = float(value)
+        task[key.strip()] = value
+    config = config.replace(search=search, task=task or None,
+                            **({"seed": args.seed} if args.seed is not None else {}))
     out = args.out or tempfile.mkdtemp(prefix="enas_forgetting_")
     os.makedirs(out, exist_ok=True)
 

@@ -122,3 +122,20 @@ def test_state_round_trips_through_tf_checkpoint(tmp_path):
     tf.train.Checkpoint(state=restored).restore(path).assert_consumed()
     np.testing.assert_allclose(restored.fisher[0].numpy(), state.fisher[0].numpy())
     assert float(restored.strength.numpy()) == 3.0
+
+
+
+def test_read_rows_reads_tf_and_keras_variables_row_wise():
+    from wpl_keras.wpl.fisher import read_rows
+
+    values = np.arange(24, dtype=np.float32).reshape(4, 3, 2)
+    rows = tf.constant([3, 1])
+    tf_var = tf.Variable(values)
+    keras_var = keras.Variable(values)
+    for var in (tf_var, keras_var):
+        np.testing.assert_array_equal(read_rows(var, rows), values[[3, 1]])
+    with tf.GradientTape() as tape:
+        out = tf.reduce_sum(read_rows(tf_var, rows))
+    g = tape.gradient(out, tf_var)
+    assert isinstance(g, tf.IndexedSlices)
+    np.testing.assert_array_equal(np.sort(g.indices), [1, 3])

@@ -636,8 +636,9 @@ def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:
     base = enas.get_preset(space, key)
     if key == "cpu-small":
         names = {f.name for f in dataclasses.fields(base.task)}
+        # learning_rate: the reference 20 (the ENAS cpu-small preset lowered its own to 10).
         small = dict(embedding_size=128, hidden_size=128, batch_size=32, bptt=20,
-                     eval_batch_size=32, eval_bptt=20)
+                     eval_batch_size=32, eval_bptt=20, learning_rate=20.0)
         base = dataclasses.replace(
             base, task=dataclasses.replace(base.task, **{k: v for k, v in small.items()
                                                          if k in names}))

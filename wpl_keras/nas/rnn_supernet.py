@@ -526,7 +526,7 @@ class RNNSearchTask(SharedWeightsTask):
         self.seed = int(seed)
         self.space = RNNCellSpace(config.num_nodes)
         self.supernet = RNNSupernet(config, seed=seed)
-        self.optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate)
+        self.optimizer = keras.optimizers.SGD(learning_rate=float(config.learning_rate))
         self.optimizer.build(self.supernet.trainable_variables)
         self.wpl_state = WPLState(
             [self.supernet.w_nodes],

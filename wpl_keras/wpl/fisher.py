@@ -319,7 +319,9 @@ def read_rows(variable, rows: tf.Tensor) -> tf.Tensor:
     supernet's 100M-parameter node tensor makes that the dominant cost of a step. The gradient
     of this read is a ``tf.IndexedSlices`` over ``rows``.
     """
-    return tf.gather(getattr(variable, "value", variable), rows)
+    if not isinstance(variable, tf.Variable):  # a Keras variable: its backing tf.Variable
+        variable = getattr(variable, "value", variable)
+    return tf.gather(variable, rows)
 
 
 def _scatter_assign(variable, rows, values):
