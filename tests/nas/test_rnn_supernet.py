@@ -87,6 +87,28 @@ def test_decode_architecture():
     np.testing.assert_array_equal(rows, [0, 1, 4])
 
 
+def _run_against_reference(net, tokens, arch, state, max_norm=None):
+    """Supernet and unrolled reference on the same input; returns their outputs, states and
+    gradients w.r.t. every supernet weight (and the supernet's raw node-matrix gradient)."""
+    with tf.GradientTape(persistent=True) as tape:
+        logits, new_state = net(tokens, tf.constant(arch), state, training=False)
+        ref, ref_state = reference_logits(net, tokens, arch, state, max_norm=max_norm)
+        loss = tf.reduce_sum(tf.sin(logits)) + tf.reduce_sum(new_state**2)
+        ref_loss = tf.reduce_sum(tf.sin(ref)) + tf.reduce_sum(ref_state**2)
+    variables = [net.embedding, net.w_x, net.w_h, net.w_nodes, net.decoder_bias]
+    grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+    ref_grads = [tf.convert_to_tensor(g) for g in tape.gradient(ref_loss, variables)]
+    return (logits, new_state, grads), (ref, ref_state, ref_grads), tape.gradient(loss, net.w_nodes)
+
+
+def _assert_matches(ours, reference):
+    (logits, new_state, grads), (ref, ref_state, ref_grads) = ours, reference
+    np.testing.assert_allclose(logits, ref, atol=1e-5)
+    np.testing.assert_allclose(new_state, ref_state, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, atol=1e-4)
+
+
 def test_forward_matches_reference_and_gradients(seed):
     cfg = tiny_config()
     net = RNNSupernet(cfg, seed=1)
@@ -94,18 +116,9 @@ def test_forward_matches_reference_and_gradients(seed):
     tokens = tf.constant(rng.integers(0, V, (3, 5)), tf.int32)
     state = tf.constant(rng.normal(size=(3, 6)), tf.float32)
     for arch in [(1, 0, 0, 0, 3, 1, 2), (3, 0, 2, 1, 1, 2, 0)]:
-        with tf.GradientTape(persistent=True) as tape:
-            logits, new_state = net(tokens, tf.constant(arch), state, training=False)
-            ref, ref_state = reference_logits(net, tokens, arch, state)
-            loss = tf.reduce_sum(tf.sin(logits)) + tf.reduce_sum(new_state**2)
-            ref_loss = tf.reduce_sum(tf.sin(ref)) + tf.reduce_sum(ref_state**2)
-        assert logits.shape == (3, 5, V) and new_state.shape == (3, 6)
-        np.testing.assert_allclose(logits, ref, atol=1e-5)
-        np.testing.assert_allclose(new_state, ref_state, atol=1e-5)
-        variables = [net.embedding, net.w_x, net.w_h, net.w_nodes, net.decoder_bias]
-        for g, r in zip(tape.gradient(loss, variables), tape.gradient(ref_loss, variables)):
-            np.testing.assert_allclose(tf.convert_to_tensor(g), tf.convert_to_tensor(r), atol=1e-4)
-        node_grad = tape.gradient(loss, net.w_nodes)
+        ours, reference, node_grad = _run_against_reference(net, tokens, arch, state)
+        assert ours[0].shape == (3, 5, V) and ours[1].shape == (3, 6)
+        _assert_matches(ours, reference)
         assert isinstance(node_grad, tf.IndexedSlices)
         np.testing.assert_array_equal(np.sort(node_grad.indices), np.sort(net.wpl_rows(arch)))
 
@@ -119,16 +132,9 @@ def test_state_norm_clamp_matches_reference_with_gradients(seed):
     tokens = tf.constant(rng.integers(0, V, (3, 6)), tf.int32)
     state = tf.constant(rng.normal(size=(3, 6)), tf.float32)
     for arch in [(1, 0, 0, 0, 3, 1, 2), (2, 0, 1, 0, 1, 1, 3)]:
-        with tf.GradientTape(persistent=True) as tape:
-            logits, new_state = net(tokens, tf.constant(arch), state, training=False)
-            ref, ref_state = reference_logits(net, tokens, arch, state, max_norm=0.3)
-            loss = tf.reduce_sum(tf.sin(logits)) + tf.reduce_sum(new_state**2)
-            ref_loss = tf.reduce_sum(tf.sin(ref)) + tf.reduce_sum(ref_state**2)
-        np.testing.assert_allclose(tf.norm(new_state, axis=-1), 0.3, rtol=1e-4)
-        np.testing.assert_allclose(logits, ref, atol=1e-5)
-        variables = [net.embedding, net.w_x, net.w_h, net.w_nodes]
-        for g, r in zip(tape.gradient(loss, variables), tape.gradient(ref_loss, variables)):
-            np.testing.assert_allclose(tf.convert_to_tensor(g), tf.convert_to_tensor(r), atol=1e-4)
+        ours, reference, _ = _run_against_reference(net, tokens, arch, state, max_norm=0.3)
+        np.testing.assert_allclose(tf.norm(ours[1], axis=-1), 0.3, rtol=1e-4)
+        _assert_matches(ours, reference)
 
 
 def test_different_architectures_give_different_outputs(seed):

@@ -95,3 +95,18 @@ def test_regularizer_config_round_trip_and_value(seed):
     state.fisher[0].assign(tf.ones((3, 2)))
     layer.kernel.assign(layer.kernel + 1.0)
     assert float(bound(layer.kernel)) == pytest.approx(0.5 * 4.0 * 6.0, rel=1e-5)
+
+
+def test_penalty_and_gradient_closed_form_matches_tape():
+    from wpl_keras.wpl import wpl_penalty_and_gradient
+
+    rng = np.random.default_rng(4)
+    theta = tf.constant(rng.normal(size=(5, 3)), tf.float32)
+    fisher = tf.constant(rng.uniform(size=(5, 3)), tf.float32)
+    anchor = tf.constant(rng.normal(size=(5, 3)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(theta)
+        reference = wpl_penalty([theta], [fisher], [anchor], 7.0)
+    penalty, grad = wpl_penalty_and_gradient(theta, fisher, anchor, 7.0)
+    np.testing.assert_allclose(penalty, reference, rtol=1e-6)
+    np.testing.assert_allclose(grad, tape.gradient(reference, theta), rtol=1e-6)

@@ -525,12 +525,8 @@ def run_nao_search(
                         f"{record['best5_diff']:.4g} max {record['max_diff']:.4g}; pool "
                         f"{record.get('pool_size_after', record['pool_size'])}"
                     )
-                loop.close_epoch(history)
-                save()
-                if on_epoch_end is not None:
-                    on_epoch_end(record)
-                if catcher.pending is not None:
-                    raise SearchInterrupted(catcher.pending, manager.latest_checkpoint)
+                enas_search.end_epoch(loop, history, record, save=save, catcher=catcher,
+                                      on_epoch_end=on_epoch_end)
         except SearchInterrupted:
             raise
         except KeyboardInterrupt:

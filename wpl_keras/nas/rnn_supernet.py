@@ -160,17 +160,18 @@ def decode_architecture(arch: tf.Tensor, num_nodes: int):
     return acts, inputs, loose, rows
 
 
-def select_activation(a: tf.Tensor, coeffs: tf.Tensor) -> tf.Tensor:
-    """``k₁ tanh(k₂ a) + k₃ + k₄ relu(a) + k₅ a`` with ``coeffs = (k₁..k₅)`` a table row."""
-    return (coeffs[0] * tf.tanh(coeffs[1] * a) + coeffs[2] + coeffs[3] * tf.nn.relu(a)
-            + coeffs[4] * a)
+def activation_and_slope(a: tf.Tensor, coeffs: tf.Tensor, *, with_slope: bool = True):
+    """``f(a) = k₁ tanh(k₂ a) + k₃ + k₄ relu(a) + k₅ a`` for the table row
+    ``coeffs = (k₁..k₅)`` and, with ``with_slope``, ``f'(a) = k₁ k₂ (1 − tanh²(k₂ a)) +
+    k₄ [a > 0] + k₅``.
 
-
-def activation_and_slope(a: tf.Tensor, coeffs: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """``(f(a), f'(a))`` for the table row ``coeffs``:
-    ``f' = k₁ k₂ (1 − tanh²(k₂ a)) + k₄ [a > 0] + k₅``."""
+    Returns:
+        ``(f, f')``, or ``f`` alone without ``with_slope``.
+    """
     th = tf.tanh(coeffs[1] * a)
     f = coeffs[0] * th + coeffs[2] + coeffs[3] * tf.nn.relu(a) + coeffs[4] * a
+    if not with_slope:
+        return f
     slope = (coeffs[0] * coeffs[1]) * (1.0 - th * th) + coeffs[4] + coeffs[3] * tf.cast(
         a > 0, a.dtype)
     return f, slope
@@ -191,9 +192,10 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, 
     states); the scale is treated as a constant in the backward pass.
 
     Returns:
-        ``(outputs [T, B, H], h_T, records, scales)`` with ``records`` a list (per node) of
-        ``(p [T, B, H], q [T, B, H], G [T, B, 2H])`` and ``scales`` ``[T, B, 1]`` (empty /
-        None without ``record``).
+        ``(outputs [T, B, H], h_T, records, scales)``: ``records`` a list (per node) of
+        ``(p [T, B, H], q, G)`` with ``q`` and ``G`` left as ``TensorArray`` s over time (the
+        backward loop reads them step by step; stacking them would only copy), ``scales`` a
+        ``TensorArray`` of ``[B, 1]`` (empty / None without ``record`` or ``max_norm``).
     """
     steps = xp.shape[0] if xp.shape[0] is not None else tf.shape(xp)[0]
     hidden = h0.shape[-1]
@@ -209,7 +211,8 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, 
 
     out_ta = new_ta(steps, element)
     rec_tas = []
-    scale_ta = new_ta(steps, tf.TensorShape(element[:-1]).concatenate([1]))
+    clamp_rec = record and max_norm is not None
+    scale_ta = new_ta(steps, tf.TensorShape(element[:-1]).concatenate([1])) if clamp_rec else ()
     if record:
         wide = tf.TensorShape(element[:-1]).concatenate([2 * hidden])
         rec_tas = [(new_ta(steps, element), new_ta(steps, element), new_ta(steps, wide))
@@ -230,7 +233,7 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, 
             if record:
                 f, slope = activation_and_slope(za, coeffs[i])
             else:
-                f = select_activation(za, coeffs[i])
+                f = activation_and_slope(za, coeffs[i], with_slope=False)
             d = f - p
             s = p + c * d
             if i < num_nodes - 1:  # the last node is nobody's input
@@ -246,7 +249,7 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, 
             norms = tf.norm(h_new, axis=-1, keepdims=True)
             scale = tf.minimum(1.0, max_norm / tf.maximum(norms, 1e-12))
             h_new = h_new * scale
-            if record:
+            if clamp_rec:
                 scale_ta = scale_ta.write(t, scale)
         return t + 1, h_new, out_ta.write(t, h_new), tuple(rec_tas), scale_ta
 
@@ -256,9 +259,8 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, 
         (tf.constant(0), h0, out_ta, tuple(rec_tas), scale_ta),
         maximum_iterations=steps,
     )
-    records = [tuple(ta.stack() for ta in tas) for tas in rec_tas]
-    scales = scale_ta.stack() if (record and max_norm is not None) else None
-    return out_ta.stack(), h_last, records, scales
+    records = [(p_ta.stack(), q_ta, g_ta) for p_ta, q_ta, g_ta in rec_tas]
+    return out_ta.stack(), h_last, records, (scale_ta if clamp_rec else None)
 
 
 def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, scales,
@@ -277,7 +279,7 @@ def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, scal
     steps = d_outputs.shape[0] if d_outputs.shape[0] is not None else tf.shape(d_outputs)[0]
     dtype = d_outputs.dtype
     element = d_outputs.shape[1:]
-    wide = records[0][2].shape[1:]
+    wide = records[0][2].element_shape
     node_inputs = tf.unstack(inputs, num=num_nodes - 1)
     dz_tas = [tf.TensorArray(dtype, size=steps, element_shape=wide) for _ in range(num_nodes)]
 
@@ -285,17 +287,17 @@ def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, scal
         t = steps - 1 - k
         dh = d_outputs[t] + dh_next
         if scales is not None:
-            dh = dh * scales[t]
+            dh = dh * scales.read(t)
         ds = tf.TensorArray(dtype, size=num_nodes, element_shape=element,
                             clear_after_read=False)
         ds = ds.unstack(loose[:, None, None] * dh[None])
         dz_tas = list(dz_tas)
         d_prev = None
         for i in reversed(range(num_nodes)):
-            p_all, q_all, g_all = records[i]
+            _, q_ta, g_ta = records[i]
             ds_i = ds.read(i)
-            dz = tf.concat([ds_i, ds_i], axis=1) * g_all[t]
-            dp = ds_i * q_all[t] + tf.matmul(dz, matrices_t[i])
+            dz = tf.concat([ds_i, ds_i], axis=1) * g_ta.read(t)
+            dp = ds_i * q_ta.read(t) + tf.matmul(dz, matrices_t[i])
             dz_tas[i] = dz_tas[i].write(t, dz)
             if i == 0:
                 d_prev = dp
@@ -368,16 +370,12 @@ def enas_cell_sequence(
             dz, d_h0 = _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose,
                                       records, scales, num_nodes)
             hidden, width = w_h.shape[0], w_h.shape[1]
-            p_all = tf.stack([r[0] for r in records[1:]])  # [N − 1, T, B, H]
-            dz_nodes = tf.stack(dz[1:])
-            d_nodes = tf.matmul(
-                tf.reshape(p_all, [num_nodes - 1, -1, hidden]),
-                tf.reshape(dz_nodes, [num_nodes - 1, -1, width]),
-                transpose_a=True,
-            )
-            d_w_h = tf.matmul(tf.reshape(records[0][0], [-1, hidden]),
-                              tf.reshape(dz[0], [-1, width]), transpose_a=True)
-            return dz[0], d_h0, d_w_h, d_nodes
+            # One [H, T·B] x [T·B, 2H] matmul per matrix (as fast as one batched matmul here,
+            # without stacking every node's inputs and ∂L/∂z first).
+            d_w = [tf.matmul(tf.reshape(records[i][0], [-1, hidden]),
+                             tf.reshape(dz[i], [-1, width]), transpose_a=True)
+                   for i in range(num_nodes)]
+            return dz[0], d_h0, d_w[0], tf.stack(d_w[1:])
 
         return (outputs, h_last), grad
 

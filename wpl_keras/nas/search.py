@@ -353,6 +353,20 @@ def write_logs(out_dir: str, history: List[Dict[str, Any]]) -> None:
             writer.writerows(rows)
 
 
+def end_epoch(loop: "LoopState", history: List[Dict[str, Any]], record: Dict[str, Any], *,
+              save: Callable[[], str], catcher: "SignalCatcher",
+              on_epoch_end: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
+    """Ends a search epoch the same way in every loop: commit it (:meth:`LoopState.close_epoch`),
+    checkpoint, call ``on_epoch_end(record)``, then raise :class:`SearchInterrupted` if a
+    signal arrived during the epoch (the checkpoint just written holds everything)."""
+    loop.close_epoch(history)
+    path = save()
+    if on_epoch_end is not None:
+        on_epoch_end(record)
+    if catcher.pending is not None:
+        raise SearchInterrupted(catcher.pending, path)
+
+
 def run_search(
     task,
     controller,
@@ -539,12 +553,8 @@ def run_search(
                         f"best-{config.best_k} {record['best5_diff']:.4g}, "
                         f"max {record['max_diff']:.4g}; mean reward {record['mean_reward']:.4g}"
                     )
-                loop.close_epoch(history)
-                save()
-                if on_epoch_end is not None:
-                    on_epoch_end(record)
-                if catcher.pending is not None:
-                    raise SearchInterrupted(catcher.pending, manager.latest_checkpoint)
+                end_epoch(loop, history, record, save=save, catcher=catcher,
+                          on_epoch_end=on_epoch_end)
         except SearchInterrupted:
             raise
         except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from wpl_keras.wpl.penalty import (
     numpy_wpl_penalty,
     proximal_pull,
     wpl_penalty,
+    wpl_penalty_and_gradient,
 )
 from wpl_keras.wpl.training import (
     WPLDivergenceError,
@@ -46,4 +47,5 @@ __all__ = [
     "resolve_shared_variables",
     "strength_schedule",
     "wpl_penalty",
+    "wpl_penalty_and_gradient",
 ]

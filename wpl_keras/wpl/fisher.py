@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from wpl_keras.wpl.penalty import wpl_penalty
+from wpl_keras.wpl.penalty import wpl_penalty, wpl_penalty_and_gradient
 
 GradientLike = Union[tf.Tensor, tf.IndexedSlices, None]
 
@@ -178,12 +178,13 @@ class WPLState(keras.layers.Layer):
         ``gradient = α F[rows] ⊙ (θ[rows] − θ*[rows])`` (shape ``[len(rows), ...]``, aligned
         with ``rows``; ``rows`` must be distinct) and ``penalty = ½ Σ gradient ⊙ (θ − θ*)``.
         """
-        alpha = self.strength if strength is None else strength
-        alpha = tf.cast(tf.convert_to_tensor(alpha), self.fisher[index].dtype)
         rows = tf.cast(rows, tf.int32)
-        diff = read_rows(self._protected[index], rows) - read_rows(self.anchors[index], rows)
-        grad = alpha * read_rows(self.fisher[index], rows) * diff
-        return 0.5 * tf.reduce_sum(grad * diff), grad
+        return wpl_penalty_and_gradient(
+            read_rows(self._protected[index], rows),
+            read_rows(self.fisher[index], rows),
+            read_rows(self.anchors[index], rows),
+            self.strength if strength is None else strength,
+        )
 
     def fisher_norm(self) -> tf.Tensor:
         """Global L2 norm of the Fisher over all protected weights."""

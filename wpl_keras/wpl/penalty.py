@@ -76,6 +76,28 @@ def wpl_penalty(
     return total
 
 
+def wpl_penalty_and_gradient(
+    theta: tf.Tensor,
+    fisher: tf.Tensor,
+    anchor: tf.Tensor,
+    strength: float | tf.Tensor,
+) -> tuple:
+    """The Fisher term of one weight (or slice) and its gradient, in closed form.
+
+    ``gradient = α F ⊙ (θ − θ*)`` and ``penalty = ½ Σ gradient ⊙ (θ − θ*)
+    = (α/2) Σ F (θ − θ*)²``: one pass shared by both, no tape (a training step adds the
+    gradient to the data gradient it already has).
+
+    Returns:
+        ``(penalty, gradient)``: a float32 scalar and a tensor shaped like ``theta``.
+    """
+    theta = tf.cast(tf.convert_to_tensor(theta), tf.float32)
+    diff = theta - tf.cast(tf.convert_to_tensor(anchor), tf.float32)
+    grad = (tf.cast(tf.convert_to_tensor(strength), tf.float32)
+            * tf.cast(tf.convert_to_tensor(fisher), tf.float32) * diff)
+    return 0.5 * tf.reduce_sum(grad * diff), grad
+
+
 def max_stable_strength(
     learning_rate: float, max_fisher: float, momentum: float = 0.0
 ) -> float:

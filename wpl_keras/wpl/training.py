@@ -22,7 +22,7 @@ from keras.src.losses.loss import scale_loss_for_distribution, unscale_loss_for_
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from wpl_keras.wpl.fisher import WPLState
-from wpl_keras.wpl.penalty import WeightPlasticity, proximal_pull
+from wpl_keras.wpl.penalty import WeightPlasticity, proximal_pull, wpl_penalty_and_gradient
 
 _MODES = ("gradient", "proximal")
 
@@ -276,18 +276,16 @@ class WPLTrainingMixin:
         """Penalty ``(α/2) Σ F (θ − θ*)² + (λ/2) Σ θ²`` and its gradient ``α F (θ − θ*) + λ θ``
         per protected weight, sharing ``α F (θ − θ*)`` between the two."""
         state = self.wpl_state
-        alpha = tf.cast(tf.convert_to_tensor(state.strength), tf.float32)
         terms, grads = [], []
         for v, f, a in zip(state.protected_variables, state.fisher, state.anchors):
             theta = tf.cast(tf.convert_to_tensor(v), tf.float32)
-            diff = theta - tf.convert_to_tensor(a)
-            grad = alpha * tf.convert_to_tensor(f) * diff
-            terms.append(tf.reduce_sum(grad * diff))
+            term, grad = wpl_penalty_and_gradient(theta, f, a, state.strength)
+            terms.append(term)
             if self._wpl_l2:
-                terms.append(self._wpl_l2 * tf.reduce_sum(tf.square(theta)))
+                terms.append(0.5 * self._wpl_l2 * tf.reduce_sum(tf.square(theta)))
                 grad = grad + self._wpl_l2 * theta
             grads.append(grad)
-        return 0.5 * tf.add_n(terms), grads
+        return tf.add_n(terms), grads
 
     def _update_fisher_from_data_gradients(self, grads) -> None:
         """``F ← (1 − η) F + η g²`` from per-replica data-loss gradients aligned with the
