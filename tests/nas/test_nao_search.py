@@ -8,64 +8,35 @@ import pytest
 import tensorflow as tf
 
 from wpl_keras.nas import nao_search
-from fakes import FakeSpace
+from fakes import RowTargetTask
 
-from wpl_keras.nas.base import SharedWeightsTask
 from wpl_keras.nas.nao import NAOConfig, NAOController
 from wpl_keras.nas.nao_search import NAOSearchConfig, run_nao_search
-from wpl_keras.wpl.fisher import WPLState
 
 
 class _Crash(RuntimeError):
     pass
 
 
-class FakeTask(SharedWeightsTask):
-    """Rows ``W[3k + a_k]`` pulled to an architecture-specific target: architectures sharing a
-    row fight over it (forgetting); the WPL penalty on the used rows resists it."""
+class FakeTask(RowTargetTask):
+    """Rows ``W[3k + a_k]`` pulled to an architecture-specific target
+    (:class:`fakes.RowTargetTask`); counts training calls and can simulate a kill."""
 
     def __init__(self, seed=0, dim=4, lr=0.3, crash_after=None):
-        self.space = FakeSpace("fake_nao")
-        self.lr = lr
-        self.dim = dim
-        self.w = tf.Variable(tf.zeros([9, dim]), name="w")
-        self.wpl_state = WPLState([self.w], strength=0.0, momentum=0.9, clip_norm=10.0)
-        self.gen = tf.random.Generator.from_seed(seed)
+        super().__init__("fake_nao", seed=seed, dim=dim, lr=lr)
         self.calls = tf.Variable(0, dtype=tf.int64)
         self.crash_after = crash_after
         self.alphas = []
 
-    def _rows(self, arch):
-        return tf.constant([3 * k + a for k, a in enumerate(arch)], tf.int32)
-
-    def _target(self, arch):
-        rng = np.random.default_rng(sum(a * 7**k for k, a in enumerate(arch)))
-        return tf.constant(rng.normal(size=(3, self.dim)), tf.float32)
+    def target_seed(self, arch):
+        return sum(a * 7**k for k, a in enumerate(arch))
 
     def train_architecture(self, arch, num_batches, *, wpl_active):
         if self.crash_after is not None and int(self.calls.numpy()) >= self.crash_after:
             raise _Crash("simulated kill")
         self.calls.assign_add(1)
         self.alphas.append((wpl_active, float(self.wpl_state.strength.numpy())))
-        rows, target = self._rows(arch), self._target(arch)
-        for _ in range(num_batches):
-            noise = 0.05 * self.gen.normal([3, self.dim])
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(tf.square(tf.gather(self.w, rows) - target - noise))
-                total = loss + (self.wpl_state.penalty_rows(0, rows) if wpl_active else 0.0)
-            dense = tf.convert_to_tensor(tape.gradient(total, self.w))
-            self.w.assign_sub(self.lr * dense)
-        if wpl_active:
-            self.wpl_state.update_fisher([tf.IndexedSlices(tf.gather(dense, rows), rows)])
-            self.wpl_state.snapshot_anchors(rows={0: rows})
-        return {"loss": float(loss)}
-
-    def validation_error(self, arch):
-        used = tf.gather(self.w, self._rows(arch))
-        return float(100.0 * tf.reduce_mean(tf.square(used - self._target(arch))))
-
-    def reward(self, arch):
-        return 1.0 / (1.0 + self.validation_error(arch))
+        return {"loss": self.train_rows(arch, num_batches, wpl_active)[-1]}
 
     def checkpoint_items(self):
         return {"w": self.w, "wpl_state": self.wpl_state, "gen": self.gen, "calls": self.calls}

@@ -9,27 +9,18 @@ import pytest
 import tensorflow as tf
 
 from wpl_keras.nas import search
-from fakes import FakeSpace
+from fakes import RowTargetTask
 
-from wpl_keras.nas.base import SharedWeightsTask
 from wpl_keras.nas.controller import Controller
 from wpl_keras.nas.reinforce import Reinforce
-from wpl_keras.wpl.fisher import WPLState
 
 
-class FakeTask(SharedWeightsTask):
-    """Shared rows W[offset_k + a_k] pulled towards an architecture-specific target.
-
-    Architectures that share a row fight over it, so training one makes another forget;
-    the WPL penalty ``(α/2) Σ F (θ − θ*)²`` on the used rows resists that.
-    """
+class FakeTask(RowTargetTask):
+    """Shared rows W[offset_k + a_k] pulled towards an architecture-specific target
+    (:class:`fakes.RowTargetTask`); logs each training call and Fisher flush."""
 
     def __init__(self, seed=0, dim=4, lr=0.3):
-        self.space = FakeSpace("fake")
-        self.lr = lr
-        self.w = tf.Variable(tf.zeros([9, dim]), name="w")
-        self.wpl_state = WPLState([self.w], strength=0.0, momentum=0.9, clip_norm=10.0)
-        self.gen = tf.random.Generator.from_seed(seed)
+        super().__init__("fake", seed=seed, dim=dim, lr=lr)
         self.batches = tf.Variable(0, dtype=tf.int64)
         self.log = []  # (epoch, wpl_active, alpha) per train call
         self.flushes = []
@@ -42,14 +33,12 @@ class FakeTask(SharedWeightsTask):
 
         self.wpl_state.reset_fisher = reset_fisher
         self.epoch_next = 0
-        self.dim = dim
 
-    def _rows(self, arch):
-        return tf.constant([3 * k + a for k, a in enumerate(arch)], tf.int32)
+    def target_seed(self, arch):
+        return hash(tuple(arch)) % (2**32)
 
-    def _target(self, arch):
-        rng = np.random.default_rng(hash(tuple(arch)) % (2**32))
-        return tf.constant(rng.normal(size=(3, self.dim)), tf.float32)
+    def on_batch(self):
+        self.batches.assign_add(1)
 
     def start_epoch(self, epoch):
         self.epoch = epoch
@@ -57,30 +46,8 @@ class FakeTask(SharedWeightsTask):
 
     def train_architecture(self, arch, num_batches, *, wpl_active):
         self.log.append((self.epoch, wpl_active, float(self.wpl_state.strength.numpy())))
-        rows, target = self._rows(arch), self._target(arch)
-        losses = []
-        for _ in range(num_batches):
-            noise = 0.05 * self.gen.normal([3, self.dim])
-            with tf.GradientTape() as tape:
-                used = tf.gather(self.w, rows)
-                loss = tf.reduce_mean(tf.square(used - target - noise))
-                total = loss + (self.wpl_state.penalty_rows(0, rows) if wpl_active else 0.0)
-            grad = tape.gradient(total, self.w)
-            dense = tf.convert_to_tensor(grad)
-            self.w.assign_sub(self.lr * dense)
-            self.batches.assign_add(1)
-            losses.append(float(loss))
-        if wpl_active:
-            self.wpl_state.update_fisher([tf.IndexedSlices(tf.gather(dense, rows), rows)])
-            self.wpl_state.snapshot_anchors(rows={0: rows})
+        losses = self.train_rows(arch, num_batches, wpl_active)
         return {"loss": float(np.mean(losses)), "penalty": 0.0}
-
-    def validation_error(self, arch):
-        used = tf.gather(self.w, self._rows(arch))
-        return float(100.0 * tf.reduce_mean(tf.square(used - self._target(arch))))
-
-    def reward(self, arch):
-        return 1.0 / (1.0 + self.validation_error(arch))
 
     def checkpoint_items(self):
         return {"w": self.w, "wpl_state": self.wpl_state, "gen": self.gen, "batches": self.batches}
