@@ -583,7 +583,7 @@ class RNNSearchTask(SharedWeightsTask):
         node_shape = tf.constant([int(d) for d in net.w_nodes.shape], tf.int32)
 
         def wpl_grad():
-            return self.wpl_state.penalty_and_gradient_rows(0, rows)
+            return self.wpl_state.penalty_and_gradient_rows(0, rows, values=used)
 
         penalty, pen_grad = tf.cond(
             wpl_active, wpl_grad, lambda: (tf.constant(0.0), tf.zeros_like(data_node))

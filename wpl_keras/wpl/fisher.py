@@ -172,15 +172,17 @@ class WPLState(keras.layers.Layer):
         """
         return self.penalty_and_gradient_rows(index, rows, strength)[0]
 
-    def penalty_and_gradient_rows(self, index: int, rows: tf.Tensor, strength=None):
+    def penalty_and_gradient_rows(self, index: int, rows: tf.Tensor, strength=None,
+                                  values: Optional[tf.Tensor] = None):
         """``(penalty, gradient)`` of :meth:`penalty_rows` in closed form.
 
         ``gradient = α F[rows] ⊙ (θ[rows] − θ*[rows])`` (shape ``[len(rows), ...]``, aligned
         with ``rows``; ``rows`` must be distinct) and ``penalty = ½ Σ gradient ⊙ (θ − θ*)``.
+        ``values``: ``θ[rows]`` if the caller has already read them (saves one gather).
         """
         rows = tf.cast(rows, tf.int32)
         return wpl_penalty_and_gradient(
-            read_rows(self._protected[index], rows),
+            read_rows(self._protected[index], rows) if values is None else values,
             read_rows(self.fisher[index], rows),
             read_rows(self.anchors[index], rows),
             self.strength if strength is None else strength,
