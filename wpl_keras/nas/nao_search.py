@@ -617,11 +617,11 @@ class NAOExperimentConfig:
 def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:
     """NAO presets over the ENAS space presets.
 
-    * ``cpu-small`` (RNN): the ENAS ``cpu-small`` task shrunk to hidden 128, batch 32, BPTT 20
-      (12 nodes, PTB's 10k vocabulary kept) so that 8 searches (4 dropout rates × with/without
-      WPL) fit in under an hour on a busy 2-core machine; 6 epochs of 8 pool architectures × 3
-      batches, a pool of 16 random seeds growing by 6 every 2 epochs; WPL from epoch 2, α 60,
-      flush every 2 epochs. NAO controller: 64 units, 60 epochs per phase.
+    * ``cpu-small`` (RNN): the ENAS ``cpu-small`` task (hidden 128, batch 32, lr 10) with BPTT
+      20 (12 nodes, PTB's 10k vocabulary kept) so that 8 searches (4 dropout rates ×
+      with/without WPL) fit in under an hour on a busy 2-core machine; 6 epochs of 8 pool
+      architectures × 3 batches, a pool of 16 random seeds growing by 6 every 2 epochs; WPL
+      from epoch 2, α 3000 (as the ENAS cpu-small preset), flush every 2 epochs. NAO controller: 64 units, 60 epochs per phase.
     * ``paper``: the ENAS ``paper`` task and NAO's weight-sharing settings (1000 seed
       architectures, 100 seeds, 300 new, 96 units, 1000 controller epochs), sized for a GPU.
     * ``tiny``: the ENAS ``tiny`` task; seconds, for tests and the notebook.
@@ -632,15 +632,16 @@ def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:
     base = enas.get_preset(space, key)
     if key == "cpu-small":
         names = {f.name for f in dataclasses.fields(base.task)}
-        # learning_rate: the reference 20 (the ENAS cpu-small preset lowered its own to 10).
         small = dict(embedding_size=128, hidden_size=128, batch_size=32, bptt=20,
-                     eval_batch_size=32, eval_bptt=20, learning_rate=20.0)
+                     eval_batch_size=32, eval_bptt=20)
         base = dataclasses.replace(
             base, task=dataclasses.replace(base.task, **{k: v for k, v in small.items()
                                                          if k in names}))
         config = NAOExperimentConfig(
             base=base,
-            search=NAOSearchConfig.cpu_small(shared_steps_per_epoch=8),
+            # α 3000 as the ENAS cpu-small preset: the raw Fisher of this supernet is so small
+            # that the reference α 60 leaves the weights free.
+            search=NAOSearchConfig.cpu_small(shared_steps_per_epoch=8, strength=3000.0),
             nao=NAOConfig(token_embedding=32, units=64, predictor_units=64, epochs=60),
         )
     elif key == "paper":
