@@ -34,6 +34,55 @@ from wpl_keras.experiments import enas  # noqa: E402
 from wpl_keras.nas import metrics  # noqa: E402
 
 
+def run_pair(config, *, space: str, data_dir, data, out: str, resume: bool, fork: bool,
+             deterministic: bool):
+    """Runs the search of ``config`` without and with WPL into ``out``.
+
+    With ``fork``, the epochs before ``wpl_start_epoch`` run once (``out/warmup``) and both
+    runs continue from that checkpoint. Returns ``({"without": history, "with": history},
+    seconds)``.
+    """
+    if deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+        # Determinism forbids the implicit global generator; give it an explicit seeded one.
+        tf.random.set_global_generator(tf.random.Generator.from_seed(config.seed))
+    os.makedirs(out, exist_ok=True)
+    runs, seconds = {}, {}
+    # The run with WPL is named by its alpha, so that runs with several alphas can share one
+    # run without WPL in the same out (with --resume).
+    dirs = {"without": "without_wpl", "with": f"with_wpl_alpha{config.search.strength:g}"}
+    start_epoch = config.search.wpl_start_epoch
+    if fork:
+        # Both runs are plain ENAS until WPL turns on: run those epochs once and start both
+        # runs from that checkpoint, so they are identical up to the first WPL epoch.
+        t = time.time()
+        warm_dir = os.path.join(out, "warmup")
+        print(f"=== {space} shared warm-up: epochs 0-{start_epoch - 1} without WPL "
+              f"({config.preset}, seed {config.seed}) ===", flush=True)
+        enas.run_search_experiment(
+            config.with_wpl(False).replace(search={"epochs": start_epoch}), data_dir,
+            warm_dir, resume=resume, data=data,
+        )
+        seconds["warmup"] = round(time.time() - t, 1)
+        for name in dirs.values():
+            target = os.path.join(out, name)
+            if not os.path.isdir(os.path.join(target, "ckpt")):
+                shutil.copytree(warm_dir, target, dirs_exist_ok=True)
+    for label, wpl in (("without", False), ("with", True)):
+        t = time.time()
+        print(f"=== {space} search {label} WPL ({config.preset}, seed {config.seed}) ===",
+              flush=True)
+        result = enas.run_search_experiment(
+            config.with_wpl(wpl), data_dir, os.path.join(out, dirs[label]),
+            resume=resume or fork, data=data,
+        )
+        runs[label] = result.history
+        seconds[label] = round(time.time() - t, 1)
+    return runs, seconds
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -45,6 +94,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--resume", action="store_true",
                         help="continue runs already in --out (same settings)")
     parser.add_argument("--seed", type=int, default=None, help="seed of both runs")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds, e.g. 0,1,2: one pair of runs per seed "
+                             "(under --out/seed<N>); the figures are computed on the per-epoch "
+                             "differences averaged over the seeds, and each seed's own "
+                             "figures are listed under per_seed")
     parser.add_argument("--epochs", type=int, default=None, help="override: search epochs")
     parser.add_argument("--shared-steps", type=int, default=None,
                         help="override: architectures per epoch")
@@ -66,12 +120,8 @@ def main(argv=None) -> dict:
                         help="run the epochs before WPL turns on twice (once per run) instead of "
                              "once, shared by both runs through a checkpoint")
     args = parser.parse_args(argv)
-    if not args.nondeterministic:
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-        # Determinism forbids the implicit global generator; give it an explicit seeded one.
-        tf.random.set_global_generator(tf.random.Generator.from_seed(args.seed or 0))
+    if args.seeds and args.seed is not None:
+        raise SystemExit("give --seed or --seeds, not both")
 
     config = enas.get_preset(args.space, args.preset)
     overrides = {
@@ -94,42 +144,32 @@ def main(argv=None) -> dict:
         task[key.strip()] = value
     config = config.replace(search=search, task=task or None,
                             **({"seed": args.seed} if args.seed is not None else {}))
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise SystemExit(f"--seeds expects comma-separated integers, got {args.seeds!r}")
+        if len(set(seeds)) != len(seeds) or not seeds:
+            raise SystemExit(f"--seeds needs distinct seeds, got {args.seeds!r}")
+    else:
+        seeds = [config.seed]
     out = args.out or tempfile.mkdtemp(prefix="enas_forgetting_")
     os.makedirs(out, exist_ok=True)
 
     start = time.time()
     data, config = enas.prepare(config, args.data_dir)
-    runs, seconds = {}, {}
-    # The run with WPL is named by its alpha, so that runs with several alphas can share one
-    # run without WPL in the same --out (with --resume).
-    dirs = {"without": "without_wpl", "with": f"with_wpl_alpha{config.search.strength:g}"}
     start_epoch = config.search.wpl_start_epoch
     fork = not args.no_fork and 0 < start_epoch < config.search.epochs
-    if fork:
-        # Both runs are plain ENAS until WPL turns on: run those epochs once and start both
-        # runs from that checkpoint, so they are identical up to the first WPL epoch.
-        t = time.time()
-        warm_dir = os.path.join(out, "warmup")
-        print(f"=== {args.space} shared warm-up: epochs 0-{start_epoch - 1} without WPL "
-              f"({config.preset}, seed {config.seed}) ===")
-        enas.run_search_experiment(
-            config.with_wpl(False).replace(search={"epochs": start_epoch}), args.data_dir,
-            warm_dir, resume=args.resume, data=data,
+    by_seed, seconds = {}, {}
+    for seed in seeds:
+        seed_out = out if len(seeds) == 1 else os.path.join(out, f"seed{seed}")
+        by_seed[seed], seconds[seed] = run_pair(
+            config.replace(seed=seed), space=args.space, data_dir=args.data_dir, data=data,
+            out=seed_out, resume=args.resume, fork=fork,
+            deterministic=not args.nondeterministic,
         )
-        seconds["warmup"] = round(time.time() - t, 1)
-        for name in dirs.values():
-            target = os.path.join(out, name)
-            if not os.path.isdir(os.path.join(target, "ckpt")):
-                shutil.copytree(warm_dir, target, dirs_exist_ok=True)
-    for label, wpl in (("without", False), ("with", True)):
-        t = time.time()
-        print(f"=== {args.space} search {label} WPL ({config.preset}, seed {config.seed}) ===")
-        result = enas.run_search_experiment(
-            config.with_wpl(wpl), args.data_dir, os.path.join(out, dirs[label]),
-            resume=args.resume or fork, data=data,
-        )
-        runs[label] = result.history
-        seconds[label] = round(time.time() - t, 1)
+    runs = {label: metrics.average_histories([by_seed[s][label] for s in seeds])
+            for label in ("without", "with")}
 
     active = [e for e in range(config.search.epochs) if e >= start_epoch]
     if not active:
@@ -166,7 +206,9 @@ def main(argv=None) -> dict:
         "preset": config.preset,
         "data_dir": args.data_dir,
         "error": error_name,
-        "seed": config.seed,
+        "seeds": seeds,
+        "figures_over": ("the single seed's run" if len(seeds) == 1 else
+                         f"per-epoch differences averaged over {len(seeds)} seeds"),
         "deterministic_ops": not args.nondeterministic,
         "shared_warmup": fork,
         "wpl_active_epochs": active,
@@ -185,17 +227,31 @@ def main(argv=None) -> dict:
         "max_diff_without": red["max_without"],
         "max_diff_with": red["max_with"],
         "per_epoch": per_epoch,
+        "per_seed": {str(seed): _seed_figures(by_seed[seed], active) for seed in seeds},
         # Wall time of this invocation, and the searches' own time summed over their epochs
         # (the latter survives interruption and --resume).
-        "seconds": {**seconds, "total": round(time.time() - start, 1)},
-        "search_seconds": {label: round(sum(r["epoch_seconds"] for r in h), 1)
-                           for label, h in runs.items()},
+        "seconds": {**{f"seed{k}": v for k, v in seconds.items()},
+                    "total": round(time.time() - start, 1)},
+        "search_seconds": {label: round(sum(r["epoch_seconds"] for s in seeds
+                                            for r in by_seed[s][label]), 1)
+                           for label in ("without", "with")},
         "out": out,
         "plot": plot,
         "settings": config.to_json(),
     }
     print(json.dumps(_finite_or_null(result), allow_nan=False))
     return result
+
+
+def _seed_figures(runs, active) -> dict:
+    """One seed's reductions and averaged differences over the WPL epochs."""
+    red = metrics.reductions_over_epochs(runs["without"], runs["with"], epochs=active)
+    figures = {f"{k}_reduction": red[f"{k}_reduction"] for k in ("mean", "best5", "max")}
+    for k in ("mean", "best5", "max"):
+        figures[f"{k}_diff_without"] = red[f"{k}_without"]
+        figures[f"{k}_diff_with"] = red[f"{k}_with"]
+    figures["forgetting_is_real"] = red["mean_without"] > 0
+    return figures
 
 
 def _finite_or_null(obj):

@@ -47,6 +47,27 @@ def test_reduction():
     assert math.isnan(metrics.reduction(-5.0, -1.0))  # no forgetting: nothing to reduce
 
 
+def test_average_histories_is_the_per_epoch_mean_over_runs():
+    seed0 = [{"mean_diff": 1.0, "best5_diff": 2.0, "max_diff": 3.0, "mean_err1": 10.0,
+              "mean_err2": 11.0, "alpha": 0.0},
+             {"mean_diff": -4.0, "best5_diff": 0.0, "max_diff": 5.0, "mean_err1": 8.0,
+              "mean_err2": 4.0, "alpha": 60.0}]
+    seed1 = [{"mean_diff": 3.0, "best5_diff": 4.0, "max_diff": 1.0, "mean_err1": 20.0,
+              "mean_err2": 23.0, "alpha": 0.0},
+             {"mean_diff": 6.0, "best5_diff": 2.0, "max_diff": 7.0, "mean_err1": 6.0,
+              "mean_err2": 12.0, "alpha": 60.0}]
+    avg = metrics.average_histories([seed0, seed1])
+    assert [r["epoch"] for r in avg] == [0, 1] and avg[1]["alpha"] == 60.0
+    assert avg[0]["mean_diff"] == pytest.approx(2.0) and avg[1]["mean_diff"] == pytest.approx(1.0)
+    assert avg[1]["max_diff"] == pytest.approx(6.0) and avg[0]["mean_err1"] == pytest.approx(15.0)
+    # One run averages to itself.
+    assert metrics.average_histories([seed0])[1]["best5_diff"] == 0.0
+    with pytest.raises(ValueError, match="different numbers of epochs"):
+        metrics.average_histories([seed0, seed1[:1]])
+    with pytest.raises(ValueError, match="no runs"):
+        metrics.average_histories([])
+
+
 def test_reductions_over_epochs():
     without = [
         {"mean_diff": 1.0, "best5_diff": 1.0, "max_diff": 1.0},

@@ -204,6 +204,51 @@ def test_fisher_update_formula_on_last_batch(task):
     assert np.all(task.wpl_state.fisher[0].numpy()[others] == 0)
 
 
+@pytest.mark.parametrize("mode", ["proximal", "gradient"])
+def test_wpl_scope_all_covers_the_dense_shared_weights(mode):
+    cfg = tiny_config(wpl_scope="all", wpl_mode=mode, weight_drop=0.0, output_dropout=0.0,
+                      embedding_dropout=0.0, input_dropout=0.0, grad_clip=1e9,
+                      wpl_clip_norm=1e9, learning_rate=0.5, wpl_strength=3.0)
+    task = RNNSearchTask(tiny_corpus(), cfg, seed=0)
+    net, state = task.supernet, task.wpl_state
+    assert len(state.protected_variables) == 5 and state.protected_variables[3] is net.w_h
+    arch = (0, 0, 1, 1, 2, 2, 3)
+    task.train_architecture(arch, 1, wpl_active=True)
+    # Fisher of every dense weight from the step's gradient, anchors = the weights after it.
+    for k, v in enumerate([net.embedding, net.w_x, net.w_h, net.decoder_bias], start=1):
+        assert float(tf.reduce_max(state.fisher[k])) > 0.0
+        np.testing.assert_array_equal(state.anchors[k].numpy(), v.numpy())
+    # One step with and one without WPL from the same state. Gradient mode: they differ by
+    # lr · α F (θ − θ*) in w_h. Proximal mode: the WPL step is the plain step θ̃ pulled to
+    # θ* + (θ̃ − θ*) / (1 + lr α F).
+    fisher_w_h = np.full(net.w_h.shape, 2.0, np.float32)
+    start = [v.numpy() for v in net.weights]
+    position, carried = task.train_position.numpy(), task.train_state.numpy()
+    anchor_w_h = state.anchors[3].numpy()
+    after = {}
+    for active in (True, False):
+        for v, x in zip(net.weights, start):
+            v.assign(x)
+        net.w_h.assign(anchor_w_h + 0.1)
+        state.fisher[3].assign(fisher_w_h)
+        state.anchors[3].assign(anchor_w_h)
+        task.train_position.assign(position)
+        task.train_state.assign(carried)
+        out = task.train_architecture(arch, 1, wpl_active=active)
+        after[active] = net.w_h.numpy()
+        assert (out["penalty"] > 0.0) == active
+    k = 0.5 * 3.0 * 2.0
+    if mode == "gradient":
+        np.testing.assert_allclose(after[False] - after[True], k * 0.1, rtol=1e-4)
+    else:
+        np.testing.assert_allclose(after[True], anchor_w_h + (after[False] - anchor_w_h) / (1 + k),
+                                   rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="wpl_scope"):
+        tiny_config(wpl_scope="embedding")
+    with pytest.raises(ValueError, match="wpl_mode"):
+        tiny_config(wpl_mode="implicit")
+
+
 def test_epoch_lr_schedule_and_checkpoint(seed, tmp_path):
     task = RNNSearchTask(tiny_corpus(), tiny_config(), seed=0)
     task.start_epoch(17)

@@ -71,6 +71,40 @@ def test_snapshot_rows_and_penalty_rows():
     assert float(state.penalty()) == 0.0
 
 
+def test_whole_weight_snapshot_and_penalty_and_gradient():
+    v = _vars([(3, 2), (2,)])
+    state = WPLState(v, strength=2.0)
+    state.fisher[1].assign([1.0, 3.0])
+    v[1].assign([2.0, 0.0])
+    penalty, grad = state.penalty_and_gradient(1)
+    # gradient = α F (θ − θ*) = 2 * [1, 3] * [1, −1]; penalty = (2/2)(1·1 + 3·1) = 4
+    np.testing.assert_allclose(grad.numpy(), [2.0, -6.0])
+    assert float(penalty) == pytest.approx(4.0)
+    assert float(penalty) == pytest.approx(float(state.penalty()))
+    v[0].assign(tf.fill((3, 2), 7.0))
+    # rows={1: None}: the whole of weight 1, nothing of weight 0.
+    state.snapshot_anchors(rows={1: None})
+    np.testing.assert_allclose(state.anchors[1].numpy(), [2.0, 0.0])
+    np.testing.assert_allclose(state.anchors[0].numpy(), np.ones((3, 2)))
+
+
+def test_apply_proximal_whole_weight_and_rows():
+    v = _vars([(3, 2)])
+    state = WPLState(v, strength=4.0)  # anchors = ones
+    state.fisher[0].assign([[1.0, 0.0], [2.0, 2.0], [0.5, 0.5]])
+    v[0].assign(tf.fill((3, 2), 3.0))
+    # rows only: (θ + η α F θ*) / (1 + η α F) with η = 0.5, α = 4 → k = 2 F.
+    state.apply_proximal(0, 0.5, rows=tf.constant([1]))
+    np.testing.assert_allclose(v[0].numpy()[1], [(3 + 4) / 5] * 2, rtol=1e-6)
+    np.testing.assert_allclose(v[0].numpy()[[0, 2]], np.full((2, 2), 3.0))
+    state.apply_proximal(0, 0.5)
+    np.testing.assert_allclose(v[0].numpy()[0], [(3 + 2) / 3, 3.0], rtol=1e-6)
+    # Never past the anchor, however large α: a huge α lands on θ* where F > 0.
+    state.apply_proximal(0, 0.5, strength=1e12)
+    np.testing.assert_allclose(v[0].numpy()[2], [1.0, 1.0], rtol=1e-5)
+    assert v[0].numpy()[0, 1] == 3.0
+
+
 def test_reset_and_add_model_equals_sum_of_penalties():
     v = _vars([(3,)])
     state = WPLState(v, strength=1.0)

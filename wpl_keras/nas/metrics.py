@@ -12,7 +12,7 @@ A positive difference means the architecture was forgotten. The reduction that W
 ``(d_without − d_with) / d_without``.
 
 Pure functions first (:func:`forgetting_differences`, :func:`forgetting_summary`,
-:func:`reduction`, :func:`reductions_over_epochs`), then a Figure-3-like plot
+:func:`reduction`, :func:`reductions_over_epochs`, :func:`average_histories`), then a Figure-3-like plot
 (:func:`plot_forgetting`).
 """
 
@@ -139,6 +139,34 @@ def reductions_over_epochs(
         out[f"{name}_reduction_pooled"] = reduction(float(np.mean(a)), float(np.mean(b)))
         out[f"{name}_without"] = float(np.mean(a))
         out[f"{name}_with"] = float(np.mean(b))
+    return out
+
+
+def average_histories(
+    histories: Sequence[Sequence[Mapping[str, object]]],
+    keys: Sequence[str] = DIFF_KEYS + ("mean_err1", "mean_err2"),
+) -> List[Dict[str, float]]:
+    """Per-epoch means over several runs (e.g. seeds) of the same schedule.
+
+    ``out[e][k] = mean_r histories[r][e][k]`` for every ``k`` in ``keys``; ``out[e]["epoch"]``
+    is ``e`` and ``out[e]["alpha"]`` the first run's ``alpha`` (equal across seeds). Averaging
+    the per-epoch differences over seeds before taking reductions removes much of the
+    per-seed noise of ``err2 − err1`` (which architectures were sampled, their order).
+
+    Raises:
+        ValueError: if there is no run, or the runs have different numbers of epochs.
+    """
+    if not histories:
+        raise ValueError("no runs to average.")
+    lengths = {len(h) for h in histories}
+    if len(lengths) != 1:
+        raise ValueError(f"runs have different numbers of epochs: {sorted(lengths)}.")
+    out: List[Dict[str, float]] = []
+    for e in range(lengths.pop()):
+        record: Dict[str, float] = {"epoch": e, "alpha": histories[0][e].get("alpha", 0.0)}
+        for key in keys:
+            record[key] = float(np.mean([float(h[e][key]) for h in histories]))
+        out.append(record)
     return out
 
 

@@ -57,6 +57,9 @@ assert len(_ACTIVATION_TABLE) == len(ACTIVATIONS)
 
 
 # --------------------------------------------------------------------------- config
+WPL_SCOPES = ("cell", "all")
+
+
 @dataclasses.dataclass(frozen=True)
 class RNNSupernetConfig:
     """Settings of the RNN supernet and its search task (defaults: the WPL release's RNN search).
@@ -79,6 +82,16 @@ class RNNSupernetConfig:
             exploding.
         wpl_strength, wpl_momentum, wpl_clip_norm: ``α`` (60), ``η`` (0.9) and the Fisher
             clip norm (10).
+        wpl_scope: which shared weights WPL covers. ``"cell"`` (the reference): the rows of
+            the node-to-node matrices the architecture uses. ``"all"``: those rows and every
+            weight all architectures share (embedding = tied decoder, ``w_x``, ``w_h``,
+            decoder bias), each with its own Fisher and anchor, updated from the same
+            gradients and at the same moments.
+        wpl_mode: how the Fisher term enters a step. ``"proximal"`` (default): after the SGD
+            step on the clipped data gradient, the exact proximal step
+            ``θ ← (θ + η α F θ*) / (1 + η α F)``, stable for every ``α``. ``"gradient"``:
+            ``α F (θ − θ*)`` is added to the gradient before clipping (the penalty in the
+            loss, as the reference code does); it diverges on weights with ``η α F > 2``.
         reward_constant: reward ``= reward_constant / valid_ppl`` (80).
         jit_compile: XLA-compile the traced train/eval steps.
     """
@@ -105,6 +118,8 @@ class RNNSupernetConfig:
     wpl_strength: float = 60.0
     wpl_momentum: float = 0.9
     wpl_clip_norm: float = 10.0
+    wpl_scope: str = "cell"
+    wpl_mode: str = "proximal"
     reward_constant: float = 80.0
     jit_compile: bool = False
 
@@ -118,6 +133,16 @@ class RNNSupernetConfig:
                      "eval_batch_size", "eval_bptt"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"RNNSupernetConfig.{name} must be positive.")
+        if self.wpl_scope not in WPL_SCOPES:
+            raise ValueError(
+                f"RNNSupernetConfig.wpl_scope must be one of {WPL_SCOPES}, got "
+                f"{self.wpl_scope!r}."
+            )
+        if self.wpl_mode not in ("proximal", "gradient"):
+            raise ValueError(
+                "RNNSupernetConfig.wpl_mode must be 'proximal' or 'gradient', got "
+                f"{self.wpl_mode!r}."
+            )
         if self.num_nodes < 2:
             raise ValueError("RNNSupernetConfig.num_nodes must be >= 2.")
         for name in ("weight_drop", "output_dropout", "embedding_dropout", "input_dropout"):
@@ -504,9 +529,12 @@ class RNNSearchTask(SharedWeightsTask):
 
     Training reads consecutive BPTT windows of the batchified training split and carries the
     hidden state across them (reset by :meth:`start_epoch`). Each step:
-    ``g = ∇ CE`` over the used weights only, plus ``λ θ`` (L2 on used weights) and, with WPL,
-    ``α F (θ − θ*)`` over the architecture's node-matrix rows; the whole gradient is clipped to
-    global norm ``grad_clip`` and applied by SGD (sparse rows for the node matrices).
+    ``g = ∇ CE`` over the used weights only, plus ``λ θ`` (L2 on used weights), clipped to
+    global norm ``grad_clip`` and applied by SGD (sparse rows for the node matrices). With
+    WPL, the Fisher term covers the architecture's node-matrix rows (and, with
+    ``wpl_scope="all"``, the embedding, ``w_x``, ``w_h`` and decoder bias): by default as the
+    proximal step ``θ ← (θ + η α F θ*) / (1 + η α F)`` after the SGD step; with
+    ``wpl_mode="gradient"`` as ``α F (θ − θ*)`` added to ``g`` before clipping.
 
     Args:
         corpus: PTB ids.
@@ -526,8 +554,13 @@ class RNNSearchTask(SharedWeightsTask):
         self.supernet = RNNSupernet(config, seed=seed)
         self.optimizer = keras.optimizers.SGD(learning_rate=float(config.learning_rate))
         self.optimizer.build(self.supernet.trainable_variables)
+        net = self.supernet
+        # WPL state index 0 is always the node matrices; "all" appends the dense shared weights
+        # in the order of `_dense_vars` (indices 1..4).
+        self._dense_vars = [net.embedding, net.w_x, net.w_h, net.decoder_bias]
+        self._wpl_dense = config.wpl_scope == "all"
         self.wpl_state = WPLState(
-            [self.supernet.w_nodes],
+            [net.w_nodes] + (self._dense_vars if self._wpl_dense else []),
             strength=config.wpl_strength,
             momentum=config.wpl_momentum,
             clip_norm=config.wpl_clip_norm,
@@ -571,7 +604,7 @@ class RNNSearchTask(SharedWeightsTask):
         x, y = self._window(self._train, self.train_position, cfg.bptt)
         self.train_position.assign((self.train_position + 1) % self._num_train_windows)
         rows = net.wpl_rows(arch)
-        dense_vars = [net.embedding, net.w_x, net.w_h, net.decoder_bias]
+        dense_vars = self._dense_vars
         with tf.GradientTape() as tape:
             logits, new_state = net(x, arch, tf.convert_to_tensor(self.train_state), training=True)
             loss = sequence_loss(logits, y)
@@ -582,28 +615,60 @@ class RNNSearchTask(SharedWeightsTask):
         used = read_rows(net.w_nodes, rows)
         node_shape = tf.constant([int(d) for d in net.w_nodes.shape], tf.int32)
 
-        def wpl_grad():
-            return self.wpl_state.penalty_and_gradient_rows(0, rows, values=used)
+        dense_grads = [tf.convert_to_tensor(g) for g in dense_grads]
+        dense_values = [tf.convert_to_tensor(v) for v in dense_vars]
+        # WPL terms: (penalty, gradient of the node rows, gradients of the dense weights).
+        covered = dense_values if self._wpl_dense else []
 
-        penalty, pen_grad = tf.cond(
-            wpl_active, wpl_grad, lambda: (tf.constant(0.0), tf.zeros_like(data_node))
-        )
-        node_values = data_node + cfg.l2 * used + pen_grad
-        dense_grads = [
-            (g if not isinstance(g, tf.IndexedSlices) else tf.convert_to_tensor(g))
-            + cfg.l2 * tf.convert_to_tensor(v)
-            for g, v in zip(dense_grads, dense_vars)
-        ]
+        gradient_mode = cfg.wpl_mode == "gradient"
+
+        def wpl_terms():
+            penalty, node_pen = self.wpl_state.penalty_and_gradient_rows(0, rows, values=used)
+            dense_pen = []
+            for k, value in enumerate(covered, start=1):
+                p, g = self.wpl_state.penalty_and_gradient(k, values=value)
+                penalty += p
+                dense_pen.append(g)
+            return (penalty, node_pen, dense_pen) if gradient_mode else penalty
+
+        def no_wpl():
+            zero = tf.constant(0.0)
+            if not gradient_mode:
+                return zero
+            return zero, tf.zeros_like(data_node), [tf.zeros_like(v) for v in covered]
+
+        terms = tf.cond(wpl_active, wpl_terms, no_wpl)
+        penalty = terms[0] if gradient_mode else terms
+        node_values = data_node + cfg.l2 * used
+        # The raw data gradients feed the Fisher; the update adds L2 (and, in gradient mode,
+        # the WPL gradients).
+        data_dense = dense_grads
+        dense_grads = [g + cfg.l2 * v for g, v in zip(dense_grads, dense_values)]
+        if gradient_mode:
+            node_values += terms[1]
+            for k, g in enumerate(terms[2]):
+                dense_grads[k] = dense_grads[k] + g
         clipped, grad_norm = tf.clip_by_global_norm(dense_grads + [node_values], cfg.grad_clip)
         node_update = tf.IndexedSlices(clipped[-1], rows, node_shape)
         self.optimizer.apply_gradients(
             list(zip(clipped[:-1], dense_vars)) + [(node_update, net.w_nodes)]
         )
+        if not gradient_mode:
+
+            def pull():  # the proximal step of the Fisher term, after the data step
+                lr = tf.convert_to_tensor(self.optimizer.learning_rate)
+                self.wpl_state.apply_proximal(0, lr, rows=rows)
+                for k in range(1, 1 + len(covered)):
+                    self.wpl_state.apply_proximal(k, lr)
+                return tf.constant(True)
+
+            tf.cond(wpl_active, pull, lambda: tf.constant(False))
         self.train_state.assign(clamp_rows(new_state, cfg.hidden_max_norm))
 
         def fisher():
             self.wpl_state.update_fisher(
                 [tf.IndexedSlices(data_node, rows, node_shape)]
+                + (data_dense if self._wpl_dense else [])
             )
             return tf.constant(True)
 
@@ -615,7 +680,10 @@ class RNNSearchTask(SharedWeightsTask):
         return sequence_loss(logits, y), new_state
 
     def _snapshot_impl(self, arch):
-        self.wpl_state.snapshot_anchors(rows={0: self.supernet.wpl_rows(arch)})
+        rows = {0: self.supernet.wpl_rows(arch)}
+        if self._wpl_dense:
+            rows.update({k: None for k in range(1, 1 + len(self._dense_vars))})
+        self.wpl_state.snapshot_anchors(rows=rows)
 
     def _arch_tensor(self, arch) -> tf.Tensor:
         return tf.constant(self.space.validate(arch), tf.int32)

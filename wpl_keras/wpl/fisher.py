@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from wpl_keras.wpl.penalty import wpl_penalty, wpl_penalty_and_gradient
+from wpl_keras.wpl.penalty import proximal_pull, wpl_penalty, wpl_penalty_and_gradient
 
 GradientLike = Union[tf.Tensor, tf.IndexedSlices, None]
 
@@ -188,6 +188,42 @@ class WPLState(keras.layers.Layer):
             self.strength if strength is None else strength,
         )
 
+    def penalty_and_gradient(self, index: int, strength=None,
+                             values: Optional[tf.Tensor] = None):
+        """``(penalty, gradient)`` of protected weight ``index`` as a whole, in closed form:
+        ``gradient = α F ⊙ (θ − θ*)``, ``penalty = (α/2) Σ F (θ − θ*)²``.
+        ``values``: ``θ`` if the caller has already read it."""
+        v = self._protected[index]
+        return wpl_penalty_and_gradient(
+            tf.convert_to_tensor(v) if values is None else values,
+            tf.convert_to_tensor(self.fisher[index]),
+            tf.convert_to_tensor(self.anchors[index]),
+            self.strength if strength is None else strength,
+        )
+
+    def apply_proximal(self, index: int, learning_rate, rows: Optional[tf.Tensor] = None,
+                       strength=None) -> None:
+        """In place, the exact proximal step of the Fisher term on protected weight ``index``
+        (only rows ``rows`` when given): ``θ ← (θ + η α F θ*) / (1 + η α F)``
+        (:func:`~wpl_keras.wpl.penalty.proximal_pull`).
+
+        Call it right after the optimiser's step on the data loss, with that step's
+        ``learning_rate`` ``η``: together they minimise the loss plus
+        ``(α/2) Σ F (θ − θ*)²`` like a gradient step on the sum, but stay stable for every
+        ``α`` (a gradient step on the penalty diverges once ``η α F > 2``).
+        """
+        alpha = self.strength if strength is None else strength
+        v = self._protected[index]
+        if rows is None:
+            v.assign(proximal_pull(tf.convert_to_tensor(v), tf.convert_to_tensor(self.fisher[index]),
+                                   tf.convert_to_tensor(self.anchors[index]), alpha,
+                                   learning_rate))
+            return
+        rows = tf.cast(rows, tf.int32)
+        pulled = proximal_pull(read_rows(v, rows), read_rows(self.fisher[index], rows),
+                               read_rows(self.anchors[index], rows), alpha, learning_rate)
+        _scatter_assign(v, rows, pulled)
+
     def fisher_norm(self) -> tf.Tensor:
         """Global L2 norm of the Fisher over all protected weights."""
         return tf.linalg.global_norm([tf.convert_to_tensor(f) for f in self.fisher])
@@ -200,9 +236,10 @@ class WPLState(keras.layers.Layer):
 
     # -------------------------------------------------------------- updates
     def snapshot_anchors(self, rows: Optional[dict] = None) -> None:
-        """``θ* ← θ``; with ``rows={index: row_ids}`` only those rows of those weights."""
+        """``θ* ← θ``; with ``rows={index: row_ids}`` only those weights, and of each only
+        rows ``row_ids`` (``None``: the whole weight)."""
         for k, (v, anchor) in enumerate(zip(self._protected, self.anchors)):
-            if rows is None:
+            if rows is None or (k in rows and rows[k] is None):
                 anchor.assign(tf.convert_to_tensor(v))
             elif k in rows:
                 r = tf.cast(rows[k], tf.int32)
