@@ -138,6 +138,61 @@ def test_penalty_counts_only_used_slices():
     assert expected < 0.99 * sum(float(np.sum(f.numpy() * 0.25)) for f in state.fisher)
 
 
+def test_proximal_pull_moves_only_used_slices_toward_anchors():
+    space = MicroCellSpace(num_nodes=2)
+    task = CNNSearchTask(space, _config(), _splits(), seed=0)
+    arch = (0, 1, 1, 1, 2, 0, 0, 1) + (1, 3, 0, 4, 2, 2, 1, 0)
+    state = task.wpl_state
+    state.strength.assign(2.0)
+    lr = float(task.optimizer.learning_rate.numpy())
+    rng = np.random.default_rng(1)
+    masks = task.supernet.usage_masks(tf.constant(arch, tf.int32))
+    expected, before = [], []
+    for v, f, a, m in zip(task.variables, state.fisher, state.anchors, masks):
+        fv = rng.uniform(0, 1, f.shape).astype(np.float32)
+        f.assign(fv)
+        a.assign(v.numpy() - 0.5)
+        k = lr * 2.0 * np.broadcast_to(m.numpy(), fv.shape) * fv
+        expected.append((v.numpy() + k * (v.numpy() - 0.5)) / (1 + k))
+        before.append(v.numpy())
+    task._proximal_pull(masks)
+    for v, want, b, m in zip(task.variables, expected, before, masks):
+        np.testing.assert_allclose(v.numpy(), want, rtol=1e-5, atol=1e-6)
+        unused = ~np.broadcast_to(m.numpy(), b.shape).astype(bool)
+        np.testing.assert_array_equal(v.numpy()[unused], b[unused])
+    # A training step at a huge alpha stays finite (a gradient step would diverge).
+    state.strength.assign(1e12)
+    out = task.train_architecture(arch, 2, wpl_active=True)
+    assert np.isfinite(out["loss"]) and all(np.all(np.isfinite(v.numpy())) for v in task.variables)
+    with pytest.raises(ValueError, match="wpl_mode"):
+        _config(wpl_mode="implicit")
+
+
+def test_gradient_mode_puts_the_penalty_in_the_loss():
+    space = MicroCellSpace(num_nodes=2)
+    arch = (0, 1, 1, 1, 2, 0, 0, 1) + (1, 3, 0, 4, 2, 2, 1, 0)
+    after = {}
+    for mode in ("gradient", "proximal"):
+        task = CNNSearchTask(space, _config(wpl_mode=mode, momentum=0.0, grad_clip=None,
+                                            weight_decay=0.0), _splits(), seed=0)
+        for f, a in zip(task.wpl_state.fisher, task.wpl_state.anchors):
+            f.assign(tf.ones_like(f))
+            a.assign(tf.convert_to_tensor(a) - 0.1)
+        start = [v.numpy() for v in task.variables]
+        out = task.train_architecture(arch, 1, wpl_active=True)
+        assert out["penalty"] > 0.0
+        after[mode] = [v.numpy() for v in task.variables]
+        k = float(task.optimizer.learning_rate.numpy()) * float(task.wpl_state.strength.numpy())
+        masks = task.supernet.usage_masks(tf.constant(arch, tf.int32))
+    # Plain SGD, F = 1 on used slices, θ − θ* = 0.1: the data step θ̃ = θ − η g is the same in
+    # both modes; gradient mode gives θ̃ − η α (θ − θ*), proximal (θ̃ + η α θ*) / (1 + η α).
+    for g, p, x, m in zip(after["gradient"], after["proximal"], start, masks):
+        m = np.broadcast_to(m.numpy(), x.shape)
+        data_step = g + k * m * 0.1
+        np.testing.assert_allclose(p, (data_step + k * m * (x - 0.1)) / (1 + k * m),
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_validation_error_is_on_a_fixed_batch(task):
     arch = task.space.sample(np.random.default_rng(5))
     first = task.validation_error(arch)

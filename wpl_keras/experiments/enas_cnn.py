@@ -43,6 +43,8 @@ class CNNTaskConfig:
         lr_max, lr_min, lr_epochs, momentum, weight_decay, grad_clip: shared-weights SGD
             (cosine over ``lr_epochs``; None: over the search's epochs).
         fisher_momentum, fisher_clip: ``η`` and the Fisher clip.
+        wpl_mode: ``"proximal"`` (stable for any ``α``) or ``"gradient"`` (penalty in the
+            loss); see :class:`~wpl_keras.nas.cnn_supernet.CNNSearchConfig`.
         augment: crop + flip during the search.
         num_valid: train images held out for validation; train_size: search-train subset size
             (None: all the rest).
@@ -67,6 +69,7 @@ class CNNTaskConfig:
     grad_clip: Optional[float] = 5.0
     fisher_momentum: float = 0.9
     fisher_clip: Optional[float] = 10.0
+    wpl_mode: str = "proximal"
     augment: bool = True
     num_valid: int = 5000
     train_size: Optional[int] = None
@@ -97,7 +100,7 @@ class CNNTaskConfig:
             epochs=self.lr_epochs or epochs, momentum=self.momentum, weight_decay=self.weight_decay,
             grad_clip=self.grad_clip, wpl_strength=strength,
             fisher_momentum=self.fisher_momentum, fisher_clip=self.fisher_clip,
-            fisher_flush_every=0, augment=self.augment,
+            fisher_flush_every=0, augment=self.augment, wpl_mode=self.wpl_mode,
         )
 
     def final_config(self, epochs: int):

@@ -42,7 +42,7 @@ import tensorflow as tf
 from wpl_keras.nas.base import Architecture, SharedWeightsTask
 from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
 from wpl_keras.wpl.fisher import WPLState, momentum_fisher
-from wpl_keras.wpl.penalty import wpl_penalty
+from wpl_keras.wpl.penalty import proximal_pull, wpl_penalty
 
 _SEP_OPS = {"sep3x3": 3, "sep5x5": 5}
 
@@ -102,6 +102,10 @@ class CNNSearchConfig:
             :meth:`CNNSearchTask.start_epoch` (0 never: the default, since the search loop's
             ``SearchConfig.flush_every`` flushes).
         augment: padded crop + flip on training batches.
+        wpl_mode: ``"proximal"`` (default): after the masked SGD step on the data gradient,
+            the used slices take the exact proximal step of the Fisher term,
+            ``θ ← (θ + η α F θ*) / (1 + η α F)``, stable for every ``α``. ``"gradient"``: the
+            penalty ``(α/2) Σ F (θ − θ*)²`` is in the loss (diverges once ``η α F > 2``).
     """
 
     supernet: SupernetConfig = SupernetConfig()
@@ -120,6 +124,13 @@ class CNNSearchConfig:
     fisher_clip: Optional[float] = 10.0
     fisher_flush_every: int = 0
     augment: bool = True
+    wpl_mode: str = "proximal"
+
+    def __post_init__(self):
+        if self.wpl_mode not in ("proximal", "gradient"):
+            raise ValueError(
+                f"wpl_mode must be 'proximal' or 'gradient', got {self.wpl_mode!r}."
+            )
 
 
 # --------------------------------------------------------------------------- pure ops
@@ -474,14 +485,22 @@ class CNNSearchTask(SharedWeightsTask):
         global_batch = float(self.cfg.batch_size)
         replicas = float(strategy.num_replicas_in_sync)
 
+        proximal = self.cfg.wpl_mode == "proximal"
+
         def replica_fn(images, labels):
             masks = self.supernet.usage_masks(arch)
             with tf.GradientTape() as tape:
                 logits = self.supernet((images, arch), training=True)
                 ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
                 data_loss = tf.reduce_sum(ce) / global_batch
-                penalty = wpl_on * self._penalty(masks)
-                loss = data_loss + penalty / replicas
+                if proximal:  # the Fisher term acts after the step; the penalty is reported
+                    loss = data_loss
+                else:
+                    penalty = wpl_on * self._penalty(masks)
+                    loss = data_loss + penalty / replicas
+            if proximal:
+                penalty = tf.cond(wpl_on > 0, lambda: self._penalty(masks),
+                                  lambda: tf.constant(0.0))
             grads = _none_to_zeros(tape.gradient(loss, self.variables), self.variables)
             correct = tf.reduce_sum(
                 tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
@@ -500,14 +519,27 @@ class CNNSearchTask(SharedWeightsTask):
             grads, _ = tf.clip_by_global_norm(
                 [m * g for m, g in zip(masks, grads)], self.cfg.grad_clip
             )
+        step_grads = grads
+        if self.cfg.weight_decay:
+            step_grads = [g + self.cfg.weight_decay * tf.convert_to_tensor(v)
+                          for g, v in zip(grads, self.variables)]
+        self.optimizer.apply(self.variables, step_grads, masks)
+        if proximal:  # with the Fisher this step's penalty used (before the update below)
+            tf.cond(wpl_on > 0, lambda: self._proximal_pull(masks), lambda: tf.constant(False))
         # Fisher from the gradient of this update (no extra backward pass), masked.
         self._masked_fisher_update(grads, masks, fisher_gate)
-        if self.cfg.weight_decay:
-            grads = [g + self.cfg.weight_decay * tf.convert_to_tensor(v)
-                     for g, v in zip(grads, self.variables)]
-        self.optimizer.apply(self.variables, grads, masks)
         self.step.assign_add(1)
         return data_loss, penalty, correct / global_batch
+
+    def _proximal_pull(self, masks) -> tf.Tensor:
+        """``θ ← (θ + η α F θ*) / (1 + η α F)`` on the used slices (``F`` masked: unused
+        slices have ``η α m F = 0`` and keep their values)."""
+        s = self.wpl_state
+        lr = tf.convert_to_tensor(self.optimizer.learning_rate)
+        for v, f, a, m in zip(self.variables, s.fisher, s.anchors, masks):
+            v.assign(proximal_pull(tf.convert_to_tensor(v), m * tf.convert_to_tensor(f),
+                                   tf.convert_to_tensor(a), s.strength, lr))
+        return tf.constant(True)
 
     def _masked_fisher_update(self, grads, masks, gate) -> None:
         s = self.wpl_state
