@@ -94,8 +94,11 @@ def test_apply_proximal_whole_weight_and_rows():
     state.fisher[0].assign([[1.0, 0.0], [2.0, 2.0], [0.5, 0.5]])
     v[0].assign(tf.fill((3, 2), 3.0))
     # rows only: (θ + η α F θ*) / (1 + η α F) with η = 0.5, α = 4 → k = 2 F.
-    state.apply_proximal(0, 0.5, rows=tf.constant([1]))
+    before = v[0].numpy()
+    penalty = state.apply_proximal(0, 0.5, rows=tf.constant([1]), penalty_at=before[[1]])
     np.testing.assert_allclose(v[0].numpy()[1], [(3 + 4) / 5] * 2, rtol=1e-6)
+    # The penalty at the given (pre-step) rows: (4/2) * 2 * 2 * (3 − 1)² = 32.
+    assert float(penalty) == pytest.approx(32.0)
     np.testing.assert_allclose(v[0].numpy()[[0, 2]], np.full((2, 2), 3.0))
     state.apply_proximal(0, 0.5)
     np.testing.assert_allclose(v[0].numpy()[0], [(3 + 2) / 3, 3.0], rtol=1e-6)

@@ -622,31 +622,28 @@ class RNNSearchTask(SharedWeightsTask):
 
         gradient_mode = cfg.wpl_mode == "gradient"
 
-        def wpl_terms():
+        def wpl_terms():  # gradient mode: (penalty, node-row gradient, dense gradients)
             penalty, node_pen = self.wpl_state.penalty_and_gradient_rows(0, rows, values=used)
             dense_pen = []
             for k, value in enumerate(covered, start=1):
                 p, g = self.wpl_state.penalty_and_gradient(k, values=value)
                 penalty += p
                 dense_pen.append(g)
-            return (penalty, node_pen, dense_pen) if gradient_mode else penalty
+            return penalty, node_pen, dense_pen
 
         def no_wpl():
-            zero = tf.constant(0.0)
-            if not gradient_mode:
-                return zero
-            return zero, tf.zeros_like(data_node), [tf.zeros_like(v) for v in covered]
+            return (tf.constant(0.0), tf.zeros_like(data_node),
+                    [tf.zeros_like(v) for v in covered])
 
-        terms = tf.cond(wpl_active, wpl_terms, no_wpl)
-        penalty = terms[0] if gradient_mode else terms
         node_values = data_node + cfg.l2 * used
         # The raw data gradients feed the Fisher; the update adds L2 (and, in gradient mode,
         # the WPL gradients).
         data_dense = dense_grads
         dense_grads = [g + cfg.l2 * v for g, v in zip(dense_grads, dense_values)]
         if gradient_mode:
-            node_values += terms[1]
-            for k, g in enumerate(terms[2]):
+            penalty, node_pen, dense_pen = tf.cond(wpl_active, wpl_terms, no_wpl)
+            node_values += node_pen
+            for k, g in enumerate(dense_pen):
                 dense_grads[k] = dense_grads[k] + g
         clipped, grad_norm = tf.clip_by_global_norm(dense_grads + [node_values], cfg.grad_clip)
         node_update = tf.IndexedSlices(clipped[-1], rows, node_shape)
@@ -655,14 +652,16 @@ class RNNSearchTask(SharedWeightsTask):
         )
         if not gradient_mode:
 
-            def pull():  # the proximal step of the Fisher term, after the data step
+            def pull():
+                # The proximal step of the Fisher term after the data step; the penalty is
+                # reported at the weights this step's loss saw (`used`, `covered`).
                 lr = tf.convert_to_tensor(self.optimizer.learning_rate)
-                self.wpl_state.apply_proximal(0, lr, rows=rows)
-                for k in range(1, 1 + len(covered)):
-                    self.wpl_state.apply_proximal(k, lr)
-                return tf.constant(True)
+                penalty = self.wpl_state.apply_proximal(0, lr, rows=rows, penalty_at=used)
+                for k, value in enumerate(covered, start=1):
+                    penalty += self.wpl_state.apply_proximal(k, lr, penalty_at=value)
+                return penalty
 
-            tf.cond(wpl_active, pull, lambda: tf.constant(False))
+            penalty = tf.cond(wpl_active, pull, lambda: tf.constant(0.0))
         self.train_state.assign(clamp_rows(new_state, cfg.hidden_max_norm))
 
         def fisher():

@@ -202,7 +202,7 @@ class WPLState(keras.layers.Layer):
         )
 
     def apply_proximal(self, index: int, learning_rate, rows: Optional[tf.Tensor] = None,
-                       strength=None) -> None:
+                       strength=None, penalty_at: Optional[tf.Tensor] = None) -> tf.Tensor:
         """In place, the exact proximal step of the Fisher term on protected weight ``index``
         (only rows ``rows`` when given): ``θ ← (θ + η α F θ*) / (1 + η α F)``
         (:func:`~wpl_keras.wpl.penalty.proximal_pull`).
@@ -211,18 +211,33 @@ class WPLState(keras.layers.Layer):
         ``learning_rate`` ``η``: together they minimise the loss plus
         ``(α/2) Σ F (θ − θ*)²`` like a gradient step on the sum, but stay stable for every
         ``α`` (a gradient step on the penalty diverges once ``η α F > 2``).
+
+        Args:
+            penalty_at: the weights (or rows) the step's loss was computed at; the penalty
+                ``(α/2) Σ F (penalty_at − θ*)²`` is returned, computed from the ``F`` and
+                ``θ*`` already read for the step (no second read).
+
+        Returns:
+            That penalty (a float32 scalar), or 0 when ``penalty_at`` is None.
         """
         alpha = self.strength if strength is None else strength
         v = self._protected[index]
         if rows is None:
-            v.assign(proximal_pull(tf.convert_to_tensor(v), tf.convert_to_tensor(self.fisher[index]),
-                                   tf.convert_to_tensor(self.anchors[index]), alpha,
-                                   learning_rate))
-            return
-        rows = tf.cast(rows, tf.int32)
-        pulled = proximal_pull(read_rows(v, rows), read_rows(self.fisher[index], rows),
-                               read_rows(self.anchors[index], rows), alpha, learning_rate)
-        _scatter_assign(v, rows, pulled)
+            read = tf.convert_to_tensor
+            theta, fisher, anchor = read(v), read(self.fisher[index]), read(self.anchors[index])
+        else:
+            rows = tf.cast(rows, tf.int32)
+            theta, fisher, anchor = (read_rows(v, rows), read_rows(self.fisher[index], rows),
+                                     read_rows(self.anchors[index], rows))
+        penalty = tf.constant(0.0)
+        if penalty_at is not None:
+            penalty = wpl_penalty_and_gradient(penalty_at, fisher, anchor, alpha)[0]
+        pulled = proximal_pull(theta, fisher, anchor, alpha, learning_rate)
+        if rows is None:
+            v.assign(pulled)
+        else:
+            _scatter_assign(v, rows, pulled)
+        return penalty
 
     def fisher_norm(self) -> tf.Tensor:
         """Global L2 norm of the Fisher over all protected weights."""
