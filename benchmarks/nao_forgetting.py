@@ -1,11 +1,14 @@
 """Figure 4 (paper Appendix A): multi-model forgetting in NAO weight-sharing search, with and
 without WPL, at output-dropout rates 0, 0.25, 0.5 and 0.75 (ENAS RNN cell on PTB).
 
-For every rate, two NAO searches from the same seed (identical until WPL turns on), one with
-WPL and one without, record per epoch the mean validation perplexity (err1) of the trained
-pool architectures and the best-5 ``err2 − err1``. The measured number per rate is the mean
-best-5 difference over the epochs with WPL on (from ``wpl_start_epoch``); the paper's claim
-is that WPL gives the lower one at every rate (``wpl_lower_at_all_rates = 1``).
+For every rate, two NAO searches from the same seed, one with WPL and one without, record per
+epoch the mean validation perplexity (err1) of the trained pool architectures and the best-5
+``err2 − err1``. The epochs before ``wpl_start_epoch`` are plain NAO in both, so they run once
+per rate (``dropout_<rate>/warmup``) and both searches continue from that checkpoint
+(``--no-fork`` runs them twice). The measured number per rate is the mean best-5 difference
+over the epochs with WPL on; with ``--seeds 0,1,2`` the per-epoch differences are first
+averaged over the seeds. The paper's claim is that WPL gives the lower one at every rate
+(``wpl_lower_at_all_rates = 1``).
 
     python benchmarks/nao_forgetting.py --preset cpu-small --data-dir ../shared/data/ptb
 
@@ -19,11 +22,46 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_rate(config, rate: float, out: str, data, *, fork: bool):
+    """The searches without and with WPL at output dropout ``rate`` into ``out``; with
+    ``fork`` the epochs before WPL turns on run once (``out/warmup``) and both continue from
+    there. Returns ``({False: history, True: history}, seconds)``."""
+    from wpl_keras.nas import nao_search
+
+    runs, seconds = {}, {}
+    start_epoch = config.search.wpl_start_epoch
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    if fork:
+        t0 = time.time()
+        warm = os.path.join(out, "warmup")
+        nao_search.run_nao_experiment(
+            config.replace(output_dropout=rate, search={"wpl": False, "epochs": start_epoch}),
+            None, warm, data=data)
+        seconds["warmup"] = round(time.time() - t0, 1)
+        for name in ("no_wpl", "wpl"):
+            shutil.copytree(warm, os.path.join(out, name))
+    for wpl in (False, True):
+        name = "wpl" if wpl else "no_wpl"
+        t0 = time.time()
+        result = nao_search.run_nao_experiment(
+            config.replace(output_dropout=rate, search={"wpl": wpl}), None,
+            os.path.join(out, name), data=data, resume=fork)
+        seconds[name] = round(time.time() - t0, 1)
+        runs[wpl] = result.history
+        print(f"dropout {rate:g} WPL {wpl} (seed {config.base.seed}): best5 diffs "
+              f"{[round(r['best5_diff'], 2) for r in result.history]}, mean err1 "
+              f"{[round(r['mean_err1'], 1) for r in result.history]}, {seconds[name]} s",
+              flush=True)
+    return runs, seconds
 
 
 def main(argv=None) -> int:
@@ -35,50 +73,72 @@ def main(argv=None) -> int:
     parser.add_argument("--rates", default="0,0.25,0.5,0.75",
                         help="comma-separated output-dropout rates")
     parser.add_argument("--epochs", type=int, default=None, help="override search epochs")
+    parser.add_argument("--wpl-start-epoch", type=int, default=None,
+                        help="override the first epoch with WPL")
+    parser.add_argument("--alpha", type=float, default=None, help="override WPL alpha")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds (overrides --seed); per-epoch differences "
+                             "are averaged over them before the per-rate means")
+    parser.add_argument("--no-fork", action="store_true",
+                        help="run the epochs before WPL turns on twice per rate instead of once")
     args = parser.parse_args(argv)
 
-    from wpl_keras.nas import nao_search
+    from wpl_keras.nas import metrics, nao_search
 
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    seeds = ([int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds
+             else [args.seed])
     config = nao_search.nao_preset("rnn", args.preset)
-    config = dataclasses.replace(config, base=dataclasses.replace(config.base, seed=args.seed))
     search_over = {"verbose": 0}
-    if args.epochs is not None:
-        search_over["epochs"] = args.epochs
+    for key, value in (("epochs", args.epochs), ("wpl_start_epoch", args.wpl_start_epoch),
+                       ("strength", args.alpha)):
+        if value is not None:
+            search_over[key] = value
     config = config.replace(search=search_over)
     start = time.time()
     data, config = nao_search.prepare_nao(config, args.data_dir)
-    runs, seconds = {}, {}
-    for rate in rates:
-        for wpl in (False, True):
-            run_cfg = config.replace(output_dropout=rate, search={"wpl": wpl})
-            out = os.path.join(args.out, f"dropout_{rate:g}", "wpl" if wpl else "no_wpl")
-            if os.path.isdir(out):
-                import shutil
-
-                shutil.rmtree(out)
-            t0 = time.time()
-            result = nao_search.run_nao_experiment(run_cfg, None, out, data=data)
-            seconds[f"{rate:g}/{'wpl' if wpl else 'no_wpl'}"] = round(time.time() - t0, 1)
-            runs[(rate, wpl)] = result.history
-            last = result.history[-1]
-            print(f"dropout {rate:g} WPL {wpl}: best5 diffs "
-                  f"{[round(r['best5_diff'], 2) for r in result.history]}, mean err1 "
-                  f"{[round(r['mean_err1'], 1) for r in result.history]}, "
-                  f"{seconds[f'{rate:g}/' + ('wpl' if wpl else 'no_wpl')]} s", flush=True)
-            del last
-    summary = nao_search.forgetting_by_rate(runs, config.search.wpl_start_epoch)
+    start_epoch = config.search.wpl_start_epoch
+    fork = not args.no_fork and 0 < start_epoch < config.search.epochs
+    by_seed, seconds = {}, {}
+    for seed in seeds:
+        seed_config = dataclasses.replace(
+            config, base=dataclasses.replace(config.base, seed=seed))
+        root = args.out if len(seeds) == 1 else os.path.join(args.out, f"seed{seed}")
+        for rate in rates:
+            rate_runs, rate_seconds = run_rate(
+                seed_config, rate, os.path.join(root, f"dropout_{rate:g}"), data, fork=fork)
+            for wpl, history in rate_runs.items():
+                by_seed[(seed, rate, wpl)] = history
+            for name, sec in rate_seconds.items():
+                seconds[f"seed{seed}/{rate:g}/{name}"] = sec
+    keys = ("mean_diff", "best5_diff", "max_diff", "mean_err1")
+    runs = {(rate, wpl): metrics.average_histories(
+                [by_seed[(s, rate, wpl)] for s in seeds], keys=keys)
+            for rate in rates for wpl in (False, True)}
+    summary = nao_search.forgetting_by_rate(runs, start_epoch)
+    per_seed = {
+        str(s): {k: {"best5_without": round(v["best5_without"], 3),
+                     "best5_with": round(v["best5_with"], 3)}
+                 for k, v in nao_search.forgetting_by_rate(
+                     {(r, w): by_seed[(s, r, w)] for r in rates for w in (False, True)},
+                     start_epoch)["rates"].items()}
+        for s in seeds
+    }
     os.makedirs(args.out, exist_ok=True)
     png = nao_search.plot_figure4(runs, os.path.join(args.out, "figure4.png"))
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({f"{r:g}/{w}": h for (r, w), h in runs.items()}, f)
+        json.dump({f"{s}/{r:g}/{w}": h for (s, r, w), h in by_seed.items()}, f)
     task = config.base.task
     line = {
         "benchmark": "nao_forgetting (Figure 4)",
         "data": f"PTB ({args.data_dir}), fixed validation batch = first "
                 f"{task.eval_bptt}-step window of valid split, {task.eval_batch_size} rows",
         "preset": args.preset,
+        "seeds": seeds,
+        "figures_over": ("one seed" if len(seeds) == 1 else
+                         f"per-epoch differences averaged over {len(seeds)} seeds"),
+        "shared_warmup": fork,
         "best5_diff_by_rate": {k: {"without_wpl": round(v["best5_without"], 3),
                                    "with_wpl": round(v["best5_with"], 3),
                                    "reduction": round(v["best5_reduction"], 3)}
@@ -87,14 +147,15 @@ def main(argv=None) -> int:
                                        "with_wpl": round(v["mean_ppl_with"], 1)}
                                    for k, v in summary["rates"].items()},
         "wpl_lower_at_all_rates": summary["wpl_lower_at_all_rates"],
-        "best5_averaged_over_epochs": f">= {config.search.wpl_start_epoch}",
+        "best5_averaged_over_epochs": f">= {start_epoch}",
+        "per_seed_best5": per_seed,
         "settings": {
             "search": {k: v for k, v in config.search.to_json().items()
                        if k not in ("verbose", "max_to_keep", "checkpoint_every", "wpl")},
             "nao": config.nao.to_json(),
             "task": {k: getattr(task, k) for k in ("num_nodes", "hidden_size", "batch_size",
-                                                   "bptt", "learning_rate", "wpl_clip_norm")},
-            "seed": config.base.seed,
+                                                   "bptt", "learning_rate", "wpl_clip_norm",
+                                                   "wpl_scope", "wpl_mode")},
             "path_dropping": "not run: the RNN supernet has no path-dropping option",
         },
         "seconds": round(time.time() - start, 1),
