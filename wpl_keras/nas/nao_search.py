@@ -619,9 +619,10 @@ def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:
 
     * ``cpu-small`` (RNN): the ENAS ``cpu-small`` task (hidden 128, batch 32, lr 10) with BPTT
       20 (12 nodes, PTB's 10k vocabulary kept) so that 8 searches (4 dropout rates ×
-      with/without WPL) fit in under an hour on a busy 2-core machine; 6 epochs of 8 pool
+      with/without WPL) fit in under an hour on a busy 2-core machine; 18 epochs of 8 pool
       architectures × 3 batches, a pool of 16 random seeds growing by 6 every 2 epochs; WPL
-      from epoch 2, α 1e6 with WPL on every shared weight and the proximal step (as the ENAS
+      from epoch 10 (before that the supernet improves so fast that err2 < err1 at most
+      rates), α 1e6 with WPL on every shared weight and the proximal step (as the ENAS
       cpu-small preset), flush every 2 epochs. NAO controller: 64 units, 60 epochs per phase.
     * ``paper``: the ENAS ``paper`` task and NAO's weight-sharing settings (1000 seed
       architectures, 100 seeds, 300 new, 96 units, 1000 controller epochs), sized for a GPU.
@@ -643,7 +644,8 @@ def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:
             # α 1e6 as the ENAS cpu-small preset (whose task also brings wpl_scope="all" and
             # the proximal step): the raw Fisher of this supernet is so small that the
             # reference α 60 leaves the weights free.
-            search=NAOSearchConfig.cpu_small(shared_steps_per_epoch=8, strength=1e6),
+            search=NAOSearchConfig.cpu_small(shared_steps_per_epoch=8, strength=1e6,
+                                             epochs=18, wpl_start_epoch=10),
             nao=NAOConfig(token_embedding=32, units=64, predictor_units=64, epochs=60),
         )
     elif key == "paper":
