@@ -180,6 +180,7 @@ def main(argv=None) -> dict:
         {"without WPL": runs["without"], "with WPL": runs["with"]},
         os.path.join(out, "figure3_forgetting.png"),
         wpl_start_epoch=start_epoch, error_name=error_name,
+        first_epoch=max(0, start_epoch - 10),
         title=f"ENAS {args.space} ({config.preset}): err2 − err1 per epoch",
     )
     per_epoch = {

@@ -100,12 +100,26 @@ def test_reductions_over_epochs():
         metrics.reductions_over_epochs(without, with_wpl, epochs=[3])
 
 
-def test_plot_forgetting_writes_png(tmp_path):
+def test_plot_forgetting_writes_png(tmp_path, monkeypatch):
     recs = [{"epoch": e, "mean_diff": e, "best5_diff": 1.0, "max_diff": 2.0 * e} for e in range(3)]
     path = metrics.plot_forgetting(
         {"without WPL": recs, "with WPL": recs}, str(tmp_path / "fig3.png"), wpl_start_epoch=1
     )
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # first_epoch leaves the early epochs out of the drawn lines.
+    import matplotlib.figure
+
+    drawn = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        drawn.extend(list(line.get_xdata()) for ax in fig.axes for line in ax.get_lines()
+                     if line.get_label() == "without WPL")
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    metrics.plot_forgetting({"without WPL": recs}, str(tmp_path / "late.png"), first_epoch=1)
+    assert len(drawn) == 3 and all(x == [1, 2] for x in drawn)
     with pytest.raises(ValueError):
         metrics.plot_forgetting({}, str(tmp_path / "x.png"))

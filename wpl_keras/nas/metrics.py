@@ -177,6 +177,7 @@ def plot_forgetting(
     wpl_start_epoch: Optional[int] = None,
     title: Optional[str] = None,
     error_name: str = "error",
+    first_epoch: int = 0,
 ) -> str:
     """Figure-3-like PNG: mean, best-5 and max of ``err2 − err1`` per epoch, one line per run.
 
@@ -186,6 +187,8 @@ def plot_forgetting(
         wpl_start_epoch: draws a vertical line where WPL turns on.
         title: figure title.
         error_name: what the error is ("perplexity", "error (%)"), for the y labels.
+        first_epoch: epochs before it are left out (the first epochs' differences are often
+            orders of magnitude larger and would flatten the rest).
 
     Returns:
         ``path``.
@@ -198,8 +201,9 @@ def plot_forgetting(
     panels = (("mean_diff", "(a) mean"), ("best5_diff", "(b) best 5"), ("max_diff", "(c) max"))
     for ax, (key, label) in zip(axes, panels):
         for run_label, records in runs.items():
-            epochs = [int(r.get("epoch", i)) for i, r in enumerate(records)]
-            ax.plot(epochs, [float(r[key]) for r in records], marker=".", label=run_label)
+            shown = [(int(r.get("epoch", i)), float(r[key])) for i, r in enumerate(records)
+                     if int(r.get("epoch", i)) >= first_epoch]
+            ax.plot([e for e, _ in shown], [d for _, d in shown], marker=".", label=run_label)
         ax.axhline(0.0, color="0.6", lw=0.8)
         if wpl_start_epoch is not None:
             ax.axvline(wpl_start_epoch, color="0.6", ls="--", lw=0.8)
