@@ -5,7 +5,9 @@ For every rate, two NAO searches from the same seed, one with WPL and one withou
 epoch the mean validation perplexity (err1) of the trained pool architectures and the best-5
 ``err2 − err1``. The epochs before ``wpl_start_epoch`` are plain NAO in both, so they run once
 per rate (``dropout_<rate>/warmup``) and both searches continue from that checkpoint
-(``--no-fork`` runs them twice). The measured number per rate is the mean best-5 difference
+(``--no-fork`` runs them twice). One difference from an unforked search: the warm-up's last
+controller phase is its final one, which scores and trains but adds no new architectures, so
+the forked pool grows once less (identically in both searches). The measured number per rate is the mean best-5 difference
 over the epochs with WPL on; with ``--seeds 0,1,2`` the per-epoch differences are first
 averaged over the seeds. The paper's claim is that WPL gives the lower one at every rate
 (``wpl_lower_at_all_rates = 1``).
