@@ -51,7 +51,7 @@ import tensorflow as tf
 
 from wpl_keras.wpl.callbacks import DivergenceGuard
 from wpl_keras.wpl.fisher import estimate_fisher
-from wpl_keras.wpl.penalty import max_stable_strength
+from wpl_keras.wpl.penalty import check_wpl_mode, max_stable_strength
 from wpl_keras.wpl.training import WPLModel, apply_wpl
 
 SHARED_LAYER_NAMES = ("W_A1", "W_A2", "W_A3", "W_A4")
@@ -134,8 +134,7 @@ class TwoModelsConfig:
             )
         if self.a_optimizer not in ("sgd", "adam"):
             raise ValueError(f"a_optimizer must be 'sgd' or 'adam', got {self.a_optimizer!r}.")
-        if self.wpl_mode not in ("proximal", "gradient"):
-            raise ValueError(f"wpl_mode must be 'proximal' or 'gradient', got {self.wpl_mode!r}.")
+        check_wpl_mode(self.wpl_mode, "wpl_mode")
         if self.fisher_kind not in ("empirical", "true"):
             raise ValueError(f"fisher_kind must be 'empirical' or 'true', got {self.fisher_kind!r}.")
         for level in self.loose_levels:

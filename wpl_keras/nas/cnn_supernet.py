@@ -42,7 +42,7 @@ import tensorflow as tf
 from wpl_keras.nas.base import Architecture, SharedWeightsTask
 from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
 from wpl_keras.wpl.fisher import WPLState, momentum_fisher
-from wpl_keras.wpl.penalty import proximal_pull, wpl_penalty
+from wpl_keras.wpl.penalty import check_wpl_mode, wpl_penalty
 
 _SEP_OPS = {"sep3x3": 3, "sep5x5": 5}
 
@@ -127,10 +127,7 @@ class CNNSearchConfig:
     wpl_mode: str = "proximal"
 
     def __post_init__(self):
-        if self.wpl_mode not in ("proximal", "gradient"):
-            raise ValueError(
-                f"wpl_mode must be 'proximal' or 'gradient', got {self.wpl_mode!r}."
-            )
+        check_wpl_mode(self.wpl_mode, "CNNSearchConfig.wpl_mode")
 
 
 # --------------------------------------------------------------------------- pure ops
@@ -493,14 +490,12 @@ class CNNSearchTask(SharedWeightsTask):
                 logits = self.supernet((images, arch), training=True)
                 ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
                 data_loss = tf.reduce_sum(ce) / global_batch
-                if proximal:  # the Fisher term acts after the step; the penalty is reported
+                if proximal:  # the Fisher term acts after the step (below), with its penalty
+                    penalty = tf.constant(0.0)
                     loss = data_loss
                 else:
                     penalty = wpl_on * self._penalty(masks)
                     loss = data_loss + penalty / replicas
-            if proximal:
-                penalty = tf.cond(wpl_on > 0, lambda: self._penalty(masks),
-                                  lambda: tf.constant(0.0))
             grads = _none_to_zeros(tape.gradient(loss, self.variables), self.variables)
             correct = tf.reduce_sum(
                 tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
@@ -519,27 +514,31 @@ class CNNSearchTask(SharedWeightsTask):
             grads, _ = tf.clip_by_global_norm(
                 [m * g for m, g in zip(masks, grads)], self.cfg.grad_clip
             )
+        before = None  # the weights this step's loss saw, read once for L2 and the penalty
+        if proximal or self.cfg.weight_decay:
+            before = [tf.convert_to_tensor(v) for v in self.variables]
         step_grads = grads
         if self.cfg.weight_decay:
-            step_grads = [g + self.cfg.weight_decay * tf.convert_to_tensor(v)
-                          for g, v in zip(grads, self.variables)]
+            step_grads = [g + self.cfg.weight_decay * b for g, b in zip(grads, before)]
         self.optimizer.apply(self.variables, step_grads, masks)
-        if proximal:  # with the Fisher this step's penalty used (before the update below)
-            tf.cond(wpl_on > 0, lambda: self._proximal_pull(masks), lambda: tf.constant(False))
+        if proximal:  # with the Fisher of this step's penalty (updated below)
+            penalty = tf.cond(wpl_on > 0, lambda: self._proximal_pull(masks, before),
+                              lambda: tf.constant(0.0))
         # Fisher from the gradient of this update (no extra backward pass), masked.
         self._masked_fisher_update(grads, masks, fisher_gate)
         self.step.assign_add(1)
         return data_loss, penalty, correct / global_batch
 
-    def _proximal_pull(self, masks) -> tf.Tensor:
-        """``θ ← (θ + η α F θ*) / (1 + η α F)`` on the used slices (``F`` masked: unused
-        slices have ``η α m F = 0`` and keep their values)."""
-        s = self.wpl_state
+    def _proximal_pull(self, masks, before=None) -> tf.Tensor:
+        """``θ ← (θ + η α m F θ*) / (1 + η α m F)`` (:meth:`WPLState.apply_proximal` with the
+        usage masks ``m``: unused slices keep their values). Returns the penalty at
+        ``before`` (the weights this step's loss saw), or 0 without it."""
         lr = tf.convert_to_tensor(self.optimizer.learning_rate)
-        for v, f, a, m in zip(self.variables, s.fisher, s.anchors, masks):
-            v.assign(proximal_pull(tf.convert_to_tensor(v), m * tf.convert_to_tensor(f),
-                                   tf.convert_to_tensor(a), s.strength, lr))
-        return tf.constant(True)
+        penalty = tf.constant(0.0)
+        for k, m in enumerate(masks):
+            penalty += self.wpl_state.apply_proximal(
+                k, lr, mask=m, penalty_at=None if before is None else before[k])
+        return penalty
 
     def _masked_fisher_update(self, grads, masks, gate) -> None:
         s = self.wpl_state

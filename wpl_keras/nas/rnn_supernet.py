@@ -42,6 +42,7 @@ from wpl_keras.nas.base import Architecture, SharedWeightsTask
 from wpl_keras.nas.rnn_space import ACTIVATIONS, RNNCellSpace
 from wpl_keras.utils.checkpoint import VariableBundle
 from wpl_keras.wpl.fisher import WPLState, read_rows
+from wpl_keras.wpl.penalty import check_wpl_mode
 
 # f(a) = k1 tanh(k2 a) + k3 + k4 relu(a) + k5 a, one row per activation of ACTIVATIONS.
 _ACTIVATION_TABLE = np.array(
@@ -138,11 +139,7 @@ class RNNSupernetConfig:
                 f"RNNSupernetConfig.wpl_scope must be one of {WPL_SCOPES}, got "
                 f"{self.wpl_scope!r}."
             )
-        if self.wpl_mode not in ("proximal", "gradient"):
-            raise ValueError(
-                "RNNSupernetConfig.wpl_mode must be 'proximal' or 'gradient', got "
-                f"{self.wpl_mode!r}."
-            )
+        check_wpl_mode(self.wpl_mode, "RNNSupernetConfig.wpl_mode")
         if self.num_nodes < 2:
             raise ValueError("RNNSupernetConfig.num_nodes must be >= 2.")
         for name in ("weight_drop", "output_dropout", "embedding_dropout", "input_dropout"):

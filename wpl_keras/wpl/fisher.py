@@ -202,7 +202,8 @@ class WPLState(keras.layers.Layer):
         )
 
     def apply_proximal(self, index: int, learning_rate, rows: Optional[tf.Tensor] = None,
-                       strength=None, penalty_at: Optional[tf.Tensor] = None) -> tf.Tensor:
+                       strength=None, penalty_at: Optional[tf.Tensor] = None,
+                       mask: Optional[tf.Tensor] = None) -> tf.Tensor:
         """In place, the exact proximal step of the Fisher term on protected weight ``index``
         (only rows ``rows`` when given): ``θ ← (θ + η α F θ*) / (1 + η α F)``
         (:func:`~wpl_keras.wpl.penalty.proximal_pull`).
@@ -216,6 +217,9 @@ class WPLState(keras.layers.Layer):
             penalty_at: the weights (or rows) the step's loss was computed at; the penalty
                 ``(α/2) Σ F (penalty_at − θ*)²`` is returned, computed from the ``F`` and
                 ``θ*`` already read for the step (no second read).
+            mask: 0/1 weights broadcast against ``F`` (e.g. which slices an architecture
+                uses): ``F`` is taken as ``mask · F``, so masked-out entries keep their values
+                and add no penalty.
 
         Returns:
             That penalty (a float32 scalar), or 0 when ``penalty_at`` is None.
@@ -229,6 +233,8 @@ class WPLState(keras.layers.Layer):
             rows = tf.cast(rows, tf.int32)
             theta, fisher, anchor = (read_rows(v, rows), read_rows(self.fisher[index], rows),
                                      read_rows(self.anchors[index], rows))
+        if mask is not None:
+            fisher = mask * fisher
         penalty = tf.constant(0.0)
         if penalty_at is not None:
             penalty = wpl_penalty_and_gradient(penalty_at, fisher, anchor, alpha)[0]

@@ -98,6 +98,18 @@ def wpl_penalty_and_gradient(
     return 0.5 * tf.reduce_sum(grad * diff), grad
 
 
+WPL_MODES = ("gradient", "proximal")
+
+
+def check_wpl_mode(mode: str, owner: str = "mode") -> str:
+    """Returns ``mode`` if it is a WPL update mode, else raises a ``ValueError`` naming
+    ``owner``: ``"gradient"`` (``α F (θ − θ*)`` added to the gradient, the penalty in the
+    loss) or ``"proximal"`` (:func:`proximal_pull` after the optimiser's step)."""
+    if mode not in WPL_MODES:
+        raise ValueError(f"{owner} must be one of {WPL_MODES}, got {mode!r}.")
+    return mode
+
+
 def max_stable_strength(
     learning_rate: float, max_fisher: float, momentum: float = 0.0
 ) -> float:

@@ -22,9 +22,12 @@ from keras.src.losses.loss import scale_loss_for_distribution, unscale_loss_for_
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from wpl_keras.wpl.fisher import WPLState
-from wpl_keras.wpl.penalty import WeightPlasticity, proximal_pull, wpl_penalty_and_gradient
-
-_MODES = ("gradient", "proximal")
+from wpl_keras.wpl.penalty import (
+    WeightPlasticity,
+    check_wpl_mode,
+    proximal_pull,
+    wpl_penalty_and_gradient,
+)
 
 
 class WPLDivergenceError(RuntimeError):
@@ -118,8 +121,7 @@ def apply_wpl(
     Returns:
         The :class:`WPLState`.
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
+    check_wpl_mode(mode)
     is_wpl_model = isinstance(model, WPLTrainingMixin)
     if (update_fisher or mode == "proximal") and not is_wpl_model:
         raise ValueError(
@@ -170,8 +172,7 @@ class WPLTrainingMixin:
         self, *, update_fisher: bool = False, mode: str = "gradient", l2: float = 0.0
     ) -> None:
         """Sets how ``fit`` uses the WPL state (see :func:`apply_wpl`)."""
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
+        check_wpl_mode(mode)
         object.__setattr__(self, "_wpl_update_fisher", bool(update_fisher))
         object.__setattr__(self, "_wpl_mode", mode)
         object.__setattr__(self, "_wpl_l2", float(l2))
