@@ -110,3 +110,110 @@ def test_penalty_and_gradient_closed_form_matches_tape():
     penalty, grad = wpl_penalty_and_gradient(theta, fisher, anchor, 7.0)
     np.testing.assert_allclose(penalty, reference, rtol=1e-6)
     np.testing.assert_allclose(grad, tape.gradient(reference, theta), rtol=1e-6)
+
+
+# ------------------------------------------------------------------ proximal_pull edge cases
+# θ̃ = 3 (both entries), θ* = 1, F = (2, 0): k = η α F, θ = (θ̃ + k θ*) / (1 + k).
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32, tf.float64])
+def test_proximal_pull_infinite_strength_holds_anchor_where_fisher_positive(dtype):
+    theta = tf.constant([3.0, 3.0, -7.5], dtype)
+    anchor = tf.constant([1.0, 1.0, 0.25], dtype)
+    fisher = tf.constant([2.0, 0.0, 1e-30], tf.float32)
+    pulled = proximal_pull(theta, fisher, anchor, strength=float("inf"), learning_rate=0.1)
+    assert pulled.dtype == dtype
+    # F > 0 (even tiny): held at θ*; F = 0: left free (θ̃ exactly, no 0 · ∞ = NaN).
+    np.testing.assert_array_equal(pulled.numpy().astype(np.float64), [1.0, 3.0, 0.25])
+
+
+@pytest.mark.parametrize(
+    "strength, learning_rate", [(float("inf"), 0.0), (0.0, 0.5), (float("inf"), 1e300)]
+)
+def test_proximal_pull_zero_products_and_huge_values(strength, learning_rate):
+    theta = tf.constant([1e-8, 2.0], tf.float64)
+    anchor = tf.constant([1.0, -4.0], tf.float64)
+    fisher = tf.constant([0.5, 0.0], tf.float64)
+    pulled = proximal_pull(theta, fisher, anchor, strength, learning_rate).numpy()
+    # η = 0 or α = 0: no pull at all (θ̃ bit for bit); otherwise F > 0 entries go to θ*.
+    first = 1e-8 if strength * learning_rate == 0 or learning_rate == 0 else 1.0
+    np.testing.assert_array_equal(pulled, [first, 2.0])
+
+
+def test_proximal_pull_float16_does_not_overflow():
+    # η α = 0.01 · 1e8 = 1e6 overflows float16 (max 65504); the step must not.
+    theta = tf.constant([2.0, 2.0, -3.0, 5.0], tf.float16)
+    anchor = tf.constant([1.0, 1.0, 1.0, 5.0], tf.float16)
+    fisher = tf.constant([1.0, 2.0**-20, 0.0, 1.0], tf.float16)
+    pulled = proximal_pull(theta, fisher, anchor, strength=1e8, learning_rate=0.01)
+    assert pulled.dtype == tf.float16
+    k = 0.01 * 1e8 * np.array([1.0, 2.0**-20, 0.0, 1.0])
+    # k = (1e6, 0.95367…, 0, 1e6): (2 + 1e6)/(1 + 1e6) = 1.000001 → 1.0 in float16;
+    # (2 + 0.95367)/(1.95367) = 1.51186…; F = 0 keeps −3; θ̃ = θ* = 5 stays 5.
+    want = (np.array([2.0, 2.0, -3.0, 5.0]) + k * np.array([1.0, 1.0, 1.0, 5.0])) / (1 + k)
+    np.testing.assert_allclose(pulled.numpy().astype(np.float64), want, rtol=1e-3)
+    assert np.all(np.isfinite(pulled.numpy()))
+
+
+def test_proximal_pull_bfloat16_past_float32_range_goes_to_anchor():
+    # k = 1 · 1e30 · 1e10 = 1e40 > float32 max: the pull saturates at θ*, never NaN.
+    theta = tf.constant([3.0e38, -2.0], tf.bfloat16)
+    anchor = tf.constant([-3.0e38, 0.5], tf.bfloat16)
+    pulled = proximal_pull(theta, tf.constant([1e10, 1e10]), anchor, 1e30, 1.0)
+    assert pulled.dtype == tf.bfloat16
+    np.testing.assert_array_equal(pulled.numpy().astype(np.float64),
+                                  anchor.numpy().astype(np.float64))
+
+
+def test_proximal_pull_float64_keeps_strength_and_rate_in_float64():
+    # α = 1/3, η = 0.1, F = 1: k = 1/30 and θ = 1/(1 + 1/30) = 30/31 to float64 precision;
+    # α or η rounded through float32 would be off by ~1e-9.
+    theta = tf.constant([1.0, 0.0], tf.float64)
+    anchor = tf.constant([0.0, 1.0], tf.float64)
+    fisher = tf.constant([1.0, 3.0], tf.float64)
+    cases = ((1.0 / 3.0, 0.1), (np.float64(1.0 / 3.0), np.float64(0.1)),
+             (tf.constant(1.0 / 3.0, tf.float64), tf.Variable(0.1, dtype=tf.float64)))
+    for strength, rate in cases:
+        pulled = proximal_pull(theta, fisher, anchor, strength, rate)
+        assert pulled.dtype == tf.float64
+        # second entry: k = 0.1, θ = (0 + 0.1 · 1) / 1.1 = 1/11
+        np.testing.assert_allclose(pulled.numpy(), [30.0 / 31.0, 1.0 / 11.0], rtol=1e-15)
+
+
+def test_proximal_pull_matches_convex_combination_formula(seed):
+    rng = np.random.default_rng(seed)
+    theta, anchor = rng.normal(size=(2, 4, 3))
+    fisher = rng.uniform(size=(4, 3))
+    for strength in (1e-3, 1.0, 1e3, 1e12):
+        k = 0.05 * strength * fisher
+        want = (theta + k * anchor) / (1.0 + k)
+        got = proximal_pull(tf.constant(theta), tf.constant(fisher), tf.constant(anchor),
+                            strength, 0.05)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-15)
+        between = (got.numpy() - theta) * (got.numpy() - anchor)
+        assert np.all(between <= 1e-12)  # never outside [θ̃, θ*]
+
+
+def test_proximal_pull_infinite_strength_variable_and_inside_tf_function():
+    strength = tf.Variable(float("inf"))  # WPLState keeps α as a float32 variable
+    pull = tf.function(lambda t, f, a: proximal_pull(t, f, a, strength, 0.01))
+    got = pull(tf.constant([4.0, 4.0]), tf.constant([1.0, 0.0]), tf.constant([-1.0, -1.0]))
+    np.testing.assert_array_equal(got.numpy(), [-1.0, 4.0])
+    strength.assign(0.0)
+    got = pull(tf.constant([4.0, 4.0]), tf.constant([1.0, 0.0]), tf.constant([-1.0, -1.0]))
+    np.testing.assert_array_equal(got.numpy(), [4.0, 4.0])
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), -float("inf")])
+def test_proximal_pull_rejects_negative_or_nan_numbers(bad):
+    x = tf.constant([1.0])
+    with pytest.raises(ValueError, match="strength must be >= 0"):
+        proximal_pull(x, x, x, bad, 0.1)
+    with pytest.raises(ValueError, match="learning_rate must be >= 0"):
+        proximal_pull(x, x, x, 1.0, bad)
+
+
+def test_proximal_pull_nan_fisher_is_not_hidden():
+    got = proximal_pull(tf.constant([1.0, 1.0]), tf.constant([float("nan"), 1.0]),
+                        tf.constant([0.0, 0.0]), 1.0, 1.0).numpy()
+    assert np.isnan(got[0]) and got[1] == pytest.approx(0.5)

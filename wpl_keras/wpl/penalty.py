@@ -141,28 +141,62 @@ def proximal_pull(
     strength: float | tf.Tensor,
     learning_rate: float | tf.Tensor,
 ) -> tf.Tensor:
-    """Exact proximal step of the Fisher term, stable for every ``α``.
+    """Exact proximal step of the Fisher term, stable for every ``α`` (``∞`` included).
 
     After an optimiser step that left ``θ̃``, the proximal operator of ``η (α/2) F (θ − θ*)²``
     is the closed form
 
-        ``θ = (θ̃ + η α F θ*) / (1 + η α F)``
+        ``θ = (θ̃ + k θ*) / (1 + k) = w θ̃ + (1 − w) θ*``,  ``k = η α F``, ``w = 1 / (1 + k)``
 
     a convex combination of ``θ̃`` and ``θ*``: it never overshoots the anchor, whatever
     ``η α F`` is, whereas a gradient step on the same term diverges once ``η α F > 2``.
+    It is evaluated as ``w θ̃ + u θ*`` with ``u = k / (1 + k)`` (``u = 1`` where ``k = ∞``),
+    so that:
+
+    * ``k = ∞`` (``α = ∞``, or ``η α F`` beyond the float range) gives ``θ*`` exactly where
+      ``F > 0``;
+    * ``k = 0`` (``F = 0``, ``α = 0`` or ``η = 0``) leaves ``θ̃`` unchanged exactly, also for
+      ``α = ∞`` (``0 · ∞`` is taken as 0, not NaN); a NaN input still gives NaN;
+    * float16 / bfloat16 weights are pulled in float32 and cast back (the result lies between
+      ``θ̃`` and ``θ*``, so it cannot overflow); float64 weights are pulled in float64, and a
+      Python or NumPy ``α`` / ``η`` is converted to float64 directly, never through float32.
 
     Args:
         theta: weights after the data-loss step, ``θ̃``.
-        fisher: diagonal Fisher ``F``.
-        anchor: anchors ``θ*``.
-        strength: ``α``.
-        learning_rate: ``η``.
+        fisher: diagonal Fisher ``F`` (``>= 0``), same shape (cast to the compute dtype).
+        anchor: anchors ``θ*``, same shape (cast to the compute dtype).
+        strength: ``α >= 0`` (``inf`` allowed): a number or a scalar tensor/variable.
+        learning_rate: ``η >= 0``: a number or a scalar tensor/variable.
 
     Returns:
-        The pulled weights, same shape as ``theta``.
+        The pulled weights, same shape and dtype as ``theta``.
+
+    Raises:
+        ValueError: if a number given for ``strength`` or ``learning_rate`` is negative or NaN.
     """
-    k = tf.cast(learning_rate, theta.dtype) * tf.cast(strength, theta.dtype) * fisher
-    return (theta + k * anchor) / (1.0 + k)
+    theta = tf.convert_to_tensor(theta)
+    compute = tf.float64 if theta.dtype == tf.float64 else tf.float32
+
+    def as_compute(value, what):
+        if isinstance(value, (int, float, np.number, np.ndarray)):
+            value = np.asarray(value, np.float64)
+            if what and (np.isnan(value).any() or (value < 0).any()):
+                raise ValueError(
+                    f"proximal_pull: {what} must be >= 0 (inf allowed), got {value}."
+                )
+            return tf.constant(value, compute)
+        return tf.cast(value, compute)
+
+    alpha = as_compute(strength, "strength")
+    eta = as_compute(learning_rate, "learning_rate")
+    f = as_compute(fisher, None)
+    # 0 · ∞ is 0 here (no pull), while a NaN input still propagates to the result.
+    scale = tf.where((alpha == 0) | (eta == 0), tf.zeros_like(alpha * eta), alpha * eta)
+    k = tf.where((f == 0) | (scale == 0), tf.zeros_like(f), scale * f)
+    w = 1.0 / (1.0 + k)
+    u = tf.where(tf.math.is_inf(k), tf.ones_like(k), k * w)
+    pulled = w * tf.cast(theta, compute) + u * as_compute(anchor, None)
+    return tf.cast(tf.where(k == 0, tf.cast(theta, compute), pulled), theta.dtype)
 
 
 @keras.saving.register_keras_serializable(package="wpl_keras")
