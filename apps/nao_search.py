@@ -9,8 +9,8 @@ Stages, as subcommands (``search`` is the default when none is given):
     wpl-nao-search train-best --out DIR --train-epochs 1
     wpl-nao-search export --out DIR --export-dir DIR/export
 
-The app parses arguments into a :class:`~wpl_keras.nas.nao_search.NAOExperimentConfig` and
-calls a runner: :func:`~wpl_keras.nas.nao_search.run_nao_experiment` for the search (it
+The app parses arguments into a :class:`~wpl_keras.experiments.nao.NAOExperimentConfig` and
+calls a runner: :func:`~wpl_keras.experiments.nao.run_nao_experiment` for the search (it
 writes ``DIR/derived.json``, the best pool architecture), and the ENAS runners
 (:func:`~wpl_keras.experiments.enas.run_train_best`, ``run_export``) for training the derived
 cell from scratch and exporting it. The config is saved as ``DIR/nao_experiment.json``; later
@@ -95,7 +95,7 @@ def make_config(args):
     """The experiment config from the arguments (preset / config file / saved + overrides)."""
     import dataclasses
 
-    from wpl_keras.nas.nao_search import NAOExperimentConfig, nao_preset
+    from wpl_keras.experiments.nao import NAOExperimentConfig, nao_preset
 
     saved = os.path.join(args.out, "nao_experiment.json")
     if args.config:
@@ -142,13 +142,13 @@ def _data_dir(args, base) -> Optional[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from wpl_keras.experiments import enas
-    from wpl_keras.nas import nao_search
+    from wpl_keras.experiments import nao as nao_experiment
 
     config = make_config(args)
     data_dir = _data_dir(args, config.base)
     os.makedirs(args.out, exist_ok=True)
     if args.command == "search":
-        result = nao_search.run_nao_experiment(config, data_dir, args.out, resume=args.resume)
+        result = nao_experiment.run_nao_experiment(config, data_dir, args.out, resume=args.resume)
         last = result.history[-1] if result.history else {}
         summary = {k: last.get(k) for k in ("epoch", "mean_err1", "mean_diff", "best5_diff",
                                              "max_diff", "alpha", "pool_best_error")}

@@ -36,7 +36,7 @@ def run_rate(config, rate: float, out: str, data, *, fork: bool):
     """The searches without and with WPL at output dropout ``rate`` into ``out``; with
     ``fork`` the epochs before WPL turns on run once (``out/warmup``) and both continue from
     there. Returns ``({False: history, True: history}, seconds)``."""
-    from wpl_keras.nas import nao_search
+    from wpl_keras.experiments import nao as nao_experiment
 
     runs, seconds = {}, {}
     start_epoch = config.search.wpl_start_epoch
@@ -45,7 +45,7 @@ def run_rate(config, rate: float, out: str, data, *, fork: bool):
     if fork:
         t0 = time.time()
         warm = os.path.join(out, "warmup")
-        nao_search.run_nao_experiment(
+        nao_experiment.run_nao_experiment(
             config.replace(output_dropout=rate, search={"wpl": False, "epochs": start_epoch}),
             None, warm, data=data)
         seconds["warmup"] = round(time.time() - t0, 1)
@@ -54,7 +54,7 @@ def run_rate(config, rate: float, out: str, data, *, fork: bool):
     for wpl in (False, True):
         name = "wpl" if wpl else "no_wpl"
         t0 = time.time()
-        result = nao_search.run_nao_experiment(
+        result = nao_experiment.run_nao_experiment(
             config.replace(output_dropout=rate, search={"wpl": wpl}), None,
             os.path.join(out, name), data=data, resume=fork)
         seconds[name] = round(time.time() - t0, 1)
@@ -86,12 +86,13 @@ def main(argv=None) -> int:
                         help="run the epochs before WPL turns on twice per rate instead of once")
     args = parser.parse_args(argv)
 
+    from wpl_keras.experiments import nao as nao_experiment
     from wpl_keras.nas import metrics, nao_search
 
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     seeds = ([int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds
              else [args.seed])
-    config = nao_search.nao_preset("rnn", args.preset)
+    config = nao_experiment.nao_preset("rnn", args.preset)
     search_over = {"verbose": 0}
     for key, value in (("epochs", args.epochs), ("wpl_start_epoch", args.wpl_start_epoch),
                        ("strength", args.alpha)):
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
             search_over[key] = value
     config = config.replace(search=search_over)
     start = time.time()
-    data, config = nao_search.prepare_nao(config, args.data_dir)
+    data, config = nao_experiment.prepare_nao(config, args.data_dir)
     start_epoch = config.search.wpl_start_epoch
     fork = not args.no_fork and 0 < start_epoch < config.search.epochs
     by_seed, seconds = {}, {}

@@ -1,0 +1,200 @@
+"""NAO (+ WPL) experiments: a NAO search on a registered space of
+:mod:`wpl_keras.experiments.enas`.
+
+The space's data loader, task builder, train-from-scratch and export runners are reused as
+they are; this module adds the NAO experiment config (:class:`NAOExperimentConfig`), its presets
+(:func:`nao_preset`) and runners (:func:`build_nao_search`, :func:`prepare_nao`,
+:func:`run_nao_experiment`). The search loop itself is
+:func:`wpl_keras.nas.nao_search.run_nao_search`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Dict, Optional
+
+from wpl_keras.experiments import enas
+from wpl_keras.experiments.enas import ENASExperimentConfig
+from wpl_keras.nas.derive import DerivedArchitecture, write_derived
+from wpl_keras.nas.nao import NAOConfig, NAOController
+from wpl_keras.nas.nao_search import (
+    NAOSearchConfig,
+    NAOSearchResult,
+    run_nao_search,
+    with_regularization,
+)
+
+__all__ = ["NAOExperimentConfig", "nao_preset", "build_nao_search", "prepare_nao",
+           "run_nao_experiment"]
+
+
+@dataclasses.dataclass(frozen=True)
+class NAOExperimentConfig:
+    """A NAO (+ WPL) experiment: the ENAS experiment of the space (data, task config, seed,
+    train-from-scratch settings), the NAO loop and controller settings, and the supernet's
+    regularisation (output dropout rate, path-drop keep probability; ``None`` keeps the task
+    config's value)."""
+
+    base: ENASExperimentConfig
+    search: NAOSearchConfig
+    nao: NAOConfig = dataclasses.field(default_factory=NAOConfig)
+    output_dropout: Optional[float] = None
+    path_keep: Optional[float] = None
+
+    def __post_init__(self):
+        if self.output_dropout is not None and not 0.0 <= self.output_dropout < 1.0:
+            raise ValueError(f"output_dropout must be in [0, 1), got {self.output_dropout}.")
+        if self.path_keep is not None and not 0.0 < self.path_keep <= 1.0:
+            raise ValueError(f"path_keep must be in (0, 1], got {self.path_keep}.")
+
+    @property
+    def task_config(self):
+        """The space's task config with this experiment's output dropout / path dropping."""
+        return with_regularization(
+            self.base.task, output_dropout=self.output_dropout, path_keep=self.path_keep
+        )
+
+    def enas_config(self):
+        """The base ENAS experiment with the regularised task (for data, task, train-best)."""
+        return dataclasses.replace(self.base, task=self.task_config)
+
+    def replace(self, *, search: Optional[Dict[str, Any]] = None,
+                nao: Optional[Dict[str, Any]] = None, **fields) -> "NAOExperimentConfig":
+        new = dataclasses.replace(self, **fields)
+        if search:
+            new = dataclasses.replace(new, search=dataclasses.replace(new.search, **search))
+        if nao:
+            new = dataclasses.replace(new, nao=dataclasses.replace(new.nao, **nao))
+        return new
+
+    def to_json(self) -> dict:
+        return {"base": self.base.to_json(), "search": self.search.to_json(),
+                "nao": self.nao.to_json(), "output_dropout": self.output_dropout,
+                "path_keep": self.path_keep}
+
+    @classmethod
+    def from_json(cls, obj) -> "NAOExperimentConfig":
+        if isinstance(obj, str):
+            obj = json.loads(obj)
+        return cls(base=ENASExperimentConfig.from_json(obj["base"]),
+                   search=NAOSearchConfig.from_json(obj["search"]),
+                   nao=NAOConfig.from_json(obj["nao"]),
+                   output_dropout=obj.get("output_dropout"), path_keep=obj.get("path_keep"))
+
+    def save(self, path: str) -> str:
+        with open(path, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> "NAOExperimentConfig":
+        with open(path) as f:
+            return cls.from_json(json.load(f))
+
+
+def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:
+    """NAO presets over the ENAS space presets.
+
+    * ``cpu-small`` (RNN): the ENAS ``cpu-small`` task (hidden 128, batch 32, lr 10) with BPTT
+      20 (12 nodes, PTB's 10k vocabulary kept) so that 8 searches (4 dropout rates ×
+      with/without WPL) fit in under an hour on a busy 2-core machine; 18 epochs of 8 pool
+      architectures × 3 batches, a pool of 16 random seeds growing by 6 every 2 epochs; WPL
+      from epoch 10 (before that the supernet improves so fast that err2 < err1 at most
+      rates), α 1e6 with WPL on every shared weight and the proximal step (as the ENAS
+      cpu-small preset), flush every 2 epochs. NAO controller: 64 units, 60 epochs per phase.
+    * ``paper``: the ENAS ``paper`` task and NAO's weight-sharing settings (1000 seed
+      architectures, 100 seeds, 300 new, 96 units, 1000 controller epochs), sized for a GPU.
+    * ``tiny``: the ENAS ``tiny`` task; seconds, for tests and the notebook.
+    """
+    key = preset.replace("_", "-")
+    base = enas.get_preset(space, key)
+    if key == "cpu-small":
+        names = {f.name for f in dataclasses.fields(base.task)}
+        small = dict(embedding_size=128, hidden_size=128, batch_size=32, bptt=20,
+                     eval_batch_size=32, eval_bptt=20)
+        base = dataclasses.replace(
+            base, task=dataclasses.replace(base.task, **{k: v for k, v in small.items()
+                                                         if k in names}))
+        config = NAOExperimentConfig(
+            base=base,
+            # α 1e6 as the ENAS cpu-small preset (whose task also brings wpl_scope="all" and
+            # the proximal step): the raw Fisher of this supernet is so small that the
+            # reference α 60 leaves the weights free.
+            search=NAOSearchConfig.cpu_small(shared_steps_per_epoch=8, strength=1e6,
+                                             epochs=18, wpl_start_epoch=10),
+            nao=NAOConfig(token_embedding=32, units=64, predictor_units=64, epochs=60),
+        )
+    elif key == "paper":
+        config = NAOExperimentConfig(
+            base=base,
+            search=NAOSearchConfig(epochs=150, shared_steps_per_epoch=60, batches_per_arch=7,
+                                   seed_archs=1000, controller_every=50, new_archs=300,
+                                   top_k_seeds=100, max_pool=1000, wpl_start_epoch=5,
+                                   strength=60.0, strength_decay="linear",
+                                   strength_decay_start=15, flush_every=2),
+            nao=NAOConfig(token_embedding=96, units=96, predictor_units=200,
+                          predictor_layers=1, epochs=1000, batch_size=100, step_size=1.0),
+        )
+    elif key == "tiny":
+        config = NAOExperimentConfig(
+            base=base,
+            search=NAOSearchConfig(epochs=3, shared_steps_per_epoch=3, batches_per_arch=2,
+                                   seed_archs=4, controller_every=2, new_archs=2,
+                                   top_k_seeds=2, max_pool=8, wpl_start_epoch=1,
+                                   strength=10.0, flush_every=2, verbose=0),
+            nao=NAOConfig(token_embedding=4, units=8, predictor_units=8, epochs=3,
+                          batch_size=8, max_rounds=4),
+        )
+    else:
+        raise ValueError(f"unknown NAO preset {preset!r}; available: cpu-small, paper, tiny.")
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def build_nao_search(config: NAOExperimentConfig, data):
+    """``(task, nao)`` of an experiment: the space's task (with the regularised task config)
+    and a NAO controller over its decisions, both seeded with ``config.base.seed``."""
+    import keras
+
+    base = config.enas_config()
+    keras.utils.set_random_seed(int(base.seed))
+    task = enas.get_space(base.space).build_task(data, base)
+    nao = NAOController(task.space.decision_sizes, config.nao, seed=base.seed)
+    return task, nao
+
+
+def prepare_nao(config: NAOExperimentConfig, data_dir: Optional[str], data=None):
+    """``(data, config)``: loads the space's data unless given and fits the task to it."""
+    data, base = enas.prepare(config.base, data_dir, data)
+    return data, dataclasses.replace(config, base=base)
+
+
+def run_nao_experiment(
+    config: NAOExperimentConfig,
+    data_dir: Optional[str],
+    out_dir: str,
+    *,
+    resume: bool = False,
+    data=None,
+    on_epoch_end: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> NAOSearchResult:
+    """Runs (or resumes) the NAO search of ``config`` into ``out_dir``; saves
+    ``nao_experiment.json`` and, at the end, ``derived.json`` (the best pool architecture,
+    in the format of :mod:`wpl_keras.nas.derive`, so the ENAS train-best/export runners
+    read it)."""
+    os.makedirs(out_dir, exist_ok=True)
+    data, config = prepare_nao(config, data_dir, data)
+    config.save(os.path.join(out_dir, "nao_experiment.json"))
+    task, nao = build_nao_search(config, data)
+    result = run_nao_search(task, nao, config.search, out_dir, seed=config.base.seed,
+                            resume=resume, on_epoch_end=on_epoch_end)
+    scored = [(a, e) for a, e in zip(result.pool, result.pool_errors) if math.isfinite(e)]
+    if scored:
+        scored.sort(key=lambda ae: ae[1])
+        derived = DerivedArchitecture(arch=tuple(scored[0][0]), error=float(scored[0][1]),
+                                      candidates=tuple((tuple(a), float(e)) for a, e in scored),
+                                      num_samples=len(result.pool))
+        write_derived(derived, task.space, out_dir)
+    return result
