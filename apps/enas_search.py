@@ -11,17 +11,27 @@ Stages, as subcommands (``search`` is the default when none is given):
 The app only parses arguments into an :class:`~wpl_keras.experiments.enas.ENASExperimentConfig`
 and calls a runner of :mod:`wpl_keras.experiments.enas`. The config is saved as
 ``DIR/experiment.json``; later stages reload it from there unless ``--preset``/``--config``
-say otherwise.
+say otherwise. The search records its data folder and ``--verify`` choice as
+``DIR/data_source.json``; later stages load the same data unless ``--data-dir``/``--verify``
+say otherwise. A data error (a failed download, missing or bad files) is reported in one
+paragraph, with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
+
+from apps._common import (
+    add_data_arguments,
+    default_data_dir,
+    run_stage,
+    stage_data,
+    train_best_or_export,
+)
 
 COMMANDS = ("search", "derive", "train-best", "export")
 
@@ -66,10 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "DIR/experiment.json for later stages")
     parser.add_argument("--config", default=None,
                         help="an experiment.json to use instead of a preset")
-    parser.add_argument("--data-dir", default=None,
-                        help="the space's data folder (e.g. ../shared/data/ptb); default: "
-                             "$WPL_DATA_DIR/<ptb|cifar10> when WPL_DATA_DIR is set, else the "
-                             "loader's download")
+    add_data_arguments(parser)
     parser.add_argument("--out", required=True, help="output directory of the experiment")
     parser.add_argument("--wpl", action=argparse.BooleanOptionalAction, default=None,
                         help="use the Weight Plasticity Loss (--no-wpl: plain ENAS); default "
@@ -92,11 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _data_dir(args, spec) -> Optional[str]:
-    if args.data_dir:
-        return args.data_dir
-    root = os.environ.get("WPL_DATA_DIR")
-    return os.path.join(root, spec.data_subdir) if root else None
+_data_dir = default_data_dir
 
 
 def make_config(args):
@@ -135,30 +138,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     config = make_config(args)
     spec = enas.get_space(config.space)
-    data_dir = _data_dir(args, spec)
+    return run_stage("wpl-enas-search", spec, lambda: _run(args, config, spec))
+
+
+def _run(args, config, spec) -> int:
+    from wpl_keras.experiments import enas
+
+    source = stage_data(args, spec)
     os.makedirs(args.out, exist_ok=True)
     if args.command == "search":
-        result = enas.run_search_experiment(config, data_dir, args.out, resume=args.resume)
+        result = enas.run_search_experiment(config, source.data_dir, args.out,
+                                            resume=args.resume, verify=source.verify)
         last = result.history[-1] if result.history else {}
         summary = {k: last.get(k) for k in ("epoch", "mean_diff", "best5_diff", "max_diff",
                                              "mean_reward", "alpha")}
         print(json.dumps({"command": "search", "out": args.out, "epochs": len(result.history),
                           "last_epoch": summary}))
     elif args.command == "derive":
-        derived = enas.run_derive(config, data_dir, args.out)
+        derived = enas.run_derive(config, source.data_dir, args.out, verify=source.verify)
         print(json.dumps({"command": "derive", "arch": list(derived.arch),
                           "error": derived.error, "num_samples": derived.num_samples,
                           "json": os.path.join(args.out, "derived.json")}))
-    elif args.command == "train-best":
-        arch = None
-        if args.arch:
-            arch = enas.build_space(config).from_string(args.arch)
-        _, result = enas.run_train_best(config, data_dir, args.out, arch=arch)
-        print(json.dumps({"command": "train-best", **result}, default=float))
     else:
-        arch = enas.build_space(config).from_string(args.arch) if args.arch else None
-        path = enas.run_export(config, data_dir, args.out, args.export_dir, arch=arch)
-        print(json.dumps({"command": "export", "path": path}))
+        train_best_or_export(args, config, source)
     return 0
 
 

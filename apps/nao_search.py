@@ -14,7 +14,10 @@ calls a runner: :func:`~wpl_keras.experiments.nao.run_nao_experiment` for the se
 writes ``DIR/derived.json``, the best pool architecture), and the ENAS runners
 (:func:`~wpl_keras.experiments.enas.run_train_best`, ``run_export``) for training the derived
 cell from scratch and exporting it. The config is saved as ``DIR/nao_experiment.json``; later
-stages reload it from there unless ``--preset``/``--config`` say otherwise.
+stages reload it from there unless ``--preset``/``--config`` say otherwise. The search records
+its data folder and ``--verify`` choice as ``DIR/data_source.json``; later stages load the same
+data unless ``--data-dir``/``--verify`` say otherwise. A data error (a failed download, missing
+or bad files) is reported in one paragraph, with exit status 2.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import json
 import os
 import sys
 from typing import Optional, Sequence
+
+from apps._common import add_data_arguments, run_stage, stage_data, train_best_or_export
 
 COMMANDS = ("search", "derive", "train-best", "export")
 
@@ -64,9 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default=None,
                         help="cpu-small (default), paper (for a GPU) or tiny (tests)")
     parser.add_argument("--config", default=None, help="a nao_experiment.json to use")
-    parser.add_argument("--data-dir", default=None,
-                        help="the space's data folder (e.g. ../shared/data/ptb); default "
-                             "$WPL_DATA_DIR/<ptb|cifar10> when set, else the loader's download")
+    add_data_arguments(parser)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--wpl", action=argparse.BooleanOptionalAction, default=None,
                         help="use WPL (--no-wpl: plain NAO); default from the preset (on)")
@@ -130,25 +133,23 @@ def make_config(args):
     return config.replace(search=search, **top)
 
 
-def _data_dir(args, base) -> Optional[str]:
-    if args.data_dir:
-        return args.data_dir
-    from wpl_keras.experiments import enas
-
-    root = os.environ.get("WPL_DATA_DIR")
-    return os.path.join(root, enas.get_space(base.space).data_subdir) if root else None
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from wpl_keras.experiments import enas
-    from wpl_keras.experiments import nao as nao_experiment
 
     config = make_config(args)
-    data_dir = _data_dir(args, config.base)
+    spec = enas.get_space(config.base.space)
+    return run_stage("wpl-nao-search", spec, lambda: _run(args, config, spec))
+
+
+def _run(args, config, spec) -> int:
+    from wpl_keras.experiments import nao as nao_experiment
+
+    source = stage_data(args, spec)
     os.makedirs(args.out, exist_ok=True)
     if args.command == "search":
-        result = nao_experiment.run_nao_experiment(config, data_dir, args.out, resume=args.resume)
+        result = nao_experiment.run_nao_experiment(config, source.data_dir, args.out,
+                                                   resume=args.resume, verify=source.verify)
         last = result.history[-1] if result.history else {}
         summary = {k: last.get(k) for k in ("epoch", "mean_err1", "mean_diff", "best5_diff",
                                              "max_diff", "alpha", "pool_best_error")}
@@ -162,16 +163,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             derived = json.load(f)
         print(json.dumps({"command": "derive", "arch": derived["arch"],
                           "error": derived["error"], "json": path}))
-    elif args.command == "train-best":
-        base = config.enas_config()
-        arch = enas.build_space(base).from_string(args.arch) if args.arch else None
-        _, result = enas.run_train_best(base, data_dir, args.out, arch=arch)
-        print(json.dumps({"command": "train-best", **result}, default=float))
     else:
-        base = config.enas_config()
-        arch = enas.build_space(base).from_string(args.arch) if args.arch else None
-        path = enas.run_export(base, data_dir, args.out, args.export_dir, arch=arch)
-        print(json.dumps({"command": "export", "path": path}))
+        train_best_or_export(args, config.enas_config(), source)
     return 0
 
 

@@ -6,7 +6,9 @@
 
 The app parses arguments into a :class:`~wpl_keras.experiments.two_models.TwoModelsConfig`,
 loads MNIST and calls :func:`~wpl_keras.experiments.two_models.run_experiment`; it writes
-``results.json``, ``config.json`` and ``two_models.png`` into ``--out``.
+``results.json``, ``config.json``, ``data_source.json`` (the data folder and ``--verify``)
+and ``two_models.png`` into ``--out``. A data error (a failed download, missing or bad idx
+files) is reported in one paragraph, with exit status 2.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import sys
 from typing import Optional, Sequence
 
 ENV_DATA_DIR = "WPL_DATA_DIR"
+_MNIST_FILES = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
 
 
 def resolve_data_dir(data_dir: Optional[str], environ=None) -> Optional[str]:
@@ -60,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
              "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz). "
              f"Default: ${ENV_DATA_DIR}/mnist when {ENV_DATA_DIR} is set, else download with "
              "tensorflow-datasets (needs internet)")
+    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                        help="check the idx files against their standard checksums "
+                             "(--no-verify: accept variants of the files)")
     parser.add_argument("--tfds-dir", default=None,
                         help="tensorflow-datasets cache directory for the download")
     parser.add_argument("--out", required=True, help="output directory")
@@ -127,8 +134,13 @@ def config_from_args(args: argparse.Namespace):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    from wpl_keras.data.mnist import MnistDataError, MnistDownloadError, load_mnist
+    from wpl_keras.data.mnist import load_mnist
     from wpl_keras.experiments import two_models
+    from wpl_keras.experiments.data_source import (
+        data_error_message,
+        data_error_types,
+        save_data_source,
+    )
 
     try:
         config = config_from_args(args)
@@ -136,12 +148,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"wpl-two-models: {error}", file=sys.stderr)
         return 2
     data_dir = resolve_data_dir(args.data_dir)
+    verify = {} if args.verify else {"verify": False}
     try:
         data = load_mnist(data_dir, validation_size=config.validation_size, seed=0,
-                          tfds_dir=args.tfds_dir)
-    except (MnistDataError, MnistDownloadError) as error:
-        print(f"wpl-two-models: {error}", file=sys.stderr)
+                          tfds_dir=args.tfds_dir, **verify)
+    except data_error_types() as error:
+        print(data_error_message("wpl-two-models", error, dataset="MNIST", files=_MNIST_FILES),
+              file=sys.stderr)
         return 2
+    save_data_source(args.out, data_dir, verify=args.verify)
     print(f"MNIST from {data.source}: {data.sizes()}", flush=True)
     results = two_models.run_experiment(
         data, config, strict=not args.no_strict, progress=lambda m: print(m, flush=True)

@@ -27,6 +27,7 @@ import json
 import os
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+from wpl_keras.experiments.data_source import save_data_source
 from wpl_keras.nas.search import SearchConfig, SearchResult
 
 # Space name → "module:attribute" of its SpaceSpec, imported on first use.
@@ -151,7 +152,8 @@ class SpaceSpec:
         data_subdir: sub-folder of a shared data root holding this space's data (``"ptb"``).
         task_config_type: the frozen dataclass of the task config (for JSON round trips).
         presets: preset name → ``() -> ENASExperimentConfig``.
-        load_data: ``(data_dir, config) -> data``.
+        load_data: ``(data_dir, config) -> data``; called with ``verify=False`` as well when
+            local files are not to be checked against their standard checksums.
         build_task: ``(data, config) -> SharedWeightsTask``.
         train_best: ``(data, arch, config, out_dir) -> (model, metrics dict)`` or None.
         export: ``(model, arch, space, export_dir) -> path`` or None.
@@ -159,6 +161,8 @@ class SpaceSpec:
         adapt_config: ``(data, config) -> config`` fitting sizes to the loaded data (e.g. the
             vocabulary of a tiny corpus when ``data_check`` is off), or None.
         error_name: what ``validation_error`` measures, for plots.
+        dataset: the dataset's name in error messages (``"PTB"``).
+        data_files: the files a ``--data-dir`` folder must hold, for error messages.
     """
 
     name: str
@@ -172,6 +176,8 @@ class SpaceSpec:
     build_space: Optional[Callable[[ENASExperimentConfig], Any]] = None
     adapt_config: Optional[Callable[[Any, ENASExperimentConfig], ENASExperimentConfig]] = None
     error_name: str = "error"
+    dataset: str = "the data"
+    data_files: str = "the space's data files"
 
 
 def register_space(name: str, target: str) -> None:
@@ -248,15 +254,21 @@ def build_search(config: ENASExperimentConfig, data) -> Tuple[Any, Any, Any]:
     return task, controller, reinforce
 
 
-def load_data(config: ENASExperimentConfig, data_dir: Optional[str]):
-    """Loads the experiment's data from ``data_dir`` (the space's loader decides defaults)."""
-    return get_space(config.space).load_data(data_dir, config)
+def load_data(config: ENASExperimentConfig, data_dir: Optional[str], *, verify: bool = True):
+    """Loads the experiment's data from ``data_dir`` (the space's loader decides defaults);
+    ``verify=False`` skips the check of local files against their standard checksums."""
+    spec = get_space(config.space)
+    # A loader that verifies nothing need not accept the keyword: it is passed only to turn
+    # the check off.
+    extra = {} if verify else {"verify": False}
+    return spec.load_data(data_dir, config, **extra)
 
 
-def prepare(config: ENASExperimentConfig, data_dir: Optional[str], data=None):
+def prepare(config: ENASExperimentConfig, data_dir: Optional[str], data=None, *,
+            verify: bool = True):
     """``(data, config)``: loads the data unless given, and fits the config to it."""
     spec = get_space(config.space)
-    data = spec.load_data(data_dir, config) if data is None else data
+    data = load_data(config, data_dir, verify=verify) if data is None else data
     if spec.adapt_config is not None:
         config = spec.adapt_config(data, config)
     return data, config
@@ -269,6 +281,7 @@ def run_search_experiment(
     *,
     resume: bool = False,
     data=None,
+    verify: bool = True,
 ) -> SearchResult:
     """Runs (or resumes) the search of ``config`` into ``out_dir``; saves ``experiment.json``.
 
@@ -278,12 +291,17 @@ def run_search_experiment(
         out_dir: results, logs and checkpoints.
         resume: continue from the latest checkpoint in ``out_dir``.
         data: already loaded data (skips loading).
+        verify: check local data files against their standard checksums.
+
+    The data location and ``verify`` are recorded as ``out_dir/data_source.json``
+    (:mod:`wpl_keras.experiments.data_source`) for the later stages.
     """
     from wpl_keras.nas.search import run_search
 
     os.makedirs(out_dir, exist_ok=True)
-    data, config = prepare(config, data_dir, data)
+    data, config = prepare(config, data_dir, data, verify=verify)
     config.save(os.path.join(out_dir, "experiment.json"))
+    save_data_source(out_dir, data_dir, verify=verify)
     task, controller, reinforce = build_search(config, data)
     return run_search(task, controller, reinforce, config.search, out_dir, resume=resume)
 
@@ -295,6 +313,7 @@ def run_derive(
     *,
     num_samples: Optional[int] = None,
     data=None,
+    verify: bool = True,
 ):
     """Reloads the search in ``out_dir`` and derives its best architecture.
 
@@ -306,7 +325,7 @@ def run_derive(
     from wpl_keras.nas.derive import derive_best, write_derived
     from wpl_keras.nas.search import restore_latest
 
-    data, config = prepare(config, data_dir, data)
+    data, config = prepare(config, data_dir, data, verify=verify)
     task, controller, reinforce = build_search(config, data)
     restore_latest(task, controller, reinforce, out_dir)
     derived = derive_best(task, controller, num_samples or config.derive_samples)
@@ -322,6 +341,7 @@ def run_train_best(
     arch=None,
     epochs: Optional[int] = None,
     data=None,
+    verify: bool = True,
 ):
     """Trains the derived architecture (``out_dir/derived.json`` unless ``arch`` is given)
     from scratch for ``epochs`` (default ``config.train_epochs``); writes ``train_best.json``.
@@ -334,7 +354,7 @@ def run_train_best(
     spec = get_space(config.space)
     if spec.train_best is None:
         raise NotImplementedError(f"space {config.space!r} has no train-best runner.")
-    data, config = prepare(config, data_dir, data)
+    data, config = prepare(config, data_dir, data, verify=verify)
     if arch is None:
         arch = load_derived(os.path.join(out_dir, "derived.json"))
     if epochs is not None:
@@ -355,13 +375,14 @@ def run_export(
     arch=None,
     epochs: Optional[int] = None,
     data=None,
+    verify: bool = True,
 ) -> str:
     """Trains the derived architecture or ``arch`` (as :func:`run_train_best`) and exports it to
     ``export_dir`` (default ``out_dir/export``). Returns the export path."""
     spec = get_space(config.space)
     if spec.export is None:
         raise NotImplementedError(f"space {config.space!r} has no export.")
-    data, config = prepare(config, data_dir, data)
+    data, config = prepare(config, data_dir, data, verify=verify)
     from wpl_keras.nas.derive import load_derived
 
     if arch is None:
@@ -383,10 +404,12 @@ def build_space(config: ENASExperimentConfig):
 # The RNN space: PTB language modelling with the ENAS recurrent cell.
 
 
-def _rnn_load_data(data_dir: Optional[str], config: ENASExperimentConfig):
+def _rnn_load_data(data_dir: Optional[str], config: ENASExperimentConfig, **verify):
+    """PTB from ``data_dir``; ``verify`` (``verify=False`` or nothing) goes to the loader."""
     from wpl_keras.data.ptb import PTB_VOCAB_SIZE, load_ptb
 
-    return load_ptb(data_dir, vocab_size=PTB_VOCAB_SIZE if config.data_check else None)
+    return load_ptb(data_dir, vocab_size=PTB_VOCAB_SIZE if config.data_check else None,
+                    **verify)
 
 
 def _rnn_adapt_config(corpus, config: ENASExperimentConfig) -> ENASExperimentConfig:
@@ -515,4 +538,7 @@ RNN_SPACE = SpaceSpec(
     build_space=_rnn_build_space,
     adapt_config=_rnn_adapt_config,
     error_name="perplexity",
+    dataset="PTB",
+    data_files="train.txt, valid.txt and test.txt (or ptb.train.txt, ptb.valid.txt and "
+               "ptb.test.txt)",
 )

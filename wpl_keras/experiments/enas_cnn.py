@@ -173,12 +173,13 @@ def preset(name: str) -> ENASExperimentConfig:
 
 
 # --------------------------------------------------------------------------- builders
-def load_data(data_dir: Optional[str], config: Optional[ENASExperimentConfig] = None):
+def load_data(data_dir: Optional[str], config: Optional[ENASExperimentConfig] = None,
+              **verify):
     """CIFAR-10 arrays: tensorflow-datasets when ``data_dir`` is None, else the folder (see
-    :func:`wpl_keras.data.cifar10.load_cifar10`)."""
+    :func:`wpl_keras.data.cifar10.load_cifar10`, which receives ``verify=False`` when given)."""
     from wpl_keras.data.cifar10 import load_cifar10
 
-    return load_cifar10(data_dir)
+    return load_cifar10(data_dir, **verify)
 
 
 def _space(config: ENASExperimentConfig):
@@ -237,4 +238,8 @@ CNN_SPACE = SpaceSpec(
     export=_export,
     build_space=_space,
     error_name="error_percent",
+    dataset="CIFAR-10",
+    data_files="cifar-10-batches-py/ (data_batch_1 to data_batch_5 and test_batch), "
+               "cifar-10-python.tar.gz, train/<class>/ and test/<class>/ image folders, or "
+               "cifar10-jpeg-train.tar.gz with cifar10-jpeg-test.tar.gz",
 )

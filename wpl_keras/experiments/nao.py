@@ -17,6 +17,7 @@ import os
 from typing import Any, Callable, Dict, Optional
 
 from wpl_keras.experiments import enas
+from wpl_keras.experiments.data_source import save_data_source
 from wpl_keras.experiments.enas import ENASExperimentConfig
 from wpl_keras.nas.derive import DerivedArchitecture, write_derived
 from wpl_keras.nas.nao import NAOConfig, NAOController
@@ -165,9 +166,11 @@ def build_nao_search(config: NAOExperimentConfig, data):
     return task, nao
 
 
-def prepare_nao(config: NAOExperimentConfig, data_dir: Optional[str], data=None):
-    """``(data, config)``: loads the space's data unless given and fits the task to it."""
-    data, base = enas.prepare(config.base, data_dir, data)
+def prepare_nao(config: NAOExperimentConfig, data_dir: Optional[str], data=None, *,
+                verify: bool = True):
+    """``(data, config)``: loads the space's data unless given and fits the task to it
+    (``verify=False`` skips the check of local files against their standard checksums)."""
+    data, base = enas.prepare(config.base, data_dir, data, verify=verify)
     return data, dataclasses.replace(config, base=base)
 
 
@@ -179,14 +182,17 @@ def run_nao_experiment(
     resume: bool = False,
     data=None,
     on_epoch_end: Optional[Callable[[Dict[str, Any]], None]] = None,
+    verify: bool = True,
 ) -> NAOSearchResult:
     """Runs (or resumes) the NAO search of ``config`` into ``out_dir``; saves
-    ``nao_experiment.json`` and, at the end, ``derived.json`` (the best pool architecture,
-    in the format of :mod:`wpl_keras.nas.derive`, so the ENAS train-best/export runners
-    read it)."""
+    ``nao_experiment.json``, ``data_source.json`` (``data_dir`` and ``verify``, for the later
+    stages; :mod:`wpl_keras.experiments.data_source`) and, at the end, ``derived.json`` (the
+    best pool architecture, in the format of :mod:`wpl_keras.nas.derive`, so the ENAS
+    train-best/export runners read it)."""
     os.makedirs(out_dir, exist_ok=True)
-    data, config = prepare_nao(config, data_dir, data)
+    data, config = prepare_nao(config, data_dir, data, verify=verify)
     config.save(os.path.join(out_dir, "nao_experiment.json"))
+    save_data_source(out_dir, data_dir, verify=verify)
     task, nao = build_nao_search(config, data)
     result = run_nao_search(task, nao, config.search, out_dir, seed=config.base.seed,
                             resume=resume, on_epoch_end=on_epoch_end)

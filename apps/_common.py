@@ -1,0 +1,78 @@
+"""What the search apps (``wpl-enas-search``, ``wpl-nao-search``) share: the data arguments,
+the data of a stage (``--data-dir`` / ``--verify``, else the run's record, else
+``$WPL_DATA_DIR/<space's folder>``), the stage dispatch for train-best/export, and the report
+of a data error as one paragraph with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Optional
+
+ENV_DATA_DIR = "WPL_DATA_DIR"
+DATA_ERROR_STATUS = 2
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--data-dir`` and ``--verify/--no-verify``."""
+    parser.add_argument("--data-dir", default=None,
+                        help="the space's data folder (e.g. ../shared/data/ptb); default: the "
+                             "one the search of --out used (DIR/data_source.json), else "
+                             f"${ENV_DATA_DIR}/<ptb|cifar10> when {ENV_DATA_DIR} is set, else "
+                             "the loader's download")
+    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                        help="check local data files against their standard checksums "
+                             "(--no-verify: accept variants of the files); default: the "
+                             "search's choice, else on")
+
+
+def default_data_dir(args: argparse.Namespace, spec) -> Optional[str]:
+    """``--data-dir``, else ``$WPL_DATA_DIR/<spec.data_subdir>`` when set, else None."""
+    if args.data_dir:
+        return args.data_dir
+    root = os.environ.get(ENV_DATA_DIR)
+    return os.path.join(root, spec.data_subdir) if root else None
+
+
+def stage_data(args: argparse.Namespace, spec):
+    """The :class:`~wpl_keras.experiments.data_source.DataSource` of this stage: the explicit
+    ``--data-dir`` / ``--verify``, else what the run in ``--out`` recorded, else the defaults
+    (:func:`default_data_dir`, verify on)."""
+    from wpl_keras.experiments.data_source import resolve_data_source
+
+    env_default = None if args.data_dir else default_data_dir(args, spec)
+    return resolve_data_source(args.out, data_dir=args.data_dir, verify=args.verify,
+                               default_dir=env_default)
+
+
+def run_stage(prog: str, spec, stage: Callable[[], int]) -> int:
+    """Runs ``stage()``; a data error of the loaders is printed as one paragraph on stderr
+    (what failed, which files ``--data-dir`` needs) and gives exit status 2."""
+    from wpl_keras.experiments.data_source import data_error_message, data_error_types
+
+    try:
+        return stage()
+    except data_error_types() as error:
+        print(data_error_message(prog, error, dataset=spec.dataset, files=spec.data_files),
+              file=sys.stderr)
+        return DATA_ERROR_STATUS
+
+
+def train_best_or_export(args: argparse.Namespace, base, source) -> None:
+    """The ``train-best`` / ``export`` stages of the ENAS experiment ``base`` (an
+    :class:`~wpl_keras.experiments.enas.ENASExperimentConfig`) on the data ``source``; prints
+    the stage's JSON line."""
+    from wpl_keras.experiments import enas
+
+    arch = enas.build_space(base).from_string(args.arch) if args.arch else None
+    if args.command == "train-best":
+        _, result = enas.run_train_best(base, source.data_dir, args.out, arch=arch,
+                                        verify=source.verify)
+        print(json.dumps({"command": "train-best", **result}, default=float))
+    else:
+        path = enas.run_export(base, source.data_dir, args.out, args.export_dir, arch=arch,
+                               verify=source.verify)
+        print(json.dumps({"command": "export", "path": path}))

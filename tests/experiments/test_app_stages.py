@@ -1,0 +1,189 @@
+"""The search apps' later stages load the data the search used, a data error is one paragraph
+with exit status 2, and --no-verify reaches the loaders (ENAS-RNN, ENAS-CNN, NAO)."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from apps import enas_search, nao_search
+from tests.experiments.test_enas import write_tiny_ptb
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Every download path fails as it does without internet; WPL_DATA_DIR points nowhere."""
+    import keras
+    import tensorflow_datasets as tfds
+
+    calls = []
+
+    def fail(*args, **kwargs):
+        calls.append(args)
+        raise Exception("URL fetch failure on https://example.invalid: None -- offline")
+
+    monkeypatch.setattr(keras.utils, "get_file", fail)
+    monkeypatch.setattr(tfds, "load", fail)
+    monkeypatch.setattr(tfds, "builder", fail)
+    monkeypatch.setenv("WPL_DATA_DIR", "/nonexistent/wpl-data-root")
+    return calls
+
+
+def write_tiny_cifar(folder, per_batch=8):
+    """cifar-10-batches-py with ``per_batch`` random images per batch file."""
+    folder.mkdir(parents=True)
+    for k, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        rng = np.random.default_rng(k)
+        x = rng.integers(0, 256, (per_batch, 3 * 32 * 32), dtype=np.uint8)
+        labels = (np.arange(per_batch) + k) % 10
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": x, b"labels": labels.tolist()}, f)
+    return str(folder)
+
+
+def _last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _assert_data_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_enas_rnn_later_stages_reuse_the_search_data(tmp_path, offline, capsys):
+    data = write_tiny_ptb(tmp_path / "ptb")
+    out = str(tmp_path / "run")
+    assert enas_search.main(["search", "--preset", "tiny", "--epochs", "1", "--data-dir", data,
+                             "--out", out]) == 0
+    recorded = json.load(open(os.path.join(out, "data_source.json")))
+    assert recorded == {"data_dir": os.path.abspath(data), "verify": True}
+    assert enas_search.main(["derive", "--samples", "2", "--out", out]) == 0
+    assert _last_json(capsys)["num_samples"] == 2
+    assert enas_search.main(["train-best", "--out", out]) == 0
+    assert np.isfinite(_last_json(capsys)["valid_ppl"])
+    assert offline == []
+    # An explicit --data-dir overrides the record: an empty folder is a data error.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert enas_search.main(["derive", "--out", out, "--data-dir", str(empty)]) == 2
+    _assert_data_error(capsys, "wpl-enas-search", "PTB", str(empty), "train.txt")
+    # The record is left as the search wrote it.
+    assert json.load(open(os.path.join(out, "data_source.json"))) == recorded
+
+
+def test_enas_cnn_later_stages_reuse_the_search_data(tmp_path, offline, capsys):
+    data = write_tiny_cifar(tmp_path / "cifar" / "cifar-10-batches-py")
+    out = str(tmp_path / "run")
+    assert enas_search.main(["search", "--space", "cnn", "--preset", "tiny", "--epochs", "1",
+                             "--data-dir", os.path.dirname(data), "--out", out]) == 0
+    assert enas_search.main(["derive", "--samples", "2", "--out", out]) == 0
+    derived = _last_json(capsys)
+    assert len(derived["arch"]) > 0 and np.isfinite(derived["error"])
+    assert offline == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert enas_search.main(["train-best", "--out", out, "--data-dir", str(empty)]) == 2
+    _assert_data_error(capsys, "CIFAR-10", "cifar-10-batches-py")
+
+
+def test_nao_later_stages_reuse_the_search_data(tmp_path, offline, capsys):
+    data = write_tiny_ptb(tmp_path / "ptb")
+    out = str(tmp_path / "run")
+    assert nao_search.main(["--preset", "tiny", "--epochs", "2", "--quiet", "--data-dir", data,
+                            "--out", out]) == 0
+    assert json.load(open(os.path.join(out, "data_source.json")))["data_dir"] == data
+    assert nao_search.main(["train-best", "--out", out]) == 0
+    trained = _last_json(capsys)
+    assert np.isfinite(trained["valid_ppl"])
+    assert offline == []
+    assert nao_search.main(["train-best", "--out", out, "--data-dir",
+                            str(tmp_path / "missing")]) == 2
+    _assert_data_error(capsys, "wpl-nao-search", "PTB", "missing")
+
+
+@pytest.mark.parametrize("app", [enas_search, nao_search])
+def test_failed_download_is_the_projects_error(tmp_path, offline, monkeypatch, capsys, app):
+    """No --data-dir, no record, no WPL_DATA_DIR: the loader's download fails offline."""
+    monkeypatch.delenv("WPL_DATA_DIR")
+    code = app.main(["search", "--preset", "tiny", "--out", str(tmp_path / "run")])
+    assert code == 2 and offline
+    _assert_data_error(capsys, "PTB", "--data-dir")
+
+
+def _data_error_classes():
+    from wpl_keras.data import mnist
+
+    classes = [FileNotFoundError, mnist.MnistDataError, mnist.MnistDownloadError]
+    try:
+        from wpl_keras.data import errors
+    except ImportError:
+        return classes
+    return classes + [errors.DataError, errors.DataDownloadError, errors.DataMissingError]
+
+
+@pytest.mark.parametrize("error_class", _data_error_classes())
+@pytest.mark.parametrize("command", ["search", "derive", "train-best", "export"])
+def test_every_stage_reports_data_errors(tmp_path, monkeypatch, capsys, error_class, command):
+    from wpl_keras.data import ptb
+
+    def broken(*args, **kwargs):
+        raise error_class("ptb.valid.txt: line 3 is not UTF-8")
+
+    monkeypatch.setattr(ptb, "load_ptb", broken)
+    for app in (enas_search, nao_search):
+        out = str(tmp_path / app.__name__)
+        args = [command, "--preset", "tiny", "--out", out, "--data-dir", str(tmp_path)]
+        if app is nao_search and command == "derive":
+            continue  # NAO's derive reads derived.json and loads no data.
+        assert app.main(args) == 2
+        _assert_data_error(capsys, "ptb.valid.txt: line 3 is not UTF-8", "train.txt")
+
+
+def test_no_verify_reaches_the_loader_and_is_recorded(tmp_path, monkeypatch, capsys):
+    from wpl_keras.data import ptb
+
+    original, seen = ptb.load_ptb, []
+
+    def spy(data_dir, **kwargs):
+        seen.append(kwargs.get("verify", True))
+        kwargs.pop("verify", None)
+        return original(data_dir, **kwargs)
+
+    monkeypatch.setattr(ptb, "load_ptb", spy)
+    data = write_tiny_ptb(tmp_path / "ptb")
+    out = str(tmp_path / "run")
+    assert enas_search.main(["search", "--preset", "tiny", "--epochs", "1", "--no-verify",
+                             "--data-dir", data, "--out", out]) == 0
+    assert json.load(open(os.path.join(out, "data_source.json")))["verify"] is False
+    assert enas_search.main(["derive", "--samples", "1", "--out", out]) == 0
+    assert enas_search.main(["derive", "--samples", "1", "--out", out, "--verify"]) == 0
+    assert seen == [False, False, True]
+    nao_out = str(tmp_path / "nao")
+    assert nao_search.main(["--preset", "tiny", "--epochs", "1", "--quiet", "--no-verify",
+                            "--data-dir", data, "--out", nao_out]) == 0
+    assert json.load(open(os.path.join(nao_out, "data_source.json")))["verify"] is False
+    assert seen[-1] is False
+
+
+def test_two_models_no_verify_and_data_errors(tmp_path, monkeypatch, capsys):
+    from apps import two_models
+    from wpl_keras.data import mnist
+
+    seen = []
+
+    def spy(data_dir, **kwargs):
+        seen.append(kwargs.get("verify", True))
+        raise mnist.MnistDownloadError("MNIST download failed: offline")
+
+    monkeypatch.setattr(mnist, "load_mnist", spy)
+    args = ["--out", str(tmp_path / "out"), "--data-dir", str(tmp_path)]
+    assert two_models.main(args + ["--no-verify"]) == 2
+    assert two_models.main(args) == 2
+    assert seen == [False, True]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "t10k-labels-idx1-ubyte.gz" in err
