@@ -8,7 +8,8 @@ from wpl_keras.wpl.callbacks import (
     WPLMonitor,
     strength_schedule,
 )
-from wpl_keras.wpl.fisher import WPLState, estimate_fisher, momentum_fisher
+from wpl_keras.wpl.fisher import WPLState, momentum_fisher
+from wpl_keras.wpl.fisher_estimation import estimate_fisher, fisher_to_numpy
 from wpl_keras.wpl.penalty import (
     WeightPlasticity,
     max_stable_strength,
@@ -40,6 +41,7 @@ __all__ = [
     "apply_wpl",
     "check_finite_loss",
     "estimate_fisher",
+    "fisher_to_numpy",
     "max_stable_strength",
     "momentum_fisher",
     "numpy_wpl_penalty",
