@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from wpl_keras.experiments import nao as nao_experiment
-    from wpl_keras.nas import metrics, nao_search
+    from wpl_keras.nas import metrics
 
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     seeds = ([int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds
@@ -119,17 +119,17 @@ def main(argv=None) -> int:
     runs = {(rate, wpl): metrics.average_histories(
                 [by_seed[(s, rate, wpl)] for s in seeds], keys=keys)
             for rate in rates for wpl in (False, True)}
-    summary = nao_search.forgetting_by_rate(runs, start_epoch)
+    summary = metrics.forgetting_by_rate(runs, start_epoch)
     per_seed = {
         str(s): {k: {"best5_without": round(v["best5_without"], 3),
                      "best5_with": round(v["best5_with"], 3)}
-                 for k, v in nao_search.forgetting_by_rate(
+                 for k, v in metrics.forgetting_by_rate(
                      {(r, w): by_seed[(s, r, w)] for r in rates for w in (False, True)},
                      start_epoch)["rates"].items()}
         for s in seeds
     }
     os.makedirs(args.out, exist_ok=True)
-    png = nao_search.plot_figure4(runs, os.path.join(args.out, "figure4.png"))
+    png = metrics.plot_figure4(runs, os.path.join(args.out, "figure4.png"))
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({f"{s}/{r:g}/{w}": h for (s, r, w), h in by_seed.items()}, f)
     task = config.base.task

@@ -1,6 +1,7 @@
 """Forgetting metrics on hand-made numbers."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -123,3 +124,47 @@ def test_plot_forgetting_writes_png(tmp_path, monkeypatch):
     assert len(drawn) == 3 and all(x == [1, 2] for x in drawn)
     with pytest.raises(ValueError):
         metrics.plot_forgetting({}, str(tmp_path / "x.png"))
+
+
+def test_forgetting_by_rate_and_plot(tmp_path):
+    def hist(best5):
+        return [{"epoch": e, "best5_diff": b, "mean_diff": b, "mean_err1": 100.0 - e}
+                for e, b in enumerate(best5)]
+
+    runs = {(0.0, False): hist([9, 4, 4]), (0.0, True): hist([9, 1, 3]),
+            (0.5, False): hist([9, 2, 2]), (0.5, True): hist([9, 3, 3])}
+    out = metrics.forgetting_by_rate(runs, wpl_start_epoch=1)
+    assert out["rates"]["0"]["best5_without"] == 4.0
+    assert out["rates"]["0"]["best5_with"] == 2.0
+    assert out["rates"]["0"]["wpl_lower"] == 1
+    assert out["rates"]["0.5"]["wpl_lower"] == 0
+    assert out["wpl_lower_at_all_rates"] == 0
+    path = metrics.plot_figure4(runs, str(tmp_path / "fig4.png"))
+    assert os.path.getsize(path) > 1000
+    with pytest.raises(ValueError, match="with and a run without"):
+        metrics.forgetting_by_rate({(0.0, True): hist([1])}, 0)
+
+
+def test_epochs_after_start_keeps_later_epochs_or_all():
+    hist = [{"epoch": e} for e in range(4)]
+    assert [r["epoch"] for r in metrics.epochs_after_start(hist, 2)] == [2, 3]
+    assert [r["epoch"] for r in metrics.epochs_after_start(hist, 0)] == [0, 1, 2, 3]
+    # No epoch qualifies: every record is kept (a run shorter than the WPL start).
+    assert [r["epoch"] for r in metrics.epochs_after_start(hist, 9)] == [0, 1, 2, 3]
+
+
+def test_forgetting_by_rate_reduction_and_all_rates(tmp_path):
+    def hist(best5, mean):
+        return [{"epoch": e, "best5_diff": b, "mean_diff": m, "mean_err1": 50.0}
+                for e, (b, m) in enumerate(zip(best5, mean))]
+
+    runs = {(0.25, False): hist([0, 4, 8], [1, 2, 2]), (0.25, True): hist([0, 1, 3], [1, 1, 0])}
+    row = metrics.forgetting_by_rate(runs, wpl_start_epoch=1)["rates"]["0.25"]
+    # Without WPL the best-5 mean over epochs 1..2 is 6, with WPL 2: reduction (6 - 2) / 6.
+    assert (row["best5_without"], row["best5_with"]) == (6.0, 2.0)
+    assert row["best5_reduction"] == pytest.approx(4.0 / 6.0)
+    assert (row["mean_diff_without"], row["mean_diff_with"]) == (2.0, 0.5)
+    assert row["mean_ppl_without"] == row["mean_ppl_with"] == 50.0
+    assert metrics.forgetting_by_rate(runs, 1)["wpl_lower_at_all_rates"] == 1
+    with pytest.raises(ValueError, match="at least one run"):
+        metrics.plot_figure4({}, str(tmp_path / "none.png"))

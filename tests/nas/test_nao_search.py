@@ -2,15 +2,17 @@
 
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from wpl_keras.nas import nao_search
+from wpl_keras.nas import driver, nao_search
 from fakes import RowTargetTask
 
 from wpl_keras.nas.nao import NAOConfig, NAOController
+from wpl_keras.nas.driver import SearchInterrupted
 from wpl_keras.nas.nao_search import NAOSearchConfig, run_nao_search
 
 
@@ -94,25 +96,6 @@ def test_config_validation_and_schedule():
     assert c.schedule().wpl_start_epoch == 1
 
 
-def test_forgetting_by_rate_and_plot(tmp_path):
-    def hist(best5):
-        return [{"epoch": e, "best5_diff": b, "mean_diff": b, "mean_err1": 100.0 - e}
-                for e, b in enumerate(best5)]
-
-    runs = {(0.0, False): hist([9, 4, 4]), (0.0, True): hist([9, 1, 3]),
-            (0.5, False): hist([9, 2, 2]), (0.5, True): hist([9, 3, 3])}
-    out = nao_search.forgetting_by_rate(runs, wpl_start_epoch=1)
-    assert out["rates"]["0"]["best5_without"] == 4.0
-    assert out["rates"]["0"]["best5_with"] == 2.0
-    assert out["rates"]["0"]["wpl_lower"] == 1
-    assert out["rates"]["0.5"]["wpl_lower"] == 0
-    assert out["wpl_lower_at_all_rates"] == 0
-    path = nao_search.plot_figure4(runs, str(tmp_path / "fig4.png"))
-    assert os.path.getsize(path) > 1000
-    with pytest.raises(ValueError, match="with and a run without"):
-        nao_search.forgetting_by_rate({(0.0, True): hist([1])}, 0)
-
-
 def test_search_grows_pool_and_follows_wpl_schedule(tmp_path):
     task, nao, result = _run(tmp_path / "run", _config())
     hist = result.history
@@ -148,6 +131,58 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert [r["archs"] for r in resumed.history] == [r["archs"] for r in ref.history]
     assert resumed.pool == ref.pool
     np.testing.assert_array_equal(task.w.numpy(), ref_task.w.numpy())
+    for a, b in zip(nao.variables, ref_nao.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def _saved_counters(out, config):
+    """(epoch, phase, step) of the latest checkpoint under ``out``."""
+    task = FakeTask(seed=1)
+    nao = NAOController(task.space.decision_sizes, NAO_CFG, seed=2)
+    manager, loop, _ = nao_search.make_checkpoint_manager(task, nao, str(out / "ckpt"))
+    manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
+    return int(loop.epoch.numpy()), int(loop.phase.numpy()), int(loop.step.numpy())
+
+
+# Epoch 1 (5 architectures trained, then one NAO iteration) is killed inside the NAO iteration:
+# by a crash (the last checkpoint is the one after its last trained architecture, or epoch 0's
+# end without unit checkpoints), or by SIGTERM (deferred to the iteration's end and saved).
+@pytest.mark.parametrize("how,checkpoint_every,saved", [
+    ("crash", 1, (1, driver.SHARED, 5)),
+    ("crash", 0, (1, driver.SHARED, 0)),
+    ("sigterm", 0, (1, driver.CONTROLLER, 1)),
+])
+def test_resume_killed_in_controller_phase_equals_uninterrupted(
+        tmp_path, how, checkpoint_every, saved):
+    config = _config(epochs=3, checkpoint_every=checkpoint_every)
+    ref_task, ref_nao, ref = _run(tmp_path / "ref", config)
+    task = FakeTask(seed=1)
+    nao = NAOController(task.space.decision_sizes, NAO_CFG, seed=2)
+    fit = nao.fit
+
+    def killed_fit(*args, **kwargs):
+        if how == "crash":
+            raise _Crash("simulated kill in the NAO iteration")
+        os.kill(os.getpid(), signal.SIGTERM)
+        return fit(*args, **kwargs)
+
+    nao.fit = killed_fit
+    out = tmp_path / "cut"
+    expected = _Crash if how == "crash" else SearchInterrupted
+    with pytest.raises(expected):
+        run_nao_search(task, nao, config, str(out), seed=3, handle_signals=how == "sigterm")
+    assert int(task.calls.numpy()) == 10  # both epochs' architectures trained, then killed
+    assert _saved_counters(out, config) == saved
+    np.random.seed(999)  # resume restores the global RNGs too
+    task, nao, resumed = _run(out, config, resume=True)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in h]
+    assert strip(resumed.history) == strip(ref.history)
+    assert resumed.pool == ref.pool
+    np.testing.assert_array_equal(resumed.pool_errors, ref.pool_errors)
+    np.testing.assert_array_equal(task.w.numpy(), ref_task.w.numpy())
+    for a, b in zip(task.wpl_state.fisher + task.wpl_state.anchors,
+                    ref_task.wpl_state.fisher + ref_task.wpl_state.anchors):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
     for a, b in zip(nao.variables, ref_nao.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 

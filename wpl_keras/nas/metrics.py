@@ -13,13 +13,14 @@ A positive difference means the architecture was forgotten. The reduction that W
 
 Pure functions first (:func:`forgetting_differences`, :func:`forgetting_summary`,
 :func:`reduction`, :func:`reductions_over_epochs`, :func:`average_histories`), then a Figure-3-like plot
-(:func:`plot_forgetting`).
+(:func:`plot_forgetting`); last, the Figure-4 analysis of NAO runs over output-dropout rates
+(:func:`epochs_after_start`, :func:`forgetting_by_rate`, :func:`plot_figure4`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -226,3 +227,87 @@ def history_to_rows(history: Sequence[Mapping[str, object]]) -> List[Dict[str, o
             {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool))}
         )
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 4: forgetting of NAO runs with and without WPL, per output-dropout rate.
+
+
+def epochs_after_start(history: Sequence[Dict[str, Any]], start: int) -> List[Dict[str, Any]]:
+    """The records of ``history`` with ``epoch >= start`` (all of them if none qualify)."""
+    kept = [r for r in history if int(r["epoch"]) >= start]
+    return kept or list(history)
+
+
+def forgetting_by_rate(
+    runs: Dict[Tuple[float, bool], Sequence[Dict[str, Any]]], wpl_start_epoch: int
+) -> Dict[str, Any]:
+    """Figure-4 numbers from NAO runs keyed by ``(output_dropout, wpl)``.
+
+    For each rate: ``best5_without`` / ``best5_with`` are the mean best-5 ``err2 − err1`` over
+    the epochs from ``wpl_start_epoch`` on (before it both runs are plain NAO), likewise
+    ``mean_ppl_*`` the mean ``err1`` (validation perplexity) over all epochs, and
+    ``wpl_lower`` whether WPL's best-5 difference is lower. ``wpl_lower_at_all_rates`` is 1
+    when it is at every rate.
+    """
+    rates = sorted({rate for rate, _ in runs})
+    per_rate: Dict[str, Dict[str, float]] = {}
+    lower = []
+    for rate in rates:
+        if (rate, False) not in runs or (rate, True) not in runs:
+            raise ValueError(f"rate {rate} needs a run with and a run without WPL.")
+        row: Dict[str, float] = {}
+        for wpl, tag in ((False, "without"), (True, "with")):
+            hist = runs[(rate, wpl)]
+            after = epochs_after_start(hist, wpl_start_epoch)
+            row[f"best5_{tag}"] = float(np.mean([r["best5_diff"] for r in after]))
+            row[f"mean_diff_{tag}"] = float(np.mean([r["mean_diff"] for r in after]))
+            row[f"mean_ppl_{tag}"] = float(np.mean([r["mean_err1"] for r in hist]))
+        row["best5_reduction"] = reduction(row["best5_without"], row["best5_with"])
+        row["wpl_lower"] = int(row["best5_with"] < row["best5_without"])
+        lower.append(row["wpl_lower"])
+        per_rate[f"{rate:g}"] = row
+    return {"rates": per_rate, "wpl_lower_at_all_rates": int(bool(lower) and all(lower))}
+
+
+def plot_figure4(
+    runs: Dict[Tuple[float, bool], Sequence[Dict[str, Any]]],
+    path: str,
+    *,
+    extra: Optional[Dict[str, Sequence[Dict[str, Any]]]] = None,
+    error_name: str = "perplexity",
+) -> str:
+    """Figure-4-like PNG: per output-dropout rate (columns), mean validation error per epoch
+    (top) and best-5 ``err2 − err1`` (bottom), with and without WPL.
+
+    Args:
+        runs: ``(rate, wpl) → history``.
+        path: PNG to write.
+        extra: label → history drawn in every column (e.g. ``"NAO + path dropping"``).
+        error_name: the error's name for the y labels.
+    """
+    from wpl_keras.utils.plotting import new_figure
+
+    rates = sorted({rate for rate, _ in runs})
+    if not rates:
+        raise ValueError("plot_figure4 needs at least one run.")
+    fig, axes = new_figure(2, len(rates), figsize=(3.6 * len(rates), 6.0), squeeze=False)
+    for col, rate in enumerate(rates):
+        lines = {f"NAO{' + WPL' if wpl else ''}": runs[(rate, wpl)]
+                 for wpl in (False, True) if (rate, wpl) in runs}
+        lines.update(extra or {})
+        for label, hist in lines.items():
+            epochs = [int(r["epoch"]) for r in hist]
+            axes[0, col].plot(epochs, [r["mean_err1"] for r in hist], marker=".", label=label)
+            axes[1, col].plot(epochs, [r["best5_diff"] for r in hist], marker=".", label=label)
+        axes[0, col].set_title(f"Dropout = {rate:.2f}")
+        axes[0, col].set_ylabel(f"mean validation {error_name}")
+        axes[0, col].set_yscale("log")
+        axes[1, col].set_ylabel("best-5 err2 − err1")
+        axes[1, col].axhline(0.0, color="0.6", lw=0.8)
+        for row in (0, 1):
+            axes[row, col].set_xlabel("epoch")
+            axes[row, col].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path

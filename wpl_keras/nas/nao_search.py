@@ -1,39 +1,41 @@
 """Weight-sharing NAO search with the Weight Plasticity Loss (paper Appendix A, Figure 4).
 
 NAO with weight sharing (Luo et al. 2018) keeps a *pool* of architectures. The search starts
-with ``seed_archs`` random architectures of the space and runs epochs; each epoch ``e``:
+with ``seed_archs`` random architectures of the space and runs epochs through the search driver
+(:mod:`wpl_keras.nas.driver`), to which it supplies its phases as :class:`NAOStrategy`; each
+epoch ``e``:
 
-1. **Shared phase**: ``shared_steps_per_epoch`` times, draw an architecture ``a`` uniformly
-   from the pool, train its shared weights on the next ``batches_per_arch`` batches
+1. ``SHARED``: ``shared_steps_per_epoch`` times, draw an architecture ``a`` uniformly from the
+   pool, train its shared weights on the next ``batches_per_arch`` batches
    (``task.train_architecture(a, B, wpl_active=...)``), then record
    ``err1(a) = task.validation_error(a)`` on the task's fixed validation batch.
-2. **Epoch end**: ``err2(a)`` for every architecture of step 1 and the forgetting metrics of
+2. ``CONTROLLER`` (one unit every ``controller_every`` epochs and in the last epoch, NAO's
+   iteration): score every pool architecture on the fixed validation batch, train the NAO
+   controller (:class:`~wpl_keras.nas.nao.NAOController`) on ``(a, y)`` with min-max
+   normalised scores ``y``, take the ``top_k_seeds`` best pool architectures as seeds, move
+   their embeddings by gradient ascent on the predicted score (``z' = z + η ∇f(z)``, ``η``
+   growing until enough are new) and add up to ``new_archs`` decoded, new architectures to the
+   pool. A pool over ``max_pool`` keeps its best scored architectures plus all new ones. The
+   phase trains no shared weight, so the ``err2`` of step 3 is the error right after step 1.
+3. ``EPOCH_END``: ``err2(a)`` for every architecture of step 1 and the forgetting metrics of
    :mod:`wpl_keras.nas.metrics` (mean / best-5 / max of ``err2 − err1``).
-3. **Controller phase** (every ``controller_every`` epochs, NAO's iteration): score every pool
-   architecture on the fixed validation batch, train the NAO controller
-   (:class:`~wpl_keras.nas.nao.NAOController`) on ``(a, y)`` with min-max normalised scores
-   ``y``, take the ``top_k_seeds`` best pool architectures as seeds, move their embeddings by
-   gradient ascent on the predicted score (``z' = z + η ∇f(z)``, ``η`` growing until enough are
-   new) and add up to ``new_archs`` decoded, new architectures to the pool. A pool over
-   ``max_pool`` keeps its best scored architectures plus all new ones.
 
-WPL runs exactly as in the ENAS loop (:mod:`wpl_keras.nas.search`, whose schedule functions
-this module uses): off for the first ``wpl_start_epoch`` epochs, then ``α(e)`` from the
-schedule is written into ``task.wpl_state.strength`` at the start of each epoch, the Fisher is
-flushed every ``flush_every`` epochs, and ``wpl_active`` is passed to the task, which adds
-``(α/2) Σ F (θ − θ*)²`` over the trained architecture's weights, updates
+WPL runs exactly as in the ENAS search: the driver applies the schedule
+(:class:`~wpl_keras.nas.driver.ScheduleConfig`) before each epoch and passes ``wpl_active`` to
+the task, which adds ``(α/2) Σ F (θ − θ*)²`` over the trained architecture's weights, updates
 ``F ← (1 − η)F + η g²`` from the last gradient and sets ``θ* ← θ``.
 
 Output dropout and random path dropping (Bender et al. 2018) are properties of the task's
 supernet; :func:`with_regularization` sets them on a task config (``output_dropout`` of the
 RNN task, ``dropout`` / ``drop_path_keep`` of the CNN supernet) before the task is built.
 
-State and resumption: a ``tf.train.CheckpointManager`` under ``out_dir/ckpt`` holds the task's
-:meth:`~wpl_keras.nas.base.SharedWeightsTask.checkpoint_items`, the NAO controller's weights,
-Adam state and shuffling stream, the pool and its scores, the pool-sampling generator, the loop
-counters and partial epoch, the history and the global RNG states. It saves after every epoch,
-every ``checkpoint_every`` units of work, and on SIGINT/SIGTERM (deferred to the end of the
-current unit), so a resumed run equals an uninterrupted one.
+State and resumption: the driver's checkpoint under ``out_dir/ckpt`` holds, besides the loop
+and the task, the NAO controller's weights, Adam state and shuffling stream (``nao_*``), and
+the pool, its scores and the pool-sampling generator (``nao_state``). It saves after every
+epoch, every ``checkpoint_every`` units of work (architectures trained or NAO iterations), and
+on SIGINT/SIGTERM (deferred to the end of the current unit), so a resumed run equals an
+uninterrupted one. The Figure-4 analysis of finished runs is in :mod:`wpl_keras.nas.metrics`
+(:func:`~wpl_keras.nas.metrics.forgetting_by_rate`, :func:`~wpl_keras.nas.metrics.plot_figure4`).
 """
 
 from __future__ import annotations
@@ -42,32 +44,36 @@ import dataclasses
 import json
 import math
 import os
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from wpl_keras.utils.config import JsonConfig
-from wpl_keras.nas import metrics as forgetting
-from wpl_keras.nas import search as enas_search
-from wpl_keras.nas.nao import NAOConfig, NAOController, normalize_scores
-from wpl_keras.nas.search import SearchInterrupted, SearchResult
+from wpl_keras.nas.driver import (
+    LoopConfig,
+    LoopState,
+    SearchResult,
+    SearchStrategy,
+    checkpoint_items,
+    json_var,
+    run_driver,
+)
+from wpl_keras.nas.nao import NAOController, normalize_scores
 
 Architecture = Tuple[int, ...]
 
-# Phases of an epoch, as stored in the checkpoint.
-SHARED, EPOCH_END, CONTROLLER = 0, 1, 2
-
 
 @dataclasses.dataclass(frozen=True)
-class NAOSearchConfig(JsonConfig):
-    """Settings of the NAO weight-sharing search and its WPL schedule.
+class NAOSearchConfig(LoopConfig):
+    """Settings of the NAO weight-sharing search: the loop and WPL schedule of
+    :class:`~wpl_keras.nas.driver.LoopConfig` (``epochs``, ``shared_steps_per_epoch``,
+    ``batches_per_arch``, ``best_k``, ``checkpoint_every`` — counting architectures trained and
+    NAO iterations —, ``max_to_keep``, ``verbose``, and the
+    :class:`~wpl_keras.nas.driver.ScheduleConfig` fields ``wpl``, ``wpl_start_epoch``,
+    ``strength``, ``strength_decay``, ``strength_decay_start``, ``strength_decay_rate``,
+    ``strength_floor``, ``flush_every``) with sizes for a CPU run, plus
 
     Args:
-        epochs: search epochs.
-        shared_steps_per_epoch: pool architectures trained per epoch.
-        batches_per_arch: training batches per architecture (``B``).
         seed_archs: random architectures in the initial pool (NAO release, weight sharing:
             1000; a CPU run uses tens).
         controller_every: a controller phase (score pool, train NAO, grow pool) after every
@@ -77,41 +83,23 @@ class NAOSearchConfig(JsonConfig):
         max_pool: pool size cap (best scored + new architectures are kept).
         controller_epochs: NAO training epochs per controller phase (``None``: the
             controller's own ``NAOConfig.epochs``).
-        wpl, wpl_start_epoch, strength, strength_decay, strength_decay_start,
-        strength_decay_rate, strength_floor, flush_every: the WPL schedule, as in
-            :class:`wpl_keras.nas.search.SearchConfig`.
-        best_k: architectures averaged by the "best-5" metric.
-        checkpoint_every: also checkpoint every this many units (architectures trained or
-            controller phases); 0 only at epoch ends and on signals.
-        max_to_keep: checkpoints kept.
-        verbose: 1 prints one line per epoch, 0 is silent.
     """
 
     epochs: int = 8
     shared_steps_per_epoch: int = 12
     batches_per_arch: int = 4
+    wpl_start_epoch: int = 2
+    strength_decay: Optional[str] = None
     seed_archs: int = 20
     controller_every: int = 2
     new_archs: int = 10
     top_k_seeds: int = 10
     max_pool: int = 100
     controller_epochs: Optional[int] = None
-    wpl: bool = True
-    wpl_start_epoch: int = 2
-    strength: float = 60.0
-    strength_decay: Optional[str] = None
-    strength_decay_start: int = 15
-    strength_decay_rate: float = 1.0
-    strength_floor: float = 0.0
-    flush_every: int = 2
-    best_k: int = 5
-    checkpoint_every: int = 0
-    max_to_keep: int = 2
-    verbose: int = 1
 
     def __post_init__(self):
-        for name in ("epochs", "shared_steps_per_epoch", "batches_per_arch", "seed_archs",
-                     "controller_every", "top_k_seeds", "max_pool", "best_k", "max_to_keep"):
+        super().__post_init__()
+        for name in ("seed_archs", "controller_every", "top_k_seeds", "max_pool"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"NAOSearchConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if self.new_archs < 0:
@@ -123,18 +111,6 @@ class NAOSearchConfig(JsonConfig):
                 f"NAOSearchConfig.max_pool ({self.max_pool}) must be >= seed_archs "
                 f"({self.seed_archs})."
             )
-        self.schedule()  # validates the WPL schedule fields
-
-    def schedule(self) -> enas_search.SearchConfig:
-        """The WPL schedule as a :class:`~wpl_keras.nas.search.SearchConfig` (for
-        :func:`~wpl_keras.nas.search.wpl_active_at`, ``strength_at`` and ``flush_at``)."""
-        return enas_search.SearchConfig(
-            epochs=self.epochs, wpl=self.wpl, wpl_start_epoch=self.wpl_start_epoch,
-            strength=self.strength, strength_decay=self.strength_decay,
-            strength_decay_start=self.strength_decay_start,
-            strength_decay_rate=self.strength_decay_rate, strength_floor=self.strength_floor,
-            flush_every=self.flush_every, best_k=self.best_k, verbose=0,
-        )
 
     @classmethod
     def cpu_small(cls, **overrides) -> "NAOSearchConfig":
@@ -198,88 +174,8 @@ def grow_pool(
     return (pool + fresh)[: max(max_pool, len(fresh))]
 
 
-def epochs_after_start(history: Sequence[Dict[str, Any]], start: int) -> List[Dict[str, Any]]:
-    """The records of ``history`` with ``epoch >= start`` (all of them if none qualify)."""
-    kept = [r for r in history if int(r["epoch"]) >= start]
-    return kept or list(history)
-
-
-def forgetting_by_rate(
-    runs: Dict[Tuple[float, bool], Sequence[Dict[str, Any]]], wpl_start_epoch: int
-) -> Dict[str, Any]:
-    """Figure-4 numbers from NAO runs keyed by ``(output_dropout, wpl)``.
-
-    For each rate: ``best5_without`` / ``best5_with`` are the mean best-5 ``err2 − err1`` over
-    the epochs from ``wpl_start_epoch`` on (before it both runs are plain NAO), likewise
-    ``mean_ppl_*`` the mean ``err1`` (validation perplexity) over all epochs, and
-    ``wpl_lower`` whether WPL's best-5 difference is lower. ``wpl_lower_at_all_rates`` is 1
-    when it is at every rate.
-    """
-    rates = sorted({rate for rate, _ in runs})
-    per_rate: Dict[str, Dict[str, float]] = {}
-    lower = []
-    for rate in rates:
-        if (rate, False) not in runs or (rate, True) not in runs:
-            raise ValueError(f"rate {rate} needs a run with and a run without WPL.")
-        row: Dict[str, float] = {}
-        for wpl, tag in ((False, "without"), (True, "with")):
-            hist = runs[(rate, wpl)]
-            after = epochs_after_start(hist, wpl_start_epoch)
-            row[f"best5_{tag}"] = float(np.mean([r["best5_diff"] for r in after]))
-            row[f"mean_diff_{tag}"] = float(np.mean([r["mean_diff"] for r in after]))
-            row[f"mean_ppl_{tag}"] = float(np.mean([r["mean_err1"] for r in hist]))
-        row["best5_reduction"] = forgetting.reduction(row["best5_without"], row["best5_with"])
-        row["wpl_lower"] = int(row["best5_with"] < row["best5_without"])
-        lower.append(row["wpl_lower"])
-        per_rate[f"{rate:g}"] = row
-    return {"rates": per_rate, "wpl_lower_at_all_rates": int(bool(lower) and all(lower))}
-
-
-def plot_figure4(
-    runs: Dict[Tuple[float, bool], Sequence[Dict[str, Any]]],
-    path: str,
-    *,
-    extra: Optional[Dict[str, Sequence[Dict[str, Any]]]] = None,
-    error_name: str = "perplexity",
-) -> str:
-    """Figure-4-like PNG: per output-dropout rate (columns), mean validation error per epoch
-    (top) and best-5 ``err2 − err1`` (bottom), with and without WPL.
-
-    Args:
-        runs: ``(rate, wpl) → history``.
-        path: PNG to write.
-        extra: label → history drawn in every column (e.g. ``"NAO + path dropping"``).
-        error_name: the error's name for the y labels.
-    """
-    from wpl_keras.utils.plotting import new_figure
-
-    rates = sorted({rate for rate, _ in runs})
-    if not rates:
-        raise ValueError("plot_figure4 needs at least one run.")
-    fig, axes = new_figure(2, len(rates), figsize=(3.6 * len(rates), 6.0), squeeze=False)
-    for col, rate in enumerate(rates):
-        lines = {f"NAO{' + WPL' if wpl else ''}": runs[(rate, wpl)]
-                 for wpl in (False, True) if (rate, wpl) in runs}
-        lines.update(extra or {})
-        for label, hist in lines.items():
-            epochs = [int(r["epoch"]) for r in hist]
-            axes[0, col].plot(epochs, [r["mean_err1"] for r in hist], marker=".", label=label)
-            axes[1, col].plot(epochs, [r["best5_diff"] for r in hist], marker=".", label=label)
-        axes[0, col].set_title(f"Dropout = {rate:.2f}")
-        axes[0, col].set_ylabel(f"mean validation {error_name}")
-        axes[0, col].set_yscale("log")
-        axes[1, col].set_ylabel("best-5 err2 − err1")
-        axes[1, col].axhline(0.0, color="0.6", lw=0.8)
-        for row in (0, 1):
-            axes[row, col].set_xlabel("epoch")
-            axes[row, col].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------
-# Loop state.
+# State, checkpoint and the NAO strategy.
 
 
 class _NAOState(tf.Module):
@@ -292,29 +188,27 @@ class _NAOState(tf.Module):
         self.rng = tf.Variable("", dtype=tf.string, trainable=False, name="pool_rng")
 
 
+def _strategy_items(nao: NAOController, state: _NAOState) -> Dict[str, Any]:
+    items: Dict[str, Any] = {"nao_state": state}
+    items.update({f"nao_{k}": v for k, v in nao.checkpoint_items().items()})
+    return items
+
+
 def make_checkpoint_manager(task, nao: NAOController, directory: str, max_to_keep: int = 2):
-    """A ``CheckpointManager`` over the whole NAO search state.
+    """A ``CheckpointManager`` over the whole NAO search state, with the same keys as the one
+    :func:`run_nao_search` writes.
 
     Returns:
         ``(manager, loop_state, nao_state)``.
     """
-    loop = enas_search.LoopState()
-    state = _NAOState()
-    items: Dict[str, Any] = {"loop": loop, "nao_state": state}
-    items.update({f"nao_{k}": v for k, v in nao.checkpoint_items().items()})
-    items.update({f"task_{k}": v for k, v in task.checkpoint_items().items()})
-    ckpt = tf.train.Checkpoint(**items)
+    loop, state = LoopState(), _NAOState()
+    ckpt = tf.train.Checkpoint(**checkpoint_items(task, loop, _strategy_items(nao, state)))
     return tf.train.CheckpointManager(ckpt, directory, max_to_keep=max_to_keep), loop, state
-
-
-def _load_json(var: tf.Variable, default):
-    text = var.numpy().decode()
-    return json.loads(text) if text else default
 
 
 @dataclasses.dataclass
 class NAOSearchResult(SearchResult):
-    """:class:`~wpl_keras.nas.search.SearchResult` plus the final pool and its errors."""
+    """:class:`~wpl_keras.nas.driver.SearchResult` plus the final pool and its errors."""
 
     pool: List[Architecture] = dataclasses.field(default_factory=list)
     pool_errors: List[float] = dataclasses.field(default_factory=list)
@@ -326,6 +220,121 @@ class NAOSearchResult(SearchResult):
             raise ValueError("the pool was never scored (no controller phase ran).")
         k = int(np.nanargmin(errors))
         return self.pool[k], float(self.pool_errors[k])
+
+
+def score_pool(task, pool: Sequence[Architecture]) -> List[float]:
+    """``task.validation_error(a)`` of every pool architecture; a non-finite error is replaced
+    by the largest finite one (the architecture counts as the worst, not as missing).
+
+    Raises:
+        FloatingPointError: when no error is finite.
+    """
+    errors = np.asarray([float(task.validation_error(a)) for a in pool], dtype=np.float64)
+    finite = np.isfinite(errors)
+    if not finite.any():
+        raise FloatingPointError(
+            "every pool architecture has a non-finite validation error; the shared weights "
+            "diverged (lower the task's learning rate or WPL strength)."
+        )
+    return [float(e) if f else float(errors[finite].max()) for e, f in zip(errors, finite)]
+
+
+class NAOStrategy(SearchStrategy):
+    """NAO's phases: shared training draws architectures uniformly from the pool; a
+    ``CONTROLLER`` unit is one NAO iteration (score the pool, train the controller, grow the
+    pool by gradient ascent in its embedding space)."""
+
+    progress_keys = ("controller_loss", "pool_best_error")
+
+    def __init__(self, task, nao: NAOController, config: NAOSearchConfig, seed: int):
+        self.task, self.nao, self.config, self.seed = task, nao, config, int(seed)
+        self.state = _NAOState()
+        self.rng: Optional[np.random.Generator] = None
+
+    def checkpoint_items(self) -> Dict[str, Any]:
+        return _strategy_items(self.nao, self.state)
+
+    def config_json(self) -> Dict[str, Any]:
+        return {"nao_search": self.config.to_json(), "nao": self.nao.get_config()}
+
+    def start(self, restored: bool) -> None:
+        """Restores the pool-sampling generator, or seeds it and the initial pool of
+        ``seed_archs`` distinct random architectures (as NAO)."""
+        if restored:
+            self.rng = np.random.default_rng()
+            self.rng.bit_generator.state = json.loads(self.state.rng.numpy().decode())
+            return
+        self.rng = np.random.default_rng(self.seed)
+        pool: List[Architecture] = []
+        while len(pool) < self.config.seed_archs:
+            arch = self.task.space.sample(self.rng)
+            if arch not in pool:
+                pool.append(arch)
+        self.state.pool.assign(json.dumps([list(a) for a in pool]))
+
+    def before_save(self) -> None:
+        self.state.rng.assign(json.dumps(self.rng.bit_generator.state))
+
+    def pool(self) -> List[Architecture]:
+        """The current pool."""
+        return [tuple(a) for a in json_var(self.state.pool, [])]
+
+    def next_architecture(self) -> Architecture:
+        pool = self.pool()
+        return pool[int(self.rng.integers(len(pool)))]
+
+    def controller_units(self, epoch: int) -> int:
+        last = epoch + 1 == self.config.epochs
+        return int((epoch + 1) % self.config.controller_every == 0 or last)
+
+    def controller_unit(self, epoch: int) -> Dict[str, Any]:
+        """One NAO iteration; no new architectures in the last epoch (none would be trained)."""
+        config, pool = self.config, self.pool()
+        errors = score_pool(self.task, pool)
+        targets = normalize_scores(errors, lower_is_better=True)
+        losses = self.nao.fit(pool, targets, epochs=config.controller_epochs)
+        new: List[Architecture] = []
+        if epoch + 1 < config.epochs and config.new_archs:
+            order = np.argsort(errors, kind="stable")[: config.top_k_seeds]
+            seeds = [pool[int(i)] for i in order]
+            new = self.nao.generate(seeds, config.new_archs, exclude=pool)
+        grown = grow_pool(pool, targets, new, config.max_pool)
+        scored = dict(zip(pool, errors))
+        self.state.pool.assign(json.dumps([list(a) for a in grown]))
+        self.state.scores.assign(json.dumps([scored.get(a, math.nan) for a in grown]))
+        best = int(np.argmin(errors))
+        return {
+            "pool_size": len(pool),
+            "controller_loss": float(losses.get("loss", math.nan)),
+            "controller_mse": float(losses.get("mse", math.nan)),
+            "controller_ce": float(losses.get("ce", math.nan)),
+            "pool_mean_error": float(np.mean(errors)),
+            "pool_best_error": float(errors[best]),
+            "pool_best_arch": list(pool[best]),
+            "new_archs": len(new),
+            "pool_size_after": len(grown),
+        }
+
+    def epoch_fields(self, entries: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """``pool_size`` (the pool shared training drew from) and the NAO iteration's fields."""
+        fields: Dict[str, Any] = {"pool_size": len(self.pool())}
+        for entry in entries:
+            fields.update(entry)
+        return fields
+
+    def summary(self, record: Dict[str, Any]) -> str:
+        pool = record.get("pool_size_after", record["pool_size"])
+        return f"mean err1 {record['mean_err1']:.4g}; pool {pool}"
+
+    def result(self, base: SearchResult) -> NAOSearchResult:
+        """``base`` plus the final pool and its last scores; writes ``pool.json``."""
+        pool, scores = self.pool(), json_var(self.state.scores, [])
+        with open(os.path.join(base.out_dir, "pool.json"), "w") as f:
+            json.dump([{"arch": list(a), "error": e, "string": self.task.space.to_string(a)}
+                       for a, e in zip(pool, scores or [None] * len(pool))], f, indent=1)
+        errors = [float(s) if s is not None else math.nan for s in scores]
+        return NAOSearchResult(history=base.history, out_dir=base.out_dir,
+                               checkpoint=base.checkpoint, pool=pool, pool_errors=errors)
 
 
 def run_nao_search(
@@ -346,7 +355,8 @@ def run_nao_search(
             ``config.wpl``).
         nao: a :class:`~wpl_keras.nas.nao.NAOController` over ``task.space.decision_sizes``.
         config: the :class:`NAOSearchConfig`.
-        out_dir: logs (``history.json``/``.csv``, ``pool.json``) and checkpoints (``ckpt/``).
+        out_dir: logs (``history.json``/``.csv``, ``pool.json``, ``tb/``) and checkpoints
+            (``ckpt/``).
         seed: seeds the initial pool and the pool-sampling generator.
         resume: continue from the latest checkpoint in ``out_dir`` (else one there is an error).
         handle_signals: defer SIGINT/SIGTERM to the end of the current unit and save.
@@ -359,185 +369,13 @@ def run_nao_search(
     """
     if not isinstance(config, NAOSearchConfig):
         raise TypeError(f"config must be a NAOSearchConfig, got {type(config).__name__}.")
-    space = task.space
-    if tuple(nao.decision_sizes) != tuple(space.decision_sizes):
+    if tuple(nao.decision_sizes) != tuple(task.space.decision_sizes):
         raise ValueError(
             f"the NAO controller has decision sizes {nao.decision_sizes}, the space "
-            f"{tuple(space.decision_sizes)}."
+            f"{tuple(task.space.decision_sizes)}; build the controller over "
+            "task.space.decision_sizes."
         )
-    if config.wpl and getattr(task, "wpl_state", None) is None:
-        raise ValueError("config.wpl is True but the task has no wpl_state.")
-    schedule = config.schedule()
-    os.makedirs(out_dir, exist_ok=True)
-    ckpt_dir = os.path.join(out_dir, "ckpt")
-    manager, loop, state = make_checkpoint_manager(task, nao, ckpt_dir, config.max_to_keep)
-    if manager.latest_checkpoint is not None:
-        if not resume:
-            raise FileExistsError(
-                f"{out_dir} already holds a NAO search checkpoint; pass resume=True to continue "
-                "it or choose another output directory."
-            )
-        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        loop.restore_rngs()
-        if config.wpl:
-            task.wpl_state.strength.assign(float(loop.alpha.numpy()))
-        rng = np.random.default_rng()
-        rng.bit_generator.state = json.loads(state.rng.numpy().decode())
-    else:
-        rng = np.random.default_rng(seed)
-        pool: List[Architecture] = []
-        while len(pool) < config.seed_archs:  # distinct random seeds (as NAO)
-            arch = space.sample(rng)
-            if arch not in pool:
-                pool.append(arch)
-        state.pool.assign(json.dumps([list(a) for a in pool]))
-    with open(os.path.join(out_dir, "search_config.json"), "w") as f:
-        json.dump({"nao_search": config.to_json(), "nao": nao.get_config()}, f, indent=1)
-    with open(os.path.join(out_dir, "task_config.json"), "w") as f:
-        json.dump(task.config(), f, indent=1, default=str)
-
-    history: List[Dict[str, Any]] = _load_json(loop.history, [])
-
-    def pool_now() -> List[Architecture]:
-        return [tuple(a) for a in _load_json(state.pool, [])]
-
-    def save() -> str:
-        loop.capture_rngs()
-        state.rng.assign(json.dumps(rng.bit_generator.state))
-        return manager.save()
-
-    S = config.shared_steps_per_epoch
-    with enas_search.SignalCatcher(handle_signals) as catcher:
-
-        def unit_done() -> None:
-            loop.units.assign_add(1)
-            if catcher.pending is not None:
-                raise SearchInterrupted(catcher.pending, save())
-            if config.checkpoint_every and int(loop.units.numpy()) % config.checkpoint_every == 0:
-                save()
-
-        try:
-            while int(loop.epoch.numpy()) < config.epochs:
-                epoch = int(loop.epoch.numpy())
-                active = enas_search.wpl_active_at(epoch, schedule)
-                partial = _load_json(loop.partial, None)
-                if partial is None:
-                    flushed = enas_search.flush_at(epoch, schedule)
-                    alpha = enas_search.strength_at(epoch, schedule)
-                    wpl_state = getattr(task, "wpl_state", None)
-                    if wpl_state is not None:
-                        if flushed:
-                            wpl_state.reset_fisher()
-                        wpl_state.strength.assign(alpha)
-                    loop.alpha.assign(alpha)
-                    task.start_epoch(epoch)
-                    partial = {"archs": [], "err1": [], "train": [], "flushed": bool(flushed),
-                               "elapsed": 0.0, "record": None}
-                    loop.phase.assign(SHARED)
-                    loop.step.assign(0)
-                    loop.partial.assign(json.dumps(partial))
-                alpha = float(loop.alpha.numpy())
-                t0 = time.time()
-
-                def commit(partial=partial) -> None:
-                    partial["elapsed"] += time.time() - commit.t
-                    commit.t = time.time()
-                    loop.partial.assign(json.dumps(partial))
-
-                commit.t = t0
-
-                # 1. Shared phase: train pool architectures drawn uniformly.
-                pool = pool_now()
-                while int(loop.phase.numpy()) == SHARED and int(loop.step.numpy()) < S:
-                    arch = pool[int(rng.integers(len(pool)))]
-                    stats = enas_search.numeric_values(
-                        task.train_architecture(arch, config.batches_per_arch, wpl_active=active)
-                    )
-                    partial["archs"].append(list(arch))
-                    partial["err1"].append(float(task.validation_error(arch)))
-                    partial["train"].append(stats)
-                    loop.step.assign_add(1)
-                    commit()
-                    unit_done()
-                if int(loop.phase.numpy()) == SHARED:
-                    loop.phase.assign(EPOCH_END)
-
-                # 2. Epoch end: err2 and the forgetting metrics.
-                if int(loop.phase.numpy()) == EPOCH_END:
-                    archs = [tuple(a) for a in partial["archs"]]
-                    err2 = [float(task.validation_error(a)) for a in archs]
-                    record: Dict[str, Any] = {"epoch": epoch, "wpl_active": active,
-                                              "alpha": alpha, "flushed": partial["flushed"]}
-                    record.update(forgetting.forgetting_summary(
-                        partial["err1"], err2, best_k=config.best_k))
-                    record.update(enas_search.mean_of_dicts(partial["train"], "train_"))
-                    wpl_state = getattr(task, "wpl_state", None)
-                    if wpl_state is not None:
-                        record["fisher_norm"] = float(wpl_state.fisher_norm().numpy())
-                    record["pool_size"] = len(pool)
-                    record["archs"] = [list(a) for a in archs]
-                    record["err1"] = partial["err1"]
-                    record["err2"] = err2
-                    partial["record"] = record
-                    loop.phase.assign(CONTROLLER)
-                    commit()
-
-                # 3. Controller phase (NAO iteration): score pool, train, grow pool.
-                record = partial["record"]
-                if (epoch + 1) % config.controller_every == 0 or epoch + 1 == config.epochs:
-                    errors = [float(task.validation_error(a)) for a in pool]
-                    finite = np.isfinite(errors)
-                    if not finite.any():
-                        raise FloatingPointError("every pool architecture has a non-finite error.")
-                    errors = [e if math.isfinite(e) else float(np.max(np.asarray(errors)[finite]))
-                              for e in errors]
-                    targets = normalize_scores(errors, lower_is_better=True)
-                    losses = nao.fit(pool, targets, epochs=config.controller_epochs)
-                    new: List[Architecture] = []
-                    if epoch + 1 < config.epochs and config.new_archs:
-                        order = np.argsort(errors, kind="stable")[: config.top_k_seeds]
-                        seeds = [pool[int(i)] for i in order]
-                        new = nao.generate(seeds, config.new_archs, exclude=pool)
-                    grown = grow_pool(pool, targets, new, config.max_pool)
-                    kept = {a: e for a, e in zip(pool, errors)}
-                    state.pool.assign(json.dumps([list(a) for a in grown]))
-                    state.scores.assign(json.dumps(
-                        [kept.get(a, float("nan")) for a in grown]))
-                    best = int(np.argmin(errors))
-                    record.update({
-                        "controller_loss": losses.get("loss", math.nan),
-                        "controller_mse": losses.get("mse", math.nan),
-                        "controller_ce": losses.get("ce", math.nan),
-                        "pool_mean_error": float(np.mean(errors)),
-                        "pool_best_error": float(errors[best]),
-                        "pool_best_arch": list(pool[best]),
-                        "new_archs": len(new),
-                        "pool_size_after": len(grown),
-                    })
-                record["epoch_seconds"] = partial["elapsed"] + (time.time() - commit.t)
-                history.append(record)
-                enas_search.write_logs(out_dir, history)
-                if config.verbose:
-                    print(
-                        f"NAO epoch {epoch + 1}/{config.epochs} (WPL {'on' if active else 'off'}, "
-                        f"α {alpha:g}): mean err1 {record['mean_err1']:.4g}, err2-err1 mean "
-                        f"{record['mean_diff']:.4g} best-{config.best_k} "
-                        f"{record['best5_diff']:.4g} max {record['max_diff']:.4g}; pool "
-                        f"{record.get('pool_size_after', record['pool_size'])}"
-                    )
-                enas_search.end_epoch(loop, history, record, save=save, catcher=catcher,
-                                      on_epoch_end=on_epoch_end)
-        except SearchInterrupted:
-            raise
-        except KeyboardInterrupt:
-            save()
-            raise
-    pool = pool_now()
-    scores = _load_json(state.scores, [])
-    with open(os.path.join(out_dir, "pool.json"), "w") as f:
-        json.dump([{"arch": list(a), "error": e, "string": space.to_string(a)}
-                   for a, e in zip(pool, scores or [None] * len(pool))], f, indent=1)
-    return NAOSearchResult(
-        history=history, out_dir=out_dir, checkpoint=manager.latest_checkpoint,
-        pool=pool, pool_errors=[float(s) if s is not None else math.nan for s in scores],
-    )
+    strategy = NAOStrategy(task, nao, config, seed)
+    base = run_driver(task, strategy, config, out_dir, resume=resume,
+                      handle_signals=handle_signals, on_epoch_end=on_epoch_end)
+    return strategy.result(base)
