@@ -100,7 +100,23 @@ def test_nao_later_stages_reuse_the_search_data(tmp_path, offline, capsys):
     assert nao_search.main(["train-best", "--out", out]) == 0
     trained = _last_json(capsys)
     assert np.isfinite(trained["valid_ppl"])
+    assert nao_search.main(["export", "--out", out]) == 0
+    path = _last_json(capsys)["path"]
     assert offline == []
+    # The exported language model carries the corpus' vocabulary: words in, log-probs out.
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    with open(os.path.join(path, "assets", "vocab.txt")) as f:
+        vocab = f.read().splitlines()
+    assert "<unk>" in vocab and "w3" in vocab and "<eos>" in vocab
+    words = tf.constant([["w3", "w1", "never-seen", "<eos>"]])
+    out_words = loaded.signatures["serve_words"](words=words)
+    ids = [vocab.index(w) for w in ("w3", "w1", "<unk>", "<eos>")]
+    np.testing.assert_array_equal(out_words["ids"], [ids])
+    out_ids = loaded.signatures["serving_default"](tokens=tf.constant([ids], tf.int32))
+    np.testing.assert_array_equal(out_words["log_probs"], out_ids["log_probs"])
+    assert out_ids["log_probs"].shape == (1, 4, len(vocab))
     assert nao_search.main(["train-best", "--out", out, "--data-dir",
                             str(tmp_path / "missing")]) == 2
     _assert_data_error(capsys, "wpl-nao-search", "PTB", "missing")

@@ -12,9 +12,10 @@ from wpl_keras.nas.search import SearchConfig
 
 
 def write_tiny_ptb(directory, *, words=30, lines=60, seed=0):
-    """PTB-like text: lines of 8 words from a small vocabulary (every word in train)."""
+    """PTB-like text: lines of 8 words from a small vocabulary (every word in train), with
+    PTB's unknown-word token ``<unk>`` as one of the ``words``."""
     rng = np.random.default_rng(seed)
-    vocab = [f"w{i}" for i in range(words)]
+    vocab = [f"w{i}" for i in range(words - 1)] + ["<unk>"]
     os.makedirs(directory, exist_ok=True)
     for split, n in (("train", lines), ("valid", lines // 4), ("test", lines // 4)):
         with open(os.path.join(directory, f"{split}.txt"), "w") as f:

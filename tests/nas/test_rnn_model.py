@@ -75,3 +75,80 @@ def test_evaluate_perplexity_needs_a_window(seed):
     assert 1.0 < ppl < 10 * V
     with pytest.raises(ValueError):
         evaluate_perplexity(model, np.arange(8) % V, batch_size=2, bptt=5)
+
+
+VOCAB = ["<unk>", "<eos>"] + [f"word{i}" for i in range(V - 2)]
+
+_FRESH_PROCESS = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+words = tf.constant(json.loads(sys.argv[2]))
+ids = loaded.signatures["serving_default"](tokens=tf.constant(json.loads(sys.argv[3]), tf.int32))
+by_words = loaded.signatures["serve_words"](words=words)
+assert not any(name.startswith("wpl_keras") for name in sys.modules)
+print(json.dumps({"ids": by_words["ids"].numpy().tolist(),
+                  "diff": float(np.abs(ids["log_probs"] - by_words["log_probs"]).max()),
+                  "log_probs": by_words["log_probs"].numpy().tolist()}))
+"""
+
+
+def test_export_ships_vocabulary_and_a_words_signature(seed, tmp_path):
+    import subprocess
+    import sys
+
+    space = RNNCellSpace(4)
+    model = build_language_model(space, ARCH, tiny_config(), seed=3)
+    evaluate_perplexity(model, np.arange(40) % V, batch_size=2, bptt=5)
+    export_dir = export_language_model(model, ARCH, space, str(tmp_path / "lm"), vocab=VOCAB)
+    with open(os.path.join(export_dir, "assets", "vocab.txt")) as f:
+        assert f.read().splitlines() == VOCAB
+    sentence = [["word3", "word0", "zebra", "<eos>", "word17", "word3"],
+                ["<unk>", "word5", "word5", "Word5", "", "word1"]]
+    expected_ids = [[5, 2, 0, 1, 19, 5], [0, 7, 7, 0, 0, 3]]  # unknown words -> <unk> (0)
+    loaded = tf.saved_model.load(export_dir)
+    assert set(loaded.signatures) == {"serving_default", "serve_words"}
+    by_words = loaded.signatures["serve_words"](words=tf.constant(sentence))
+    np.testing.assert_array_equal(by_words["ids"], expected_ids)
+    by_ids = loaded.signatures["serving_default"](tokens=tf.constant(expected_ids, tf.int32))
+    np.testing.assert_allclose(by_words["log_probs"], by_ids["log_probs"], atol=0)
+    direct = tf.nn.log_softmax(model(tf.constant(expected_ids, tf.int32))[0], axis=-1)
+    np.testing.assert_allclose(by_words["log_probs"], direct, atol=1e-6)
+    # The export works in a process that has never imported wpl_keras.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""}
+    run = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS, export_dir, json.dumps(sentence),
+         json.dumps(expected_ids)],
+        capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    fresh = json.loads(run.stdout.strip().splitlines()[-1])
+    assert fresh["ids"] == expected_ids and fresh["diff"] == 0.0
+    np.testing.assert_allclose(fresh["log_probs"], direct, atol=1e-6)
+
+
+@pytest.mark.parametrize("vocab, match", [
+    (VOCAB[:-1], "has 19 words but the model's vocab_size is 20"),
+    (VOCAB[:-1] + ["word0"], "repeats words"),
+    (VOCAB[:-1] + ["two words"], "without whitespace"),
+    (VOCAB[:-1] + ["tab\tword"], "without whitespace"),
+    (VOCAB[:-1] + [""], "non-empty"),
+    (["<eos>"] + VOCAB[2:] + ["UNK"], "no unknown-word token '<unk>'"),
+])
+def test_export_vocabulary_is_checked(seed, tmp_path, vocab, match):
+    space = RNNCellSpace(4)
+    model = build_language_model(space, ARCH, tiny_config())
+    with pytest.raises(ValueError, match=match):
+        export_language_model(model, ARCH, space, str(tmp_path / "lm"), vocab=vocab)
+    assert not os.path.exists(tmp_path / "lm")
+
+
+def test_export_with_another_unknown_token(seed, tmp_path):
+    space = RNNCellSpace(4)
+    model = build_language_model(space, ARCH, tiny_config())
+    vocab = ["<eos>"] + VOCAB[2:] + ["UNK"]
+    export_dir = export_language_model(model, ARCH, space, str(tmp_path / "lm"), vocab=vocab,
+                                       unk_token="UNK")
+    out = tf.saved_model.load(export_dir).signatures["serve_words"](
+        words=tf.constant([["<unk>", "word0", "UNK"]]))
+    np.testing.assert_array_equal(out["ids"], [[V - 1, 1, V - 1]])

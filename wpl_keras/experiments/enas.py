@@ -156,7 +156,8 @@ class SpaceSpec:
             local files are not to be checked against their standard checksums.
         build_task: ``(data, config) -> SharedWeightsTask``.
         train_best: ``(data, arch, config, out_dir) -> (model, metrics dict)`` or None.
-        export: ``(model, arch, space, export_dir) -> path`` or None.
+        export: ``(model, arch, space, export_dir, data) -> path`` or None (``data`` as
+            ``load_data`` returned it, e.g. for the vocabulary of a language model).
         build_space: ``(config) -> SearchSpace`` without building the task, or None.
         adapt_config: ``(data, config) -> config`` fitting sizes to the loaded data (e.g. the
             vocabulary of a tiny corpus when ``data_check`` is off), or None.
@@ -389,7 +390,7 @@ def run_export(
         arch = load_derived(os.path.join(out_dir, "derived.json"))
     model, _ = run_train_best(config, data_dir, out_dir, arch=arch, epochs=epochs, data=data)
     space = build_space(config)
-    return spec.export(model, arch, space, export_dir or os.path.join(out_dir, "export"))
+    return spec.export(model, arch, space, export_dir or os.path.join(out_dir, "export"), data)
 
 
 def build_space(config: ENASExperimentConfig):
@@ -436,14 +437,16 @@ def _rnn_train_best(corpus, arch, config: ENASExperimentConfig, out_dir: str):
     return model, result
 
 
-def _rnn_export(model, arch, space, export_dir: str) -> str:
+def _rnn_export(model, arch, space, export_dir: str, corpus) -> str:
+    """The SavedModel of the language model with the corpus' vocabulary as an asset (and a
+    signature that takes words; see :func:`~wpl_keras.nas.rnn_model.export_language_model`)."""
     from wpl_keras.nas.rnn_model import build_language_model, export_language_model
 
     # A model whose training step traced its custom gradient cannot be saved (the SavedModel
     # would capture that gradient function), so export a fresh copy holding the same weights.
     fresh = build_language_model(space, arch, model.cfg)
     fresh.set_weights(model.get_weights())
-    return export_language_model(fresh, arch, space, export_dir)
+    return export_language_model(fresh, arch, space, export_dir, vocab=corpus.vocab)
 
 
 def _rnn_preset(name: str) -> ENASExperimentConfig:

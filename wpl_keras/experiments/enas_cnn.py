@@ -221,7 +221,7 @@ def _train_best(arrays, arch, config: ENASExperimentConfig, out_dir: str):
                        train_size=t.final_train_size)
 
 
-def _export(model, arch, space, export_dir: str) -> str:
+def _export(model, arch, space, export_dir: str, arrays=None) -> str:
     from wpl_keras.nas.cnn_model import export_classifier
 
     return export_classifier(model, arch, space, export_dir)["saved_model"]

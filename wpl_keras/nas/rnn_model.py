@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 import weakref
 from typing import Dict, Optional, Sequence
@@ -224,12 +225,22 @@ def train_from_scratch(
     }
 
 
+VOCAB_FILE = "vocab.txt"
+WORDS_SIGNATURE = "serve_words"
+
+
 class _ServingModule(tf.Module):
     """Tracks only the model's variables; the model itself is reached through a closure so
     that functions traced on it earlier (training steps with custom gradients) are not
-    saved."""
+    saved.
 
-    def __init__(self, model: RNNLanguageModel):
+    With ``vocab_path`` (one word per line, line ``i`` is the word of id ``i``), the file is
+    a SavedModel asset and ``serve_words`` maps words to ids through a
+    ``tf.lookup.StaticHashTable`` (unknown words → ``unk_id``) before ``serve``.
+    """
+
+    def __init__(self, model: RNNLanguageModel, vocab_path: Optional[str] = None,
+                 unk_id: int = 0):
         super().__init__()
         self.weights = list(model.variables)
 
@@ -239,15 +250,60 @@ class _ServingModule(tf.Module):
             return {"log_probs": tf.nn.log_softmax(logits, axis=-1)}
 
         self.serve = serve
+        if vocab_path is None:
+            return
+        self.vocab = tf.saved_model.Asset(vocab_path)
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                self.vocab, key_dtype=tf.string, key_index=tf.lookup.TextFileIndex.WHOLE_LINE,
+                value_dtype=tf.int64, value_index=tf.lookup.TextFileIndex.LINE_NUMBER),
+            default_value=int(unk_id))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="words")])
+        def serve_words(words):
+            ids = tf.cast(self.table.lookup(words), tf.int32)
+            return {"log_probs": serve(ids)["log_probs"], "ids": ids}
+
+        self.serve_words = serve_words
+
+
+def check_vocabulary(vocab: Sequence[str], vocab_size: int, unk_token: str) -> int:
+    """Validates an export vocabulary; returns the id of ``unk_token``.
+
+    Raises:
+        ValueError: naming the problem: a size other than the model's ``vocab_size``, a word
+            that is empty, repeated or holds whitespace (the vocabulary file has one word per
+            line), or a missing ``unk_token``.
+    """
+    vocab = list(vocab)
+    if len(vocab) != vocab_size:
+        raise ValueError(f"export vocabulary has {len(vocab)} words but the model's "
+                         f"vocab_size is {vocab_size}; pass the corpus' vocabulary.")
+    for i, word in enumerate(vocab):
+        if not isinstance(word, str) or not word or any(c.isspace() for c in word):
+            raise ValueError(f"export vocabulary word {i} ({word!r}) must be a non-empty "
+                             "string without whitespace.")
+    if len(set(vocab)) != len(vocab):
+        seen = sorted({w for w in vocab if vocab.count(w) > 1})[:5]
+        raise ValueError(f"export vocabulary repeats words: {seen}.")
+    if unk_token not in vocab:
+        raise ValueError(f"export vocabulary has no unknown-word token {unk_token!r}; add it "
+                         "or pass unk_token=<the corpus' unknown-word token>.")
+    return vocab.index(unk_token)
 
 
 def export_language_model(model: RNNLanguageModel, arch: Sequence[int], space: RNNCellSpace,
-                          export_dir: str) -> str:
+                          export_dir: str, *, vocab: Optional[Sequence[str]] = None,
+                          unk_token: str = "<unk>") -> str:
     """Writes a SavedModel and ``cell.json`` to ``export_dir``.
 
     The ``serving_default`` signature maps ``tokens`` (int32 ``[batch, time]``, zero initial
     state) to ``log_probs`` (``[batch, time, vocab]``, ``log p(w_{t+1} | w_{≤t})``).
-    ``cell.json`` holds the cell (space name, decisions, readable string) and the config.
+    With ``vocab`` (``vocab[i]`` is the word of id ``i``), the vocabulary ships as the asset
+    ``assets/vocab.txt`` (one word per line) and the ``serve_words`` signature maps ``words``
+    (string ``[batch, time]``) to the same ``log_probs`` and the ``ids`` it looked up; a word
+    outside the vocabulary reads as ``unk_token``. ``cell.json`` holds the cell (space name,
+    decisions, readable string) and the config.
 
     Returns:
         ``export_dir``.
@@ -258,9 +314,18 @@ def export_language_model(model: RNNLanguageModel, arch: Sequence[int], space: R
             f"export_language_model: arch {space.to_string(arch)!r} is not the model's cell "
             f"{space.to_string(model.arch)!r}."
         )
-    module = _ServingModule(model)
-    tf.saved_model.save(module, export_dir,
-                        signatures={"serving_default": module.serve.get_concrete_function()})
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_path, unk_id = None, 0
+        if vocab is not None:
+            unk_id = check_vocabulary(vocab, model.cfg.vocab_size, unk_token)
+            vocab_path = os.path.join(tmp, VOCAB_FILE)
+            with open(vocab_path, "w", encoding="utf-8") as f:
+                f.write("".join(f"{w}\n" for w in vocab))
+        module = _ServingModule(model, vocab_path, unk_id)
+        signatures = {"serving_default": module.serve.get_concrete_function()}
+        if vocab_path is not None:
+            signatures[WORDS_SIGNATURE] = module.serve_words.get_concrete_function()
+        tf.saved_model.save(module, export_dir, signatures=signatures)
     with open(os.path.join(export_dir, "cell.json"), "w") as f:
         json.dump({**space.to_json(arch), "config": model.cfg.to_json()}, f, indent=2)
     return export_dir
