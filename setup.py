@@ -6,6 +6,9 @@ RUNTIME = [
     "tensorflow>=2.16",
     "keras>=3.0",
     "tensorflow-datasets>=4.9",
+    # tensorflow-datasets' dataset builder imports it when it prepares a download, but does
+    # not declare it (tests/data/test_downloads.py drives that path up to the network).
+    "importlib_resources>=5",
     "keras-tuner>=1.4",
     "numpy>=1.23",
     "matplotlib>=3.6",

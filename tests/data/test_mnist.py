@@ -1,6 +1,7 @@
 """MNIST loader: real idx parsing on tiny files, validation split, errors, tfds failure path."""
 
 import gzip
+import hashlib
 import os
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from wpl_keras.data import mnist
 
 
-def _write_dir(path, n_train=12, n_test=5, rows=4, cols=3, seed=0):
+def _write_dir(path, n_train=12, n_test=5, rows=28, cols=28, seed=0):
     rng = np.random.default_rng(seed)
     arrays = {
         "train_images": rng.integers(0, 256, (n_train, rows, cols), dtype=np.uint8),
@@ -31,7 +32,7 @@ def test_parse_idx_hand_written_header():
 
 def test_roundtrip_and_scaling(tmp_path):
     arrays = _write_dir(tmp_path)
-    splits = mnist.load_mnist(str(tmp_path), validation_size=4, seed=3)
+    splits = mnist.load_mnist(str(tmp_path), validation_size=4, seed=3, verify=False)
     assert splits.sizes() == {"train": 8, "val": 4, "test": 5}
     assert splits.x_train.dtype == np.float32 and splits.y_train.dtype == np.int32
     np.testing.assert_allclose(splits.x_test, arrays["test_images"] / 255.0, rtol=1e-6)
@@ -77,8 +78,8 @@ def test_missing_directory(tmp_path):
 def test_corrupt_gzip(tmp_path):
     _write_dir(tmp_path)
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"this is not gzip")
-    with pytest.raises(mnist.MnistDataError, match="corrupt"):
-        mnist.load_mnist(str(tmp_path))
+    with pytest.raises(mnist.MnistDataError, match="train-images-idx3-ubyte.gz.*corrupt"):
+        mnist.load_mnist(str(tmp_path), verify=False)
 
 
 def test_truncated_payload(tmp_path):
@@ -88,23 +89,25 @@ def test_truncated_payload(tmp_path):
         raw = handle.read()
     with gzip.open(path, "wb") as handle:
         handle.write(raw[:-3])
-    with pytest.raises(mnist.MnistDataError, match="truncated or corrupt"):
-        mnist.load_mnist(str(tmp_path))
+    pattern = "train-labels-idx1-ubyte.gz.*truncated or corrupt"
+    with pytest.raises(mnist.MnistDataError, match=pattern):
+        mnist.load_mnist(str(tmp_path), verify=False)
 
 
 def test_bad_magic(tmp_path):
     _write_dir(tmp_path)
     with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as handle:
         handle.write(b"\x12\x34\x08\x03" + bytes(20))
-    with pytest.raises(mnist.MnistDataError, match="not an idx file"):
-        mnist.load_mnist(str(tmp_path))
+    with pytest.raises(mnist.MnistDataError, match="t10k-images-idx3-ubyte.gz.*not an idx file"):
+        mnist.load_mnist(str(tmp_path), verify=False)
 
 
 def test_label_image_count_mismatch(tmp_path):
     _write_dir(tmp_path)
     mnist.write_idx(str(tmp_path / "train-labels-idx1-ubyte.gz"), np.zeros((7,), np.uint8))
-    with pytest.raises(mnist.MnistDataError, match="do not match"):
-        mnist.load_mnist(str(tmp_path), validation_size=2)
+    pattern = "12 images but .*train-labels-idx1-ubyte.gz holds 7 labels"
+    with pytest.raises(mnist.MnistDataError, match=pattern):
+        mnist.load_mnist(str(tmp_path), validation_size=2, verify=False)
 
 
 def test_failed_download_points_to_data_dir(monkeypatch):
@@ -136,11 +139,137 @@ def test_tfds_path_uses_tfds_arrays(monkeypatch):
 
 def test_make_dataset_batches(tmp_path):
     _write_dir(tmp_path)
-    splits = mnist.load_mnist(str(tmp_path), validation_size=2)
+    splits = mnist.load_mnist(str(tmp_path), validation_size=2, verify=False)
     ds = mnist.mnist_datasets(splits, batch_size=4, seed=0)
     x, y = next(iter(ds["train"]))
-    assert tuple(x.shape) == (4, 4, 3) and tuple(y.shape) == (4,)
+    assert tuple(x.shape) == (4, 28, 28) and tuple(y.shape) == (4,)
     sizes = [int(b[1].shape[0]) for b in ds["test"]]
     assert sizes == [4, 1]
     with pytest.raises(ValueError, match="differ in length"):
         mnist.make_dataset(splits.x_train, splits.y_test, batch_size=2)
+
+
+# --------------------------------------------------------------------------- validation
+def _write_raw_idx(path, code, shape, payload):
+    header = bytes([0, 0, code, len(shape)]) + b"".join(s.to_bytes(4, "big") for s in shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + payload)
+
+
+def _expect_error(tmp_path, filename, pattern):
+    with pytest.raises(mnist.MnistDataError, match=pattern) as info:
+        mnist.load_mnist(str(tmp_path), validation_size=2, verify=False)
+    assert filename in str(info.value)
+
+
+@pytest.mark.parametrize("shape", [(12, 32, 32), (12, 28, 27), (12, 1, 784), (12, 28, 28, 1)])
+def test_images_of_another_size_are_rejected(tmp_path, shape):
+    _write_dir(tmp_path)
+    mnist.write_idx(str(tmp_path / "train-images-idx3-ubyte.gz"), np.zeros(shape, np.uint8))
+    _expect_error(tmp_path, "train-images-idx3-ubyte.gz", r"\[N, 28, 28\]")
+
+
+def test_flat_images_are_rejected(tmp_path):
+    _write_dir(tmp_path)
+    mnist.write_idx(str(tmp_path / "t10k-images-idx3-ubyte.gz"), np.zeros((5, 784), np.uint8))
+    _expect_error(tmp_path, "t10k-images-idx3-ubyte.gz", r"shape \(5, 784\)")
+
+
+@pytest.mark.parametrize("code,dtype", [(0x0D, ">f4"), (0x0E, ">f8"), (0x09, ">i1"), (0x0C, ">i4")])
+def test_images_that_are_not_bytes_are_rejected(tmp_path, code, dtype):
+    _write_dir(tmp_path)
+    payload = np.full((12, 28, 28), 0.5).astype(dtype).tobytes()
+    _write_raw_idx(tmp_path / "train-images-idx3-ubyte.gz", code, (12, 28, 28), payload)
+    _expect_error(tmp_path, "train-images-idx3-ubyte.gz", "unsigned bytes")
+
+
+def test_float_labels_are_rejected(tmp_path):
+    _write_dir(tmp_path)
+    payload = np.arange(5, dtype=">f4").tobytes()
+    _write_raw_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", 0x0D, (5,), payload)
+    _expect_error(tmp_path, "t10k-labels-idx1-ubyte.gz", "labels have dtype float32")
+
+
+@pytest.mark.parametrize("bad", [10, 255])
+def test_labels_outside_0_to_9_are_rejected(tmp_path, bad):
+    arrays = _write_dir(tmp_path)
+    labels = arrays["test_labels"].copy()
+    labels[2] = bad
+    mnist.write_idx(str(tmp_path / "t10k-labels-idx1-ubyte.gz"), labels)
+    _expect_error(tmp_path, "t10k-labels-idx1-ubyte.gz", f"label {bad} is outside 0..9")
+
+
+def test_labels_file_with_images_inside_is_rejected(tmp_path):
+    _write_dir(tmp_path)
+    mnist.write_idx(str(tmp_path / "train-labels-idx1-ubyte.gz"), np.zeros((12, 28, 28), np.uint8))
+    _expect_error(tmp_path, "train-labels-idx1-ubyte.gz", r"shape \[N\]")
+
+
+def test_more_labels_than_images_and_empty_files(tmp_path):
+    _write_dir(tmp_path)
+    mnist.write_idx(str(tmp_path / "t10k-labels-idx1-ubyte.gz"), np.zeros((9,), np.uint8))
+    _expect_error(tmp_path, "t10k-labels-idx1-ubyte.gz", "5 images but .* 9 labels")
+    _write_dir(tmp_path)
+    mnist.write_idx(str(tmp_path / "t10k-images-idx3-ubyte.gz"), np.zeros((0, 28, 28), np.uint8))
+    _expect_error(tmp_path, "t10k-images-idx3-ubyte.gz", "holds no images")
+
+
+def test_tfds_arrays_are_validated(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    rng = np.random.default_rng(0)
+    good = (rng.integers(0, 256, (6, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 6))
+    cases = [
+        ((np.zeros((6, 32, 32, 1), np.uint8), good[1]), r"\[N, 28, 28\]"),
+        ((good[0].astype(np.float32), good[1]), "unsigned bytes"),
+        ((good[0], np.full(6, 10)), "outside 0..9"),
+        ((good[0], np.zeros(4, np.int64)), "6 images but .* 4 labels"),
+    ]
+    monkeypatch.setattr(tfds, "as_numpy", lambda x: x)
+    for bad, pattern in cases:
+        monkeypatch.setattr(tfds, "load", lambda *a, bad=bad, **k: [good, bad])
+        where = "tensorflow-datasets mnist test split.*"
+        with pytest.raises(mnist.MnistDataError, match=where + pattern):
+            mnist.load_mnist(None, validation_size=2)
+
+
+# --------------------------------------------------------------------------- checksums
+def test_standard_names_are_verified_by_default(tmp_path):
+    _write_dir(tmp_path)
+    with pytest.raises(mnist.MnistChecksumError) as info:
+        mnist.load_mnist(str(tmp_path), validation_size=2)
+    error = info.value
+    path = str(tmp_path / "train-images-idx3-ubyte.gz")
+    actual = hashlib.md5(open(path, "rb").read()).hexdigest()
+    assert error.path == path and error.actual == actual
+    assert error.expected == mnist.MNIST_MD5["train-images-idx3-ubyte.gz"]
+    assert path in str(error) and actual in str(error) and error.expected in str(error)
+    assert "verify=False" in str(error)
+    assert isinstance(error, mnist.MnistDataError)  # callers catching MnistDataError see it
+    splits = mnist.load_mnist(str(tmp_path), validation_size=2, verify=False)
+    assert splits.sizes() == {"train": 10, "val": 2, "test": 5}
+
+
+def _real_copy(shared_data, tmp_path):
+    for filename in mnist.MNIST_FILES.values():
+        os.symlink(shared_data / "mnist" / filename, tmp_path / filename)
+
+
+def test_real_files_load_verified(shared_data):
+    splits = mnist.load_mnist(str(shared_data / "mnist"))
+    assert splits.sizes() == {"train": 55000, "val": 5000, "test": 10000}
+    assert splits.x_train.shape[1:] == (28, 28)
+    assert 0.0 <= splits.x_test.min() < splits.x_test.max() <= 1.0
+    np.testing.assert_array_equal(np.unique(splits.y_test), np.arange(10))
+
+
+def test_truncated_real_file_fails_the_checksum(shared_data, tmp_path):
+    _real_copy(shared_data, tmp_path)
+    name = "t10k-labels-idx1-ubyte.gz"
+    os.remove(tmp_path / name)
+    raw = (shared_data / "mnist" / name).read_bytes()
+    (tmp_path / name).write_bytes(raw[:-100])
+    with pytest.raises(mnist.MnistChecksumError, match=name):
+        mnist.load_mnist(str(tmp_path))
+    with pytest.raises(mnist.MnistDataError, match=f"{name}.*corrupt"):
+        mnist.load_mnist(str(tmp_path), verify=False)

@@ -13,6 +13,10 @@ The idx format (LeCun & Cortes) is a big-endian header ``0x00 0x00 <dtype> <ndim
 ``ndim`` big-endian uint32 sizes and the data; MNIST uses dtype ``0x08`` (unsigned byte).
 Images are scaled to ``x = pixel / 255`` (float32, shape ``[N, 28, 28]``), labels are int32.
 
+Every source is validated before use: images must be uint8 ``[N, 28, 28]``, labels uint8 in
+``0..9``, with as many labels as images; errors name the file and what is wrong. With
+``verify=True`` (the default) the idx files are first checked against the official md5s.
+
 A validation split of ``validation_size`` examples is held out from the training set with a
 seeded permutation; the test set is never touched for model selection.
 
@@ -29,6 +33,15 @@ from typing import Optional
 
 import numpy as np
 import tensorflow as tf
+
+from wpl_keras.data.errors import (
+    DataChecksumError,
+    DataDownloadError,
+    DataError,
+    DataMissingError,
+    download_failure_message,
+    verify_standard_files,
+)
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -47,11 +60,30 @@ _IDX_DTYPES = {
 }
 
 
-class MnistDataError(ValueError):
-    """MNIST idx files are missing, unreadable or inconsistent."""
+# md5 of the official gzip-compressed idx files (as in ../shared/data/README.md).
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
 
 
-class MnistDownloadError(RuntimeError):
+class MnistDataError(DataError):
+    """MNIST idx files are missing, unreadable or inconsistent (the message names the file)."""
+
+
+class MnistMissingError(MnistDataError, DataMissingError):
+    """MNIST idx files or their folder are absent (the message lists the four files)."""
+
+
+class MnistChecksumError(MnistDataError, DataChecksumError):
+    """A standard-named MNIST file does not have the official file's md5."""
+
+
+class MnistDownloadError(DataDownloadError):
     """tensorflow-datasets could not download or prepare MNIST (usually: no internet)."""
 
 
@@ -112,7 +144,7 @@ def read_idx(path: str) -> np.ndarray:
         MnistDataError: if the file is missing, not gzip, or not a valid idx file.
     """
     if not os.path.isfile(path):
-        raise MnistDataError(f"missing MNIST file {path}.")
+        raise MnistMissingError(f"missing MNIST file {path}.")
     try:
         with gzip.open(path, "rb") as handle:
             raw = handle.read()
@@ -141,68 +173,151 @@ def _expected_files_message(data_dir: str) -> str:
     )
 
 
-def read_mnist_idx_dir(data_dir: str):
-    """Reads the four MNIST idx files of ``data_dir``.
+def check_images(images: np.ndarray, where: str) -> None:
+    """Checks MNIST images: uint8 ``[N, 28, 28]`` with ``N > 0``.
+
+    Raises:
+        MnistDataError: naming ``where`` and the wrong dtype, rank, size or count.
+    """
+    if images.dtype != np.uint8:
+        raise MnistDataError(
+            f"{where}: images have dtype {images.dtype}; MNIST images are unsigned bytes "
+            "(idx type 0x08, pixel values 0..255)."
+        )
+    if images.ndim != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE:
+        raise MnistDataError(
+            f"{where}: images have shape {tuple(images.shape)}; MNIST images are "
+            f"[N, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}]."
+        )
+    if len(images) == 0:
+        raise MnistDataError(f"{where}: holds no images.")
+
+
+def check_labels(labels: np.ndarray, where: str) -> None:
+    """Checks MNIST labels: unsigned bytes ``[N]`` with values in ``0..9``.
+
+    Raises:
+        MnistDataError: naming ``where`` and the wrong dtype, rank or label value.
+    """
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise MnistDataError(
+            f"{where}: labels have dtype {labels.dtype} and shape {tuple(labels.shape)}; MNIST "
+            "labels are unsigned bytes of shape [N] (idx type 0x08, one dimension)."
+        )
+    if labels.size and int(labels.max()) >= NUM_CLASSES:
+        raise MnistDataError(
+            f"{where}: label {int(labels.max())} is outside 0..{NUM_CLASSES - 1} "
+            f"(MNIST has {NUM_CLASSES} classes)."
+        )
+
+
+def check_split(images: np.ndarray, labels: np.ndarray, images_at: str, labels_at: str) -> None:
+    """Checks one split: valid images, valid labels, and as many labels as images.
+
+    Raises:
+        MnistDataError: naming the file (``images_at``/``labels_at``) that is wrong.
+    """
+    check_images(images, images_at)
+    check_labels(labels, labels_at)
+    if len(images) != len(labels):
+        raise MnistDataError(
+            f"{images_at} holds {len(images)} images but {labels_at} holds {len(labels)} "
+            "labels; the counts must be equal."
+        )
+
+
+def read_mnist_idx_dir(data_dir: str, *, verify: bool = True):
+    """Reads and validates the four MNIST idx files of ``data_dir``.
+
+    Args:
+        data_dir: folder with the four files of :data:`MNIST_FILES`.
+        verify: check each file against the official md5 of :data:`MNIST_MD5` before reading
+            it; ``False`` loads variants (e.g. your own subsets) under the standard names.
 
     Returns:
         ``(x_train, y_train, x_test, y_test)`` as uint8 arrays (images ``[N, 28, 28]``).
 
     Raises:
-        MnistDataError: naming every expected file when one is missing, corrupt or when the
-            image and label counts disagree.
+        MnistMissingError: naming every expected file when one is missing.
+        MnistChecksumError: a file's md5 differs from the official one (with ``verify``).
+        MnistDataError: naming the file that is corrupt, of the wrong type or size, has labels
+            outside 0..9, or whose count differs from its partner's.
     """
     if not os.path.isdir(data_dir):
-        raise MnistDataError(f"no such directory {data_dir!r}. " + _expected_files_message(data_dir))
-    missing = [f for f in MNIST_FILES.values() if not os.path.isfile(os.path.join(data_dir, f))]
+        raise MnistMissingError(
+            f"no such directory {data_dir!r}. " + _expected_files_message(data_dir)
+        )
+    paths = {key: os.path.join(data_dir, name) for key, name in MNIST_FILES.items()}
+    missing = [MNIST_FILES[key] for key, path in paths.items() if not os.path.isfile(path)]
     if missing:
-        raise MnistDataError(
+        raise MnistMissingError(
             f"missing {', '.join(missing)}. " + _expected_files_message(data_dir)
         )
+    if verify:
+        verify_standard_files(paths.values(), MNIST_MD5, error_type=MnistChecksumError)
     arrays = {}
-    for key, filename in MNIST_FILES.items():
+    for key, path in paths.items():
         try:
-            arrays[key] = read_idx(os.path.join(data_dir, filename))
+            arrays[key] = read_idx(path)
         except MnistDataError as error:
             raise MnistDataError(f"{error} " + _expected_files_message(data_dir)) from error
     for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise MnistDataError(
-                f"{split} split: images {images.shape} and labels {labels.shape} do not match "
-                "(expected [N, rows, cols] and [N]). " + _expected_files_message(data_dir)
-            )
-        if labels.size and labels.max() > 9:
-            raise MnistDataError(f"{split} labels contain {labels.max()}, MNIST has 10 classes.")
-    return arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"]
+        check_split(
+            arrays[f"{split}_images"], arrays[f"{split}_labels"],
+            paths[f"{split}_images"], paths[f"{split}_labels"],
+        )
+    keys = ("train_images", "train_labels", "test_images", "test_labels")
+    return tuple(arrays[key] for key in keys)
+
+
+def _tfds_load_mnist(tfds_dir: Optional[str]):
+    import tensorflow_datasets as tfds
+
+    return tfds.as_numpy(
+        tfds.load(
+            "mnist", split=["train", "test"], batch_size=-1, as_supervised=True, data_dir=tfds_dir
+        )
+    )
 
 
 def _load_tfds(tfds_dir: Optional[str]):
+    """MNIST from tensorflow-datasets (downloads into ``tfds_dir`` on first use), validated.
+
+    Raises:
+        MnistDownloadError: naming the failure (a missing module or the download) and the idx
+            files that ``--data-dir`` needs instead.
+        MnistDataError: if tfds returns arrays that are not MNIST's.
+    """
     try:
-        import tensorflow_datasets as tfds
-    except ImportError as error:  # pragma: no cover - tfds is a dependency
+        (x_train, y_train), (x_test, y_test) = _tfds_load_mnist(tfds_dir)
+    except Exception as error:  # tfds raises many kinds of import, download and IO errors
         raise MnistDownloadError(
-            "tensorflow-datasets is not installed; install it or pass data_dir (--data-dir / "
-            "WPL_DATA_DIR) pointing to the MNIST idx files."
-        ) from error
-    try:
-        (x_train, y_train), (x_test, y_test) = tfds.as_numpy(
-            tfds.load(
-                "mnist",
-                split=["train", "test"],
-                batch_size=-1,
-                as_supervised=True,
-                data_dir=tfds_dir,
+            download_failure_message(
+                "MNIST with tensorflow-datasets", error,
+                "the four MNIST idx files: " + ", ".join(MNIST_FILES.values()) + ".",
             )
-        )
-    except Exception as error:  # tfds raises many kinds of download/IO errors
-        raise MnistDownloadError(
-            "could not download MNIST with tensorflow-datasets "
-            f"({type(error).__name__}: {error}). Without internet access, pass --data-dir DIR "
-            "(or set WPL_DATA_DIR=DIR) with the four idx files: "
-            + ", ".join(MNIST_FILES.values())
-            + "."
         ) from error
-    return x_train[..., 0], y_train, x_test[..., 0], y_test
+    out = []
+    for split, images, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
+        where = f"tensorflow-datasets mnist {split} split"
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.ndim == 4 and images.shape[-1] == 1:
+            images = images[..., 0]
+        if labels.dtype.kind not in "iu" or labels.ndim != 1:
+            raise MnistDataError(
+                f"{where}: labels of dtype {labels.dtype} and shape {labels.shape}; expected "
+                "integer class ids of shape [N]."
+            )
+        bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+        if bad.size:
+            raise MnistDataError(
+                f"{where}: label {int(bad[0])} is outside 0..{NUM_CLASSES - 1} "
+                f"(MNIST has {NUM_CLASSES} classes)."
+            )
+        labels = labels.astype(np.uint8)
+        check_split(images, labels, where, where)
+        out.extend([images, labels])
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- public loaders
@@ -228,6 +343,7 @@ def load_mnist(
     validation_size: int = 5000,
     seed: int = 0,
     tfds_dir: Optional[str] = None,
+    verify: bool = True,
 ) -> MnistSplits:
     """Loads MNIST as float arrays with a held-out validation split.
 
@@ -239,16 +355,22 @@ def load_mnist(
         validation_size: training examples held out as validation (taken before any training).
         seed: seed of the validation permutation.
         tfds_dir: tensorflow-datasets cache directory (only when ``data_dir`` is None).
+        verify: check the idx files of ``data_dir`` against the official md5s
+            (:data:`MNIST_MD5`); ``False`` loads your own variants under the standard names.
+            tensorflow-datasets verifies its downloads itself.
 
     Raises:
-        MnistDataError: bad or missing idx files (the message lists the expected names).
+        MnistMissingError: missing idx files (the message lists the expected names).
+        MnistChecksumError: an idx file is not the official one (with ``verify``).
+        MnistDataError: a corrupt idx file, images not uint8 ``[N, 28, 28]``, labels outside
+            0..9 or counts that differ (the message names the file).
         MnistDownloadError: tfds could not download (points to ``--data-dir``/``WPL_DATA_DIR``).
     """
     if data_dir is None:
         x_train, y_train, x_test, y_test = _load_tfds(tfds_dir)
         source = "tensorflow-datasets:mnist"
     else:
-        x_train, y_train, x_test, y_test = read_mnist_idx_dir(str(data_dir))
+        x_train, y_train, x_test, y_test = read_mnist_idx_dir(str(data_dir), verify=verify)
         source = f"idx:{os.path.abspath(str(data_dir))}"
     x_train, y_train, x_val, y_val = split_validation(x_train, y_train, validation_size, seed)
 

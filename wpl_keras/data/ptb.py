@@ -8,6 +8,10 @@ alphabetically, so ids are deterministic.
 For training, the id stream is cut into ``batch_size`` contiguous rows (:func:`batchify`,
 ``[batch, steps]``) and read in BPTT windows of ``bptt`` steps (:func:`bptt_window`):
 window ``k`` is ``x = data[:, kT : kT + T]`` and ``y = data[:, kT + 1 : kT + T + 1]``.
+
+:func:`load_ptb` validates what it reads: UTF-8 text, non-empty splits, the vocabulary size, and
+valid/test words inside the training vocabulary; with ``verify=True`` (the default) each file is
+first checked against the md5 of the standard file of its split. Errors name the file.
 """
 
 from __future__ import annotations
@@ -18,6 +22,15 @@ import os
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
+
+from wpl_keras.data.errors import (
+    DataChecksumError,
+    DataDownloadError,
+    DataError,
+    DataMissingError,
+    download_failure_message,
+    verify_standard_files,
+)
 
 PTB_VOCAB_SIZE = 10000
 EOS = "<eos>"
@@ -32,6 +45,30 @@ _PTB_MD5 = {
     "test": "8b80168b89c18661a38ef683c0dc3721",
 }
 _SPLITS = ("train", "valid", "test")
+# Both names the loader accepts for a split are standard names of that split's file.
+PTB_MD5 = {
+    name: _PTB_MD5[split] for split in _SPLITS for name in (f"{split}.txt", f"ptb.{split}.txt")
+}
+_NEEDED = (
+    "train.txt, valid.txt and test.txt (or ptb.train.txt, ptb.valid.txt, ptb.test.txt): "
+    "Mikolov's word-level PTB, one sentence per line."
+)
+
+
+class PTBDataError(DataError):
+    """A PTB file is unreadable or not the expected corpus (the message names the file)."""
+
+
+class PTBMissingError(PTBDataError, DataMissingError):
+    """PTB files or their folder are absent (the message lists the expected names)."""
+
+
+class PTBChecksumError(PTBDataError, DataChecksumError):
+    """A standard-named PTB file does not have the standard file's md5."""
+
+
+class PTBDownloadError(DataDownloadError):
+    """The PTB files could not be downloaded (usually: no internet)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +92,34 @@ class PTBCorpus:
         return len(self.vocab)
 
 
-def _read_words(path: str) -> List[str]:
-    with open(path, "r", encoding="utf-8") as f:
-        words = []
-        for line in f:
-            words.extend(line.split())
-            words.append(EOS)
+def read_words(path: str) -> List[str]:
+    """Words of a PTB text file, with ``<eos>`` after every line.
+
+    The file must be UTF-8 text (PTB itself is ASCII) without NUL bytes.
+
+    Raises:
+        PTBDataError: naming the file, and the line and byte of the first invalid byte.
+    """
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise PTBDataError(
+            f"{path}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}, "
+            f"line {line}: {error.reason}); PTB files are plain text, one sentence per line."
+        ) from error
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise PTBDataError(f"{path}: NUL byte on line {line}; this is not a text file.")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the text after the final newline
+    words = []
+    for line in lines:
+        words.extend(line.split())
+        words.append(EOS)
     return words
 
 
@@ -75,26 +134,38 @@ def _find_split_files(data_dir: str) -> Dict[str, str]:
         else:
             missing.append(" or ".join(candidates))
     if missing:
-        raise FileNotFoundError(
+        raise PTBMissingError(
             f"PTB files missing in {data_dir!r}: expected {', '.join(missing)} "
             "(Mikolov's word-level PTB, one sentence per line)."
         )
     return paths
 
 
-def _download(cache_dir: Optional[str] = None) -> Dict[str, str]:  # pragma: no cover - network
-    import keras
+def _download(cache_dir: Optional[str], verify: bool) -> Dict[str, str]:
+    """Downloads the three files with ``keras.utils.get_file`` (md5-checked with ``verify``).
 
+    Raises:
+        PTBDownloadError: naming the file and URL that failed and the files ``--data-dir``
+            needs instead.
+    """
     paths = {}
     for split in _SPLITS:
-        paths[split] = keras.utils.get_file(
-            f"ptb.{split}.txt",
-            origin=_PTB_URL.format(split=split),
-            file_hash=_PTB_MD5[split],
-            hash_algorithm="md5",
-            cache_subdir="datasets/ptb",
-            cache_dir=cache_dir,
-        )
+        url = _PTB_URL.format(split=split)
+        try:
+            import keras
+
+            paths[split] = keras.utils.get_file(
+                f"ptb.{split}.txt",
+                origin=url,
+                file_hash=_PTB_MD5[split] if verify else None,
+                hash_algorithm="md5",
+                cache_subdir="datasets/ptb",
+                cache_dir=cache_dir,
+            )
+        except Exception as error:  # keras raises a bare Exception for URL failures
+            raise PTBDownloadError(
+                download_failure_message(f"PTB file ptb.{split}.txt from {url}", error, _NEEDED)
+            ) from error
     return paths
 
 
@@ -105,41 +176,57 @@ def build_vocab(words: List[str]) -> List[str]:
 
 
 def load_ptb(
-    data_dir: Optional[str] = None, *, vocab_size: Optional[int] = PTB_VOCAB_SIZE
+    data_dir: Optional[str] = None,
+    *,
+    vocab_size: Optional[int] = PTB_VOCAB_SIZE,
+    verify: bool = True,
+    cache_dir: Optional[str] = None,
 ) -> PTBCorpus:
     """Loads PTB from ``data_dir`` (or downloads the standard files when None).
 
     Args:
         data_dir: folder with ``train.txt``, ``valid.txt``, ``test.txt`` (or
             ``ptb.train.txt`` ...). ``None`` downloads the public copies with
-            ``keras.utils.get_file`` and checks their md5.
+            ``keras.utils.get_file``.
         vocab_size: the vocabulary size the training split must have (10,000 for PTB);
             ``None`` accepts any size (tiny corpora in tests).
+        verify: check every file against the md5 of the standard file of its split
+            (:data:`PTB_MD5`; all accepted names are standard names), downloaded or local.
+            ``False`` loads your own corpus under these names.
+        cache_dir: where downloads are kept (``keras.utils.get_file``'s default when None).
 
     Returns:
         A :class:`PTBCorpus`.
 
     Raises:
-        FileNotFoundError: naming the expected files that are missing.
-        ValueError: for an empty split, a vocabulary of the wrong size, or valid/test words
-            that are not in the training vocabulary (not the preprocessed PTB).
+        PTBMissingError: naming the expected files that are missing.
+        PTBChecksumError: a file is not the standard file (with ``verify``).
+        PTBDataError: a file that is not UTF-8 text, an empty split, a vocabulary of the wrong
+            size, or valid/test words that are not in the training vocabulary.
+        PTBDownloadError: the download failed (names the files ``--data-dir`` needs).
     """
     if data_dir is None:
-        paths = _download()
+        paths = _download(cache_dir, verify)
     else:
         if not os.path.isdir(data_dir):
-            raise FileNotFoundError(
-                f"PTB data_dir {data_dir!r} does not exist; expected a folder with "
-                "train.txt, valid.txt and test.txt."
+            raise PTBMissingError(
+                f"PTB data_dir {data_dir!r} does not exist; expected a folder with {_NEEDED}"
             )
         paths = _find_split_files(data_dir)
-    words = {split: _read_words(paths[split]) for split in _SPLITS}
+    if verify:
+        verify_standard_files(paths.values(), PTB_MD5, error_type=PTBChecksumError)
+    words = {split: read_words(paths[split]) for split in _SPLITS}
+    return _corpus(words, paths, vocab_size)
+
+
+def _corpus(words: Dict[str, List[str]], paths: Dict[str, str], vocab_size) -> PTBCorpus:
+    """Vocabulary from the train words and int32 ids of every split, after the checks."""
     for split in _SPLITS:
-        if not words[split]:
-            raise ValueError(f"PTB split {split!r} ({paths[split]}) is empty.")
+        if not any(w != EOS for w in words[split]):
+            raise PTBDataError(f"PTB split {split!r} ({paths[split]}) is empty (no words).")
     vocab = build_vocab(words["train"])
     if vocab_size is not None and len(vocab) != vocab_size:
-        raise ValueError(
+        raise PTBDataError(
             f"unexpected PTB vocabulary: {paths['train']} has {len(vocab)} distinct words "
             f"(with {EOS}), expected {vocab_size}; is this Mikolov's preprocessed PTB?"
         )
@@ -148,7 +235,7 @@ def load_ptb(
     for split in _SPLITS:
         unknown = sorted({w for w in words[split] if w not in word_to_id})
         if unknown:
-            raise ValueError(
+            raise PTBDataError(
                 f"unexpected PTB vocabulary: {paths[split]} has {len(unknown)} words not in "
                 f"the training vocabulary, e.g. {unknown[:5]}."
             )
