@@ -1,5 +1,6 @@
 """Weight Plasticity Loss: penalty, Fisher/anchor state, training integration, callbacks."""
 
+from wpl_keras.wpl import core
 from wpl_keras.wpl.callbacks import (
     DivergenceGuard,
     FisherFlush,
@@ -21,19 +22,25 @@ from wpl_keras.wpl.penalty import (
 from wpl_keras.wpl.training import (
     WPLDivergenceError,
     WPLModel,
+    WPLSequential,
+    WPLSettings,
     WPLTrainingMixin,
     apply_wpl,
     check_finite_loss,
     resolve_shared_variables,
 )
+from wpl_keras.wpl.saving import load_wpl_model, restore_wpl
 
 __all__ = [
+    "core",
     "DivergenceGuard",
     "FisherFlush",
     "SnapshotAnchors",
     "StrengthScheduler",
     "WPLDivergenceError",
     "WPLModel",
+    "WPLSequential",
+    "WPLSettings",
     "WPLMonitor",
     "WPLState",
     "WPLTrainingMixin",
@@ -42,11 +49,13 @@ __all__ = [
     "check_finite_loss",
     "estimate_fisher",
     "fisher_to_numpy",
+    "load_wpl_model",
     "max_stable_strength",
     "momentum_fisher",
     "numpy_wpl_penalty",
     "proximal_pull",
     "resolve_shared_variables",
+    "restore_wpl",
     "strength_schedule",
     "wpl_penalty",
     "wpl_penalty_and_gradient",

@@ -1,53 +1,43 @@
 """Fisher information and anchor state for the Weight Plasticity Loss.
 
 :class:`WPLState` keeps, for every shared weight ``θ``, two non-trainable variables created
-beside it (the way optimizers keep slots): the anchor ``θ*`` and the diagonal Fisher ``F``.
-Because it is a Keras layer, a model or a ``tf.train.Checkpoint`` that tracks it saves both.
-
-:func:`estimate_fisher` computes the diagonal Fisher of a trained model at its current
-weights from per-example gradients of the log-likelihood,
-
-    ``F_i = (1/N) Σ_n (∂ log p(y_n | x_n; θ) / ∂θ_i)²``
-
-with ``y_n`` the true label (empirical Fisher) or a label drawn from the model (true Fisher).
+beside it (the way optimizers keep slots): the anchor ``θ*`` and the diagonal Fisher ``F``,
+and the scalar variable ``α``. Because it is a Keras layer, a model or a
+``tf.train.Checkpoint`` that tracks it saves them. Its formulas are the pure functions of
+:mod:`wpl_keras.wpl.core`; the estimate of ``F`` from data is
+:func:`wpl_keras.wpl.fisher_estimation.estimate_fisher` (re-exported here).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from wpl_keras.wpl.penalty import proximal_pull, wpl_penalty, wpl_penalty_and_gradient
+from wpl_keras.wpl import core
 
 GradientLike = Union[tf.Tensor, tf.IndexedSlices, None]
 
 
-def _unique_rows(slices: tf.IndexedSlices):
-    """Sums the rows of an ``IndexedSlices`` that share an index; returns (rows, values)."""
-    rows, position = tf.unique(tf.cast(slices.indices, tf.int32))
-    values = tf.math.unsorted_segment_sum(slices.values, position, tf.shape(rows)[0])
-    return rows, values
-
-
 def momentum_fisher(fisher: tf.Tensor, gradient: tf.Tensor, momentum: float) -> tf.Tensor:
-    """One momentum step of the running Fisher: ``F ← (1 − η) F + η g²``."""
-    return (1.0 - momentum) * fisher + momentum * tf.square(gradient)
+    """One momentum step of the running Fisher: ``F ← (1 − η) F + η g²``
+    (:func:`wpl_keras.wpl.core.fisher_update` without clip or coverage)."""
+    return core.fisher_update(fisher, gradient, momentum)
 
 
 @keras.saving.register_keras_serializable(package="wpl_keras")
 class WPLState(keras.layers.Layer):
     """Anchors ``θ*`` and diagonal Fisher ``F`` for a set of shared weights.
 
-    The penalty it serves is ``(α/2) Σ_i F_i (θ_i − θ*_i)²`` (:func:`wpl_penalty`); ``α`` is
-    the non-trainable scalar variable ``strength`` so that schedules can change it inside a
-    traced training step.
+    The penalty it serves is ``(α/2) Σ_i F_i (θ_i − θ*_i)²``; ``α`` is the non-trainable
+    scalar variable ``strength`` so that schedules can change it inside a traced training
+    step. It is a thin stateful wrapper: every formula is a pure function of
+    :mod:`wpl_keras.wpl.core`, which this class reads its variables for and writes back.
 
     Operations:
       * :meth:`snapshot_anchors`: ``θ* ← θ`` (all rows, or only some rows of a weight).
-      * :meth:`update_fisher`: ``F ← (1 − η) F + η g²`` from gradients that training already
+      * :meth:`update_fisher`: ``F ← (1 − η_F) F + η_F g²`` from gradients that training already
         computed (dense tensors or ``tf.IndexedSlices``, in which case only the touched rows
         change), optionally clipping each updated Fisher tensor to an L2 norm.
       * :meth:`add_model`: fold the Fisher of one more earlier model in, ``F ← F + F_new``,
@@ -63,9 +53,10 @@ class WPLState(keras.layers.Layer):
     Args:
         variables: the shared weights to protect (Keras or ``tf`` variables).
         strength: initial ``α``.
-        momentum: ``η`` of the running Fisher update (paper: 0.9).
+        fisher_momentum: ``η_F`` of the running Fisher update (paper: 0.9).
         clip_norm: if set, each updated Fisher tensor is clipped to this L2 norm.
         name: layer name.
+        momentum: former name of ``fisher_momentum`` (kept for existing callers).
     """
 
     def __init__(
@@ -73,20 +64,22 @@ class WPLState(keras.layers.Layer):
         variables: Sequence,
         *,
         strength: float = 1.0,
-        momentum: float = 0.9,
+        fisher_momentum: Optional[float] = None,
         clip_norm: Optional[float] = None,
         name: str = "wpl_state",
+        momentum: Optional[float] = None,
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
         variables = list(variables)
         if not variables:
             raise ValueError("WPLState needs at least one variable to protect.")
-        if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"momentum must be in (0, 1], got {momentum}.")
+        fisher_momentum = _resolve_alias(fisher_momentum, momentum, 0.9)
+        if not 0.0 < fisher_momentum <= 1.0:
+            raise ValueError(f"fisher_momentum must be in (0, 1], got {fisher_momentum}.")
         if clip_norm is not None and clip_norm <= 0:
             raise ValueError(f"clip_norm must be positive or None, got {clip_norm}.")
-        self.momentum = float(momentum)
+        self.fisher_momentum = float(fisher_momentum)
         self.clip_norm = None if clip_norm is None else float(clip_norm)
         # The protected weights are referenced, not owned: keep them out of Keras/TF tracking
         # so that they are not saved twice.
@@ -152,16 +145,30 @@ class WPLState(keras.layers.Layer):
             f"{[_var_label(v) for v in self._protected]}."
         )
 
+    @property
+    def momentum(self) -> float:
+        """Former name of :attr:`fisher_momentum` (``η_F``)."""
+        return self.fisher_momentum
+
+    # ----------------------------------------------------------------- reads
+    def read(self, index: int, rows: Optional[tf.Tensor] = None) -> tuple:
+        """``(θ, F, θ*)`` of protected weight ``index`` (only rows ``rows`` when given, read
+        by resource gathers: the whole variables are never copied)."""
+        if rows is None:
+            read = tf.convert_to_tensor
+            return (read(self._protected[index]), read(self.fisher[index]),
+                    read(self.anchors[index]))
+        rows = tf.cast(rows, tf.int32)
+        return (read_rows(self._protected[index], rows), read_rows(self.fisher[index], rows),
+                read_rows(self.anchors[index], rows))
+
     # --------------------------------------------------------------- penalty
     def penalty(self, strength=None) -> tf.Tensor:
         """``(α/2) Σ F (θ − θ*)²`` over every protected weight (``α`` = ``strength`` var)."""
         alpha = self.strength if strength is None else strength
-        return wpl_penalty(
-            [tf.convert_to_tensor(v) for v in self._protected],
-            [tf.convert_to_tensor(f) for f in self.fisher],
-            [tf.convert_to_tensor(a) for a in self.anchors],
-            alpha,
-        )
+        terms = [core.penalty_and_gradient(*self.read(k), alpha)[0]
+                 for k in range(len(self._protected))]
+        return tf.add_n(terms)
 
     def penalty_rows(self, index: int, rows: tf.Tensor, strength=None) -> tf.Tensor:
         """Penalty restricted to rows ``rows`` (leading axis) of protected weight ``index``.
@@ -174,17 +181,17 @@ class WPLState(keras.layers.Layer):
 
     def penalty_and_gradient_rows(self, index: int, rows: tf.Tensor, strength=None,
                                   values: Optional[tf.Tensor] = None):
-        """``(penalty, gradient)`` of :meth:`penalty_rows` in closed form.
+        """``(penalty, gradient)`` of :meth:`penalty_rows` in closed form
+        (:func:`wpl_keras.wpl.core.penalty_and_gradient` on the gathered rows).
 
         ``gradient = α F[rows] ⊙ (θ[rows] − θ*[rows])`` (shape ``[len(rows), ...]``, aligned
         with ``rows``; ``rows`` must be distinct) and ``penalty = ½ Σ gradient ⊙ (θ − θ*)``.
         ``values``: ``θ[rows]`` if the caller has already read them (saves one gather).
         """
         rows = tf.cast(rows, tf.int32)
-        return wpl_penalty_and_gradient(
-            read_rows(self._protected[index], rows) if values is None else values,
-            read_rows(self.fisher[index], rows),
-            read_rows(self.anchors[index], rows),
+        theta = read_rows(self._protected[index], rows) if values is None else values
+        return core.penalty_and_gradient(
+            theta, read_rows(self.fisher[index], rows), read_rows(self.anchors[index], rows),
             self.strength if strength is None else strength,
         )
 
@@ -193,11 +200,9 @@ class WPLState(keras.layers.Layer):
         """``(penalty, gradient)`` of protected weight ``index`` as a whole, in closed form:
         ``gradient = α F ⊙ (θ − θ*)``, ``penalty = (α/2) Σ F (θ − θ*)²``.
         ``values``: ``θ`` if the caller has already read it."""
-        v = self._protected[index]
-        return wpl_penalty_and_gradient(
-            tf.convert_to_tensor(v) if values is None else values,
-            tf.convert_to_tensor(self.fisher[index]),
-            tf.convert_to_tensor(self.anchors[index]),
+        theta, fisher, anchor = self.read(index)
+        return core.penalty_and_gradient(
+            theta if values is None else values, fisher, anchor,
             self.strength if strength is None else strength,
         )
 
@@ -205,8 +210,8 @@ class WPLState(keras.layers.Layer):
                        strength=None, penalty_at: Optional[tf.Tensor] = None,
                        mask: Optional[tf.Tensor] = None) -> tf.Tensor:
         """In place, the exact proximal step of the Fisher term on protected weight ``index``
-        (only rows ``rows`` when given): ``θ ← (θ + η α F θ*) / (1 + η α F)``
-        (:func:`~wpl_keras.wpl.penalty.proximal_pull`).
+        (only rows ``rows`` when given): ``θ ← (θ + η α m F θ*) / (1 + η α m F)``
+        (:func:`wpl_keras.wpl.core.wpl_pull`).
 
         Call it right after the optimiser's step on the data loss, with that step's
         ``learning_rate`` ``η``: together they minimise the loss plus
@@ -215,39 +220,29 @@ class WPLState(keras.layers.Layer):
 
         Args:
             penalty_at: the weights (or rows) the step's loss was computed at; the penalty
-                ``(α/2) Σ F (penalty_at − θ*)²`` is returned, computed from the ``F`` and
+                ``(α/2) Σ m F (penalty_at − θ*)²`` is returned, computed from the ``F`` and
                 ``θ*`` already read for the step (no second read).
-            mask: 0/1 weights broadcast against ``F`` (e.g. which slices an architecture
-                uses): ``F`` is taken as ``mask · F``, so masked-out entries keep their values
-                and add no penalty.
+            mask: ``m``, 0/1 weights broadcast against ``F`` (e.g. which slices an
+                architecture uses): masked-out entries keep their values and add no penalty.
 
         Returns:
             That penalty (a float32 scalar), or 0 when ``penalty_at`` is None.
         """
         alpha = self.strength if strength is None else strength
-        v = self._protected[index]
-        if rows is None:
-            read = tf.convert_to_tensor
-            theta, fisher, anchor = read(v), read(self.fisher[index]), read(self.anchors[index])
-        else:
-            rows = tf.cast(rows, tf.int32)
-            theta, fisher, anchor = (read_rows(v, rows), read_rows(self.fisher[index], rows),
-                                     read_rows(self.anchors[index], rows))
-        if mask is not None:
-            fisher = mask * fisher
+        theta, fisher, anchor = self.read(index, rows)
+        masks = None if mask is None else [mask]
         penalty = tf.constant(0.0)
         if penalty_at is not None:
-            penalty = wpl_penalty_and_gradient(penalty_at, fisher, anchor, alpha)[0]
-        pulled = proximal_pull(theta, fisher, anchor, alpha, learning_rate)
-        if rows is None:
-            v.assign(pulled)
-        else:
-            _scatter_assign(v, rows, pulled)
+            penalty = core.wpl_gradients([penalty_at], [None], [fisher], [anchor],
+                                         strength=alpha, mode="proximal", masks=masks).penalty
+        pulled = core.wpl_pull([theta], [fisher], [anchor], strength=alpha,
+                               learning_rate=learning_rate, masks=masks)[0]
+        self._write(self._protected[index], pulled, rows)
         return penalty
 
     def fisher_norm(self) -> tf.Tensor:
         """Global L2 norm of the Fisher over all protected weights."""
-        return tf.linalg.global_norm([tf.convert_to_tensor(f) for f in self.fisher])
+        return tf.sqrt(core.global_norm_squared([tf.convert_to_tensor(f) for f in self.fisher]))
 
     def max_fisher(self) -> tf.Tensor:
         """Largest Fisher value (used to bound a stable ``α``)."""
@@ -256,54 +251,78 @@ class WPLState(keras.layers.Layer):
         )
 
     # -------------------------------------------------------------- updates
-    def snapshot_anchors(self, rows: Optional[dict] = None) -> None:
-        """``θ* ← θ``; with ``rows={index: row_ids}`` only those weights, and of each only
-        rows ``row_ids`` (``None``: the whole weight)."""
-        for k, (v, anchor) in enumerate(zip(self._protected, self.anchors)):
-            if rows is None or (k in rows and rows[k] is None):
-                anchor.assign(tf.convert_to_tensor(v))
-            elif k in rows:
-                r = tf.cast(rows[k], tf.int32)
-                _scatter_assign(anchor, r, read_rows(v, r))
+    @staticmethod
+    def _write(variable, value, rows=None) -> None:
+        """``variable ← value`` (``variable[rows] ← value`` when ``rows`` is given)."""
+        if rows is None:
+            variable.assign(tf.cast(value, variable.dtype))
+        else:
+            _scatter_assign(variable, tf.cast(rows, tf.int32), tf.cast(value, variable.dtype))
+
+    def snapshot_anchors(self, rows: Optional[dict] = None,
+                         masks: Optional[Sequence[Optional[tf.Tensor]]] = None) -> None:
+        """``θ* ← θ* + m (θ − θ*)`` (:func:`wpl_keras.wpl.core.snapshot`).
+
+        Args:
+            rows: ``{index: row_ids}``: only those weights, and of each only rows ``row_ids``
+                (``None``: the whole weight). None: every weight.
+            masks: coverage ``m`` per weight (0/1 floats broadcast against it), or None.
+        """
+        for k, anchor in enumerate(self.anchors):
+            if rows is not None and k not in rows:
+                continue
+            r = None if rows is None else rows[k]
+            theta, _, old = self.read(k, r)
+            new = core.snapshot(theta, old, None if masks is None else masks[k])
+            self._write(anchor, new, r)
 
     def update_fisher(
         self,
         gradients: Sequence[GradientLike],
-        momentum: Optional[float] = None,
+        fisher_momentum: Optional[float] = None,
         clip_norm: Optional[float] = None,
+        *,
+        masks: Optional[Sequence[Optional[tf.Tensor]]] = None,
+        clip_axes: Optional[Sequence[Optional[Sequence[int]]]] = None,
+        update=True,
+        momentum: Optional[float] = None,
     ) -> None:
-        """``F ← (1 − η) F + η g²`` from gradients aligned with :attr:`protected_variables`.
+        """``F ← F + u m (clip((1 − η_F) F + η_F g²) − F)`` from gradients aligned with
+        :attr:`protected_variables` (:func:`wpl_keras.wpl.core.fisher_updates`).
 
         A ``None`` gradient leaves its Fisher unchanged. A ``tf.IndexedSlices`` gradient (from a
         ``tf.gather`` of some rows) updates only those rows; rows that appear several times are
-        summed first. With ``clip_norm``, each updated Fisher tensor (or block of rows) is
-        clipped to that L2 norm.
+        summed first (:func:`wpl_keras.wpl.core.unique_rows`). With ``clip_norm``, each updated
+        Fisher tensor (or block of rows, or slice over ``clip_axes``) is clipped to that L2
+        norm. ``masks`` (coverage ``m``) and ``update`` (``u``: python bool, bool or 0/1 float
+        tensor) select what changes; :attr:`num_fisher_updates` counts the updates made.
 
-        Call it with the all-reduced gradient under ``tf.distribute``.
+        Call it with the all-reduced data gradient under ``tf.distribute``.
         """
-        eta = self.momentum if momentum is None else float(momentum)
+        eta = _resolve_alias(fisher_momentum, momentum, self.fisher_momentum)
         clip = self.clip_norm if clip_norm is None else float(clip_norm)
         if len(gradients) != len(self.fisher):
             raise ValueError(
                 f"update_fisher got {len(gradients)} gradients for {len(self.fisher)} "
                 "protected variables."
             )
-        for f, g in zip(self.fisher, gradients):
+        n = len(gradients)
+        masks = [None] * n if masks is None else list(masks)
+        clip_axes = [None] * n if clip_axes is None else list(clip_axes)
+        for k, g in enumerate(gradients):
+            rows = None
+            if isinstance(g, tf.IndexedSlices):
+                rows, g = core.unique_rows(g)
             if g is None:
                 continue
-            if isinstance(g, tf.IndexedSlices):
-                rows, values = _unique_rows(g)
-                new = momentum_fisher(read_rows(f, rows), values, eta)
-                if clip is not None:
-                    new = tf.clip_by_norm(new, clip)
-                _scatter_assign(f, rows, new)
-            else:
-                g = tf.convert_to_tensor(g)
-                new = momentum_fisher(tf.convert_to_tensor(f), tf.cast(g, f.dtype), eta)
-                if clip is not None:
-                    new = tf.clip_by_norm(new, clip)
-                f.assign(new)
-        self.num_fisher_updates.assign_add(1)
+            fisher = self.read(k, rows)[1]
+            new = core.fisher_updates([fisher], [g], fisher_momentum=eta, clip_norm=clip,
+                                      clip_axes=[clip_axes[k]], masks=[masks[k]],
+                                      update=update)[0]
+            if new is not None:
+                self._write(self.fisher[k], new, rows)
+        if update is not False:
+            self.num_fisher_updates.assign_add(tf.cast(tf.cast(update, tf.bool), tf.int64))
 
     def assign_fisher(self, values: Sequence[tf.Tensor]) -> None:
         """``F ← values`` (e.g. the output of :func:`estimate_fisher`), after checks."""
@@ -397,6 +416,14 @@ def _scatter_assign(variable, rows, values):
 def _base_name(v, k) -> str:
     name = getattr(v, "path", None) or getattr(v, "name", None) or f"var{k}"
     return name.replace("/", "_").replace(":", "_")
+
+
+def _resolve_alias(fisher_momentum, momentum, default) -> float:
+    """``fisher_momentum``, or its former name ``momentum``, or ``default``; not both."""
+    if fisher_momentum is not None and momentum is not None:
+        raise ValueError("give fisher_momentum only (momentum is its former name), not both.")
+    value = fisher_momentum if fisher_momentum is not None else momentum
+    return float(default if value is None else value)
 
 
 def _var_label(v) -> str:

@@ -88,14 +88,14 @@ def wpl_penalty_and_gradient(
     = (α/2) Σ F (θ − θ*)²``: one pass shared by both, no tape (a training step adds the
     gradient to the data gradient it already has).
 
+    Same as :func:`wpl_keras.wpl.core.penalty_and_gradient` without coverage.
+
     Returns:
         ``(penalty, gradient)``: a float32 scalar and a tensor shaped like ``theta``.
     """
-    theta = tf.cast(tf.convert_to_tensor(theta), tf.float32)
-    diff = theta - tf.cast(tf.convert_to_tensor(anchor), tf.float32)
-    grad = (tf.cast(tf.convert_to_tensor(strength), tf.float32)
-            * tf.cast(tf.convert_to_tensor(fisher), tf.float32) * diff)
-    return 0.5 * tf.reduce_sum(grad * diff), grad
+    from wpl_keras.wpl import core  # core imports this module: resolve at call time
+
+    return core.penalty_and_gradient(theta, fisher, anchor, strength)
 
 
 WPL_MODES = ("gradient", "proximal")
@@ -206,8 +206,15 @@ class WeightPlasticity(keras.regularizers.Regularizer):
     ``F`` and ``w*`` are non-trainable variables held by a :class:`~wpl_keras.wpl.fisher.WPLState`
     (created beside the weight, saved in checkpoints); ``α`` is that state's ``strength``
     variable, so schedules change it without retracing. Until it is bound to a state (as
-    :func:`~wpl_keras.wpl.training.apply_wpl` does, or after ``from_config``) the regularizer
-    contributes only its L2 term.
+    :func:`~wpl_keras.wpl.training.apply_wpl` does) the regularizer contributes only its L2
+    term.
+
+    Saving: a bound regularizer's config records its binding (position in the state, ``α``,
+    ``η_F``, clip). Keras' ``load_model`` runs no code between re-creating a built-in model and
+    loading its weights, so it cannot re-create the state: the loaded regularizer is
+    *saved-bound* and raises an error naming the fix when it is evaluated unbound.
+    :func:`~wpl_keras.wpl.saving.load_wpl_model` (or ``restore_wpl`` on the loaded model)
+    re-creates the state and loads ``F``, ``θ*`` and ``α`` from the file.
 
     >>> import keras, numpy as np
     >>> from wpl_keras.wpl import WPLState, WeightPlasticity
@@ -219,10 +226,12 @@ class WeightPlasticity(keras.regularizers.Regularizer):
 
     Args:
         l2: ``λ`` of eq. 8 (0 disables the L2 term).
+        binding: the binding recorded by :meth:`get_config` (for ``from_config``), or None.
     """
 
-    def __init__(self, l2: float = 0.0):
+    def __init__(self, l2: float = 0.0, binding: Optional[dict] = None):
         self.l2 = float(l2)
+        self.binding = None if binding is None else dict(binding)
         self._state = None
         self._index: Optional[int] = None
 
@@ -239,6 +248,13 @@ class WeightPlasticity(keras.regularizers.Regularizer):
     def __call__(self, x):
         x = tf.convert_to_tensor(x)
         if self._state is None:
+            if self.binding is not None:
+                raise ValueError(
+                    "WeightPlasticity: this regularizer was saved bound to a WPL state (Fisher "
+                    "and anchors) that keras.models.load_model cannot re-create for a built-in "
+                    "model; load it with wpl_keras.wpl.load_wpl_model(path), or call "
+                    "wpl_keras.wpl.restore_wpl(model, path) after load_model."
+                )
             if self.l2 == 0.0:
                 return tf.constant(0.0, tf.float32)
             return 0.5 * self.l2 * tf.reduce_sum(tf.square(tf.cast(x, tf.float32)))
@@ -252,7 +268,18 @@ class WeightPlasticity(keras.regularizers.Regularizer):
         )
 
     def get_config(self):
-        return {"l2": self.l2}
+        config = {"l2": self.l2}
+        if self._state is not None:
+            state = self._state
+            config["binding"] = {
+                "index": int(self._index),
+                "strength": float(tf.convert_to_tensor(state.strength).numpy()),
+                "fisher_momentum": float(state.fisher_momentum),
+                "clip_norm": state.clip_norm,
+            }
+        elif self.binding is not None:
+            config["binding"] = dict(self.binding)
+        return config
 
 
 def numpy_wpl_penalty(params, fisher, anchors, strength, l2=0.0) -> float:

@@ -1,37 +1,65 @@
-"""Training with the Weight Plasticity Loss from ``model.fit``.
+"""Training with the Weight Plasticity Loss from ``model.fit``, saved and loaded with the model.
 
 Two ways in:
 
 * :func:`apply_wpl` on any Keras model: creates a :class:`WPLState` for the named shared layers
   or variables and attaches a :class:`WeightPlasticity` regularizer to each, so plain
-  ``model.fit`` minimises ``loss + (α/2) Σ F (θ − θ*)²``.
-* :class:`WPLModel` (or :class:`WPLTrainingMixin` for a subclassed model): adds the penalty in
-  ``compute_loss`` (scaled correctly under ``tf.distribute``), can update the Fisher from the
-  gradients ``fit`` already computed (``F ← (1 − η)F + η g²``, no second backward pass), can
-  apply the penalty as an exact proximal step (stable for any ``α``), and puts ``wpl_alpha``,
-  ``wpl_penalty`` and ``wpl_fisher_norm`` into the Keras logs.
+  ``model.fit`` minimises ``loss + (α/2) Σ F (θ − θ*)² + (λ/2) Σ θ²``.
+* :class:`WPLModel`, :class:`WPLSequential` (or :class:`WPLTrainingMixin` for a subclassed
+  model): one WPL step of :mod:`wpl_keras.wpl.core` around the optimiser's step. It adds the
+  penalty's gradient in closed form (gradient mode, scaled correctly under ``tf.distribute``)
+  or applies the exact proximal step after the optimiser (stable for any ``α``), can update
+  the Fisher from the data gradients ``fit`` already computed (``F ← (1 − η_F)F + η_F g²``,
+  no second backward pass), and puts ``wpl_alpha``, ``wpl_penalty`` and ``wpl_fisher_norm``
+  into the Keras logs. ``model.save("m.keras")`` stores the WPL settings in the model's config
+  and ``keras.models.load_model`` restores them, with the Fisher and anchors from the weights.
+
+Only public Keras and ``tf.distribute`` APIs are used: ``train_step`` is the documented hook
+for customising ``fit``; ``compute_loss``, ``compute_metrics``, ``optimizer.scale_loss`` and
+``optimizer.apply_gradients`` do the Keras parts of the step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
-from keras.src.losses.loss import scale_loss_for_distribution, unscale_loss_for_distribution
-from keras.src.trainers.data_adapters import data_adapter_utils
 
-from wpl_keras.wpl.fisher import WPLState
-from wpl_keras.wpl.penalty import (
-    WeightPlasticity,
-    check_wpl_mode,
-    proximal_pull,
-    wpl_penalty_and_gradient,
-)
+from wpl_keras.wpl import core
+from wpl_keras.wpl.fisher import WPLState, _resolve_alias
+from wpl_keras.wpl.penalty import WeightPlasticity, check_wpl_mode
 
 
 class WPLDivergenceError(RuntimeError):
     """Training with WPL produced a NaN or exploding loss."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WPLSettings:
+    """How a :class:`WPLTrainingMixin` model uses its WPL state in ``fit``.
+
+    Attributes:
+        mode: ``"gradient"`` (``α F (θ − θ*)`` added to the gradient) or ``"proximal"``
+            (:func:`~wpl_keras.wpl.core.wpl_pull` after the optimiser's step).
+        update_fisher: update ``F`` from each step's data gradients.
+        l2: ``λ`` of the L2 term ``(λ/2) Σ θ²`` on the protected weights.
+        fisher_norm_every: ``wpl_fisher_norm`` is recomputed every this many steps (the
+            logged value is held in between); 1: every step.
+    """
+
+    mode: str = "gradient"
+    update_fisher: bool = False
+    l2: float = 0.0
+    fisher_norm_every: int = 1
+
+    def __post_init__(self):
+        check_wpl_mode(self.mode)
+        if int(self.fisher_norm_every) < 1:
+            raise ValueError(f"fisher_norm_every must be >= 1, got {self.fisher_norm_every}.")
+        if self.l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2}.")
 
 
 def resolve_shared_variables(model: keras.Model, shared: Sequence) -> list:
@@ -70,58 +98,51 @@ def resolve_shared_variables(model: keras.Model, shared: Sequence) -> list:
     return unique
 
 
-def _attach(model: keras.Model, name: str, value) -> None:
-    """Sets a tracked attribute on a (possibly built and locked) Keras model."""
-    tracker = getattr(model, "_tracker", None)
-    if tracker is not None and getattr(tracker, "locked", False):
-        tracker.unlock()
-        try:
-            setattr(model, name, value)
-        finally:
-            tracker.lock()
-    else:
-        setattr(model, name, value)
-
-
 def apply_wpl(
     model: keras.Model,
     shared: Sequence,
     *,
     strength: float = 1.0,
     l2: float = 0.0,
-    momentum: float = 0.9,
+    fisher_momentum: Optional[float] = None,
     clip_norm: Optional[float] = None,
     update_fisher: bool = False,
     mode: str = "gradient",
+    fisher_norm_every: int = 1,
+    momentum: Optional[float] = None,
 ) -> WPLState:
     """Protects ``shared`` weights of ``model`` with the Weight Plasticity Loss.
 
     The anchors ``θ*`` are set to the current weights and the Fisher ``F`` to zero; fill the
     Fisher with ``state.assign_fisher(estimate_fisher(...))`` or let a :class:`WPLModel` update
-    it from its training gradients (``update_fisher=True``). The state is tracked by the model
-    (``model.wpl_state``), so ``model.save_weights`` and ``tf.train.Checkpoint`` save it.
+    it from its training gradients (``update_fisher=True``). The state is ``model.wpl_state``;
+    ``model.save``, ``model.save_weights`` and ``tf.train.Checkpoint(state=...)`` save it.
 
     For a plain Keras model the penalty ``(α/2) Σ F (θ − θ*)² + (λ/2) Σ θ²`` is attached as a
     :class:`WeightPlasticity` regularizer on each shared weight. (Keras sums regularizer losses
     on every replica without dividing by the replica count; under ``MirroredStrategy`` use a
     :class:`WPLModel`, which adds the penalty with the correct scaling.) ``update_fisher`` and
-    ``mode="proximal"`` need a :class:`WPLModel`.
+    ``mode="proximal"`` need a :class:`WPLTrainingMixin` model.
 
     Args:
         model: the model being trained now (model B); its shared weights hold ``θs*``.
         shared: layer names, layers or variables whose weights are shared with earlier models.
         strength: ``α``.
         l2: ``λ`` (L2 on the shared weights, eq. 8).
-        momentum: ``η`` for Fisher updates from gradients.
+        fisher_momentum: ``η_F`` for Fisher updates from gradients (default 0.9).
         clip_norm: optional per-tensor L2 clip of the Fisher after each update.
         update_fisher: update ``F`` from each training step's gradients (WPLModel only).
         mode: ``"gradient"`` (penalty in the loss) or ``"proximal"`` (exact proximal step after
             each optimizer step; WPLModel only).
+        fisher_norm_every: see :class:`WPLSettings` (WPLModel only).
+        momentum: former name of ``fisher_momentum``.
 
     Returns:
         The :class:`WPLState`.
     """
-    check_wpl_mode(mode)
+    fisher_momentum = _resolve_alias(fisher_momentum, momentum, 0.9)
+    settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=float(l2),
+                           fisher_norm_every=int(fisher_norm_every))
     is_wpl_model = isinstance(model, WPLTrainingMixin)
     if (update_fisher or mode == "proximal") and not is_wpl_model:
         raise ValueError(
@@ -131,10 +152,13 @@ def apply_wpl(
     variables = resolve_shared_variables(model, shared)
     strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
     with strategy.scope():
-        state = WPLState(variables, strength=strength, momentum=momentum, clip_norm=clip_norm)
-    _attach(model, "wpl_state", state)
+        state = WPLState(variables, strength=strength, fisher_momentum=fisher_momentum,
+                         clip_norm=clip_norm)
+    # A plain attribute: Keras' saving walks the model's attributes and stores the state's
+    # variables under "wpl_state"; the state is not one of the model's layers.
+    object.__setattr__(model, "wpl_state", state)
     if is_wpl_model:
-        model.configure_wpl(update_fisher=update_fisher, mode=mode, l2=l2)
+        model.configure_wpl(**dataclasses.asdict(settings))
     else:
         for v in variables:
             existing = getattr(v, "regularizer", None)
@@ -144,38 +168,88 @@ def apply_wpl(
                     f"{existing!r}; fold it into WeightPlasticity(l2=...) or remove it first."
                 )
             v.regularizer = WeightPlasticity(l2=l2).bind(state, v)
+            _set_layer_regularizer(model, v, v.regularizer)
     return state
 
 
+def _set_layer_regularizer(model: keras.Model, variable, regularizer) -> None:
+    """Sets ``<name>_regularizer`` on the layer whose attribute ``<name>`` is ``variable``
+    (e.g. ``kernel_regularizer`` of a Dense kernel), so that the layer's config, and so the
+    saved model, records the regularizer. A layer without such an attribute keeps it on the
+    variable only."""
+    for layer in _all_layers(model):
+        for key in layer.get_config():
+            if key.endswith("_regularizer") and getattr(layer, key[: -len("_regularizer")],
+                                                        None) is variable:
+                setattr(layer, key, regularizer)
+                return
+
+
+def _all_layers(model) -> list:
+    out = []
+    for layer in getattr(model, "layers", []):
+        out.append(layer)
+        out.extend(_all_layers(layer))
+    return out
+
+
+def _replicas() -> int:
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _loss_tracker(model: keras.Model):
+    """The metric that ``fit`` reports as ``loss`` (Keras' own loss tracker).
+
+    ``Model.metrics`` lists it under the name ``"loss"`` once the model is compiled; a custom
+    ``train_step`` updates it like any metric (the Keras guide to customising ``fit``).
+    """
+    for metric in model.metrics:
+        if metric.name == "loss":
+            return metric
+    raise RuntimeError(
+        f"model {model.name!r} has no 'loss' metric: compile it with a loss before fit()."
+    )
+
+
 class WPLTrainingMixin:
-    """Mix into a ``keras.Model`` subclass to train with WPL from ``fit``.
+    """Mix into a ``keras.Model`` subclass (before it in the bases) to train with WPL from
+    ``fit`` and to save and load the WPL state with the model.
 
-    ``compute_loss`` adds ``(α/2) Σ F (θ − θ*)² + (λ/2) Σ θ²`` over ``self.wpl_state``'s weights
-    in gradient mode, scaled by ``1 / num_replicas`` like Keras' own loss so that the
-    all-reduced gradient is right under ``tf.distribute``. ``train_step`` additionally
+    One training step, with ``θ, F, θ*`` read at its start (:mod:`wpl_keras.wpl.core`):
 
-    * differentiates only the data loss and adds the penalty's gradient ``α F (θ − θ*) + λ θ``
-      in closed form (same result as differentiating the total loss, fewer operations);
-    * updates the Fisher from the data-loss gradient it already computed (all-reduced across
-      replicas): ``F ← (1 − η) F + η g²``;
-    * in proximal mode, after the optimizer step, sets ``θ ← (θ + η_lr α F θ*) / (1 + η_lr α F)``;
-    * returns ``wpl_alpha``, ``wpl_penalty`` and ``wpl_fisher_norm`` in the logs.
+    1. the data loss ``L`` (the parent class's ``compute_loss``: compiled loss plus
+       ``model.losses``) and its gradient ``g``;
+    2. :func:`~wpl_keras.wpl.core.wpl_gradients`: the penalty
+       ``P = (α/2) Σ F (θ − θ*)² + (λ/2) Σ θ²`` and, in gradient mode, the closed-form
+       ``α F (θ − θ*) + λ θ`` added to ``g`` with the data gradient's own factor
+       (``1 / replicas`` under ``tf.distribute``, times the loss scale);
+    3. ``optimizer.apply_gradients``;
+    4. proximal mode: :func:`~wpl_keras.wpl.core.wpl_pull`,
+       ``θ ← (θ + η α F θ*) / (1 + η α F)`` with this step's learning rate ``η``;
+    5. with ``update_fisher``: :func:`~wpl_keras.wpl.core.fisher_updates` from the
+       all-reduced data gradient, ``F ← (1 − η_F) F + η_F g²``.
+
+    The logged ``loss`` is ``L + P`` in gradient mode and ``L`` in proximal mode; the logs also
+    hold ``wpl_alpha`` (``α``), ``wpl_penalty`` (``P``) and ``wpl_fisher_norm`` (``‖F‖``).
+    ``compute_loss(..., training=True)`` returns ``L + P / replicas`` in gradient mode, for a
+    caller that differentiates it itself.
+
+    Saving: ``get_config`` adds a ``"wpl"`` entry (the protected variables by path, ``α``,
+    ``η_F``, clip, mode, ``update_fisher``, ``λ``); ``from_config`` (or ``build_from_config``
+    for a model built lazily) calls :func:`apply_wpl` with it, and Keras then loads ``F``,
+    ``θ*`` and ``α`` from the saved weights. A custom ``compute_loss`` belongs in a base class
+    listed after the mixin.
     """
 
     wpl_state: Optional[WPLState] = None
-    _wpl_update_fisher: bool = False
-    _wpl_mode: str = "gradient"
-    _wpl_l2: float = 0.0
-    _wpl_in_train_step: bool = False
+    wpl_settings: WPLSettings = WPLSettings()
 
-    def configure_wpl(
-        self, *, update_fisher: bool = False, mode: str = "gradient", l2: float = 0.0
-    ) -> None:
+    def configure_wpl(self, *, update_fisher: bool = False, mode: str = "gradient",
+                      l2: float = 0.0, fisher_norm_every: int = 1) -> None:
         """Sets how ``fit`` uses the WPL state (see :func:`apply_wpl`)."""
-        check_wpl_mode(mode)
-        object.__setattr__(self, "_wpl_update_fisher", bool(update_fisher))
-        object.__setattr__(self, "_wpl_mode", mode)
-        object.__setattr__(self, "_wpl_l2", float(l2))
+        settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=float(l2),
+                               fisher_norm_every=int(fisher_norm_every))
+        object.__setattr__(self, "wpl_settings", settings)
         # A compiled train function traced with other settings must be rebuilt.
         if getattr(self, "train_function", None) is not None:
             self.train_function = None
@@ -185,158 +259,208 @@ class WPLTrainingMixin:
         state = self.wpl_state
         if state is None:
             return tf.constant(0.0)
-        penalty = state.penalty()
-        if self._wpl_l2:
-            penalty += 0.5 * self._wpl_l2 * tf.add_n(
-                [tf.reduce_sum(tf.square(tf.convert_to_tensor(v))) for v in state.protected_variables]
-            )
-        return penalty
+        k = range(len(state.protected_variables))
+        theta, fisher, anchors = zip(*[state.read(i) for i in k])
+        return core.wpl_gradients(theta, [None] * len(theta), fisher, anchors,
+                                  strength=state.strength, mode="gradient",
+                                  l2=self.wpl_settings.l2).penalty
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
-        if (
-            training
-            and self.wpl_state is not None
-            and self._wpl_mode == "gradient"
-            and not self._wpl_in_train_step
-        ):
-            loss = loss + tf.cast(scale_loss_for_distribution(self.wpl_penalty_value()), loss.dtype)
+        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                    training=training)
+        if training and self.wpl_state is not None and self.wpl_settings.mode == "gradient":
+            loss = loss + tf.cast(self.wpl_penalty_value() / _replicas(), loss.dtype)
         return loss
 
     def train_step(self, data):
-        state = self.wpl_state
-        if state is None:
+        if self.wpl_state is None:
             return super().train_step(data)
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            if self._call_has_training_arg:
-                y_pred = self(x, training=True)
-            else:
-                y_pred = self(x)
-            # Only the data loss goes through autodiff: the penalty's gradient is added in
-            # closed form below (cheaper than differentiating it, and the data gradient needed
-            # for the Fisher update is then available without a subtraction).
-            object.__setattr__(self, "_wpl_in_train_step", True)
-            try:
-                loss = self._compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-                )
-            finally:
-                object.__setattr__(self, "_wpl_in_train_step", False)
-            scaled = self.optimizer.scale_loss(loss)
-        trainable = self.trainable_weights
-        gradients = list(tape.gradient(scaled, trainable))
-        positions = self._wpl_positions(trainable)
-        if self._wpl_mode == "gradient":
-            penalty, penalty_grads = self._wpl_penalty_and_gradients()
-            loss = loss + tf.cast(scale_loss_for_distribution(penalty), loss.dtype)
-        else:
-            penalty, penalty_grads = self.wpl_penalty_value(), None
-        self._loss_tracker.update_state(
-            unscale_loss_for_distribution(loss),
-            sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
-        )
-        if self._wpl_update_fisher:
-            self._update_fisher_from_data_gradients(
-                [None if i is None else gradients[i] for i in positions]
-            )
-        if penalty_grads is not None:
-            # d(scaled loss)/dθ of the penalty term: α F (θ − θ*) + λ θ, times the loss scale and
-            # divided by the replica count like the data loss (all-reduce sums replicas).
-            factor = None  # 1 on one replica without loss scaling: no multiply in the graph
-            if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-                factor = scale_loss_for_distribution(tf.constant(1.0, tf.float32))
-            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-                scale = tf.cast(self.optimizer.dynamic_scale, tf.float32)
-                factor = scale if factor is None else factor * scale
-            for i, pg in zip(positions, penalty_grads):
-                if i is None:
-                    continue
-                g = gradients[i]
-                g = tf.convert_to_tensor(g) if g is not None else tf.zeros_like(pg)
-                gradients[i] = g + tf.cast(pg if factor is None else pg * factor, g.dtype)
-        self.optimizer.apply_gradients(zip(gradients, trainable))
-        if self._wpl_mode == "proximal":
-            self._proximal_step()
-        metrics = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        metrics = dict(metrics)
-        metrics["wpl_alpha"] = tf.convert_to_tensor(state.strength)
+            y_pred = self(x, training=True)
+            data_loss = super().compute_loss(x=x, y=y, y_pred=y_pred,
+                                             sample_weight=sample_weight, training=True)
+            scaled = self.optimizer.scale_loss(data_loss)
+        trainable = self.trainable_variables
+        gradients = tape.gradient(scaled, trainable)
+        penalty, fisher_norm = self._wpl_apply(gradients, trainable)
+        loss = data_loss
+        if self.wpl_settings.mode == "gradient":
+            loss = loss + tf.cast(penalty / _replicas(), loss.dtype)
+        _loss_tracker(self).update_state(loss * _replicas(),
+                                         sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+        metrics = dict(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
+        metrics["wpl_alpha"] = tf.convert_to_tensor(self.wpl_state.strength)
         metrics["wpl_penalty"] = penalty
-        metrics["wpl_fisher_norm"] = state.fisher_norm()
+        metrics["wpl_fisher_norm"] = fisher_norm
         return metrics
 
-    # ----------------------------------------------------------------- helpers
-    def _wpl_positions(self, trainable) -> list:
-        """Index in ``trainable`` of each protected variable (None if not trainable)."""
-        positions = []
-        for v in self.wpl_state.protected_variables:
-            positions.append(next((i for i, t in enumerate(trainable) if t is v), None))
-        return positions
+    # ----------------------------------------------------------------- the WPL step
+    def _wpl_apply(self, gradients, trainable):
+        """Steps 2–5 of the class docstring; returns ``(P, ‖F‖)``."""
+        state, settings = self.wpl_state, self.wpl_settings
+        protected = state.protected_variables
+        positions = [next((i for i, t in enumerate(trainable) if t is v), None) for v in protected]
+        theta, fisher, anchors = zip(*[state.read(k) for k in range(len(protected))])
+        data = [None if i is None else gradients[i] for i in positions]
+        data = [None if g is None else tf.convert_to_tensor(g) for g in data]
+        replicas = _replicas()
+        scale = self.optimizer.scale_loss(1.0 / replicas)
+        step = core.wpl_gradients(
+            theta, data, fisher, anchors, strength=state.strength, mode=settings.mode,
+            l2=settings.l2, scale=None if _is_one(scale) else scale)
+        gradients = list(gradients)
+        for i, g in zip(positions, step.gradients):
+            if i is not None:
+                gradients[i] = g
+        learning_rate = tf.convert_to_tensor(self.optimizer.learning_rate)
+        self.optimizer.apply_gradients(zip(gradients, trainable))
+        if settings.mode == "proximal":
+            self._wpl_pull(fisher, anchors, learning_rate)
+        new_fisher = [None] * len(fisher)
+        if settings.update_fisher:
+            new_fisher = core.fisher_updates(
+                fisher, _all_reduce(_unscale(data, self.optimizer.scale_loss(1.0))),
+                fisher_momentum=state.fisher_momentum, clip_norm=state.clip_norm)
+            for var, value in zip(state.fisher, new_fisher):
+                if value is not None:
+                    var.assign(value)
+            state.num_fisher_updates.assign_add(1)
+        return step.penalty, self._wpl_fisher_norm(fisher, new_fisher)
 
-    def _wpl_penalty_and_gradients(self):
-        """Penalty ``(α/2) Σ F (θ − θ*)² + (λ/2) Σ θ²`` and its gradient ``α F (θ − θ*) + λ θ``
-        per protected weight, sharing ``α F (θ − θ*)`` between the two."""
-        state = self.wpl_state
-        terms, grads = [], []
-        for v, f, a in zip(state.protected_variables, state.fisher, state.anchors):
-            theta = tf.cast(tf.convert_to_tensor(v), tf.float32)
-            term, grad = wpl_penalty_and_gradient(theta, f, a, state.strength)
-            terms.append(term)
-            if self._wpl_l2:
-                terms.append(0.5 * self._wpl_l2 * tf.reduce_sum(tf.square(theta)))
-                grad = grad + self._wpl_l2 * theta
-            grads.append(grad)
-        return tf.add_n(terms), grads
+    def _wpl_fisher_norm(self, fisher, new_fisher) -> tf.Tensor:
+        """``‖F‖`` after this step, every ``fisher_norm_every`` steps (held in between)."""
+        current = [f if n is None else n for f, n in zip(fisher, new_fisher)]
+        every = self.wpl_settings.fisher_norm_every
+        if every == 1:
+            return tf.sqrt(core.global_norm_squared(current))
+        held = self._wpl_held_norm()
 
-    def _update_fisher_from_data_gradients(self, grads) -> None:
-        """``F ← (1 − η) F + η g²`` from per-replica data-loss gradients aligned with the
-        protected variables (all-reduced across replicas, loss scaling undone)."""
-        state = self.wpl_state
-        if not any(g is not None for g in grads):
-            return
-        unscale = None
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            unscale = 1.0 / tf.cast(self.optimizer.dynamic_scale, tf.float32)
-        ctx = tf.distribute.get_replica_context()
-        dense = [tf.convert_to_tensor(g) if g is not None else None for g in grads]
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
-            reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [g for g in dense if g is not None])
-            it = iter(reduced)
-            dense = [next(it) if g is not None else None for g in dense]
-        data_grads = []
-        for g in dense:
-            if g is not None:
-                g = tf.cast(g, tf.float32)
-                if unscale is not None:
-                    g = g * unscale
-            data_grads.append(g)
-        state.update_fisher(data_grads)
+        def compute():
+            held.assign(tf.sqrt(core.global_norm_squared(current)))
+            return tf.identity(held)
 
-    def _proximal_step(self) -> None:
+        due = tf.equal(self.optimizer.iterations % every, 1 % every)
+        return tf.cond(due, compute, lambda: tf.identity(held))
+
+    def _wpl_held_norm(self) -> tf.Variable:
+        held = self.__dict__.get("_wpl_norm_holder")
+        if held is None:
+            with tf.init_scope():
+                held = tf.Variable(tf.sqrt(core.global_norm_squared(
+                    [tf.convert_to_tensor(f) for f in self.wpl_state.fisher])),
+                    trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                    name="wpl_fisher_norm")
+            object.__setattr__(self, "_wpl_norm_holder", held)
+        return held
+
+    def _wpl_pull(self, fisher, anchors, learning_rate) -> None:
+        """Assigns :func:`~wpl_keras.wpl.core.wpl_pull` to the protected weights (on every
+        replica's copy under ``tf.distribute``)."""
         state = self.wpl_state
-        lr = tf.cast(self.optimizer.learning_rate, tf.float32)
-        alpha = tf.convert_to_tensor(state.strength)
+        targets = [getattr(v, "value", v) for v in state.protected_variables]
 
         def pull_all(strategy=None):
-            for v, f, a in zip(state.protected_variables, state.fisher, state.anchors):
-                target = getattr(v, "value", v)
-
-                def pull(var, f=f, a=a):
-                    new = proximal_pull(
-                        tf.convert_to_tensor(var), tf.convert_to_tensor(f), tf.convert_to_tensor(a), alpha, lr
-                    )
-                    return var.assign(new)
+            for var, f, a in zip(targets, fisher, anchors):
+                def pull(v, f=f, a=a):
+                    return v.assign(core.wpl_pull([v], [f], [a], strength=state.strength,
+                                                  learning_rate=learning_rate)[0])
 
                 if strategy is None:
-                    pull(target)
+                    pull(var)
                 else:
-                    strategy.extended.update(target, pull)
+                    strategy.extended.update(var, pull)
 
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
             ctx.merge_call(lambda strategy: pull_all(strategy))
         else:
             pull_all()
+
+    # ----------------------------------------------------------------- saving
+    def wpl_config(self) -> Optional[dict]:
+        """The WPL part of :meth:`get_config` (None without a WPL state)."""
+        state = self.wpl_state
+        if state is None:
+            return None
+        weights = list(self.weights)
+        shared = []
+        for v in state.protected_variables:
+            index = next((i for i, w in enumerate(weights) if w is v), None)
+            shared.append({"path": getattr(v, "path", None), "index": index})
+        return {
+            "shared": shared,
+            "strength": float(state.strength.numpy()),
+            "fisher_momentum": state.fisher_momentum,
+            "clip_norm": state.clip_norm,
+            **dataclasses.asdict(self.wpl_settings),
+        }
+
+    def get_config(self):
+        config = dict(super().get_config())
+        wpl = self.wpl_config()
+        if wpl is not None:
+            config["wpl"] = wpl
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        wpl = config.pop("wpl", None)
+        model = super().from_config(config, custom_objects=custom_objects)
+        if wpl is not None:
+            object.__setattr__(model, "_wpl_pending", wpl)
+            if model.built:
+                model._wpl_restore()
+        return model
+
+    def build_from_config(self, config):
+        super().build_from_config(config)
+        if self.__dict__.get("_wpl_pending") is not None:
+            self._wpl_restore()
+
+    def _wpl_restore(self) -> None:
+        wpl = dict(self.__dict__.pop("_wpl_pending"))
+        shared = [_find_weight(self, entry) for entry in wpl.pop("shared")]
+        apply_wpl(self, shared, **wpl)
+
+
+def _find_weight(model, entry: dict):
+    """The weight of ``model`` saved as ``{"path": ..., "index": ...}``."""
+    weights = list(model.weights)
+    by_path = [w for w in weights if getattr(w, "path", None) == entry.get("path")]
+    if len(by_path) == 1:
+        return by_path[0]
+    index = entry.get("index")
+    if index is not None and index < len(weights):
+        return weights[index]
+    raise ValueError(
+        f"loading WPL: model {model.name!r} has no weight {entry.get('path')!r} (index "
+        f"{index}); the saved config names the protected weights by path. Rebuild the model "
+        "with the same layer names, or call apply_wpl on it and load_weights."
+    )
+
+
+def _is_one(value) -> bool:
+    return isinstance(value, (int, float)) and value == 1
+
+
+def _unscale(gradients, unit):
+    """Divides gradients by the optimiser's loss scale (``unit = scale_loss(1)``)."""
+    if _is_one(unit):
+        return gradients
+    unit = tf.cast(unit, tf.float32)
+    return [None if g is None else tf.cast(g, tf.float32) / unit for g in gradients]
+
+
+def _all_reduce(gradients):
+    """Sums per-replica gradients over the replicas (identity on one replica)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return gradients
+    present = [g for g in gradients if g is not None]
+    reduced = iter(ctx.all_reduce(tf.distribute.ReduceOp.SUM, present))
+    return [None if g is None else next(reduced) for g in gradients]
 
 
 @keras.saving.register_keras_serializable(package="wpl_keras")
@@ -353,6 +477,11 @@ class WPLModel(WPLTrainingMixin, keras.Model):
     """
 
 
+@keras.saving.register_keras_serializable(package="wpl_keras")
+class WPLSequential(WPLTrainingMixin, keras.Sequential):
+    """A ``keras.Sequential`` whose ``fit`` trains with WPL (see :class:`WPLTrainingMixin`)."""
+
+
 def check_finite_loss(loss: float, *, strength: float, learning_rate: float, step: int) -> None:
     """Raises :class:`WPLDivergenceError` naming ``α`` and the learning rate if ``loss`` is bad."""
     if not (loss == loss) or loss in (float("inf"), float("-inf")):
@@ -362,4 +491,3 @@ def check_finite_loss(loss: float, *, strength: float, learning_rate: float, ste
             "while lr * alpha * max(F) < 2(1 + momentum) (see max_stable_strength); lower alpha "
             "or the learning rate, or use mode='proximal'."
         )
-

@@ -1,0 +1,252 @@
+"""Saving and loading models trained with WPL: ``.keras`` round trips, weights files, export.
+
+A round trip trains k steps, saves, loads and trains k more; weights, Fisher, anchors, α and
+the logged penalty must equal k + k steps of the same model without saving (plain SGD, fixed
+seeds, the same batches).
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from wpl_keras.wpl import (
+    WeightPlasticity,
+    WPLModel,
+    WPLMonitor,
+    WPLSequential,
+    WPLTrainingMixin,
+    apply_wpl,
+    load_wpl_model,
+    restore_wpl,
+)
+
+K = 3  # steps before and after saving
+BATCH = 16
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2 * K * BATCH, 6)).astype("float32")
+    y = (x[:, 0] - x[:, 2] > 0).astype("int32")
+    return x, y
+
+
+@keras.saving.register_keras_serializable(package="wpl_tests")
+class TinyNet(WPLTrainingMixin, keras.Model):
+    """A subclassed model with the WPL mixin."""
+
+    def __init__(self, units=8, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.shared = keras.layers.Dense(units, activation="relu", name="shared")
+        self.middle = keras.layers.Dense(units, activation="tanh", name="middle")
+        self.head = keras.layers.Dense(2, name="head")
+
+    def call(self, x):
+        return self.head(self.middle(self.shared(x)))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def _layers():
+    return [keras.layers.Dense(8, activation="relu", name="shared"),
+            keras.layers.Dense(8, activation="tanh", name="middle"),
+            keras.layers.Dense(2, name="head")]
+
+
+def _build(kind):
+    keras.utils.set_random_seed(11)
+    if kind in ("functional", "wpl_functional"):
+        inputs = keras.Input((6,))
+        h = inputs
+        for layer in _layers():
+            h = layer(h)
+        return (WPLModel if kind == "wpl_functional" else keras.Model)(inputs, h)
+    if kind in ("sequential", "wpl_sequential"):
+        cls = WPLSequential if kind == "wpl_sequential" else keras.Sequential
+        return cls([keras.Input((6,))] + _layers())
+    model = TinyNet()
+    model(np.zeros((1, 6), np.float32))
+    return model
+
+
+def _protect(model, **wpl):
+    state = apply_wpl(model, ["shared", "middle"], **wpl)
+    rng = np.random.default_rng(5)
+    state.assign_fisher([rng.uniform(0.1, 1.0, size=f.shape).astype("float32")
+                         for f in state.fisher])
+    for v in state.protected_variables:  # off the anchors: the penalty and its pull act
+        v.assign(v + 0.05)
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return state
+
+
+def _fit(model, x, y, part):
+    sl = slice(part * K * BATCH, (part + 1) * K * BATCH)
+    callbacks = [] if isinstance(model, WPLTrainingMixin) else [WPLMonitor(model.wpl_state)]
+    history = model.fit(x[sl], y[sl], batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+                        callbacks=callbacks)
+    return history.history
+
+
+def _state_arrays(model):
+    return [w.numpy() for w in model.wpl_state.weights]
+
+
+def _assert_same(a, b):
+    for u, v in zip(a.weights, b.weights):
+        np.testing.assert_allclose(u.numpy(), v.numpy(), rtol=1e-6, atol=1e-7, err_msg=u.path)
+    for u, v in zip(_state_arrays(a), _state_arrays(b)):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+
+
+def _round_trip(tmp_path, kind, load=keras.models.load_model, **wpl):
+    x, y = _data()
+    reference = _build(kind)
+    _protect(reference, **wpl)
+    _fit(reference, x, y, 0)
+    want = _fit(reference, x, y, 1)
+
+    model = _build(kind)
+    _protect(model, **wpl)
+    _fit(model, x, y, 0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = load(path)
+    assert loaded.wpl_state is not None
+    got = _fit(loaded, x, y, 1)
+    _assert_same(reference, loaded)
+    for key in ("loss", "wpl_penalty", "wpl_fisher_norm", "wpl_alpha"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, err_msg=key)
+    return loaded
+
+
+@pytest.mark.parametrize(
+    "wpl",
+    [
+        dict(mode="proximal", update_fisher=True, strength=30.0, fisher_momentum=0.7,
+             clip_norm=0.5, l2=0.01),
+        dict(mode="proximal", update_fisher=False, strength=1e4),
+        dict(mode="gradient", update_fisher=True, strength=2.0, clip_norm=3.0),
+        dict(mode="gradient", update_fisher=False, strength=4.0, l2=0.02),
+    ],
+    ids=["proximal-fisher-clip-l2", "proximal-strong", "gradient-fisher-clip", "gradient-l2"],
+)
+def test_wpl_model_round_trip_equals_uninterrupted_training(tmp_path, wpl):
+    loaded = _round_trip(tmp_path, "wpl_functional", **wpl)
+    state = loaded.wpl_state
+    assert isinstance(loaded, WPLModel)
+    assert loaded.wpl_settings.mode == wpl["mode"]
+    assert loaded.wpl_settings.update_fisher == wpl["update_fisher"]
+    assert loaded.wpl_settings.l2 == pytest.approx(wpl.get("l2", 0.0))
+    assert state.clip_norm == wpl.get("clip_norm")
+    assert state.fisher_momentum == pytest.approx(wpl.get("fisher_momentum", 0.9))
+    assert float(state.strength.numpy()) == pytest.approx(wpl["strength"])
+    kernels = [loaded.get_layer(n).kernel for n in ("shared", "middle")]
+    assert all(any(v is k for v in state.protected_variables) for k in kernels)
+    assert len(state.protected_variables) == 4  # two kernels, two biases
+    assert all(v.regularizer is None for v in loaded.weights)  # the train step, not a loss
+
+
+@pytest.mark.parametrize("kind", ["wpl_sequential", "subclass"])
+def test_other_wpl_model_kinds_round_trip(tmp_path, kind):
+    loaded = _round_trip(tmp_path, kind, mode="proximal", update_fisher=True, strength=20.0,
+                         clip_norm=1.0)
+    assert isinstance(loaded, WPLTrainingMixin)
+    assert loaded.wpl_settings.mode == "proximal"
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential"])
+def test_plain_model_round_trip_restores_the_regularizer_binding(tmp_path, kind):
+    loaded = _round_trip(tmp_path, kind, load=load_wpl_model, strength=5.0, l2=0.01,
+                         fisher_momentum=0.8, clip_norm=2.0)
+    regs = [v.regularizer for v in loaded.get_layer("shared").weights]
+    assert all(isinstance(r, WeightPlasticity) and r.is_bound for r in regs)
+    assert loaded.wpl_state.fisher_momentum == pytest.approx(0.8)
+    assert loaded.wpl_state.clip_norm == 2.0
+    assert loaded.get_layer("head").kernel.regularizer is None
+
+
+def test_plain_model_loaded_without_restore_fails_loudly_not_silently(tmp_path):
+    x, y = _data()
+    model = _build("functional")
+    _protect(model, strength=5.0)
+    path = str(tmp_path / "plain.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    reg = loaded.get_layer("shared").kernel.regularizer
+    assert isinstance(reg, WeightPlasticity) and reg.binding["index"] == 0 and not reg.is_bound
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="load_wpl_model"):
+        loaded.fit(x, y, batch_size=BATCH, verbose=0)
+    state = restore_wpl(loaded, path)
+    for u, v in zip(model.wpl_state.weights, state.weights):
+        np.testing.assert_allclose(u.numpy(), v.numpy())
+
+
+def test_model_saved_before_training_loads_with_wpl(tmp_path):
+    model = _build("wpl_functional")
+    state = _protect(model, mode="proximal", update_fisher=True, strength=7.0)
+    path = str(tmp_path / "fresh.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for u, v in zip(state.weights, loaded.wpl_state.weights):
+        np.testing.assert_allclose(u.numpy(), v.numpy())
+    assert loaded.wpl_settings.mode == "proximal"
+    assert int(loaded.optimizer.iterations.numpy()) == 0
+
+
+def test_uncompiled_model_without_wpl_still_saves_and_loads(tmp_path):
+    model = _build("wpl_functional")
+    path = str(tmp_path / "none.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, WPLModel) and loaded.wpl_state is None
+    assert "wpl" not in loaded.get_config()
+
+
+def test_weights_file_into_fresh_model_with_apply_wpl_continues_identically(tmp_path):
+    x, y = _data()
+    wpl = dict(mode="gradient", update_fisher=True, strength=3.0)
+    reference = _build("wpl_functional")
+    _protect(reference, **wpl)
+    _fit(reference, x, y, 0)
+    want = _fit(reference, x, y, 1)
+    model = _build("wpl_functional")
+    _protect(model, **wpl)
+    _fit(model, x, y, 0)
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    fresh = _build("wpl_functional")
+    _protect(fresh, **wpl)
+    fresh.optimizer.build(fresh.trainable_variables)
+    fresh.load_weights(path)
+    got = _fit(fresh, x, y, 1)
+    _assert_same(reference, fresh)
+    np.testing.assert_allclose(got["wpl_penalty"], want["wpl_penalty"], rtol=1e-6)
+
+
+def test_loading_into_a_model_without_the_protected_weight_names_it(tmp_path):
+    model = _build("wpl_functional")
+    _protect(model, strength=1.0)
+    config = model.get_config()
+    config["wpl"]["shared"][0] = {"path": "nope/kernel", "index": 999}
+    with pytest.raises(ValueError, match="no weight 'nope/kernel'"):
+        WPLModel.from_config(config)
+
+
+def test_export_serves_inference_only(tmp_path):
+    x, y = _data()
+    model = _build("wpl_functional")
+    _protect(model, mode="proximal", update_fisher=True, strength=5.0)
+    _fit(model, x, y, 0)
+    export_dir = str(tmp_path / "exported")
+    model.export(export_dir, verbose=False)
+    served = tf.saved_model.load(export_dir)
+    np.testing.assert_allclose(served.serve(x).numpy(), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    assert not hasattr(served, "fit") and not hasattr(served, "wpl_state")

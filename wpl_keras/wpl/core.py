@@ -1,0 +1,301 @@
+"""The functional core of the Weight Plasticity Loss: pure functions of tensors, no variables.
+
+Every trainer (``WPLModel``, a supernet task) runs one WPL step as the same sequence of pure
+calls, in the spirit of Optax's ``update(grads, state, params)`` with a ``mask``:
+
+1. :func:`wpl_gradients` before the optimiser's step: the penalty
+
+       ``P = (α/2) Σ_k Σ_i c_k,i F_k,i (θ_k,i − θ*_k,i)²  +  (λ/2) Σ_k Σ_i θ_k,i²``
+
+   and the gradients to apply, ``g_k + s (α c_k F_k (θ_k − θ*_k) + λ θ_k)`` in
+   ``"gradient"`` mode (``s``: the factor the data gradient carries, e.g. ``1/replicas``)
+   or ``g_k + s λ θ_k`` in ``"proximal"`` mode;
+2. the optimiser's step (not part of the core);
+3. :func:`wpl_pull` after it, in ``"proximal"`` mode: ``θ ← (θ + η α c F θ*) / (1 + η α c F)``
+   (:func:`~wpl_keras.wpl.penalty.proximal_pull` with ``c F``), stable for every ``α``;
+4. :func:`fisher_updates`: ``F ← F + u c (clip((1 − η_F) F + η_F g²) − F)`` (``u``: update
+   flag), each updated tensor (or slice) clipped to an L2 norm;
+5. :func:`snapshot`, when a model's training ends: ``θ* ← θ* + c (θ − θ*)``.
+
+All use the state at the START of the step: ``F`` and ``θ*`` are read once and the new ``F``
+is returned, not used by the pull of the same step.
+
+Notation: ``α`` is ``strength``, ``η_F`` is ``fisher_momentum``, ``η`` the learning rate,
+``λ`` the L2 weight ``l2``.
+
+Coverage ``c`` (which weights are covered) and the flags:
+
+* ``masks``: one entry per weight, ``None`` (all of it) or a 0/1 float tensor that broadcasts
+  against the weight (a CNN supernet's usage mask of an op slice). Entries with ``c = 0`` get
+  no penalty, no pull and keep their Fisher and anchor.
+* Row slices (an RNN supernet's node rows): the caller gathers the covered rows of ``θ``,
+  ``F`` and ``θ*`` (:func:`unique_rows` turns a ``tf.IndexedSlices`` gradient into distinct
+  rows and their summed values), passes the row blocks as dense tensors, and scatters the
+  returned blocks back. The formulas are elementwise, so a block of rows is computed exactly
+  like the whole weight; ``clip_axes`` says over which axes a Fisher slice is clipped.
+* ``active`` (WPL on this step) and ``update`` (update the Fisher this step): a python bool
+  (decided when tracing, no ops), a bool tensor or a 0/1 float tensor (decided in the graph
+  by multiplication, no ``tf.cond``). ``active = 0`` gives ``P = 0`` (λ term aside), no extra
+  gradient and no pull.
+
+Everything is computed in float32, except :func:`wpl_pull`, which works in the weights' own
+dtype (see :func:`~wpl_keras.wpl.penalty.proximal_pull`).
+"""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Sequence, Union
+
+import tensorflow as tf
+
+from wpl_keras.wpl.penalty import check_wpl_mode, proximal_pull
+
+Flag = Union[bool, tf.Tensor]
+MaybeTensor = Optional[tf.Tensor]
+
+
+class WPLGradients(NamedTuple):
+    """Output of :func:`wpl_gradients`.
+
+    Attributes:
+        penalty: ``P`` (float32 scalar, unscaled by ``s``).
+        gradients: the gradients to hand to the optimiser, aligned with the inputs.
+    """
+
+    penalty: tf.Tensor
+    gradients: List[MaybeTensor]
+
+
+def _flag(value: Flag):
+    """A python bool stays python (decided when tracing); a tensor becomes a float32 0/1."""
+    if isinstance(value, bool):
+        return value
+    return tf.cast(value, tf.float32)
+
+
+def _coverage(mask: MaybeTensor, active) -> MaybeTensor:
+    """``c = active · mask`` as a float32 tensor, or None when every entry is covered."""
+    c = None if mask is None else tf.cast(mask, tf.float32)
+    if isinstance(active, bool):
+        return c
+    return active if c is None else active * c
+
+
+def penalty_and_gradient(
+    theta: tf.Tensor,
+    fisher: tf.Tensor,
+    anchor: tf.Tensor,
+    strength: Union[float, tf.Tensor],
+    *,
+    coverage: MaybeTensor = None,
+) -> tuple:
+    """Fisher term of one weight (or block of rows) and its gradient, in closed form.
+
+    ``gradient = α c F ⊙ (θ − θ*)`` and ``penalty = ½ Σ gradient ⊙ (θ − θ*)``
+    ``= (α/2) Σ c F (θ − θ*)²`` (``c = 1`` when ``coverage`` is None).
+
+    Returns:
+        ``(penalty, gradient)``: a float32 scalar and a float32 tensor shaped like ``theta``.
+    """
+    diff = tf.cast(theta, tf.float32) - tf.cast(anchor, tf.float32)
+    weighted = tf.cast(fisher, tf.float32) * diff
+    if coverage is not None:
+        weighted = coverage * weighted
+    alpha = tf.cast(strength, tf.float32)
+    return 0.5 * alpha * tf.reduce_sum(weighted * diff), alpha * weighted
+
+
+def wpl_gradients(
+    params: Sequence[tf.Tensor],
+    gradients: Sequence[MaybeTensor],
+    fisher: Sequence[tf.Tensor],
+    anchors: Sequence[tf.Tensor],
+    *,
+    strength: Union[float, tf.Tensor],
+    mode: str,
+    masks: Optional[Sequence[MaybeTensor]] = None,
+    active: Flag = True,
+    l2: float = 0.0,
+    scale: Optional[tf.Tensor] = None,
+) -> WPLGradients:
+    """The penalty ``P`` and the gradients to apply (step 1 of the module docstring).
+
+    ``gradient mode``: ``g_k + s (α c_k F_k (θ_k − θ*_k) + λ θ_k)``; ``proximal mode``:
+    ``g_k + s λ θ_k`` (the Fisher term acts in :func:`wpl_pull`). ``P`` counts the Fisher
+    term in both modes (it is the term the step minimises).
+
+    Args:
+        params: ``θ_k`` as read for this step (dense weights or blocks of rows).
+        gradients: the data gradients ``g_k`` (dense, aligned with ``params``); a ``None``
+            entry is taken as 0 where a term is added, and stays None otherwise.
+        fisher, anchors: ``F_k`` and ``θ*_k``, aligned with ``params``.
+        strength: ``α``.
+        mode: ``"gradient"`` or ``"proximal"``.
+        masks: coverage per weight (see the module docstring), or None for full coverage.
+        active: WPL on this step (python bool, bool tensor or 0/1 float tensor).
+        l2: ``λ``.
+        scale: ``s``, the factor the data gradients carry (loss scale, ``1/replicas``);
+            None for 1.
+
+    Returns:
+        :class:`WPLGradients`.
+    """
+    check_wpl_mode(mode)
+    active = _flag(active)
+    masks = [None] * len(params) if masks is None else list(masks)
+    if not len(params) == len(gradients) == len(fisher) == len(anchors) == len(masks):
+        raise ValueError(
+            "wpl_gradients needs one gradient, Fisher, anchor and mask per weight; got "
+            f"{len(params)} weights, {len(gradients)} gradients, {len(fisher)} Fisher tensors, "
+            f"{len(anchors)} anchors, {len(masks)} masks."
+        )
+    terms, out = [], []
+    for theta, g, f, a, m in zip(params, gradients, fisher, anchors, masks):
+        theta = tf.cast(theta, tf.float32)
+        extra = None
+        if active is not False:
+            term, extra = penalty_and_gradient(theta, f, a, strength, coverage=_coverage(m, active))
+            terms.append(term)
+            if mode == "proximal":
+                extra = None
+        if l2:
+            terms.append(0.5 * l2 * tf.reduce_sum(tf.square(theta)))
+            extra = l2 * theta if extra is None else extra + l2 * theta
+        if extra is not None:
+            if scale is not None:
+                extra = extra * scale
+            if g is None:
+                g = tf.cast(extra, theta.dtype)
+            else:
+                g = tf.convert_to_tensor(g)
+                g = g + tf.cast(extra, g.dtype)
+        out.append(g)
+    penalty = tf.add_n(terms) if terms else tf.constant(0.0, tf.float32)
+    return WPLGradients(penalty, out)
+
+
+def wpl_pull(
+    params: Sequence[tf.Tensor],
+    fisher: Sequence[tf.Tensor],
+    anchors: Sequence[tf.Tensor],
+    *,
+    strength: Union[float, tf.Tensor],
+    learning_rate: Union[float, tf.Tensor],
+    masks: Optional[Sequence[MaybeTensor]] = None,
+    active: Flag = True,
+) -> List[tf.Tensor]:
+    """Proximal step of the Fisher term after the optimiser's step (step 3).
+
+    ``θ ← (θ + η α c F θ*) / (1 + η α c F)``: ``θ`` unchanged where ``c F = 0``, held at
+    ``θ*`` as ``α → ∞`` where ``c F > 0``.
+
+    Args:
+        params: the weights after the optimiser's step.
+        fisher, anchors: ``F`` and ``θ*`` of the step (read before it).
+        strength: ``α``; learning_rate: the step's ``η``.
+        masks, active: coverage (see the module docstring).
+
+    Returns:
+        The pulled weights, in each weight's dtype.
+    """
+    active = _flag(active)
+    masks = [None] * len(params) if masks is None else list(masks)
+    out = []
+    for theta, f, a, m in zip(params, fisher, anchors, masks):
+        theta = tf.convert_to_tensor(theta)
+        c = _coverage(m, active)
+        if active is False:
+            out.append(theta)
+            continue
+        f = tf.convert_to_tensor(f)
+        if c is not None:
+            f = tf.cast(c, f.dtype) * f
+        out.append(proximal_pull(theta, tf.cast(f, theta.dtype), tf.cast(a, theta.dtype),
+                                 strength, learning_rate))
+    return out
+
+
+def clip_fisher(fisher: tf.Tensor, clip_norm: float, axes: Optional[Sequence[int]] = None):
+    """``F · min(1, clip / ‖F‖)``, with ``‖F‖`` the L2 norm over ``axes`` (all axes when
+    None: the whole tensor; e.g. ``axes=[2, 3]`` clips each ``[i, j]`` slice separately)."""
+    if axes is None:
+        return tf.clip_by_norm(fisher, clip_norm)
+    norm = tf.sqrt(tf.reduce_sum(tf.square(fisher), axis=list(axes), keepdims=True))
+    return fisher * tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))
+
+
+def fisher_update(
+    fisher: tf.Tensor,
+    gradient: tf.Tensor,
+    fisher_momentum: Union[float, tf.Tensor],
+    *,
+    clip_norm: Optional[float] = None,
+    clip_axes: Optional[Sequence[int]] = None,
+    coverage: MaybeTensor = None,
+) -> tf.Tensor:
+    """``F' = F + c (clip((1 − η_F) F + η_F g²) − F)`` for one weight or block of rows.
+
+    ``c = 1`` when ``coverage`` is None (then ``F' = clip((1 − η_F) F + η_F g²)``).
+    ``gradient`` is the data gradient only (all-reduced, loss scaling undone).
+    """
+    fisher = tf.cast(fisher, tf.float32)
+    eta = tf.cast(fisher_momentum, tf.float32)
+    new = (1.0 - eta) * fisher + eta * tf.square(tf.cast(gradient, tf.float32))
+    if clip_norm is not None:
+        new = clip_fisher(new, clip_norm, clip_axes)
+    if coverage is None:
+        return new
+    return fisher + coverage * (new - fisher)
+
+
+def fisher_updates(
+    fisher: Sequence[tf.Tensor],
+    gradients: Sequence[MaybeTensor],
+    *,
+    fisher_momentum: Union[float, tf.Tensor],
+    clip_norm: Optional[float] = None,
+    clip_axes: Optional[Sequence[Optional[Sequence[int]]]] = None,
+    masks: Optional[Sequence[MaybeTensor]] = None,
+    update: Flag = True,
+) -> List[MaybeTensor]:
+    """:func:`fisher_update` over aligned lists (step 4); ``None`` where the gradient is None
+    or the update is off (python ``False``): that Fisher is unchanged and need not be written.
+    """
+    update = _flag(update)
+    n = len(fisher)
+    masks = [None] * n if masks is None else list(masks)
+    clip_axes = [None] * n if clip_axes is None else list(clip_axes)
+    out = []
+    for f, g, m, axes in zip(fisher, gradients, masks, clip_axes):
+        if g is None or update is False:
+            out.append(None)
+            continue
+        out.append(fisher_update(f, g, fisher_momentum, clip_norm=clip_norm, clip_axes=axes,
+                                 coverage=_coverage(m, update)))
+    return out
+
+
+def snapshot(theta: tf.Tensor, anchor: tf.Tensor, mask: MaybeTensor = None) -> tf.Tensor:
+    """``θ* ← θ* + c (θ − θ*)``: ``θ`` where covered, the old anchor elsewhere (step 5)."""
+    theta = tf.convert_to_tensor(theta)
+    if mask is None:
+        return theta
+    anchor = tf.cast(anchor, theta.dtype)
+    return anchor + tf.cast(mask, theta.dtype) * (theta - anchor)
+
+
+def unique_rows(slices: tf.IndexedSlices) -> tuple:
+    """Distinct rows of a row-slice gradient and their summed values: ``(rows, values)``.
+
+    A row gathered several times in one step has one data gradient, the sum of its parts;
+    the Fisher of that row is updated with the sum.
+    """
+    rows, position = tf.unique(tf.cast(slices.indices, tf.int32))
+    values = tf.math.unsorted_segment_sum(slices.values, position, tf.shape(rows)[0])
+    return rows, values
+
+
+def global_norm_squared(tensors: Sequence[MaybeTensor]) -> tf.Tensor:
+    """``Σ_k ‖T_k‖²`` over the non-None entries (float32)."""
+    parts = [tf.reduce_sum(tf.square(tf.cast(t, tf.float32))) for t in tensors if t is not None]
+    return tf.add_n(parts) if parts else tf.constant(0.0, tf.float32)
