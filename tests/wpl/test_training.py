@@ -201,3 +201,79 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
         np.testing.assert_allclose(one["penalty"], two["penalty"], rtol=1e-3, atol=1e-6, err_msg=mode)
         np.testing.assert_allclose(one["fisher"], two["fisher"], rtol=1e-4, err_msg=mode)
         np.testing.assert_allclose(one["kernel"], two["kernel"], rtol=1e-4, atol=1e-6, err_msg=mode)
+
+
+def test_loss_tracker_adapter_finds_the_metric_fit_reports_as_loss(seed):
+    # training._loss_tracker relies on Keras listing its loss tracker in `model.metrics` under
+    # the name "loss" once compiled: this pins that behaviour.
+    from wpl_keras.wpl.training import _loss_tracker
+
+    model = _model(WPLModel)
+    with pytest.raises(RuntimeError, match="compile it with a loss"):
+        _loss_tracker(model)
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    tracker = _loss_tracker(model)
+    assert tracker.name == "loss" and tracker in model.metrics
+    tracker.update_state(3.0)
+    assert float(tracker.result()) == pytest.approx(3.0)
+
+
+def test_wpl_package_uses_no_private_keras():
+    import pathlib
+
+    import wpl_keras.wpl as package
+
+    for path in pathlib.Path(package.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        assert "keras.src" not in text, path
+        assert "_tracker" not in text.replace("_loss_tracker", ""), path
+
+
+def test_logged_loss_and_penalty_match_the_formula(seed):
+    model = _model(WPLModel)
+    state = apply_wpl(model, ["shared"], strength=2.0, l2=0.1)
+    state.assign_fisher([tf.fill(f.shape, 0.5) for f in state.fisher])
+    for v in state.protected_variables:
+        v.assign(v + 0.2)
+    x, y = _data(32)
+    _compile(model, lr=0.0)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    data_loss = float(loss_fn(y, model(x)))
+    sizes = sum(int(np.prod(v.shape)) for v in state.protected_variables)
+    squares = sum(float(tf.reduce_sum(tf.square(v))) for v in state.protected_variables)
+    want_penalty = 0.5 * 2.0 * 0.5 * 0.04 * sizes + 0.5 * 0.1 * squares
+    assert float(model.compute_loss(x, y, model(x), training=True)) == pytest.approx(
+        data_loss + want_penalty, rel=1e-5)
+    assert float(model.compute_loss(x, y, model(x), training=False)) == pytest.approx(
+        data_loss, rel=1e-5)
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    assert history.history["wpl_penalty"][0] == pytest.approx(want_penalty, rel=1e-5)
+    assert history.history["loss"][0] == pytest.approx(data_loss + want_penalty, rel=1e-5)
+
+
+def test_fisher_norm_every_k_steps_holds_the_value_in_between(seed):
+    x, y = _data(64)
+    model = _model(WPLModel)
+    state = apply_wpl(model, ["shared"], strength=1.0, update_fisher=True, fisher_norm_every=3)
+    _compile(model)
+    norms = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            norms.append((float(logs["wpl_fisher_norm"]), float(state.fisher_norm())))
+
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[Record()])
+    for step, (logged, actual) in enumerate(norms):
+        held = norms[step - step % 3][1]
+        assert logged == pytest.approx(held, rel=1e-6), step
+    assert norms[1][0] != pytest.approx(norms[1][1])  # held, not recomputed
+    with pytest.raises(ValueError, match="fisher_norm_every must be >= 1"):
+        apply_wpl(_model(WPLModel), ["shared"], fisher_norm_every=0)
+
+
+def test_fisher_momentum_and_its_former_name(seed):
+    assert apply_wpl(_model(WPLModel), ["shared"], fisher_momentum=0.3).fisher_momentum == 0.3
+    state = apply_wpl(_model(WPLModel), ["shared"], momentum=0.4)
+    assert state.fisher_momentum == 0.4 and state.momentum == 0.4
+    with pytest.raises(ValueError, match="not both"):
+        apply_wpl(_model(WPLModel), ["shared"], fisher_momentum=0.3, momentum=0.4)
