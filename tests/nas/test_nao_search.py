@@ -187,6 +187,14 @@ def test_resume_killed_in_controller_phase_equals_uninterrupted(
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_verbose_prints_progress_and_pool(tmp_path, capsys):
+    _run(tmp_path / "run", _config(epochs=2, verbose=1))
+    out = capsys.readouterr().out
+    assert "Epoch 1/2 (WPL off)" in out and "Epoch 2/2 (WPL on)" in out
+    assert out.count("err2-err1: mean") == 2 and "; mean err1" in out
+    assert out.rstrip().endswith("pool 6")  # the last epoch scores the pool, adds none
+
+
 def test_mismatched_controller_is_an_error(tmp_path):
     task = FakeTask()
     nao = NAOController((3, 3), NAO_CFG, seed=0)

@@ -128,6 +128,57 @@ def test_config_validation_and_json():
         search.SearchConfig.from_json({"nope": 1})
 
 
+def test_schedule_config_is_shared_by_both_searches():
+    """ENAS and NAO hold the same schedule fields, validated and read by the same code."""
+    from wpl_keras.nas.driver import ScheduleConfig
+    from wpl_keras.nas.nao_search import NAOSearchConfig
+
+    fields = dict(wpl_start_epoch=1, strength=10.0, strength_decay="linear",
+                  strength_decay_start=3, strength_decay_rate=2.0, flush_every=2)
+    enas, nao = _config(), NAOSearchConfig(**fields)
+    assert enas.schedule() == nao.schedule() == ScheduleConfig(**fields)
+    assert type(nao.schedule()) is ScheduleConfig
+    for e in range(6):
+        for fn in (search.wpl_active_at, search.strength_at, search.flush_at):
+            assert fn(e, enas) == fn(e, nao) == fn(e, ScheduleConfig(**fields))
+    for cls in (search.SearchConfig, NAOSearchConfig, ScheduleConfig):
+        with pytest.raises(ValueError, match=f"{cls.__name__}.strength_decay"):
+            cls(strength_decay="cosine")
+        with pytest.raises(ValueError, match="flush_every"):
+            cls(flush_every=-1)
+        with pytest.raises(ValueError, match="strength"):
+            cls(strength=-1.0)
+    with pytest.raises(ValueError, match="NAOSearchConfig.epochs"):
+        NAOSearchConfig(epochs=0)
+    with pytest.raises(ValueError, match="controller_steps"):
+        search.SearchConfig(controller_steps=-1)
+    assert search.SHARED < search.CONTROLLER < search.EPOCH_END
+
+
+def test_verbose_prints_progress_and_summary(tmp_path, seed, capsys):
+    task, controller, reinforce = _build(real_controller=False)
+    search.run_search(task, controller, reinforce, _config(epochs=2, verbose=1), str(tmp_path))
+    out = capsys.readouterr().out
+    assert "Epoch 1/2 (WPL off)" in out and "Epoch 2/2 (WPL on)" in out
+    assert out.count("err2-err1: mean") == 2 and "mean reward" in out
+
+
+def test_mid_epoch_checkpoint_of_another_format_is_refused(tmp_path, seed):
+    """A partial epoch without this loop's keys (an older loop's checkpoint) is an error that
+    says what to do, not a KeyError deep in the loop."""
+    config = _config(epochs=2, checkpoint_every=1)
+    task, controller, reinforce = _build(real_controller=False)
+    search.run_search(task, controller, reinforce, config, str(tmp_path))
+    objs = _build(real_controller=False)
+    manager, loop = search.make_checkpoint_manager(*objs, str(tmp_path / "ckpt"))
+    manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
+    loop.epoch.assign(1)
+    loop.partial.assign(json.dumps({"archs": [], "err1": [], "rewards": []}))
+    manager.save()
+    with pytest.raises(ValueError, match="older version"):
+        search.run_search(*_build(real_controller=False), config, str(tmp_path), resume=True)
+
+
 def test_loop_schedule_logs_and_outputs(tmp_path, seed):
     task, controller, reinforce = _build(real_controller=False)
     config = _config()

@@ -302,6 +302,7 @@ class SearchDriver:
             tf.train.Checkpoint(**items), checkpoint_dir(out_dir), max_to_keep=config.max_to_keep)
         self.history: List[Record] = []
         self.catcher: Optional[SignalCatcher] = None
+        self.writer = None
         self._clock = time.time()
 
     # -- run -------------------------------------------------------------------------------
