@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from wpl_keras.nas.base import InvalidArchitectureError
+from wpl_keras.nas.base import InvalidArchitectureError, InvalidSpaceError
 from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
 
 
@@ -54,7 +54,7 @@ def test_known_string():
         ((0,) * 15, "expected 16 decisions"),
         ((2, 0) + (0,) * 14, "must be in \\[0, 2\\)"),
         ((0, 5) + (0,) * 14, "node2_x_op"),
-        (("a",) * 16, "sequence of ints"),
+        (("a",) * 16, r"decision 0 \(normal_node2_x_input\) must be an integer, got 'a'"),
     ],
 )
 def test_validate_rejects_bad_architectures(arch, match):
@@ -103,3 +103,46 @@ def test_plot_writes_png(tmp_path):
     path = space.plot(space.sample(np.random.default_rng(0)), str(tmp_path / "cell.png"))
     data = open(path, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+
+
+@pytest.mark.parametrize("num_nodes", [1.5, 2.0, True, "3", np.float32(2.0), None, float("inf"),
+                                       float("nan"), 0, -2, (2,)])
+def test_constructor_rejects_malformed_num_nodes(num_nodes):
+    with pytest.raises(InvalidSpaceError, match="MicroCellSpace num_nodes must be an integer"):
+        MicroCellSpace(num_nodes=num_nodes)
+
+
+def test_constructor_accepts_numpy_integers_and_builds_exactly_that_many_nodes():
+    space = MicroCellSpace(num_nodes=np.uint8(2))
+    assert space.num_nodes == 2 and space.num_decisions == 16
+
+
+@pytest.mark.parametrize("text", [
+    "normal: 02=identity(0)+identity(1) | reduce: 2=identity(0)+identity(1)",
+    "normal: 2=identity(00)+identity(1) | reduce: 2=identity(0)+identity(1)",
+    "normal: \u0662=identity(0)+identity(1) | reduce: 2=identity(0)+identity(1)",
+    "normal: 2=identity(-1)+identity(1) | reduce: 2=identity(0)+identity(1)",
+    "normal: 2=identity(0)+identity(99999999999999999999) | reduce: 2=identity(0)+identity(1)",
+    "normal: 2=identity(0)+identity(1) | reduce: 2=identity(0)+identity(1) | extra",
+    "normal: 2=identity(0)+identity(1) 3=identity(0)+identity(1) | "
+    "reduce: 2=identity(0)+identity(1)",
+    "normal: 2=Identity(0)+identity(1) | reduce: 2=identity(0)+identity(1)",
+    "normal 2=identity(0)+identity(1) | reduce: 2=identity(0)+identity(1)",
+])
+def test_from_string_rejects_malformed_numbers_and_cells(text):
+    with pytest.raises(InvalidArchitectureError):
+        MicroCellSpace(num_nodes=1).from_string(text)
+
+
+def test_validate_and_decision_index_reject_non_integers():
+    space = MicroCellSpace(num_nodes=1)
+    with pytest.raises(InvalidArchitectureError, match=r"node2_x_op\) must be an integer, got 1.7"):
+        space.validate([0, 1.7, 0, 0, 0, 0, 0, 0])
+    with pytest.raises(InvalidArchitectureError, match=r"reduce_node2_y_op\) is 5"):
+        space.validate([0, 0, 0, 0, 0, 0, 0, 5])
+    for args, message in (((2, 0, 0, "op"), r"cell is 2, must be in \[0, 2\)"),
+                          ((0, 1, 0, "op"), r"node is 1, must be in \[0, 1\)"),
+                          ((0, 0, 1.0, "op"), "slot must be an integer")):
+        with pytest.raises(InvalidArchitectureError, match=message):
+            space.decision_index(*args)
+    assert space.decision_index(np.int64(1), 0, 1, "input") == 6

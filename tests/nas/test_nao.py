@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from wpl_keras.nas import nao
+from wpl_keras.nas.base import InvalidArchitectureError, InvalidSpaceError
 from wpl_keras.nas.nao import NAOConfig, NAOController
 from wpl_keras.nas.rnn_space import RNNCellSpace
 from wpl_keras.utils.checkpoint import checkpoint_for
@@ -58,7 +59,7 @@ def test_tokens_offsets_and_mask():
         nao.archs_to_tokens([(0, 1, 0)], sizes)
     with pytest.raises(ValueError, match="3 decisions"):
         nao.archs_to_tokens([(0, 0)], sizes)
-    with pytest.raises(ValueError, match="at least one choice"):
+    with pytest.raises(ValueError, match=r"decision_sizes\[1\] must be an integer >= 1, got 0"):
         nao.token_offsets((2, 0))
 
 
@@ -214,3 +215,67 @@ def test_nao_oracle_proposes_seeds_then_generated_and_resumes(tmp_path):
     for a, b in zip(oracle.controller.variables, resumed.controller.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert resumed.adapter.propose() == oracle.adapter.propose()
+
+
+@pytest.mark.parametrize("archs, message", [
+    ([(1.7, 0, 0)], r"architecture 0: decision 0 must be an integer, got 1.7"),
+    ([(0, 0, 0), (2, 0, True)], r"architecture 1: decision 2 must be an integer, got True"),
+    (np.array([[0.0, 0.0, 1.0]]), "architecture 0: decision 0 must be an integer"),
+    ([(0, 0, float("inf"))], "decision 2 must be an integer, got inf"),
+    ([(0, 0, "1")], "decision 2 must be an integer, got '1'"),
+    ([(0, 0, -1)], r"decision 2 is -1, must be in \[0, 2\)"),
+    ([(3, 0, 0)], r"decision 0 is 3, must be in \[0, 3\)"),
+    ([(0, 0, 0, 0)], "expected 3 decisions, got 4"),
+    ("002", "sequence of architectures"),
+    (None, "sequence of architectures"),
+])
+def test_archs_to_tokens_is_strict(archs, message):
+    with pytest.raises(InvalidArchitectureError, match=message):
+        nao.archs_to_tokens(archs, (3, 1, 2))
+
+
+def test_archs_to_tokens_accepts_integer_arrays_tensors_and_one_flat_architecture():
+    sizes = (3, 1, 2)
+    want = [[2, 3, 5], [0, 3, 4]]
+    for archs in ([(2, 0, 1), (0, 0, 0)], np.array([[2, 0, 1], [0, 0, 0]], np.int16),
+                  tf.constant([[2, 0, 1], [0, 0, 0]]), [np.array([2, 0, 1]), [0, 0, 0]]):
+        np.testing.assert_array_equal(nao.archs_to_tokens(archs, sizes), want)
+    np.testing.assert_array_equal(nao.archs_to_tokens((2, 0, 1), sizes), [want[0]])
+    np.testing.assert_array_equal(nao.archs_to_tokens(np.array([2, 0, 1]), sizes), [want[0]])
+    assert nao.archs_to_tokens([], sizes).shape == (0, 3)
+
+
+def test_tokens_to_archs_rejects_tokens_outside_their_position():
+    sizes = (3, 1, 2)
+    with pytest.raises(InvalidArchitectureError, match=r"tokens row 0: decision 1 is 1"):
+        nao.tokens_to_archs([[2, 4, 5]], sizes)  # token 4 belongs to position 2
+    with pytest.raises(InvalidArchitectureError, match=r"decision 0 is -1"):
+        nao.tokens_to_archs([[-1, 3, 4]], sizes)
+    with pytest.raises(InvalidArchitectureError, match=r"integer array \[N, 3\]"):
+        nao.tokens_to_archs([[2.0, 3.0, 4.0]], sizes)
+    with pytest.raises(InvalidArchitectureError, match=r"integer array \[N, 3\]"):
+        nao.tokens_to_archs([2, 3, 4], sizes)
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ((3, 1.5), r"decision_sizes\[1\] must be an integer, got 1.5"),
+    ((3, True), r"decision_sizes\[1\] must be an integer, got True"),
+    ((3, "2"), r"decision_sizes\[1\] must be an integer, got '2'"),
+    ((3, 0), r"decision_sizes\[1\] must be an integer >= 1, got 0"),
+    ((), "at least one decision"),
+])
+def test_controller_and_mask_reject_malformed_decision_sizes(sizes, message):
+    with pytest.raises(InvalidSpaceError, match=message):
+        nao.position_mask(sizes)
+    with pytest.raises(InvalidSpaceError, match=message):
+        NAOController(sizes, NAOConfig(units=4, token_embedding=2))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("units", 1.5), ("units", True), ("epochs", "3"), ("batch_size", 0), ("max_rounds", 2.0),
+    ("predictor_layers", -1), ("predictor_layers", 0.5), ("learning_rate", float("nan")),
+    ("step_size", float("inf")), ("trade_off", "0.8"),
+])
+def test_nao_config_rejects_malformed_sizes(field, value):
+    with pytest.raises(ValueError, match=f"NAOConfig.{field} must be"):
+        NAOConfig(**{field: value})

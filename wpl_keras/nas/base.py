@@ -29,6 +29,98 @@ class InvalidArchitectureError(ValueError):
     """An architecture that is not a member of its search space (the message says why)."""
 
 
+class InvalidSpaceError(ValueError):
+    """A search space built with a malformed size or option (the message names the field)."""
+
+
+def strict_int(value, field: str, *, error: type = InvalidArchitectureError) -> int:
+    """``value`` as a Python int if it is an integer type, else ``error`` naming ``field``.
+
+    Python ints and NumPy integer scalars are accepted; booleans, floats (also ``2.0``, NaN
+    and infinities), strings and anything else are rejected, so that nothing is rounded,
+    truncated or reinterpreted silently.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise error(f"{field} must be an integer, got {value!r} ({type(value).__name__}).")
+    return int(value)
+
+
+def check_size(value, field: str, minimum: int) -> int:
+    """A constructor size (``num_nodes``, a decision's number of choices) as an int
+    ``>= minimum``; raises :class:`InvalidSpaceError` naming ``field`` and the value."""
+    size = strict_int(value, field, error=InvalidSpaceError)
+    if size < minimum:
+        raise InvalidSpaceError(f"{field} must be an integer >= {minimum}, got {size}.")
+    return size
+
+
+def check_sizes(values, field: str = "decision_sizes") -> Tuple[int, ...]:
+    """A non-empty sequence of decision sizes, each an int ``>= 1``
+    (raises :class:`InvalidSpaceError`)."""
+    if isinstance(values, (str, bytes, dict, set, frozenset)) or not hasattr(values, "__len__"):
+        raise InvalidSpaceError(f"{field} must be a sequence of ints, got {values!r}.")
+    sizes = tuple(check_size(v, f"{field}[{k}]", 1) for k, v in enumerate(_as_list(values)))
+    if not sizes:
+        raise InvalidSpaceError(f"{field} must hold at least one decision, got {values!r}.")
+    return sizes
+
+
+def _as_list(values) -> list:
+    """A 1-D sequence, NumPy array or eager tensor as a list of its elements (NumPy scalars
+    keep their integer/float type); raises ``TypeError`` for anything of another rank."""
+    if hasattr(values, "numpy") and callable(values.numpy):  # an eager tf.Tensor
+        values = values.numpy()
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            raise TypeError(f"expected one dimension, got shape {values.shape}")
+        return list(values)
+    return list(values)
+
+
+def check_architecture(
+    arch,
+    decision_sizes: Sequence[int],
+    decision_names: Optional[Sequence[str]] = None,
+    owner: str = "architecture",
+) -> Architecture:
+    """``arch`` as a tuple of Python ints with ``0 <= arch[k] < decision_sizes[k]``.
+
+    Raises:
+        InvalidArchitectureError: naming ``owner``, the decision and the value, for anything
+            that is not a flat sequence of exactly ``len(decision_sizes)`` integers in range.
+    """
+    if isinstance(arch, (str, bytes, dict, set, frozenset)) or not (
+        hasattr(arch, "__iter__") or hasattr(arch, "numpy")
+    ):
+        raise InvalidArchitectureError(
+            f"{owner}: an architecture is a sequence of ints, got {arch!r}."
+        )
+    try:
+        values = _as_list(arch)
+    except TypeError as error:
+        raise InvalidArchitectureError(
+            f"{owner}: an architecture is a flat sequence of ints, got {arch!r} ({error})."
+        ) from error
+    if len(values) != len(decision_sizes):
+        raise InvalidArchitectureError(
+            f"{owner}: expected {len(decision_sizes)} decisions, got {len(values)}."
+        )
+    out = []
+    for k, (value, size) in enumerate(zip(values, decision_sizes)):
+        label = f"decision {k}" + (f" ({decision_names[k]})" if decision_names else "")
+        if isinstance(value, (list, tuple, np.ndarray)):
+            raise InvalidArchitectureError(
+                f"{owner}: an architecture is a sequence of ints; {label} is {value!r}."
+            )
+        value = strict_int(value, f"{owner}: {label}")
+        if not 0 <= value < size:
+            raise InvalidArchitectureError(
+                f"{owner}: {label} is {value}, must be in [0, {size})."
+            )
+        out.append(value)
+    return tuple(out)
+
+
 class SearchSpace(abc.ABC):
     """A discrete search space: an architecture is ``decision_sizes``-bounded ints.
 
@@ -53,24 +145,10 @@ class SearchSpace(abc.ABC):
         return len(self.decision_sizes)
 
     def validate(self, arch: Sequence[int]) -> Architecture:
-        """Returns ``arch`` as a tuple of ints or raises :class:`InvalidArchitectureError`."""
-        try:
-            values = tuple(int(a) for a in np.asarray(arch).reshape(-1))
-        except (TypeError, ValueError) as error:
-            raise InvalidArchitectureError(
-                f"{self.name}: an architecture is a sequence of ints, got {arch!r}."
-            ) from error
-        if len(values) != self.num_decisions:
-            raise InvalidArchitectureError(
-                f"{self.name}: expected {self.num_decisions} decisions, got {len(values)}."
-            )
-        for k, (value, size) in enumerate(zip(values, self.decision_sizes)):
-            if not 0 <= value < size:
-                raise InvalidArchitectureError(
-                    f"{self.name}: decision {k} ({self.decision_names[k]}) is {value}, "
-                    f"must be in [0, {size})."
-                )
-        return values
+        """Returns ``arch`` as a tuple of ints or raises :class:`InvalidArchitectureError`
+        (see :func:`check_architecture`: integers only, exact length, every decision in
+        range)."""
+        return check_architecture(arch, self.decision_sizes, self.decision_names, self.name)
 
     def sample(self, rng: np.random.Generator) -> Architecture:
         """A uniformly random architecture."""
@@ -89,13 +167,43 @@ class SearchSpace(abc.ABC):
         return {"space": self.name, "decisions": list(arch), "string": self.to_string(arch)}
 
     def from_json(self, obj) -> Architecture:
-        if isinstance(obj, str):
-            obj = json.loads(obj)
+        """Inverse of :meth:`to_json`, from the dict or its JSON text.
+
+        ``{"decisions": [...]}`` is required; ``"space"`` (this space's name) and ``"string"``
+        (which must describe the same architecture) are optional; other keys (an exported
+        model's settings stored beside its architecture) are left to their readers.
+
+        Raises:
+            InvalidArchitectureError: for invalid JSON, a value that is not such an object,
+                or decisions that are not an architecture of this space.
+        """
+        if isinstance(obj, (str, bytes)):
+            try:
+                obj = json.loads(obj)
+            except ValueError as error:
+                raise InvalidArchitectureError(
+                    f"{self.name}: architecture JSON does not parse: {error}."
+                ) from error
+        if not isinstance(obj, dict):
+            raise InvalidArchitectureError(
+                f"{self.name}: an architecture in JSON is an object "
+                f'{{"space": ..., "decisions": [...]}}, got {type(obj).__name__} {obj!r}.'
+            )
+        if "decisions" not in obj:
+            raise InvalidArchitectureError(
+                f"{self.name}: architecture JSON has no 'decisions' field: {obj!r}."
+            )
         if obj.get("space") not in (None, self.name):
             raise InvalidArchitectureError(
                 f"architecture is for space {obj.get('space')!r}, not {self.name!r}."
             )
-        return self.validate(obj["decisions"])
+        arch = self.validate(obj["decisions"])
+        if "string" in obj and obj["string"] != self.to_string(arch):
+            raise InvalidArchitectureError(
+                f"{self.name}: architecture JSON 'string' {obj['string']!r} does not match its "
+                f"decisions {list(arch)} ({self.to_string(arch)!r})."
+            )
+        return arch
 
     def plot(self, arch: Sequence[int], path: str) -> str:  # pragma: no cover - optional
         """Draws ``arch`` to a PNG at ``path``; returns the path."""

@@ -27,7 +27,13 @@ from __future__ import annotations
 import re
 from typing import List, Sequence, Tuple
 
-from wpl_keras.nas.base import Architecture, InvalidArchitectureError, SearchSpace
+from wpl_keras.nas.base import (
+    Architecture,
+    InvalidArchitectureError,
+    SearchSpace,
+    check_size,
+    strict_int,
+)
 
 OPS: Tuple[str, ...] = ("identity", "sep3x3", "sep5x5", "avg3x3", "max3x3")
 CELL_TYPES: Tuple[str, ...] = ("normal", "reduce")
@@ -40,19 +46,18 @@ class MicroCellSpace(SearchSpace):
     """ENAS micro-cell space: a normal and a reduction cell of ``num_nodes`` nodes each.
 
     Args:
-        num_nodes: ``B``, nodes per cell (ENAS / WPL reference: 5).
+        num_nodes: ``B``, nodes per cell (ENAS / WPL reference: 5); an int (a NumPy integer
+            is accepted, a bool, float or string is not).
 
     Raises:
-        ValueError: if ``num_nodes < 1``.
+        InvalidSpaceError: (a ``ValueError``) if ``num_nodes`` is not an int ``>= 1``.
     """
 
     name = "enas_micro"
     ops = OPS
 
     def __init__(self, num_nodes: int = 5):
-        if int(num_nodes) < 1:
-            raise ValueError(f"MicroCellSpace needs num_nodes >= 1, got {num_nodes}.")
-        self.num_nodes = int(num_nodes)
+        self.num_nodes = check_size(num_nodes, "MicroCellSpace num_nodes", 1)
         sizes: List[int] = []
         names: List[str] = []
         for cell in CELL_TYPES:
@@ -89,6 +94,12 @@ class MicroCellSpace(SearchSpace):
         """
         if what not in ("input", "op"):
             raise ValueError(f"what must be 'input' or 'op', got {what!r}.")
+        for field, value, bound in (("cell", cell, 2), ("node", node, self.num_nodes),
+                                    ("slot", slot, 2)):
+            if not 0 <= strict_int(value, f"decision_index {field}") < bound:
+                raise InvalidArchitectureError(
+                    f"decision_index {field} is {value}, must be in [0, {bound})."
+                )
         return cell * self.decisions_per_cell + 4 * node + 2 * slot + (what == "op")
 
     def cells(self, arch: Sequence[int]) -> Tuple[List[NodeSpec], List[NodeSpec]]:
@@ -121,7 +132,10 @@ class MicroCellSpace(SearchSpace):
         normal, reduce = self.cells(arch)
         return f"normal: {self._cell_string(normal)} | reduce: {self._cell_string(reduce)}"
 
-    _NODE = re.compile(r"^(\d+)=(\w+)\((\d+)\)\+(\w+)\((\d+)\)$")
+    # ASCII digits without leading zeros, as to_string writes them.
+    _NODE = re.compile(
+        r"^(0|[1-9][0-9]*)=(\w+)\((0|[1-9][0-9]*)\)\+(\w+)\((0|[1-9][0-9]*)\)$"
+    )
 
     def from_string(self, text: str) -> Architecture:
         """Parses :meth:`to_string` output; raises :class:`InvalidArchitectureError`."""

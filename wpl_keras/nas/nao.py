@@ -41,10 +41,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from wpl_keras.nas.base import (
+    Architecture,
+    InvalidArchitectureError,
+    check_architecture,
+    check_sizes,
+    strict_int,
+)
 from wpl_keras.utils.config import JsonConfig
 from wpl_keras.utils.checkpoint import VariableBundle
-
-Architecture = Tuple[int, ...]
 
 _NEG = -1e9
 
@@ -57,50 +62,67 @@ def token_offsets(decision_sizes: Sequence[int]) -> np.ndarray:
     """``o_k = Σ_{j<k} n_j``: where position ``k``'s vocabulary starts in the token table.
 
     Raises:
-        ValueError: for an empty space or a decision with fewer than one choice.
+        InvalidSpaceError: (a ``ValueError``) for an empty space or a size that is not an int
+            ``>= 1`` (see :func:`~wpl_keras.nas.base.check_sizes`).
     """
-    sizes = np.asarray([int(s) for s in decision_sizes], dtype=np.int64)
-    if sizes.size == 0:
-        raise ValueError("a NAO space needs at least one decision.")
-    if np.any(sizes < 1):
-        raise ValueError(f"every decision needs at least one choice, got {tuple(sizes)}.")
+    sizes = np.asarray(check_sizes(decision_sizes), dtype=np.int64)
     return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
 
+def _architecture_rows(archs) -> list:
+    """``archs`` as a list of architectures: one flat architecture becomes a list of one."""
+    if hasattr(archs, "numpy") and callable(archs.numpy):  # an eager tf.Tensor
+        archs = archs.numpy()
+    if isinstance(archs, np.ndarray):
+        return [archs] if archs.ndim == 1 and archs.size else list(archs)
+    if isinstance(archs, (str, bytes, dict)) or not hasattr(archs, "__iter__"):
+        raise InvalidArchitectureError(
+            f"expected a sequence of architectures (sequences of ints), got {archs!r}."
+        )
+    rows = list(archs)
+    flat = rows and not any(isinstance(r, (list, tuple, np.ndarray)) or hasattr(r, "numpy")
+                            for r in rows)
+    return [rows] if flat else rows
+
+
 def archs_to_tokens(archs: Sequence[Sequence[int]], decision_sizes: Sequence[int]) -> np.ndarray:
-    """``t[i, k] = o_k + a[i, k]`` as an int32 array ``[N, D]``.
+    """``t[i, k] = o_k + a[i, k]`` as an int32 array ``[N, D]`` (one flat architecture is
+    ``N = 1``).
 
     Raises:
-        ValueError: for a wrong length or a decision out of ``[0, n_k)``.
+        InvalidArchitectureError: (a ``ValueError``) for a wrong length, a decision that is
+            not an integer (booleans, floats and strings are rejected, never truncated) or a
+            decision out of ``[0, n_k)``.
     """
-    sizes = np.asarray(decision_sizes, dtype=np.int64)
-    a = np.asarray(archs, dtype=np.int64)
-    if a.ndim == 1:
-        a = a[None, :]
-    if a.ndim != 2 or a.shape[1] != sizes.size:
-        raise ValueError(
-            f"architectures must have {sizes.size} decisions each, got shape {a.shape}."
-        )
-    bad = (a < 0) | (a >= sizes[None, :])
-    if np.any(bad):
-        i, k = np.argwhere(bad)[0]
-        raise ValueError(
-            f"architecture {i}: decision {k} is {a[i, k]}, must be in [0, {sizes[k]})."
-        )
+    sizes = check_sizes(decision_sizes)
+    rows = [check_architecture(a, sizes, owner=f"architecture {i}")
+            for i, a in enumerate(_architecture_rows(archs))]
+    a = np.asarray(rows, dtype=np.int64).reshape(len(rows), len(sizes))
     return (a + token_offsets(sizes)[None, :]).astype(np.int32)
 
 
 def tokens_to_archs(tokens, decision_sizes: Sequence[int]) -> List[Architecture]:
-    """Inverse of :func:`archs_to_tokens`: ``a[i, k] = t[i, k] − o_k``, as tuples of ints."""
-    t = np.asarray(tokens, dtype=np.int64)
-    a = t - token_offsets(decision_sizes)[None, :]
-    return [tuple(int(v) for v in row) for row in a]
+    """Inverse of :func:`archs_to_tokens`: ``a[i, k] = t[i, k] − o_k``, as tuples of ints.
+
+    Raises:
+        InvalidArchitectureError: for tokens that are not ``[N, D]`` integers, or a token
+            outside position ``k``'s vocabulary ``[o_k, o_k + n_k)``.
+    """
+    sizes = check_sizes(decision_sizes)
+    t = np.asarray(tokens)
+    if t.ndim != 2 or t.shape[1] != len(sizes) or not np.issubdtype(t.dtype, np.integer):
+        raise InvalidArchitectureError(
+            f"tokens must be an integer array [N, {len(sizes)}], got {t.dtype} {t.shape}."
+        )
+    a = t.astype(np.int64) - token_offsets(sizes)[None, :]
+    return [check_architecture(list(row), sizes, owner=f"tokens row {i}")
+            for i, row in enumerate(a)]
 
 
 def position_mask(decision_sizes: Sequence[int]) -> np.ndarray:
     """``[D, V]`` additive logit mask: 0 on position ``k``'s tokens ``[o_k, o_k + n_k)``,
     ``−1e9`` elsewhere (so a decoded token is always a valid choice of its position)."""
-    sizes = [int(s) for s in decision_sizes]
+    sizes = check_sizes(decision_sizes)
     offsets = token_offsets(sizes)
     mask = np.full((len(sizes), int(sum(sizes))), _NEG, dtype=np.float32)
     for k, (o, n) in enumerate(zip(offsets, sizes)):
@@ -193,14 +215,17 @@ class NAOConfig(JsonConfig):
     max_rounds: int = 20
 
     def __post_init__(self):
-        for name in ("token_embedding", "units", "predictor_units", "epochs", "batch_size",
-                     "max_rounds"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"NAOConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.predictor_layers < 0:
-            raise ValueError(
-                f"NAOConfig.predictor_layers must be >= 0, got {self.predictor_layers}."
-            )
+        minimum = {"token_embedding": 1, "units": 1, "predictor_units": 1, "epochs": 1,
+                   "batch_size": 1, "max_rounds": 1, "predictor_layers": 0}
+        for name, low in minimum.items():
+            value = strict_int(getattr(self, name), f"NAOConfig.{name}", error=ValueError)
+            if value < low:
+                raise ValueError(f"NAOConfig.{name} must be an integer >= {low}, got {value}.")
+        for name in ("trade_off", "learning_rate", "step_size", "grad_clip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or \
+                    not np.isfinite(value):
+                raise ValueError(f"NAOConfig.{name} must be a finite number, got {value!r}.")
         if not 0.0 <= self.trade_off <= 1.0:
             raise ValueError(f"NAOConfig.trade_off must be in [0, 1], got {self.trade_off}.")
         if self.learning_rate <= 0 or self.step_size <= 0 or self.grad_clip <= 0:
@@ -240,7 +265,7 @@ class NAOController(keras.Model):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        self.decision_sizes = tuple(int(s) for s in decision_sizes)
+        self.decision_sizes = check_sizes(decision_sizes)
         self.offsets = token_offsets(self.decision_sizes)
         self.nao_config = config or NAOConfig()
         self.seed = int(seed)

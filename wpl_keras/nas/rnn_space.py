@@ -26,20 +26,33 @@ from __future__ import annotations
 import re
 from typing import List, Sequence, Tuple
 
-from wpl_keras.nas.base import Architecture, InvalidArchitectureError, SearchSpace
+from wpl_keras.nas.base import (
+    Architecture,
+    InvalidArchitectureError,
+    SearchSpace,
+    check_size,
+    strict_int,
+)
 
 ACTIVATIONS: Tuple[str, ...] = ("tanh", "relu", "identity", "sigmoid")
 
-_NODE_RE = re.compile(r"^n(\d+)=([a-z]+)(?:\(n(\d+)\))?$")
+# Node numbers are written in ASCII digits without leading zeros, as to_string writes them.
+_NODE_RE = re.compile(r"^n(0|[1-9][0-9]*)=([a-z]+)(?:\(n(0|[1-9][0-9]*)\))?$")
 
 
 def pair_index(node: int, source: int) -> int:
     """Row of the node-to-node matrix for edge ``source → node`` (``0 <= source < node``).
 
     Pairs are numbered ``node (node − 1) / 2 + source``: (1,0)→0, (2,0)→1, (2,1)→2, ...
+
+    Raises:
+        InvalidArchitectureError: (a ``ValueError``) for a non-integer or disallowed edge.
     """
+    node, source = strict_int(node, "pair_index node"), strict_int(source, "pair_index source")
     if not 0 <= source < node:
-        raise ValueError(f"edge {source} -> {node} is not allowed (need 0 <= source < node).")
+        raise InvalidArchitectureError(
+            f"edge {source} -> {node} is not allowed (need 0 <= source < node)."
+        )
     return node * (node - 1) // 2 + source
 
 
@@ -47,16 +60,18 @@ class RNNCellSpace(SearchSpace):
     """ENAS recurrent cells with ``num_nodes`` nodes (paper: 12).
 
     Args:
-        num_nodes: number of nodes ``N >= 2`` (node 0 included).
+        num_nodes: number of nodes ``N >= 2`` (node 0 included); an int (a NumPy integer is
+            accepted, a bool, float or string is not).
+
+    Raises:
+        InvalidSpaceError: (a ``ValueError``) for any other ``num_nodes``.
     """
 
     name = "enas_rnn"
     activations = ACTIVATIONS
 
     def __init__(self, num_nodes: int = 12):
-        if int(num_nodes) < 2:
-            raise ValueError(f"num_nodes must be >= 2, got {num_nodes}.")
-        self.num_nodes = int(num_nodes)
+        self.num_nodes = check_size(num_nodes, "RNNCellSpace num_nodes", 2)
 
     # ------------------------------------------------------------ decisions
     @property
