@@ -164,8 +164,8 @@ def test_verbose_prints_progress_and_summary(tmp_path, seed, capsys):
 
 
 def test_mid_epoch_checkpoint_of_another_format_is_refused(tmp_path, seed):
-    """A partial epoch without this loop's keys (an older loop's checkpoint) is an error that
-    says what to do, not a KeyError deep in the loop."""
+    """A partial epoch of another layout (an older loop's mid-epoch checkpoint) is an error
+    that says what to do, not a KeyError deep in the loop."""
     config = _config(epochs=2, checkpoint_every=1)
     task, controller, reinforce = _build(real_controller=False)
     search.run_search(task, controller, reinforce, config, str(tmp_path))
@@ -173,7 +173,10 @@ def test_mid_epoch_checkpoint_of_another_format_is_refused(tmp_path, seed):
     manager, loop = search.make_checkpoint_manager(*objs, str(tmp_path / "ckpt"))
     manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
     loop.epoch.assign(1)
-    loop.partial.assign(json.dumps({"archs": [], "err1": [], "rewards": []}))
+    # The previous ENAS loop's layout (rewards and REINFORCE statistics in separate lists).
+    loop.partial.assign(json.dumps({"archs": [], "err1": [], "train": [], "rewards": [],
+                                    "controller": [], "flushed": False, "start_time": 0.0,
+                                    "elapsed": 0.0}))
     manager.save()
     with pytest.raises(ValueError, match="older version"):
         search.run_search(*_build(real_controller=False), config, str(tmp_path), resume=True)

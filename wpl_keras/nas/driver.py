@@ -71,7 +71,9 @@ Record = Dict[str, Any]
 # The phases of an epoch, as stored in LoopState.phase (one numbering for every strategy).
 SHARED, CONTROLLER, EPOCH_END = 0, 1, 2
 
-_PARTIAL_KEYS = ("archs", "err1", "train", "controller", "flushed", "elapsed")
+# The layout of the partial epoch saved in LoopState.partial; a checkpoint written mid-epoch
+# with another layout is refused (one written at an epoch end has no partial epoch).
+PARTIAL_FORMAT = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +405,7 @@ class SearchDriver:
         self.loop.alpha.assign(alpha)
         self.task.start_epoch(epoch)
         partial = {"archs": [], "err1": [], "train": [], "controller": [],
-                   "flushed": bool(flushed), "elapsed": 0.0}
+                   "flushed": bool(flushed), "elapsed": 0.0, "format": PARTIAL_FORMAT}
         self.loop.phase.assign(SHARED)
         self.loop.step.assign(0)
         self.loop.partial.assign(json.dumps(partial))
@@ -513,12 +515,13 @@ class SearchDriver:
 
 
 def _check_partial(partial: Record) -> None:
-    missing = [k for k in _PARTIAL_KEYS if k not in partial]
-    if missing:
+    found = partial.get("format")
+    if found != PARTIAL_FORMAT:
         raise ValueError(
-            f"the checkpoint's partial epoch lacks {missing}: it was written mid-epoch by an "
-            "older version of the search loop; resume it with that version, or start the "
-            "search anew in another output directory."
+            f"the checkpoint's partial epoch has format {found}, this search loop reads "
+            f"format {PARTIAL_FORMAT}: it was written mid-epoch by an older version of the "
+            "loop; resume it with that version, or start the search anew in another output "
+            "directory."
         )
 
 
