@@ -107,12 +107,14 @@ def _fit_distance(mode, wpl, strength):
     anchor = [v.numpy().copy() for v in shared.trainable_weights]
     if wpl:
         state = apply_wpl(model, ["shared"], strength=strength, mode=mode)
-        state.assign_fisher(estimate_fisher(model, (x, y), shared.trainable_weights, num_samples=64))
+        state.assign_fisher(
+            estimate_fisher(model, (x, y), shared.trainable_weights, num_samples=64))
     model.compile(optimizer=keras.optimizers.SGD(0.2, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     # Labels the model did not learn: the data gradient pulls the shared weights away.
     model.fit(x, (y + 1) % 3, batch_size=16, epochs=3, verbose=0)
-    return sum(float(np.sum((v.numpy() - a) ** 2)) for v, a in zip(shared.trainable_weights, anchor))
+    weights = shared.trainable_weights
+    return sum(float(np.sum((v.numpy() - a) ** 2)) for v, a in zip(weights, anchor))
 
 
 @pytest.mark.parametrize("mode,strength", [("gradient", 5.0), ("proximal", 1e4)])
@@ -342,7 +344,8 @@ def test_malformed_data_raises(seed):
     (np.array([0, 1, -1, 2]), r"label -1 is outside the model's classes \[0, 3\)"),
     (np.array([0, 3, 1, 2]), r"label 3 is outside the model's classes \[0, 3\)"),
     (np.array([0, 1, 2, 100000]), r"label 100000 is outside"),
-    (np.array([0.0, 1.5, 2.0, 1.0], np.float32), r"label 1.5 is not an integer class id in \[0, 3\)"),
+    (np.array([0.0, 1.5, 2.0, 1.0], np.float32),
+     r"label 1.5 is not an integer class id in \[0, 3\)"),
     (np.array([0.0, np.nan, 2.0, 1.0]), r"label nan is not an integer class id"),
     (np.eye(3, dtype=np.float32)[[0, 1, 2, 0]], r"shape \(4, 3\).*one-hot"),
     (np.array([True, False, True, True]), "integer class ids, got bool"),
