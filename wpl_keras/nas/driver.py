@@ -325,18 +325,23 @@ class SearchDriver:
         with SignalCatcher(self.handle_signals) as catcher:
             self.catcher = catcher
             try:
-                while int(self.loop.epoch.numpy()) < self.config.epochs:
-                    self._run_epoch()
-            except SearchInterrupted:
-                raise
-            except KeyboardInterrupt:
-                # Arrived without the deferring handler (not the main thread, or a second ^C):
-                # save what there is, counters at the last finished unit, then re-raise.
-                self.save()
-                raise
-        self.writer.close()
+                self._run_epochs()
+            finally:
+                self.writer.close()
         return SearchResult(history=self.history, out_dir=self.out_dir,
                             checkpoint=self.manager.latest_checkpoint)
+
+    def _run_epochs(self) -> None:
+        try:
+            while int(self.loop.epoch.numpy()) < self.config.epochs:
+                self._run_epoch()
+        except SearchInterrupted:
+            raise
+        except KeyboardInterrupt:
+            # Arrived without the deferring handler (not the main thread, or a second ^C):
+            # save what there is, counters at the last finished unit, then re-raise.
+            self.save()
+            raise
 
     def save(self) -> str:
         """Checkpoints the whole search state; returns the checkpoint's path."""

@@ -12,9 +12,10 @@ A positive difference means the architecture was forgotten. The reduction that W
 ``(d_without − d_with) / d_without``.
 
 Pure functions first (:func:`forgetting_differences`, :func:`forgetting_summary`,
-:func:`reduction`, :func:`reductions_over_epochs`, :func:`average_histories`), then a Figure-3-like plot
-(:func:`plot_forgetting`); last, the Figure-4 analysis of NAO runs over output-dropout rates
-(:func:`epochs_after_start`, :func:`forgetting_by_rate`, :func:`plot_figure4`).
+:func:`reduction`, :func:`reductions_over_epochs`, :func:`average_histories`), then a
+Figure-3-like plot (:func:`plot_forgetting`); last, the Figure-4 analysis of NAO runs over
+output-dropout rates (:func:`epochs_after_start`, :func:`forgetting_by_rate`,
+:func:`plot_figure4`).
 """
 
 from __future__ import annotations

@@ -123,7 +123,6 @@ class NAOSearchConfig(LoopConfig):
         return dataclasses.replace(base, **overrides)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Pure helpers.
 
