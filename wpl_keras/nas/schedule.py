@@ -21,7 +21,7 @@ import dataclasses
 from typing import Optional
 
 from wpl_keras.utils.config import JsonConfig
-from wpl_keras.wpl.callbacks import strength_schedule
+from wpl_keras.wpl import strength_schedule
 
 
 # ---------------------------------------------------------------------------------------------
