@@ -251,26 +251,6 @@ def test_logged_loss_and_penalty_match_the_formula(seed):
     assert history.history["loss"][0] == pytest.approx(data_loss + want_penalty, rel=1e-5)
 
 
-def test_fisher_norm_every_k_steps_holds_the_value_in_between(seed):
-    x, y = _data(64)
-    model = _model(WPLModel)
-    state = apply_wpl(model, ["shared"], strength=1.0, update_fisher=True, fisher_norm_every=3)
-    _compile(model)
-    norms = []
-
-    class Record(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            norms.append((float(logs["wpl_fisher_norm"]), float(state.fisher_norm())))
-
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[Record()])
-    for step, (logged, actual) in enumerate(norms):
-        held = norms[step - step % 3][1]
-        assert logged == pytest.approx(held, rel=1e-6), step
-    assert norms[1][0] != pytest.approx(norms[1][1])  # held, not recomputed
-    with pytest.raises(ValueError, match="fisher_norm_every must be >= 1"):
-        apply_wpl(_model(WPLModel), ["shared"], fisher_norm_every=0)
-
-
 def test_fisher_momentum_and_its_former_name(seed):
     assert apply_wpl(_model(WPLModel), ["shared"], fisher_momentum=0.3).fisher_momentum == 0.3
     state = apply_wpl(_model(WPLModel), ["shared"], momentum=0.4)

@@ -97,12 +97,19 @@ def penalty_and_gradient(
     Returns:
         ``(penalty, gradient)``: a float32 scalar and a float32 tensor shaped like ``theta``.
     """
+    weighted, total = _fisher_term(theta, fisher, anchor, coverage)
+    alpha = tf.cast(strength, tf.float32)
+    return 0.5 * alpha * total, alpha * weighted
+
+
+def _fisher_term(theta, fisher, anchor, coverage):
+    """``(c F ⊙ (θ − θ*), Σ c F (θ − θ*)²)`` without ``α`` and ``½`` (multiplied in once by
+    the caller over all weights)."""
     diff = tf.cast(theta, tf.float32) - tf.cast(anchor, tf.float32)
     weighted = tf.cast(fisher, tf.float32) * diff
     if coverage is not None:
         weighted = coverage * weighted
-    alpha = tf.cast(strength, tf.float32)
-    return 0.5 * alpha * tf.reduce_sum(weighted * diff), alpha * weighted
+    return weighted, tf.reduce_sum(weighted * diff)
 
 
 def wpl_gradients(
@@ -149,17 +156,18 @@ def wpl_gradients(
             f"{len(params)} weights, {len(gradients)} gradients, {len(fisher)} Fisher tensors, "
             f"{len(anchors)} anchors, {len(masks)} masks."
         )
-    terms, out = [], []
+    alpha = tf.cast(strength, tf.float32)
+    fisher_sums, l2_sums, out = [], [], []
     for theta, g, f, a, m in zip(params, gradients, fisher, anchors, masks):
         theta = tf.cast(theta, tf.float32)
         extra = None
         if active is not False:
-            term, extra = penalty_and_gradient(theta, f, a, strength, coverage=_coverage(m, active))
-            terms.append(term)
-            if mode == "proximal":
-                extra = None
+            weighted, total = _fisher_term(theta, f, a, _coverage(m, active))
+            fisher_sums.append(total)
+            if mode == "gradient":
+                extra = alpha * weighted
         if l2:
-            terms.append(0.5 * l2 * tf.reduce_sum(tf.square(theta)))
+            l2_sums.append(tf.nn.l2_loss(theta))  # ½ Σ θ²
             extra = l2 * theta if extra is None else extra + l2 * theta
         if extra is not None:
             if scale is not None:
@@ -170,7 +178,11 @@ def wpl_gradients(
                 g = tf.convert_to_tensor(g)
                 g = g + tf.cast(extra, g.dtype)
         out.append(g)
-    penalty = tf.add_n(terms) if terms else tf.constant(0.0, tf.float32)
+    penalty = tf.constant(0.0, tf.float32)
+    if fisher_sums:
+        penalty = 0.5 * alpha * tf.add_n(fisher_sums)
+    if l2_sums:
+        penalty = penalty + l2 * tf.add_n(l2_sums)
     return WPLGradients(penalty, out)
 
 
@@ -239,7 +251,9 @@ def fisher_update(
     ``gradient`` is the data gradient only (all-reduced, loss scaling undone).
     """
     fisher = tf.cast(fisher, tf.float32)
-    eta = tf.cast(fisher_momentum, tf.float32)
+    eta = fisher_momentum  # a python float stays a graph constant: 1 − η_F is folded here
+    if not isinstance(eta, (int, float)):
+        eta = tf.cast(eta, tf.float32)
     new = (1.0 - eta) * fisher + eta * tf.square(tf.cast(gradient, tf.float32))
     if clip_norm is not None:
         new = clip_fisher(new, clip_norm, clip_axes)
@@ -297,5 +311,5 @@ def unique_rows(slices: tf.IndexedSlices) -> tuple:
 
 def global_norm_squared(tensors: Sequence[MaybeTensor]) -> tf.Tensor:
     """``Σ_k ‖T_k‖²`` over the non-None entries (float32)."""
-    parts = [tf.reduce_sum(tf.square(tf.cast(t, tf.float32))) for t in tensors if t is not None]
-    return tf.add_n(parts) if parts else tf.constant(0.0, tf.float32)
+    parts = [tf.nn.l2_loss(tf.cast(t, tf.float32)) for t in tensors if t is not None]
+    return 2.0 * tf.add_n(parts) if parts else tf.constant(0.0, tf.float32)

@@ -45,19 +45,14 @@ class WPLSettings:
             (:func:`~wpl_keras.wpl.core.wpl_pull` after the optimiser's step).
         update_fisher: update ``F`` from each step's data gradients.
         l2: ``λ`` of the L2 term ``(λ/2) Σ θ²`` on the protected weights.
-        fisher_norm_every: ``wpl_fisher_norm`` is recomputed every this many steps (the
-            logged value is held in between); 1: every step.
     """
 
     mode: str = "gradient"
     update_fisher: bool = False
     l2: float = 0.0
-    fisher_norm_every: int = 1
 
     def __post_init__(self):
         check_wpl_mode(self.mode)
-        if int(self.fisher_norm_every) < 1:
-            raise ValueError(f"fisher_norm_every must be >= 1, got {self.fisher_norm_every}.")
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}.")
 
@@ -108,7 +103,6 @@ def apply_wpl(
     clip_norm: Optional[float] = None,
     update_fisher: bool = False,
     mode: str = "gradient",
-    fisher_norm_every: int = 1,
     momentum: Optional[float] = None,
 ) -> WPLState:
     """Protects ``shared`` weights of ``model`` with the Weight Plasticity Loss.
@@ -134,15 +128,13 @@ def apply_wpl(
         update_fisher: update ``F`` from each training step's gradients (WPLModel only).
         mode: ``"gradient"`` (penalty in the loss) or ``"proximal"`` (exact proximal step after
             each optimizer step; WPLModel only).
-        fisher_norm_every: see :class:`WPLSettings` (WPLModel only).
         momentum: former name of ``fisher_momentum``.
 
     Returns:
         The :class:`WPLState`.
     """
     fisher_momentum = _resolve_alias(fisher_momentum, momentum, 0.9)
-    settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=float(l2),
-                           fisher_norm_every=int(fisher_norm_every))
+    settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=float(l2))
     is_wpl_model = isinstance(model, WPLTrainingMixin)
     if (update_fisher or mode == "proximal") and not is_wpl_model:
         raise ValueError(
@@ -245,10 +237,9 @@ class WPLTrainingMixin:
     wpl_settings: WPLSettings = WPLSettings()
 
     def configure_wpl(self, *, update_fisher: bool = False, mode: str = "gradient",
-                      l2: float = 0.0, fisher_norm_every: int = 1) -> None:
+                      l2: float = 0.0) -> None:
         """Sets how ``fit`` uses the WPL state (see :func:`apply_wpl`)."""
-        settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=float(l2),
-                               fisher_norm_every=int(fisher_norm_every))
+        settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=float(l2))
         object.__setattr__(self, "wpl_settings", settings)
         # A compiled train function traced with other settings must be rebuilt.
         if getattr(self, "train_function", None) is not None:
@@ -284,11 +275,12 @@ class WPLTrainingMixin:
         trainable = self.trainable_variables
         gradients = tape.gradient(scaled, trainable)
         penalty, fisher_norm = self._wpl_apply(gradients, trainable)
-        loss = data_loss
+        # Keras' own step reports the loss unscaled by the replica count: L · replicas + P.
+        replicas = _replicas()
+        loss = data_loss if replicas == 1 else data_loss * replicas
         if self.wpl_settings.mode == "gradient":
-            loss = loss + tf.cast(penalty / _replicas(), loss.dtype)
-        _loss_tracker(self).update_state(loss * _replicas(),
-                                         sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+            loss = loss + tf.cast(penalty, loss.dtype)
+        _loss_tracker(self).update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
         metrics = dict(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
         metrics["wpl_alpha"] = tf.convert_to_tensor(self.wpl_state.strength)
         metrics["wpl_penalty"] = penalty
@@ -301,58 +293,33 @@ class WPLTrainingMixin:
         state, settings = self.wpl_state, self.wpl_settings
         protected = state.protected_variables
         positions = [next((i for i, t in enumerate(trainable) if t is v), None) for v in protected]
-        theta, fisher, anchors = zip(*[state.read(k) for k in range(len(protected))])
+        theta, fisher, anchors = (list(t) for t in zip(*[state.read(k)
+                                                         for k in range(len(protected))]))
         data = [None if i is None else gradients[i] for i in positions]
         data = [None if g is None else tf.convert_to_tensor(g) for g in data]
-        replicas = _replicas()
-        scale = self.optimizer.scale_loss(1.0 / replicas)
-        step = core.wpl_gradients(
-            theta, data, fisher, anchors, strength=state.strength, mode=settings.mode,
-            l2=settings.l2, scale=None if _is_one(scale) else scale)
+        scale = self.optimizer.scale_loss(1.0 / _replicas())
+        fisher_grads = None
+        if settings.update_fisher:
+            fisher_grads = _all_reduce(_unscale(data, self.optimizer.scale_loss(1.0)))
+        penalty, step_grads, new_fisher, norm_squared = _step_terms(
+            theta, data, fisher_grads, fisher, anchors, tf.convert_to_tensor(state.strength),
+            None if _is_one(scale) else tf.convert_to_tensor(scale, tf.float32),
+            mode=settings.mode, l2=settings.l2, fisher_momentum=state.fisher_momentum,
+            clip_norm=state.clip_norm)
         gradients = list(gradients)
-        for i, g in zip(positions, step.gradients):
+        for i, g in zip(positions, step_grads):
             if i is not None:
                 gradients[i] = g
         learning_rate = tf.convert_to_tensor(self.optimizer.learning_rate)
         self.optimizer.apply_gradients(zip(gradients, trainable))
         if settings.mode == "proximal":
             self._wpl_pull(fisher, anchors, learning_rate)
-        new_fisher = [None] * len(fisher)
         if settings.update_fisher:
-            new_fisher = core.fisher_updates(
-                fisher, _all_reduce(_unscale(data, self.optimizer.scale_loss(1.0))),
-                fisher_momentum=state.fisher_momentum, clip_norm=state.clip_norm)
             for var, value in zip(state.fisher, new_fisher):
                 if value is not None:
                     var.assign(value)
             state.num_fisher_updates.assign_add(1)
-        return step.penalty, self._wpl_fisher_norm(fisher, new_fisher)
-
-    def _wpl_fisher_norm(self, fisher, new_fisher) -> tf.Tensor:
-        """``‖F‖`` after this step, every ``fisher_norm_every`` steps (held in between)."""
-        current = [f if n is None else n for f, n in zip(fisher, new_fisher)]
-        every = self.wpl_settings.fisher_norm_every
-        if every == 1:
-            return tf.sqrt(core.global_norm_squared(current))
-        held = self._wpl_held_norm()
-
-        def compute():
-            held.assign(tf.sqrt(core.global_norm_squared(current)))
-            return tf.identity(held)
-
-        due = tf.equal(self.optimizer.iterations % every, 1 % every)
-        return tf.cond(due, compute, lambda: tf.identity(held))
-
-    def _wpl_held_norm(self) -> tf.Variable:
-        held = self.__dict__.get("_wpl_norm_holder")
-        if held is None:
-            with tf.init_scope():
-                held = tf.Variable(tf.sqrt(core.global_norm_squared(
-                    [tf.convert_to_tensor(f) for f in self.wpl_state.fisher])),
-                    trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-                    name="wpl_fisher_norm")
-            object.__setattr__(self, "_wpl_norm_holder", held)
-        return held
+        return penalty, tf.sqrt(norm_squared)
 
     def _wpl_pull(self, fisher, anchors, learning_rate) -> None:
         """Assigns :func:`~wpl_keras.wpl.core.wpl_pull` to the protected weights (on every
@@ -360,22 +327,22 @@ class WPLTrainingMixin:
         state = self.wpl_state
         targets = [getattr(v, "value", v) for v in state.protected_variables]
 
-        def pull_all(strategy=None):
+        def pull_all(strategy):
             for var, f, a in zip(targets, fisher, anchors):
                 def pull(v, f=f, a=a):
                     return v.assign(core.wpl_pull([v], [f], [a], strength=state.strength,
                                                   learning_rate=learning_rate)[0])
 
-                if strategy is None:
-                    pull(var)
-                else:
-                    strategy.extended.update(var, pull)
+                strategy.extended.update(var, pull)
 
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
             ctx.merge_call(lambda strategy: pull_all(strategy))
-        else:
-            pull_all()
+            return
+        pulled = core.wpl_pull([tf.convert_to_tensor(v) for v in targets], fisher, anchors,
+                               strength=state.strength, learning_rate=learning_rate)
+        for var, value in zip(targets, pulled):
+            var.assign(value)
 
     # ----------------------------------------------------------------- saving
     def wpl_config(self) -> Optional[dict]:
@@ -423,6 +390,21 @@ class WPLTrainingMixin:
         wpl = dict(self.__dict__.pop("_wpl_pending"))
         shared = [_find_weight(self, entry) for entry in wpl.pop("shared")]
         apply_wpl(self, shared, **wpl)
+
+
+def _step_terms(theta, data, fisher_grads, fisher, anchors, strength, scale, *, mode, l2,
+                fisher_momentum, clip_norm):
+    """Pure: ``(P, gradients to apply, new F or Nones, ‖F after the step‖²)`` from
+    :func:`~wpl_keras.wpl.core.wpl_gradients` and :func:`~wpl_keras.wpl.core.fisher_updates`
+    (``fisher_grads`` None: no Fisher update)."""
+    step = core.wpl_gradients(theta, data, fisher, anchors, strength=strength, mode=mode,
+                              l2=l2, scale=scale)
+    new_fisher = [None] * len(fisher)
+    if fisher_grads is not None:
+        new_fisher = core.fisher_updates(fisher, fisher_grads, fisher_momentum=fisher_momentum,
+                                         clip_norm=clip_norm)
+    current = [f if n is None else n for f, n in zip(fisher, new_fisher)]
+    return step.penalty, step.gradients, new_fisher, core.global_norm_squared(current)
 
 
 def _find_weight(model, entry: dict):
