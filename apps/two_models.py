@@ -148,10 +148,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"wpl-two-models: {error}", file=sys.stderr)
         return 2
     data_dir = resolve_data_dir(args.data_dir)
-    verify = {} if args.verify else {"verify": False}
     try:
         data = load_mnist(data_dir, validation_size=config.validation_size, seed=0,
-                          tfds_dir=args.tfds_dir, **verify)
+                          tfds_dir=args.tfds_dir, verify=args.verify)
     except data_error_types() as error:
         print(data_error_message("wpl-two-models", error, dataset="MNIST", files=_MNIST_FILES),
               file=sys.stderr)

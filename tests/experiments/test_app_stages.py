@@ -160,20 +160,44 @@ def test_every_stage_reports_data_errors(tmp_path, monkeypatch, capsys, error_cl
         _assert_data_error(capsys, "ptb.valid.txt: line 3 is not UTF-8", "train.txt")
 
 
-def test_no_verify_reaches_the_loader_and_is_recorded(tmp_path, monkeypatch, capsys):
+def _loader_spy(monkeypatch):
+    """Replaces load_ptb by a spy that records ``verify`` and loads the tiny corpus without
+    the checksum and vocabulary-size checks."""
     from wpl_keras.data import ptb
 
     original, seen = ptb.load_ptb, []
 
     def spy(data_dir, **kwargs):
-        seen.append(kwargs.get("verify", True))
-        kwargs.pop("verify", None)
-        return original(data_dir, **kwargs)
+        seen.append(kwargs.pop("verify"))
+        return original(data_dir, **{**kwargs, "verify": False, "vocab_size": None})
 
     monkeypatch.setattr(ptb, "load_ptb", spy)
+    return seen
+
+
+def test_verify_follows_the_flag_and_the_data_check(tmp_path, monkeypatch):
+    from wpl_keras.experiments import enas
+
+    seen = _loader_spy(monkeypatch)
     data = write_tiny_ptb(tmp_path / "ptb")
+    tiny = enas.get_preset("rnn", "tiny")
+    assert not tiny.data_check and not enas.get_preset("cnn", "tiny").data_check
+    checked = tiny.replace(data_check=True)
+    enas.load_data(checked, data)
+    enas.load_data(checked, data, verify=False)
+    enas.load_data(tiny, data)  # a test corpus is not the standard file: never verified
+    assert seen == [True, False, False]
+
+
+def test_no_verify_reaches_the_loader_and_is_recorded(tmp_path, monkeypatch, capsys):
+    from wpl_keras.experiments import enas
+
+    seen = _loader_spy(monkeypatch)
+    data = write_tiny_ptb(tmp_path / "ptb")
+    checked = enas.get_preset("rnn", "tiny").replace(data_check=True, task={"vocab_size": 31})
+    config = checked.save(str(tmp_path / "checked.json"))
     out = str(tmp_path / "run")
-    assert enas_search.main(["search", "--preset", "tiny", "--epochs", "1", "--no-verify",
+    assert enas_search.main(["search", "--config", config, "--epochs", "1", "--no-verify",
                              "--data-dir", data, "--out", out]) == 0
     assert json.load(open(os.path.join(out, "data_source.json")))["verify"] is False
     assert enas_search.main(["derive", "--samples", "1", "--out", out]) == 0
@@ -193,7 +217,7 @@ def test_two_models_no_verify_and_data_errors(tmp_path, monkeypatch, capsys):
     seen = []
 
     def spy(data_dir, **kwargs):
-        seen.append(kwargs.get("verify", True))
+        seen.append(kwargs["verify"])
         raise mnist.MnistDownloadError("MNIST download failed: offline")
 
     monkeypatch.setattr(mnist, "load_mnist", spy)

@@ -73,8 +73,9 @@ class ENASExperimentConfig:
         seed: seeds the task, the controller and the global RNGs.
         train_max_batches: cap on training (and evaluation) batches per epoch when training
             the derived architecture from scratch; None trains on everything.
-        data_check: verify the data is the standard dataset (PTB's 10,000-word vocabulary);
-            False for tiny test corpora.
+        data_check: verify the data is the standard dataset (PTB's 10,000-word vocabulary,
+            and the standard files' checksums unless the stage turns ``verify`` off); False
+            for tiny test corpora, which also skips the checksums.
     """
 
     space: str
@@ -256,12 +257,15 @@ def build_search(config: ENASExperimentConfig, data) -> Tuple[Any, Any, Any]:
 
 
 def load_data(config: ENASExperimentConfig, data_dir: Optional[str], *, verify: bool = True):
-    """Loads the experiment's data from ``data_dir`` (the space's loader decides defaults);
-    ``verify=False`` skips the check of local files against their standard checksums."""
+    """Loads the experiment's data from ``data_dir`` (the space's loader decides defaults).
+
+    Local files are checked against their standard checksums when ``verify`` and
+    ``config.data_check`` are both true.
+    """
     spec = get_space(config.space)
     # A loader that verifies nothing need not accept the keyword: it is passed only to turn
     # the check off.
-    extra = {} if verify else {"verify": False}
+    extra = {} if verify and config.data_check else {"verify": False}
     return spec.load_data(data_dir, config, **extra)
 
 
@@ -405,12 +409,13 @@ def build_space(config: ENASExperimentConfig):
 # The RNN space: PTB language modelling with the ENAS recurrent cell.
 
 
-def _rnn_load_data(data_dir: Optional[str], config: ENASExperimentConfig, **verify):
-    """PTB from ``data_dir``; ``verify`` (``verify=False`` or nothing) goes to the loader."""
+def _rnn_load_data(data_dir: Optional[str], config: ENASExperimentConfig, *,
+                   verify: bool = True):
+    """PTB from ``data_dir`` (``verify``: check the files' standard md5)."""
     from wpl_keras.data.ptb import PTB_VOCAB_SIZE, load_ptb
 
     return load_ptb(data_dir, vocab_size=PTB_VOCAB_SIZE if config.data_check else None,
-                    **verify)
+                    verify=verify)
 
 
 def _rnn_adapt_config(corpus, config: ENASExperimentConfig) -> ENASExperimentConfig:

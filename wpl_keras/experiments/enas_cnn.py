@@ -163,7 +163,7 @@ def _preset(name: str) -> ENASExperimentConfig:
                               flush_every=2, verbose=0)
         return ENASExperimentConfig(space="cnn", preset="tiny", task=task, search=search,
                                     controller=dataclasses.replace(_CNN_CONTROLLER, units=8),
-                                    derive_samples=3, train_epochs=1)
+                                    derive_samples=3, train_epochs=1, data_check=False)
     raise ValueError(f"unknown CNN preset {name!r}; available: paper, cpu-small, tiny.")
 
 
@@ -173,13 +173,13 @@ def preset(name: str) -> ENASExperimentConfig:
 
 
 # --------------------------------------------------------------------------- builders
-def load_data(data_dir: Optional[str], config: Optional[ENASExperimentConfig] = None,
-              **verify):
+def load_data(data_dir: Optional[str], config: Optional[ENASExperimentConfig] = None, *,
+              verify: bool = True):
     """CIFAR-10 arrays: tensorflow-datasets when ``data_dir`` is None, else the folder (see
-    :func:`wpl_keras.data.cifar10.load_cifar10`, which receives ``verify=False`` when given)."""
+    :func:`wpl_keras.data.cifar10.load_cifar10`; ``verify``: check standard files' md5)."""
     from wpl_keras.data.cifar10 import load_cifar10
 
-    return load_cifar10(data_dir, **verify)
+    return load_cifar10(data_dir, verify=verify)
 
 
 def _space(config: ENASExperimentConfig):
