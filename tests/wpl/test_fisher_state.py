@@ -176,3 +176,47 @@ def test_read_rows_reads_tf_and_keras_variables_row_wise():
     g = tape.gradient(out, tf_var)
     assert isinstance(g, tf.IndexedSlices)
     np.testing.assert_array_equal(np.sort(g.indices), [1, 3])
+
+
+def test_update_fisher_with_masks_flags_and_slice_clip():
+    v = [keras.Variable(np.ones((2, 2), np.float32))]
+    state = WPLState(v, fisher_momentum=0.5)
+    state.fisher[0].assign(np.ones((2, 2), np.float32))
+    g = tf.fill([2, 2], 3.0)
+    state.update_fisher([g], masks=[tf.constant([[1.0], [0.0]])])
+    np.testing.assert_allclose(state.fisher[0].numpy(), [[5.0, 5.0], [1.0, 1.0]])
+    state.update_fisher([g], update=tf.constant(0.0))  # gated off in the graph
+    np.testing.assert_allclose(state.fisher[0].numpy(), [[5.0, 5.0], [1.0, 1.0]])
+    assert int(state.num_fisher_updates.numpy()) == 1
+    state.update_fisher([g], update=False)
+    assert int(state.num_fisher_updates.numpy()) == 1
+    clipped = WPLState(v, fisher_momentum=1.0, clip_norm=1.0)
+    clipped.update_fisher([tf.constant([[3.0, 4.0], [0.3, 0.4]]) ** 0.5], clip_axes=[[1]])
+    np.testing.assert_allclose(clipped.fisher[0].numpy(), [[0.6, 0.8], [0.3, 0.4]], rtol=1e-5)
+
+
+def test_fisher_momentum_name_and_alias():
+    v = _vars([(2,)])
+    assert WPLState(v, fisher_momentum=0.25).fisher_momentum == 0.25
+    old = WPLState(v, momentum=0.5)
+    assert old.fisher_momentum == 0.5 and old.momentum == 0.5
+    with pytest.raises(ValueError, match="not both"):
+        WPLState(v, fisher_momentum=0.5, momentum=0.5)
+    with pytest.raises(ValueError, match=r"fisher_momentum must be in \(0, 1\]"):
+        WPLState(v, fisher_momentum=0.0)
+
+
+def test_masked_snapshot_and_masked_proximal_rows():
+    v = [keras.Variable(np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]], np.float32))]
+    state = WPLState(v, strength=2.0)
+    v[0].assign(v[0] + 1.0)
+    state.snapshot_anchors(masks=[tf.constant([[1.0], [0.0], [1.0]])])
+    np.testing.assert_allclose(state.anchors[0].numpy(), [[2, 2], [2, 2], [4, 4]])
+    state.fisher[0].assign(np.ones((3, 2), np.float32))
+    # rows 0 and 1 only; of those, the mask keeps row 1 free
+    penalty = state.apply_proximal(0, 0.5, rows=tf.constant([0, 1]),
+                                   mask=tf.constant([[0.0], [1.0]]),
+                                   penalty_at=tf.constant([[2.0, 2.0], [3.0, 3.0]]))
+    # row 1: θ = 3, θ* = 2, η α F = 1 → (3 + 2) / 2 = 2.5; penalty (α/2)·F·1²·2 = 2
+    np.testing.assert_allclose(v[0].numpy(), [[2, 2], [2.5, 2.5], [4, 4]])
+    assert float(penalty) == pytest.approx(2.0)
