@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from typing import Optional, Sequence
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int, default=d.eval_every,
                         help="evaluate A and B on the test set every this many iterations")
     parser.add_argument("--alpha", type=float, default=d.alpha,
-                        help="WPL strength alpha (the penalty is (alpha/2) sum F (theta - theta*)^2)")
+                        help="WPL strength alpha (the penalty is "
+                             "(alpha/2) sum F (theta - theta*)^2)")
     parser.add_argument("--wpl-mode", choices=("proximal", "gradient"), default=d.wpl_mode,
                         help="proximal: exact proximal step after each SGD step, stable for any "
                              "alpha; gradient: penalty in the loss, diverges (with an error naming "
@@ -131,6 +133,11 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def _rounded(value: float) -> Optional[float]:
+    """``value`` to 4 decimals, or None for NaN (JSON has no NaN)."""
+    return None if math.isnan(value) else round(value, 4)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
@@ -162,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     paths = two_models.save_results(results, args.out, plot=not args.no_plot)
     summary = {
-        name: {k: round(case["summary"][k]["mean"], 4) if case["summary"][k]["mean"] == case["summary"][k]["mean"] else None
+        name: {k: _rounded(case["summary"][k]["mean"])
                for k in ("a_baseline", "a_drop_without", "forgetting_reduction", "b_accuracy_gap")}
         for name, case in results["cases"].items()
     }

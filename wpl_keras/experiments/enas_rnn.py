@@ -1,0 +1,159 @@
+"""ENAS recurrent-cell search on PTB: presets, data, task, train-from-scratch, export, and
+the registry entry.
+
+:data:`RNN_SPACE` is the :class:`~wpl_keras.experiments.enas.SpaceSpec` that
+:mod:`wpl_keras.experiments.enas` imports lazily for ``space="rnn"``: PTB from
+:func:`~wpl_keras.data.ptb.load_ptb`, the supernet task
+:class:`~wpl_keras.nas.rnn_supernet.RNNSearchTask`, a standalone language model trained from
+scratch (:func:`~wpl_keras.nas.rnn_model.train_from_scratch`) and its SavedModel with the
+corpus' vocabulary (:func:`~wpl_keras.nas.rnn_model.export_language_model`).
+
+Presets: ``paper`` (the reference defaults of the public WPL release, sized for a GPU),
+``cpu-small`` (minutes on 2 CPU cores) and ``tiny`` (seconds, for tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from wpl_keras.experiments.enas import ControllerConfig, ENASExperimentConfig, SpaceSpec
+from wpl_keras.nas.search import SearchConfig
+
+
+
+def _rnn_load_data(data_dir: Optional[str], config: ENASExperimentConfig, *,
+                   verify: bool = True):
+    """PTB from ``data_dir`` (``verify``: check the files' standard md5)."""
+    from wpl_keras.data.ptb import PTB_VOCAB_SIZE, load_ptb
+
+    return load_ptb(data_dir, vocab_size=PTB_VOCAB_SIZE if config.data_check else None,
+                    verify=verify)
+
+
+def _rnn_adapt_config(corpus, config: ENASExperimentConfig) -> ENASExperimentConfig:
+    if config.data_check or corpus.vocab_size == config.task.vocab_size:
+        return config
+    return config.replace(task={"vocab_size": corpus.vocab_size})
+
+
+def _rnn_build_task(corpus, config: ENASExperimentConfig):
+    from wpl_keras.nas.rnn_supernet import RNNSearchTask
+
+    return RNNSearchTask(corpus, config.task, seed=config.seed)
+
+
+def _rnn_train_best(corpus, arch, config: ENASExperimentConfig, out_dir: str):
+    from wpl_keras.nas.rnn_model import train_from_scratch
+
+    result = dict(train_from_scratch(
+        corpus, arch, config.task, config.train_epochs, seed=config.seed,
+        max_batches_per_epoch=config.train_max_batches,
+        max_eval_batches=config.train_max_batches,
+    ))
+    model = result.pop("model")
+    return model, result
+
+
+def _rnn_export(model, arch, space, export_dir: str, corpus) -> str:
+    """The SavedModel of the language model with the corpus' vocabulary as an asset (and a
+    signature that takes words; see :func:`~wpl_keras.nas.rnn_model.export_language_model`)."""
+    from wpl_keras.nas.rnn_model import build_language_model, export_language_model
+
+    # A model whose training step traced its custom gradient cannot be saved (the SavedModel
+    # would capture that gradient function), so export a fresh copy holding the same weights.
+    fresh = build_language_model(space, arch, model.cfg)
+    fresh.set_weights(model.get_weights())
+    return export_language_model(fresh, arch, space, export_dir, vocab=corpus.vocab)
+
+
+def _rnn_preset(name: str) -> ENASExperimentConfig:
+    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+
+    if name == "paper":
+        # The WPL release's run command and the ENAS RNN defaults, sized for a GPU.
+        return ENASExperimentConfig(
+            space="rnn", preset="paper", task=RNNSupernetConfig.paper(),
+            search=SearchConfig.paper(), controller=ControllerConfig(),
+            derive_samples=100, train_epochs=150,
+        )
+    if name == "cpu-small":
+        # Sized for 2 CPU cores: hidden 128 and batch 32 (a smaller step than
+        # RNNSupernetConfig.cpu_small's hidden 256, batch 64); 26 epochs x 10 architectures x 10
+        # batches at lr 10. WPL starts at epoch 20, once the supernet no longer improves so
+        # fast that err2 < err1, and covers every shared weight (wpl_scope="all": the
+        # embedding / tied decoder, w_x, w_h and decoder bias as well as the node matrices).
+        # The proximal step is stable for any alpha; alpha 1e6 is large enough against this
+        # supernet's small per-batch Fisher that the weights with a large Fisher are held.
+        # Measured figures are in the README's results.
+        return ENASExperimentConfig(
+            space="rnn", preset="cpu-small",
+            task=RNNSupernetConfig.cpu_small(embedding_size=128, hidden_size=128,
+                                             batch_size=32, eval_batch_size=32,
+                                             learning_rate=10.0, wpl_scope="all"),
+            search=SearchConfig.cpu_small(epochs=26, batches_per_arch=10, wpl_start_epoch=20,
+                                          strength=1e6),
+            controller=ControllerConfig(),
+            derive_samples=20, train_epochs=1, train_max_batches=200,
+        )
+    if name == "tiny":
+        # Seconds, for tests and the notebook's smoke run; not a measurement.
+        task = _tiny_rnn_task_config(RNNSupernetConfig)
+        return ENASExperimentConfig(
+            space="rnn", preset="tiny", task=task,
+            search=SearchConfig(epochs=3, shared_steps_per_epoch=3, batches_per_arch=2,
+                                controller_steps=2, wpl_start_epoch=1, strength_decay=None,
+                                flush_every=2, verbose=0),
+            controller=ControllerConfig(units=8), derive_samples=3, train_epochs=1,
+            train_max_batches=2, data_check=False,
+        )
+    raise ValueError(f"unknown RNN preset {name!r}.")
+
+
+def _tiny_rnn_task_config(config_type):
+    """The smallest sensible RNN task config: cpu_small with tiny sizes where fields exist."""
+    base = config_type.cpu_small()
+    wanted = dict(num_nodes=2, embedding_size=8, hidden_size=8, batch_size=2,
+                  eval_batch_size=2, bptt=4, eval_bptt=4)
+    names = {f.name for f in dataclasses.fields(base)}
+    return dataclasses.replace(base, **{k: v for k, v in wanted.items() if k in names})
+
+
+def _rnn_build_space(config: ENASExperimentConfig):
+    from wpl_keras.nas.rnn_space import RNNCellSpace
+
+    return RNNCellSpace(num_nodes=config.task.num_nodes)
+
+
+def _rnn_config_type():
+    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+
+    return RNNSupernetConfig
+
+
+class _LazyType:
+    """Resolves the task config class on first call (keeps this module import-light)."""
+
+    def __init__(self, resolve):
+        self._resolve = resolve
+
+    def __call__(self, *args, **kwargs):
+        return self._resolve()(*args, **kwargs)
+
+
+RNN_SPACE = SpaceSpec(
+    name="rnn",
+    data_subdir="ptb",
+    task_config_type=_LazyType(_rnn_config_type),
+    presets={p: (lambda p=p: _rnn_preset(p)) for p in ("paper", "cpu-small", "tiny")},
+    load_data=_rnn_load_data,
+    build_task=_rnn_build_task,
+    train_best=_rnn_train_best,
+    export=_rnn_export,
+    build_space=_rnn_build_space,
+    adapt_config=_rnn_adapt_config,
+    error_name="perplexity",
+    dataset="PTB",
+    data_files="train.txt, valid.txt and test.txt (or ptb.train.txt, ptb.valid.txt and "
+               "ptb.test.txt)",
+)
