@@ -24,7 +24,7 @@ def test_state_creates_anchor_equal_to_weights_and_zero_fisher():
 
 def test_fisher_momentum_update_matches_formula():
     v = _vars([(2,)])
-    state = WPLState(v, momentum=0.9)
+    state = WPLState(v, fisher_momentum=0.9)
     state.fisher[0].assign([1.0, 2.0])
     g = tf.constant([3.0, -1.0])
     state.update_fisher([g])
@@ -36,14 +36,14 @@ def test_fisher_momentum_update_matches_formula():
 
 def test_fisher_clip_by_norm():
     v = _vars([(4,)])
-    state = WPLState(v, momentum=1.0, clip_norm=1.0)
+    state = WPLState(v, fisher_momentum=1.0, clip_norm=1.0)
     state.update_fisher([tf.constant([10.0, 0.0, 0.0, 0.0])])
     np.testing.assert_allclose(np.linalg.norm(state.fisher[0].numpy()), 1.0, rtol=1e-6)
 
 
 def test_indexed_slices_update_touches_only_rows_and_sums_duplicates():
     v = _vars([(4, 2)])
-    state = WPLState(v, momentum=1.0)
+    state = WPLState(v, fisher_momentum=1.0)
     g = tf.IndexedSlices(
         values=tf.constant([[1.0, 1.0], [2.0, 0.0], [1.0, 1.0]]),
         indices=tf.constant([1, 3, 1]),

@@ -73,7 +73,7 @@ def test_plain_model_gets_regularizer_and_wpl_model_does_not(seed):
 
 def test_fisher_update_uses_data_gradient_only(seed):
     model = _model(WPLModel)
-    state = apply_wpl(model, ["shared"], strength=3.0, update_fisher=True, momentum=0.9)
+    state = apply_wpl(model, ["shared"], strength=3.0, update_fisher=True, fisher_momentum=0.9)
     state.assign_fisher([tf.fill(f.shape, 0.5) for f in state.fisher])
     # Move the weights off their anchors so that the penalty has a gradient.
     for v in state.protected_variables:
