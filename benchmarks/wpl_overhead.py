@@ -9,9 +9,11 @@ batch 64, MNIST-shaped inputs):
   WPL on both convolutions and the hidden dense layer.
 
 "With WPL" is a :class:`~wpl_keras.wpl.training.WPLModel` after
-``apply_wpl(..., update_fisher=True)``: the penalty ``(α/2) Σ F (θ − θ*)²`` in the loss and the
-Fisher update ``F ← (1 − η) F + η g²`` from the step's own gradients; "without" is the same
-``WPLModel`` class with no WPL state (Keras' own train step). Step times are read per batch by a
+``apply_wpl(..., update_fisher=True)``: one gradient-mode WPL step of
+:mod:`wpl_keras.wpl.core` per batch (the penalty ``(α/2) Σ F (θ − θ*)²``, its closed-form
+gradient added to the data gradient, the Fisher update ``F ← (1 − η_F) F + η_F g²`` from the
+step's own data gradients and the logged ``‖F‖``); "without" is the same ``WPLModel`` class
+with no WPL state (Keras' own train step). Step times are read per batch by a
 callback after ``--warmup`` untimed steps (tracing). Both models are built once and their
 ``fit`` calls alternate in ``--chunks`` chunks, so that load from other processes hits both
 alike. A model's ``ratio`` is the median over chunks of median(step with) / median(step without)

@@ -40,6 +40,21 @@ Coverage ``c`` (which weights are covered) and the flags:
 
 Everything is computed in float32, except :func:`wpl_pull`, which works in the weights' own
 dtype (see :func:`~wpl_keras.wpl.penalty.proximal_pull`).
+
+How a trainer uses it (``state`` a :class:`~wpl_keras.wpl.fisher.WPLState`, which reads and
+writes the variables; ``state.read(k, rows)`` gives ``(θ, F, θ*)`` of weight ``k``):
+
+* a supernet with row slices (node matrices): ``rows, g = unique_rows(node_grad)``; read
+  ``state.read(0, rows)`` and the dense weights ``state.read(k)``; call :func:`wpl_gradients`
+  with ``active=wpl_active`` (bool tensor), rebuild ``tf.IndexedSlices(g_out, rows)`` for the
+  optimiser; after it, ``state.apply_proximal(0, lr, rows=rows, penalty_at=...)`` or
+  :func:`wpl_pull` + scatter; ``state.update_fisher([...], update=update_fisher)`` takes the
+  ``IndexedSlices`` as they are; ``state.snapshot_anchors(rows={0: rows, ...})``;
+* a supernet with usage masks (op slices): pass ``masks=usage_masks`` and
+  ``active=wpl_on`` (0/1 float) to :func:`wpl_gradients` / :func:`wpl_pull`, and
+  ``state.update_fisher(grads, masks=usage_masks, update=fisher_gate, clip_axes=...)``
+  (``clip_axes=[2, ...]`` clips each ``[node, slot]`` slice of a stacked op weight;
+  ``None`` for a weight clipped as a whole); ``state.snapshot_anchors(masks=usage_masks)``.
 """
 
 from __future__ import annotations
