@@ -1,5 +1,6 @@
-"""What the search apps (``wpl-enas-search``, ``wpl-nao-search``) share: the data arguments,
-the data of a stage (``--data-dir`` / ``--verify``, else the run's record, else
+"""What the search apps (``wpl-enas-search``, ``wpl-nao-search``) share: the config from
+``--config`` / the run / a preset with the command-line overrides, the data arguments, the data
+of a stage (``--data-dir`` / ``--verify``, else the run's record, else
 ``$WPL_DATA_DIR/<space's folder>``), the stage dispatch for train-best/export, and the report
 of a data error as one paragraph with exit status 2.
 """
@@ -10,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 ENV_DATA_DIR = "WPL_DATA_DIR"
 DATA_ERROR_STATUS = 2
@@ -27,6 +28,36 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="check local data files against their standard checksums "
                              "(--no-verify: accept variants of the files); default: the "
                              "search's choice, else on")
+
+
+def add_override_arguments(parser: argparse.ArgumentParser, table) -> None:
+    """Adds one ``--flag`` per ``(flag, config field, type, help)`` row of ``table``."""
+    for flag, _, kind, text in table:
+        parser.add_argument(flag, type=kind, default=None, help=f"override: {text}")
+
+
+def search_overrides(args: argparse.Namespace, table) -> Dict[str, Any]:
+    """The search-config fields given on the command line: the flags of ``table`` that are
+    set, ``wpl`` from ``--wpl/--no-wpl`` and ``verbose=0`` from ``--quiet``."""
+    search = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _, _ in table}
+    search = {k: v for k, v in search.items() if v is not None}
+    if args.wpl is not None:
+        search["wpl"] = bool(args.wpl)
+    if args.quiet:
+        search["verbose"] = 0
+    return search
+
+
+def load_config(args: argparse.Namespace, config_type, saved_name: str,
+                preset: Callable[[str, str], Any]):
+    """``--config`` if given; else ``--out/saved_name`` when no ``--preset`` is given and the
+    file exists (a later stage); else ``preset(--space or "rnn", --preset or "cpu-small")``."""
+    saved = os.path.join(args.out, saved_name)
+    if args.config:
+        return config_type.load(args.config)
+    if args.preset is None and os.path.exists(saved):
+        return config_type.load(saved)
+    return preset(args.space or "rnn", args.preset or "cpu-small")
 
 
 def default_data_dir(args: argparse.Namespace, spec) -> Optional[str]:

@@ -27,8 +27,11 @@ from typing import Optional, Sequence
 
 from apps._common import (
     add_data_arguments,
+    add_override_arguments,
     default_data_dir,
+    load_config,
     run_stage,
+    search_overrides,
     stage_data,
     train_best_or_export,
 )
@@ -84,8 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="search: continue from the latest checkpoint in --out")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: preset's)")
-    for flag, _, kind, text in _SEARCH_OVERRIDES:
-        parser.add_argument(flag, type=kind, default=None, help=f"override: {text}")
+    add_override_arguments(parser, _SEARCH_OVERRIDES)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--samples", type=int, default=None,
                         help="derive: architectures sampled from the controller (K)")
@@ -106,22 +108,10 @@ def make_config(args):
     """The experiment config from the arguments (preset / config file / saved one + overrides)."""
     from wpl_keras.experiments import enas
 
-    saved = os.path.join(args.out, "experiment.json")
-    if args.config:
-        config = enas.ENASExperimentConfig.load(args.config)
-    elif args.preset is None and os.path.exists(saved):
-        config = enas.ENASExperimentConfig.load(saved)
-    else:
-        config = enas.get_preset(args.space or "rnn", args.preset or "cpu-small")
+    config = load_config(args, enas.ENASExperimentConfig, "experiment.json", enas.get_preset)
     if args.space and args.space != config.space:
         raise SystemExit(f"--space {args.space} does not match the config's space {config.space}.")
-    search = {field: getattr(args, flag[2:].replace("-", "_"))
-              for flag, field, _, _ in _SEARCH_OVERRIDES}
-    search = {k: v for k, v in search.items() if v is not None}
-    if args.wpl is not None:
-        search["wpl"] = bool(args.wpl)
-    if args.quiet:
-        search["verbose"] = 0
+    search = search_overrides(args, _SEARCH_OVERRIDES)
     top = {}
     if args.seed is not None:
         top["seed"] = args.seed

@@ -28,7 +28,15 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from apps._common import add_data_arguments, run_stage, stage_data, train_best_or_export
+from apps._common import (
+    add_data_arguments,
+    add_override_arguments,
+    load_config,
+    run_stage,
+    search_overrides,
+    stage_data,
+    train_best_or_export,
+)
 
 COMMANDS = ("search", "derive", "train-best", "export")
 
@@ -81,8 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="search: continue from the latest checkpoint in --out")
     parser.add_argument("--seed", type=int, default=None)
-    for flag, _, kind, text in _SEARCH_OVERRIDES:
-        parser.add_argument(flag, type=kind, default=None, help=f"override: {text}")
+    add_override_arguments(parser, _SEARCH_OVERRIDES)
     parser.add_argument("--controller-epochs", type=int, default=None,
                         help="override: NAO training epochs per controller phase")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -100,24 +107,12 @@ def make_config(args):
 
     from wpl_keras.experiments.nao import NAOExperimentConfig, nao_preset
 
-    saved = os.path.join(args.out, "nao_experiment.json")
-    if args.config:
-        config = NAOExperimentConfig.load(args.config)
-    elif args.preset is None and os.path.exists(saved):
-        config = NAOExperimentConfig.load(saved)
-    else:
-        config = nao_preset(args.space or "rnn", args.preset or "cpu-small")
+    config = load_config(args, NAOExperimentConfig, "nao_experiment.json", nao_preset)
     if args.space and args.space != config.base.space:
         raise SystemExit(f"--space {args.space} does not match the config's {config.base.space}.")
-    search = {field: getattr(args, flag[2:].replace("-", "_"))
-              for flag, field, _, _ in _SEARCH_OVERRIDES}
-    search = {k: v for k, v in search.items() if v is not None}
+    search = search_overrides(args, _SEARCH_OVERRIDES)
     if args.controller_epochs is not None:
         search["controller_epochs"] = args.controller_epochs
-    if args.wpl is not None:
-        search["wpl"] = bool(args.wpl)
-    if args.quiet:
-        search["verbose"] = 0
     top = {}
     if args.output_dropout is not None:
         top["output_dropout"] = args.output_dropout

@@ -142,6 +142,28 @@ def _eval_fn(model):
     return fn
 
 
+def _train_step_fn(model: RNNLanguageModel, optimizer, config: RNNSupernetConfig):
+    """The traced SGD step ``(x, y, state) -> (loss, state')``: the gradient of the mean
+    next-word cross-entropy plus ``l2 · θ``, clipped to global norm ``grad_clip``; the new
+    hidden state's rows are clamped to norm ``hidden_max_norm``."""
+    variables = model.trainable_variables
+    optimizer.build(variables)
+
+    @tf.function
+    def train_step(x, y, state):
+        with tf.GradientTape() as tape:
+            logits, new_state = model(x, state, training=True)
+            loss = sequence_loss(logits, y)
+        grads = tape.gradient(loss, variables)
+        grads = [tf.convert_to_tensor(g) + config.l2 * tf.convert_to_tensor(v)
+                 for g, v in zip(grads, variables)]
+        grads, _ = tf.clip_by_global_norm(grads, config.grad_clip)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss, clamp_rows(new_state, config.hidden_max_norm)
+
+    return train_step
+
+
 def train_from_scratch(
     corpus: PTBCorpus,
     arch: Sequence[int],
@@ -179,21 +201,7 @@ def train_from_scratch(
     space = space or RNNCellSpace(config.num_nodes)
     model = build_language_model(space, arch, config, seed=seed)
     optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate)
-    variables = model.trainable_variables
-    optimizer.build(variables)
-
-    @tf.function
-    def train_step(x, y, state):
-        with tf.GradientTape() as tape:
-            logits, new_state = model(x, state, training=True)
-            loss = sequence_loss(logits, y)
-        grads = tape.gradient(loss, variables)
-        grads = [tf.convert_to_tensor(g) + config.l2 * tf.convert_to_tensor(v)
-                 for g, v in zip(grads, variables)]
-        grads, _ = tf.clip_by_global_norm(grads, config.grad_clip)
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss, clamp_rows(new_state, config.hidden_max_norm)
-
+    train_step = _train_step_fn(model, optimizer, config)
     data = batchify(corpus.train, config.batch_size)
     start = time.time()
     train_ppl = float("nan")
