@@ -257,3 +257,29 @@ def test_fisher_momentum_and_its_former_name(seed):
     assert state.fisher_momentum == 0.4 and state.momentum == 0.4
     with pytest.raises(ValueError, match="not both"):
         apply_wpl(_model(WPLModel), ["shared"], fisher_momentum=0.3, momentum=0.4)
+
+
+@pytest.mark.parametrize("mode", ["gradient", "proximal"])
+def test_loss_scale_optimizer_gives_the_same_step_and_fisher(seed, mode):
+    x, y = _data(64)
+
+    def run(wrap):
+        keras.utils.set_random_seed(4)
+        model = _model(WPLModel)
+        state = apply_wpl(model, ["shared"], strength=5.0, update_fisher=True, mode=mode)
+        state.assign_fisher([tf.fill(f.shape, 0.2) for f in state.fisher])
+        for v in state.protected_variables:
+            v.assign(v + 0.1)
+        optimizer = keras.optimizers.SGD(0.1)
+        if wrap:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+        return model, state, history.history
+
+    plain, plain_state, plain_logs = run(False)
+    scaled, scaled_state, scaled_logs = run(True)
+    for a, b in zip(plain.weights + plain_state.weights, scaled.weights + scaled_state.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(plain_logs["wpl_penalty"], scaled_logs["wpl_penalty"], rtol=1e-5)
