@@ -122,13 +122,32 @@ def test_nao_later_stages_reuse_the_search_data(tmp_path, offline, capsys):
     _assert_data_error(capsys, "wpl-nao-search", "PTB", "missing")
 
 
-@pytest.mark.parametrize("app", [enas_search, nao_search])
-def test_failed_download_is_the_projects_error(tmp_path, offline, monkeypatch, capsys, app):
+@pytest.mark.parametrize("app, space, needles", [
+    (enas_search, "rnn", ("wpl-enas-search", "PTB", "train.txt")),
+    (nao_search, "rnn", ("wpl-nao-search", "PTB", "train.txt")),
+    (enas_search, "cnn", ("wpl-enas-search", "CIFAR-10", "cifar-10-batches-py")),
+])
+def test_failed_download_is_the_projects_error(tmp_path, offline, monkeypatch, capsys, app,
+                                               space, needles):
     """No --data-dir, no record, no WPL_DATA_DIR: the loader's download fails offline."""
     monkeypatch.delenv("WPL_DATA_DIR")
-    code = app.main(["search", "--preset", "tiny", "--out", str(tmp_path / "run")])
+    out = str(tmp_path / "run")
+    code = app.main(["search", "--space", space, "--preset", "tiny", "--out", out])
     assert code == 2 and offline
-    _assert_data_error(capsys, "PTB", "--data-dir")
+    _assert_data_error(capsys, "--data-dir", *needles)
+    # A later stage of a run that downloaded (data_dir null) downloads again, and fails alike.
+    with open(os.path.join(out, "data_source.json"), "w") as f:
+        json.dump({"data_dir": None, "verify": True}, f)
+    assert app.main(["train-best", "--out", out, "--preset", "tiny", "--space", space]) == 2
+    _assert_data_error(capsys, "--data-dir", *needles)
+
+
+def test_two_models_failed_download(tmp_path, offline, monkeypatch, capsys):
+    from apps import two_models
+
+    monkeypatch.delenv("WPL_DATA_DIR")
+    assert two_models.main(["--out", str(tmp_path / "out")]) == 2 and offline
+    _assert_data_error(capsys, "wpl-two-models", "MNIST", "--data-dir")
 
 
 def _data_error_classes():
