@@ -97,6 +97,9 @@ def test_nao_later_stages_reuse_the_search_data(tmp_path, offline, capsys):
     assert nao_search.main(["--preset", "tiny", "--epochs", "2", "--quiet", "--data-dir", data,
                             "--out", out]) == 0
     assert json.load(open(os.path.join(out, "data_source.json")))["data_dir"] == data
+    # A resumed search reads the recorded data too.
+    assert nao_search.main(["--out", out, "--resume", "--epochs", "3", "--quiet"]) == 0
+    assert _last_json(capsys)["epochs"] == 3
     assert nao_search.main(["train-best", "--out", out]) == 0
     trained = _last_json(capsys)
     assert np.isfinite(trained["valid_ppl"])
@@ -246,3 +249,13 @@ def test_two_models_no_verify_and_data_errors(tmp_path, monkeypatch, capsys):
     assert seen == [False, True]
     err = capsys.readouterr().err
     assert "Traceback" not in err and "t10k-labels-idx1-ubyte.gz" in err
+
+
+@pytest.mark.parametrize("app", [enas_search, nao_search])
+def test_help_names_the_data_options(app, capsys):
+    with pytest.raises(SystemExit) as info:
+        app.main(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--data-dir", "--verify", "--no-verify", "data_source.json", "WPL_DATA_DIR"):
+        assert option in text, option
