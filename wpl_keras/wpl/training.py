@@ -310,7 +310,8 @@ class WPLTrainingMixin:
         for i, g in zip(positions, step_grads):
             if i is not None:
                 gradients[i] = g
-        learning_rate = tf.convert_to_tensor(self.optimizer.learning_rate)
+        if settings.mode == "proximal":  # this step's η, read before the step moves a schedule
+            learning_rate = tf.convert_to_tensor(self.optimizer.learning_rate)
         self.optimizer.apply_gradients(zip(gradients, trainable))
         if settings.mode == "proximal":
             self._wpl_pull(fisher, anchors, learning_rate)
