@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 
 
 class JsonConfig:
-    """Mixin for a flat frozen dataclass: ``to_json()`` → dict, ``from_json(dict | str)`` → config.
+    """Mixin for a frozen dataclass: ``to_json()`` → dict, ``from_json(dict | str)`` → config.
 
-    ``from_json`` rejects unknown fields with an error naming them, so a typo in a saved config is
-    not silently ignored.
+    A field whose type is itself a :class:`JsonConfig` dataclass (a config nested by concern,
+    e.g. ``wpl: WPLConfig``) is written as a nested dict and read back through that class's
+    ``from_json``. ``from_json`` rejects unknown fields with an error naming them, at every
+    level, so a typo in a saved config is not silently ignored.
     """
 
     def to_json(self) -> dict:
@@ -20,8 +23,18 @@ class JsonConfig:
     def from_json(cls, obj):
         if isinstance(obj, str):
             obj = json.loads(obj)
+        if not isinstance(obj, dict):
+            raise ValueError(
+                f"{cls.__name__}.from_json needs a JSON object, got {type(obj).__name__}."
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(obj) - names
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}.")
-        return cls(**obj)
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for name, value in obj.items():
+            kind = hints.get(name)
+            nested = isinstance(kind, type) and issubclass(kind, JsonConfig)
+            values[name] = kind.from_json(value) if nested and isinstance(value, dict) else value
+        return cls(**values)

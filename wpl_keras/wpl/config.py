@@ -1,0 +1,54 @@
+"""One config for how a trainer forms the Weight Plasticity Loss step.
+
+Every weight-sharing task (the ENAS RNN and micro-CNN supernets, and NAO through the RNN task)
+holds one :class:`WPLConfig`. What it does not hold, on purpose:
+
+* ``α`` (``strength``): a search's α changes per epoch and belongs to its schedule
+  (:class:`~wpl_keras.nas.schedule.ScheduleConfig`); ``apply_wpl`` takes it as an argument.
+* which weights are covered: that is the task's (an RNN's ``wpl_scope``, a CNN's usage masks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+from wpl_keras.utils.config import JsonConfig
+from wpl_keras.wpl.penalty import check_wpl_mode
+
+
+@dataclasses.dataclass(frozen=True)
+class WPLConfig(JsonConfig):
+    """How the Fisher is estimated and how the penalty acts in a step.
+
+    Attributes:
+        fisher_momentum: ``η`` of the Fisher update from the gradient already computed,
+            ``F ← (1 − η) F + η g²`` (paper §3.2: 0.9).
+        clip_norm: after each update, every updated Fisher tensor (or slice: a node matrix's
+            row, a CNN op's weights) is rescaled to at most this L2 norm (WPL release: 10);
+            ``None`` leaves it unclipped.
+        mode: ``"proximal"``: after the optimiser's step on the data gradient, the exact
+            proximal step of the Fisher term ``θ ← (θ + η_lr α F θ*) / (1 + η_lr α F)``,
+            stable for every ``α``; ``"gradient"``: ``α F (θ − θ*)`` is added to the
+            gradient (the penalty ``(α/2) Σ F (θ − θ*)²`` in the loss, as the reference code
+            does), which diverges on weights with ``η_lr α F > 2``.
+    """
+
+    fisher_momentum: float = 0.9
+    clip_norm: Optional[float] = 10.0
+    mode: str = "proximal"
+
+    def __post_init__(self):
+        eta = self.fisher_momentum
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 < eta <= 1.0:
+            raise ValueError(f"WPLConfig.fisher_momentum must be in (0, 1], got {eta!r}.")
+        clip = self.clip_norm
+        if clip is not None and (
+            isinstance(clip, bool) or not isinstance(clip, (int, float))
+            or not math.isfinite(clip) or clip <= 0
+        ):
+            raise ValueError(
+                f"WPLConfig.clip_norm must be a positive finite number or None, got {clip!r}."
+            )
+        check_wpl_mode(self.mode, "WPLConfig.mode")
