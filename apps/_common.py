@@ -99,6 +99,10 @@ def train_best_or_export(args: argparse.Namespace, base, source) -> None:
     from wpl_keras.experiments import enas
 
     arch = enas.build_space(base).from_string(args.arch) if args.arch else None
+    derived = os.path.join(args.out, "derived.json")
+    if arch is None and not os.path.exists(derived):
+        raise SystemExit(f"{derived} is missing: run the search (and, for ENAS, derive) on "
+                         f"--out {args.out} first, or pass --arch.")
     if args.command == "train-best":
         _, result = enas.run_train_best(base, source.data_dir, args.out, arch=arch,
                                         verify=source.verify)

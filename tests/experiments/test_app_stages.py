@@ -141,7 +141,12 @@ def test_failed_download_is_the_projects_error(tmp_path, offline, monkeypatch, c
     # A later stage of a run that downloaded (data_dir null) downloads again, and fails alike.
     with open(os.path.join(out, "data_source.json"), "w") as f:
         json.dump({"data_dir": None, "verify": True}, f)
-    assert app.main(["train-best", "--out", out, "--preset", "tiny", "--space", space]) == 2
+    from wpl_keras.experiments import enas
+
+    cell = enas.build_space(enas.get_preset(space, "tiny"))
+    arch = cell.to_string(cell.sample(np.random.default_rng(0)))
+    assert app.main(["train-best", "--out", out, "--preset", "tiny", "--space", space,
+                     "--arch", arch]) == 2
     _assert_data_error(capsys, "--data-dir", *needles)
 
 
@@ -154,14 +159,11 @@ def test_two_models_failed_download(tmp_path, offline, monkeypatch, capsys):
 
 
 def _data_error_classes():
-    from wpl_keras.data import mnist
+    from wpl_keras.data import errors, mnist, ptb
 
-    classes = [FileNotFoundError, mnist.MnistDataError, mnist.MnistDownloadError]
-    try:
-        from wpl_keras.data import errors
-    except ImportError:
-        return classes
-    return classes + [errors.DataError, errors.DataDownloadError, errors.DataMissingError]
+    return [mnist.MnistDataError, mnist.MnistDownloadError, errors.DataError,
+            errors.DataDownloadError, errors.DataMissingError, ptb.PTBDataError,
+            ptb.PTBMissingError, ptb.PTBDownloadError]
 
 
 @pytest.mark.parametrize("error_class", _data_error_classes())
@@ -173,9 +175,15 @@ def test_every_stage_reports_data_errors(tmp_path, monkeypatch, capsys, error_cl
         raise error_class("ptb.valid.txt: line 3 is not UTF-8")
 
     monkeypatch.setattr(ptb, "load_ptb", broken)
+    from wpl_keras.experiments import enas
+
+    space = enas.build_space(enas.get_preset("rnn", "tiny"))
+    arch = space.to_string(space.sample(np.random.default_rng(0)))
     for app in (enas_search, nao_search):
         out = str(tmp_path / app.__name__)
         args = [command, "--preset", "tiny", "--out", out, "--data-dir", str(tmp_path)]
+        if command in ("train-best", "export"):
+            args += ["--arch", arch]
         if app is nao_search and command == "derive":
             continue  # NAO's derive reads derived.json and loads no data.
         assert app.main(args) == 2
@@ -249,6 +257,14 @@ def test_two_models_no_verify_and_data_errors(tmp_path, monkeypatch, capsys):
     assert seen == [False, True]
     err = capsys.readouterr().err
     assert "Traceback" not in err and "t10k-labels-idx1-ubyte.gz" in err
+
+
+@pytest.mark.parametrize("app", [enas_search, nao_search])
+@pytest.mark.parametrize("command", ["train-best", "export"])
+def test_missing_derived_architecture_is_named(tmp_path, app, command):
+    with pytest.raises(SystemExit, match="derived.json is missing.*--arch"):
+        app.main([command, "--preset", "tiny", "--out", str(tmp_path), "--data-dir",
+                  str(tmp_path)])
 
 
 @pytest.mark.parametrize("app", [enas_search, nao_search])

@@ -108,9 +108,9 @@ def resolve_data_source(
 
 
 def data_error_types() -> Tuple[Type[BaseException], ...]:
-    """The exception classes defined by the data loaders (download failures, bad files), plus
-    :class:`DataSourceError` and ``FileNotFoundError``."""
-    found = [DataSourceError, FileNotFoundError]
+    """The exception classes defined by the data loaders (download failures, missing or bad
+    files), plus :class:`DataSourceError`."""
+    found = [DataSourceError]
     for name in _DATA_MODULES:
         try:
             module = importlib.import_module(name)
