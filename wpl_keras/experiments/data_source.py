@@ -112,10 +112,7 @@ def data_error_types() -> Tuple[Type[BaseException], ...]:
     files), plus :class:`DataSourceError`."""
     found = [DataSourceError]
     for name in _DATA_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
+        module = importlib.import_module(name)
         for _, value in inspect.getmembers(module, inspect.isclass):
             if (issubclass(value, Exception) and value.__module__.startswith("wpl_keras.data")
                     and value not in found):
