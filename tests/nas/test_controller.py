@@ -106,3 +106,30 @@ def test_bad_input_raises():
         controller.log_prob_and_entropy([0, 1, 1])
     with pytest.raises(ValueError, match=r"must be in \[0, 3\)"):
         controller.log_prob_and_entropy([0, 3])
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"decision_sizes": [2, 2.7]}, r"decision_sizes\[1\]"),
+        ({"decision_sizes": [2, True]}, r"decision_sizes\[1\]"),
+        ({"decision_sizes": [2, "3"]}, r"decision_sizes\[1\]"),
+        ({"decision_sizes": [2, 0]}, r"decision_sizes\[1\]"),
+        ({"decision_sizes": "23"}, "decision_sizes"),
+        ({"decision_sizes": [2], "units": 1.5}, "units"),
+        ({"decision_sizes": [2], "units": 0}, "units"),
+        ({"decision_sizes": [2], "temperature": float("nan")}, "temperature"),
+        ({"decision_sizes": [2], "temperature": float("inf")}, "temperature"),
+        ({"decision_sizes": [2], "tanh_constant": -1.0}, "tanh_constant"),
+        ({"decision_sizes": [2], "tanh_constant": "2.5"}, "tanh_constant"),
+    ],
+)
+def test_malformed_sizes_and_options_name_the_field(kwargs, field):
+    sizes = kwargs.pop("decision_sizes")
+    with pytest.raises(ValueError, match=field):
+        Controller(sizes, **kwargs)
+
+
+def test_numpy_integer_sizes_are_accepted():
+    controller = Controller(np.array([2, 3], dtype=np.int64), units=np.int32(4))
+    assert controller.decision_sizes == (2, 3) and controller.units == 4

@@ -21,11 +21,14 @@ Sampling draws from a ``tf.random.Generator`` owned by the controller, so a
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from wpl_keras.nas.base import check_size, check_sizes
 
 
 class Controller(keras.Model):
@@ -63,17 +66,17 @@ class Controller(keras.Model):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        sizes = tuple(int(s) for s in decision_sizes)
-        if not sizes:
-            raise ValueError("Controller needs at least one decision.")
-        if any(s < 1 for s in sizes):
-            raise ValueError(f"every decision needs at least one choice, got {sizes}.")
-        if units < 1:
-            raise ValueError(f"units must be positive, got {units}.")
-        if temperature is not None and temperature <= 0:
-            raise ValueError(f"temperature must be positive or None, got {temperature}.")
-        if tanh_constant is not None and tanh_constant <= 0:
-            raise ValueError(f"tanh_constant must be positive or None, got {tanh_constant}.")
+        sizes = check_sizes(decision_sizes, "Controller decision_sizes")
+        units = check_size(units, "Controller units", 1)
+        for field, value in (("temperature", temperature), ("tanh_constant", tanh_constant)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (
+                math.isfinite(value) and value > 0
+            ):
+                raise ValueError(
+                    f"Controller {field} must be a positive finite number or None, got {value!r}."
+                )
         self.decision_sizes = sizes
         self.units = int(units)
         self.temperature = None if temperature is None else float(temperature)

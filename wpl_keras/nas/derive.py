@@ -17,6 +17,8 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+from wpl_keras.nas.base import InvalidArchitectureError, strict_int
+
 
 @dataclasses.dataclass(frozen=True)
 class DerivedArchitecture:
@@ -91,7 +93,19 @@ def write_derived(derived: DerivedArchitecture, space, out_dir: str) -> Dict[str
 
 def load_derived(path: str, space=None) -> Tuple[int, ...]:
     """Reads the best architecture back from a ``derived.json`` (validated by ``space``)."""
-    with open(path) as f:
-        obj = json.load(f)
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except json.JSONDecodeError as error:
+        raise InvalidArchitectureError(f"{path}: not valid JSON ({error}).") from error
+    if not isinstance(obj, dict) or not ("arch" in obj or "decisions" in obj):
+        raise InvalidArchitectureError(
+            f"{path}: expected a JSON object with an 'arch' (or 'decisions') list, got "
+            f"{type(obj).__name__}."
+        )
     arch: List[int] = obj["arch"] if "arch" in obj else obj["decisions"]
-    return space.validate(arch) if space is not None else tuple(int(a) for a in arch)
+    if space is not None:
+        return space.validate(arch)
+    if not isinstance(arch, list):
+        raise InvalidArchitectureError(f"{path}: 'arch' must be a list of ints, got {arch!r}.")
+    return tuple(strict_int(a, f"{path}: arch[{k}]") for k, a in enumerate(arch))
