@@ -20,6 +20,7 @@ The last line of output is one JSON object with what was measured, on what, with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -114,8 +115,9 @@ def main(argv=None) -> dict:
                         help="allow nondeterministic TensorFlow ops (faster); by default ops are "
                              "deterministic so that both runs match exactly until WPL turns on")
     parser.add_argument("--task-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a task config field (JSON value), e.g. learning_rate=10; "
-                             "repeatable")
+                        help="override a task config field (JSON value), e.g. learning_rate=10 "
+                             "or wpl='{\"mode\": \"gradient\"}' (a nested config keeps the "
+                             "fields not given); repeatable")
     parser.add_argument("--no-fork", action="store_true",
                         help="run the epochs before WPL turns on twice (once per run) instead of "
                              "once, shared by both runs through a checkpoint")
@@ -141,6 +143,8 @@ def main(argv=None) -> dict:
         current = getattr(config.task, key.strip(), None)
         if isinstance(current, float) and isinstance(value, int):
             value = float(value)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            value = dataclasses.replace(current, **value)
         task[key.strip()] = value
     config = config.replace(search=search, task=task or None,
                             **({"seed": args.seed} if args.seed is not None else {}))

@@ -40,13 +40,20 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 
-def _load(args, task_overrides):
+def _load(args, scope=None, mode=None):
+    """The search of ``--preset`` restored from ``--from``; ``scope`` / ``mode`` (alpha-scan)
+    set the task's ``wpl_scope`` and ``wpl.mode``."""
+    import dataclasses
+
     import tensorflow as tf
 
     from wpl_keras.experiments import enas
     from wpl_keras.nas import search
 
-    config = enas.get_preset("rnn", args.preset).replace(task=task_overrides)
+    config = enas.get_preset("rnn", args.preset)
+    if scope is not None:
+        wpl = dataclasses.replace(config.task.wpl, mode=mode)
+        config = config.replace(task={"wpl_scope": scope, "wpl": wpl})
     data, config = enas.prepare(config, args.data_dir)
     task, controller, reinforce = enas.build_search(config, data)
     loop = search.LoopState()
@@ -67,7 +74,7 @@ def _summary(err1, err2, best_k=5):
 
 
 def attribution(args) -> dict:
-    config, task, controller, epoch, ckpt = _load(args, None)
+    config, task, controller, epoch, ckpt = _load(args)
     net = task.supernet
     dense = [net.embedding, net.w_x, net.w_h, net.decoder_bias]
     per_epoch = []
@@ -111,8 +118,7 @@ def attribution(args) -> dict:
 
 def alpha_scan(args) -> dict:
     alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
-    config, task, controller, epoch, ckpt = _load(
-        args, {"wpl_scope": args.scope, "wpl_mode": args.mode})
+    config, task, controller, epoch, ckpt = _load(args, scope=args.scope, mode=args.mode)
     net, state = task.supernet, task.wpl_state
     start = [v.numpy() for v in net.weights]
     opt_start = [v.numpy() for v in task.optimizer.variables]
@@ -168,7 +174,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--scope", default="all", choices=("cell", "all"),
                         help="alpha-scan: RNNSupernetConfig.wpl_scope")
     parser.add_argument("--mode", default="proximal", choices=("proximal", "gradient"),
-                        help="alpha-scan: RNNSupernetConfig.wpl_mode")
+                        help="alpha-scan: RNNSupernetConfig.wpl.mode")
     args = parser.parse_args(argv)
     start = time.time()
     result = attribution(args) if args.probe == "attribution" else alpha_scan(args)

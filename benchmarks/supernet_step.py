@@ -77,7 +77,7 @@ def time_size(corpus, cfg, num_archs: int, seed: int = 0, flops: float = 0.0) ->
     import numpy as np
     import tensorflow as tf
 
-    from wpl_keras.nas.rnn_supernet import RNNSearchTask
+    from wpl_keras.nas.rnn_search import RNNSearchTask
 
     task = RNNSearchTask(corpus, cfg, seed=seed)
     rng = np.random.default_rng(seed)

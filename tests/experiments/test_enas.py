@@ -55,6 +55,28 @@ def test_config_json_round_trip(tmp_path):
         enas.ENASExperimentConfig(space="rnn", preset="x", task={}, search=SearchConfig())
 
 
+def test_rnn_task_wpl_config_round_trips_and_old_fields_are_named(tmp_path):
+    from wpl_keras.wpl.config import WPLConfig
+
+    config = enas.get_preset("rnn", "tiny").replace(
+        task={"wpl": WPLConfig(fisher_momentum=0.5, clip_norm=None, mode="gradient")})
+    path = config.save(str(tmp_path / "experiment.json"))
+    with open(path) as f:
+        saved = json.load(f)
+    assert saved["task"]["wpl"] == {"fisher_momentum": 0.5, "clip_norm": None,
+                                    "mode": "gradient"}
+    again = enas.ENASExperimentConfig.load(path)
+    assert again == config and isinstance(again.task.wpl, WPLConfig)
+    # An experiment.json of the layout with the task's own WPL fields.
+    old = {k: v for k, v in saved["task"].items() if k != "wpl"}
+    old.update(wpl_strength=60.0, wpl_momentum=0.9, wpl_clip_norm=10.0, wpl_mode="proximal")
+    with pytest.raises(ValueError, match=r"wpl_momentum -> `wpl.fisher_momentum`"):
+        enas.ENASExperimentConfig.from_json({**saved, "task": old})
+    saved["task"]["wpl"]["momentum"] = 0.9
+    with pytest.raises(ValueError, match="unknown WPLConfig fields"):
+        enas.ENASExperimentConfig.from_json(saved)
+
+
 def test_app_help_explains_options(capsys):
     with pytest.raises(SystemExit) as info:
         enas_search.main(["--help"])

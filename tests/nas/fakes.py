@@ -42,7 +42,8 @@ class RowTargetTask(SharedWeightsTask):
         self.lr = lr
         self.dim = dim
         self.w = tf.Variable(tf.zeros([9, dim]), name="w")
-        self.wpl_state = WPLState([self.w], strength=0.0, momentum=0.9, clip_norm=10.0)
+        self.wpl_state = WPLState([self.w], strength=0.0, fisher_momentum=0.9,
+                                  clip_norm=10.0)
         self.gen = tf.random.Generator.from_seed(seed)
 
     def target_seed(self, arch) -> int:

@@ -1,18 +1,16 @@
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from wpl_keras.data.ptb import PTBCorpus
+from wpl_keras.nas.rnn_search import RNNSearchTask
 from wpl_keras.nas.rnn_space import RNNCellSpace
-from wpl_keras.nas.rnn_supernet import (
-    RNNSearchTask,
-    RNNSupernet,
-    RNNSupernetConfig,
-    decode_architecture,
-)
+from wpl_keras.nas.rnn_supernet import RNNSupernet, RNNSupernetConfig, decode_architecture
 from wpl_keras.utils.checkpoint import VariableBundle
+from wpl_keras.wpl.config import WPLConfig
 
 V = 30
 
@@ -26,8 +24,12 @@ def tiny_config(**kw):
 
 @pytest.fixture(scope="module")
 def task():
-    """One tiny task shared by the tests below (tracing dominates their cost)."""
-    return RNNSearchTask(tiny_corpus(), tiny_config(weight_drop=0.0, wpl_clip_norm=1e9), seed=0)
+    """One tiny task shared by the tests below (tracing dominates their cost), with the
+    search schedule's α 60 written into its WPL state as the driver does."""
+    task = RNNSearchTask(tiny_corpus(), tiny_config(weight_drop=0.0, wpl=WPLConfig(clip_norm=1e9)),
+                         seed=0)
+    task.wpl_state.strength.assign(60.0)
+    return task
 
 
 def tiny_corpus(seed=0):
@@ -70,7 +72,7 @@ def test_config_presets_and_checks():
     paper = RNNSupernetConfig.paper()
     assert (paper.hidden_size, paper.embedding_size, paper.num_nodes, paper.batch_size,
             paper.bptt, paper.vocab_size) == (1000, 1000, 12, 64, 35, 10000)
-    assert (paper.lr_decay, paper.grad_clip, paper.l2, paper.wpl_momentum) == (
+    assert (paper.lr_decay, paper.grad_clip, paper.l2, paper.wpl.fisher_momentum) == (
         0.96, 0.25, 1e-7, 0.9)
     assert RNNSupernetConfig.cpu_small().hidden_size <= 256
     with pytest.raises(ValueError, match="tied"):
@@ -206,11 +208,12 @@ def test_fisher_update_formula_on_last_batch(task):
 
 @pytest.mark.parametrize("mode", ["proximal", "gradient"])
 def test_wpl_scope_all_covers_the_dense_shared_weights(mode):
-    cfg = tiny_config(wpl_scope="all", wpl_mode=mode, weight_drop=0.0, output_dropout=0.0,
-                      embedding_dropout=0.0, input_dropout=0.0, grad_clip=1e9,
-                      wpl_clip_norm=1e9, learning_rate=0.5, wpl_strength=3.0)
+    cfg = tiny_config(wpl_scope="all", wpl=WPLConfig(mode=mode, clip_norm=1e9),
+                      weight_drop=0.0, output_dropout=0.0, embedding_dropout=0.0,
+                      input_dropout=0.0, grad_clip=1e9, learning_rate=0.5)
     task = RNNSearchTask(tiny_corpus(), cfg, seed=0)
     net, state = task.supernet, task.wpl_state
+    state.strength.assign(3.0)
     assert len(state.protected_variables) == 5 and state.protected_variables[3] is net.w_h
     arch = (0, 0, 1, 1, 2, 2, 3)
     task.train_architecture(arch, 1, wpl_active=True)
@@ -245,8 +248,8 @@ def test_wpl_scope_all_covers_the_dense_shared_weights(mode):
                                    rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="wpl_scope"):
         tiny_config(wpl_scope="embedding")
-    with pytest.raises(ValueError, match="wpl_mode"):
-        tiny_config(wpl_mode="implicit")
+    with pytest.raises(ValueError, match="mode"):
+        tiny_config(wpl={"mode": "implicit"})
 
 
 def test_epoch_lr_schedule_and_checkpoint(seed, tmp_path):
@@ -275,3 +278,125 @@ def test_validation_is_fixed_and_reward_moves(task):
     assert r1 > 0 and r2 > 0 and r1 != r2
     with pytest.raises(ValueError, match="vocab"):
         RNNSearchTask(tiny_corpus(), dataclasses.replace(tiny_config(), vocab_size=V + 1))
+
+
+def test_config_holds_one_wpl_config_with_json_round_trip():
+    cfg = tiny_config(wpl=WPLConfig(fisher_momentum=0.5, clip_norm=None, mode="gradient"),
+                      wpl_scope="all")
+    again = RNNSupernetConfig.from_json(json.dumps(cfg.to_json()))
+    assert again == cfg and isinstance(again.wpl, WPLConfig)
+    assert cfg.to_json()["wpl"] == {"fisher_momentum": 0.5, "clip_norm": None, "mode": "gradient"}
+    # A dict is read as WPLConfig (the constructor path of saved experiment configs).
+    assert RNNSupernetConfig(**dataclasses.asdict(cfg)) == cfg
+    assert dataclasses.replace(cfg, wpl={"mode": "proximal"}).wpl == WPLConfig(mode="proximal")
+    assert RNNSupernetConfig().wpl == WPLConfig()
+    moved = {"wpl_strength": "strength", "wpl_momentum": "wpl.fisher_momentum",
+             "wpl_clip_norm": "wpl.clip_norm", "wpl_mode": "wpl.mode"}
+    for old, where in moved.items():
+        with pytest.raises(ValueError, match=rf"\['{old}'\] were removed.*{where}"):
+            RNNSupernetConfig.from_json({**cfg.to_json(), old: 1})
+    with pytest.raises(ValueError, match="unknown RNNSupernetConfig fields"):
+        RNNSupernetConfig.from_json({"hiden_size": 8})
+    with pytest.raises(ValueError, match="unknown WPLConfig fields"):
+        RNNSupernetConfig.from_json({"wpl": {"momentum": 0.5}})
+    with pytest.raises(ValueError, match="fisher_momentum"):
+        tiny_config(wpl={"fisher_momentum": 0.0})
+    with pytest.raises(TypeError, match="WPLConfig"):
+        tiny_config(wpl=0.9)
+
+
+def test_search_task_is_importable_from_the_supernet_module():
+    from wpl_keras.nas import rnn_supernet
+
+    assert rnn_supernet.RNNSearchTask is RNNSearchTask
+    with pytest.raises(AttributeError, match="no_such_name"):
+        rnn_supernet.no_such_name  # noqa: B018
+
+
+def _no_dropout(**kw):
+    return tiny_config(weight_drop=0.0, output_dropout=0.0, embedding_dropout=0.0,
+                       input_dropout=0.0, **kw)
+
+
+@pytest.mark.parametrize("scope", ["cell", "all"])
+def test_fisher_update_follows_the_wpl_config(scope):
+    """``F ← clip((1 − η_F) F + η_F g²)`` with ``η_F`` and the clip norm of ``config.wpl``;
+    the architecture's node rows are clipped as one block, a dense weight as a whole."""
+    eta, clip, f0 = 0.25, 5e-4, 1e-4
+    task = RNNSearchTask(tiny_corpus(), _no_dropout(
+        wpl_scope=scope, wpl=WPLConfig(fisher_momentum=eta, clip_norm=clip)), seed=0)
+    net, state = task.supernet, task.wpl_state
+    assert (state.fisher_momentum, state.clip_norm, float(state.strength)) == (eta, clip, 0.0)
+    dense = [net.embedding, net.w_x, net.w_h, net.decoder_bias]
+    assert list(state.protected_variables) == [net.w_nodes] + (dense if scope == "all" else [])
+    arch = (1, 0, 2, 1, 3, 0, 0)
+    rows = net.wpl_rows(arch).numpy()
+    x, y = task._window(task._train, task.train_position, task.cfg.bptt)
+    with tf.GradientTape() as tape:
+        logits, _ = net(x, tf.constant(arch), tf.convert_to_tensor(task.train_state))
+        loss = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(y, tf.int32), logits))
+    grads = [tf.convert_to_tensor(g).numpy()
+             for g in tape.gradient(loss, list(state.protected_variables))]
+    for f in state.fisher:
+        f.assign(tf.fill(f.shape, f0))
+    out = task.train_architecture(arch, 1, wpl_active=True)
+    assert out["penalty"] == 0.0  # α is 0 until the search driver writes it
+
+    def expected(g):
+        new = (1 - eta) * f0 + eta * g.astype(np.float64) ** 2
+        return new * min(1.0, clip / np.linalg.norm(new))
+
+    fisher = state.fisher[0].numpy()
+    np.testing.assert_allclose(fisher[rows], expected(grads[0][rows]), rtol=1e-5, atol=1e-12)
+    others = np.setdiff1d(np.arange(task.space.num_pairs), rows)
+    assert np.all(fisher[others] == np.float32(f0))
+    for k in range(1, len(state.fisher)):
+        np.testing.assert_allclose(state.fisher[k].numpy(), expected(grads[k]), rtol=1e-5,
+                                   atol=1e-12)
+    assert int(state.num_fisher_updates.numpy()) == 1
+
+
+@pytest.mark.parametrize("mode", ["proximal", "gradient"])
+def test_cell_scope_wpl_acts_on_the_node_rows_only(mode):
+    """Gradient mode: a WPL step differs from a plain one by ``lr α F (θ − θ*)`` on the
+    architecture's node rows; proximal mode: it is the plain step pulled to
+    ``θ* + (θ̃ − θ*) / (1 + lr α F)``. Other rows and the dense weights are the same in both;
+    the reported penalty is ``(α/2) Σ F (θ − θ*)²`` over the rows at the step's start."""
+    lr, alpha, fisher, offset = 0.5, 3.0, 2.0, 0.1
+    task = RNNSearchTask(tiny_corpus(), _no_dropout(
+        wpl=WPLConfig(mode=mode, clip_norm=1e9), grad_clip=1e9, learning_rate=lr, l2=0.0),
+        seed=0)
+    net, state = task.supernet, task.wpl_state
+    state.strength.assign(alpha)
+    arch = (0, 0, 1, 1, 2, 2, 3)
+    rows = sorted(task.space.edge_rows(arch))
+    others = [r for r in range(task.space.num_pairs) if r not in rows]
+    start = [v.numpy() for v in net.weights]
+    position, carried = task.train_position.numpy(), task.train_state.numpy()
+    anchor = net.w_nodes.numpy() - offset
+    after = {}
+    for active in (True, False):
+        for v, value in zip(net.weights, start):
+            v.assign(value)
+        state.fisher[0].assign(tf.fill(state.fisher[0].shape, fisher))
+        state.anchors[0].assign(anchor)
+        task.train_position.assign(position)
+        task.train_state.assign(carried)
+        out = task.train_architecture(arch, 1, wpl_active=active)
+        after[active] = {v.name: v.numpy() for v in net.weights}
+        expected = 0.5 * alpha * fisher * offset**2 * anchor[rows].size if active else 0.0
+        np.testing.assert_allclose(out["penalty"], expected, rtol=1e-4)
+    on, off = after[True], after[False]
+    for name in on:
+        if name != "w_nodes":
+            np.testing.assert_array_equal(on[name], off[name])
+    np.testing.assert_array_equal(on["w_nodes"][others], off["w_nodes"][others])
+    k = lr * alpha * fisher
+    if mode == "gradient":
+        np.testing.assert_allclose(off["w_nodes"][rows] - on["w_nodes"][rows], k * offset,
+                                   rtol=1e-3)
+    else:
+        np.testing.assert_allclose(on["w_nodes"][rows],
+                                   anchor[rows] + (off["w_nodes"][rows] - anchor[rows]) / (1 + k),
+                                   rtol=1e-5, atol=1e-7)

@@ -4,7 +4,7 @@ the registry entry.
 :data:`RNN_SPACE` is the :class:`~wpl_keras.experiments.enas.SpaceSpec` that
 :mod:`wpl_keras.experiments.enas` imports lazily for ``space="rnn"``: PTB from
 :func:`~wpl_keras.data.ptb.load_ptb`, the supernet task
-:class:`~wpl_keras.nas.rnn_supernet.RNNSearchTask`, a standalone language model trained from
+:class:`~wpl_keras.nas.rnn_search.RNNSearchTask`, a standalone language model trained from
 scratch (:func:`~wpl_keras.nas.rnn_model.train_from_scratch`) and its SavedModel with the
 corpus' vocabulary (:func:`~wpl_keras.nas.rnn_model.export_language_model`).
 
@@ -19,7 +19,6 @@ from typing import Optional
 
 from wpl_keras.experiments.enas import ControllerConfig, ENASExperimentConfig, SpaceSpec
 from wpl_keras.nas.search import SearchConfig
-
 
 
 def _rnn_load_data(data_dir: Optional[str], config: ENASExperimentConfig, *,
@@ -38,7 +37,7 @@ def _rnn_adapt_config(corpus, config: ENASExperimentConfig) -> ENASExperimentCon
 
 
 def _rnn_build_task(corpus, config: ENASExperimentConfig):
-    from wpl_keras.nas.rnn_supernet import RNNSearchTask
+    from wpl_keras.nas.rnn_search import RNNSearchTask
 
     return RNNSearchTask(corpus, config.task, seed=config.seed)
 
@@ -80,12 +79,11 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
     if name == "cpu-small":
         # Sized for 2 CPU cores: hidden 128 and batch 32 (a smaller step than
         # RNNSupernetConfig.cpu_small's hidden 256, batch 64); 26 epochs x 10 architectures x 10
-        # batches at lr 10. WPL starts at epoch 20, once the supernet no longer improves so
-        # fast that err2 < err1, and covers every shared weight (wpl_scope="all": the
-        # embedding / tied decoder, w_x, w_h and decoder bias as well as the node matrices).
-        # The proximal step is stable for any alpha; alpha 1e6 is large enough against this
-        # supernet's small per-batch Fisher that the weights with a large Fisher are held.
-        # Measured figures are in the README's results.
+        # batches at lr 10. WPL from epoch 20 over every shared weight (wpl_scope="all": the
+        # embedding / tied decoder, w_x, w_h and decoder bias as well as the node matrices),
+        # in the default proximal mode (WPLConfig(), stable for any alpha), with alpha 1e6,
+        # large against this supernet's small per-batch Fisher. The README's results say
+        # what this preset gives.
         return ENASExperimentConfig(
             space="rnn", preset="cpu-small",
             task=RNNSupernetConfig.cpu_small(embedding_size=128, hidden_size=128,
@@ -132,13 +130,15 @@ def _rnn_config_type():
 
 
 class _LazyType:
-    """Resolves the task config class on first call (keeps this module import-light)."""
+    """Resolves the task config class on first call (keeps this module import-light) and
+    builds the config from its JSON fields with the class's ``from_json`` (nested configs such
+    as ``wpl`` read back, unknown or moved fields named)."""
 
     def __init__(self, resolve):
         self._resolve = resolve
 
-    def __call__(self, *args, **kwargs):
-        return self._resolve()(*args, **kwargs)
+    def __call__(self, **fields):
+        return self._resolve().from_json(fields)
 
 
 RNN_SPACE = SpaceSpec(

@@ -100,11 +100,11 @@ def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:
     """NAO presets over the ENAS space presets.
 
     * ``cpu-small`` (RNN): the ENAS ``cpu-small`` task (hidden 128, batch 32, lr 10) with BPTT
-      20 (12 nodes, PTB's 10k vocabulary kept) so that 8 searches (4 dropout rates ×
-      with/without WPL) fit in under an hour on a busy 2-core machine; 18 epochs of 8 pool
-      architectures × 3 batches, a pool of 16 random seeds growing by 6 every 2 epochs; WPL
-      from epoch 10 (before that the supernet improves so fast that err2 < err1 at most
-      rates), α 1e6 with WPL on every shared weight and the proximal step (as the ENAS
+      20 (12 nodes, PTB's 10k vocabulary kept), sized for the 8 searches of
+      ``benchmarks/nao_forgetting.py`` (4 dropout rates × with/without WPL) on 2 CPU cores;
+      18 epochs of 8 pool architectures × 3 batches, a pool of 16 random seeds growing by 6
+      every 2 epochs; WPL from epoch 10, α 1e6 with WPL on every shared weight and the
+      proximal step (the task's ``wpl_scope="all"`` and ``WPLConfig`` of the ENAS
       cpu-small preset), flush every 2 epochs. NAO controller: 64 units, 60 epochs per phase.
     * ``paper``: the ENAS ``paper`` task and NAO's weight-sharing settings (1000 seed
       architectures, 100 seeds, 300 new, 96 units, 1000 controller epochs), sized for a GPU.
@@ -122,8 +122,7 @@ def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:
         config = NAOExperimentConfig(
             base=base,
             # α 1e6 as the ENAS cpu-small preset (whose task also brings wpl_scope="all" and
-            # the proximal step): the raw Fisher of this supernet is so small that the
-            # reference α 60 leaves the weights free.
+            # the proximal step), large against this supernet's small per-batch Fisher.
             search=NAOSearchConfig.cpu_small(shared_steps_per_epoch=8, strength=1e6,
                                              epochs=18, wpl_start_epoch=10),
             nao=NAOConfig(token_embedding=32, units=64, predictor_units=64, epochs=60),

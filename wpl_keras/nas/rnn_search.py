@@ -1,0 +1,327 @@
+"""The ENAS RNN search task on PTB: :class:`RNNSearchTask` trains the shared weights of
+:class:`~wpl_keras.nas.rnn_supernet.RNNSupernet` one architecture at a time, with SGD,
+gradient clipping and the Weight Plasticity Loss over the weights ``wpl_scope`` names.
+
+Every WPL formula of a step (the penalty and its gradient, the proximal pull, the Fisher update
+and its clip, the anchor snapshot) is a call into :mod:`wpl_keras.wpl.core`, directly or
+through the task's :class:`~wpl_keras.wpl.fisher.WPLState`; the task only says which weights a
+step covers (the architecture's node-matrix rows, and with ``wpl_scope="all"`` the dense
+shared weights) and when (``wpl_active``, ``update_fisher``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from wpl_keras.data.ptb import PTBCorpus, batchify, num_windows
+from wpl_keras.nas.base import Architecture, SharedWeightsTask
+from wpl_keras.nas.rnn_cell import clamp_rows, sequence_loss
+from wpl_keras.nas.rnn_space import RNNCellSpace
+from wpl_keras.nas.rnn_supernet import RNNSupernet, RNNSupernetConfig
+from wpl_keras.utils.checkpoint import VariableBundle
+from wpl_keras.wpl import core
+from wpl_keras.wpl.fisher import WPLState, read_rows
+
+# The weights of a step, in the order the task lists them: the four dense shared weights
+# (RNNSupernet.embedding, w_x, w_h, decoder_bias), then the architecture's node-matrix rows.
+_NODE_ROWS = 4
+
+
+def _zero() -> tf.Tensor:
+    return tf.constant(0.0)
+
+
+class RNNSearchTask(SharedWeightsTask):
+    """ENAS RNN search on PTB through the :class:`SharedWeightsTask` contract.
+
+    Training reads consecutive BPTT windows of the batchified training split and carries the
+    hidden state across them (reset by :meth:`start_epoch`). Each step:
+    ``g = ∇ CE`` over the used weights only, plus ``λ θ`` (L2 on used weights), clipped to
+    global norm ``grad_clip`` and applied by SGD (sparse rows for the node matrices). With
+    WPL, the Fisher term covers the architecture's node-matrix rows (and, with
+    ``wpl_scope="all"``, the embedding, ``w_x``, ``w_h`` and decoder bias): with
+    ``wpl.mode="proximal"`` as the proximal step ``θ ← (θ + η α F θ*) / (1 + η α F)`` after
+    the SGD step (:func:`~wpl_keras.wpl.core.wpl_pull`); with ``wpl.mode="gradient"`` as
+    ``α F (θ − θ*)`` added to ``g`` before clipping
+    (:func:`~wpl_keras.wpl.core.wpl_gradients`). The WPL work runs only in steps with WPL on
+    (``tf.cond``), so a step without it costs what a plain ENAS step costs.
+
+    ``α`` is the variable ``wpl_state.strength``: 0 until the search driver (or the caller)
+    writes the schedule's value.
+
+    Args:
+        corpus: PTB ids.
+        config: supernet/search settings.
+        seed: initialisation and dropout seed.
+    """
+
+    def __init__(self, corpus: PTBCorpus, config: RNNSupernetConfig, *, seed: int = 0):
+        if corpus.vocab_size != config.vocab_size:
+            raise ValueError(
+                f"corpus has {corpus.vocab_size} words but config.vocab_size is "
+                f"{config.vocab_size}."
+            )
+        self.cfg = config
+        self.seed = int(seed)
+        self.space = RNNCellSpace(config.num_nodes)
+        self.supernet = RNNSupernet(config, seed=seed)
+        self.optimizer = keras.optimizers.SGD(learning_rate=float(config.learning_rate))
+        self.optimizer.build(self.supernet.trainable_variables)
+        net = self.supernet
+        self._dense_vars = [net.embedding, net.w_x, net.w_h, net.decoder_bias]
+        # WPL state index k protects the step's weight _covered[k]: index 0 the node matrices;
+        # "all" appends the dense shared weights (indices 1..4).
+        dense_covered = list(range(_NODE_ROWS)) if config.wpl_scope == "all" else []
+        self._covered = [_NODE_ROWS] + dense_covered
+        self.wpl_state = WPLState(
+            [net.w_nodes] + [self._dense_vars[i] for i in dense_covered],
+            strength=0.0,
+            fisher_momentum=config.wpl.fisher_momentum,
+            clip_norm=config.wpl.clip_norm,
+            name="rnn_wpl_state",
+        )
+        self._init_data(corpus, config)
+        self.trace_count = 0
+        jit = bool(config.jit_compile)
+        self._train_step = tf.function(self._train_step_impl, jit_compile=jit)
+        self._eval_step = tf.function(self._eval_step_impl, jit_compile=jit)
+        self._snapshot = tf.function(self._snapshot_impl)
+
+    def _init_data(self, corpus: PTBCorpus, config: RNNSupernetConfig) -> None:
+        """The batchified splits, the window positions and the carried hidden states."""
+        train = batchify(corpus.train, config.batch_size)
+        valid = batchify(corpus.valid, config.eval_batch_size)
+        if num_windows(train, config.bptt) < 1 or num_windows(valid, config.eval_bptt) < 2:
+            raise ValueError("corpus too small for the configured batch sizes and BPTT windows.")
+        self._train = tf.constant(train)
+        self._valid = tf.constant(valid)
+        self._num_train_windows = num_windows(train, config.bptt)
+        self._num_valid_windows = num_windows(valid, config.eval_bptt)
+        self.train_position = tf.Variable(0, dtype=tf.int32, trainable=False, name="train_position")
+        self.valid_position = tf.Variable(1, dtype=tf.int32, trainable=False, name="valid_position")
+        self.train_state = tf.Variable(
+            tf.zeros([config.batch_size, config.hidden_size]), trainable=False, name="train_state"
+        )
+        self.reward_state = tf.Variable(
+            tf.zeros([config.eval_batch_size, config.hidden_size]), trainable=False,
+            name="reward_state",
+        )
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+
+    # ------------------------------------------------------------ traced steps
+    def _window(self, data, position, bptt):
+        start = position * bptt
+        x = tf.slice(data, [0, start], [-1, bptt])
+        y = tf.slice(data, [0, start + 1], [-1, bptt])
+        return x, y
+
+    def _train_step_impl(self, arch, wpl_active, update_fisher):
+        """One SGD step of ``arch`` on the next training window.
+
+        ``g_k = ∂CE/∂θ_k + λ θ_k`` for the step's weights ``θ_k`` (the dense shared weights
+        and the architecture's node rows); in gradient mode plus the core's
+        ``α F (θ − θ*)`` on the covered ones; clipped to global norm ``grad_clip`` and applied;
+        in proximal mode then pulled by the core. With ``wpl_active`` and ``update_fisher``
+        the raw data gradients update the covered Fisher.
+
+        Returns:
+            ``(loss, penalty, grad_norm)``: the penalty at the weights the loss saw (0 without
+            WPL), the gradient norm before clipping.
+        """
+        self.trace_count += 1  # Python side effect: runs once per trace
+        cfg = self.cfg
+        x, y = self._window(self._train, self.train_position, cfg.bptt)
+        self.train_position.assign((self.train_position + 1) % self._num_train_windows)
+        rows = self.supernet.wpl_rows(arch)
+        loss, new_state, data, params = self._data_gradients(x, y, arch, rows)
+        grads = [g + cfg.l2 * p for g, p in zip(data, params)]
+        penalty = tf.constant(0.0)
+        if cfg.wpl.mode == "gradient":
+            penalty, grads = self._penalty_gradients(rows, params, grads, wpl_active)
+        clipped, grad_norm = tf.clip_by_global_norm(grads, cfg.grad_clip)
+        self._apply(clipped, rows)
+        if cfg.wpl.mode == "proximal":
+            penalty = tf.cond(wpl_active, lambda: self._pull(rows, params), _zero)
+        self.train_state.assign(clamp_rows(new_state, cfg.hidden_max_norm))
+        tf.cond(tf.logical_and(wpl_active, update_fisher),
+                lambda: self._update_fisher(rows, data), _zero)
+        return loss, penalty, grad_norm
+
+    def _data_gradients(self, x, y, arch, rows):
+        """``(loss, new_state, data gradients, weights)`` of the step, the last two as lists
+        in the task's order (dense weights, then the node rows, all dense tensors)."""
+        net = self.supernet
+        with tf.GradientTape() as tape:
+            logits, new_state = net(x, arch, tf.convert_to_tensor(self.train_state), training=True)
+            loss = sequence_loss(logits, y)
+        grads = tape.gradient(loss, self._dense_vars + [net.w_nodes])
+        # The node gradient comes from one gather of the distinct `rows`: its values align.
+        data = [tf.convert_to_tensor(g) for g in grads[:-1] + [grads[-1].values]]
+        params = [tf.convert_to_tensor(v) for v in self._dense_vars]
+        params.append(read_rows(net.w_nodes, rows))
+        return loss, new_state, data, params
+
+    def _fisher_and_anchors(self, rows) -> tuple:
+        """``F`` and ``θ*`` of every covered weight, in WPL-state order (node rows gathered)."""
+        state = self.wpl_state
+        fisher = [read_rows(state.fisher[0], rows)]
+        anchors = [read_rows(state.anchors[0], rows)]
+        fisher += [tf.convert_to_tensor(f) for f in state.fisher[1:]]
+        anchors += [tf.convert_to_tensor(a) for a in state.anchors[1:]]
+        return fisher, anchors
+
+    def _penalty_gradients(self, rows, params, grads, wpl_active):
+        """Gradient mode: ``(P, grads)`` with ``g_k + α F_k (θ_k − θ*_k)`` on the covered
+        weights (:func:`~wpl_keras.wpl.core.wpl_gradients`); ``(0, grads)`` without WPL."""
+        covered = self._covered
+
+        def on():
+            fisher, anchors = self._fisher_and_anchors(rows)
+            out = core.wpl_gradients(
+                [params[i] for i in covered], [grads[i] for i in covered], fisher, anchors,
+                strength=self.wpl_state.strength, mode="gradient",
+            )
+            return out.penalty, out.gradients
+
+        def off():
+            return tf.constant(0.0), [grads[i] for i in covered]
+
+        penalty, new = tf.cond(wpl_active, on, off)
+        grads = list(grads)
+        for i, g in zip(covered, new):
+            grads[i] = g
+        return penalty, grads
+
+    def _apply(self, grads: List[tf.Tensor], rows) -> None:
+        """SGD on the dense weights and, as sparse rows, on the architecture's node rows."""
+        node_update = self._node_slices(grads[_NODE_ROWS], rows)
+        self.optimizer.apply_gradients(
+            list(zip(grads[:_NODE_ROWS], self._dense_vars))
+            + [(node_update, self.supernet.w_nodes)]
+        )
+
+    def _node_slices(self, values, rows) -> tf.IndexedSlices:
+        """``values`` of the node rows ``rows`` as a row-slice gradient of ``w_nodes``."""
+        shape = tf.constant([int(d) for d in self.supernet.w_nodes.shape], tf.int32)
+        return tf.IndexedSlices(values, rows, shape)
+
+    def _pull(self, rows, params) -> tf.Tensor:
+        """Proximal mode, after the SGD step: every covered weight pulled by the core
+        (:meth:`WPLState.apply_proximal` → :func:`~wpl_keras.wpl.core.wpl_pull`) with this
+        step's learning rate; returns the penalty at the weights this step's loss saw."""
+        lr = tf.convert_to_tensor(self.optimizer.learning_rate)
+        penalties = [
+            self.wpl_state.apply_proximal(k, lr, rows=rows if i == _NODE_ROWS else None,
+                                          penalty_at=params[i])
+            for k, i in enumerate(self._covered)
+        ]
+        return tf.add_n(penalties)
+
+    def _update_fisher(self, rows, data) -> tf.Tensor:
+        """``F ← clip((1 − η_F) F + η_F g²)`` from the raw data gradients of the covered
+        weights (:meth:`WPLState.update_fisher`; the node rows as row slices)."""
+        gradients = [self._node_slices(data[_NODE_ROWS], rows)]
+        gradients += [data[i] for i in self._covered[1:]]
+        self.wpl_state.update_fisher(gradients)
+        return tf.constant(0.0)
+
+    def _eval_step_impl(self, arch, x, y, state):
+        logits, new_state = self.supernet(x, arch, state, training=False)
+        return sequence_loss(logits, y), new_state
+
+    def _snapshot_impl(self, arch):
+        """``θ* ← θ`` on the covered weights (:meth:`WPLState.snapshot_anchors`)."""
+        rows = {0: self.supernet.wpl_rows(arch)}
+        rows.update({k: None for k in range(1, len(self._covered))})
+        self.wpl_state.snapshot_anchors(rows=rows)
+
+    def _arch_tensor(self, arch) -> tf.Tensor:
+        return tf.constant(self.space.validate(arch), tf.int32)
+
+    # -------------------------------------------------------------- contract
+    def train_architecture(
+        self, arch: Architecture, num_batches: int, *, wpl_active: bool
+    ) -> Dict[str, float]:
+        """Trains ``arch`` on the next ``num_batches`` windows (see :class:`SharedWeightsTask`).
+
+        With ``wpl_active`` the last step's data-loss gradient of the covered weights
+        updates their Fisher (``F ← (1 − η_F) F + η_F g²``, clipped to ``wpl.clip_norm``),
+        then their anchors are set (``θ* ← θ``).
+
+        Returns:
+            ``loss`` (mean CE), ``penalty``, ``ppl`` (``exp(loss)``), ``grad_norm``.
+        """
+        if int(num_batches) <= 0:
+            raise ValueError(f"num_batches must be positive, got {num_batches}.")
+        a = self._arch_tensor(arch)
+        active = tf.constant(bool(wpl_active))
+        losses, penalties, norms = [], [], []
+        for b in range(int(num_batches)):
+            last = tf.constant(b == int(num_batches) - 1)
+            loss, penalty, norm = self._train_step(a, active, last)
+            losses.append(float(loss))
+            penalties.append(float(penalty))
+            norms.append(float(norm))
+        if not all(math.isfinite(v) for v in losses):
+            raise FloatingPointError(f"RNN supernet loss is not finite: {losses}.")
+        if wpl_active:
+            self._snapshot(a)
+        loss = float(np.mean(losses))
+        return {
+            "loss": loss,
+            "penalty": float(np.mean(penalties)),
+            "ppl": float(math.exp(min(loss, 50.0))),
+            "grad_norm": float(np.mean(norms)),
+        }
+
+    def validation_error(self, arch: Architecture) -> float:
+        """Perplexity on the FIXED validation batch (first window of the validation split,
+        zero initial state, no dropout)."""
+        x, y = self._window(self._valid, tf.constant(0), self.cfg.eval_bptt)
+        state = self.supernet.initial_state(self.cfg.eval_batch_size)
+        loss, _ = self._eval_step(self._arch_tensor(arch), x, y, state)
+        return float(math.exp(min(float(loss), 50.0)))
+
+    def reward(self, arch: Architecture) -> float:
+        """``reward_constant / ppl`` on the next validation window (windows 1, 2, ... cycling;
+        window 0 is the fixed batch), carrying the validation hidden state."""
+        x, y = self._window(self._valid, self.valid_position, self.cfg.eval_bptt)
+        nxt = self.valid_position + 1
+        self.valid_position.assign(tf.where(nxt >= self._num_valid_windows, 1, nxt))
+        loss, state = self._eval_step(
+            self._arch_tensor(arch), x, y, tf.convert_to_tensor(self.reward_state)
+        )
+        self.reward_state.assign(clamp_rows(state, self.cfg.hidden_max_norm))
+        return float(self.cfg.reward_constant / math.exp(min(float(loss), 50.0)))
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """``lr · lr_decay^max(0, epoch − lr_decay_start_epoch)``."""
+        cfg = self.cfg
+        return cfg.learning_rate * cfg.lr_decay ** max(0, int(epoch) - cfg.lr_decay_start_epoch)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Sets the epoch's learning rate and resets the carried hidden states."""
+        self.epoch.assign(int(epoch))
+        self.optimizer.learning_rate.assign(self.learning_rate_at(epoch))
+        self.train_state.assign(tf.zeros_like(self.train_state))
+        self.reward_state.assign(tf.zeros_like(self.reward_state))
+
+    def checkpoint_items(self) -> Dict[str, object]:
+        return {
+            "supernet": VariableBundle(self.supernet, name="supernet"),
+            "optimizer": VariableBundle(self.optimizer, name="optimizer"),
+            "wpl_state": VariableBundle(self.wpl_state, name="wpl_state"),
+            "train_position": self.train_position,
+            "valid_position": self.valid_position,
+            "train_state": self.train_state,
+            "reward_state": self.reward_state,
+            "epoch": self.epoch,
+        }
+
+    def config(self) -> dict:
+        return {"task": "enas_rnn_ptb", "seed": self.seed, **self.cfg.to_json()}
