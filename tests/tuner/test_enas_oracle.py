@@ -138,6 +138,7 @@ def test_ordinary_tuner_with_build_function(tmp_path, seed):
 
 def test_weight_sharing_tuner_trains_supernet_with_wpl_and_exports(tmp_path, seed):
     task = TinyTask(seed=0)
+    task.wpl_state.strength.assign(0.0)  # as a search task starts: the tuner sets alpha
     before = task.module.w0.numpy().copy()
     oracle = ENASOracle(task.space, keras_tuner.Objective("reward", "max"), max_trials=5,
                         units=8, repeats="rerun")
@@ -152,6 +153,8 @@ def test_weight_sharing_tuner_trains_supernet_with_wpl_and_exports(tmp_path, see
     assert len(wpl_on) == 4
     assert int(task.wpl_state.num_fisher_updates) == 4
     assert any(t.metrics.get_last_value("penalty") > 0 for t in wpl_on[1:])
+    assert all(t.metrics.get_last_value("wpl_strength") == 60.0 for t in wpl_on)
+    assert float(task.wpl_state.strength) == 60.0
     assert int(oracle.reinforce.step) == 5
 
     arch = tuner.get_best_architectures()[0]
@@ -165,3 +168,13 @@ def test_weight_sharing_tuner_trains_supernet_with_wpl_and_exports(tmp_path, see
     served = loaded.serve(tf.constant(x))
     np.testing.assert_allclose(served.numpy(), want, rtol=1e-4, atol=1e-5)
     assert (tmp_path / "ws" / "supernet" / "checkpoint.index").exists()
+
+
+@pytest.mark.parametrize("strength", [-1.0, float("nan"), "60", None])
+def test_weight_sharing_tuner_refuses_a_bad_strength(tmp_path, strength):
+    task = TinyTask(seed=0)
+    oracle = ENASOracle(task.space, keras_tuner.Objective("reward", "max"), max_trials=1,
+                        units=8)
+    with pytest.raises(ValueError, match="strength"):
+        WeightSharingTuner(oracle, task, strength=strength, directory=str(tmp_path),
+                           project_name="bad")

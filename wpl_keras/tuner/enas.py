@@ -127,7 +127,8 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
     """A tuner whose trials all train one shared supernet (a :class:`SharedWeightsTask`).
 
     ``run_trial`` for architecture ``a`` (read from the trial's hyperparameters):
-    ``task.train_architecture(a, batches_per_trial, wpl_active=trials_run >= wpl_start_trial)``,
+    ``task.train_architecture(a, batches_per_trial, wpl_active=trials_run >= wpl_start_trial)``
+    with ``task.wpl_state.strength`` set to ``α = strength`` while WPL is on and 0 before,
     then ``val_error = task.validation_error(a)`` (fixed validation batch) and
     ``reward = task.reward(a)``; it returns those and the training logs (``loss``,
     ``penalty``, ...), so the oracle's objective can be ``Objective("reward", "max")`` or
@@ -142,6 +143,8 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
         task: the shared-weights task.
         batches_per_trial: training batches per trial (paper RNN preset: 7).
         wpl_start_trial: trials of plain training before WPL turns on (0: from the start).
+        strength: ``α`` of the trials with WPL on (the tasks start at ``α = 0``: a search's
+            ``α`` belongs to its schedule, and this tuner is that schedule).
         build_standalone: ``arch -> keras.Model`` for :meth:`load_model` / ``get_best_models``.
         **kwargs: ``directory``, ``project_name``, ``overwrite`` of ``BaseTuner``.
     """
@@ -153,6 +156,7 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
         *,
         batches_per_trial: int = 7,
         wpl_start_trial: int = 0,
+        strength: float = 60.0,
         build_standalone: Optional[Callable[[Architecture], keras.Model]] = None,
         **kwargs,
     ):
@@ -160,7 +164,12 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
             raise ValueError(f"batches_per_trial must be >= 1, got {batches_per_trial}.")
         if wpl_start_trial < 0:
             raise ValueError(f"wpl_start_trial must be >= 0, got {wpl_start_trial}.")
+        if isinstance(strength, bool) or not (
+            isinstance(strength, (int, float)) and 0.0 <= strength and strength == strength
+        ):
+            raise ValueError(f"strength must be a number >= 0, got {strength!r}.")
         self.task = task
+        self.strength = float(strength)
         self.space = task.space
         self.batches_per_trial = int(batches_per_trial)
         self.wpl_start_trial = int(wpl_start_trial)
@@ -172,12 +181,16 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
     def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
         arch = hyperparameters_to_architecture(self.space, trial.hyperparameters)
         wpl_active = self.trials_run >= self.wpl_start_trial
+        state = getattr(self.task, "wpl_state", None)
+        if state is not None:
+            state.strength.assign(self.strength if wpl_active else 0.0)
         logs = self.task.train_architecture(arch, self.batches_per_trial, wpl_active=wpl_active)
         self.trials_run += 1
         metrics = {k: float(v) for k, v in (logs or {}).items()}
         metrics["val_error"] = float(self.task.validation_error(arch))
         metrics["reward"] = float(self.task.reward(arch))
         metrics["wpl_active"] = float(wpl_active)
+        metrics["wpl_strength"] = self.strength if wpl_active else 0.0
         return metrics
 
     def load_model(self, trial) -> keras.Model:
