@@ -25,9 +25,10 @@ class WPLConfig(JsonConfig):
     Attributes:
         fisher_momentum: ``η`` of the Fisher update from the gradient already computed,
             ``F ← (1 − η) F + η g²`` (paper §3.2: 0.9).
-        clip_norm: after each update, every updated Fisher tensor (or slice: a node matrix's
-            row, a CNN op's weights) is rescaled to at most this L2 norm (WPL release: 10);
-            ``None`` leaves it unclipped.
+        clip_norm: after each update, the updated part of each Fisher tensor is rescaled to
+            at most this L2 norm (WPL release: 10): a whole weight; for the RNN node matrices,
+            the rows of the trained architecture as one block; for the CNN's stacked op
+            weights, each op's slice. ``None`` leaves it unclipped.
         mode: ``"proximal"``: after the optimiser's step on the data gradient, the exact
             proximal step of the Fisher term ``θ ← (θ + η_lr α F θ*) / (1 + η_lr α F)``,
             stable for every ``α``; ``"gradient"``: ``α F (θ − θ*)`` is added to the
