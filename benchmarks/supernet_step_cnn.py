@@ -1,16 +1,17 @@
 """Benchmark: one-trace micro-CNN supernet training step (CIFAR-10 shapes).
 
-Measures, for :class:`wpl_keras.nas.cnn_supernet.CNNSearchTask`:
+Measures, for :class:`wpl_keras.nas.cnn_search.CNNSearchTask`:
 
 * ``traces``: traces of the training step after training ``--archs`` random architectures
   (must be 1: the architecture is an int32 tensor input);
 * ``compile_s``: wall time of the first step (trace + graph optimisation + first run);
 * ``step_ms`` / ``images_per_s``: mean step time without WPL over the architectures;
-* ``wpl_ratio``: step time with WPL (masked penalty every step, Fisher update on the last
-  step of each architecture, anchor snapshot after it) over the time without. The penalty
-  and Fisher ops are in the one traced step in both modes, gated by tensors (so that
-  switching WPL on does not retrace); the ratio therefore measures the extra work of the
-  snapshot and of non-zero gates, not the cost of those ops against a step without them;
+* ``wpl_ratio``: step time with WPL (α 60, proximal mode: the masked pull and its penalty
+  every step, Fisher update on the last step of each architecture, anchor snapshot after it)
+  over the time without. The flags are bool tensors of the one traced step (switching WPL on
+  does not retrace): the pull runs in a ``tf.cond`` only with WPL on, while the masked Fisher
+  update runs in both modes with its update flag multiplied in; the ratio therefore measures
+  the pull, the snapshot and non-zero flags, not the Fisher update against a step without it;
 * ``mirrored_2cpu_ratio``: step time under ``MirroredStrategy`` over 2 logical CPU devices
   divided by the time on 1 device (a subprocess, since logical devices must be configured
   before TensorFlow starts); for information only: both share the same physical cores.
@@ -80,15 +81,18 @@ def _data(args):
 
 def _task(args, splits, strategy=None):
     from wpl_keras.nas.cnn_space import MicroCellSpace
-    from wpl_keras.nas.cnn_supernet import CNNSearchConfig, CNNSearchTask, SupernetConfig
+    from wpl_keras.nas.cnn_search import CNNSearchConfig, CNNSearchTask
+    from wpl_keras.nas.cnn_supernet import SupernetConfig
 
     config = CNNSearchConfig(
         supernet=SupernetConfig(num_cells=args.num_cells, filters=args.filters,
                                 num_stages=args.num_stages),
         batch_size=args.batch_size, eval_batch_size=100, fixed_valid_size=100,
     )
-    return CNNSearchTask(MicroCellSpace(args.num_nodes), config, splits, strategy=strategy,
+    task = CNNSearchTask(MicroCellSpace(args.num_nodes), config, splits, strategy=strategy,
                          seed=args.seed)
+    task.wpl_state.strength.assign(60.0)  # α of the paper preset (a search's driver writes it)
+    return task
 
 
 def _mirrored_child(args) -> dict:

@@ -1,5 +1,7 @@
 """Tests for the one-trace micro-CNN supernet and its WPL search task (tiny 8x8 images)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,13 +9,9 @@ import tensorflow as tf
 from wpl_keras.data.cifar10 import SearchSplits
 from wpl_keras.nas.base import InvalidArchitectureError
 from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
-from wpl_keras.nas.cnn_supernet import (
-    CNNSearchConfig,
-    CNNSearchTask,
-    CNNSupernet,
-    SupernetConfig,
-    per_example_norm,
-)
+from wpl_keras.nas.cnn_search import CNNSearchConfig, CNNSearchTask
+from wpl_keras.nas.cnn_supernet import CNNSupernet, SupernetConfig, per_example_norm
+from wpl_keras.wpl.config import WPLConfig
 
 SEP5 = OPS.index("sep5x5")
 
@@ -29,7 +27,7 @@ def _config(**kwargs):
     base = dict(
         supernet=SupernetConfig(num_cells=1, filters=4, num_stages=1),
         batch_size=8, eval_batch_size=8, fixed_valid_size=16, augment=False,
-        lr_max=0.05, epochs=4, fisher_flush_every=3,
+        lr_max=0.05, epochs=4,
     )
     base.update(kwargs)
     return CNNSearchConfig(**base)
@@ -37,7 +35,10 @@ def _config(**kwargs):
 
 @pytest.fixture(scope="module")
 def task():
-    return CNNSearchTask(MicroCellSpace(num_nodes=2), _config(), _splits(), seed=0)
+    task = CNNSearchTask(MicroCellSpace(num_nodes=2), _config(), _splits(), seed=0)
+    assert float(task.wpl_state.strength.numpy()) == 0.0  # α is the schedule's
+    task.wpl_state.strength.assign(60.0)  # as the search driver would write it
+    return task
 
 
 def _arch_without(space, op, rng):
@@ -111,12 +112,41 @@ def test_unused_ops_get_no_update_fisher_or_anchor(task):
         np.testing.assert_array_equal(v.numpy()[~m], b[~m])  # no step on unused slices
         np.testing.assert_array_equal(f.numpy()[~m], fb[~m])  # no Fisher update
         np.testing.assert_array_equal(a.numpy()[~m], ab[~m])  # no anchor snapshot
-        np.testing.assert_allclose(a.numpy()[m], v.numpy()[m])  # θ* ← θ on used slices
+        # θ* ← θ on used slices (the core's θ* + m (θ − θ*): exact up to float32 rounding)
+        np.testing.assert_allclose(a.numpy()[m], v.numpy()[m], rtol=1e-6, atol=1e-6)
         changed_used += int(np.any(v.numpy()[m] != b[m]))
         if m.any():
             assert np.any(f.numpy()[m] != fb[m])
     assert changed_used > 0
     assert int(task.wpl_state.num_fisher_updates.numpy()) == updates_before + 1
+
+
+def test_slice_axes_and_per_slice_fisher_clip():
+    space = MicroCellSpace(num_nodes=2)
+    clip = 1e-3
+    task = CNNSearchTask(space, _config(wpl=WPLConfig(clip_norm=clip, fisher_momentum=1.0)),
+                         _splits(), seed=0)
+    axes = task.supernet.slice_axes()
+    for v, a in zip(task.variables, axes):
+        stacked = any(k in v.path for k in ("_depthwise", "_pointwise"))
+        assert a == (list(range(2, len(v.shape))) if stacked else None), v.path
+    arch = (0, 1, 0, 1, 2, 1, 2, 1) + (1, 2, 0, 1, 2, 1, 1, 2)  # sep3x3 on all four slots
+    task.train_architecture(arch, 1, wpl_active=True)
+    masks = task.supernet.usage_masks(tf.constant(arch, tf.int32))
+    whole = []
+    for f, a, m in zip(task.wpl_state.fisher, axes, masks):
+        f = f.numpy()
+        if a is None:  # a whole weight: clipped as a whole (0 where no gradient reached it)
+            whole.append(float(np.linalg.norm(f)))
+            continue
+        norms = np.sqrt(np.sum(np.square(f), axis=tuple(a)))  # [B, 2]
+        used = m.numpy().reshape(norms.shape).astype(bool)
+        np.testing.assert_allclose(norms[used], clip, rtol=1e-4)  # each slice on its own
+        np.testing.assert_array_equal(norms[~used], 0.0)
+        if used.sum() > 1:
+            assert np.linalg.norm(f) > 1.5 * clip  # not clipped as one tensor
+    np.testing.assert_allclose([w for w in whole if w > 0], clip, rtol=1e-4)
+    assert sum(w > 0 for w in whole) >= 3  # stem, head kernel and bias at least
 
 
 def test_penalty_counts_only_used_slices():
@@ -164,8 +194,10 @@ def test_proximal_pull_moves_only_used_slices_toward_anchors():
     state.strength.assign(1e12)
     out = task.train_architecture(arch, 2, wpl_active=True)
     assert np.isfinite(out["loss"]) and all(np.all(np.isfinite(v.numpy())) for v in task.variables)
-    with pytest.raises(ValueError, match="wpl_mode"):
-        _config(wpl_mode="implicit")
+    with pytest.raises(ValueError, match="mode"):
+        _config(wpl=WPLConfig(mode="implicit"))
+    with pytest.raises(TypeError, match="WPLConfig"):
+        _config(wpl="proximal")
 
 
 def test_gradient_mode_puts_the_penalty_in_the_loss():
@@ -173,8 +205,9 @@ def test_gradient_mode_puts_the_penalty_in_the_loss():
     arch = (0, 1, 1, 1, 2, 0, 0, 1) + (1, 3, 0, 4, 2, 2, 1, 0)
     after = {}
     for mode in ("gradient", "proximal"):
-        task = CNNSearchTask(space, _config(wpl_mode=mode, momentum=0.0, grad_clip=None,
-                                            weight_decay=0.0), _splits(), seed=0)
+        task = CNNSearchTask(space, _config(wpl=WPLConfig(mode=mode), momentum=0.0,
+                                            grad_clip=None, weight_decay=0.0), _splits(), seed=0)
+        task.wpl_state.strength.assign(60.0)  # the search driver writes α; here by hand
         for f, a in zip(task.wpl_state.fisher, task.wpl_state.anchors):
             f.assign(tf.ones_like(f))
             a.assign(tf.convert_to_tensor(a) - 0.1)
@@ -200,15 +233,34 @@ def test_validation_error_is_on_a_fixed_batch(task):
     assert task.fixed_images.shape[0] == 16
 
 
-def test_start_epoch_schedule_and_flush(task):
+def test_start_epoch_schedule_and_no_own_flush(task):
     task.start_epoch(0)
     np.testing.assert_allclose(task.optimizer.learning_rate.numpy(), 0.05, rtol=1e-6)
     task.start_epoch(4)
     np.testing.assert_allclose(task.optimizer.learning_rate.numpy(), 0.0005, rtol=1e-5)
+    saved = [f.numpy().copy() for f in task.wpl_state.fisher]
     task.wpl_state.fisher[0].assign(tf.ones_like(task.wpl_state.fisher[0]))
-    task.start_epoch(3)  # fisher_flush_every = 3
-    assert float(task.wpl_state.fisher_norm()) == 0.0
+    for epoch in range(7):  # the Fisher flush is the search driver's, never the task's
+        task.start_epoch(epoch)
+        np.testing.assert_array_equal(task.wpl_state.fisher[0].numpy(), 1.0)
+    task.wpl_state.fisher[0].assign(saved[0])
     task.start_epoch(0)
+
+
+@pytest.mark.parametrize("name, flushes", [
+    ("paper", [6, 9, 12, 15]),  # WPL from epoch 3, flush every 3 epochs after it
+    ("cpu-small", [6, 9, 12, 15, 18]),
+    ("tiny", []),  # 3 epochs, WPL from epoch 1, flush every 2: none within the run
+])
+def test_cnn_presets_flush_through_the_schedule(name, flushes):
+    from wpl_keras.experiments import enas_cnn
+    from wpl_keras.nas.schedule import flush_at
+
+    search = enas_cnn.preset(name).search
+    horizon = 17 if name == "paper" else search.epochs
+    assert [e for e in range(horizon) if flush_at(e, search)] == flushes
+    plain = dataclasses.replace(search, wpl=False)
+    assert not any(flush_at(e, plain) for e in range(horizon))
 
 
 def test_bad_inputs_raise(task):
@@ -281,3 +333,22 @@ def test_registry_builds_the_cnn_task_from_a_preset():
     assert enas_cnn.preset("cpu_small").task.num_nodes == 3
     with pytest.raises(ValueError, match="unknown CNN preset"):
         enas_cnn.preset("huge")
+
+
+def test_cnn_task_config_holds_one_wpl_config():
+    import json
+
+    from wpl_keras.experiments import enas, enas_cnn
+
+    config = enas.get_preset("cnn", "tiny").replace(
+        task={"wpl": {"fisher_momentum": 0.5, "clip_norm": None, "mode": "gradient"}})
+    assert config.task.wpl == WPLConfig(fisher_momentum=0.5, clip_norm=None, mode="gradient")
+    assert enas.ENASExperimentConfig.from_json(json.dumps(config.to_json())) == config
+    search = config.task.search_config(epochs=7)
+    assert search.wpl == config.task.wpl and search.epochs == 7
+    for old in ("fisher_momentum", "fisher_clip", "wpl_mode", "wpl_strength"):
+        assert not hasattr(config.task, old) and not hasattr(search, old)
+    with pytest.raises(ValueError, match="unknown WPLConfig fields"):
+        enas_cnn.CNNTaskConfig(wpl={"momentum": 0.5})
+    with pytest.raises(TypeError, match="CNNTaskConfig.wpl"):
+        enas_cnn.CNNTaskConfig(wpl=0.9)

@@ -22,18 +22,23 @@ import json, sys
 import numpy as np
 from wpl_keras.data.cifar10 import SearchSplits
 from wpl_keras.nas.cnn_space import MicroCellSpace
-from wpl_keras.nas.cnn_supernet import CNNSearchConfig, CNNSearchTask, SupernetConfig
+from wpl_keras.nas.cnn_search import CNNSearchConfig, CNNSearchTask
+from wpl_keras.nas.cnn_supernet import SupernetConfig
+from wpl_keras.wpl.config import WPLConfig
 
-def run(strategy):
+def run(strategy, mode="proximal"):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8)
     y = rng.integers(0, 10, 48).astype(np.int32)
     splits = SearchSplits(x[:32], y[:32], x[32:], y[32:])
     space = MicroCellSpace(2)
     cfg = CNNSearchConfig(supernet=SupernetConfig(num_cells=1, filters=4, num_stages=1),
-                          batch_size=8, eval_batch_size=8, fixed_valid_size=16, augment=False)
+                          batch_size=8, eval_batch_size=8, fixed_valid_size=16, augment=False,
+                          wpl=WPLConfig(mode=mode))
     task = CNNSearchTask(space, cfg, splits, strategy=strategy, seed=0)
-    archs = [space.sample(np.random.default_rng(1)) for _ in range(2)]
+    task.wpl_state.strength.assign(60.0)  # alpha as the search driver would write it
+    rng = np.random.default_rng(1)
+    archs = [space.sample(rng) for _ in range(3)]  # the third one has a Fisher and anchors
     values = []
     for k, arch in enumerate(archs):
         out = task.train_architecture(arch, 2, wpl_active=k > 0)
@@ -49,7 +54,10 @@ split_cpu(2)
 """ + _COMMON + """
 one = run(make_strategy("default"))
 two = run(make_strategy("mirrored"))
-print(json.dumps({"one": one, "two": two}))
+one_gradient = run(make_strategy("default"), "gradient")
+two_gradient = run(make_strategy("mirrored"), "gradient")
+print(json.dumps({"one": one, "two": two, "one_gradient": one_gradient,
+                  "two_gradient": two_gradient}))
 """
 
 _WORKER = """
@@ -96,11 +104,13 @@ def runs():
                 proc.kill()
 
 
-def test_mirrored_two_cpus_match_one_device(runs):
-    one, two = runs["mirrored"]["one"], runs["mirrored"]["two"]
+@pytest.mark.parametrize("mode", ["", "_gradient"])  # proximal and gradient WPL modes
+def test_mirrored_two_cpus_match_one_device(runs, mode):
+    one, two = runs["mirrored"]["one" + mode], runs["mirrored"]["two" + mode]
     assert one["replicas"] == 1 and two["replicas"] == 2
     assert two["traces"] == 1
     assert one["values"][2] > 0  # something was trained
+    assert one["values"][5] > 0  # the third architecture had a WPL penalty
     for a, b in zip(one["values"], two["values"]):
         assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (one["values"], two["values"])
 
@@ -110,7 +120,7 @@ def test_two_workers_complete_steps(runs):
         result = runs[name]
         assert result["replicas"] == 2
         assert "CollectiveAllReduce" in result["kind"] or "MultiWorker" in result["kind"]
-        assert result["steps"] == 4
+        assert result["steps"] == 6  # 3 architectures x 2 batches
         assert all(v == v for v in result["values"])  # no NaN
     # both workers apply the same all-reduced updates
     assert runs["worker0"]["values"] == pytest.approx(runs["worker1"]["values"], rel=1e-5)

@@ -2,14 +2,14 @@
 
 :data:`CNN_SPACE` is the :class:`~wpl_keras.experiments.enas.SpaceSpec` that
 :mod:`wpl_keras.experiments.enas` imports lazily for ``space="cnn"``; :func:`build_task`
-builds a :class:`~wpl_keras.nas.cnn_supernet.CNNSearchTask` straight from a config and a data
+builds a :class:`~wpl_keras.nas.cnn_search.CNNSearchTask` straight from a config and a data
 folder.
 
 Presets:
 
 * ``paper``: the reference defaults of the public WPL release / ENAS micro search (5 nodes
-  per cell, 5 normal cells per stage, 20 filters, batch 32, α 60, Fisher clip 10, flush every
-  3 epochs, WPL from epoch 3, controller lr 0.0035, temperature 8, EMA decay 0.99) and an
+  per cell, 5 normal cells per stage, 20 filters, batch 32, α 60, Fisher clip 10, Fisher flush
+  every 3 epochs after WPL turns on (the search driver's ``flush_every``), WPL from epoch 3, controller lr 0.0035, temperature 8, EMA decay 0.99) and an
   ENAS-style final training (36 filters, auxiliary head 0.4, drop-path keep 0.6, cutout 16,
   cosine lr 0.05 → 1e-4). Values not stated by those sources are our choices and say so:
   7 batches per sampled architecture and 200 architectures per epoch (≈ one pass over the
@@ -30,22 +30,24 @@ from typing import Optional
 
 from wpl_keras.experiments.enas import ControllerConfig, ENASExperimentConfig, SpaceSpec
 from wpl_keras.nas.search import SearchConfig
+from wpl_keras.wpl.config import WPLConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class CNNTaskConfig:
-    """Flat task config of the CIFAR-10 micro search (JSON round-trips through the registry).
+    """Task config of the CIFAR-10 micro search (JSON round-trips through the registry).
 
     Attributes:
         num_nodes: ``B`` nodes per cell.
         num_cells, filters, num_stages, drop_path_keep: supernet shape (search).
         batch_size, eval_batch_size, fixed_valid_size: search batches (see
-            :class:`~wpl_keras.nas.cnn_supernet.CNNSearchConfig`).
+            :class:`~wpl_keras.nas.cnn_search.CNNSearchConfig`).
         lr_max, lr_min, lr_epochs, momentum, weight_decay, grad_clip: shared-weights SGD
             (cosine over ``lr_epochs``; None: over the search's epochs).
-        fisher_momentum, fisher_clip: ``η`` and the Fisher clip.
-        wpl_mode: ``"proximal"`` (stable for any ``α``) or ``"gradient"`` (penalty in the
-            loss); see :class:`~wpl_keras.nas.cnn_supernet.CNNSearchConfig`.
+        wpl: the WPL step (:class:`~wpl_keras.wpl.config.WPLConfig`: Fisher momentum
+            ``η_F``, Fisher clip, ``"proximal"`` or ``"gradient"`` mode); a JSON object is
+            read through ``WPLConfig.from_json``. ``α`` and the Fisher flush are the search
+            schedule's (:class:`~wpl_keras.nas.search.SearchConfig`).
         augment: crop + flip during the search.
         num_valid: train images held out for validation; train_size: search-train subset size
             (None: all the rest).
@@ -68,9 +70,7 @@ class CNNTaskConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     grad_clip: Optional[float] = 5.0
-    fisher_momentum: float = 0.9
-    fisher_clip: Optional[float] = 10.0
-    wpl_mode: str = "proximal"
+    wpl: WPLConfig = WPLConfig()
     augment: bool = True
     num_valid: int = 5000
     train_size: Optional[int] = None
@@ -87,10 +87,20 @@ class CNNTaskConfig:
     final_weight_decay: float = 2e-4
     final_train_size: Optional[int] = None
 
-    def search_config(self, strength: float = 60.0, epochs: int = 150):
-        """The :class:`~wpl_keras.nas.cnn_supernet.CNNSearchConfig` of the supernet task
+    def __post_init__(self):
+        if isinstance(self.wpl, dict):  # from JSON (experiment.json, a --task-set override)
+            object.__setattr__(self, "wpl", WPLConfig.from_json(self.wpl))
+        if not isinstance(self.wpl, WPLConfig):
+            raise TypeError(
+                f"CNNTaskConfig.wpl must be a WPLConfig or a JSON object of its fields, got "
+                f"{type(self.wpl).__name__}."
+            )
+
+    def search_config(self, epochs: int = 150):
+        """The :class:`~wpl_keras.nas.cnn_search.CNNSearchConfig` of the supernet task
         (``epochs``: length of the cosine schedule when ``lr_epochs`` is None)."""
-        from wpl_keras.nas.cnn_supernet import CNNSearchConfig, SupernetConfig
+        from wpl_keras.nas.cnn_search import CNNSearchConfig
+        from wpl_keras.nas.cnn_supernet import SupernetConfig
 
         return CNNSearchConfig(
             supernet=SupernetConfig(num_cells=self.num_cells, filters=self.filters,
@@ -99,9 +109,7 @@ class CNNTaskConfig:
             batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
             fixed_valid_size=self.fixed_valid_size, lr_max=self.lr_max, lr_min=self.lr_min,
             epochs=self.lr_epochs or epochs, momentum=self.momentum, weight_decay=self.weight_decay,
-            grad_clip=self.grad_clip, wpl_strength=strength,
-            fisher_momentum=self.fisher_momentum, fisher_clip=self.fisher_clip,
-            fisher_flush_every=0, augment=self.augment, wpl_mode=self.wpl_mode,
+            grad_clip=self.grad_clip, augment=self.augment, wpl=self.wpl,
         )
 
     def final_config(self, epochs: int):
@@ -140,12 +148,9 @@ def _preset(name: str) -> ENASExperimentConfig:
             train_size=5000, final_num_cells=1, final_filters=16, final_num_stages=3,
             final_batch_size=64, final_train_size=10000,
         )
-        # 20 epochs x 30 architectures x 5 batches (about 8 minutes per search): with 10 x 10
-        # architectures the supernet hardly moved and err2 - err1 was noise; at this length
-        # the best-5 difference without WPL is positive in most epochs. Proximal WPL (stable
-        # for any alpha), alpha 1e6: with lr 0.05, lr alpha F exceeds 1 only for the weights
-        # with the largest Fisher values, which are held. Two seeds each: alpha 1e5 removed
-        # 40% of the best-5 forgetting, 1e6 removed 78% (mean err1 81.5% against 80.5%).
+        # 20 epochs x 30 architectures x 5 batches. Proximal WPL (stable for any alpha) at
+        # alpha 1e6: with lr 0.05, lr alpha F exceeds 1 only on the weights with the largest
+        # Fisher values, which the pull holds near their anchors.
         search = SearchConfig.cpu_small(epochs=20, shared_steps_per_epoch=30, flush_every=3,
                                         strength=1e6)
         return ENASExperimentConfig(space="cnn", preset="cpu-small", task=task, search=search,
@@ -190,7 +195,7 @@ def _space(config: ENASExperimentConfig):
 
 def _task_from_data(arrays, config: ENASExperimentConfig, seed: Optional[int] = None):
     from wpl_keras.data.cifar10 import SearchSplits, search_splits, subsample
-    from wpl_keras.nas.cnn_supernet import CNNSearchTask
+    from wpl_keras.nas.cnn_search import CNNSearchTask
     from wpl_keras.nas.distribute import make_strategy
 
     t = config.task
@@ -198,7 +203,7 @@ def _task_from_data(arrays, config: ENASExperimentConfig, seed: Optional[int] = 
     splits = search_splits(arrays, num_valid=t.num_valid, seed=seed)
     x, y = subsample(splits.x_train, splits.y_train, t.train_size, seed)
     splits = SearchSplits(x, y, splits.x_valid, splits.y_valid)
-    search_config = t.search_config(config.search.strength, config.search.epochs)
+    search_config = t.search_config(config.search.epochs)
     return CNNSearchTask(_space(config), search_config, splits,
                          strategy=make_strategy(t.strategy), seed=seed)
 
