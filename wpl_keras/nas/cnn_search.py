@@ -12,8 +12,9 @@ anchor:
    it plus ``λ θ`` (weight decay);
 3. proximal mode: ``θ ← (θ + η α m F θ*) / (1 + η α m F)``
    (:meth:`~wpl_keras.wpl.WPLState.apply_proximal`);
-4. on the last batch of an architecture, ``F ← F + m (clip((1 − η_F) F + η_F g²) − F)`` from
-   the clipped gradient of step 2, each ``[node, slot]`` op slice clipped on its own
+4. on the last batch of an architecture, ``F ← F + m (clip((1 − η_F) F + η_F g²) − F)`` with
+   ``g`` the masked, clipped gradient of step 2 (the data gradient, plus the WPL term in
+   gradient mode), each ``[node, slot]`` op slice clipped on its own
    (:meth:`~wpl_keras.wpl.WPLState.update_fisher`);
 5. after the architecture's batches, ``θ* ← θ* + m (θ − θ*)``
    (:meth:`~wpl_keras.wpl.WPLState.snapshot_anchors`).
