@@ -283,3 +283,80 @@ def test_loss_scale_optimizer_gives_the_same_step_and_fisher(seed, mode):
     for a, b in zip(plain.weights + plain_state.weights, scaled.weights + scaled_state.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(plain_logs["wpl_penalty"], scaled_logs["wpl_penalty"], rtol=1e-5)
+
+
+class _SeeLogs(keras.callbacks.Callback):
+    """Records the logs every batch and epoch, and the model's wpl_logs() after each batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.batch, self.epoch, self.asked = [], [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch.append(dict(logs))
+        self.asked.append(self.model.wpl_logs())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(dict(logs))
+
+
+def _penalty_now(state, l2=0.0):
+    squares = sum(float(tf.reduce_sum(tf.square(v))) for v in state.protected_variables)
+    return float(state.penalty()) + 0.5 * l2 * squares
+
+
+@pytest.mark.parametrize("mode", ["gradient", "proximal"])
+def test_wpl_values_reach_epoch_logs_before_other_callbacks(seed, mode):
+    model = _model(WPLModel)
+    state = apply_wpl(model, ["shared"], strength=2.0, update_fisher=True, mode=mode, l2=0.1)
+    state.assign_fisher([tf.fill(f.shape, 0.25) for f in state.fisher])
+    for v in state.protected_variables:
+        v.assign(v + 0.3)
+    _compile(model, lr=0.05)
+    x, y = _data(64)
+    seen = _SeeLogs()
+    penalties = []
+
+    class Before(keras.callbacks.Callback):  # P at the weights the next step starts from
+        def on_train_batch_begin(self, batch, logs=None):
+            penalties.append(_penalty_now(state, l2=0.1))
+
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False,
+                        callbacks=[Before(), seen])
+    assert len(seen.epoch) == 2 and len(seen.batch) == 8
+    for logs, epoch_end in zip(seen.epoch, (3, 7)):
+        # a callback listed by the user already sees the values of the epoch that ended
+        assert logs["wpl_alpha"] == pytest.approx(2.0)
+        assert logs["wpl_penalty"] == pytest.approx(penalties[epoch_end], rel=1e-5)
+        assert logs["wpl_penalty"] == pytest.approx(seen.asked[epoch_end]["wpl_penalty"])
+    assert seen.epoch[-1]["wpl_fisher_norm"] == pytest.approx(float(state.fisher_norm()))
+    assert history.history["wpl_penalty"] == [e["wpl_penalty"] for e in seen.epoch]
+    # per batch: only the compiled loss; the values are there on request
+    assert all(set(b) == {"loss"} for b in seen.batch)
+    for asked, before in zip(seen.asked, penalties):  # P of the step that just ended
+        assert asked["wpl_penalty"] == pytest.approx(before, rel=1e-5)
+
+
+def test_wpl_logs_with_positional_callbacks_and_callback_list(seed):
+    model = _model(WPLModel)
+    state = apply_wpl(model, ["shared"], strength=3.0, update_fisher=True)
+    _compile(model)
+    x, y = _data(32)
+    seen = _SeeLogs()
+    # fit(x, y, batch_size, epochs, verbose, callbacks): callbacks given positionally
+    history = model.fit(x, y, 16, 1, 0, [seen], shuffle=False)
+    assert seen.epoch[0]["wpl_alpha"] == pytest.approx(3.0)
+    assert history.history["wpl_fisher_norm"][0] == pytest.approx(float(state.fisher_norm()))
+    listed = _SeeLogs()
+    callbacks = keras.callbacks.CallbackList([listed], model=model)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=callbacks)
+    assert "wpl_penalty" in listed.epoch[0] and "wpl_alpha" in listed.epoch[0]
+
+
+def test_model_without_wpl_state_fits_and_logs_plainly(seed):
+    model = _model(WPLModel)
+    _compile(model)
+    x, y = _data(32)
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert model.wpl_logs() == {}
+    assert set(history.history) == {"loss"}

@@ -11,7 +11,7 @@ Two ways in:
   or applies the exact proximal step after the optimiser (stable for any ``α``), can update
   the Fisher from the data gradients ``fit`` already computed (``F ← (1 − η_F)F + η_F g²``,
   no second backward pass), and puts ``wpl_alpha``, ``wpl_penalty`` and ``wpl_fisher_norm``
-  into the Keras logs. ``model.save("m.keras")`` stores the WPL settings in the model's config
+  into each epoch's logs (``model.wpl_logs()`` reads them at any time). ``model.save("m.keras")`` stores the WPL settings in the model's config
   and ``keras.models.load_model`` restores them, with the Fisher and anchors from the weights.
 
 Only public Keras and ``tf.distribute`` APIs are used: ``train_step`` is the documented hook
@@ -22,6 +22,7 @@ for customising ``fit``; ``compute_loss``, ``compute_metrics``, ``optimizer.scal
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Optional, Sequence
 
 import keras
@@ -221,8 +222,10 @@ class WPLTrainingMixin:
     5. with ``update_fisher``: :func:`~wpl_keras.wpl.core.fisher_updates` from the
        all-reduced data gradient, ``F ← (1 − η_F) F + η_F g²``.
 
-    The logged ``loss`` is ``L + P`` in gradient mode and ``L`` in proximal mode; the logs also
-    hold ``wpl_alpha`` (``α``), ``wpl_penalty`` (``P``) and ``wpl_fisher_norm`` (``‖F‖``).
+    The logged ``loss`` is ``L + P`` in gradient mode and ``L`` in proximal mode; each epoch's
+    logs also hold ``wpl_alpha`` (``α``), ``wpl_penalty`` (``P`` of the epoch's last step) and
+    ``wpl_fisher_norm`` (``‖F‖``) (:meth:`wpl_logs`; per-batch logs carry only the compiled
+    loss and metrics, so that a step returns no more outputs than Keras' own).
     ``compute_loss(..., training=True)`` returns ``L + P / replicas`` in gradient mode, for a
     caller that differentiates it itself.
 
@@ -241,6 +244,13 @@ class WPLTrainingMixin:
         """Sets how ``fit`` uses the WPL state (see :func:`apply_wpl`)."""
         settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=float(l2))
         object.__setattr__(self, "wpl_settings", settings)
+        if self.__dict__.get("_wpl_penalty_log") is None:
+            # P of the last step, for the epoch logs; a plain attribute, not saved with the
+            # model. Every replica computes the same P, the first one's value is kept.
+            with self.distribute_strategy.scope():
+                log = tf.Variable(0.0, trainable=False, name="wpl_penalty_log",
+                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            object.__setattr__(self, "_wpl_penalty_log", log)
         # A compiled train function traced with other settings must be rebuilt.
         if getattr(self, "train_function", None) is not None:
             self.train_function = None
@@ -274,22 +284,54 @@ class WPLTrainingMixin:
             scaled = self.optimizer.scale_loss(data_loss)
         trainable = self.trainable_variables
         gradients = tape.gradient(scaled, trainable)
-        penalty, fisher_norm = self._wpl_apply(gradients, trainable)
+        penalty = self._wpl_apply(gradients, trainable)
         # Keras' own step reports the loss unscaled by the replica count: L · replicas + P.
         replicas = _replicas()
         loss = data_loss if replicas == 1 else data_loss * replicas
         if self.wpl_settings.mode == "gradient":
             loss = loss + tf.cast(penalty, loss.dtype)
         _loss_tracker(self).update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
-        metrics = dict(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
-        metrics["wpl_alpha"] = tf.convert_to_tensor(self.wpl_state.strength)
-        metrics["wpl_penalty"] = penalty
-        metrics["wpl_fisher_norm"] = fisher_norm
-        return metrics
+        # P goes to the epoch logs through a variable (see `fit`), not as a per-batch output.
+        self._wpl_penalty_log.assign(penalty)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def wpl_logs(self) -> dict:
+        """The WPL values that ``fit`` adds to each epoch's logs, as Python floats.
+
+        ``wpl_alpha``: ``α`` now; ``wpl_penalty``: ``P`` of the last training step (at the
+        weights that step started from, as in the logged ``loss``); ``wpl_fisher_norm``:
+        ``‖F‖`` now (after the last step's Fisher update). A callback that wants them per
+        batch calls this method in ``on_train_batch_end``. Empty without a WPL state.
+        """
+        state = self.wpl_state
+        if state is None:
+            return {}
+        return {"wpl_alpha": float(state.strength.numpy()),
+                "wpl_penalty": float(self._wpl_penalty_log.numpy()),
+                "wpl_fisher_norm": float(state.fisher_norm().numpy())}
+
+    def fit(self, *args, **kwargs):
+        """``keras.Model.fit``, with ``wpl_alpha``, ``wpl_penalty`` and ``wpl_fisher_norm``
+        (:meth:`wpl_logs`) added to each epoch's logs before any other callback sees them.
+
+        The values are read once per epoch instead of leaving the train function as three
+        more outputs of every batch (which ``fit`` converts to Python floats per batch).
+        """
+        if self.wpl_state is None:
+            return super().fit(*args, **kwargs)
+        bound = inspect.signature(super().fit).bind(*args, **kwargs)
+        callbacks = bound.arguments.get("callbacks")
+        logger = _WPLEpochLogs()
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks.callbacks.insert(0, logger)
+            logger.set_model(self)
+        else:
+            bound.arguments["callbacks"] = [logger, *(callbacks or [])]
+        return super().fit(*bound.args, **bound.kwargs)
 
     # ----------------------------------------------------------------- the WPL step
     def _wpl_apply(self, gradients, trainable):
-        """Steps 2–5 of the class docstring; returns ``(P, ‖F‖)``."""
+        """Steps 2–5 of the class docstring; returns ``P``."""
         state, settings = self.wpl_state, self.wpl_settings
         protected = state.protected_variables
         positions = [next((i for i, t in enumerate(trainable) if t is v), None) for v in protected]
@@ -301,7 +343,7 @@ class WPLTrainingMixin:
         fisher_grads = None
         if settings.update_fisher:
             fisher_grads = _all_reduce(_unscale(data, self.optimizer.scale_loss(1.0)))
-        penalty, step_grads, new_fisher, norm_squared = _step_terms(
+        penalty, step_grads, new_fisher = _step_terms(
             theta, data, fisher_grads, fisher, anchors, tf.convert_to_tensor(state.strength),
             None if _is_one(scale) else tf.convert_to_tensor(scale, tf.float32),
             mode=settings.mode, l2=settings.l2, fisher_momentum=state.fisher_momentum,
@@ -320,7 +362,7 @@ class WPLTrainingMixin:
                 if value is not None:
                     var.assign(value)
             state.num_fisher_updates.assign_add(1)
-        return penalty, tf.sqrt(norm_squared)
+        return penalty
 
     def _wpl_pull(self, fisher, anchors, learning_rate) -> None:
         """Assigns :func:`~wpl_keras.wpl.core.wpl_pull` to the protected weights (on every
@@ -395,7 +437,7 @@ class WPLTrainingMixin:
 
 def _step_terms(theta, data, fisher_grads, fisher, anchors, strength, scale, *, mode, l2,
                 fisher_momentum, clip_norm):
-    """Pure: ``(P, gradients to apply, new F or Nones, ‖F after the step‖²)`` from
+    """Pure: ``(P, gradients to apply, new F or Nones)`` from
     :func:`~wpl_keras.wpl.core.wpl_gradients` and :func:`~wpl_keras.wpl.core.fisher_updates`
     (``fisher_grads`` None: no Fisher update)."""
     step = core.wpl_gradients(theta, data, fisher, anchors, strength=strength, mode=mode,
@@ -404,8 +446,16 @@ def _step_terms(theta, data, fisher_grads, fisher, anchors, strength, scale, *, 
     if fisher_grads is not None:
         new_fisher = core.fisher_updates(fisher, fisher_grads, fisher_momentum=fisher_momentum,
                                          clip_norm=clip_norm)
-    current = [f if n is None else n for f, n in zip(fisher, new_fisher)]
-    return step.penalty, step.gradients, new_fisher, core.global_norm_squared(current)
+    return step.penalty, step.gradients, new_fisher
+
+
+class _WPLEpochLogs(keras.callbacks.Callback):
+    """Adds :meth:`WPLTrainingMixin.wpl_logs` to the epoch logs (first in the list, so that
+    later callbacks, ``History`` included, see the values of the epoch that ended)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self.model.wpl_logs())
 
 
 def _find_weight(model, entry: dict):
