@@ -12,14 +12,18 @@ batch 64, MNIST-shaped inputs):
 ``apply_wpl(..., update_fisher=True)``: one gradient-mode WPL step of
 :mod:`wpl_keras.wpl.core` per batch (the penalty ``(α/2) Σ F (θ − θ*)²``, its closed-form
 gradient added to the data gradient, the Fisher update ``F ← (1 − η_F) F + η_F g²`` from the
-step's own data gradients and the logged ``‖F‖``); "without" is the same ``WPLModel`` class
+step's own data gradients; ``P`` is logged per epoch with ``α`` and ``‖F‖``, which are
+read once per epoch); "without" is the same ``WPLModel`` class
 with no WPL state (Keras' own train step). Step times are read per batch by a
 callback after ``--warmup`` untimed steps (tracing). Both models are built once and their
 ``fit`` calls alternate in ``--chunks`` chunks, so that load from other processes hits both
 alike. A model's ``ratio`` is the median over chunks of median(step with) / median(step without)
 of the two back-to-back chunks (paired, so that load changes between chunks cancel);
 ``pooled_ratio`` divides the medians over all steps, ``cpu_ratio`` the same with process CPU
-time. ``ratio`` is the larger of the two models' ratios.
+time. ``ratio`` is the larger of the two models' ratios. ``information`` holds the same figures
+for variants that are not part of ``ratio``: by default ``mlp_proximal``, the MLP with
+``apply_wpl(..., mode="proximal")`` (the exact proximal pull after the optimiser's step instead
+of the gradient term). Each entry records the 1-minute load average when it was measured.
 
     python benchmarks/wpl_overhead.py
 
@@ -84,22 +88,24 @@ def build(kind: str):
     return WPLModel(inputs, outputs), protected
 
 
-def make_variant(kind: str, wpl: bool, seed: int = 0):
+def make_variant(kind: str, wpl: bool, seed: int = 0, mode: str = "gradient"):
     """A compiled model of ``kind``, with or without WPL (same initial weights for a seed)."""
     keras.utils.set_random_seed(seed)
     model, protected = build(kind)
     if wpl:
-        state = apply_wpl(model, protected, strength=10.0, update_fisher=True)
+        state = apply_wpl(model, protected, strength=10.0, update_fisher=True, mode=mode)
         state.assign_fisher([np.full(v.shape, 1e-3, np.float32) for v in state.protected_variables])
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
 
-def time_interleaved(kind: str, x, y, steps: int, warmup: int, chunks: int) -> dict:
+def time_interleaved(kind: str, x, y, steps: int, warmup: int, chunks: int,
+                     mode: str = "gradient") -> dict:
     """Alternates chunks of ``fit`` steps without and with WPL; returns per-step times."""
     batch = 64
-    models = {"without": make_variant(kind, False), "with": make_variant(kind, True)}
+    models = {"without": make_variant(kind, False),
+              "with": make_variant(kind, True, mode=mode)}
     timers = {name: _StepTimer() for name in models}
     paired = []  # per chunk: median(with) / median(without), measured back to back
     for name, model in models.items():  # tracing / warm-up, not timed
@@ -121,43 +127,56 @@ def time_interleaved(kind: str, x, y, steps: int, warmup: int, chunks: int) -> d
     return out
 
 
+def _measure(name: str, x, y, args) -> dict:
+    """Times model ``name`` (``<kind>`` or ``<kind>_proximal``) with and without WPL."""
+    kind, _, mode = name.partition("_")
+    times = time_interleaved(kind, x, y, args.steps, args.warmup, args.chunks,
+                             mode=mode or "gradient")
+    med = {k: {c: statistics.median(times[k][c]) for c in ("wall", "cpu")}
+           for k in ("without", "with")}
+    out = {
+        "median_step_ms_without": 1e3 * med["without"]["wall"],
+        "median_step_ms_with": 1e3 * med["with"]["wall"],
+        "ratio": statistics.median(times["paired_ratios"]),
+        "pooled_ratio": med["with"]["wall"] / med["without"]["wall"],
+        "cpu_ratio": med["with"]["cpu"] / med["without"]["cpu"],
+        "steps_timed_per_variant": len(times["with"]["wall"]),
+        "load_average_1min": os.getloadavg()[0],
+    }
+    print(f"{name}: {out}", flush=True)
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--steps", type=int, default=400, help="timed steps per variant")
+    parser.add_argument("--steps", type=int, default=800, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps per variant first")
     parser.add_argument("--chunks", type=int, default=40,
                         help="the timed steps come in this many alternating with/without chunks")
     parser.add_argument("--models", nargs="+", default=["mlp", "conv"])
+    parser.add_argument("--information", nargs="*", default=["mlp_proximal"],
+                        help="also timed, reported apart and not part of `ratio`: "
+                             "<model>_proximal (WPL in proximal mode)")
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(0)
     n = max(args.steps // args.chunks + 1, args.warmup) * 64 * 4
     x = rng.random((n, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, n).astype(np.int32)
-    per_model = {}
-    for kind in args.models:
-        times = time_interleaved(kind, x, y, args.steps, args.warmup, args.chunks)
-        med = {k: {c: statistics.median(times[k][c]) for c in ("wall", "cpu")}
-               for k in ("without", "with")}
-        per_model[kind] = {
-            "median_step_ms_without": 1e3 * med["without"]["wall"],
-            "median_step_ms_with": 1e3 * med["with"]["wall"],
-            "ratio": statistics.median(times["paired_ratios"]),
-            "pooled_ratio": med["with"]["wall"] / med["without"]["wall"],
-            "cpu_ratio": med["with"]["cpu"] / med["without"]["cpu"],
-            "steps_timed_per_variant": len(times["with"]["wall"]),
-        }
-        print(f"{kind}: {per_model[kind]}", flush=True)
+    per_model = {kind: _measure(kind, x, y, args) for kind in args.models}
+    information = {name: _measure(name, x, y, args) for name in args.information}
     report = {
         "benchmark": "wpl_overhead",
         "ratio": max(m["ratio"] for m in per_model.values()),
         "models": per_model,
+        "information": information,
         "data": "random MNIST-shaped inputs (28x28x1, 10 classes); step time does not depend on "
                 "the values",
         "settings": {
             "batch_size": 64, "optimizer": "SGD lr 0.01 momentum 0.9",
-            "wpl": "WPLModel + apply_wpl(strength=10, update_fisher=True), gradient mode",
+            "wpl": "WPLModel + apply_wpl(strength=10, update_fisher=True), gradient mode "
+                   "(information: the proximal mode)",
             "steps": args.steps, "warmup": args.warmup, "chunks": args.chunks,
             "device": "CPU (2 cores shared with other processes)",
             "timing": "per-batch wall time inside model.fit (callback); ratio = median over "
