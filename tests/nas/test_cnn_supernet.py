@@ -9,7 +9,7 @@ import tensorflow as tf
 from wpl_keras.data.cifar10 import SearchSplits
 from wpl_keras.nas.base import InvalidArchitectureError
 from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
-from wpl_keras.nas.cnn_search import CNNSearchConfig, CNNSearchTask
+from wpl_keras.nas.cnn_search import CNNOptimizerConfig, CNNSearchConfig, CNNSearchTask
 from wpl_keras.nas.cnn_supernet import CNNSupernet, SupernetConfig, per_example_norm
 from wpl_keras.wpl.config import WPLConfig
 
@@ -27,7 +27,7 @@ def _config(**kwargs):
     base = dict(
         supernet=SupernetConfig(num_cells=1, filters=4, num_stages=1),
         batch_size=8, eval_batch_size=8, fixed_valid_size=16, augment=False,
-        lr_max=0.05, epochs=4,
+        optimizer=CNNOptimizerConfig(lr_max=0.05), epochs=4,
     )
     base.update(kwargs)
     return CNNSearchConfig(**base)
@@ -205,8 +205,9 @@ def test_gradient_mode_puts_the_penalty_in_the_loss():
     arch = (0, 1, 1, 1, 2, 0, 0, 1) + (1, 3, 0, 4, 2, 2, 1, 0)
     after = {}
     for mode in ("gradient", "proximal"):
-        task = CNNSearchTask(space, _config(wpl=WPLConfig(mode=mode), momentum=0.0,
-                                            grad_clip=None, weight_decay=0.0), _splits(), seed=0)
+        sgd = CNNOptimizerConfig(momentum=0.0, grad_clip=None, weight_decay=0.0)
+        task = CNNSearchTask(space, _config(wpl=WPLConfig(mode=mode), optimizer=sgd), _splits(),
+                             seed=0)
         task.wpl_state.strength.assign(60.0)  # the search driver writes α; here by hand
         for f, a in zip(task.wpl_state.fisher, task.wpl_state.anchors):
             f.assign(tf.ones_like(f))
@@ -352,3 +353,38 @@ def test_cnn_task_config_holds_one_wpl_config():
         enas_cnn.CNNTaskConfig(wpl={"momentum": 0.5})
     with pytest.raises(TypeError, match="CNNTaskConfig.wpl"):
         enas_cnn.CNNTaskConfig(wpl=0.9)
+
+
+def test_cnn_task_config_nests_model_and_optimizer():
+    import json
+
+    from wpl_keras.experiments import enas, enas_cnn
+
+    config = enas.get_preset("cnn", "cpu-small")
+    task = config.task
+    assert task.supernet == SupernetConfig(num_cells=1, filters=8, num_stages=2)
+    assert task.optimizer == CNNOptimizerConfig()
+    search = task.search_config(epochs=20)
+    assert (search.supernet, search.optimizer, search.epochs) == (task.supernet,
+                                                                   task.optimizer, 20)
+    assert dataclasses.replace(task, lr_epochs=9).search_config(epochs=20).epochs == 9
+    changed = config.replace(task={"optimizer": {"lr_max": 0.1, "weight_decay": 0.0},
+                                   "supernet": {"filters": 6, "num_cells": 2}})
+    assert changed.task.optimizer == CNNOptimizerConfig(lr_max=0.1, weight_decay=0.0)
+    assert changed.task.supernet == SupernetConfig(filters=6, num_cells=2)
+    assert enas.ENASExperimentConfig.from_json(json.dumps(changed.to_json())) == changed
+    assert enas_cnn.CNNTaskConfig.from_json(changed.task.to_json()) == changed.task
+    for flat in ("num_cells", "filters", "num_stages", "lr_max", "momentum", "grad_clip"):
+        assert not hasattr(task, flat)
+    with pytest.raises(ValueError, match="unknown CNNOptimizerConfig fields"):
+        enas_cnn.CNNTaskConfig(optimizer={"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="unknown SupernetConfig fields"):
+        enas_cnn.CNNTaskConfig(supernet={"channels": 8})
+    with pytest.raises(TypeError, match="CNNTaskConfig.supernet"):
+        enas_cnn.CNNTaskConfig(supernet=8)
+    with pytest.raises(TypeError, match="CNNSearchConfig.optimizer"):
+        CNNSearchConfig(optimizer={"lr_max": 0.1})
+    for bad in ({"lr_min": 0.1, "lr_max": 0.01}, {"momentum": 1.0}, {"weight_decay": -1.0},
+                {"grad_clip": 0.0}):
+        with pytest.raises(ValueError, match="CNNOptimizerConfig"):
+            CNNOptimizerConfig(**bad)

@@ -29,25 +29,35 @@ import dataclasses
 from typing import Optional
 
 from wpl_keras.experiments.enas import ControllerConfig, ENASExperimentConfig, SpaceSpec
+from wpl_keras.nas.cnn_search import CNNOptimizerConfig, CNNSearchConfig
+from wpl_keras.nas.cnn_supernet import SupernetConfig
 from wpl_keras.nas.search import SearchConfig
+from wpl_keras.utils.config import JsonConfig
 from wpl_keras.wpl.config import WPLConfig
+
+_NESTED = {"supernet": SupernetConfig, "optimizer": CNNOptimizerConfig, "wpl": WPLConfig}
 
 
 @dataclasses.dataclass(frozen=True)
-class CNNTaskConfig:
+class CNNTaskConfig(JsonConfig):
     """Task config of the CIFAR-10 micro search (JSON round-trips through the registry).
+
+    The search's model, optimizer and WPL step are nested configs; a JSON object in their
+    place (``experiment.json``, an override) is read through that config's ``from_json``,
+    which rejects unknown fields. An override of a nested config replaces all of it.
 
     Attributes:
         num_nodes: ``B`` nodes per cell.
-        num_cells, filters, num_stages, drop_path_keep: supernet shape (search).
+        supernet: the search supernet's shape
+            (:class:`~wpl_keras.nas.cnn_supernet.SupernetConfig`).
+        optimizer: the shared weights' masked SGD
+            (:class:`~wpl_keras.nas.cnn_search.CNNOptimizerConfig`).
+        lr_epochs: length of its cosine schedule (None: the search's epochs).
+        wpl: the WPL step (:class:`~wpl_keras.wpl.config.WPLConfig`: Fisher momentum
+            ``η_F``, Fisher clip, ``"proximal"`` or ``"gradient"`` mode). ``α`` and the
+            Fisher flush are the search schedule's (:class:`~wpl_keras.nas.search.SearchConfig`).
         batch_size, eval_batch_size, fixed_valid_size: search batches (see
             :class:`~wpl_keras.nas.cnn_search.CNNSearchConfig`).
-        lr_max, lr_min, lr_epochs, momentum, weight_decay, grad_clip: shared-weights SGD
-            (cosine over ``lr_epochs``; None: over the search's epochs).
-        wpl: the WPL step (:class:`~wpl_keras.wpl.config.WPLConfig`: Fisher momentum
-            ``η_F``, Fisher clip, ``"proximal"`` or ``"gradient"`` mode); a JSON object is
-            read through ``WPLConfig.from_json``. ``α`` and the Fisher flush are the search
-            schedule's (:class:`~wpl_keras.nas.search.SearchConfig`).
         augment: crop + flip during the search.
         num_valid: train images held out for validation; train_size: search-train subset size
             (None: all the rest).
@@ -57,20 +67,13 @@ class CNNTaskConfig:
     """
 
     num_nodes: int = 5
-    num_cells: int = 5
-    filters: int = 20
-    num_stages: int = 3
-    drop_path_keep: float = 1.0
+    supernet: SupernetConfig = SupernetConfig()
+    optimizer: CNNOptimizerConfig = CNNOptimizerConfig()
+    lr_epochs: Optional[int] = None
+    wpl: WPLConfig = WPLConfig()
     batch_size: int = 32
     eval_batch_size: int = 100
     fixed_valid_size: int = 500
-    lr_max: float = 0.05
-    lr_min: float = 0.0005
-    lr_epochs: Optional[int] = None
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    grad_clip: Optional[float] = 5.0
-    wpl: WPLConfig = WPLConfig()
     augment: bool = True
     num_valid: int = 5000
     train_size: Optional[int] = None
@@ -88,28 +91,25 @@ class CNNTaskConfig:
     final_train_size: Optional[int] = None
 
     def __post_init__(self):
-        if isinstance(self.wpl, dict):  # from JSON (experiment.json, a --task-set override)
-            object.__setattr__(self, "wpl", WPLConfig.from_json(self.wpl))
-        if not isinstance(self.wpl, WPLConfig):
-            raise TypeError(
-                f"CNNTaskConfig.wpl must be a WPLConfig or a JSON object of its fields, got "
-                f"{type(self.wpl).__name__}."
-            )
+        for name, kind in _NESTED.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):  # from JSON (experiment.json, an override)
+                value = kind.from_json(value)
+                object.__setattr__(self, name, value)
+            if not isinstance(value, kind):
+                raise TypeError(
+                    f"CNNTaskConfig.{name} must be a {kind.__name__} or a JSON object of its "
+                    f"fields, got {type(value).__name__}."
+                )
 
-    def search_config(self, epochs: int = 150):
+    def search_config(self, epochs: int = 150) -> CNNSearchConfig:
         """The :class:`~wpl_keras.nas.cnn_search.CNNSearchConfig` of the supernet task
         (``epochs``: length of the cosine schedule when ``lr_epochs`` is None)."""
-        from wpl_keras.nas.cnn_search import CNNSearchConfig
-        from wpl_keras.nas.cnn_supernet import SupernetConfig
-
         return CNNSearchConfig(
-            supernet=SupernetConfig(num_cells=self.num_cells, filters=self.filters,
-                                    num_stages=self.num_stages,
-                                    drop_path_keep=self.drop_path_keep),
-            batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
-            fixed_valid_size=self.fixed_valid_size, lr_max=self.lr_max, lr_min=self.lr_min,
-            epochs=self.lr_epochs or epochs, momentum=self.momentum, weight_decay=self.weight_decay,
-            grad_clip=self.grad_clip, augment=self.augment, wpl=self.wpl,
+            supernet=self.supernet, batch_size=self.batch_size,
+            eval_batch_size=self.eval_batch_size, fixed_valid_size=self.fixed_valid_size,
+            optimizer=self.optimizer, epochs=self.lr_epochs or epochs, augment=self.augment,
+            wpl=self.wpl,
         )
 
     def final_config(self, epochs: int):
@@ -143,8 +143,8 @@ def _preset(name: str) -> ENASExperimentConfig:
                                     derive_samples=100, train_epochs=630)
     if name == "cpu-small":
         task = CNNTaskConfig(
-            num_nodes=3, num_cells=1, filters=8, num_stages=2, batch_size=32,
-            eval_batch_size=100, fixed_valid_size=200, num_valid=1000,
+            num_nodes=3, supernet=SupernetConfig(num_cells=1, filters=8, num_stages=2),
+            batch_size=32, eval_batch_size=100, fixed_valid_size=200, num_valid=1000,
             train_size=5000, final_num_cells=1, final_filters=16, final_num_stages=3,
             final_batch_size=64, final_train_size=10000,
         )
@@ -158,8 +158,9 @@ def _preset(name: str) -> ENASExperimentConfig:
                                     derive_samples=20, train_epochs=2)
     if name == "tiny":
         task = CNNTaskConfig(
-            num_nodes=2, num_cells=1, filters=4, num_stages=1, batch_size=8, eval_batch_size=8,
-            fixed_valid_size=16, num_valid=16, augment=False, strategy="default",
+            num_nodes=2, supernet=SupernetConfig(num_cells=1, filters=4, num_stages=1),
+            batch_size=8, eval_batch_size=8, fixed_valid_size=16, num_valid=16, augment=False,
+            strategy="default",
             final_num_cells=1, final_filters=4, final_num_stages=1, final_batch_size=8,
             final_aux_weight=0.0, final_cutout=2,
         )

@@ -37,9 +37,46 @@ import tensorflow as tf
 from wpl_keras.nas.base import Architecture, SharedWeightsTask
 from wpl_keras.nas.cnn_space import MicroCellSpace
 from wpl_keras.nas.cnn_supernet import CNNSupernet, SupernetConfig
+from wpl_keras.utils.config import JsonConfig
 from wpl_keras.wpl import core
 from wpl_keras.wpl.config import WPLConfig
 from wpl_keras.wpl.fisher import WPLState
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNOptimizerConfig(JsonConfig):
+    """The masked SGD of the shared weights (:class:`MaskedMomentumSGD`).
+
+    Attributes:
+        lr_max, lr_min: ends of the cosine schedule
+            ``lr = lr_min + (lr_max − lr_min)(1 + cos(π e/E))/2`` over ``E`` epochs.
+        momentum: heavy-ball momentum ``μ`` (Nesterov when ``nesterov``).
+        weight_decay: ``λ``, added as ``λ θ`` to the gradient of the used weights.
+        grad_clip: global-norm clip of the gradient (None disables).
+    """
+
+    lr_max: float = 0.05
+    lr_min: float = 0.0005
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    grad_clip: Optional[float] = 5.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.lr_min <= self.lr_max:
+            raise ValueError(
+                f"CNNOptimizerConfig needs 0 <= lr_min <= lr_max, got lr_min {self.lr_min}, "
+                f"lr_max {self.lr_max}."
+            )
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"CNNOptimizerConfig.momentum must be in [0, 1), got "
+                             f"{self.momentum}.")
+        if self.weight_decay < 0:
+            raise ValueError(f"CNNOptimizerConfig.weight_decay must be >= 0, got "
+                             f"{self.weight_decay}.")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"CNNOptimizerConfig.grad_clip must be positive or None, got "
+                             f"{self.grad_clip}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +91,8 @@ class CNNSearchConfig:
         batch_size: global training batch (split over replicas).
         eval_batch_size: batch of :meth:`CNNSearchTask.reward`.
         fixed_valid_size: size of the FIXED validation batch of ``validation_error``.
-        lr_max, lr_min, epochs: cosine schedule
-            ``lr = lr_min + (lr_max − lr_min)(1 + cos(π e/E))/2``
-            set at each :meth:`CNNSearchTask.start_epoch`.
-        momentum: heavy-ball momentum (Nesterov when ``nesterov``) of the masked SGD.
-        weight_decay: ``λ``, added as ``λ θ`` to the gradient of the used weights.
-        grad_clip: global-norm clip of the gradient (None disables).
+        optimizer: the masked SGD (:class:`CNNOptimizerConfig`).
+        epochs: ``E`` of its cosine schedule, set at each :meth:`CNNSearchTask.start_epoch`.
         augment: padded crop + flip on training batches.
         wpl: how the WPL step is formed (:class:`~wpl_keras.wpl.config.WPLConfig`: Fisher
             momentum ``η_F``, the clip of each updated Fisher slice, proximal or gradient
@@ -70,22 +103,19 @@ class CNNSearchConfig:
     batch_size: int = 32
     eval_batch_size: int = 100
     fixed_valid_size: int = 500
-    lr_max: float = 0.05
-    lr_min: float = 0.0005
+    optimizer: CNNOptimizerConfig = CNNOptimizerConfig()
     epochs: int = 150
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    grad_clip: Optional[float] = 5.0
     augment: bool = True
     wpl: WPLConfig = WPLConfig()
 
     def __post_init__(self):
-        if not isinstance(self.wpl, WPLConfig):
-            raise TypeError(
-                f"CNNSearchConfig.wpl must be a WPLConfig, got {type(self.wpl).__name__}; "
-                "build it with WPLConfig(fisher_momentum=..., clip_norm=..., mode=...)."
-            )
+        for name, kind in (("supernet", SupernetConfig), ("optimizer", CNNOptimizerConfig),
+                           ("wpl", WPLConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(
+                    f"CNNSearchConfig.{name} must be a {kind.__name__}, got "
+                    f"{type(getattr(self, name)).__name__}; build it with {kind.__name__}(...)."
+                )
 
 
 class MaskedMomentumSGD(tf.Module):
@@ -172,8 +202,9 @@ class CNNSearchTask(SharedWeightsTask):
             self.supernet = CNNSupernet(space, config.supernet,
                                         input_channels=int(splits.x_train.shape[-1]))
             self.variables = list(self.supernet.trainable_variables)
-            self.optimizer = MaskedMomentumSGD(self.variables, config.lr_max, config.momentum,
-                                               config.nesterov)
+            sgd = config.optimizer
+            self.optimizer = MaskedMomentumSGD(self.variables, sgd.lr_max, sgd.momentum,
+                                               sgd.nesterov)
             self.wpl_state = WPLState(self.variables, strength=0.0,
                                       fisher_momentum=config.wpl.fisher_momentum,
                                       clip_norm=config.wpl.clip_norm)
@@ -249,12 +280,13 @@ class CNNSearchTask(SharedWeightsTask):
         penalty = tf.constant(0.0)
         if not proximal:
             penalty, grads = self._wpl_terms(before, grads, masks, wpl_active)
-        if cfg.grad_clip:
+        sgd = cfg.optimizer
+        if sgd.grad_clip:
             grads, _ = tf.clip_by_global_norm([m * g for m, g in zip(masks, grads)],
-                                              cfg.grad_clip)
+                                              sgd.grad_clip)
         step_grads = grads
-        if cfg.weight_decay:
-            step_grads = [g + cfg.weight_decay * b for g, b in zip(grads, before)]
+        if sgd.weight_decay:
+            step_grads = [g + sgd.weight_decay * b for g, b in zip(grads, before)]
         self.optimizer.apply(self.variables, step_grads, masks)
         if proximal:  # with the Fisher and anchors of this step (the update comes after)
             penalty = tf.cond(wpl_active, lambda: self._proximal_pull(masks, before),
@@ -323,9 +355,9 @@ class CNNSearchTask(SharedWeightsTask):
 
     def learning_rate_at(self, epoch: int) -> float:
         """``lr_min + (lr_max − lr_min)(1 + cos(π min(epoch, E)/E))/2``."""
-        c = self.cfg
+        c, sgd = self.cfg, self.cfg.optimizer
         t = min(max(epoch, 0), c.epochs) / max(c.epochs, 1)
-        return c.lr_min + 0.5 * (c.lr_max - c.lr_min) * (1.0 + math.cos(math.pi * t))
+        return sgd.lr_min + 0.5 * (sgd.lr_max - sgd.lr_min) * (1.0 + math.cos(math.pi * t))
 
     def start_epoch(self, epoch: int) -> None:
         """Sets the cosine learning rate (the Fisher flush is the search driver's)."""

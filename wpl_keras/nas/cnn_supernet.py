@@ -35,14 +35,15 @@ import keras
 import tensorflow as tf
 
 from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
+from wpl_keras.utils.config import JsonConfig
 
 _SEP_OPS = {"sep3x3": 3, "sep5x5": 5}
 
 
 # --------------------------------------------------------------------------- configs
 @dataclasses.dataclass(frozen=True)
-class SupernetConfig:
-    """Shape of the supernet.
+class SupernetConfig(JsonConfig):
+    """Shape of the supernet (a JSON object through :class:`~wpl_keras.utils.config.JsonConfig`).
 
     Attributes:
         num_cells: ``N``, normal cells per stage (ENAS search: 5).
