@@ -22,7 +22,7 @@ ARCH = (0, 1, 1, 2, 2, 3, 0, 4) + (1, 0, 0, 2, 2, 1, 1, 3)
 
 def _tiny_config(**kwargs):
     base = dict(num_cells=1, filters=4, num_stages=2, aux_weight=0.4, drop_path_keep=0.8,
-                cutout=3, batch_size=8, epochs=1, lr_max=0.05, lr_min=0.001)
+                cutout=3, batch_size=8, lr_max=0.05, lr_min=0.001)
     base.update(kwargs)
     return FinalConfig(**base)
 
@@ -63,11 +63,14 @@ def test_bad_inputs():
         FinalConfig(filters=7)
     with pytest.raises(ValueError, match="drop_path_keep"):
         FinalConfig(drop_path_keep=1.5)
+    with pytest.raises(ValueError, match="epochs >= 1"):
+        train_final(space, ARCH, _tiny_config(), _arrays(), epochs=0)
 
 
 def test_train_export_reload_round_trip(seed, tmp_path):
     space = MicroCellSpace(num_nodes=2)
-    model, report = train_final(space, ARCH, _tiny_config(num_stages=1), _arrays(), seed=seed)
+    model, report = train_final(space, ARCH, _tiny_config(num_stages=1), _arrays(), epochs=1,
+                                seed=seed)
     assert 0.0 <= report["test_error_percent"] <= 100.0
     assert np.isfinite(report["train_loss"]) and report["replicas"] == 1
     paths = export_classifier(model, ARCH, space, str(tmp_path / "export"))

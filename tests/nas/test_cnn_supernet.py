@@ -359,11 +359,14 @@ def test_cnn_task_config_nests_model_and_optimizer():
     import json
 
     from wpl_keras.experiments import enas, enas_cnn
+    from wpl_keras.nas.cnn_model import FinalConfig
 
     config = enas.get_preset("cnn", "cpu-small")
     task = config.task
     assert task.supernet == SupernetConfig(num_cells=1, filters=8, num_stages=2)
     assert task.optimizer == CNNOptimizerConfig()
+    assert task.final == FinalConfig(num_cells=1, filters=16, num_stages=3, batch_size=64)
+    assert enas.get_preset("cnn", "paper").task.final == FinalConfig()
     search = task.search_config(epochs=20)
     assert (search.supernet, search.optimizer, search.epochs) == (task.supernet,
                                                                    task.optimizer, 20)
@@ -374,8 +377,13 @@ def test_cnn_task_config_nests_model_and_optimizer():
     assert changed.task.supernet == SupernetConfig(filters=6, num_cells=2)
     assert enas.ENASExperimentConfig.from_json(json.dumps(changed.to_json())) == changed
     assert enas_cnn.CNNTaskConfig.from_json(changed.task.to_json()) == changed.task
-    for flat in ("num_cells", "filters", "num_stages", "lr_max", "momentum", "grad_clip"):
+    for flat in ("num_cells", "filters", "num_stages", "lr_max", "momentum", "grad_clip",
+                 "final_filters", "final_lr_max", "final_batch_size"):
         assert not hasattr(task, flat)
+    final = config.replace(task={"final": {"filters": 8, "cutout": 0}}).task.final
+    assert final == FinalConfig(filters=8, cutout=0)
+    with pytest.raises(ValueError, match="unknown FinalConfig fields"):
+        enas_cnn.CNNTaskConfig(final={"epochs": 3})  # the length is train_epochs
     with pytest.raises(ValueError, match="unknown CNNOptimizerConfig fields"):
         enas_cnn.CNNTaskConfig(optimizer={"learning_rate": 0.1})
     with pytest.raises(ValueError, match="unknown SupernetConfig fields"):

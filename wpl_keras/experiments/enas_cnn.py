@@ -29,13 +29,15 @@ import dataclasses
 from typing import Optional
 
 from wpl_keras.experiments.enas import ControllerConfig, ENASExperimentConfig, SpaceSpec
+from wpl_keras.nas.cnn_model import FinalConfig
 from wpl_keras.nas.cnn_search import CNNOptimizerConfig, CNNSearchConfig
 from wpl_keras.nas.cnn_supernet import SupernetConfig
 from wpl_keras.nas.search import SearchConfig
 from wpl_keras.utils.config import JsonConfig
 from wpl_keras.wpl.config import WPLConfig
 
-_NESTED = {"supernet": SupernetConfig, "optimizer": CNNOptimizerConfig, "wpl": WPLConfig}
+_NESTED = {"supernet": SupernetConfig, "optimizer": CNNOptimizerConfig, "wpl": WPLConfig,
+           "final": FinalConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +64,9 @@ class CNNTaskConfig(JsonConfig):
         num_valid: train images held out for validation; train_size: search-train subset size
             (None: all the rest).
         strategy: ``tf.distribute`` strategy kind (:func:`wpl_keras.nas.distribute.make_strategy`).
-        final_*: final-training settings (:class:`~wpl_keras.nas.cnn_model.FinalConfig`);
+        final: the derived architecture's training from scratch
+            (:class:`~wpl_keras.nas.cnn_model.FinalConfig`; its length is the experiment's
+            ``train_epochs``).
         final_train_size: train the final model on a subset (None: all 50,000).
     """
 
@@ -78,16 +82,7 @@ class CNNTaskConfig(JsonConfig):
     num_valid: int = 5000
     train_size: Optional[int] = None
     strategy: str = "auto"
-    final_num_cells: int = 5
-    final_filters: int = 36
-    final_num_stages: int = 3
-    final_batch_size: int = 144
-    final_aux_weight: float = 0.4
-    final_drop_path_keep: float = 0.6
-    final_cutout: int = 16
-    final_lr_max: float = 0.05
-    final_lr_min: float = 0.0001
-    final_weight_decay: float = 2e-4
+    final: FinalConfig = FinalConfig()
     final_train_size: Optional[int] = None
 
     def __post_init__(self):
@@ -112,19 +107,6 @@ class CNNTaskConfig(JsonConfig):
             wpl=self.wpl,
         )
 
-    def final_config(self, epochs: int):
-        """The :class:`~wpl_keras.nas.cnn_model.FinalConfig` for ``epochs`` of training."""
-        from wpl_keras.nas.cnn_model import FinalConfig
-
-        return FinalConfig(
-            num_cells=self.final_num_cells, filters=self.final_filters,
-            num_stages=self.final_num_stages, aux_weight=self.final_aux_weight,
-            drop_path_keep=self.final_drop_path_keep, cutout=self.final_cutout,
-            batch_size=self.final_batch_size, epochs=max(int(epochs), 1),
-            lr_max=self.final_lr_max, lr_min=self.final_lr_min,
-            weight_decay=self.final_weight_decay,
-        )
-
 
 _CNN_CONTROLLER = ControllerConfig(units=100, temperature=8.0, tanh_constant=1.1,
                                    learning_rate=3.5e-3, baseline_decay=0.99,
@@ -145,8 +127,9 @@ def _preset(name: str) -> ENASExperimentConfig:
         task = CNNTaskConfig(
             num_nodes=3, supernet=SupernetConfig(num_cells=1, filters=8, num_stages=2),
             batch_size=32, eval_batch_size=100, fixed_valid_size=200, num_valid=1000,
-            train_size=5000, final_num_cells=1, final_filters=16, final_num_stages=3,
-            final_batch_size=64, final_train_size=10000,
+            train_size=5000, final=FinalConfig(num_cells=1, filters=16, num_stages=3,
+                                               batch_size=64),
+            final_train_size=10000,
         )
         # 20 epochs x 30 architectures x 5 batches. Proximal WPL (stable for any alpha) at
         # alpha 1e6: with lr 0.05, lr alpha F exceeds 1 only on the weights with the largest
@@ -161,8 +144,8 @@ def _preset(name: str) -> ENASExperimentConfig:
             num_nodes=2, supernet=SupernetConfig(num_cells=1, filters=4, num_stages=1),
             batch_size=8, eval_batch_size=8, fixed_valid_size=16, num_valid=16, augment=False,
             strategy="default",
-            final_num_cells=1, final_filters=4, final_num_stages=1, final_batch_size=8,
-            final_aux_weight=0.0, final_cutout=2,
+            final=FinalConfig(num_cells=1, filters=4, num_stages=1, batch_size=8, aux_weight=0.0,
+                              cutout=2),
         )
         search = SearchConfig(epochs=3, shared_steps_per_epoch=3, batches_per_arch=2,
                               controller_steps=2, wpl_start_epoch=1, strength_decay=None,
@@ -222,7 +205,8 @@ def _train_best(arrays, arch, config: ENASExperimentConfig, out_dir: str):
     from wpl_keras.nas.distribute import make_strategy
 
     t = config.task
-    return train_final(_space(config), arch, t.final_config(config.train_epochs), arrays,
+    return train_final(_space(config), arch, t.final, arrays,
+                       epochs=max(int(config.train_epochs), 1),
                        strategy=make_strategy(t.strategy), seed=config.seed,
                        train_size=t.final_train_size)
 

@@ -26,11 +26,12 @@ import numpy as np
 import tensorflow as tf
 
 from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
+from wpl_keras.utils.config import JsonConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class FinalConfig:
-    """Final-training settings.
+class FinalConfig(JsonConfig):
+    """Final-training settings (the length in epochs is :func:`train_final`'s ``epochs``).
 
     Attributes:
         num_cells: normal cells per stage. filters: first-stage channels (even).
@@ -39,7 +40,7 @@ class FinalConfig:
             after the last reduction cell.
         drop_path_keep: keep probability of a node input at the last cell (linearly closer
             to 1 for earlier cells); 1 disables drop-path.
-        cutout: cutout square size (0 disables). batch_size, epochs: training length.
+        cutout: cutout square size (0 disables). batch_size: training batch.
         lr_max, lr_min: cosine schedule over all steps. momentum: Nesterov momentum.
         weight_decay: L2 coefficient on conv/dense kernels. grad_clip: global-norm clip.
         num_classes: classes.
@@ -52,7 +53,6 @@ class FinalConfig:
     drop_path_keep: float = 0.6
     cutout: int = 16
     batch_size: int = 144
-    epochs: int = 630
     lr_max: float = 0.05
     lr_min: float = 0.0001
     momentum: float = 0.9
@@ -63,8 +63,8 @@ class FinalConfig:
     def __post_init__(self):
         if self.filters < 2 or self.filters % 2:
             raise ValueError(f"filters must be an even number >= 2, got {self.filters}.")
-        if self.num_cells < 1 or self.num_stages < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("num_cells, num_stages, epochs and batch_size must be >= 1.")
+        if self.num_cells < 1 or self.num_stages < 1 or self.batch_size < 1:
+            raise ValueError("num_cells, num_stages and batch_size must be >= 1.")
         if not 0.0 < self.drop_path_keep <= 1.0:
             raise ValueError(f"drop_path_keep must be in (0, 1], got {self.drop_path_keep}.")
 
@@ -237,6 +237,7 @@ def train_final(
     config: FinalConfig,
     arrays,
     *,
+    epochs: int,
     strategy: Optional[tf.distribute.Strategy] = None,
     seed: int = 0,
     train_size: Optional[int] = None,
@@ -250,6 +251,7 @@ def train_final(
 
     Args:
         arrays: :class:`wpl_keras.data.cifar10.CIFAR10Arrays` (train and test).
+        epochs: training length (>= 1).
         train_size: train on a random subset of this size (None: all).
 
     Returns:
@@ -258,6 +260,9 @@ def train_final(
     """
     from wpl_keras.data.cifar10 import make_dataset, subsample
 
+    if int(epochs) < 1:
+        raise ValueError(f"train_final needs epochs >= 1, got {epochs}.")
+    epochs = int(epochs)
     strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(seed)
     x_train, y_train = subsample(arrays.x_train, arrays.y_train, train_size, seed)
@@ -265,7 +270,7 @@ def train_final(
     with strategy.scope():
         model = build_final_model(space, arch, config, tuple(arrays.x_train.shape[1:]))
         schedule = keras.optimizers.schedules.CosineDecay(
-            config.lr_max, config.epochs * steps_per_epoch,
+            config.lr_max, epochs * steps_per_epoch,
             alpha=config.lr_min / config.lr_max,
         )
         optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=True,
@@ -277,7 +282,7 @@ def train_final(
     if len(model.outputs) == 2:
         train = train.map(lambda x, y: (x, (y, y)))
     start = time.time()
-    history = model.fit(train, epochs=config.epochs, verbose=verbose, shuffle=False)
+    history = model.fit(train, epochs=epochs, verbose=verbose, shuffle=False)
     seconds = time.time() - start
     accuracy = evaluate_accuracy(classifier_of(model), arrays.x_test, arrays.y_test)
     return model, {
