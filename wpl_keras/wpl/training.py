@@ -322,9 +322,10 @@ class WPLTrainingMixin:
         bound = inspect.signature(super().fit).bind(*args, **kwargs)
         callbacks = bound.arguments.get("callbacks")
         logger = _WPLEpochLogs()
-        if isinstance(callbacks, keras.callbacks.CallbackList):
-            callbacks.callbacks.insert(0, logger)
-            logger.set_model(self)
+        if isinstance(callbacks, keras.callbacks.CallbackList):  # the caller's list, kept
+            if not any(isinstance(c, _WPLEpochLogs) for c in callbacks.callbacks):
+                callbacks.callbacks.insert(0, logger)
+                logger.set_model(self)
         else:
             bound.arguments["callbacks"] = [logger, *(callbacks or [])]
         return super().fit(*bound.args, **bound.kwargs)
