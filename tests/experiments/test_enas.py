@@ -127,3 +127,16 @@ def test_app_search_derive_export_on_tiny_text(tmp_path, seed):
         trained = json.load(f)
     assert trained["arch"] == derived["arch"] and np.isfinite(trained["valid_ppl"])
     assert os.path.exists(os.path.join(out, "export", "saved_model.pb"))
+
+
+def test_cnn_config_with_nested_task_fields_round_trips_and_refuses_unknown_ones(tmp_path):
+    from wpl_keras.wpl.config import WPLConfig
+
+    config = enas.get_preset("cnn", "tiny").replace(task={"wpl": WPLConfig(mode="gradient")})
+    path = config.save(str(tmp_path / "experiment.json"))
+    again = enas.ENASExperimentConfig.load(path)
+    assert again == config and again.task.wpl.mode == "gradient"
+    obj = config.to_json()
+    obj["task"]["wpl"]["strength"] = 60.0
+    with pytest.raises(ValueError, match="strength"):
+        enas.ENASExperimentConfig.from_json(obj)

@@ -127,7 +127,9 @@ class ENASExperimentConfig:
             obj = json.loads(obj)
         obj = dict(obj)
         spec = get_space(obj["space"])
-        obj["task"] = spec.task_config_type(**obj["task"])
+        task_type = spec.task_config_type
+        from_json = getattr(task_type, "from_json", None)
+        obj["task"] = from_json(obj["task"]) if from_json else task_type(**obj["task"])
         obj["search"] = SearchConfig.from_json(obj["search"])
         obj["controller"] = ControllerConfig(**obj["controller"])
         return cls(**obj)

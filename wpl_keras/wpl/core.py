@@ -260,7 +260,8 @@ def fisher_update(
     clip_axes: Optional[Sequence[int]] = None,
     coverage: MaybeTensor = None,
 ) -> tf.Tensor:
-    """``F' = F + c (clip((1 − η_F) F + η_F g²) − F)`` for one weight or block of rows.
+    """``F' = c clip((1 − η_F) F + η_F g²) + (1 − c) F`` for one weight or block of rows
+    (exactly the new value where ``c = 1`` and exactly the old one where ``c = 0``).
 
     ``c = 1`` when ``coverage`` is None (then ``F' = clip((1 − η_F) F + η_F g²)``).
     ``gradient`` is the data gradient only (all-reduced, loss scaling undone).
@@ -274,7 +275,7 @@ def fisher_update(
         new = clip_fisher(new, clip_norm, clip_axes)
     if coverage is None:
         return new
-    return fisher + coverage * (new - fisher)
+    return coverage * new + (1.0 - coverage) * fisher
 
 
 def fisher_updates(
@@ -305,12 +306,17 @@ def fisher_updates(
 
 
 def snapshot(theta: tf.Tensor, anchor: tf.Tensor, mask: MaybeTensor = None) -> tf.Tensor:
-    """``θ* ← θ* + c (θ − θ*)``: ``θ`` where covered, the old anchor elsewhere (step 5)."""
+    """``θ* ← c θ + (1 − c) θ*``: ``θ`` where covered, the old anchor elsewhere (step 5).
+
+    Written so that a 0/1 coverage gives exactly ``θ`` (or exactly the old ``θ*``), with no
+    rounding of ``θ* + (θ − θ*)``.
+    """
     theta = tf.convert_to_tensor(theta)
     if mask is None:
         return theta
     anchor = tf.cast(anchor, theta.dtype)
-    return anchor + tf.cast(mask, theta.dtype) * (theta - anchor)
+    c = tf.cast(mask, theta.dtype)
+    return c * theta + (1.0 - c) * anchor
 
 
 def unique_rows(slices: tf.IndexedSlices) -> tuple:
