@@ -30,6 +30,55 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                              "search's choice, else on")
 
 
+# (flag, loop config field, type, help): the loop settings every search app overrides the same
+# way (`wpl_keras.nas.schedule.LoopConfig`); each app adds its controller's.
+LOOP_OVERRIDES = (
+    ("--epochs", "epochs", int, "search epochs"),
+    ("--shared-steps", "shared_steps_per_epoch", int,
+     "architectures trained per epoch (each on --batches-per-arch batches)"),
+    ("--batches-per-arch", "batches_per_arch", int, "training batches per architecture"),
+    ("--wpl-start-epoch", "wpl_start_epoch", int, "first epoch (0-based) with WPL on"),
+    ("--alpha", "strength", float, "WPL strength alpha0"),
+    ("--flush-every", "flush_every", int,
+     "reset the Fisher every this many epochs after WPL turns on (0: never)"),
+    ("--checkpoint-every", "checkpoint_every", int,
+     "also checkpoint every this many units of work (0: each epoch and on signals only)"),
+)
+
+
+def add_search_app_arguments(parser: argparse.ArgumentParser, *, commands, config_name: str,
+                             plain: str, overrides) -> None:
+    """The arguments every search app has: the stage, space, preset, config file, data, output,
+    WPL on/off, resume, seed, the loop and controller overrides, quiet, and the later stages'
+    architecture and export folder."""
+    parser.add_argument("command", nargs="?", default="search", choices=commands,
+                        help="stage to run")
+    parser.add_argument("--space", default=None,
+                        help="search space: rnn (PTB, ENAS recurrent cell) or cnn (CIFAR-10, "
+                             f"micro cell); default rnn, or the one in DIR/{config_name}")
+    parser.add_argument("--preset", default=None,
+                        help="preset: paper (reference sizes, for a GPU), cpu-small (minutes on "
+                             "2 CPU cores) or tiny (tests); default cpu-small, or the config in "
+                             f"DIR/{config_name} for later stages")
+    parser.add_argument("--config", default=None,
+                        help=f"a {config_name} to use instead of a preset")
+    add_data_arguments(parser)
+    parser.add_argument("--out", required=True, help="output directory of the experiment")
+    parser.add_argument("--wpl", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"use the Weight Plasticity Loss (--no-wpl: plain {plain}); default "
+                             "from the preset/config (on)")
+    parser.add_argument("--resume", action="store_true",
+                        help="search: continue from the latest checkpoint in --out")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: preset's)")
+    add_override_arguments(parser, overrides)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--arch", default=None,
+                        help="train-best/export: architecture string (space.to_string form) "
+                             "instead of DIR/derived.json")
+    parser.add_argument("--export-dir", default=None,
+                        help="export: destination (default DIR/export)")
+
+
 def add_override_arguments(parser: argparse.ArgumentParser, table) -> None:
     """Adds one ``--flag`` per ``(flag, config field, type, help)`` row of ``table``."""
     for flag, _, kind, text in table:

@@ -26,8 +26,8 @@ import sys
 from typing import Optional, Sequence
 
 from apps._common import (
-    add_data_arguments,
-    add_override_arguments,
+    LOOP_OVERRIDES,
+    add_search_app_arguments,
     default_data_dir,
     load_config,
     run_stage,
@@ -38,22 +38,12 @@ from apps._common import (
 
 COMMANDS = ("search", "derive", "train-best", "export")
 
-_SEARCH_OVERRIDES = (
+_SEARCH_OVERRIDES = LOOP_OVERRIDES + (
     # (flag, SearchConfig field, type, help)
-    ("--epochs", "epochs", int, "search epochs"),
-    ("--shared-steps", "shared_steps_per_epoch", int,
-     "architectures sampled and trained per epoch (each on --batches-per-arch batches)"),
-    ("--batches-per-arch", "batches_per_arch", int, "training batches per sampled architecture"),
     ("--controller-steps", "controller_steps", int, "REINFORCE updates per epoch"),
-    ("--wpl-start-epoch", "wpl_start_epoch", int, "first epoch (0-based) with WPL on"),
-    ("--alpha", "strength", float, "WPL strength alpha0"),
     ("--alpha-decay-start", "strength_decay_start", int, "first epoch whose alpha decays"),
     ("--alpha-decay-rate", "strength_decay_rate", float,
      "alpha decay per epoch (amount if linear, factor if exponential)"),
-    ("--flush-every", "flush_every", int,
-     "reset the Fisher every this many epochs after WPL turns on (0: never)"),
-    ("--checkpoint-every", "checkpoint_every", int,
-     "also checkpoint every this many units of work (0: each epoch and on signals only)"),
 )
 
 
@@ -68,36 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("command", nargs="?", default="search", choices=COMMANDS,
-                        help="stage to run")
-    parser.add_argument("--space", default=None,
-                        help="search space: rnn (PTB, ENAS recurrent cell) or cnn (CIFAR-10, "
-                             "micro cell); default rnn, or the one in DIR/experiment.json")
-    parser.add_argument("--preset", default=None,
-                        help="preset: paper (reference sizes, for a GPU), cpu-small (minutes on "
-                             "2 CPU cores) or tiny (tests); default cpu-small, or the config in "
-                             "DIR/experiment.json for later stages")
-    parser.add_argument("--config", default=None,
-                        help="an experiment.json to use instead of a preset")
-    add_data_arguments(parser)
-    parser.add_argument("--out", required=True, help="output directory of the experiment")
-    parser.add_argument("--wpl", action=argparse.BooleanOptionalAction, default=None,
-                        help="use the Weight Plasticity Loss (--no-wpl: plain ENAS); default "
-                             "from the preset/config (on)")
-    parser.add_argument("--resume", action="store_true",
-                        help="search: continue from the latest checkpoint in --out")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: preset's)")
-    add_override_arguments(parser, _SEARCH_OVERRIDES)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_search_app_arguments(parser, commands=COMMANDS, config_name="experiment.json",
+                             plain="ENAS", overrides=_SEARCH_OVERRIDES)
     parser.add_argument("--samples", type=int, default=None,
                         help="derive: architectures sampled from the controller (K)")
-    parser.add_argument("--arch", default=None,
-                        help="train-best/export: architecture string (space.to_string form) "
-                             "instead of DIR/derived.json")
     parser.add_argument("--train-epochs", type=int, default=None,
                         help="train-best/export: epochs of training from scratch")
-    parser.add_argument("--export-dir", default=None,
-                        help="export: destination (default DIR/export)")
     return parser
 
 

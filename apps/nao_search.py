@@ -29,8 +29,8 @@ import sys
 from typing import Optional, Sequence
 
 from apps._common import (
-    add_data_arguments,
-    add_override_arguments,
+    LOOP_OVERRIDES,
+    add_search_app_arguments,
     load_config,
     run_stage,
     search_overrides,
@@ -40,23 +40,15 @@ from apps._common import (
 
 COMMANDS = ("search", "derive", "train-best", "export")
 
-_SEARCH_OVERRIDES = (
+_SEARCH_OVERRIDES = LOOP_OVERRIDES + (
     # (flag, NAOSearchConfig field, type, help)
-    ("--epochs", "epochs", int, "search epochs"),
-    ("--shared-steps", "shared_steps_per_epoch", int, "pool architectures trained per epoch"),
-    ("--batches-per-arch", "batches_per_arch", int, "training batches per architecture"),
     ("--seed-archs", "seed_archs", int, "random architectures in the initial pool"),
     ("--controller-every", "controller_every", int,
      "score the pool, train NAO and grow the pool every this many epochs"),
     ("--new-archs", "new_archs", int, "new architectures per controller phase"),
     ("--top-k-seeds", "top_k_seeds", int, "best pool architectures used as ascent seeds"),
     ("--max-pool", "max_pool", int, "pool size cap"),
-    ("--wpl-start-epoch", "wpl_start_epoch", int, "first epoch (0-based) with WPL on"),
-    ("--alpha", "strength", float, "WPL strength alpha0"),
-    ("--flush-every", "flush_every", int,
-     "reset the Fisher every this many epochs after WPL turns on (0: never)"),
-    ("--checkpoint-every", "checkpoint_every", int,
-     "also checkpoint every this many units of work (0: each epoch and on signals only)"),
+    ("--controller-epochs", "controller_epochs", int, "NAO training epochs per controller phase"),
 )
 
 
@@ -70,34 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("command", nargs="?", default="search", choices=COMMANDS)
-    parser.add_argument("--space", default=None,
-                        help="search space of the ENAS registry (rnn; cnn where registered); "
-                             "default rnn or the one in DIR/nao_experiment.json")
-    parser.add_argument("--preset", default=None,
-                        help="cpu-small (default), paper (for a GPU) or tiny (tests)")
-    parser.add_argument("--config", default=None, help="a nao_experiment.json to use")
-    add_data_arguments(parser)
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--wpl", action=argparse.BooleanOptionalAction, default=None,
-                        help="use WPL (--no-wpl: plain NAO); default from the preset (on)")
+    add_search_app_arguments(parser, commands=COMMANDS, config_name="nao_experiment.json",
+                             plain="NAO", overrides=_SEARCH_OVERRIDES)
     parser.add_argument("--output-dropout", type=float, default=None,
                         help="output dropout rate of the supernet (Figure 4: 0, .25, .5, .75)")
     parser.add_argument("--path-keep", type=float, default=None,
                         help="random path dropping: keep probability of each path (spaces "
                              "whose supernet supports it)")
-    parser.add_argument("--resume", action="store_true",
-                        help="search: continue from the latest checkpoint in --out")
-    parser.add_argument("--seed", type=int, default=None)
-    add_override_arguments(parser, _SEARCH_OVERRIDES)
-    parser.add_argument("--controller-epochs", type=int, default=None,
-                        help="override: NAO training epochs per controller phase")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
-    parser.add_argument("--arch", default=None,
-                        help="train-best/export: architecture string instead of derived.json")
     parser.add_argument("--train-epochs", type=int, default=None,
                         help="train-best/export: epochs of training from scratch")
-    parser.add_argument("--export-dir", default=None, help="export: destination")
     return parser
 
 
@@ -111,8 +84,6 @@ def make_config(args):
     if args.space and args.space != config.base.space:
         raise SystemExit(f"--space {args.space} does not match the config's {config.base.space}.")
     search = search_overrides(args, _SEARCH_OVERRIDES)
-    if args.controller_epochs is not None:
-        search["controller_epochs"] = args.controller_epochs
     top = {}
     if args.output_dropout is not None:
         top["output_dropout"] = args.output_dropout

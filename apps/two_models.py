@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SGD steps of model B (paper: 1,500)")
     parser.add_argument("--eval-every", type=int, default=d.eval_every,
                         help="evaluate A and B on the test set every this many iterations")
-    parser.add_argument("--alpha", type=float, default=d.alpha,
+    parser.add_argument("--alpha", type=float, default=d.strength,
                         help="WPL strength alpha (the penalty is "
                              "(alpha/2) sum F (theta - theta*)^2)")
     parser.add_argument("--wpl-mode", choices=("proximal", "gradient"), default=d.wpl_mode,
@@ -119,7 +119,7 @@ def config_from_args(args: argparse.Namespace):
         seeds=tuple(args.seeds),
         iterations=args.iterations,
         eval_every=args.eval_every,
-        alpha=args.alpha,
+        strength=args.alpha,
         wpl_mode=args.wpl_mode,
         loose_levels=tuple(args.loose_levels),
         b_learning_rate=args.b_learning_rate,

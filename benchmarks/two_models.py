@@ -62,12 +62,12 @@ def main(argv=None) -> dict:
                              "(default: a new temporary folder)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
     parser.add_argument("--iterations", type=int, default=defaults.iterations)
-    parser.add_argument("--alpha", type=float, default=defaults.alpha)
+    parser.add_argument("--alpha", type=float, default=defaults.strength)
     parser.add_argument("--loose-levels", type=float, nargs="*", default=list(defaults.loose_levels))
     args = parser.parse_args(argv)
 
     config = dataclasses.replace(defaults, seeds=tuple(args.seeds), iterations=args.iterations,
-                                 alpha=args.alpha, loose_levels=tuple(args.loose_levels))
+                                 strength=args.alpha, loose_levels=tuple(args.loose_levels))
     out = args.out or tempfile.mkdtemp(prefix="wpl_two_models_")
     started = time.time()
     data = load_mnist(args.data_dir, validation_size=config.validation_size, seed=0)
@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
                  f"{config.batch_size}, {config.iterations} iterations",
             "fisher": f"{config.fisher_kind} Fisher of the shared weights on "
                       f"{config.fisher_samples} validation images",
-            "wpl": f"alpha {config.alpha:g}, {config.wpl_mode} mode, l2 {config.l2}",
+            "wpl": f"alpha {config.strength:g}, {config.wpl_mode} mode, l2 {config.l2}",
             "seeds": list(config.seeds),
         },
         "outputs": paths,

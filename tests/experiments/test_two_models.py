@@ -44,7 +44,7 @@ def test_config_validation_and_json():
     config = tm.TwoModelsConfig(**TINY)
     assert tm.TwoModelsConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.alpha = 1.0
+        config.strength = 1.0
     with pytest.raises(ValueError, match="multiple of eval_every"):
         tm.TwoModelsConfig(iterations=25, eval_every=10)
     with pytest.raises(ValueError, match="wpl_mode"):
@@ -90,14 +90,14 @@ def test_run_experiment_tiny_end_to_end(tmp_path, seed):
     assert loose["a_training"]["val_accuracy"] >= 0.3
     paths = tm.save_results(results, str(tmp_path / "out"))
     saved = json.loads(open(paths["results"]).read())
-    assert saved["config"]["alpha"] == config.alpha
+    assert saved["config"]["strength"] == config.strength
     assert tm.TwoModelsConfig.from_json(json.loads(open(paths["config"]).read())) == config
     assert os.path.getsize(paths["figure"]) > 1000
 
 
 def test_gradient_mode_with_huge_alpha_raises_naming_alpha_and_lr(seed):
     data = _synthetic()
-    config = tm.TwoModelsConfig(**{**TINY, "wpl_mode": "gradient", "alpha": 1e9})
+    config = tm.TwoModelsConfig(**{**TINY, "wpl_mode": "gradient", "strength": 1e9})
     model_a, make_b, shared = tm.build_models((6, 6), config)
     fisher = [np.ones(v.shape, np.float32) for layer in shared for v in layer.trainable_weights]
     with pytest.raises(WPLDivergenceError, match=r"alpha=1e\+09.*learning rate=0.1"):
@@ -125,7 +125,7 @@ def test_app_arguments_and_data_dir_resolution(tmp_path):
          "--loose-levels", "0.5", "0.4"]
     )
     config = app.config_from_args(args)
-    assert config.seeds == (3, 4) and config.iterations == 200 and config.alpha == 5.0
+    assert config.seeds == (3, 4) and config.iterations == 200 and config.strength == 5.0
     assert config.loose_levels == (0.5, 0.4)
     assert app.resolve_data_dir("given", {"WPL_DATA_DIR": "/x"}) == "given"
     assert app.resolve_data_dir(None, {"WPL_DATA_DIR": "/x"}) == os.path.join("/x", "mnist")
@@ -140,3 +140,11 @@ def test_app_reports_missing_files(tmp_path, capsys):
     code = app.main(["--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
     assert code == 2
     assert "t10k-images-idx3-ubyte.gz" in capsys.readouterr().err
+
+
+def test_config_json_names_the_renamed_alpha_field():
+    obj = tm.TwoModelsConfig(**TINY).to_json()
+    assert tm.TwoModelsConfig.from_json(obj) == tm.TwoModelsConfig(**TINY)
+    obj["alpha"] = obj.pop("strength")
+    with pytest.raises(ValueError, match="'alpha' is now 'strength'"):
+        tm.TwoModelsConfig.from_json(obj)

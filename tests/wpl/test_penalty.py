@@ -12,6 +12,7 @@ from wpl_keras.wpl import (
     numpy_wpl_penalty,
     proximal_pull,
     wpl_penalty,
+    wpl_penalty_and_gradient,
 )
 
 
@@ -217,3 +218,39 @@ def test_proximal_pull_nan_fisher_is_not_hidden():
     got = proximal_pull(tf.constant([1.0, 1.0]), tf.constant([float("nan"), 1.0]),
                         tf.constant([0.0, 0.0]), 1.0, 1.0).numpy()
     assert np.isnan(got[0]) and got[1] == pytest.approx(0.5)
+
+
+def test_infinite_strength_gives_zero_not_nan_at_the_anchors():
+    theta = tf.constant([1.0, 2.0, 3.0])
+    anchor = tf.constant([1.0, 2.0, 5.0])
+    fisher = tf.constant([0.0, 4.0, 0.0])
+    # every entry has F = 0 or θ = θ*: the Fisher term is 0 for any α, also α = ∞
+    assert float(wpl_penalty([theta], [fisher], [anchor], float("inf"))) == 0.0
+    penalty, grad = wpl_penalty_and_gradient(theta, fisher, anchor, float("inf"))
+    assert float(penalty) == 0.0
+    np.testing.assert_array_equal(grad.numpy(), [0.0, 0.0, 0.0])
+    # away from the anchor with F > 0 the formula says ∞, and so does the function
+    far = tf.constant([1.0, 3.0, 3.0])
+    assert float(wpl_penalty([far], [fisher], [anchor], float("inf"))) == float("inf")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(learning_rate=float("nan"), max_fisher=1.0), "learning_rate"),
+        (dict(learning_rate=0.1, max_fisher=float("nan")), "max_fisher"),
+        (dict(learning_rate=0.1, max_fisher=float("inf")), "max_fisher"),
+        (dict(learning_rate=0.1, max_fisher=-1.0), "max_fisher"),
+        (dict(learning_rate=0.1, max_fisher=1.0, momentum=-0.5), "momentum"),
+        (dict(learning_rate=0.1, max_fisher=1.0, momentum=1.0), "momentum"),
+        (dict(learning_rate="fast", max_fisher=1.0), "learning_rate"),
+    ],
+)
+def test_max_stable_strength_refuses_meaningless_inputs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        max_stable_strength(**kwargs)
+
+
+def test_max_stable_strength_takes_scalar_tensors():
+    got = max_stable_strength(tf.constant(0.1), tf.constant(2.0), momentum=tf.constant(0.5))
+    assert got == pytest.approx(2.0 * 1.5 / (0.1 * 2.0))

@@ -141,6 +141,11 @@ def test_apply_wpl_bad_inputs(seed):
         apply_wpl(model, ["shared"], update_fisher=True)
     with pytest.raises(ValueError, match="mode must be one of"):
         apply_wpl(model, ["shared"], mode="magic")
+    with pytest.raises(ValueError, match="strength=inf needs mode='proximal'"):
+        apply_wpl(model, ["shared"], strength=float("inf"))
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="strength"):
+            apply_wpl(model, ["shared"], strength=bad)
     reg_model = _model()
     reg_model.get_layer("shared").kernel.regularizer = keras.regularizers.L2(0.1)
     with pytest.raises(ValueError, match="already has regularizer"):

@@ -26,7 +26,7 @@ Protocol for one seed and one convergence level (§4.1):
 
 Why forgetting is real here: B is trained with SGD + momentum 0.9 at lr 0.1, which moves the
 shared weights far from A's solution (A falls from ~97% to ~20-60%); plain SGD at the same lr
-barely moves them (measured: 96.4% → 96.3%), so it would show no forgetting to remove.
+barely moves them, so it would show little forgetting to remove (``benchmarks/README.md``).
 
 Stable form of WPL used: the proximal step of ``training.WPLTrainingMixin`` (``mode="proximal"``):
 after each optimiser step ``θ ← (θ + η α F θ*) / (1 + η α F)``, the exact minimiser of the
@@ -81,7 +81,7 @@ class TwoModelsConfig:
         eval_every: evaluate A and B on the test set every this many iterations.
         fisher_samples: validation images for the Fisher (paper: 200).
         fisher_kind: ``"empirical"`` (true labels) or ``"true"`` (sampled labels).
-        alpha: WPL strength ``α``.
+        strength: WPL strength ``α`` (the apps' ``--alpha``).
         wpl_mode: ``"proximal"`` (stable for any α) or ``"gradient"`` (penalty in the loss).
         l2: ``λ`` of eq. 8 on the shared weights (0 in our runs).
         eval_examples: test examples used for the curves (None: all).
@@ -106,7 +106,7 @@ class TwoModelsConfig:
     eval_every: int = 100
     fisher_samples: int = 200
     fisher_kind: str = "empirical"
-    alpha: float = 1e8
+    strength: float = 1e8
     wpl_mode: str = "proximal"
     l2: float = 0.0
     eval_examples: Optional[int] = None
@@ -120,7 +120,7 @@ class TwoModelsConfig:
             "iterations": self.iterations > 0,
             "eval_every": 0 < self.eval_every <= self.iterations,
             "fisher_samples": self.fisher_samples > 0,
-            "alpha": self.alpha >= 0,
+            "strength": self.strength >= 0,
             "seeds": len(self.seeds) > 0,
             "a_max_epochs": self.a_max_epochs > 0,
             "loose_check_every": self.loose_check_every > 0,
@@ -149,7 +149,13 @@ class TwoModelsConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> "TwoModelsConfig":
-        """Inverse of :meth:`to_json`."""
+        """Inverse of :meth:`to_json`; an unknown field is refused with its name (a file
+        written before ``alpha`` was renamed ``strength`` is told so)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            hint = " ('alpha' is now 'strength')" if "alpha" in unknown else ""
+            raise ValueError(f"unknown TwoModelsConfig fields: {unknown}{hint}.")
         return cls(**data)
 
 
@@ -324,7 +330,7 @@ def train_b(model_a, model_b, shared, data, fisher, config: TwoModelsConfig, *, 
     """
     state = None
     if wpl:
-        state = apply_wpl(model_b, shared, strength=config.alpha, l2=config.l2, mode=config.wpl_mode)
+        state = apply_wpl(model_b, shared, strength=config.strength, l2=config.l2, mode=config.wpl_mode)
         state.assign_fisher(fisher)
     model_b.compile(
         optimizer=keras.optimizers.SGD(config.b_learning_rate, momentum=config.b_momentum),

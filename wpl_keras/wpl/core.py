@@ -114,7 +114,13 @@ def penalty_and_gradient(
     """
     weighted, total = _fisher_term(theta, fisher, anchor, coverage)
     alpha = tf.cast(strength, tf.float32)
-    return 0.5 * alpha * total, alpha * weighted
+    return _times(0.5 * alpha, total), _times(alpha, weighted)
+
+
+def _times(alpha: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
+    """``α · value`` with ``0 · α = 0`` also for ``α = ∞`` (no NaN where a weight sits at its
+    anchor or has no Fisher; where it does not, the result is ±∞, as the formula says)."""
+    return tf.math.multiply_no_nan(alpha, value)
 
 
 def _fisher_term(theta, fisher, anchor, coverage):
@@ -180,7 +186,7 @@ def wpl_gradients(
             weighted, total = _fisher_term(theta, f, a, _coverage(m, active))
             fisher_sums.append(total)
             if mode == "gradient":
-                extra = alpha * weighted
+                extra = _times(alpha, weighted)
         if l2:
             l2_sums.append(tf.nn.l2_loss(theta))  # ½ Σ θ²
             extra = l2 * theta if extra is None else extra + l2 * theta
@@ -195,7 +201,7 @@ def wpl_gradients(
         out.append(g)
     penalty = tf.constant(0.0, tf.float32)
     if fisher_sums:
-        penalty = 0.5 * alpha * tf.add_n(fisher_sums)
+        penalty = _times(0.5 * alpha, tf.add_n(fisher_sums))
     if l2_sums:
         penalty = penalty + l2 * tf.add_n(l2_sums)
     return WPLGradients(penalty, out)

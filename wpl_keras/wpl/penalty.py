@@ -70,7 +70,8 @@ def wpl_penalty(
         )
         l2_terms.append(tf.reduce_sum(tf.square(theta)))
     strength = tf.cast(strength, tf.float32)
-    total = 0.5 * strength * tf.add_n(fisher_terms)
+    # 0 · α = 0 also for α = ∞: a penalty at the anchors is 0, not NaN.
+    total = tf.math.multiply_no_nan(0.5 * strength, tf.add_n(fisher_terms))
     if not (isinstance(l2, (int, float)) and l2 == 0.0):
         total = total + 0.5 * tf.cast(l2, tf.float32) * tf.add_n(l2_terms)
     return total
@@ -127,11 +128,24 @@ def max_stable_strength(
     Returns:
         The bound, ``inf`` when ``max_fisher`` is 0.
     """
-    if learning_rate <= 0:
+    values = {}
+    for name, value in (("learning_rate", learning_rate), ("max_fisher", max_fisher),
+                        ("momentum", momentum)):
+        try:
+            values[name] = float(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name} must be a number, got {value!r}.") from error
+        if not np.isfinite(values[name]):
+            raise ValueError(f"{name} must be finite, got {value!r}.")
+    if values["learning_rate"] <= 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}.")
-    if max_fisher <= 0:
+    if values["max_fisher"] < 0:
+        raise ValueError(f"max_fisher must be >= 0 (a Fisher is a mean of squares), got {max_fisher}.")
+    if not 0.0 <= values["momentum"] < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
+    if values["max_fisher"] == 0:
         return float("inf")
-    return 2.0 * (1.0 + momentum) / (learning_rate * max_fisher)
+    return 2.0 * (1.0 + values["momentum"]) / (values["learning_rate"] * values["max_fisher"])
 
 
 def proximal_pull(

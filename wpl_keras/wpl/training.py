@@ -136,6 +136,13 @@ def apply_wpl(
     """
     fisher_momentum = _resolve_alias(fisher_momentum, momentum, 0.9)
     settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=float(l2))
+    if isinstance(strength, (int, float)) and not (strength >= 0):
+        raise ValueError(f"apply_wpl: strength (α) must be >= 0, got {strength}.")
+    if isinstance(strength, (int, float)) and strength == float("inf") and mode != "proximal":
+        raise ValueError(
+            "apply_wpl: strength=inf needs mode='proximal' (the proximal step holds each weight "
+            "with F > 0 at its anchor); in mode='gradient' the penalty's gradient is infinite."
+        )
     is_wpl_model = isinstance(model, WPLTrainingMixin)
     if (update_fisher or mode == "proximal") and not is_wpl_model:
         raise ValueError(
