@@ -84,6 +84,76 @@ def run_pair(config, *, space: str, data_dir, data, out: str, resume: bool, fork
     return runs, seconds
 
 
+class _Changes(dict):
+    """Changes to one (nested) config, collected from dotted ``--task-set`` keys."""
+
+
+def set_task_fields(task, items):
+    """``task`` with the ``--task-set KEY=VALUE`` items applied (a later item on the same
+    field wins).
+
+    VALUE is JSON. KEY is a field of the task config or a dotted path into its nested configs
+    (``model.hidden_size=64``, ``optimizer.learning_rate=10``); the items are collected first
+    and each config is rebuilt once, so fields checked together (``model.hidden_size`` and
+    ``model.embedding_size``) can be given as separate items. A JSON object for a nested
+    config keeps the fields it does not give (``wpl='{"mode": "gradient"}'``). An int for a
+    float field is read as a float.
+
+    Raises:
+        SystemExit: naming the item, for a malformed item, an unknown field (with the nested
+            configs that have a field of that name) or a value the config refuses.
+    """
+    changes = _Changes()
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--task-set expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"--task-set {item!r}: VALUE is not JSON ({err}); quote strings "
+                             "as '\"text\"'.")
+        *outer, name = [part.strip() for part in key.split(".")]
+        level = changes
+        for part in outer:
+            level = level.setdefault(part, _Changes())
+            if not isinstance(level, _Changes):
+                raise SystemExit(f"--task-set {item!r}: {part!r} is also given as a whole.")
+        level[name] = value
+    return _apply_changes(task, changes, "--task-set")
+
+
+def _apply_changes(config, changes: "_Changes", where: str):
+    """``config`` with ``changes`` applied; nested :class:`_Changes` rebuild nested configs."""
+    fields = ({f.name for f in dataclasses.fields(config)}
+              if dataclasses.is_dataclass(config) else set())
+    values = {}
+    for name, value in changes.items():
+        if name not in fields:
+            nested = [f"{f}.{name}" for f in sorted(fields)
+                      if dataclasses.is_dataclass(getattr(config, f))
+                      and name in {g.name for g in dataclasses.fields(getattr(config, f))}]
+            hint = f"; did you mean {' or '.join(nested)}?" if nested else ""
+            raise SystemExit(f"{where}: {type(config).__name__} has no field {name!r}{hint}")
+        current = getattr(config, name)
+        if isinstance(value, _Changes):
+            value = _apply_changes(current, value, f"{where} {name}")
+        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif dataclasses.is_dataclass(current) and isinstance(value, dict):
+            value = _replace_or_exit(current, value, f"{where} {name}")
+        values[name] = value
+    return _replace_or_exit(config, values, where)
+
+
+def _replace_or_exit(config, changes: dict, where: str):
+    """``dataclasses.replace(config, **changes)``; a refused value exits naming ``where``."""
+    try:
+        return dataclasses.replace(config, **changes)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"{where}: {err}")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -115,8 +185,9 @@ def main(argv=None) -> dict:
                         help="allow nondeterministic TensorFlow ops (faster); by default ops are "
                              "deterministic so that both runs match exactly until WPL turns on")
     parser.add_argument("--task-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a task config field (JSON value), e.g. learning_rate=10 "
-                             "or wpl='{\"mode\": \"gradient\"}' (a nested config keeps the "
+                        help="override a task config field (JSON value); a dotted KEY reaches "
+                             "into a nested config, e.g. optimizer.learning_rate=10 (RNN), or "
+                             "wpl='{\"mode\": \"gradient\"}' (a nested config keeps the "
                              "fields not given); repeatable")
     parser.add_argument("--no-fork", action="store_true",
                         help="run the epochs before WPL turns on twice (once per run) instead of "
@@ -134,20 +205,9 @@ def main(argv=None) -> dict:
     search = {k: v for k, v in overrides.items() if v is not None}
     if args.quiet:
         search["verbose"] = 0
-    task = {}
-    for item in args.task_set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--task-set expects KEY=VALUE, got {item!r}")
-        value = json.loads(value)
-        current = getattr(config.task, key.strip(), None)
-        if isinstance(current, float) and isinstance(value, int):
-            value = float(value)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            value = dataclasses.replace(current, **value)
-        task[key.strip()] = value
-    config = config.replace(search=search, task=task or None,
+    config = config.replace(search=search,
                             **({"seed": args.seed} if args.seed is not None else {}))
+    config = dataclasses.replace(config, task=set_task_fields(config.task, args.task_set))
     if args.seeds:
         try:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -156,9 +156,10 @@ def main(argv=None) -> int:
             "search": {k: v for k, v in config.search.to_json().items()
                        if k not in ("verbose", "max_to_keep", "checkpoint_every", "wpl")},
             "nao": config.nao.to_json(),
-            "task": {**{k: getattr(task, k) for k in ("num_nodes", "hidden_size", "batch_size",
-                                                      "bptt", "learning_rate", "wpl_scope")},
-                     "wpl": task.wpl.to_json()},
+            "task": {"num_nodes": task.model.num_nodes, "hidden_size": task.model.hidden_size,
+                     "batch_size": task.batch_size, "bptt": task.bptt,
+                     "learning_rate": task.optimizer.learning_rate,
+                     "wpl_scope": task.wpl_scope, "wpl": task.wpl.to_json()},
             "path_dropping": "not run: the RNN supernet has no path-dropping option",
         },
         "seconds": round(time.time() - start, 1),

@@ -62,8 +62,9 @@ def matmul_rate_samples(n: int = 2048, repeats: int = 10) -> list:
 
 def forward_matmul_flops(cfg) -> float:
     """``2 · B · T · (E·2H + H·2H + (N−1)·H·2H + H·V)``."""
-    b, t, e, h, n, v = (cfg.batch_size, cfg.bptt, cfg.embedding_size, cfg.hidden_size,
-                        cfg.num_nodes, cfg.vocab_size)
+    m = cfg.model
+    b, t, e, h, n, v = (cfg.batch_size, cfg.bptt, m.embedding_size, m.hidden_size,
+                        m.num_nodes, m.vocab_size)
     return 2.0 * b * t * (e * 2 * h + h * 2 * h + (n - 1) * h * 2 * h + h * v)
 
 
@@ -140,8 +141,9 @@ def run_rnn(args) -> dict:
         sizes.append(("paper", RNNSupernetConfig.paper(), args.paper_steps))
     for label, cfg, steps in sizes:
         flops = 3.0 * forward_matmul_flops(cfg)
-        print(f"[{label}] hidden={cfg.hidden_size} batch={cfg.batch_size} bptt={cfg.bptt} "
-              f"nodes={cfg.num_nodes} vocab={cfg.vocab_size}: fwd+bwd matmul FLOPs "
+        m = cfg.model
+        print(f"[{label}] hidden={m.hidden_size} batch={cfg.batch_size} bptt={cfg.bptt} "
+              f"nodes={m.num_nodes} vocab={m.vocab_size}: fwd+bwd matmul FLOPs "
               f"{flops / 1e9:.1f} G, floor {1000 * flops / rate:.0f} ms", flush=True)
         # The machine may be shared: measure the rate again around each size's timing and
         # use the median of all samples so the floor sees the same conditions as the steps.
@@ -154,9 +156,10 @@ def run_rnn(args) -> dict:
         timing["step_gflop"] = round(flops / 1e9, 2)
         timing["floor_ms"] = round(floor_ms, 1)
         timing["floor_ratio"] = round(timing["step_ms"] / floor_ms, 3)
-        timing["config"] = {k: getattr(cfg, k) for k in (
-            "hidden_size", "embedding_size", "num_nodes", "batch_size", "bptt", "vocab_size",
-            "jit_compile")}
+        timing["config"] = {
+            **{k: getattr(m, k) for k in ("hidden_size", "embedding_size", "num_nodes",
+                                          "vocab_size")},
+            **{k: getattr(cfg, k) for k in ("batch_size", "bptt", "jit_compile")}}
         print(f"[{label}] {json.dumps(timing)}", flush=True)
         result[label] = timing
     small = result["small"]

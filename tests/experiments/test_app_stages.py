@@ -1,6 +1,7 @@
 """The search apps' later stages load the data the search used, a data error is one paragraph
 with exit status 2, and --no-verify reaches the loaders (ENAS-RNN, ENAS-CNN, NAO)."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -224,7 +225,9 @@ def test_no_verify_reaches_the_loader_and_is_recorded(tmp_path, monkeypatch, cap
 
     seen = _loader_spy(monkeypatch)
     data = write_tiny_ptb(tmp_path / "ptb")
-    checked = enas.get_preset("rnn", "tiny").replace(data_check=True, task={"vocab_size": 31})
+    tiny = enas.get_preset("rnn", "tiny")
+    checked = tiny.replace(data_check=True, task={
+        "model": dataclasses.replace(tiny.task.model, vocab_size=31)})
     config = checked.save(str(tmp_path / "checked.json"))
     out = str(tmp_path / "run")
     assert enas_search.main(["search", "--config", config, "--epochs", "1", "--no-verify",

@@ -34,7 +34,7 @@ def test_registry_and_presets():
         enas.get_preset("rnn", "huge")
     paper = enas.get_preset("rnn", "paper")
     assert paper.search == SearchConfig.paper()
-    assert paper.task.hidden_size == 1000 and paper.task.num_nodes == 12
+    assert paper.task.model.hidden_size == 1000 and paper.task.model.num_nodes == 12
     assert paper.controller.temperature == 5.0 and paper.controller.baseline_decay == 0.95
     small = enas.get_preset("rnn", "cpu_small", seed=3)
     assert small.preset == "cpu-small" and small.seed == 3
@@ -44,12 +44,14 @@ def test_registry_and_presets():
 
 def test_config_json_round_trip(tmp_path):
     config = enas.get_preset("rnn", "cpu-small").replace(
-        search={"epochs": 2, "wpl": False}, task={"hidden_size": 32, "embedding_size": 32}
+        search={"epochs": 2, "wpl": False},
+        task={"model": {"hidden_size": 32, "embedding_size": 32}}
     )
     path = config.save(str(tmp_path / "experiment.json"))
     again = enas.ENASExperimentConfig.load(path)
     assert again == config
-    assert again.search.epochs == 2 and not again.search.wpl and again.task.hidden_size == 32
+    assert (again.search.epochs == 2 and not again.search.wpl
+            and again.task.model.hidden_size == 32)
     assert config.with_wpl(True).search.wpl
     with pytest.raises(TypeError, match="dataclass"):
         enas.ENASExperimentConfig(space="rnn", preset="x", task={}, search=SearchConfig())
@@ -114,7 +116,7 @@ def test_app_search_derive_export_on_tiny_text(tmp_path, seed):
     assert history[1]["wpl_active"] and history[1]["alpha"] == 60.0
     assert all(np.isfinite(r["mean_diff"]) for r in history)
     saved = enas.ENASExperimentConfig.load(os.path.join(out, "experiment.json"))
-    assert saved.preset == "tiny" and saved.task.vocab_size == 31
+    assert saved.preset == "tiny" and saved.task.model.vocab_size == 31
     assert enas_search.main(["derive", "--samples", "3", *common]) == 0
     with open(os.path.join(out, "derived.json")) as f:
         derived = json.load(f)
@@ -140,3 +142,44 @@ def test_cnn_config_with_nested_task_fields_round_trips_and_refuses_unknown_ones
     obj["task"]["wpl"]["strength"] = 60.0
     with pytest.raises(ValueError, match="strength"):
         enas.ENASExperimentConfig.from_json(obj)
+
+
+def _enas_forgetting_benchmark():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "enas_forgetting.py")
+    spec = importlib.util.spec_from_file_location("enas_forgetting_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_task_set_reaches_nested_fields():
+    from wpl_keras.wpl.config import WPLConfig
+
+    bench = _enas_forgetting_benchmark()
+    task = enas.get_preset("rnn", "cpu-small").task
+    new = bench.set_task_fields(task, [
+        "model.hidden_size=64", "model.embedding_size=64", "optimizer.learning_rate=5",
+        'wpl={"mode": "gradient"}', 'wpl_scope="cell"', "optimizer.grad_clip=0.5"])
+    assert (new.model.hidden_size, new.model.embedding_size) == (64, 64)
+    assert new.model.output_dropout == task.model.output_dropout
+    assert new.optimizer.learning_rate == 5.0 and isinstance(new.optimizer.learning_rate, float)
+    assert new.optimizer.grad_clip == 0.5 and new.optimizer.l2 == task.optimizer.l2
+    assert new.wpl == WPLConfig(mode="gradient", fisher_momentum=task.wpl.fisher_momentum,
+                                clip_norm=task.wpl.clip_norm)
+    assert new.wpl_scope == "cell" and new.batch_size == task.batch_size
+    # A JSON object for a nested config keeps the fields it does not give.
+    assert bench.set_task_fields(task, ['model={"output_dropout": 0.2}']).model == (
+        task.model.__class__(**{**task.model.to_json(), "output_dropout": 0.2}))
+    assert bench.set_task_fields(task, []) == task
+    for item, message in (
+        ("learning_rate=10", "has no field 'learning_rate'; did you mean optimizer.learning_rate"),
+        ("model.hidden_size=65", "tied"),
+        ("model.output_dropout=1.5", "output_dropout must be a number in"),
+        ("model.nodes=3", "RNNModelConfig has no field 'nodes'"),
+        ("hidden_size", "expects KEY=VALUE"),
+        ("bptt=fast", "not JSON"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            bench.set_task_fields(task, [item])

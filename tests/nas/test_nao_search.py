@@ -79,11 +79,22 @@ def test_with_regularization_sets_the_spaces_fields():
     from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
 
     rnn = nao_search.with_regularization(RNNSupernetConfig.cpu_small(), output_dropout=0.75)
-    assert rnn.output_dropout == 0.75
+    assert rnn.model.output_dropout == 0.75
     with pytest.raises(ValueError, match="path"):
         nao_search.with_regularization(RNNSupernetConfig.cpu_small(), path_keep=0.9)
     cnn = nao_search.with_regularization(SupernetConfig(), output_dropout=0.25, path_keep=0.8)
     assert (cnn.dropout, cnn.drop_path_keep) == (0.25, 0.8)
+    # The fields are found inside nested configs: the RNN task's model, the CNN task's supernet.
+    from wpl_keras.experiments.enas_cnn import CNNTaskConfig
+
+    task = CNNTaskConfig()
+    cnn_task = nao_search.with_regularization(task, output_dropout=0.3, path_keep=0.7)
+    assert (cnn_task.supernet.dropout, cnn_task.supernet.drop_path_keep) == (0.3, 0.7)
+    assert cnn_task.final == task.final and cnn_task.optimizer == task.optimizer
+    assert rnn.optimizer == RNNSupernetConfig.cpu_small().optimizer
+    assert nao_search.with_regularization(task) is task
+    with pytest.raises(ValueError, match="output_dropout must be a number in"):
+        nao_search.with_regularization(RNNSupernetConfig.cpu_small(), output_dropout=1.0)
 
 
 def test_config_validation_and_schedule():

@@ -14,17 +14,20 @@ from wpl_keras.nas.rnn_model import (
     train_from_scratch,
 )
 from wpl_keras.nas.rnn_space import RNNCellSpace
-from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+from wpl_keras.nas.rnn_supernet import RNNModelConfig, RNNOptimizerConfig, RNNSupernetConfig
 
 V = 20
 ARCH = (1, 0, 0, 0, 3, 1, 2)
 
 
-def tiny_config(**kw):
-    base = dict(num_nodes=4, vocab_size=V, embedding_size=8, hidden_size=8, batch_size=4,
-                bptt=5, eval_batch_size=2, eval_bptt=5, learning_rate=2.0)
-    base.update(kw)
-    return RNNSupernetConfig.cpu_small(**base)
+def tiny_config(model=None, optimizer=None):
+    """cpu_small with tiny sizes and lr 2; ``model`` / ``optimizer``: fields of the nested
+    configs to change."""
+    sizes = dict(num_nodes=4, vocab_size=V, embedding_size=8, hidden_size=8)
+    return RNNSupernetConfig.cpu_small(
+        model=RNNModelConfig(**{**sizes, **(model or {})}),
+        optimizer=RNNOptimizerConfig(**{"learning_rate": 2.0, **(optimizer or {})}),
+        batch_size=4, bptt=5, eval_batch_size=2, eval_bptt=5)
 
 
 def test_build_checks_architecture_and_shapes(seed):
@@ -41,9 +44,10 @@ def test_train_from_scratch_learns_a_pattern(seed):
     # A deterministic cyclic text is learnable: perplexity must fall far below V.
     ids = np.tile(np.arange(V, dtype=np.int32), 40)
     corpus = PTBCorpus(ids, ids[:200], ids[:200], [str(i) for i in range(V)], {})
-    cfg = tiny_config(weight_drop=0.0, output_dropout=0.0, input_dropout=0.0,
-                      embedding_dropout=0.0, hidden_size=16, embedding_size=16,
-                      learning_rate=2.0, grad_clip=1.0, init_range=0.3)
+    cfg = tiny_config(model=dict(weight_drop=0.0, output_dropout=0.0, input_dropout=0.0,
+                                 embedding_dropout=0.0, hidden_size=16, embedding_size=16,
+                                 init_range=0.3),
+                      optimizer=dict(learning_rate=2.0, grad_clip=1.0))
     out = train_from_scratch(corpus, ARCH, cfg, epochs=2, max_eval_batches=5)
     assert set(out) >= {"valid_ppl", "test_ppl"}
     assert out["valid_ppl"] < V / 2, out
@@ -64,7 +68,7 @@ def test_saved_model_round_trip(seed, tmp_path):
     np.testing.assert_allclose(np.exp(got).sum(-1), 1.0, atol=1e-5)
     with open(os.path.join(export_dir, "cell.json")) as f:
         cell = json.load(f)
-    assert space.from_json(cell) == ARCH and cell["config"]["hidden_size"] == 8
+    assert space.from_json(cell) == ARCH and cell["config"]["model"]["hidden_size"] == 8
     with pytest.raises(ValueError, match="not the model's cell"):
         export_language_model(model, (0,) * 7, space, str(tmp_path / "other"))
 

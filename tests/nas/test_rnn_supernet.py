@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -8,18 +9,34 @@ import tensorflow as tf
 from wpl_keras.data.ptb import PTBCorpus
 from wpl_keras.nas.rnn_search import RNNSearchTask
 from wpl_keras.nas.rnn_space import RNNCellSpace
-from wpl_keras.nas.rnn_supernet import RNNSupernet, RNNSupernetConfig, decode_architecture
+from wpl_keras.nas.rnn_supernet import (
+    RNNModelConfig,
+    RNNOptimizerConfig,
+    RNNSupernet,
+    RNNSupernetConfig,
+    decode_architecture,
+)
 from wpl_keras.utils.checkpoint import VariableBundle
 from wpl_keras.wpl.config import WPLConfig
 
 V = 30
 
 
+_MODEL_FIELDS = {f.name for f in dataclasses.fields(RNNModelConfig)}
+_OPTIMIZER_FIELDS = {f.name for f in dataclasses.fields(RNNOptimizerConfig)}
+
+
 def tiny_config(**kw):
-    base = dict(num_nodes=4, vocab_size=V, embedding_size=6, hidden_size=6, batch_size=3,
-                bptt=4, eval_batch_size=2, eval_bptt=4)
-    base.update(kw)
-    return RNNSupernetConfig.cpu_small(**base)
+    """cpu_small with tiny sizes; ``kw`` names fields of the config or of its ``model`` /
+    ``optimizer`` (routed to the nested config that holds them)."""
+    model = dict(num_nodes=4, vocab_size=V, embedding_size=6, hidden_size=6)
+    optimizer, top = {}, dict(batch_size=3, bptt=4, eval_batch_size=2, eval_bptt=4)
+    for name, value in kw.items():
+        target = (model if name in _MODEL_FIELDS else
+                  optimizer if name in _OPTIMIZER_FIELDS else top)
+        target[name] = value
+    return RNNSupernetConfig.cpu_small(model=RNNModelConfig(**model),
+                                       optimizer=RNNOptimizerConfig(**optimizer), **top)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +61,9 @@ ACT = {0: tf.tanh, 1: lambda a: tf.nn.relu(a), 2: lambda a: a, 3: tf.sigmoid}
 def reference_logits(net, tokens, arch, state, max_norm=None):
     """Plain unrolled ENAS cell (static architecture), no dropout; with ``max_norm`` each
     step's state rows are rescaled to that norm (the scale a constant for gradients)."""
-    space = RNNCellSpace(net.cfg.num_nodes)
+    space = RNNCellSpace(net.cfg.model.num_nodes)
     acts, inputs, loose = space.activation_ids(arch), space.inputs(arch), space.loose_ends(arch)
-    H = net.cfg.hidden_size
+    H = net.cfg.model.hidden_size
     emb = tf.convert_to_tensor(net.embedding)
     W = tf.convert_to_tensor(net.w_nodes)
     h = state
@@ -70,15 +87,16 @@ def reference_logits(net, tokens, arch, state, max_norm=None):
 
 def test_config_presets_and_checks():
     paper = RNNSupernetConfig.paper()
-    assert (paper.hidden_size, paper.embedding_size, paper.num_nodes, paper.batch_size,
-            paper.bptt, paper.vocab_size) == (1000, 1000, 12, 64, 35, 10000)
-    assert (paper.lr_decay, paper.grad_clip, paper.l2, paper.wpl.fisher_momentum) == (
-        0.96, 0.25, 1e-7, 0.9)
-    assert RNNSupernetConfig.cpu_small().hidden_size <= 256
+    assert (paper.model.hidden_size, paper.model.embedding_size, paper.model.num_nodes,
+            paper.batch_size, paper.bptt, paper.model.vocab_size) == (1000, 1000, 12, 64, 35,
+                                                                     10000)
+    assert (paper.optimizer.lr_decay, paper.optimizer.grad_clip, paper.optimizer.l2,
+            paper.wpl.fisher_momentum) == (0.96, 0.25, 1e-7, 0.9)
+    assert RNNSupernetConfig.cpu_small().model.hidden_size <= 256
     with pytest.raises(ValueError, match="tied"):
-        RNNSupernetConfig(embedding_size=10, hidden_size=12)
+        RNNModelConfig(embedding_size=10, hidden_size=12)
     with pytest.raises(ValueError, match="input_dropout"):
-        RNNSupernetConfig(input_dropout=1.0)
+        RNNModelConfig(input_dropout=1.0)
 
 
 def test_decode_architecture():
@@ -267,7 +285,7 @@ def test_epoch_lr_schedule_and_checkpoint(seed, tmp_path):
     assert int(other.train_position.numpy()) == 2
     np.testing.assert_array_equal(other.train_state.numpy(), task.train_state.numpy())
     assert isinstance(task.checkpoint_items()["supernet"], VariableBundle)
-    assert task.config()["hidden_size"] == 6
+    assert task.config()["model"]["hidden_size"] == 6
 
 
 def test_validation_is_fixed_and_reward_moves(task):
@@ -277,7 +295,7 @@ def test_validation_is_fixed_and_reward_moves(task):
     r1, r2 = task.reward(arch), task.reward(arch)
     assert r1 > 0 and r2 > 0 and r1 != r2
     with pytest.raises(ValueError, match="vocab"):
-        RNNSearchTask(tiny_corpus(), dataclasses.replace(tiny_config(), vocab_size=V + 1))
+        RNNSearchTask(tiny_corpus(), tiny_config(vocab_size=V + 1))
 
 
 def test_config_holds_one_wpl_config_with_json_round_trip():
@@ -303,6 +321,84 @@ def test_config_holds_one_wpl_config_with_json_round_trip():
         tiny_config(wpl={"fisher_momentum": 0.0})
     with pytest.raises(TypeError, match="WPLConfig"):
         tiny_config(wpl=0.9)
+
+
+def test_config_is_nested_by_concern_and_reads_json_objects():
+    cfg = tiny_config(hidden_size=8, embedding_size=8, learning_rate=3.0, l2=0.0)
+    as_json = cfg.to_json()
+    assert as_json["model"]["hidden_size"] == 8 and as_json["optimizer"]["learning_rate"] == 3.0
+    assert "hidden_size" not in as_json and "learning_rate" not in as_json
+    assert RNNSupernetConfig.from_json(json.dumps(as_json)) == cfg
+    # A JSON object in place of a nested config is read through its from_json (all of it).
+    again = dataclasses.replace(cfg, model={"hidden_size": 4, "embedding_size": 4},
+                                optimizer={"grad_clip": 2.0})
+    assert again.model == RNNModelConfig(hidden_size=4, embedding_size=4)
+    assert again.optimizer == RNNOptimizerConfig(grad_clip=2.0)
+    for nested, kind in (("model", "RNNModelConfig"), ("optimizer", "RNNOptimizerConfig")):
+        with pytest.raises(ValueError, match=f"unknown {kind} fields: \\['hiden_size'\\]"):
+            RNNSupernetConfig.from_json({nested: {"hiden_size": 8}})
+        with pytest.raises(TypeError, match=f"RNNSupernetConfig.{nested} must be a {kind}"):
+            RNNSupernetConfig(**{nested: 0.5})
+    # The presets take nested configs (or their JSON objects) as keyword overrides.
+    small = RNNSupernetConfig.cpu_small(optimizer=RNNOptimizerConfig(learning_rate=10.0))
+    assert small.optimizer.learning_rate == 10.0 and small.model.hidden_size == 256
+    paper = RNNSupernetConfig.paper(model={"num_nodes": 3}, bptt=7)
+    assert paper.model == RNNModelConfig(num_nodes=3) and paper.bptt == 7
+    assert RNNSupernetConfig.paper() == RNNSupernetConfig()
+
+
+def test_old_flat_config_names_where_each_field_lives_now():
+    flat = {"num_nodes": 4, "vocab_size": V, "embedding_size": 6, "hidden_size": 6,
+            "batch_size": 3, "learning_rate": 20.0, "lr_decay": 0.96, "grad_clip": 0.25,
+            "l2": 1e-7, "weight_drop": 0.5, "output_dropout": 0.4, "init_range": 0.04,
+            "hidden_max_norm": 25.0, "lr_decay_start_epoch": 15, "input_dropout": 0.65,
+            "embedding_dropout": 0.1}
+    with pytest.raises(ValueError) as info:
+        RNNSupernetConfig.from_json(flat)
+    message = str(info.value)
+    for name in flat:
+        if name == "batch_size":
+            assert "batch_size ->" not in message
+            continue
+        group = "optimizer" if name in _OPTIMIZER_FIELDS else "model"
+        assert f"{name} -> `{group}.{name}`" in message, name
+    with pytest.raises(ValueError, match=r"\['grad_clip'\] were removed.*optimizer.grad_clip"):
+        RNNSupernetConfig.from_json({**tiny_config().to_json(), "grad_clip": 1.0})
+
+
+@pytest.mark.parametrize("kind, field, value", [
+    (RNNModelConfig, "num_nodes", 1), (RNNModelConfig, "num_nodes", 4.0),
+    (RNNModelConfig, "vocab_size", 0), (RNNModelConfig, "embedding_size", True),
+    (RNNModelConfig, "weight_drop", 1.0), (RNNModelConfig, "output_dropout", -0.1),
+    (RNNModelConfig, "embedding_dropout", float("nan")), (RNNModelConfig, "input_dropout", "0.5"),
+    (RNNModelConfig, "init_range", 0.0), (RNNModelConfig, "hidden_max_norm", -1.0),
+    (RNNModelConfig, "hidden_max_norm", float("inf")),
+    (RNNOptimizerConfig, "learning_rate", 0.0), (RNNOptimizerConfig, "learning_rate", "20"),
+    (RNNOptimizerConfig, "lr_decay", 0.0), (RNNOptimizerConfig, "lr_decay", 1.5),
+    (RNNOptimizerConfig, "lr_decay_start_epoch", -1),
+    (RNNOptimizerConfig, "lr_decay_start_epoch", 1.5),
+    (RNNOptimizerConfig, "grad_clip", 0.0), (RNNOptimizerConfig, "grad_clip", float("nan")),
+    (RNNOptimizerConfig, "l2", -1e-7),
+    (RNNSupernetConfig, "batch_size", 0), (RNNSupernetConfig, "bptt", 2.5),
+    (RNNSupernetConfig, "eval_batch_size", None), (RNNSupernetConfig, "eval_bptt", -3),
+    (RNNSupernetConfig, "reward_constant", 0.0), (RNNSupernetConfig, "jit_compile", "yes"),
+    (RNNSupernetConfig, "wpl_scope", "dense"),
+])
+def test_config_validation_names_the_field_and_value(kind, field, value):
+    kwargs = {field: value}
+    if field in ("hidden_size", "embedding_size"):
+        kwargs = {"hidden_size": value, "embedding_size": value}
+    with pytest.raises(ValueError,
+                       match=rf"{kind.__name__}\.{field} must .*{re.escape(repr(value))}"):
+        kind(**kwargs)
+
+
+def test_optimizer_rate_is_the_decayed_schedule():
+    opt = RNNOptimizerConfig(learning_rate=20.0, lr_decay=0.5, lr_decay_start_epoch=2)
+    assert [opt.rate(e) for e in range(5)] == [20.0, 20.0, 20.0, 10.0, 5.0]
+    task_lr = RNNSearchTask(tiny_corpus(), tiny_config(learning_rate=20.0, lr_decay=0.5,
+                                                       lr_decay_start_epoch=2))
+    assert task_lr.learning_rate_at(4) == 5.0
 
 
 def test_search_task_is_importable_from_the_supernet_module():

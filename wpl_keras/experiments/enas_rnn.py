@@ -31,9 +31,10 @@ def _rnn_load_data(data_dir: Optional[str], config: ENASExperimentConfig, *,
 
 
 def _rnn_adapt_config(corpus, config: ENASExperimentConfig) -> ENASExperimentConfig:
-    if config.data_check or corpus.vocab_size == config.task.vocab_size:
+    if config.data_check or corpus.vocab_size == config.task.model.vocab_size:
         return config
-    return config.replace(task={"vocab_size": corpus.vocab_size})
+    model = dataclasses.replace(config.task.model, vocab_size=corpus.vocab_size)
+    return config.replace(task={"model": model})
 
 
 def _rnn_build_task(corpus, config: ENASExperimentConfig):
@@ -67,7 +68,7 @@ def _rnn_export(model, arch, space, export_dir: str, corpus) -> str:
 
 
 def _rnn_preset(name: str) -> ENASExperimentConfig:
-    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+    from wpl_keras.nas.rnn_supernet import RNNModelConfig, RNNOptimizerConfig, RNNSupernetConfig
 
     if name == "paper":
         # The WPL release's run command and the ENAS RNN defaults, sized for a GPU.
@@ -86,9 +87,10 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
         # what this preset gives.
         return ENASExperimentConfig(
             space="rnn", preset="cpu-small",
-            task=RNNSupernetConfig.cpu_small(embedding_size=128, hidden_size=128,
-                                             batch_size=32, eval_batch_size=32,
-                                             learning_rate=10.0, wpl_scope="all"),
+            task=RNNSupernetConfig.cpu_small(
+                model=RNNModelConfig(embedding_size=128, hidden_size=128),
+                optimizer=RNNOptimizerConfig(learning_rate=10.0),
+                batch_size=32, eval_batch_size=32, wpl_scope="all"),
             search=SearchConfig.cpu_small(epochs=26, batches_per_arch=10, wpl_start_epoch=20,
                                           strength=1e6),
             controller=ControllerConfig(),
@@ -96,7 +98,7 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
         )
     if name == "tiny":
         # Seconds, for tests and the notebook's smoke run; not a measurement.
-        task = _tiny_rnn_task_config(RNNSupernetConfig)
+        task = _tiny_rnn_task_config()
         return ENASExperimentConfig(
             space="rnn", preset="tiny", task=task,
             search=SearchConfig(epochs=3, shared_steps_per_epoch=3, batches_per_arch=2,
@@ -108,19 +110,21 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
     raise ValueError(f"unknown RNN preset {name!r}.")
 
 
-def _tiny_rnn_task_config(config_type):
-    """The smallest sensible RNN task config: cpu_small with tiny sizes where fields exist."""
-    base = config_type.cpu_small()
-    wanted = dict(num_nodes=2, embedding_size=8, hidden_size=8, batch_size=2,
-                  eval_batch_size=2, bptt=4, eval_bptt=4)
-    names = {f.name for f in dataclasses.fields(base)}
-    return dataclasses.replace(base, **{k: v for k, v in wanted.items() if k in names})
+def _tiny_rnn_task_config():
+    """The smallest sensible RNN task config: cpu_small with 2 nodes, hidden 8, batches of 2
+    rows and windows of 4 steps."""
+    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+
+    base = RNNSupernetConfig.cpu_small()
+    model = dataclasses.replace(base.model, num_nodes=2, embedding_size=8, hidden_size=8)
+    return dataclasses.replace(base, model=model, batch_size=2, eval_batch_size=2, bptt=4,
+                               eval_bptt=4)
 
 
 def _rnn_build_space(config: ENASExperimentConfig):
     from wpl_keras.nas.rnn_space import RNNCellSpace
 
-    return RNNCellSpace(num_nodes=config.task.num_nodes)
+    return RNNCellSpace(num_nodes=config.task.model.num_nodes)
 
 
 def _rnn_config_type():

@@ -96,6 +96,22 @@ class NAOExperimentConfig:
             return cls.from_json(json.load(f))
 
 
+def _small_task(base: ENASExperimentConfig) -> ENASExperimentConfig:
+    """``base`` with the NAO cpu-small sizes on the task fields that exist: batches of 32 rows,
+    windows of 20 steps and, for a task with a ``model`` of ``embedding_size`` /
+    ``hidden_size`` (RNN), both 128."""
+    task = base.task
+    names = {f.name for f in dataclasses.fields(task)}
+    small = dict(batch_size=32, bptt=20, eval_batch_size=32, eval_bptt=20)
+    changes: Dict[str, Any] = {k: v for k, v in small.items() if k in names}
+    model = getattr(task, "model", None)
+    if dataclasses.is_dataclass(model):
+        model_names = {f.name for f in dataclasses.fields(model)}
+        sizes = {k: 128 for k in ("embedding_size", "hidden_size") if k in model_names}
+        changes["model"] = dataclasses.replace(model, **sizes)
+    return dataclasses.replace(base, task=dataclasses.replace(task, **changes))
+
+
 def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:
     """NAO presets over the ENAS space presets.
 
@@ -113,12 +129,7 @@ def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:
     key = preset.replace("_", "-")
     base = enas.get_preset(space, key)
     if key == "cpu-small":
-        names = {f.name for f in dataclasses.fields(base.task)}
-        small = dict(embedding_size=128, hidden_size=128, batch_size=32, bptt=20,
-                     eval_batch_size=32, eval_bptt=20)
-        base = dataclasses.replace(
-            base, task=dataclasses.replace(base.task, **{k: v for k, v in small.items()
-                                                         if k in names}))
+        base = _small_task(base)
         config = NAOExperimentConfig(
             base=base,
             # α 1e6 as the ENAS cpu-small preset (whose task also brings wpl_scope="all" and

@@ -26,8 +26,8 @@ the task, which adds ``(α/2) Σ F (θ − θ*)²`` over the trained architectur
 ``F ← (1 − η)F + η g²`` from the last gradient and sets ``θ* ← θ``.
 
 Output dropout and random path dropping (Bender et al. 2018) are properties of the task's
-supernet; :func:`with_regularization` sets them on a task config (``output_dropout`` of the
-RNN task, ``dropout`` / ``drop_path_keep`` of the CNN supernet) before the task is built.
+supernet; :func:`with_regularization` sets them on a task config (``model.output_dropout`` of
+the RNN task, ``dropout`` / ``drop_path_keep`` of the CNN supernet) before the task is built.
 
 State and resumption: the driver's checkpoint under ``out_dir/ckpt`` holds, besides the loop
 and the task, the NAO controller's weights, Adam state and shuffling stream (``nao_*``), and
@@ -127,33 +127,59 @@ class NAOSearchConfig(LoopConfig):
 # Pure helpers.
 
 
+def _field_path(config, names: Sequence[str]) -> Optional[Tuple[str, ...]]:
+    """Path to the first field of ``config`` named one of ``names``: its own fields first, then
+    (depth first, in field order) those of its nested dataclass configs; None if absent."""
+    fields = dataclasses.fields(config)
+    own = {f.name for f in fields}
+    for name in names:
+        if name in own:
+            return (name,)
+    for f in fields:
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            inner = _field_path(value, names)
+            if inner is not None:
+                return (f.name,) + inner
+    return None
+
+
+def _replace_path(config, path: Tuple[str, ...], value):
+    """``config`` with the field at ``path`` (names from the outer config inwards) set to
+    ``value``; every config on the way is rebuilt with ``dataclasses.replace``."""
+    if len(path) == 1:
+        return dataclasses.replace(config, **{path[0]: value})
+    inner = _replace_path(getattr(config, path[0]), path[1:], value)
+    return dataclasses.replace(config, **{path[0]: inner})
+
+
 def with_regularization(
     task_config, *, output_dropout: Optional[float] = None, path_keep: Optional[float] = None
 ):
     """``task_config`` with its output-dropout rate and path-drop keep probability replaced.
 
-    The field names of the spaces' configs are looked up, not branched on the space: output
-    dropout is ``output_dropout`` (RNN) or ``dropout`` (CNN); path dropping is
+    The field names of the spaces' configs are looked up, not branched on the space, in the
+    config and then in its nested configs: output dropout is ``output_dropout`` (RNN:
+    ``model.output_dropout``) or ``dropout`` (CNN supernet); path dropping is
     ``drop_path_keep`` (CNN supernet). ``None`` leaves a setting unchanged.
 
     Raises:
         ValueError: when the config has no field for a requested setting.
     """
-    names = {f.name for f in dataclasses.fields(task_config)}
-    changes: Dict[str, float] = {}
     if output_dropout is not None:
-        field = next((n for n in ("output_dropout", "dropout") if n in names), None)
-        if field is None:
+        path = _field_path(task_config, ("output_dropout", "dropout"))
+        if path is None:
             raise ValueError(f"{type(task_config).__name__} has no output-dropout field.")
-        changes[field] = float(output_dropout)
+        task_config = _replace_path(task_config, path, float(output_dropout))
     if path_keep is not None:
-        if "drop_path_keep" not in names:
+        path = _field_path(task_config, ("drop_path_keep",))
+        if path is None:
             raise ValueError(
                 f"{type(task_config).__name__} has no path-dropping field (drop_path_keep); "
                 "random path dropping is not available for this space's supernet."
             )
-        changes["drop_path_keep"] = float(path_keep)
-    return dataclasses.replace(task_config, **changes) if changes else task_config
+        task_config = _replace_path(task_config, path, float(path_keep))
+    return task_config
 
 
 def grow_pool(

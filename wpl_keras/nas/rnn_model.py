@@ -45,26 +45,29 @@ class RNNLanguageModel(keras.Model):
     Args:
         space: the cell space (gives the number of nodes).
         arch: the cell's decisions.
-        config: sizes and dropouts (an :class:`RNNSupernetConfig`).
+        config: an :class:`RNNSupernetConfig`; the model reads its ``model`` (sizes, dropouts,
+            initialisation, hidden-state norm).
         seed: initialisation and dropout seed.
     """
 
     def __init__(self, space: RNNCellSpace, arch: Sequence[int], config: RNNSupernetConfig,
                  *, seed: int = 0, name: str = "enas_rnn_lm"):
         super().__init__(name=name)
-        if space.num_nodes != config.num_nodes:
+        cfg = config.model
+        if space.num_nodes != cfg.num_nodes:
             raise ValueError(
-                f"space has {space.num_nodes} nodes but config.num_nodes is {config.num_nodes}."
+                f"space has {space.num_nodes} nodes but config.model.num_nodes is "
+                f"{cfg.num_nodes}."
             )
         self.space = space
         self.arch = space.validate(arch)
         self.cfg = config
-        e, h, v = config.embedding_size, config.hidden_size, config.vocab_size
-        init = keras.initializers.RandomUniform(-config.init_range, config.init_range, seed=seed)
+        e, h, v = cfg.embedding_size, cfg.hidden_size, cfg.vocab_size
+        init = keras.initializers.RandomUniform(-cfg.init_range, cfg.init_range, seed=seed)
         self.embedding = self.add_weight(shape=(v, e), initializer=init, name="embedding")
         self.w_x = self.add_weight(shape=(e, 2 * h), initializer=init, name="w_x")
         self.w_h = self.add_weight(shape=(h, 2 * h), initializer=init, name="w_h")
-        self.w_nodes = self.add_weight(shape=(config.num_nodes - 1, h, 2 * h), initializer=init,
+        self.w_nodes = self.add_weight(shape=(cfg.num_nodes - 1, h, 2 * h), initializer=init,
                                        name="w_nodes")
         self.decoder_bias = self.add_weight(shape=(v,), initializer="zeros", name="decoder_bias")
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -73,7 +76,7 @@ class RNNLanguageModel(keras.Model):
 
     def call(self, tokens, state=None, training=False, differentiable=True):
         """``differentiable=False`` runs the cell without its custom gradient (export)."""
-        cfg = self.cfg
+        cfg = self.cfg.model
         tokens = tf.cast(tokens, tf.int32)
         batch, steps = tf.shape(tokens)[0], tf.shape(tokens)[1]
         if state is None:
@@ -112,7 +115,7 @@ def evaluate_perplexity(model: RNNLanguageModel, ids: np.ndarray, *, batch_size:
     """``exp(mean CE)`` over ``ids`` read in BPTT windows, state carried, no dropout."""
     step = _eval_fn(model)
     data = batchify(ids, batch_size)
-    state = tf.zeros([batch_size, model.cfg.hidden_size])
+    state = tf.zeros([batch_size, model.cfg.model.hidden_size])
     total, count = 0.0, 0
     for k, (x, y) in enumerate(bptt_windows(data, bptt)):
         if max_batches is not None and k >= max_batches:
@@ -144,8 +147,10 @@ def _eval_fn(model):
 
 def _train_step_fn(model: RNNLanguageModel, optimizer, config: RNNSupernetConfig):
     """The traced SGD step ``(x, y, state) -> (loss, state')``: the gradient of the mean
-    next-word cross-entropy plus ``l2 · θ``, clipped to global norm ``grad_clip``; the new
-    hidden state's rows are clamped to norm ``hidden_max_norm``."""
+    next-word cross-entropy plus ``l2 · θ``, clipped to global norm ``grad_clip`` (both of
+    ``config.optimizer``); the new hidden state's rows are clamped to norm
+    ``config.model.hidden_max_norm``."""
+    opt, max_norm = config.optimizer, config.model.hidden_max_norm
     variables = model.trainable_variables
     optimizer.build(variables)
 
@@ -155,11 +160,11 @@ def _train_step_fn(model: RNNLanguageModel, optimizer, config: RNNSupernetConfig
             logits, new_state = model(x, state, training=True)
             loss = sequence_loss(logits, y)
         grads = tape.gradient(loss, variables)
-        grads = [tf.convert_to_tensor(g) + config.l2 * tf.convert_to_tensor(v)
+        grads = [tf.convert_to_tensor(g) + opt.l2 * tf.convert_to_tensor(v)
                  for g, v in zip(grads, variables)]
-        grads, _ = tf.clip_by_global_norm(grads, config.grad_clip)
+        grads, _ = tf.clip_by_global_norm(grads, opt.grad_clip)
         optimizer.apply_gradients(zip(grads, variables))
-        return loss, clamp_rows(new_state, config.hidden_max_norm)
+        return loss, clamp_rows(new_state, max_norm)
 
     return train_step
 
@@ -178,16 +183,17 @@ def train_from_scratch(
 ) -> Dict[str, object]:
     """Trains the cell ``arch`` from scratch on ``corpus.train`` and reports perplexities.
 
-    SGD with ``config.learning_rate`` (decayed by ``lr_decay`` per epoch after
-    ``lr_decay_start_epoch``), global-norm clip ``grad_clip``, L2 ``λ`` on all weights,
-    the config's dropouts, hidden state carried across windows.
+    SGD of ``config.optimizer``: epoch ``e`` steps with ``lr₀ · d^max(0, e − s)``
+    (:meth:`~wpl_keras.nas.rnn_supernet.RNNOptimizerConfig.rate`), global-norm clip
+    ``grad_clip``, L2 ``λ`` on all weights; the dropouts of ``config.model``; hidden state
+    carried across windows.
 
     Args:
         corpus: PTB ids.
         arch: the chosen cell.
         config: sizes, dropouts, optimisation settings.
         epochs: passes over the training split.
-        space: the cell space (default ``RNNCellSpace(config.num_nodes)``).
+        space: the cell space (default ``RNNCellSpace(config.model.num_nodes)``).
         seed: initialisation/dropout seed.
         max_batches_per_epoch: cap on training windows per epoch (quick runs).
         max_eval_batches: cap on validation/test windows (quick runs).
@@ -198,17 +204,17 @@ def train_from_scratch(
     """
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}.")
-    space = space or RNNCellSpace(config.num_nodes)
+    space = space or RNNCellSpace(config.model.num_nodes)
     model = build_language_model(space, arch, config, seed=seed)
-    optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate)
+    optimizer = keras.optimizers.SGD(learning_rate=config.optimizer.learning_rate)
     train_step = _train_step_fn(model, optimizer, config)
     data = batchify(corpus.train, config.batch_size)
     start = time.time()
     train_ppl = float("nan")
     for epoch in range(epochs):
-        lr = config.learning_rate * config.lr_decay ** max(0, epoch - config.lr_decay_start_epoch)
+        lr = config.optimizer.rate(epoch)
         optimizer.learning_rate.assign(lr)
-        state = tf.zeros([config.batch_size, config.hidden_size])
+        state = tf.zeros([config.batch_size, config.model.hidden_size])
         total, count = 0.0, 0
         for k, (x, y) in enumerate(bptt_windows(data, config.bptt)):
             if max_batches_per_epoch is not None and k >= max_batches_per_epoch:
@@ -325,7 +331,7 @@ def export_language_model(model: RNNLanguageModel, arch: Sequence[int], space: R
     with tempfile.TemporaryDirectory() as tmp:
         vocab_path, unk_id = None, 0
         if vocab is not None:
-            unk_id = check_vocabulary(vocab, model.cfg.vocab_size, unk_token)
+            unk_id = check_vocabulary(vocab, model.cfg.model.vocab_size, unk_token)
             vocab_path = os.path.join(tmp, VOCAB_FILE)
             with open(vocab_path, "w", encoding="utf-8") as f:
                 f.write("".join(f"{w}\n" for w in vocab))

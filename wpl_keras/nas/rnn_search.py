@@ -61,16 +61,16 @@ class RNNSearchTask(SharedWeightsTask):
     """
 
     def __init__(self, corpus: PTBCorpus, config: RNNSupernetConfig, *, seed: int = 0):
-        if corpus.vocab_size != config.vocab_size:
+        if corpus.vocab_size != config.model.vocab_size:
             raise ValueError(
-                f"corpus has {corpus.vocab_size} words but config.vocab_size is "
-                f"{config.vocab_size}."
+                f"corpus has {corpus.vocab_size} words but config.model.vocab_size is "
+                f"{config.model.vocab_size}."
             )
         self.cfg = config
         self.seed = int(seed)
-        self.space = RNNCellSpace(config.num_nodes)
+        self.space = RNNCellSpace(config.model.num_nodes)
         self.supernet = RNNSupernet(config, seed=seed)
-        self.optimizer = keras.optimizers.SGD(learning_rate=float(config.learning_rate))
+        self.optimizer = keras.optimizers.SGD(learning_rate=float(config.optimizer.learning_rate))
         self.optimizer.build(self.supernet.trainable_variables)
         net = self.supernet
         self._dense_vars = [net.embedding, net.w_x, net.w_h, net.decoder_bias]
@@ -105,10 +105,11 @@ class RNNSearchTask(SharedWeightsTask):
         self.train_position = tf.Variable(0, dtype=tf.int32, trainable=False, name="train_position")
         self.valid_position = tf.Variable(1, dtype=tf.int32, trainable=False, name="valid_position")
         self.train_state = tf.Variable(
-            tf.zeros([config.batch_size, config.hidden_size]), trainable=False, name="train_state"
+            tf.zeros([config.batch_size, config.model.hidden_size]), trainable=False,
+            name="train_state"
         )
         self.reward_state = tf.Variable(
-            tf.zeros([config.eval_batch_size, config.hidden_size]), trainable=False,
+            tf.zeros([config.eval_batch_size, config.model.hidden_size]), trainable=False,
             name="reward_state",
         )
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -139,15 +140,15 @@ class RNNSearchTask(SharedWeightsTask):
         self.train_position.assign((self.train_position + 1) % self._num_train_windows)
         rows = self.supernet.wpl_rows(arch)
         loss, new_state, data, params = self._data_gradients(x, y, arch, rows)
-        grads = [g + cfg.l2 * p for g, p in zip(data, params)]
+        grads = [g + cfg.optimizer.l2 * p for g, p in zip(data, params)]
         penalty = tf.constant(0.0)
         if cfg.wpl.mode == "gradient":
             penalty, grads = self._penalty_gradients(rows, params, grads, wpl_active)
-        clipped, grad_norm = tf.clip_by_global_norm(grads, cfg.grad_clip)
+        clipped, grad_norm = tf.clip_by_global_norm(grads, cfg.optimizer.grad_clip)
         self._apply(clipped, rows)
         if cfg.wpl.mode == "proximal":
             penalty = tf.cond(wpl_active, lambda: self._pull(rows, params), _zero)
-        self.train_state.assign(clamp_rows(new_state, cfg.hidden_max_norm))
+        self.train_state.assign(clamp_rows(new_state, cfg.model.hidden_max_norm))
         tf.cond(tf.logical_and(wpl_active, update_fisher),
                 lambda: self._update_fisher(rows, data), _zero)
         return loss, penalty, grad_norm
@@ -296,13 +297,13 @@ class RNNSearchTask(SharedWeightsTask):
         loss, state = self._eval_step(
             self._arch_tensor(arch), x, y, tf.convert_to_tensor(self.reward_state)
         )
-        self.reward_state.assign(clamp_rows(state, self.cfg.hidden_max_norm))
+        self.reward_state.assign(clamp_rows(state, self.cfg.model.hidden_max_norm))
         return float(self.cfg.reward_constant / math.exp(min(float(loss), 50.0)))
 
     def learning_rate_at(self, epoch: int) -> float:
-        """``lr · lr_decay^max(0, epoch − lr_decay_start_epoch)``."""
-        cfg = self.cfg
-        return cfg.learning_rate * cfg.lr_decay ** max(0, int(epoch) - cfg.lr_decay_start_epoch)
+        """``lr₀ · d^max(0, epoch − s)`` of ``config.optimizer``
+        (:meth:`~wpl_keras.nas.rnn_supernet.RNNOptimizerConfig.rate`)."""
+        return self.cfg.optimizer.rate(epoch)
 
     def start_epoch(self, epoch: int) -> None:
         """Sets the epoch's learning rate and resets the carried hidden states."""

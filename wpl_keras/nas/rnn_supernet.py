@@ -42,39 +42,146 @@ from wpl_keras.wpl.fisher import read_rows
 # --------------------------------------------------------------------------- config
 WPL_SCOPES = ("cell", "all")
 
-# Fields of earlier versions of RNNSupernetConfig and where their values live now.
-_MOVED_FIELDS = {
-    "wpl_strength": "the search schedule's `strength` (SearchConfig / NAOSearchConfig)",
-    "wpl_momentum": "`wpl.fisher_momentum`",
-    "wpl_clip_norm": "`wpl.clip_norm`",
-    "wpl_mode": "`wpl.mode`",
-}
+
+def _check_int(owner: str, name: str, value, minimum: int) -> None:
+    """Raise unless ``value`` is an int (not a bool) ``>= minimum``, naming ``owner.name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}.{name} must be an int >= {minimum}, got {value!r}.")
+
+
+def _check_real(owner: str, name: str, value, low: float, high: float, *,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raise unless ``value`` is a real number in the interval ``low .. high`` (ends open as
+    flagged), naming ``owner.name`` and the interval."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{owner}.{name} must be a number in {interval}, got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RNNModelConfig(JsonConfig):
+    """Shape, initialisation and dropouts of the ENAS recurrent cell and its language model
+    (defaults: the WPL release's RNN search).
+
+    Attributes:
+        num_nodes: nodes per cell (12, at least 2).
+        vocab_size: vocabulary (10,000 for PTB).
+        embedding_size, hidden_size: must be equal (tied decoder); 1000 in the reference.
+        weight_drop, output_dropout, embedding_dropout, input_dropout: rates in ``[0, 1)``,
+            0.5 / 0.4 / 0.1 / 0.65.
+        init_range: weights start uniform in ``[−init_range, init_range]`` (> 0).
+        hidden_max_norm: every step's hidden state rows (and so the carried state) are
+            rescaled to at most this norm (ENAS: 25), which keeps ReLU/identity cells from
+            exploding.
+    """
+
+    num_nodes: int = 12
+    vocab_size: int = 10000
+    embedding_size: int = 1000
+    hidden_size: int = 1000
+    weight_drop: float = 0.5
+    output_dropout: float = 0.4
+    embedding_dropout: float = 0.1
+    input_dropout: float = 0.65
+    init_range: float = 0.04
+    hidden_max_norm: float = 25.0
+
+    def __post_init__(self):
+        owner = "RNNModelConfig"
+        _check_int(owner, "num_nodes", self.num_nodes, 2)
+        for name in ("vocab_size", "embedding_size", "hidden_size"):
+            _check_int(owner, name, getattr(self, name), 1)
+        if self.embedding_size != self.hidden_size:
+            raise ValueError(
+                "RNNModelConfig: the decoder is tied to the embedding, so embedding_size "
+                f"({self.embedding_size}) must equal hidden_size ({self.hidden_size})."
+            )
+        for name in ("weight_drop", "output_dropout", "embedding_dropout", "input_dropout"):
+            _check_real(owner, name, getattr(self, name), 0.0, 1.0, high_open=True)
+        for name in ("init_range", "hidden_max_norm"):
+            _check_real(owner, name, getattr(self, name), 0.0, float("inf"), low_open=True,
+                        high_open=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RNNOptimizerConfig(JsonConfig):
+    """The plain SGD of the shared weights (defaults: the WPL release's RNN search).
+
+    Attributes:
+        learning_rate: SGD step ``lr₀`` (20, > 0).
+        lr_decay: ``d ∈ (0, 1]``; epoch ``e`` steps with ``lr₀ · d^max(0, e − s)`` (0.96).
+        lr_decay_start_epoch: ``s`` (15, an int >= 0).
+        grad_clip: global gradient-norm clip (0.25, > 0).
+        l2: L2 weight ``λ >= 0`` on the weights a step uses, added as ``λ θ`` to their
+            gradient (1e-7).
+    """
+
+    learning_rate: float = 20.0
+    lr_decay: float = 0.96
+    lr_decay_start_epoch: int = 15
+    grad_clip: float = 0.25
+    l2: float = 1e-7
+
+    def __post_init__(self):
+        owner = "RNNOptimizerConfig"
+        inf = float("inf")
+        _check_real(owner, "learning_rate", self.learning_rate, 0.0, inf, low_open=True,
+                    high_open=True)
+        _check_real(owner, "lr_decay", self.lr_decay, 0.0, 1.0, low_open=True)
+        _check_int(owner, "lr_decay_start_epoch", self.lr_decay_start_epoch, 0)
+        _check_real(owner, "grad_clip", self.grad_clip, 0.0, inf, low_open=True,
+                    high_open=True)
+        _check_real(owner, "l2", self.l2, 0.0, inf, high_open=True)
+
+    def rate(self, epoch: int) -> float:
+        """Learning rate of ``epoch``: ``lr₀ · d^max(0, epoch − s)``."""
+        return self.learning_rate * self.lr_decay ** max(
+            0, int(epoch) - self.lr_decay_start_epoch)
+
+
+_NESTED = {"model": RNNModelConfig, "optimizer": RNNOptimizerConfig, "wpl": WPLConfig}
+
+
+def _moved_fields() -> dict:
+    """Fields of earlier versions of RNNSupernetConfig and where their values live now."""
+    moved = {
+        "wpl_strength": "the search schedule's `strength` (SearchConfig / NAOSearchConfig)",
+        "wpl_momentum": "`wpl.fisher_momentum`",
+        "wpl_clip_norm": "`wpl.clip_norm`",
+        "wpl_mode": "`wpl.mode`",
+    }
+    for group in ("model", "optimizer"):
+        for field in dataclasses.fields(_NESTED[group]):
+            moved[field.name] = f"`{group}.{field.name}`"
+    return moved
+
+
+_MOVED_FIELDS = _moved_fields()
 
 
 @dataclasses.dataclass(frozen=True)
 class RNNSupernetConfig(JsonConfig):
     """Settings of the RNN supernet and its search task (defaults: the WPL release's RNN search).
 
+    Nested by concern: a JSON object in place of ``model``, ``optimizer`` or ``wpl`` is read
+    through that config's ``from_json`` (unknown fields refused; an object replaces all of it).
+
     Attributes:
-        num_nodes: nodes per cell (12).
-        vocab_size: vocabulary (10,000 for PTB).
-        embedding_size, hidden_size: must be equal (tied decoder); 1000 in the reference.
+        model: the cell and language model (:class:`RNNModelConfig`: sizes, dropouts,
+            initialisation, hidden-state norm).
+        optimizer: the shared weights' SGD (:class:`RNNOptimizerConfig`: learning rate and its
+            decay, gradient clip, L2).
         batch_size, bptt: training batch rows and BPTT window (64, 35).
         eval_batch_size: rows of the fixed validation batch and of reward minibatches.
         eval_bptt: steps of those validation windows.
-        learning_rate: SGD step (20); ``lr · lr_decay^(epoch − lr_decay_start_epoch)`` after
-            ``lr_decay_start_epoch`` (0.96 from epoch 15).
-        grad_clip: global gradient-norm clip (0.25).
-        l2: L2 weight ``λ`` on the weights a step uses (1e-7).
-        weight_drop, output_dropout, embedding_dropout, input_dropout: 0.5 / 0.4 / 0.1 / 0.65.
-        init_range: weights start uniform in ``[−init_range, init_range]``.
-        hidden_max_norm: every step's hidden state rows (and so the carried state) are
-            rescaled to at most this norm (ENAS: 25), which keeps ReLU/identity cells from
-            exploding.
         wpl: how the WPL step is formed (:class:`~wpl_keras.wpl.config.WPLConfig`: the Fisher
             momentum ``η_F`` (0.9), the Fisher clip norm (10) and the mode, ``"proximal"`` or
             ``"gradient"``). ``α`` is not here: the search schedule writes it into the task's
-            ``wpl_state.strength`` each epoch. A dict is read as ``WPLConfig.from_json``.
+            ``wpl_state.strength`` each epoch.
         wpl_scope: which shared weights WPL covers. ``"cell"``: the rows of the node-to-node
             matrices the architecture uses. ``"all"``: those rows and every weight all
             architectures share (embedding = tied decoder, ``w_x``, ``w_h``, decoder bias),
@@ -84,62 +191,45 @@ class RNNSupernetConfig(JsonConfig):
         jit_compile: XLA-compile the traced train/eval steps.
     """
 
-    num_nodes: int = 12
-    vocab_size: int = 10000
-    embedding_size: int = 1000
-    hidden_size: int = 1000
+    model: RNNModelConfig = RNNModelConfig()
+    optimizer: RNNOptimizerConfig = RNNOptimizerConfig()
     batch_size: int = 64
     bptt: int = 35
     eval_batch_size: int = 64
     eval_bptt: int = 35
-    learning_rate: float = 20.0
-    lr_decay: float = 0.96
-    lr_decay_start_epoch: int = 15
-    grad_clip: float = 0.25
-    l2: float = 1e-7
-    weight_drop: float = 0.5
-    output_dropout: float = 0.4
-    embedding_dropout: float = 0.1
-    input_dropout: float = 0.65
-    init_range: float = 0.04
-    hidden_max_norm: float = 25.0
     wpl: WPLConfig = WPLConfig()
     wpl_scope: str = "cell"
     reward_constant: float = 80.0
     jit_compile: bool = False
 
     def __post_init__(self):
-        if isinstance(self.wpl, dict):
-            object.__setattr__(self, "wpl", WPLConfig.from_json(self.wpl))
-        if not isinstance(self.wpl, WPLConfig):
-            raise TypeError(
-                "RNNSupernetConfig.wpl must be a WPLConfig (or its JSON dict), got "
-                f"{type(self.wpl).__name__}."
-            )
-        if self.embedding_size != self.hidden_size:
-            raise ValueError(
-                "RNNSupernetConfig: the decoder is tied to the embedding, so embedding_size "
-                f"({self.embedding_size}) must equal hidden_size ({self.hidden_size})."
-            )
-        for name in ("num_nodes", "vocab_size", "hidden_size", "batch_size", "bptt",
-                     "eval_batch_size", "eval_bptt"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"RNNSupernetConfig.{name} must be positive.")
+        for name, kind in _NESTED.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):  # from JSON (experiment.json, an override)
+                value = kind.from_json(value)
+                object.__setattr__(self, name, value)
+            if not isinstance(value, kind):
+                raise TypeError(
+                    f"RNNSupernetConfig.{name} must be a {kind.__name__} or a JSON object of "
+                    f"its fields, got {type(value).__name__}."
+                )
+        for name in ("batch_size", "bptt", "eval_batch_size", "eval_bptt"):
+            _check_int("RNNSupernetConfig", name, getattr(self, name), 1)
         if self.wpl_scope not in WPL_SCOPES:
             raise ValueError(
                 f"RNNSupernetConfig.wpl_scope must be one of {WPL_SCOPES}, got "
                 f"{self.wpl_scope!r}."
             )
-        if self.num_nodes < 2:
-            raise ValueError("RNNSupernetConfig.num_nodes must be >= 2.")
-        for name in ("weight_drop", "output_dropout", "embedding_dropout", "input_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"RNNSupernetConfig.{name} must be in [0, 1).")
+        _check_real("RNNSupernetConfig", "reward_constant", self.reward_constant, 0.0,
+                    float("inf"), low_open=True, high_open=True)
+        if not isinstance(self.jit_compile, bool):
+            raise ValueError(
+                f"RNNSupernetConfig.jit_compile must be a bool, got {self.jit_compile!r}.")
 
     @classmethod
     def from_json(cls, obj) -> "RNNSupernetConfig":
-        """The config of a JSON object (or string); a field of an earlier version that moved
-        is named with where it lives now."""
+        """The config of a JSON object (or string); a field of an earlier (flat) version that
+        moved is named with where it lives now."""
         if isinstance(obj, str):
             obj = json.loads(obj)
         moved = sorted(set(obj) & set(_MOVED_FIELDS)) if isinstance(obj, dict) else []
@@ -154,14 +244,17 @@ class RNNSupernetConfig(JsonConfig):
     @classmethod
     def paper(cls, **overrides) -> "RNNSupernetConfig":
         """Reference sizes (WPL release): embedding = hidden = 1000, 12 nodes, batch 64,
-        BPTT 35, vocabulary 10k."""
+        BPTT 35, vocabulary 10k. ``overrides`` are fields of this class (``model=`` and
+        ``optimizer=`` take a nested config or a JSON object of one)."""
         return dataclasses.replace(cls(), **overrides)
 
     @classmethod
     def cpu_small(cls, **overrides) -> "RNNSupernetConfig":
         """Hidden 256 (otherwise the reference): the small size of
-        ``benchmarks/supernet_step.py``, which reports its step time."""
-        base = cls(embedding_size=256, hidden_size=256, eval_batch_size=32)
+        ``benchmarks/supernet_step.py``, which reports its step time. ``overrides`` as
+        :meth:`paper`."""
+        base = cls(model=RNNModelConfig(embedding_size=256, hidden_size=256),
+                   eval_batch_size=32)
         return dataclasses.replace(base, **overrides)
 
 
@@ -172,7 +265,7 @@ def _dropout_mask(shape, rate, seed_gen, dtype=tf.float32):
     return tf.cast(keras.random.uniform(shape, seed=seed_gen) < keep, dtype) / keep
 
 
-def apply_input_dropouts(x, tokens, w_h, w_nodes, cfg: "RNNSupernetConfig", seed_gen):
+def apply_input_dropouts(x, tokens, w_h, w_nodes, cfg: RNNModelConfig, seed_gen):
     """ENAS training-time dropouts on the inputs and recurrent weights.
 
     Embedding dropout drops whole words (``x ⊙ m[token]``, ``m ∈ {0, 1/keep}^V``); input dropout
@@ -199,16 +292,18 @@ class RNNSupernet(keras.Model):
     ``w_nodes [N(N−1)/2, H, 2H]`` (one matrix per (node, input) pair) and ``decoder_bias [V]``.
 
     Args:
-        config: sizes and dropout rates.
+        config: the search task's config; the supernet reads its ``model`` (sizes, dropout
+            rates, initialisation, hidden-state norm).
         seed: seed of the dropout masks (its state is a variable, saved with the model).
     """
 
     def __init__(self, config: RNNSupernetConfig, *, seed: int = 0, name: str = "rnn_supernet"):
         super().__init__(name=name)
         self.cfg = config
-        self.space = RNNCellSpace(config.num_nodes)
-        e, h, v = config.embedding_size, config.hidden_size, config.vocab_size
-        init = keras.initializers.RandomUniform(-config.init_range, config.init_range, seed=seed)
+        model = config.model
+        self.space = RNNCellSpace(model.num_nodes)
+        e, h, v = model.embedding_size, model.hidden_size, model.vocab_size
+        init = keras.initializers.RandomUniform(-model.init_range, model.init_range, seed=seed)
         self.embedding = self.add_weight(shape=(v, e), initializer=init, name="embedding")
         self.w_x = self.add_weight(shape=(e, 2 * h), initializer=init, name="w_x")
         self.w_h = self.add_weight(shape=(h, 2 * h), initializer=init, name="w_h")
@@ -223,10 +318,10 @@ class RNNSupernet(keras.Model):
         """Rows of ``w_nodes`` the architecture uses (the node rows a step reads, trains and
         covers with WPL), int32 ``[N − 1]``; row ``i − 1`` belongs to node ``i``."""
         return decode_architecture(tf.convert_to_tensor(architecture, tf.int32),
-                                   self.cfg.num_nodes)[3]
+                                   self.cfg.model.num_nodes)[3]
 
     def initial_state(self, batch_size: int) -> tf.Tensor:
-        return tf.zeros([batch_size, self.cfg.hidden_size], tf.float32)
+        return tf.zeros([batch_size, self.cfg.model.hidden_size], tf.float32)
 
     def call(self, tokens, architecture, state=None, training=False):
         """Next-word logits of the cell ``architecture``.
@@ -240,7 +335,7 @@ class RNNSupernet(keras.Model):
         Returns:
             ``(logits [B, T, V], new_state [B, H])``.
         """
-        cfg = self.cfg
+        cfg = self.cfg.model
         tokens = tf.cast(tokens, tf.int32)
         batch = tf.shape(tokens)[0]
         if state is None:
