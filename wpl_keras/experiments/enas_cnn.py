@@ -86,16 +86,7 @@ class CNNTaskConfig(JsonConfig):
     final_train_size: Optional[int] = None
 
     def __post_init__(self):
-        for name, kind in _NESTED.items():
-            value = getattr(self, name)
-            if isinstance(value, dict):  # from JSON (experiment.json, an override)
-                value = kind.from_json(value)
-                object.__setattr__(self, name, value)
-            if not isinstance(value, kind):
-                raise TypeError(
-                    f"CNNTaskConfig.{name} must be a {kind.__name__} or a JSON object of its "
-                    f"fields, got {type(value).__name__}."
-                )
+        self._coerce_nested()  # dicts from JSON or overrides become the nested configs
 
     def search_config(self, epochs: int = 150) -> CNNSearchConfig:
         """The :class:`~wpl_keras.nas.cnn_search.CNNSearchConfig` of the supernet task

@@ -203,16 +203,7 @@ class RNNSupernetConfig(JsonConfig):
     jit_compile: bool = False
 
     def __post_init__(self):
-        for name, kind in _NESTED.items():
-            value = getattr(self, name)
-            if isinstance(value, dict):  # from JSON (experiment.json, an override)
-                value = kind.from_json(value)
-                object.__setattr__(self, name, value)
-            if not isinstance(value, kind):
-                raise TypeError(
-                    f"RNNSupernetConfig.{name} must be a {kind.__name__} or a JSON object of "
-                    f"its fields, got {type(value).__name__}."
-                )
+        self._coerce_nested()  # dicts from JSON or overrides become the nested configs
         for name in ("batch_size", "bptt", "eval_batch_size", "eval_bptt"):
             _check_int("RNNSupernetConfig", name, getattr(self, name), 1)
         if self.wpl_scope not in WPL_SCOPES:

@@ -19,6 +19,25 @@ class JsonConfig:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
+    def _coerce_nested(self) -> None:
+        """For ``__post_init__``: each field whose type is a :class:`JsonConfig` and whose value
+        is a dict (from JSON, or an override) becomes that config, read through its
+        ``from_json`` (unknown fields refused); any other value of another type raises a
+        ``TypeError`` naming the field."""
+        owner = type(self).__name__
+        for name, kind in typing.get_type_hints(type(self)).items():
+            if not (isinstance(kind, type) and issubclass(kind, JsonConfig)):
+                continue
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                value = kind.from_json(value)
+                object.__setattr__(self, name, value)
+            if not isinstance(value, kind):
+                raise TypeError(
+                    f"{owner}.{name} must be a {kind.__name__} or a JSON object of its fields, "
+                    f"got {type(value).__name__}."
+                )
+
     @classmethod
     def from_json(cls, obj):
         if isinstance(obj, str):
