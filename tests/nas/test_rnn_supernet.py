@@ -300,10 +300,13 @@ def test_validation_is_fixed_and_reward_moves(task):
 
 def test_config_holds_one_wpl_config_with_json_round_trip():
     cfg = tiny_config(wpl=WPLConfig(fisher_momentum=0.5, clip_norm=None, mode="gradient"),
-                      wpl_scope="all")
+                      wpl_scope="all", strategy="mirrored")
     again = RNNSupernetConfig.from_json(json.dumps(cfg.to_json()))
-    assert again == cfg and isinstance(again.wpl, WPLConfig)
-    assert cfg.to_json()["wpl"] == {"fisher_momentum": 0.5, "clip_norm": None, "mode": "gradient"}
+    assert again == cfg and isinstance(again.wpl, WPLConfig) and again.strategy == "mirrored"
+    assert RNNSupernetConfig().strategy == "auto"
+    assert cfg.to_json()["wpl"] == cfg.wpl.to_json()
+    assert {k: cfg.to_json()["wpl"][k] for k in ("fisher_momentum", "clip_norm", "mode")} == {
+        "fisher_momentum": 0.5, "clip_norm": None, "mode": "gradient"}
     # A dict is read as WPLConfig (the constructor path of saved experiment configs).
     assert RNNSupernetConfig(**dataclasses.asdict(cfg)) == cfg
     assert dataclasses.replace(cfg, wpl={"mode": "proximal"}).wpl == WPLConfig(mode="proximal")
@@ -382,7 +385,8 @@ def test_old_flat_config_names_where_each_field_lives_now():
     (RNNSupernetConfig, "batch_size", 0), (RNNSupernetConfig, "bptt", 2.5),
     (RNNSupernetConfig, "eval_batch_size", None), (RNNSupernetConfig, "eval_bptt", -3),
     (RNNSupernetConfig, "reward_constant", 0.0), (RNNSupernetConfig, "jit_compile", "yes"),
-    (RNNSupernetConfig, "wpl_scope", "dense"),
+    (RNNSupernetConfig, "wpl_scope", "dense"), (RNNSupernetConfig, "strategy", "tpu"),
+    (RNNSupernetConfig, "strategy", None),
 ])
 def test_config_validation_names_the_field_and_value(kind, field, value):
     kwargs = {field: value}

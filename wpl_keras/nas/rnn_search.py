@@ -12,7 +12,7 @@ shared weights) and when (``wpl_active``, ``update_fisher``).
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import keras
 import numpy as np
@@ -22,7 +22,7 @@ from wpl_keras.data.ptb import PTBCorpus, batchify, num_windows
 from wpl_keras.nas.base import Architecture, SharedWeightsTask
 from wpl_keras.nas.rnn_cell import clamp_rows, sequence_loss
 from wpl_keras.nas.rnn_space import RNNCellSpace
-from wpl_keras.nas.rnn_supernet import RNNSupernet, RNNSupernetConfig
+from wpl_keras.nas.rnn_supernet import RNNSupernet, RNNSupernetConfig, slice_dropout_masks
 from wpl_keras.utils.checkpoint import VariableBundle
 from wpl_keras.wpl import core
 from wpl_keras.wpl.fisher import WPLState, read_rows
@@ -54,13 +54,35 @@ class RNNSearchTask(SharedWeightsTask):
     ``α`` is the variable ``wpl_state.strength``: 0 until the search driver (or the caller)
     writes the schedule's value.
 
+    Every traced step runs under ``strategy`` (one code path for one device and many): the
+    weights, the optimizer, the WPL state and the carried states are created in its scope.
+    Replica ``r`` of ``R`` (global ``replica_id_in_sync_group``) takes the batch rows
+    ``[r b, (r + 1) b)``, ``b = batch / R``, of the window, of the carried hidden state (a
+    full ``[batch, H]`` variable, the same on every replica) and of the row-wise dropout masks;
+    the masks are drawn once per step, in cross-replica context, for the global batch (so
+    ``R`` replicas draw what one device draws). A replica's loss is the mean cross-entropy of
+    its rows times ``b / batch``, so the SUM over replicas is the global mean; the loss, the
+    dense gradients and the node-row gradient values are all-reduced with SUM, the new hidden
+    state rows are gathered (``strategy.gather``) and assigned whole, and L2, the WPL term,
+    the clip, SGD, the proximal pull and the Fisher update run once in cross-replica context
+    on the reduced values. Evaluation (:meth:`validation_error`, :meth:`reward`) splits its
+    rows the same way. A checkpoint holds the full state, so a search resumes under another
+    device count with everything carried over (each replica re-slices the hidden state).
+
     Args:
         corpus: PTB ids.
         config: supernet/search settings.
         seed: initialisation and dropout seed.
+        strategy: the ``tf.distribute.Strategy`` (None: the current one, one device without
+            a scope); ``config.strategy`` names the kind an experiment builds.
+
+    Raises:
+        ValueError: if ``batch_size`` or ``eval_batch_size`` is not divisible by the number
+            of replicas, or ``jit_compile`` is asked for with several replicas.
     """
 
-    def __init__(self, corpus: PTBCorpus, config: RNNSupernetConfig, *, seed: int = 0):
+    def __init__(self, corpus: PTBCorpus, config: RNNSupernetConfig, *, seed: int = 0,
+                 strategy: Optional[tf.distribute.Strategy] = None):
         if corpus.vocab_size != config.model.vocab_size:
             raise ValueError(
                 f"corpus has {corpus.vocab_size} words but config.model.vocab_size is "
@@ -68,7 +90,21 @@ class RNNSearchTask(SharedWeightsTask):
             )
         self.cfg = config
         self.seed = int(seed)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        _check_replicas(config, self.strategy.num_replicas_in_sync)
         self.space = RNNCellSpace(config.model.num_nodes)
+        with self.strategy.scope():
+            self._build_state(corpus, config, seed)
+        self.trace_count = 0
+        self.eval_trace_count = 0
+        jit = bool(config.jit_compile)
+        self._train_step = tf.function(self._train_step_impl, jit_compile=jit)
+        self._eval_step = tf.function(self._eval_step_impl, jit_compile=jit)
+        self._snapshot = tf.function(self._snapshot_impl)
+
+    def _build_state(self, corpus: PTBCorpus, config: RNNSupernetConfig, seed: int) -> None:
+        """The supernet, its SGD optimizer, the WPL state, the data and the counters and
+        carried states (called in the strategy's scope)."""
         self.supernet = RNNSupernet(config, seed=seed)
         self.optimizer = keras.optimizers.SGD(learning_rate=float(config.optimizer.learning_rate))
         self.optimizer.build(self.supernet.trainable_variables)
@@ -86,11 +122,6 @@ class RNNSearchTask(SharedWeightsTask):
             name="rnn_wpl_state",
         )
         self._init_data(corpus, config)
-        self.trace_count = 0
-        jit = bool(config.jit_compile)
-        self._train_step = tf.function(self._train_step_impl, jit_compile=jit)
-        self._eval_step = tf.function(self._eval_step_impl, jit_compile=jit)
-        self._snapshot = tf.function(self._snapshot_impl)
 
     def _init_data(self, corpus: PTBCorpus, config: RNNSupernetConfig) -> None:
         """The batchified splits, the window positions and the carried hidden states."""
@@ -121,6 +152,25 @@ class RNNSearchTask(SharedWeightsTask):
         y = tf.slice(data, [0, start + 1], [-1, bptt])
         return x, y
 
+    def _replica_rows(self, batch: int) -> Tuple[tf.Tensor, int]:
+        """``(start, size)`` of this replica's rows of a ``batch``-row batch: replica ``r``
+        (global id in sync group) of ``R`` takes ``[r b, (r + 1) b)``, ``b = batch / R``."""
+        size = batch // self.strategy.num_replicas_in_sync
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return tf.cast(replica, tf.int32) * size, size
+
+    @staticmethod
+    def _rows(tensor, start, size) -> tf.Tensor:
+        """Rows ``[start, start + size)`` of a 2-D tensor."""
+        return tf.slice(tensor, tf.stack([start, 0]), [size, -1])
+
+    @staticmethod
+    def _replica_loss(logits, targets, size: int, batch: int) -> tf.Tensor:
+        """Mean cross-entropy of the replica's ``size`` rows times ``size / batch``: summed
+        over the replicas, the mean over the global batch."""
+        loss = sequence_loss(logits, targets)
+        return loss if size == batch else loss * (size / batch)
+
     def _train_step_impl(self, arch, wpl_active, update_fisher):
         """One SGD step of ``arch`` on the next training window.
 
@@ -139,7 +189,10 @@ class RNNSearchTask(SharedWeightsTask):
         x, y = self._window(self._train, self.train_position, cfg.bptt)
         self.train_position.assign((self.train_position + 1) % self._num_train_windows)
         rows = self.supernet.wpl_rows(arch)
-        loss, new_state, data, params = self._data_gradients(x, y, arch, rows)
+        masks = self.supernet.dropout_masks(cfg.batch_size)  # once, for the global batch
+        loss, new_state, data = self._data_gradients(x, y, arch, masks)
+        params = [tf.convert_to_tensor(v) for v in self._dense_vars]
+        params.append(read_rows(self.supernet.w_nodes, rows))
         grads = [g + cfg.optimizer.l2 * p for g, p in zip(data, params)]
         penalty = tf.constant(0.0)
         if cfg.wpl.mode == "gradient":
@@ -153,19 +206,33 @@ class RNNSearchTask(SharedWeightsTask):
                 lambda: self._update_fisher(rows, data), _zero)
         return loss, penalty, grad_norm
 
-    def _data_gradients(self, x, y, arch, rows):
-        """``(loss, new_state, data gradients, weights)`` of the step, the last two as lists
-        in the task's order (dense weights, then the node rows, all dense tensors)."""
-        net = self.supernet
+    def _data_gradients(self, x, y, arch, masks):
+        """``(loss, new_state, data gradients)`` of the step over the global batch: each
+        replica's rows (:meth:`_replica_gradients` through ``strategy.run``), the loss and
+        the gradients summed over replicas, the new hidden-state rows gathered in replica
+        order (``[batch, H]``). Gradients in the task's order (dense weights, then the node
+        rows), all dense tensors."""
+        strategy, total = self.strategy, tf.distribute.ReduceOp.SUM
+        loss, new_state, data = strategy.run(self._replica_gradients, args=(x, y, arch, masks))
+        loss = strategy.reduce(total, loss, axis=None)
+        data = [strategy.reduce(total, g, axis=None) for g in data]
+        return loss, strategy.gather(new_state, axis=0), data
+
+    def _replica_gradients(self, x, y, arch, masks):
+        """One replica's ``(loss, new_state, data gradients)`` on its rows of the window,
+        of the carried hidden state and of the row-wise dropout masks."""
+        net, batch = self.supernet, self.cfg.batch_size
+        start, size = self._replica_rows(batch)
+        state = self._rows(tf.convert_to_tensor(self.train_state), start, size)
         with tf.GradientTape() as tape:
-            logits, new_state = net(x, arch, tf.convert_to_tensor(self.train_state), training=True)
-            loss = sequence_loss(logits, y)
+            logits, new_state = net(self._rows(x, start, size), arch, state, training=True,
+                                    dropout_masks=slice_dropout_masks(masks, start, size))
+            loss = self._replica_loss(logits, self._rows(y, start, size), size, batch)
         grads = tape.gradient(loss, self._dense_vars + [net.w_nodes])
-        # The node gradient comes from one gather of the distinct `rows`: its values align.
+        # The node gradient comes from one gather of the distinct rows: its values align
+        # with them, on every replica alike.
         data = [tf.convert_to_tensor(g) for g in grads[:-1] + [grads[-1].values]]
-        params = [tf.convert_to_tensor(v) for v in self._dense_vars]
-        params.append(read_rows(net.w_nodes, rows))
-        return loss, new_state, data, params
+        return loss, new_state, data
 
     def _fisher_and_anchors(self, rows) -> tuple:
         """``F`` and ``θ*`` of every covered weight, in WPL-state order (node rows gathered)."""
@@ -232,8 +299,20 @@ class RNNSearchTask(SharedWeightsTask):
         return tf.constant(0.0)
 
     def _eval_step_impl(self, arch, x, y, state):
-        logits, new_state = self.supernet(x, arch, state, training=False)
-        return sequence_loss(logits, y), new_state
+        """``(mean CE, new state)`` of ``arch`` on ``x -> y`` from ``state`` (no dropout):
+        each replica its rows, the loss summed and the state rows gathered."""
+        self.eval_trace_count += 1  # Python side effect: runs once per trace
+        strategy = self.strategy
+        loss, new_state = strategy.run(self._replica_eval, args=(arch, x, y, state))
+        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        return loss, strategy.gather(new_state, axis=0)
+
+    def _replica_eval(self, arch, x, y, state):
+        batch = self.cfg.eval_batch_size
+        start, size = self._replica_rows(batch)
+        logits, new_state = self.supernet(self._rows(x, start, size), arch,
+                                          self._rows(state, start, size), training=False)
+        return self._replica_loss(logits, self._rows(y, start, size), size, batch), new_state
 
     def _snapshot_impl(self, arch):
         """``θ* ← θ`` on the covered weights (:meth:`WPLState.snapshot_anchors`)."""
@@ -325,4 +404,23 @@ class RNNSearchTask(SharedWeightsTask):
         }
 
     def config(self) -> dict:
-        return {"task": "enas_rnn_ptb", "seed": self.seed, **self.cfg.to_json()}
+        return {"task": "enas_rnn_ptb", "seed": self.seed, **self.cfg.to_json(),
+                "replicas": int(self.strategy.num_replicas_in_sync)}
+
+
+def _check_replicas(config: RNNSupernetConfig, replicas: int) -> None:
+    """Raise unless the batch sizes split evenly over ``replicas`` (and no XLA with several)."""
+    for name in ("batch_size", "eval_batch_size"):
+        value = getattr(config, name)
+        if value % replicas:
+            raise ValueError(
+                f"RNNSupernetConfig.{name} {value} is not divisible by the {replicas} replicas "
+                f"of the strategy; set {name} to a multiple of {replicas} (e.g. "
+                f"{max(replicas, value - value % replicas)}) or run on fewer devices."
+            )
+    if config.jit_compile and replicas > 1:
+        raise ValueError(
+            f"RNNSupernetConfig.jit_compile is not supported with {replicas} replicas (a step "
+            "under a strategy with several replicas is not XLA-compiled); set "
+            "jit_compile=False or run on one device."
+        )

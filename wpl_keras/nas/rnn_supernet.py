@@ -11,7 +11,9 @@ trace for every architecture, the hand-written backward loop) is :mod:`wpl_keras
 
 Dropouts (ENAS / WPL release): embedding (whole words), input (locked over time),
 weight-drop (DropConnect on ``W_h`` and the node matrices, one mask per batch) and output
-(locked).
+(locked). Their masks are drawn in one fixed order (:func:`draw_dropout_masks`) and applied
+separately, so a step under ``tf.distribute`` draws them once for the global batch and each
+replica applies its rows of them.
 
 The search task that trains it, :class:`~wpl_keras.nas.rnn_search.RNNSearchTask`, is in
 :mod:`wpl_keras.nas.rnn_search` (also importable from here).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Dict, Optional
 
 import keras
 import tensorflow as tf
@@ -34,6 +37,7 @@ from wpl_keras.nas.rnn_cell import (  # noqa: F401  (re-exported: the cell's pub
     enas_cell_sequence_inference,
     sequence_loss,
 )
+from wpl_keras.nas.distribute import KINDS as STRATEGY_KINDS
 from wpl_keras.nas.rnn_space import RNNCellSpace
 from wpl_keras.utils.config import JsonConfig
 from wpl_keras.wpl.config import WPLConfig
@@ -188,7 +192,13 @@ class RNNSupernetConfig(JsonConfig):
             each with its own Fisher and anchor, updated from the same gradients and at the
             same moments.
         reward_constant: reward ``= reward_constant / valid_ppl`` (80).
-        jit_compile: XLA-compile the traced train/eval steps.
+        jit_compile: XLA-compile the traced train/eval steps (one replica only: a step
+            under several replicas is not XLA-compiled; the task refuses the combination).
+        strategy: the ``tf.distribute`` strategy the search runs under, one of
+            :data:`wpl_keras.nas.distribute.KINDS` (``"auto"``: multi-worker when
+            ``TF_CONFIG`` lists several workers, mirrored over the GPUs when more than one is
+            visible, else one device); the experiment builds it with
+            :func:`~wpl_keras.nas.distribute.make_strategy` and hands it to the task.
     """
 
     model: RNNModelConfig = RNNModelConfig()
@@ -201,6 +211,7 @@ class RNNSupernetConfig(JsonConfig):
     wpl_scope: str = "cell"
     reward_constant: float = 80.0
     jit_compile: bool = False
+    strategy: str = "auto"
 
     def __post_init__(self):
         self._coerce_nested()  # dicts from JSON or overrides become the nested configs
@@ -216,6 +227,11 @@ class RNNSupernetConfig(JsonConfig):
         if not isinstance(self.jit_compile, bool):
             raise ValueError(
                 f"RNNSupernetConfig.jit_compile must be a bool, got {self.jit_compile!r}.")
+        if self.strategy not in STRATEGY_KINDS:
+            raise ValueError(
+                f"RNNSupernetConfig.strategy must be one of {STRATEGY_KINDS}, got "
+                f"{self.strategy!r}."
+            )
 
     @classmethod
     def from_json(cls, obj) -> "RNNSupernetConfig":
@@ -256,23 +272,83 @@ def _dropout_mask(shape, rate, seed_gen, dtype=tf.float32):
     return tf.cast(keras.random.uniform(shape, seed=seed_gen) < keep, dtype) / keep
 
 
+# Masks whose first axis is the batch row (a replica takes its rows of them); the others
+# (the word mask and the weight-drop masks) are shared by every row.
+ROW_MASKS = ("input", "output")
+
+
+def draw_dropout_masks(batch, cfg: RNNModelConfig, seed_gen, *, node_shape,
+                       output: bool = True) -> Dict[str, tf.Tensor]:
+    """The training-time dropout masks of one batch, drawn in a fixed order from ``seed_gen``.
+
+    Every mask is inverted dropout, ``m ∈ {0, 1/keep}`` with ``keep = 1 − rate``. Only masks
+    of positive rate are drawn, in this order: ``"word"`` ``[V]`` (embedding dropout, whole
+    words), ``"input"`` ``[batch, E]`` (one per row, shared over time), ``"w_h"`` ``[H, 2H]``
+    and ``"w_nodes"`` ``node_shape`` (weight drop), then, with ``output``, ``"output"``
+    ``[batch, 1, H]`` (locked over time). A mask's values depend only on the generator's state
+    and its shape, so masks drawn once for the global batch and split by rows
+    (:data:`ROW_MASKS`) equal the masks of one device.
+
+    Args:
+        batch: rows of the (global) batch, an int or a scalar tensor.
+        cfg: the model config (rates and sizes).
+        seed_gen: the supernet's ``keras.random.SeedGenerator``.
+        node_shape: shape of the node matrices the step reads (``[rows, H, 2H]``).
+        output: also draw the output mask.
+
+    Returns:
+        ``{name: mask}`` for the masks drawn.
+    """
+    masks = {}
+    h = cfg.hidden_size
+    if cfg.embedding_dropout > 0:
+        masks["word"] = _dropout_mask([cfg.vocab_size], cfg.embedding_dropout, seed_gen)
+    if cfg.input_dropout > 0:
+        masks["input"] = _dropout_mask([batch, cfg.embedding_size], cfg.input_dropout, seed_gen)
+    if cfg.weight_drop > 0:
+        masks["w_h"] = _dropout_mask([h, 2 * h], cfg.weight_drop, seed_gen)
+        masks["w_nodes"] = _dropout_mask(node_shape, cfg.weight_drop, seed_gen)
+    if output and cfg.output_dropout > 0:
+        masks["output"] = _dropout_mask([batch, 1, h], cfg.output_dropout, seed_gen)
+    return masks
+
+
+def slice_dropout_masks(masks: Dict[str, tf.Tensor], start, size) -> Dict[str, tf.Tensor]:
+    """The masks of batch rows ``[start, start + size)``: the row masks (:data:`ROW_MASKS`)
+    sliced on their first axis, the others whole."""
+    return {
+        name: (tf.slice(m, tf.concat([[start], tf.zeros([tf.rank(m) - 1], tf.int32)], 0),
+                        tf.concat([[size], tf.fill([tf.rank(m) - 1], -1)], 0))
+               if name in ROW_MASKS else m)
+        for name, m in masks.items()
+    }
+
+
+def apply_dropout_masks(x, tokens, w_h, w_nodes, masks: Dict[str, tf.Tensor]):
+    """``(x, w_h, w_nodes)`` with the input-side masks of :func:`draw_dropout_masks` applied:
+    ``x ⊙ m_word[token] ⊙ m_input[row]`` (``x`` is ``[T, B, E]``), ``W_h ⊙ m_{w_h}``,
+    ``W_nodes ⊙ m_{w_nodes}``; absent masks leave their tensor as it is."""
+    if "word" in masks:
+        x = x * tf.gather(masks["word"], tf.transpose(tokens))[..., None]
+    if "input" in masks:
+        x = x * masks["input"][None]
+    if "w_h" in masks:
+        w_h = w_h * masks["w_h"]
+        w_nodes = w_nodes * masks["w_nodes"]
+    return x, w_h, w_nodes
+
+
 def apply_input_dropouts(x, tokens, w_h, w_nodes, cfg: RNNModelConfig, seed_gen):
-    """ENAS training-time dropouts on the inputs and recurrent weights.
+    """ENAS training-time dropouts on the inputs and recurrent weights, masks drawn here.
 
     Embedding dropout drops whole words (``x ⊙ m[token]``, ``m ∈ {0, 1/keep}^V``); input dropout
     is one mask per batch row shared over time; weight-drop (DropConnect) masks ``W_h`` and the
-    node matrices once per batch. Returns ``(x, w_h, w_nodes)``.
+    node matrices once per batch (:func:`draw_dropout_masks` without the output mask, then
+    :func:`apply_dropout_masks`). Returns ``(x, w_h, w_nodes)``.
     """
-    batch = tf.shape(tokens)[0]
-    if cfg.embedding_dropout > 0:
-        word_mask = _dropout_mask([cfg.vocab_size], cfg.embedding_dropout, seed_gen)
-        x = x * tf.gather(word_mask, tf.transpose(tokens))[..., None]
-    if cfg.input_dropout > 0:
-        x = x * _dropout_mask([batch, cfg.embedding_size], cfg.input_dropout, seed_gen)[None]
-    if cfg.weight_drop > 0:
-        w_h = w_h * _dropout_mask(tf.shape(w_h), cfg.weight_drop, seed_gen)
-        w_nodes = w_nodes * _dropout_mask(tf.shape(w_nodes), cfg.weight_drop, seed_gen)
-    return x, w_h, w_nodes
+    masks = draw_dropout_masks(tf.shape(tokens)[0], cfg, seed_gen, node_shape=tf.shape(w_nodes),
+                               output=False)
+    return apply_dropout_masks(x, tokens, w_h, w_nodes, masks)
 
 
 # --------------------------------------------------------------------------- supernet
@@ -314,7 +390,18 @@ class RNNSupernet(keras.Model):
     def initial_state(self, batch_size: int) -> tf.Tensor:
         return tf.zeros([batch_size, self.cfg.model.hidden_size], tf.float32)
 
-    def call(self, tokens, architecture, state=None, training=False):
+    def dropout_masks(self, batch) -> Dict[str, tf.Tensor]:
+        """The training dropout masks of a ``batch``-row step (:func:`draw_dropout_masks`
+        from this supernet's seed generator, the node mask for the ``N − 1`` rows an
+        architecture reads). Under ``tf.distribute``, draw them in cross-replica context for
+        the global batch and give each replica its rows (:func:`slice_dropout_masks`)."""
+        h = self.cfg.model.hidden_size
+        node_shape = [self.cfg.model.num_nodes - 1, h, 2 * h]
+        return draw_dropout_masks(batch, self.cfg.model, self.seed_generator,
+                                  node_shape=node_shape)
+
+    def call(self, tokens, architecture, state=None, training=False,
+             dropout_masks: Optional[Dict[str, tf.Tensor]] = None):
         """Next-word logits of the cell ``architecture``.
 
         Args:
@@ -322,6 +409,8 @@ class RNNSupernet(keras.Model):
             architecture: int32 tensor of the architecture's decisions.
             state: ``[B, H]`` hidden state carried from the previous window (zeros if None).
             training: apply the dropouts.
+            dropout_masks: with ``training``, the masks to apply (:meth:`dropout_masks` for
+                these ``B`` rows); None draws them here.
 
         Returns:
             ``(logits [B, T, V], new_state [B, H])``.
@@ -337,9 +426,10 @@ class RNNSupernet(keras.Model):
         w_h = tf.convert_to_tensor(self.w_h)
         w_nodes = read_rows(self.w_nodes, rows)
         x = tf.gather(embedding, tf.transpose(tokens))  # [T, B, E]
+        masks = {}
         if training:
-            x, w_h, w_nodes = apply_input_dropouts(x, tokens, w_h, w_nodes, cfg,
-                                                   self.seed_generator)
+            masks = self.dropout_masks(batch) if dropout_masks is None else dropout_masks
+            x, w_h, w_nodes = apply_dropout_masks(x, tokens, w_h, w_nodes, masks)
         steps = tf.shape(x)[0]
         xp = tf.reshape(
             tf.matmul(tf.reshape(x, [-1, cfg.embedding_size]), self.w_x),
@@ -348,9 +438,8 @@ class RNNSupernet(keras.Model):
         outputs, new_state = enas_cell_sequence(xp, state, w_h, w_nodes, arch, cfg.num_nodes,
                                                 max_norm=cfg.hidden_max_norm)
         outputs = tf.transpose(outputs, [1, 0, 2])  # [B, T, H]
-        if training and cfg.output_dropout > 0:
-            outputs = outputs * _dropout_mask([batch, 1, cfg.hidden_size], cfg.output_dropout,
-                                              self.seed_generator)
+        if "output" in masks:
+            outputs = outputs * masks["output"]
         logits = tf.matmul(tf.reshape(outputs, [-1, cfg.hidden_size]), embedding, transpose_b=True)
         logits = tf.reshape(logits + self.decoder_bias, [batch, steps, cfg.vocab_size])
         return logits, new_state
