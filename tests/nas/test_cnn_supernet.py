@@ -233,6 +233,24 @@ def test_validation_error_is_on_a_fixed_batch(task):
     assert task.fixed_images.shape[0] == 16
 
 
+@pytest.mark.parametrize("rows", [16, 5, 1])
+def test_eval_is_the_correct_count_and_mean_cross_entropy(task, rows):
+    """``_eval`` = (correct / n, Σ CE / n) of the supernet on the batch, for any ``n`` on one
+    trace; validation_error is ``100 (1 − accuracy)`` on the fixed batch."""
+    traces = task.eval_traces
+    arch = task._arch(task.space.sample(np.random.default_rng(rows)))
+    images, labels = task.fixed_images[:rows], task.fixed_labels[:rows]
+    logits = task.supernet((images, arch), training=False)
+    correct = np.sum(np.argmax(logits.numpy(), -1) == labels.numpy())
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits).numpy()
+    acc, loss = task._eval(images, labels, arch)
+    assert float(acc) == pytest.approx(correct / rows, abs=1e-7)
+    np.testing.assert_allclose(float(loss), ce.mean(), rtol=1e-5)
+    if rows == 16:
+        assert task.validation_error(tuple(arch.numpy())) == pytest.approx(100 * (1 - acc))
+    assert task.eval_traces == traces
+
+
 def test_start_epoch_schedule_and_no_own_flush(task):
     task.start_epoch(0)
     np.testing.assert_allclose(task.optimizer.learning_rate.numpy(), 0.05, rtol=1e-6)
@@ -285,11 +303,15 @@ def test_checkpoint_round_trip(task, tmp_path):
     path = ckpt.write(str(tmp_path / "ckpt"))
     saved = [f.numpy().copy() for f in task.wpl_state.fisher]
     error = task.validation_error(arch)
+    archs = [task.space.sample(np.random.default_rng(k)) for k in range(3)]
+    rewards = [task.reward(a) for a in archs]  # the valid iterator is checkpointed too
     task.train_architecture(arch, 2, wpl_active=True)
     ckpt.read(path).assert_consumed()
     for f, s in zip(task.wpl_state.fisher, saved):
         np.testing.assert_array_equal(f.numpy(), s)
     assert task.validation_error(arch) == error
+    assert [task.reward(a) for a in archs] == rewards
+    assert "valid_iterator" in task.checkpoint_items()
 
 
 def test_per_example_norm_is_batch_independent():

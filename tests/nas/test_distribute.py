@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from wpl_keras.nas import distribute
@@ -32,8 +33,9 @@ def run(strategy, mode="proximal"):
     y = rng.integers(0, 10, 48).astype(np.int32)
     splits = SearchSplits(x[:32], y[:32], x[32:], y[32:])
     space = MicroCellSpace(2)
+    # 15 fixed and 7 reward images: uneven chunks over 2 replicas (7 + 8, 3 + 4)
     cfg = CNNSearchConfig(supernet=SupernetConfig(num_cells=1, filters=4, num_stages=1),
-                          batch_size=8, eval_batch_size=8, fixed_valid_size=16, augment=False,
+                          batch_size=8, eval_batch_size=7, fixed_valid_size=15, augment=False,
                           wpl=WPLConfig(mode=mode))
     task = CNNSearchTask(space, cfg, splits, strategy=strategy, seed=0)
     task.wpl_state.strength.assign(60.0)  # alpha as the search driver would write it
@@ -45,7 +47,23 @@ def run(strategy, mode="proximal"):
         values += [out["loss"], out["penalty"]]
     values += [task.validation_error(archs[0]), float(task.wpl_state.fisher_norm())]
     return {"values": values, "replicas": int(strategy.num_replicas_in_sync),
-            "steps": int(task.step.numpy()), "traces": task.train_traces}
+            "steps": int(task.step.numpy()), "traces": task.train_traces, **evaluate(task, archs)}
+
+def evaluate(task, archs):
+    # err1, reward and the mean cross-entropy on the fixed batch of the 3 trained and 3 new
+    # architectures, then accuracy and cross-entropy on the first 1 (one replica's chunk is
+    # empty) and 3 fixed images.
+    rng = np.random.default_rng(2)
+    archs = archs + [task.space.sample(rng) for _ in range(3)]
+    err1, rewards, ce = [], [], []
+    for arch in archs:
+        err1.append(task.validation_error(arch))
+        rewards.append(task.reward(arch))
+        ce.append(float(task._eval(task.fixed_images, task.fixed_labels, task._arch(arch))[1]))
+    for n in (1, 3):
+        acc, loss = task._eval(task.fixed_images[:n], task.fixed_labels[:n], task._arch(archs[0]))
+        ce += [float(acc), float(loss)]
+    return {"err1": err1, "rewards": rewards, "eval_ce": ce, "eval_traces": task.eval_traces}
 """
 
 _MIRRORED = """
@@ -115,6 +133,27 @@ def test_mirrored_two_cpus_match_one_device(runs, mode):
         assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (one["values"], two["values"])
 
 
+@pytest.mark.parametrize("mode", ["", "_gradient"])  # proximal and gradient WPL modes
+def test_mirrored_evaluation_matches_one_device(runs, mode):
+    """The replicated evaluation (err1 on the fixed batch, the reward's minibatches, and the
+    mean cross-entropy behind them) on 2 logical CPUs equals one device after WPL training,
+    over 6 architectures.
+
+    Tolerance: err1 and rewards are correct counts over the batch, so they must be equal
+    (``abs`` difference <= 1e-9; a count off by one would move err1 by 100/15); the
+    cross-entropies agree to ``rtol 1e-5, atol 1e-6`` (the weights after training agree to
+    float rounding and each replica sums its own chunk's terms).
+    """
+    one, two = runs["mirrored"]["one" + mode], runs["mirrored"]["two" + mode]
+    assert two["eval_traces"] == 1 and one["eval_traces"] == 1
+    assert len(one["err1"]) == len(one["rewards"]) == 6
+    assert len(set(one["eval_ce"][:6])) == 6  # the architectures score differently
+    np.testing.assert_allclose(two["err1"], one["err1"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(two["rewards"], one["rewards"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(two["eval_ce"], one["eval_ce"], rtol=1e-5, atol=1e-6)
+    assert one["err1"][0] == pytest.approx(one["values"][-2])  # err1 before the new archs
+
+
 def test_two_workers_complete_steps(runs):
     for name in ("worker0", "worker1"):
         result = runs[name]
@@ -122,8 +161,14 @@ def test_two_workers_complete_steps(runs):
         assert "CollectiveAllReduce" in result["kind"] or "MultiWorker" in result["kind"]
         assert result["steps"] == 6  # 3 architectures x 2 batches
         assert all(v == v for v in result["values"])  # no NaN
-    # both workers apply the same all-reduced updates
-    assert runs["worker0"]["values"] == pytest.approx(runs["worker1"]["values"], rel=1e-5)
+    # both workers apply the same all-reduced updates and evaluate alike
+    for key in ("values", "err1", "rewards", "eval_ce"):
+        assert runs["worker0"][key] == pytest.approx(runs["worker1"][key], rel=1e-5)
+    # the two workers' replicated evaluation (one replica each) equals one device's
+    one = runs["mirrored"]["one"]
+    np.testing.assert_allclose(runs["worker0"]["err1"], one["err1"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(runs["worker0"]["eval_ce"], one["eval_ce"], rtol=1e-5, atol=1e-6)
+    assert runs["worker0"]["eval_traces"] == 1
 
 
 def test_resolve_kind_and_tf_config():

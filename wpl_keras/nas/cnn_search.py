@@ -167,7 +167,11 @@ class CNNSearchTask(SharedWeightsTask):
     Every training loop runs under ``strategy`` (default: the current one, i.e. one device):
     per-replica losses are scaled by the global batch, gradients are all-reduced (summed),
     and the WPL terms, the masked SGD step, the Fisher update and the anchor snapshot run once
-    on the all-reduced values (see the module docstring for the step).
+    on the all-reduced values (see the module docstring for the step). Evaluation
+    (:meth:`validation_error` on the fixed batch, :meth:`reward` on the next validation
+    minibatch, and so derive's scoring) runs under it too: each replica scores a contiguous
+    chunk of the batch and the correct counts are all-reduced with SUM (:meth:`_eval_fn`);
+    one trace serves every architecture and batch size (``eval_traces``).
 
     Args:
         space: a :class:`MicroCellSpace`.
@@ -313,11 +317,40 @@ class CNNSearchTask(SharedWeightsTask):
         """``θ* ← θ* + m (θ − θ*)`` with the usage masks of ``arch``."""
         self.wpl_state.snapshot_anchors(masks=coverage(self.supernet.usage_masks(arch)))
 
+    def _replica_eval(self, images, labels, arch):
+        """Correct count and summed cross-entropy of this replica's contiguous chunk.
+
+        With ``n`` rows and ``R`` replicas, replica ``r`` takes rows
+        ``[⌊r n / R⌋, ⌊(r + 1) n / R⌋)`` (chunk sizes differ by at most one; a chunk is empty
+        when ``n < R``, and then contributes zeros without running the supernet)."""
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync
+        r = tf.cast(context.replica_id_in_sync_group, tf.int32)
+        n = tf.shape(images)[0]
+        start, end = (r * n) // replicas, ((r + 1) * n) // replicas
+
+        def chunk_sums():
+            x, y = images[start:end], labels[start:end]
+            logits = self.supernet((x, arch), training=False)
+            pred = tf.argmax(logits, -1, output_type=tf.int32)
+            correct = tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.float32))
+            ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+            return correct, ce
+
+        return tf.cond(end > start, chunk_sums, lambda: (tf.constant(0.0), tf.constant(0.0)))
+
     def _eval_fn(self, images, labels, arch):
-        self.eval_traces += 1
-        logits = self.supernet((images, arch), training=False)
-        pred = tf.argmax(logits, -1, output_type=tf.int32)
-        return tf.reduce_mean(tf.cast(tf.equal(pred, labels), tf.float32))
+        """``(accuracy, mean cross-entropy)`` over the batch, replicated: each replica scores
+        its chunk (:meth:`_replica_eval`), the correct counts and cross-entropy sums are
+        all-reduced with SUM and divided by the batch size ``n``."""
+        self.eval_traces += 1  # Python side effect: runs once per trace.
+        strategy = self.strategy
+        correct, ce = strategy.run(self._replica_eval, args=(images, labels, arch))
+        sum_ = tf.distribute.ReduceOp.SUM
+        correct = strategy.reduce(sum_, correct, axis=None)
+        ce = strategy.reduce(sum_, ce, axis=None)
+        n = tf.cast(tf.shape(images)[0], tf.float32)
+        return correct / n, ce / n
 
     # ------------------------------------------------------------------ contract
     def _arch(self, arch) -> tf.Tensor:
@@ -344,14 +377,18 @@ class CNNSearchTask(SharedWeightsTask):
                 "accuracy": float(np.mean(accs))}
 
     def validation_error(self, arch: Architecture) -> float:
-        """Error rate in percent of ``arch`` on the FIXED validation batch."""
-        acc = self._eval(self.fixed_images, self.fixed_labels, self._arch(arch))
+        """Error rate in percent of ``arch`` on the FIXED validation batch,
+        ``100 (1 − correct / n)``, replicated as :meth:`_eval_fn`."""
+        acc, _ = self._eval(self.fixed_images, self.fixed_labels, self._arch(arch))
         return 100.0 * (1.0 - float(acc))
 
     def reward(self, arch: Architecture) -> float:
-        """Accuracy of ``arch`` on the next validation minibatch (in [0, 1])."""
+        """Accuracy ``correct / n`` of ``arch`` on the next validation minibatch (in [0, 1]),
+        replicated as :meth:`_eval_fn`. The minibatch comes from one host iterator (the same
+        sequence for every device count; it is checkpointed)."""
         images, labels = next(self._valid_iter)
-        return float(self._eval(images, labels, self._arch(arch)))
+        acc, _ = self._eval(images, labels, self._arch(arch))
+        return float(acc)
 
     def learning_rate_at(self, epoch: int) -> float:
         """``lr_min + (lr_max − lr_min)(1 + cos(π min(epoch, E)/E))/2``."""
@@ -364,11 +401,9 @@ class CNNSearchTask(SharedWeightsTask):
         self.optimizer.learning_rate.assign(self.learning_rate_at(epoch))
 
     def checkpoint_items(self) -> Dict[str, object]:
-        items = {"supernet": self.supernet, "optimizer": self.optimizer,
-                 "wpl_state": self.wpl_state, "step": self.step}
-        if self.strategy.num_replicas_in_sync == 1:
-            items["valid_iterator"] = self._valid_iter
-        return items
+        return {"supernet": self.supernet, "optimizer": self.optimizer,
+                "wpl_state": self.wpl_state, "step": self.step,
+                "valid_iterator": self._valid_iter}
 
     def config(self) -> dict:
         return {"space": self.space.name, "num_nodes": self.space.num_nodes,
