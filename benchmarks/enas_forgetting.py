@@ -6,10 +6,17 @@ ENAS in both runs, so they run once (``warmup/``) and both runs continue from th
 (``--no-fork`` runs them twice); the runs are then identical until WPL turns on. For each epoch it reports, over the architectures
 sampled in that epoch, the mean, best-5 (lowest err1) and max of ``err2 − err1`` (validation
 perplexity on a fixed validation batch right after an architecture's training, and at the end of
-the epoch), and the reductions ``(d_without − d_with) / d_without`` averaged over the epochs
-where WPL is active and forgetting happened without WPL (``d_without > 0``; a reduction of a
-negative difference means nothing). ``forgetting_is_real`` says whether the mean difference
-without WPL is positive over those epochs; when it is not, the reductions are not evidence.
+the epoch). The headline reductions are the paper's ratio of forgetting amounts over the epochs
+``E`` where WPL is active: ``mean_reduction = 1 − Σ_{e∈E} d_with[e] / Σ_{e∈E} d_without[e]``
+with ``d`` the mean difference, likewise ``best5_reduction`` and ``max_reduction`` (null, with
+a reason under ``reduction_nan_reasons``, when ``Σ d_without <= 0``). With several seeds they
+are computed on the seed-averaged per-epoch differences; ``<name>_reduction_per_seed`` gives
+each seed's own pooled reduction, ``<name>_reduction_seed_mean`` and ``<name>_reduction_std``
+(population std) their mean and spread. ``<name>_reduction_per_epoch`` is the mean of the
+per-epoch ratios ``(d_without[e] − d_with[e]) / d_without[e]`` over the epochs with
+``d_without[e] > 0``; an epoch with a tiny positive ``d_without`` dominates it, so it is not
+the headline. ``forgetting_is_real`` says whether the mean difference without WPL is positive
+over the WPL epochs; when it is not, the reductions are not evidence.
 
     python benchmarks/enas_forgetting.py --space rnn --preset cpu-small \
         --data-dir ../shared/data/ptb
@@ -154,7 +161,8 @@ def _replace_or_exit(config, changes: dict, where: str):
         raise SystemExit(f"{where}: {err}")
 
 
-def main(argv=None) -> dict:
+def _parser() -> argparse.ArgumentParser:
+    """The command line of :func:`main`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--space", default="rnn", help="registered search space")
@@ -192,10 +200,25 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-fork", action="store_true",
                         help="run the epochs before WPL turns on twice (once per run) instead of "
                              "once, shared by both runs through a checkpoint")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _print_table(per_epoch: dict, active: list, error_name: str) -> None:
+    """The per-epoch differences without / with WPL, one row per epoch (``*``: WPL active)."""
+    print(f"{'epoch':>5} | {'mean w/o':>9} {'mean w':>9} | {'best5 w/o':>9} {'best5 w':>9} | "
+          f"{'max w/o':>9} {'max w':>9} | {'err1 w/o':>9} {'err1 w':>9}")
+    for a, b in zip(per_epoch["without"], per_epoch["with"]):
+        mark = "*" if a["epoch"] in active else " "
+        print(f"{a['epoch']:>4}{mark} | {a['mean']:9.3f} {b['mean']:9.3f} | {a['best5']:9.3f} "
+              f"{b['best5']:9.3f} | {a['max']:9.3f} {b['max']:9.3f} | {a['mean_err1']:9.2f} "
+              f"{b['mean_err1']:9.2f}")
+    print("(* = WPL active in the WPL run; differences are in", error_name, "units)")
+
+
+def _config_and_seeds(args: argparse.Namespace):
+    """The preset with the command line's overrides, and the seeds to run."""
     if args.seeds and args.seed is not None:
         raise SystemExit("give --seed or --seeds, not both")
-
     config = enas.get_preset(args.space, args.preset)
     overrides = {
         "epochs": args.epochs, "shared_steps_per_epoch": args.shared_steps,
@@ -217,6 +240,12 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--seeds needs distinct seeds, got {args.seeds!r}")
     else:
         seeds = [config.seed]
+    return config, seeds
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
+    config, seeds = _config_and_seeds(args)
     out = args.out or tempfile.mkdtemp(prefix="enas_forgetting_")
     os.makedirs(out, exist_ok=True)
 
@@ -238,7 +267,6 @@ def main(argv=None) -> dict:
     active = [e for e in range(config.search.epochs) if e >= start_epoch]
     if not active:
         raise SystemExit("WPL never turns on: wpl_start_epoch >= epochs.")
-    red = metrics.reductions_over_epochs(runs["without"], runs["with"], epochs=active)
     error_name = enas.get_space(args.space).error_name
     plot = metrics.plot_forgetting(
         {"without WPL": runs["without"], "with WPL": runs["with"]},
@@ -256,14 +284,7 @@ def main(argv=None) -> dict:
         ]
         for label, history in runs.items()
     }
-    print(f"{'epoch':>5} | {'mean w/o':>9} {'mean w':>9} | {'best5 w/o':>9} {'best5 w':>9} | "
-          f"{'max w/o':>9} {'max w':>9} | {'err1 w/o':>9} {'err1 w':>9}")
-    for a, b in zip(per_epoch["without"], per_epoch["with"]):
-        mark = "*" if a["epoch"] in active else " "
-        print(f"{a['epoch']:>4}{mark} | {a['mean']:9.3f} {b['mean']:9.3f} | {a['best5']:9.3f} "
-              f"{b['best5']:9.3f} | {a['max']:9.3f} {b['max']:9.3f} | {a['mean_err1']:9.2f} "
-              f"{b['mean_err1']:9.2f}")
-    print("(* = WPL active in the WPL run; differences are in", error_name, "units)")
+    _print_table(per_epoch, active, error_name)
     result = {
         "benchmark": "enas_forgetting",
         "figure": "paper Figure 3 (err2 - err1: mean / best-5 / max per epoch)",
@@ -277,22 +298,8 @@ def main(argv=None) -> dict:
         "deterministic_ops": not args.nondeterministic,
         "shared_warmup": fork,
         "wpl_active_epochs": active,
-        "mean_reduction": red["mean_reduction"],
-        "best5_reduction": red["best5_reduction"],
-        "max_reduction": red["max_reduction"],
-        "reduction_epochs_used": {k: red[f"{k}_reduction_epochs"] for k in ("mean", "best5", "max")},
-        "forgetting_is_real": red["mean_without"] > 0,
-        "mean_reduction_pooled": red["mean_reduction_pooled"],
-        "best5_reduction_pooled": red["best5_reduction_pooled"],
-        "max_reduction_pooled": red["max_reduction_pooled"],
-        "mean_diff_without": red["mean_without"],
-        "mean_diff_with": red["mean_with"],
-        "best5_diff_without": red["best5_without"],
-        "best5_diff_with": red["best5_with"],
-        "max_diff_without": red["max_without"],
-        "max_diff_with": red["max_with"],
+        **reduction_fields(runs, by_seed, active),
         "per_epoch": per_epoch,
-        "per_seed": {str(seed): _seed_figures(by_seed[seed], active) for seed in seeds},
         # Wall time of this invocation, and the searches' own time summed over their epochs
         # (the latter survives interruption and --resume).
         "seconds": {**{f"seed{k}": v for k, v in seconds.items()},
@@ -308,11 +315,56 @@ def main(argv=None) -> dict:
     return result
 
 
-def _seed_figures(runs, active) -> dict:
-    """One seed's reductions and averaged differences over the WPL epochs."""
+NAMES = ("mean", "best5", "max")
+
+
+def reduction_fields(runs: dict, by_seed: dict, active: list) -> dict:
+    """The result's reduction and difference fields, in the order they are printed.
+
+    Args:
+        runs: ``{"without": history, "with": history}``, the seed-averaged histories.
+        by_seed: seed → that seed's ``{"without": history, "with": history}``.
+        active: the epochs with WPL active (the epochs every figure is taken over).
+
+    Returns:
+        For ``<name>`` in mean / best5 / max: ``<name>_reduction``
+        ``= 1 − Σ_{e∈active} d_with / Σ_{e∈active} d_without`` of the seed-averaged
+        differences (headline; NaN when the sum without WPL is ``<= 0``),
+        ``reduction_epochs_used``, ``<name>_reduction_per_seed`` / ``_seed_mean`` / ``_std``
+        (:func:`wpl_keras.nas.metrics.reductions_over_seeds`), ``<name>_reduction_per_epoch``
+        (mean of per-epoch ratios over epochs with ``d_without > 0``) and
+        ``reduction_per_epoch_epochs_used``, ``reduction_nan_reasons``,
+        ``forgetting_is_real``, ``<name>_diff_without`` / ``_with`` (means over the epochs
+        used) and ``per_seed`` (each seed's own figures).
+    """
     red = metrics.reductions_over_epochs(runs["without"], runs["with"], epochs=active)
-    figures = {f"{k}_reduction": red[f"{k}_reduction"] for k in ("mean", "best5", "max")}
-    for k in ("mean", "best5", "max"):
+    spread = metrics.reductions_over_seeds(
+        {str(seed): seed_runs for seed, seed_runs in by_seed.items()}, epochs=active)
+    fields = {f"{k}_reduction": red[f"{k}_reduction"] for k in NAMES}
+    fields["reduction_epochs_used"] = {k: red[f"{k}_reduction_epochs"] for k in NAMES}
+    for k in NAMES:
+        for suffix in ("per_seed", "seed_mean", "std"):
+            fields[f"{k}_reduction_{suffix}"] = spread[f"{k}_reduction_{suffix}"]
+    fields.update({f"{k}_reduction_per_epoch": red[f"{k}_reduction_per_epoch"] for k in NAMES})
+    fields["reduction_per_epoch_epochs_used"] = {
+        k: red[f"{k}_reduction_per_epoch_epochs"] for k in NAMES}
+    fields["reduction_nan_reasons"] = metrics.nan_reasons(red)
+    fields["forgetting_is_real"] = red["mean_without"] > 0
+    for k in NAMES:
+        fields[f"{k}_diff_without"] = red[f"{k}_without"]
+        fields[f"{k}_diff_with"] = red[f"{k}_with"]
+    fields["per_seed"] = {str(seed): _seed_figures(seed_runs, active)
+                          for seed, seed_runs in by_seed.items()}
+    return fields
+
+
+def _seed_figures(runs, active) -> dict:
+    """One seed's reductions (pooled and per-epoch) and averaged differences over the WPL
+    epochs."""
+    red = metrics.reductions_over_epochs(runs["without"], runs["with"], epochs=active)
+    figures = {f"{k}_reduction": red[f"{k}_reduction"] for k in NAMES}
+    figures.update({f"{k}_reduction_per_epoch": red[f"{k}_reduction_per_epoch"] for k in NAMES})
+    for k in NAMES:
         figures[f"{k}_diff_without"] = red[f"{k}_without"]
         figures[f"{k}_diff_with"] = red[f"{k}_with"]
     figures["forgetting_is_real"] = red["mean_without"] > 0

@@ -8,9 +8,14 @@ per rate (``dropout_<rate>/warmup``) and both searches continue from that checkp
 (``--no-fork`` runs them twice). One difference from an unforked search: the warm-up's last
 controller phase is its final one, which scores and trains but adds no new architectures, so
 the forked pool grows once less (identically in both searches). The measured number per rate is the mean best-5 difference
-over the epochs with WPL on; with ``--seeds 0,1,2`` the per-epoch differences are first
+over the epochs ``E`` with WPL on; with ``--seeds 0,1,2`` the per-epoch differences are first
 averaged over the seeds. The paper's claim is that WPL gives the lower one at every rate
-(``wpl_lower_at_all_rates = 1``).
+(``wpl_lower_at_all_rates = 1``; ``wpl_lower_at_all_rates_per_seed`` says it for each seed).
+Per rate, ``reduction = 1 − Σ_E best5_with / Σ_E best5_without`` is the paper's ratio of
+forgetting amounts (null when the sum without WPL is ``<= 0``), with each seed's own
+``reduction_per_seed``, their ``reduction_seed_mean`` and ``reduction_std`` (population std),
+and ``reduction_per_epoch``, the mean of per-epoch ratios (dominated by epochs with a tiny
+positive difference without WPL; not the headline).
 
     python benchmarks/nao_forgetting.py --preset cpu-small --data-dir ../shared/data/ptb
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -66,7 +72,8 @@ def run_rate(config, rate: float, out: str, data, *, fork: bool):
     return runs, seconds
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line of :func:`main`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="cpu-small", choices=("cpu-small", "tiny", "paper"))
     parser.add_argument("--data-dir", default="../shared/data/ptb",
@@ -84,7 +91,77 @@ def main(argv=None) -> int:
                              "are averaged over them before the per-rate means")
     parser.add_argument("--no-fork", action="store_true",
                         help="run the epochs before WPL turns on twice per rate instead of once")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def summary_fields(by_seed: dict, seeds: list, rates: list, start_epoch: int):
+    """The seed-averaged runs per rate and the result's forgetting fields.
+
+    Args:
+        by_seed: ``(seed, rate, wpl) → history``.
+        seeds: the seeds run; rates: the output-dropout rates run.
+        start_epoch: the first epoch with WPL.
+
+    Returns:
+        ``(runs, fields)``: ``runs[(rate, wpl)]`` the per-epoch differences averaged over the
+        seeds (:func:`wpl_keras.nas.metrics.average_histories`), and ``fields``: per rate
+        under ``best5_diff_by_rate`` the mean best-5 ``err2 − err1`` over the WPL epochs
+        ``E`` without and with WPL, ``reduction = 1 − Σ_E best5_with / Σ_E best5_without`` of
+        the seed-averaged differences (headline; null when the sum without WPL is ``<= 0``),
+        ``reduction_per_seed`` (each seed's own pooled reduction), ``reduction_seed_mean``
+        and ``reduction_std`` (population std over the seeds), ``reduction_per_epoch`` (mean
+        of the per-epoch ratios over epochs with a positive difference without WPL);
+        ``mean_valid_ppl_by_rate``; ``wpl_lower_at_all_rates`` (seed-averaged) and
+        ``wpl_lower_at_all_rates_per_seed``; ``per_seed_best5``.
+    """
+    from wpl_keras.nas import metrics
+
+    keys = ("mean_diff", "best5_diff", "max_diff", "mean_err1")
+    runs = {(rate, wpl): metrics.average_histories(
+                [by_seed[(s, rate, wpl)] for s in seeds], keys=keys)
+            for rate in rates for wpl in (False, True)}
+    summary = metrics.forgetting_by_rate(runs, start_epoch)
+    seed_summaries = {str(s): metrics.forgetting_by_rate(
+        {(r, w): by_seed[(s, r, w)] for r in rates for w in (False, True)}, start_epoch)
+        for s in seeds}
+    by_rate = {}
+    for k, v in summary["rates"].items():
+        per_seed = {s: seed_summaries[s]["rates"][k]["best5_reduction"] for s in seed_summaries}
+        spread = metrics.seed_spread(list(per_seed.values()))
+        by_rate[k] = {"without_wpl": v["best5_without"], "with_wpl": v["best5_with"],
+                      "reduction": v["best5_reduction"], "reduction_per_seed": per_seed,
+                      "reduction_seed_mean": spread["mean"], "reduction_std": spread["std"],
+                      "reduction_per_epoch": v["best5_reduction_per_epoch"]}
+    fields = {
+        "best5_diff_by_rate": by_rate,
+        "mean_valid_ppl_by_rate": {k: {"without_wpl": round(v["mean_ppl_without"], 1),
+                                       "with_wpl": round(v["mean_ppl_with"], 1)}
+                                   for k, v in summary["rates"].items()},
+        "wpl_lower_at_all_rates": summary["wpl_lower_at_all_rates"],
+        "wpl_lower_at_all_rates_per_seed": {
+            s: v["wpl_lower_at_all_rates"] for s, v in seed_summaries.items()},
+        "best5_averaged_over_epochs": f">= {start_epoch}",
+        "per_seed_best5": {
+            s: {k: {"best5_without": v["best5_without"], "best5_with": v["best5_with"],
+                    "reduction": v["best5_reduction"]} for k, v in summ["rates"].items()}
+            for s, summ in seed_summaries.items()},
+    }
+    return runs, _finite_or_null(fields)
+
+
+def _finite_or_null(obj):
+    """NaN/Inf → None, recursively, so that the printed line is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
 
     from wpl_keras.experiments import nao as nao_experiment
     from wpl_keras.nas import metrics
@@ -115,19 +192,7 @@ def main(argv=None) -> int:
                 by_seed[(seed, rate, wpl)] = history
             for name, sec in rate_seconds.items():
                 seconds[f"seed{seed}/{rate:g}/{name}"] = sec
-    keys = ("mean_diff", "best5_diff", "max_diff", "mean_err1")
-    runs = {(rate, wpl): metrics.average_histories(
-                [by_seed[(s, rate, wpl)] for s in seeds], keys=keys)
-            for rate in rates for wpl in (False, True)}
-    summary = metrics.forgetting_by_rate(runs, start_epoch)
-    per_seed = {
-        str(s): {k: {"best5_without": round(v["best5_without"], 3),
-                     "best5_with": round(v["best5_with"], 3)}
-                 for k, v in metrics.forgetting_by_rate(
-                     {(r, w): by_seed[(s, r, w)] for r in rates for w in (False, True)},
-                     start_epoch)["rates"].items()}
-        for s in seeds
-    }
+    runs, fields = summary_fields(by_seed, seeds, rates, start_epoch)
     os.makedirs(args.out, exist_ok=True)
     png = metrics.plot_figure4(runs, os.path.join(args.out, "figure4.png"))
     with open(os.path.join(args.out, "results.json"), "w") as f:
@@ -142,16 +207,7 @@ def main(argv=None) -> int:
         "figures_over": ("one seed" if len(seeds) == 1 else
                          f"per-epoch differences averaged over {len(seeds)} seeds"),
         "shared_warmup": fork,
-        "best5_diff_by_rate": {k: {"without_wpl": round(v["best5_without"], 3),
-                                   "with_wpl": round(v["best5_with"], 3),
-                                   "reduction": round(v["best5_reduction"], 3)}
-                               for k, v in summary["rates"].items()},
-        "mean_valid_ppl_by_rate": {k: {"without_wpl": round(v["mean_ppl_without"], 1),
-                                       "with_wpl": round(v["mean_ppl_with"], 1)}
-                                   for k, v in summary["rates"].items()},
-        "wpl_lower_at_all_rates": summary["wpl_lower_at_all_rates"],
-        "best5_averaged_over_epochs": f">= {start_epoch}",
-        "per_seed_best5": per_seed,
+        **fields,
         "settings": {
             "search": {k: v for k, v in config.search.to_json().items()
                        if k not in ("verbose", "max_to_keep", "checkpoint_every", "wpl")},

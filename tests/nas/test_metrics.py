@@ -81,24 +81,156 @@ def test_reductions_over_epochs():
         {"mean_diff": 2.0, "best5_diff": 3.0, "max_diff": 40.0},
     ]
     r = metrics.reductions_over_epochs(without, with_wpl, epochs=[1, 2])
-    assert r["mean_reduction"] == pytest.approx((0.5 + 0.9) / 2)
-    assert r["mean_reduction_pooled"] == pytest.approx((15.0 - 3.5) / 15.0)
+    # Headline: 1 - sum(with) / sum(without) over epochs 1..2.
+    assert r["mean_reduction"] == pytest.approx(1.0 - (5.0 + 2.0) / (10.0 + 20.0))
+    assert r["mean_reduction_per_epoch"] == pytest.approx((0.5 + 0.9) / 2)
     assert r["mean_without"] == pytest.approx(15.0) and r["mean_with"] == pytest.approx(3.5)
-    # Epoch 2 has best5 d_without = 0 (NaN reduction), so only epoch 1 counts.
-    assert r["best5_reduction"] == pytest.approx(0.75)
-    assert r["best5_reduction_epochs"] == 1 and r["mean_reduction_epochs"] == 2
-    assert r["max_reduction"] == pytest.approx(0.25)
-    # Negative d_without (the errors improved) is skipped, not averaged in with a flipped sign.
-    neg = metrics.reductions_over_epochs(
-        [{"mean_diff": -4.0}, {"mean_diff": 2.0}], [{"mean_diff": -8.0}, {"mean_diff": 1.0}],
-        keys=("mean_diff",),
-    )
-    assert neg["mean_reduction"] == pytest.approx(0.5) and neg["mean_reduction_epochs"] == 1
-    assert math.isnan(neg["mean_reduction_pooled"])  # averaged d_without is -1
+    assert r["mean_reduction"] == pytest.approx(1.0 - r["mean_with"] / r["mean_without"])
+    # best5: the pooled sums are 4 and 4 (no reduction); epoch 2 has d_without = 0, so the
+    # per-epoch mean uses epoch 1 only.
+    assert r["best5_reduction"] == pytest.approx(0.0) and r["best5_reduction_epochs"] == 2
+    assert r["best5_reduction_per_epoch"] == pytest.approx(0.75)
+    assert r["best5_reduction_per_epoch_epochs"] == 1 and r["mean_reduction_per_epoch_epochs"] == 2
+    assert r["max_reduction"] == pytest.approx(1.0 - 50.0 / 60.0)
+    assert r["max_reduction_per_epoch"] == pytest.approx(0.25)
+    # The old "pooled" keys were the same quantity as the headline now: they are gone.
+    assert not any(k.endswith("_pooled") for k in r)
+    assert all(isinstance(v, (int, float)) for v in r.values())
+    # Default epochs: all of them.
+    all_epochs = metrics.reductions_over_epochs(without, with_wpl, keys=("mean_diff",))
+    assert all_epochs["mean_reduction"] == pytest.approx(1.0 - 8.0 / 31.0)
+    assert all_epochs["mean_reduction_epochs"] == 3
     with pytest.raises(ValueError, match="different lengths"):
         metrics.reductions_over_epochs(without, with_wpl[:2])
     with pytest.raises(ValueError, match="outside"):
         metrics.reductions_over_epochs(without, with_wpl, epochs=[3])
+    with pytest.raises(ValueError, match="no epochs"):
+        metrics.reductions_over_epochs(without, with_wpl, epochs=[])
+
+
+def _runs(d_without, d_with, key="mean_diff"):
+    return [{key: x} for x in d_without], [{key: y} for y in d_with]
+
+
+def test_pooled_reduction_is_not_dominated_by_a_tiny_denominator():
+    # Epoch 0 barely forgets without WPL (0.01) and forgets 1.0 with it: its per-epoch ratio is
+    # -99 and drags the per-epoch mean to about -32.7; the pooled ratio weighs it by its amount.
+    r = metrics.reductions_over_epochs(*_runs([0.01, 10.0, 10.0], [1.0, 5.0, 5.0]),
+                                       keys=("mean_diff",))
+    assert r["mean_reduction_per_epoch"] == pytest.approx((-99.0 + 0.5 + 0.5) / 3)
+    assert r["mean_reduction"] == pytest.approx(1.0 - 11.0 / 20.01)
+    # The other sign: WPL turns a tiny forgetting into a gain, the per-epoch mean exceeds 1
+    # (201 and 0.5 average to 100.75) while the pooled reduction stays below 1.
+    r = metrics.reductions_over_epochs(*_runs([0.01, 10.0], [-2.0, 5.0]), keys=("mean_diff",))
+    assert r["mean_reduction_per_epoch"] == pytest.approx((201.0 + 0.5) / 2)
+    assert r["mean_reduction"] == pytest.approx(1.0 - 3.0 / 10.01)
+    assert r["mean_reduction"] < 1.0 < r["mean_reduction_per_epoch"]
+    # Direct form, and its equality with the reduction of the epoch means.
+    assert metrics.pooled_reduction([4.0, 6.0], [1.0, 2.0]) == pytest.approx(0.7)
+    assert metrics.pooled_reduction([4.0, 6.0], [1.0, 2.0]) == pytest.approx(
+        metrics.reduction(5.0, 1.5))
+    # Removing more than all forgetting (WPL improves the errors) gives more than 1, by design.
+    assert metrics.pooled_reduction([2.0, 2.0], [-1.0, -1.0]) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="pair them by epoch"):
+        metrics.pooled_reduction([1.0, 2.0], [1.0])
+
+
+def test_pooled_reduction_is_nan_without_forgetting_and_says_why():
+    # Sum without WPL is -2 (one epoch improved by 4, one forgot 2): nothing to reduce, even
+    # though the one positive epoch alone gives a per-epoch reduction of 0.5.
+    r = metrics.reductions_over_epochs(*_runs([-4.0, 2.0], [-8.0, 1.0]), keys=("mean_diff",))
+    assert math.isnan(r["mean_reduction"]) and r["mean_reduction_epochs"] == 2
+    assert r["mean_reduction_per_epoch"] == pytest.approx(0.5)
+    assert r["mean_reduction_per_epoch_epochs"] == 1
+    reasons = metrics.nan_reasons(r, keys=("mean_diff",))
+    assert list(reasons) == ["mean_reduction"]
+    assert "over 2 epochs is -2 <= 0" in reasons["mean_reduction"]
+    # A sum of exactly zero is NaN too, and so is the per-epoch mean with no positive epoch.
+    zero = metrics.reductions_over_epochs(*_runs([2.0, -2.0], [0.0, 0.0]), keys=("mean_diff",))
+    assert math.isnan(zero["mean_reduction"]) and zero["mean_reduction_per_epoch"] == 1.0
+    none = metrics.reductions_over_epochs(*_runs([-1.0, 0.0], [0.0, 0.0]), keys=("mean_diff",))
+    assert math.isnan(none["mean_reduction"]) and math.isnan(none["mean_reduction_per_epoch"])
+    assert none["mean_reduction_per_epoch_epochs"] == 0
+    assert "no epoch has mean_diff > 0" in metrics.nan_reasons(
+        none, keys=("mean_diff",))["mean_reduction_per_epoch"]
+    assert math.isnan(metrics.pooled_reduction([0.0], [0.0]))
+    assert math.isnan(metrics.pooled_reduction([], []))
+    # Numbers everywhere: no reason.
+    assert metrics.nan_reasons(metrics.reductions_over_epochs(
+        *_runs([2.0], [1.0]), keys=("mean_diff",)), keys=("mean_diff",)) == {}
+
+
+def test_nan_epochs_are_left_out_of_both_sums():
+    nan, inf = float("nan"), float("inf")
+    # Epoch 1 has no value without WPL, epoch 2 none with it, epoch 4 an Inf: only epochs 0
+    # and 3 pair up: 1 - (4 + 2) / (10 + 4).
+    r = metrics.reductions_over_epochs(
+        *_runs([10.0, nan, 6.0, 4.0, inf], [4.0, 1.0, nan, 2.0, 1.0]), keys=("mean_diff",))
+    assert r["mean_reduction"] == pytest.approx(1.0 - 6.0 / 14.0)
+    assert r["mean_reduction_epochs"] == 2
+    assert r["mean_reduction_per_epoch"] == pytest.approx((0.6 + 0.5) / 2)
+    assert r["mean_reduction_per_epoch_epochs"] == 2
+    assert (r["mean_without"], r["mean_with"]) == (7.0, 3.0)
+    assert metrics.pooled_reduction([10.0, nan, 4.0], [4.0, 1.0, 2.0]) == pytest.approx(
+        1.0 - 6.0 / 14.0)
+    # Every epoch NaN in one of the runs: NaN, with the reason.
+    bad = metrics.reductions_over_epochs(*_runs([nan, 3.0], [1.0, nan]), keys=("mean_diff",))
+    assert math.isnan(bad["mean_reduction"]) and bad["mean_reduction_epochs"] == 0
+    assert math.isnan(bad["mean_without"]) and math.isnan(bad["mean_with"])
+    reasons = metrics.nan_reasons(bad, keys=("mean_diff",))
+    assert "no epoch has a finite mean_diff in both runs" in reasons["mean_reduction"]
+    assert "mean_reduction_per_epoch" in reasons
+    assert math.isnan(metrics.reduction(5.0, nan))
+
+
+def test_seed_spread_is_mean_and_population_std_of_finite_seeds():
+    s = metrics.seed_spread([0.2, 0.6])
+    assert s["mean"] == pytest.approx(0.4) and s["std"] == pytest.approx(0.2) and s["seeds"] == 2
+    s = metrics.seed_spread([float("nan"), 0.3, 0.5, 0.7])
+    assert s["mean"] == pytest.approx(0.5) and s["seeds"] == 3
+    assert s["std"] == pytest.approx(math.sqrt(((0.2) ** 2 + 0 + 0.2 ** 2) / 3))
+    one = metrics.seed_spread([0.5])
+    assert one["mean"] == 0.5 and math.isnan(one["std"]) and one["seeds"] == 1
+    empty = metrics.seed_spread([float("nan")])
+    assert math.isnan(empty["mean"]) and math.isnan(empty["std"]) and empty["seeds"] == 0
+
+
+def test_reductions_over_seeds():
+    def pair(without, with_wpl):
+        w, v = _runs(without, with_wpl)
+        return {"without": w, "with": v}
+
+    by_seed = {"0": pair([10.0, 10.0], [2.0, 4.0]),  # 1 - 6/20 = 0.7
+               "1": pair([1.0, 3.0], [1.0, 2.0]),  # 1 - 3/4 = 0.25
+               "2": pair([-1.0, 0.0], [0.0, 0.0])}  # sum without <= 0: NaN, left out
+    r = metrics.reductions_over_seeds(by_seed, keys=("mean_diff",))
+    assert r["mean_reduction_per_seed"]["0"] == pytest.approx(0.7)
+    assert r["mean_reduction_per_seed"]["1"] == pytest.approx(0.25)
+    assert math.isnan(r["mean_reduction_per_seed"]["2"])
+    assert r["mean_reduction_seed_mean"] == pytest.approx(0.475)
+    assert r["mean_reduction_std"] == pytest.approx(0.225) and r["mean_reduction_seeds"] == 2
+    # Restricted to epoch 1: 1 - 4/10 and 1 - 2/3.
+    r1 = metrics.reductions_over_seeds(by_seed, epochs=[1], keys=("mean_diff",))
+    assert r1["mean_reduction_per_seed"]["0"] == pytest.approx(0.6)
+    assert r1["mean_reduction_per_seed"]["1"] == pytest.approx(1.0 / 3.0)
+    # The headline on seed-averaged differences pools the amounts of all seeds (0.625 here),
+    # which is not the mean of the seeds' reductions (0.475).
+    avg = {label: metrics.average_histories([by_seed[s][label] for s in ("0", "1")],
+                                            keys=("mean_diff",))
+           for label in ("without", "with")}
+    pooled = metrics.reductions_over_epochs(avg["without"], avg["with"], keys=("mean_diff",))
+    assert pooled["mean_reduction"] == pytest.approx(1.0 - 4.5 / 12.0)
+    # Default keys give every spread key; errors name the problem.
+    full = metrics.reductions_over_seeds(
+        {"7": {"without": [{"mean_diff": 2.0, "best5_diff": 2.0, "max_diff": 4.0}],
+               "with": [{"mean_diff": 1.0, "best5_diff": 0.0, "max_diff": 1.0}]}})
+    assert full["best5_reduction_per_seed"] == {"7": 1.0}
+    assert full["max_reduction_seed_mean"] == pytest.approx(0.75)
+    assert math.isnan(full["max_reduction_std"]) and full["mean_reduction_seeds"] == 1
+    with pytest.raises(ValueError, match="no seeds"):
+        metrics.reductions_over_seeds({})
+    with pytest.raises(ValueError, match="seed 3 needs a 'without' and a 'with' run"):
+        metrics.reductions_over_seeds({"3": {"without": []}})
 
 
 def test_plot_forgetting_writes_png(tmp_path, monkeypatch):
@@ -168,3 +300,119 @@ def test_forgetting_by_rate_reduction_and_all_rates(tmp_path):
     assert metrics.forgetting_by_rate(runs, 1)["wpl_lower_at_all_rates"] == 1
     with pytest.raises(ValueError, match="at least one run"):
         metrics.plot_figure4({}, str(tmp_path / "none.png"))
+
+
+def test_forgetting_by_rate_pools_over_paired_epochs():
+    def hist(best5, mean, first=0):
+        return [{"epoch": first + e, "best5_diff": b, "mean_diff": m, "mean_err1": 80.0 + e}
+                for e, (b, m) in enumerate(zip(best5, mean))]
+
+    # Epochs 1..3 count; epoch 2 is NaN in the run with WPL, so it is left out of both sums.
+    runs = {(0.5, False): hist([9, 0.01, 5, 10], [9, 4, 4, 6]),
+            (0.5, True): hist([9, 1.0, float("nan"), 5], [9, 1, 1, 3])}
+    row = metrics.forgetting_by_rate(runs, wpl_start_epoch=1)["rates"]["0.5"]
+    assert row["best5_reduction"] == pytest.approx(1.0 - 6.0 / 10.01)
+    assert row["best5_reduction_per_epoch"] == pytest.approx((-99.0 + 0.5) / 2)
+    assert (row["best5_without"], row["best5_with"]) == (pytest.approx(10.01 / 2), 3.0)
+    assert row["mean_reduction"] == pytest.approx(1.0 - 5.0 / 14.0)
+    assert row["mean_reduction_per_epoch"] == pytest.approx((0.75 + 0.75 + 0.5) / 3)
+    assert row["wpl_lower"] == 1
+    # A rate whose runs without forgetting: reduction NaN, and WPL is not lower.
+    flat = {(0.0, False): hist([0, -1, -1], [0, 0, 0]), (0.0, True): hist([0, -1, -1], [0, 0, 0])}
+    out = metrics.forgetting_by_rate(flat, wpl_start_epoch=1)
+    assert math.isnan(out["rates"]["0"]["best5_reduction"])
+    assert out["rates"]["0"]["wpl_lower"] == 0 and out["wpl_lower_at_all_rates"] == 0
+    # The two runs of a rate must cover the same epochs from the WPL start on.
+    with pytest.raises(ValueError, match="cover different epochs"):
+        metrics.forgetting_by_rate({(0.0, False): hist([1, 2, 3], [1, 2, 3]),
+                                    (0.0, True): hist([1, 2], [1, 2])}, wpl_start_epoch=1)
+
+
+def _load_benchmark(name):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _history(mean, best5, maximum):
+    return [{"epoch": e, "alpha": 0.0, "mean_diff": a, "best5_diff": b, "max_diff": c,
+             "mean_err1": 50.0, "mean_err2": 50.0 + a}
+            for e, (a, b, c) in enumerate(zip(mean, best5, maximum))]
+
+
+def test_nao_benchmark_summary_fields_report_seed_spread():
+    import json
+
+    bench = _load_benchmark("nao_forgetting")
+    by_seed = {}
+    # Best-5 over the WPL epochs 1..2: seed 0 (4+6 → 1+1: 0.8), seed 1 (2+2 → 1+2: 0.25) at
+    # rate 0; at rate 0.5 seed 1 has no forgetting without WPL (NaN) and WPL is not lower.
+    for seed, rate, without, with_wpl in ((0, 0.0, [9, 4, 6], [9, 1, 1]),
+                                          (1, 0.0, [9, 2, 2], [9, 1, 2]),
+                                          (0, 0.5, [9, 5, 5], [9, 2, 3]),
+                                          (1, 0.5, [9, -1, 0], [9, 0, 0])):
+        by_seed[(seed, rate, False)] = _history(without, without, without)
+        by_seed[(seed, rate, True)] = _history(with_wpl, with_wpl, with_wpl)
+    runs, fields = bench.summary_fields(by_seed, [0, 1], [0.0, 0.5], start_epoch=1)
+    assert set(runs) == {(0.0, False), (0.0, True), (0.5, False), (0.5, True)}
+    zero = fields["best5_diff_by_rate"]["0"]
+    assert zero["reduction"] == pytest.approx(1.0 - 5.0 / 14.0)  # seed-averaged amounts
+    assert zero["reduction_per_seed"] == {"0": pytest.approx(0.8), "1": pytest.approx(0.25)}
+    assert zero["reduction_seed_mean"] == pytest.approx(0.525)
+    assert zero["reduction_std"] == pytest.approx(0.275)
+    assert zero["reduction_per_epoch"] == pytest.approx((1 - 1 / 3 + 1 - 1.5 / 4) / 2)
+    half = fields["best5_diff_by_rate"]["0.5"]
+    assert half["reduction_per_seed"] == {"0": pytest.approx(0.5), "1": None}
+    assert half["reduction_std"] is None  # one finite seed: no spread
+    assert fields["wpl_lower_at_all_rates"] == 1
+    assert fields["wpl_lower_at_all_rates_per_seed"] == {"0": 1, "1": 0}
+    assert fields["per_seed_best5"]["1"]["0.5"]["reduction"] is None
+    json.dumps(fields, allow_nan=False)  # strict JSON: NaN became null
+
+
+def test_enas_benchmark_reduction_fields_have_headline_and_spread():
+    import json
+
+    bench = _load_benchmark("enas_forgetting")
+    by_seed = {
+        0: {"without": _history([5, 1, 3], [5, 2, 2], [9, 4, 8]),
+            "with": _history([5, 0, 1], [5, 1, 1], [9, 2, 8])},
+        1: {"without": _history([5, 0.01, 1], [5, 1, 1], [9, 2, 2]),
+            "with": _history([5, 0.5, 0.5], [5, 2, 2], [9, 2, 2])},
+    }
+    runs = {label: metrics.average_histories([by_seed[s][label] for s in (0, 1)])
+            for label in ("without", "with")}
+    fields = bench.reduction_fields(runs, by_seed, active=[1, 2])
+    # Seed-averaged mean differences over epochs 1..2: without 0.505 + 2, with 0.25 + 0.75.
+    assert fields["mean_reduction"] == pytest.approx(1.0 - 1.0 / 2.505)
+    assert fields["reduction_epochs_used"] == {"mean": 2, "best5": 2, "max": 2}
+    assert fields["mean_reduction_per_seed"] == {
+        "0": pytest.approx(1.0 - 1.0 / 4.0), "1": pytest.approx(1.0 - 1.0 / 1.01)}
+    assert fields["mean_reduction_seed_mean"] == pytest.approx((0.75 + 1.0 - 1.0 / 1.01) / 2)
+    assert fields["mean_reduction_std"] == pytest.approx(abs(0.75 - (1.0 - 1.0 / 1.01)) / 2)
+    # best5: seed 1 forgets more with WPL (2 against 1 per epoch).
+    assert fields["best5_reduction_per_seed"]["1"] == pytest.approx(-1.0)
+    assert fields["mean_reduction_per_epoch"] == pytest.approx(
+        ((0.505 - 0.25) / 0.505 + (2 - 0.75) / 2) / 2)
+    assert fields["reduction_per_epoch_epochs_used"]["mean"] == 2
+    assert fields["reduction_nan_reasons"] == {}
+    assert fields["forgetting_is_real"] is True
+    assert fields["mean_diff_without"] == pytest.approx(1.2525)
+    assert fields["per_seed"]["0"]["max_reduction"] == pytest.approx(1.0 - 10.0 / 12.0)
+    assert fields["per_seed"]["1"]["mean_reduction_per_epoch"] == pytest.approx(
+        ((0.01 - 0.5) / 0.01 + 0.5) / 2)
+    assert not any(k.endswith("_pooled") for k in fields)
+    json.dumps(bench._finite_or_null(fields), allow_nan=False)
+    # No forgetting without WPL: null headline, with the reason.
+    flat = {0: {"without": _history([1, 0, -1], [1, 0, 0], [1, 0, 0]),
+                "with": _history([1, 0, 0], [1, 0, 0], [1, 0, 0])}}
+    nan_fields = bench.reduction_fields(
+        {k: metrics.average_histories([flat[0][k]]) for k in ("without", "with")}, flat, [1, 2])
+    assert math.isnan(nan_fields["mean_reduction"]) and not nan_fields["forgetting_is_real"]
+    assert set(nan_fields["reduction_nan_reasons"]) == {
+        f"{k}_reduction{s}" for k in ("mean", "best5", "max") for s in ("", "_per_epoch")}
+    assert json.loads(json.dumps(bench._finite_or_null(nan_fields)))["mean_reduction"] is None

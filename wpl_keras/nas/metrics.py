@@ -9,13 +9,18 @@ epoch. Per epoch the paper reports, over the differences ``d = err2 − err1``:
 * ``max_diff = max(d)``.
 
 A positive difference means the architecture was forgotten. The reduction that WPL brings is
-``(d_without − d_with) / d_without``.
+the paper's ratio of forgetting amounts, pooled over the epochs ``E`` with WPL active:
+``1 − Σ_{e∈E} d_with[e] / Σ_{e∈E} d_without[e]`` (:func:`pooled_reduction`; NaN when
+``Σ d_without <= 0``). The mean over epochs of the per-epoch ratios
+``(d_without[e] − d_with[e]) / d_without[e]`` is also reported (``*_reduction_per_epoch``);
+epochs with a tiny positive ``d_without`` dominate it and it can exceed 1.
 
 Pure functions first (:func:`forgetting_differences`, :func:`forgetting_summary`,
-:func:`reduction`, :func:`reductions_over_epochs`, :func:`average_histories`), then a
-Figure-3-like plot (:func:`plot_forgetting`); last, the Figure-4 analysis of NAO runs over
-output-dropout rates (:func:`epochs_after_start`, :func:`forgetting_by_rate`,
-:func:`plot_figure4`).
+:func:`reduction`, :func:`pooled_reduction`, :func:`reductions_over_epochs`,
+:func:`nan_reasons`, :func:`seed_spread`, :func:`reductions_over_seeds`,
+:func:`average_histories`), then a Figure-3-like plot (:func:`plot_forgetting`); last, the
+Figure-4 analysis of NAO runs over output-dropout rates (:func:`epochs_after_start`,
+:func:`forgetting_by_rate`, :func:`plot_figure4`).
 """
 
 from __future__ import annotations
@@ -79,18 +84,72 @@ def reduction(d_without: float, d_with: float) -> float:
     """``(d_without − d_with) / d_without``: the share of forgetting that WPL removed.
 
     1 means all forgetting removed, 0 none, negative more forgetting with WPL. Returns NaN
-    when ``d_without <= 0``: without forgetting there is nothing to reduce, and a negative
-    denominator would turn the sign of the ratio around.
+    when ``d_without <= 0`` or either value is NaN: without forgetting there is nothing to
+    reduce, and a negative denominator would turn the sign of the ratio around.
     """
     d_without, d_with = float(d_without), float(d_with)
-    if not d_without > 0.0:
+    if not d_without > 0.0 or math.isnan(d_with):
         return math.nan
     return (d_without - d_with) / d_without
+
+
+def pooled_reduction(d_without: Sequence[float], d_with: Sequence[float]) -> float:
+    """The paper's reduction of forgetting amounts: ``1 − Σ_e d_with[e] / Σ_e d_without[e]``.
+
+    The sums run over the paired entries (epochs) where both values are finite; an entry
+    with a NaN or Inf in either run is left out of both sums. Unlike the mean of per-epoch
+    ratios, an epoch with a tiny positive ``d_without`` weighs in by its amount, not by its
+    ratio, so one such epoch cannot dominate the result. Equal to
+    ``reduction(mean(d_without), mean(d_with))`` over the kept entries.
+
+    Args:
+        d_without: forgetting ``err2 − err1`` per epoch without WPL.
+        d_with: the same epochs' forgetting with WPL.
+
+    Returns:
+        The reduction; NaN when no entry is finite in both runs or
+        ``Σ d_without <= 0`` (no forgetting without WPL to reduce; see :func:`nan_reasons`).
+
+    Raises:
+        ValueError: if the two sequences have different lengths.
+    """
+    a, b = _finite_pairs(d_without, d_with)
+    if a.size == 0:
+        return math.nan
+    return reduction(float(a.sum()), float(b.sum()))
+
+
+def _finite_pairs(d_without: Sequence[float], d_with: Sequence[float]):
+    """The entries of both sequences (float64 arrays) where both are finite."""
+    a = np.asarray(d_without, dtype=np.float64).reshape(-1)
+    b = np.asarray(d_with, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"d_without has {a.size} values but d_with has {b.size}; pair them by epoch."
+        )
+    keep = np.isfinite(a) & np.isfinite(b)
+    return a[keep], b[keep]
 
 
 def _nanmean(values: Iterable[float]) -> float:
     values = [v for v in values if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
+
+
+def _key_name(key: str) -> str:
+    """``mean_diff`` → ``mean``: the prefix of the reduction keys of a difference key."""
+    return key[: -len("_diff")] if key.endswith("_diff") else key
+
+
+def _check_epochs(num_epochs: int, epochs: Optional[Iterable[int]]) -> List[int]:
+    """``epochs`` as a list (default: all), each checked to lie in ``[0, num_epochs)``."""
+    epochs = list(range(num_epochs) if epochs is None else epochs)
+    if not epochs:
+        raise ValueError("no epochs to average over.")
+    for e in epochs:
+        if not 0 <= e < num_epochs:
+            raise ValueError(f"epoch {e} is outside the runs' {num_epochs} epochs.")
+    return epochs
 
 
 def reductions_over_epochs(
@@ -101,46 +160,150 @@ def reductions_over_epochs(
 ) -> Dict[str, float]:
     """Reductions of two runs' per-epoch forgetting summaries over some epochs.
 
-    For each ``key`` in ``keys`` (e.g. ``mean_diff``):
+    For each ``key`` in ``keys`` (e.g. ``mean_diff``), with ``E`` the given ``epochs`` where
+    both runs' value is finite:
 
-    * ``<name>_reduction``: mean over ``epochs`` of the per-epoch
-      ``reduction(without[e][key], with_wpl[e][key])``, skipping epochs where
-      ``d_without <= 0`` (NaN when every epoch is skipped);
-    * ``<name>_reduction_epochs``: how many epochs that mean used;
-    * ``<name>_reduction_pooled``: ``reduction(mean_e without[e][key], mean_e with[e][key])``,
-      the reduction of the epoch-averaged differences (less noisy; NaN unless the averaged
-      ``d_without`` is positive);
-    * ``<name>_without`` / ``<name>_with``: the epoch-averaged differences.
+    * ``<name>_reduction`` (the headline, the paper's ratio of forgetting amounts):
+      ``1 − Σ_{e∈E} with_wpl[e][key] / Σ_{e∈E} without[e][key]``
+      (:func:`pooled_reduction`); NaN when ``E`` is empty or ``Σ_{e∈E} without[e][key] <= 0``;
+    * ``<name>_reduction_epochs``: ``|E|``;
+    * ``<name>_reduction_per_epoch``:
+      ``mean_{e∈E⁺} (d_without[e] − d_with[e]) / d_without[e]``
+      over ``E⁺ = {e ∈ E : d_without[e] > 0}`` (NaN when ``E⁺`` is empty). An epoch with a
+      tiny positive ``d_without`` dominates this mean, which can exceed 1; it is kept for
+      comparison with the headline;
+    * ``<name>_reduction_per_epoch_epochs``: ``|E⁺|``;
+    * ``<name>_without`` / ``<name>_with``: ``mean_{e∈E}`` of each run's difference, so that
+      ``<name>_reduction = 1 − <name>_with / <name>_without`` when it is defined.
 
-    ``<name>`` is the key without ``_diff`` (``mean``, ``best5``, ``max``).
+    ``<name>`` is the key without ``_diff`` (``mean``, ``best5``, ``max``). Every value is a
+    float or an int; :func:`nan_reasons` says why a reduction is NaN.
 
     Args:
         without: per-epoch summaries of the run without WPL, indexed by epoch.
         with_wpl: per-epoch summaries of the run with WPL (same length).
-        epochs: the epochs to average over (default: all).
+        epochs: the epochs to average over (default: all), e.g. those with WPL active.
+        keys: the difference keys of the summaries to reduce.
+
+    Raises:
+        ValueError: if the runs have different lengths, ``epochs`` is empty, or an epoch is
+            outside the runs.
     """
     if len(without) != len(with_wpl):
         raise ValueError(
             f"runs have different lengths: {len(without)} epochs without WPL, "
             f"{len(with_wpl)} with."
         )
-    epochs = list(range(len(without)) if epochs is None else epochs)
-    if not epochs:
-        raise ValueError("no epochs to average over.")
-    for e in epochs:
-        if not 0 <= e < len(without):
-            raise ValueError(f"epoch {e} is outside the runs' {len(without)} epochs.")
+    epochs = _check_epochs(len(without), epochs)
     out: Dict[str, float] = {}
     for key in keys:
-        name = key[: -len("_diff")] if key.endswith("_diff") else key
-        a = [float(without[e][key]) for e in epochs]
-        b = [float(with_wpl[e][key]) for e in epochs]
+        name = _key_name(key)
+        a, b = _finite_pairs([float(without[e][key]) for e in epochs],
+                             [float(with_wpl[e][key]) for e in epochs])
         per_epoch = [reduction(x, y) for x, y in zip(a, b)]
-        out[f"{name}_reduction"] = _nanmean(per_epoch)
-        out[f"{name}_reduction_epochs"] = sum(1 for r in per_epoch if not math.isnan(r))
-        out[f"{name}_reduction_pooled"] = reduction(float(np.mean(a)), float(np.mean(b)))
-        out[f"{name}_without"] = float(np.mean(a))
-        out[f"{name}_with"] = float(np.mean(b))
+        out[f"{name}_reduction"] = pooled_reduction(a, b)
+        out[f"{name}_reduction_epochs"] = int(a.size)
+        out[f"{name}_reduction_per_epoch"] = _nanmean(per_epoch)
+        out[f"{name}_reduction_per_epoch_epochs"] = sum(1 for r in per_epoch if not math.isnan(r))
+        out[f"{name}_without"] = float(a.mean()) if a.size else math.nan
+        out[f"{name}_with"] = float(b.mean()) if b.size else math.nan
+    return out
+
+
+def nan_reasons(
+    reductions: Mapping[str, float], keys: Sequence[str] = DIFF_KEYS
+) -> Dict[str, str]:
+    """Why each NaN reduction of :func:`reductions_over_epochs` is NaN.
+
+    Args:
+        reductions: the output of :func:`reductions_over_epochs` (same ``keys``).
+        keys: the difference keys it was computed for.
+
+    Returns:
+        ``{"<name>_reduction" or "<name>_reduction_per_epoch": reason}`` for the NaN ones only
+        (empty when every reduction is a number).
+    """
+    out: Dict[str, str] = {}
+    for key in keys:
+        name = _key_name(key)
+        pooled = f"{name}_reduction"
+        used = int(reductions[f"{pooled}_epochs"])
+        if math.isnan(reductions[pooled]):
+            if used == 0:
+                out[pooled] = (f"no epoch has a finite {key} in both runs; "
+                               "the runs diverged or recorded no architectures.")
+            else:
+                total = float(reductions[f"{name}_without"]) * used
+                out[pooled] = (f"sum of {key} without WPL over {used} epochs is {total:.6g} "
+                               "<= 0: no forgetting without WPL to reduce.")
+        if math.isnan(reductions[f"{pooled}_per_epoch"]):
+            out[f"{pooled}_per_epoch"] = (
+                f"no epoch has {key} > 0 without WPL (and a finite {key} with WPL).")
+    return out
+
+
+def seed_spread(values: Sequence[float]) -> Dict[str, float]:
+    """Mean and spread of one figure over seeds, ignoring NaN seeds.
+
+    With ``v`` the finite values: ``mean = mean(v)`` and ``std = sqrt(mean((v − mean)²))``
+    (population standard deviation, as the two-model benchmark reports).
+
+    Returns:
+        ``{"mean", "std", "seeds"}``: ``seeds = |v|``; ``mean`` is NaN when ``v`` is empty,
+        ``std`` NaN when ``|v| < 2`` (one seed shows no spread).
+    """
+    v = np.asarray([float(x) for x in values], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return {
+        "mean": float(v.mean()) if v.size else math.nan,
+        "std": float(v.std()) if v.size >= 2 else math.nan,
+        "seeds": int(v.size),
+    }
+
+
+def reductions_over_seeds(
+    runs_by_seed: Mapping[str, Mapping[str, Sequence[Mapping[str, float]]]],
+    epochs: Optional[Iterable[int]] = None,
+    keys: Sequence[str] = DIFF_KEYS,
+) -> Dict[str, Any]:
+    """Each seed's headline (pooled) reductions, and their mean and spread over the seeds.
+
+    For each ``key`` (``<name>`` as in :func:`reductions_over_epochs`), with ``r_s`` seed
+    ``s``'s ``<name>_reduction = 1 − Σ_e d_with / Σ_e d_without`` over ``epochs``:
+
+    * ``<name>_reduction_per_seed``: ``{s: r_s}``;
+    * ``<name>_reduction_seed_mean``, ``<name>_reduction_std``, ``<name>_reduction_seeds``:
+      :func:`seed_spread` of the ``r_s`` (NaN seeds left out).
+
+    The seed mean differs from the reduction of the seed-averaged histories (which pools the
+    forgetting amounts of all seeds); the spread says how much one seed's figure can move.
+
+    Args:
+        runs_by_seed: seed (as a string) → ``{"without": history, "with": history}``.
+        epochs: the epochs to pool over (default: all).
+        keys: the difference keys to reduce.
+
+    Raises:
+        ValueError: if there is no seed, or a seed lacks a run.
+    """
+    if not runs_by_seed:
+        raise ValueError("no seeds: runs_by_seed is empty.")
+    epochs = None if epochs is None else list(epochs)
+    per_seed: Dict[str, Dict[str, float]] = {}
+    for seed, runs in runs_by_seed.items():
+        if "without" not in runs or "with" not in runs:
+            raise ValueError(f"seed {seed} needs a 'without' and a 'with' run, got {sorted(runs)}.")
+        per_seed[str(seed)] = reductions_over_epochs(
+            runs["without"], runs["with"], epochs=epochs, keys=keys)
+    out: Dict[str, Any] = {}
+    for key in keys:
+        name = f"{_key_name(key)}_reduction"
+        values = {s: red[name] for s, red in per_seed.items()}
+        spread = seed_spread(list(values.values()))
+        out[f"{name}_per_seed"] = values
+        out[f"{name}_seed_mean"] = spread["mean"]
+        out[f"{name}_std"] = spread["std"]
+        out[f"{name}_seeds"] = spread["seeds"]
     return out
 
 
@@ -245,11 +408,24 @@ def forgetting_by_rate(
 ) -> Dict[str, Any]:
     """Figure-4 numbers from NAO runs keyed by ``(output_dropout, wpl)``.
 
-    For each rate: ``best5_without`` / ``best5_with`` are the mean best-5 ``err2 − err1`` over
-    the epochs from ``wpl_start_epoch`` on (before it both runs are plain NAO), likewise
-    ``mean_ppl_*`` the mean ``err1`` (validation perplexity) over all epochs, and
-    ``wpl_lower`` whether WPL's best-5 difference is lower. ``wpl_lower_at_all_rates`` is 1
-    when it is at every rate.
+    For each rate, over the epochs ``E`` from ``wpl_start_epoch`` on (before it both runs are
+    plain NAO; :func:`epochs_after_start`) where both runs' value is finite:
+
+    * ``best5_without`` / ``best5_with``: ``mean_{e∈E}`` best-5 ``err2 − err1``, likewise
+      ``mean_diff_without`` / ``mean_diff_with`` for the mean difference;
+    * ``best5_reduction`` (headline) ``= 1 − Σ_E best5_with / Σ_E best5_without`` and
+      ``mean_reduction`` the same for the mean difference (NaN when the sum without WPL is
+      ``<= 0``); ``best5_reduction_per_epoch`` / ``mean_reduction_per_epoch`` the mean of the
+      per-epoch ratios (:func:`reductions_over_epochs`);
+    * ``mean_ppl_without`` / ``mean_ppl_with``: mean ``err1`` (validation perplexity) over all
+      epochs;
+    * ``wpl_lower``: 1 when ``best5_with < best5_without``.
+
+    ``wpl_lower_at_all_rates`` is 1 when ``wpl_lower`` is 1 at every rate.
+
+    Raises:
+        ValueError: if a rate lacks a run with or without WPL, or its two runs' epochs from
+            ``wpl_start_epoch`` on differ.
     """
     rates = sorted({rate for rate, _ in runs})
     per_rate: Dict[str, Dict[str, float]] = {}
@@ -257,14 +433,23 @@ def forgetting_by_rate(
     for rate in rates:
         if (rate, False) not in runs or (rate, True) not in runs:
             raise ValueError(f"rate {rate} needs a run with and a run without WPL.")
-        row: Dict[str, float] = {}
+        after = [epochs_after_start(runs[(rate, wpl)], wpl_start_epoch) for wpl in (False, True)]
+        epochs = [[int(r["epoch"]) for r in hist] for hist in after]
+        if epochs[0] != epochs[1]:
+            raise ValueError(
+                f"rate {rate}: the runs without and with WPL cover different epochs from "
+                f"{wpl_start_epoch} on ({epochs[0]} and {epochs[1]}); run both to the same "
+                "number of epochs.")
+        red = reductions_over_epochs(after[0], after[1], keys=("best5_diff", "mean_diff"))
+        row: Dict[str, float] = {
+            "best5_without": red["best5_without"], "best5_with": red["best5_with"],
+            "mean_diff_without": red["mean_without"], "mean_diff_with": red["mean_with"],
+        }
         for wpl, tag in ((False, "without"), (True, "with")):
-            hist = runs[(rate, wpl)]
-            after = epochs_after_start(hist, wpl_start_epoch)
-            row[f"best5_{tag}"] = float(np.mean([r["best5_diff"] for r in after]))
-            row[f"mean_diff_{tag}"] = float(np.mean([r["mean_diff"] for r in after]))
-            row[f"mean_ppl_{tag}"] = float(np.mean([r["mean_err1"] for r in hist]))
-        row["best5_reduction"] = reduction(row["best5_without"], row["best5_with"])
+            row[f"mean_ppl_{tag}"] = float(np.mean([r["mean_err1"] for r in runs[(rate, wpl)]]))
+        for name in ("best5", "mean"):
+            row[f"{name}_reduction"] = red[f"{name}_reduction"]
+            row[f"{name}_reduction_per_epoch"] = red[f"{name}_reduction_per_epoch"]
         row["wpl_lower"] = int(row["best5_with"] < row["best5_without"])
         lower.append(row["wpl_lower"])
         per_rate[f"{rate:g}"] = row
