@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -38,3 +39,37 @@ def test_bad_values_name_the_field(field, value):
 def test_unknown_json_field_is_refused():
     with pytest.raises(ValueError, match="strength"):
         WPLConfig.from_json({"strength": 60.0})
+
+
+def test_fisher_normalization_default_choices_and_json():
+    assert WPLConfig().fisher_normalization == "none"
+    for choice in ("none", "tensor_norm", "mean"):
+        config = WPLConfig(fisher_normalization=choice)
+        assert WPLConfig.from_json(config.to_json()) == config
+        assert WPLConfig.from_json(json.dumps(config.to_json())).fisher_normalization == choice
+    # "mean" does not use clip_norm, so it may be None
+    assert WPLConfig(fisher_normalization="mean", clip_norm=None).clip_norm is None
+
+
+@pytest.mark.parametrize("value", ["tensor-norm", "Tensor_Norm", "", None, 1, "clip"])
+def test_unknown_fisher_normalization_names_the_field_and_choices(value):
+    with pytest.raises(ValueError, match=r"WPLConfig.fisher_normalization must be one of"):
+        WPLConfig(fisher_normalization=value)
+
+
+def test_tensor_norm_needs_clip_norm():
+    with pytest.raises(ValueError, match="clip_norm is None"):
+        WPLConfig(fisher_normalization="tensor_norm", clip_norm=None)
+
+
+def test_fisher_normalization_round_trips_inside_task_configs():
+    from wpl_keras.experiments.enas_cnn import CNNTaskConfig
+    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+
+    wpl = WPLConfig(fisher_normalization="tensor_norm", clip_norm=10.0)
+    for kind in (RNNSupernetConfig, CNNTaskConfig):
+        config = kind(wpl=wpl)
+        back = kind.from_json(json.dumps(config.to_json()))
+        assert back.wpl == wpl and back.wpl.fisher_normalization == "tensor_norm"
+        with pytest.raises(ValueError, match="fisher_normalization"):
+            kind.from_json({"wpl": {"fisher_normalization": "tensor"}})

@@ -138,3 +138,52 @@ def test_pull_keeps_float64_and_lists_must_align():
 def test_global_norm_squared():
     assert float(core.global_norm_squared([tf.constant([3.0]), None, tf.constant([4.0])])) == 25.0
     assert float(core.global_norm_squared([None])) == 0.0
+
+
+# ----------------------------------------------------------------- Fisher normalisation
+def test_normalize_fisher_tensor_norm_per_unit_by_hand():
+    raw = tf.constant([[3.0, 4.0], [0.0, 0.0], [1e-20, 0.0]])
+    whole = core.normalize_fisher(raw, "tensor_norm", target_norm=10.0)
+    # ‖R‖ = 5 over the whole tensor (1e-20 is negligible): 10 R / 5
+    np.testing.assert_allclose(whole, [[6.0, 8.0], [0.0, 0.0], [2e-20, 0.0]], rtol=1e-5)
+    rows = core.normalize_fisher(raw, "tensor_norm", target_norm=10.0, axes=[1])
+    # each row to norm 10; the zero row stays 0 (no NaN); a row of tiny values does not
+    # underflow to 0 (its norm is taken after dividing by its largest entry)
+    np.testing.assert_allclose(rows, [[6.0, 8.0], [0.0, 0.0], [10.0, 0.0]], rtol=1e-6)
+    assert core.normalize_fisher(raw, "none") is not None
+    np.testing.assert_array_equal(core.normalize_fisher(raw, "none"), raw)
+
+
+def test_normalize_fisher_mean_and_errors():
+    raw = tf.constant([[1.0, 3.0], [0.0, 0.0]])
+    np.testing.assert_allclose(core.normalize_fisher(raw, "mean", axes=[1]),
+                               [[0.5, 1.5], [0.0, 0.0]])
+    np.testing.assert_allclose(core.normalize_fisher(raw, "mean"), [[1.0, 3.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match="target_norm"):
+        core.normalize_fisher(raw, "tensor_norm")
+    for bad in ("tensor-norm", "", None, 1):
+        with pytest.raises(ValueError, match="fisher_normalization must be one of"):
+            core.check_fisher_normalization(bad)
+
+
+def test_normalized_fisher_update_keeps_raw_ema_and_respects_coverage():
+    raw = tf.constant([[1.0, 1.0], [2.0, 2.0]])
+    fisher = tf.constant([[7.0, 7.0], [9.0, 9.0]])
+    grad = tf.constant([[3.0, 1.0], [3.0, 1.0]])
+    new_raw, new = core.normalized_fisher_update(
+        raw, fisher, grad, 0.5, normalization="tensor_norm", target_norm=2.0, axes=[1],
+        coverage=tf.constant([[1.0], [0.0]]))
+    # row 0: R' = 0.5·1 + 0.5·[9, 1] = [5, 1] (no clip, no feedback of F); F' = 2 R'/‖R'‖
+    np.testing.assert_allclose(new_raw, [[5.0, 1.0], [2.0, 2.0]])
+    np.testing.assert_allclose(new[0], 2.0 * np.array([5.0, 1.0]) / np.sqrt(26.0), rtol=1e-6)
+    np.testing.assert_array_equal(new[1], [9.0, 9.0])  # not covered: exactly the old F
+    out = core.normalized_fisher_updates([raw], [fisher], [None], fisher_momentum=0.5,
+                                         normalization="mean")
+    assert out == [None]
+    out = core.normalized_fisher_updates([raw], [fisher], [grad], fisher_momentum=0.5,
+                                         normalization="mean", update=False)
+    assert out == [None]
+    (r, f), = core.normalized_fisher_updates([raw], [fisher], [grad], fisher_momentum=0.5,
+                                             normalization="mean", update=tf.constant(True))
+    np.testing.assert_allclose(r, [[5.0, 1.0], [5.5, 1.5]])
+    np.testing.assert_allclose(float(tf.reduce_mean(f)), 1.0, rtol=1e-6)

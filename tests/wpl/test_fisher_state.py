@@ -220,3 +220,81 @@ def test_masked_snapshot_and_masked_proximal_rows():
     # row 1: θ = 3, θ* = 2, η α F = 1 → (3 + 2) / 2 = 2.5; penalty (α/2)·F·1²·2 = 2
     np.testing.assert_allclose(v[0].numpy(), [[2, 2], [2.5, 2.5], [4, 4]])
     assert float(penalty) == pytest.approx(2.0)
+
+
+# ----------------------------------------------------------------- Fisher normalisation
+def test_normalization_choices_and_errors():
+    v = _vars([(2, 3)])
+    assert WPLState(v).fisher_normalization == "none"
+    assert WPLState(v).fisher_raw == [] and len(WPLState(v).weights) == 4
+    state = WPLState(v, clip_norm=10.0, fisher_normalization="tensor_norm")
+    assert state.normalized and len(state.fisher_raw) == 1 and len(state.weights) == 5
+    assert not any(w.trainable for w in state.weights)
+    with pytest.raises(ValueError, match="pass clip_norm"):
+        WPLState(v, fisher_normalization="tensor_norm")
+    with pytest.raises(ValueError, match="fisher_normalization must be one of"):
+        WPLState(v, clip_norm=1.0, fisher_normalization="norm")
+    assert WPLState(v, fisher_normalization="mean").normalized
+
+
+def test_tensor_norm_update_keeps_raw_ema_and_writes_normalised_fisher():
+    v = _vars([(2, 2), (3,)])
+    state = WPLState(v, fisher_momentum=0.5, clip_norm=2.0, fisher_normalization="tensor_norm")
+    g = [tf.constant([[3.0, 0.0], [0.0, 4.0]]), tf.constant([1e-3, 0.0, 0.0])]
+    state.update_fisher(g)
+    state.update_fisher(g)
+    # R = (1 − ¼) g² after two updates from 0; F = 2 R / ‖R‖
+    raw0 = 0.75 * np.array([[9.0, 0.0], [0.0, 16.0]])
+    np.testing.assert_allclose(state.fisher_raw[0].numpy(), raw0, rtol=1e-6)
+    np.testing.assert_allclose(state.fisher[0].numpy(), 2.0 * raw0 / np.linalg.norm(raw0),
+                               rtol=1e-6)
+    np.testing.assert_allclose(state.fisher[1].numpy(), [2.0, 0.0, 0.0], rtol=1e-6)
+    assert float(state.fisher_norm()) == pytest.approx(np.sqrt(8.0), rel=1e-6)
+    assert int(state.num_fisher_updates.numpy()) == 2
+    # a per-call clip_norm is the target norm of that update
+    state.update_fisher([None, g[1]], clip_norm=5.0)
+    np.testing.assert_allclose(state.fisher[1].numpy(), [5.0, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(state.fisher[0].numpy(), 2.0 * raw0 / np.linalg.norm(raw0),
+                               rtol=1e-6)  # None gradient: unchanged
+
+
+def test_normalised_state_flush_checkpoint_assign_and_add_model(tmp_path):
+    v = _vars([(2, 2)])
+    state = WPLState(v, strength=3.0, fisher_momentum=1.0, clip_norm=1.0,
+                     fisher_normalization="tensor_norm")
+    state.update_fisher([tf.constant([[1.0, 2.0], [2.0, 4.0]])])
+    path = tf.train.Checkpoint(state=state).save(str(tmp_path / "ckpt"))
+    restored = WPLState(_vars([(2, 2)]), clip_norm=1.0, fisher_normalization="tensor_norm")
+    tf.train.Checkpoint(state=restored).restore(path).assert_consumed()
+    np.testing.assert_allclose(restored.fisher_raw[0].numpy(), [[1, 4], [4, 16]])
+    np.testing.assert_allclose(restored.fisher[0].numpy(), state.fisher[0].numpy())
+    state.reset_fisher()
+    assert float(state.fisher_norm()) == 0.0
+    assert float(tf.reduce_sum(state.fisher_raw[0])) == 0.0
+    state.assign_fisher([tf.constant([[3.0, 4.0], [0.0, 0.0]])], clip_axes=[[1]])
+    np.testing.assert_allclose(state.fisher_raw[0].numpy(), [[3, 4], [0, 0]])
+    np.testing.assert_allclose(state.fisher[0].numpy(), [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)
+    v[0].assign(np.full((2, 2), 3.0, np.float32))  # anchors are 1
+    state.add_model([tf.constant([[3.0, 4.0], [2.0, 0.0]])])
+    # anchors merged with the raw weights: (R θ* + F_new θ) / (R + F_new)
+    np.testing.assert_allclose(state.anchors[0].numpy(), [[2.0, 2.0], [3.0, 1.0]])
+    raw = np.array([[6.0, 8.0], [2.0, 0.0]])
+    np.testing.assert_allclose(state.fisher_raw[0].numpy(), raw)
+    np.testing.assert_allclose(state.fisher[0].numpy(), raw / np.linalg.norm(raw), rtol=1e-6)
+
+
+def test_mean_normalisation_gives_unit_mean_per_slice_inside_tf_function():
+    v = [keras.Variable(np.zeros((2, 3, 4), np.float32))]
+    state = WPLState(v, fisher_normalization="mean")
+    rng = np.random.default_rng(0)
+    g = tf.constant(rng.normal(scale=1e-3, size=(2, 3, 4)), tf.float32)
+
+    @tf.function
+    def step(flag):
+        state.update_fisher([g], clip_axes=[[1, 2]], update=flag)
+
+    step(tf.constant(0.0))
+    assert float(state.fisher_norm()) == 0.0
+    step(tf.constant(1.0))
+    np.testing.assert_allclose(state.fisher[0].numpy().mean(axis=(1, 2)), [1.0, 1.0], rtol=1e-5)
+    np.testing.assert_allclose(state.fisher_raw[0].numpy(), 0.9 * g.numpy() ** 2, rtol=1e-5)

@@ -15,6 +15,7 @@ import math
 from typing import Optional
 
 from wpl_keras.utils.config import JsonConfig
+from wpl_keras.wpl.core import check_fisher_normalization
 from wpl_keras.wpl.penalty import check_wpl_mode
 
 
@@ -28,17 +29,35 @@ class WPLConfig(JsonConfig):
         clip_norm: after each update, the updated part of each Fisher tensor is rescaled to
             at most this L2 norm (WPL release: 10): a whole weight; for the RNN node matrices,
             the rows of the trained architecture as one block; for the CNN's stacked op
-            weights, each op's slice. ``None`` leaves it unclipped.
+            weights, each op's slice. ``None`` leaves it unclipped. With
+            ``fisher_normalization="tensor_norm"`` it is instead the norm ``c`` every unit
+            is scaled to.
         mode: ``"proximal"``: after the optimiser's step on the data gradient, the exact
             proximal step of the Fisher term ``θ ← (θ + η_lr α F θ*) / (1 + η_lr α F)``,
             stable for every ``α``; ``"gradient"``: ``α F (θ − θ*)`` is added to the
             gradient (the penalty ``(α/2) Σ F (θ − θ*)²`` in the loss, as the reference code
             does), which diverges on weights with ``η_lr α F > 2``.
+        fisher_normalization: what ``F`` the penalty and the proximal pull use, per unit
+            (the units of ``clip_norm``: a whole weight; each op slice of a CNN's stacked op
+            weights; each row of a row-sliced update, i.e. each RNN node matrix):
+
+            * ``"none"``: ``F = clip(R)``, ``R ← (1 − η) R + η g²`` (clipped at each update);
+            * ``"tensor_norm"``: ``F = c R / ‖R‖`` with ``c = clip_norm`` (0 where
+              ``‖R‖ = 0``), ``R`` the plain EMA of ``g²`` kept beside ``F``: each unit's
+              ``F`` has norm ``c``, so ``α F`` has norm ``c α`` whatever the gradient scale.
+              This is the per-tensor norm the WPL release's Fisher settles at (it stores
+              ``α · clip_by_norm((1 − η) F + η g², 10)`` and feeds that back), so ``α = 60``,
+              ``clip_norm = 10`` gives the paper's strength (``‖α F‖ ≈ 600``). Needs
+              ``clip_norm``;
+            * ``"mean"``: ``F = R / mean(R)`` (0 where the mean is 0): mean 1 per unit, so
+              ``α`` is the mean per-entry strength whatever the unit's size and gradient
+              scale; ``clip_norm`` is not used.
     """
 
     fisher_momentum: float = 0.9
     clip_norm: Optional[float] = 10.0
     mode: str = "proximal"
+    fisher_normalization: str = "none"
 
     def __post_init__(self):
         eta = self.fisher_momentum
@@ -53,3 +72,9 @@ class WPLConfig(JsonConfig):
                 f"WPLConfig.clip_norm must be a positive finite number or None, got {clip!r}."
             )
         check_wpl_mode(self.mode, "WPLConfig.mode")
+        check_fisher_normalization(self.fisher_normalization, "WPLConfig.fisher_normalization")
+        if self.fisher_normalization == "tensor_norm" and clip is None:
+            raise ValueError(
+                "WPLConfig.fisher_normalization='tensor_norm' scales each Fisher unit to norm "
+                "clip_norm, but clip_norm is None; set clip_norm (WPL release: 10)."
+            )

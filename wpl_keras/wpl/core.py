@@ -14,7 +14,10 @@ calls, in the spirit of Optax's ``update(grads, state, params)`` with a ``mask``
 3. :func:`wpl_pull` after it, in ``"proximal"`` mode: ``θ ← (θ + η α c F θ*) / (1 + η α c F)``
    (:func:`~wpl_keras.wpl.penalty.proximal_pull` with ``c F``), stable for every ``α``;
 4. :func:`fisher_updates`: ``F ← F + u c (clip((1 − η_F) F + η_F g²) − F)`` (``u``: update
-   flag), each updated tensor (or slice) clipped to an L2 norm;
+   flag), each updated tensor (or slice) clipped to an L2 norm; or, with a Fisher
+   normalisation (:func:`normalized_fisher_updates`), the raw EMA ``R`` of ``g²`` is kept
+   apart and ``F`` is ``R`` normalised per unit (:func:`normalize_fisher`: ``c R / ‖R‖`` or
+   ``R / mean(R)``);
 5. :func:`snapshot`, when a model's training ends: ``θ* ← θ* + c (θ − θ*)``.
 
 All use the state at the START of the step: ``F`` and ``θ*`` are read once and the new ``F``
@@ -308,6 +311,117 @@ def fisher_updates(
             continue
         out.append(fisher_update(f, g, fisher_momentum, clip_norm=clip_norm, clip_axes=axes,
                                  coverage=_coverage(m, update)))
+    return out
+
+
+FISHER_NORMALIZATIONS = ("none", "tensor_norm", "mean")
+
+
+def check_fisher_normalization(value: str, owner: str = "fisher_normalization") -> str:
+    """Returns ``value`` if it is one of :data:`FISHER_NORMALIZATIONS`, else raises a
+    ``ValueError`` naming ``owner`` and the choices (see :func:`normalize_fisher`)."""
+    if not isinstance(value, str) or value not in FISHER_NORMALIZATIONS:
+        raise ValueError(
+            f"{owner} must be one of {FISHER_NORMALIZATIONS}, got {value!r}: 'none' (the "
+            "EMA of g², clipped), 'tensor_norm' (each unit scaled to L2 norm clip_norm), "
+            "'mean' (each unit divided by its mean)."
+        )
+    return value
+
+
+def normalize_fisher(
+    raw: tf.Tensor,
+    normalization: str,
+    *,
+    target_norm: Optional[float] = None,
+    axes: Optional[Sequence[int]] = None,
+) -> tf.Tensor:
+    """The Fisher the penalty and the pull use, from the raw EMA ``R`` of ``g²``, per unit.
+
+    A unit is the whole tensor (``axes`` None) or each slice spanning ``axes`` (e.g.
+    ``axes=[1, 2]`` of a block of rows ``[r, H, 2H]``: each row):
+
+    * ``"none"``: ``R``;
+    * ``"tensor_norm"``: ``F = c R / ‖R‖`` (``c`` = ``target_norm``; ``F = 0`` where
+      ``‖R‖ = 0``): every unit has L2 norm ``c``, whatever the scale of its gradients. With
+      ``c = 10`` this is the per-tensor norm the WPL release's Fisher settles at (it stores
+      ``α · clip_by_norm(F, 10)`` and feeds it back, so ``α F`` sits at norm ``10 α``);
+    * ``"mean"``: ``F = R / mean(R)`` (``F = 0`` where the mean is 0): every unit has mean
+      1, so ``α`` is the mean per-entry strength whatever the unit's size and gradient scale
+      (``"tensor_norm"`` gives a large unit smaller entries, about ``c / √size``).
+
+    ``R`` is divided by its largest entry over the unit first, so that ``‖R‖`` does not
+    underflow in float32 for tiny gradients.
+    """
+    check_fisher_normalization(normalization)
+    raw = tf.cast(raw, tf.float32)
+    if normalization == "none":
+        return raw
+    axes = list(range(raw.shape.rank)) if axes is None else list(axes)
+    scaled = tf.math.divide_no_nan(raw, tf.reduce_max(raw, axis=axes, keepdims=True))
+    if normalization == "mean":
+        return tf.math.divide_no_nan(scaled, tf.reduce_mean(scaled, axis=axes, keepdims=True))
+    if target_norm is None:
+        raise ValueError("normalize_fisher: 'tensor_norm' needs target_norm (the norm c of "
+                         "each unit; WPLConfig.clip_norm).")
+    norm = tf.sqrt(tf.reduce_sum(tf.square(scaled), axis=axes, keepdims=True))
+    return tf.math.divide_no_nan(float(target_norm) * scaled, norm)
+
+
+def normalized_fisher_update(
+    raw: tf.Tensor,
+    fisher: tf.Tensor,
+    gradient: tf.Tensor,
+    fisher_momentum: Union[float, tf.Tensor],
+    *,
+    normalization: str,
+    target_norm: Optional[float] = None,
+    axes: Optional[Sequence[int]] = None,
+    coverage: MaybeTensor = None,
+) -> tuple:
+    """``(R', F')`` of one weight (or block of rows) under a Fisher normalisation:
+
+        ``R' = c ((1 − η_F) R + η_F g²) + (1 − c) R``  (the plain EMA of ``g²``, no clip)
+        ``F' = c N(R') + (1 − c) F``
+
+    with ``N`` = :func:`normalize_fisher` per unit. ``R`` is updated from itself only: the
+    normalised ``F`` (and ``α``) never feed back into it. A 0/1 coverage gives exactly the
+    new values where ``c = 1`` and exactly the old ones where ``c = 0``.
+    """
+    new_raw = fisher_update(raw, gradient, fisher_momentum, coverage=coverage)
+    new = normalize_fisher(new_raw, normalization, target_norm=target_norm, axes=axes)
+    if coverage is None:
+        return new_raw, new
+    return new_raw, coverage * new + (1.0 - coverage) * tf.cast(fisher, tf.float32)
+
+
+def normalized_fisher_updates(
+    raw: Sequence[tf.Tensor],
+    fisher: Sequence[tf.Tensor],
+    gradients: Sequence[MaybeTensor],
+    *,
+    fisher_momentum: Union[float, tf.Tensor],
+    normalization: str,
+    target_norm: Optional[float] = None,
+    axes: Optional[Sequence[Optional[Sequence[int]]]] = None,
+    masks: Optional[Sequence[MaybeTensor]] = None,
+    update: Flag = True,
+) -> List[Optional[tuple]]:
+    """:func:`normalized_fisher_update` over aligned lists (step 4 with a normalisation):
+    ``(R', F')`` per weight, ``None`` where the gradient is None or the update is off
+    (python ``False``): that weight's ``R`` and ``F`` are unchanged."""
+    update = _flag(update)
+    n = len(fisher)
+    masks = [None] * n if masks is None else list(masks)
+    axes = [None] * n if axes is None else list(axes)
+    out = []
+    for r, f, g, m, ax in zip(raw, fisher, gradients, masks, axes):
+        if g is None or update is False:
+            out.append(None)
+            continue
+        out.append(normalized_fisher_update(
+            r, f, g, fisher_momentum, normalization=normalization, target_norm=target_norm,
+            axes=ax, coverage=_coverage(m, update)))
     return out
 
 

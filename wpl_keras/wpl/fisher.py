@@ -46,6 +46,16 @@ class WPLState(keras.layers.Layer):
         penalties ``Σ_m F_m (θ − θ*_m)²`` up to a constant.
       * :meth:`reset_fisher`: ``F ← 0`` (the periodic flush of the paper's §3.2).
 
+    Fisher normalisation (``fisher_normalization``, :func:`wpl_keras.wpl.core.normalize_fisher`):
+    with ``"none"`` the variables :attr:`fisher` hold the running (clipped) EMA of ``g²``.
+    With ``"tensor_norm"`` or ``"mean"`` the state keeps the plain EMA ``R`` of ``g²`` in
+    :attr:`fisher_raw` (checkpointed, flushed with the Fisher) and writes into :attr:`fisher`,
+    at every update and for the updated units only, the normalised value
+    ``F = c R / ‖R‖`` (``c`` = ``clip_norm``) or ``F = R / mean(R)``. Everything that reads
+    :attr:`fisher` (penalty, proximal pull, a task reading ``fisher[k]``) uses ``F`` unchanged.
+    A unit is a whole weight, each slice over ``clip_axes``, or, for a row-slice
+    (``tf.IndexedSlices``) gradient without ``clip_axes``, each updated row.
+
     Create it under the same ``tf.distribute`` strategy scope as the model. Its variables use
     ``aggregation="only_first_replica"``: every replica computes the same update from
     all-reduced gradients and the first replica's value is kept.
@@ -54,9 +64,12 @@ class WPLState(keras.layers.Layer):
         variables: the shared weights to protect (Keras or ``tf`` variables).
         strength: initial ``α``.
         fisher_momentum: ``η_F`` of the running Fisher update (paper: 0.9).
-        clip_norm: if set, each updated Fisher tensor is clipped to this L2 norm.
+        clip_norm: if set, each updated Fisher tensor is clipped to this L2 norm (with
+            ``fisher_normalization="tensor_norm"``: the norm ``c`` each unit is scaled to).
         name: layer name.
         momentum: former name of ``fisher_momentum`` (kept for existing callers).
+        fisher_normalization: ``"none"``, ``"tensor_norm"`` (needs ``clip_norm``) or
+            ``"mean"`` (see above and :class:`~wpl_keras.wpl.config.WPLConfig`).
     """
 
     def __init__(
@@ -68,6 +81,7 @@ class WPLState(keras.layers.Layer):
         clip_norm: Optional[float] = None,
         name: str = "wpl_state",
         momentum: Optional[float] = None,
+        fisher_normalization: str = "none",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
@@ -79,34 +93,29 @@ class WPLState(keras.layers.Layer):
             raise ValueError(f"fisher_momentum must be in (0, 1], got {fisher_momentum}.")
         if clip_norm is not None and clip_norm <= 0:
             raise ValueError(f"clip_norm must be positive or None, got {clip_norm}.")
+        core.check_fisher_normalization(fisher_normalization, "WPLState fisher_normalization")
+        if fisher_normalization == "tensor_norm" and clip_norm is None:
+            raise ValueError("WPLState: fisher_normalization='tensor_norm' scales each Fisher "
+                             "unit to norm clip_norm; pass clip_norm (WPL release: 10).")
         self.fisher_momentum = float(fisher_momentum)
         self.clip_norm = None if clip_norm is None else float(clip_norm)
+        self.fisher_normalization = fisher_normalization
         # The protected weights are referenced, not owned: keep them out of Keras/TF tracking
         # so that they are not saved twice.
         object.__setattr__(self, "_protected", tuple(variables))
-        fisher, anchors = [], []
+        fisher, anchors, raw = [], [], []
         for k, v in enumerate(variables):
             base = _base_name(v, k)
-            fisher.append(
-                self.add_weight(
-                    shape=tuple(v.shape),
-                    initializer="zeros",
-                    trainable=False,
-                    name=f"fisher_{base}",
-                    aggregation="only_first_replica",
-                )
-            )
-            anchor = self.add_weight(
-                shape=tuple(v.shape),
-                initializer="zeros",
-                trainable=False,
-                name=f"anchor_{base}",
-                aggregation="only_first_replica",
-            )
+            fisher.append(self._zeros_like(v, f"fisher_{base}"))
+            anchor = self._zeros_like(v, f"anchor_{base}")
             anchor.assign(tf.convert_to_tensor(v))
             anchors.append(anchor)
+            if self.normalized:
+                raw.append(self._zeros_like(v, f"fisher_raw_{base}"))
         self.fisher = fisher
         self.anchors = anchors
+        # The plain EMA of g² behind a normalised Fisher (empty with "none").
+        self.fisher_raw = raw
         self.strength = self.add_weight(
             shape=(),
             initializer=keras.initializers.Constant(float(strength)),
@@ -124,7 +133,17 @@ class WPLState(keras.layers.Layer):
         )
         self.built = True
 
+    def _zeros_like(self, variable, name: str):
+        """A non-trainable zero state variable shaped like ``variable``."""
+        return self.add_weight(shape=tuple(variable.shape), initializer="zeros",
+                               trainable=False, name=name, aggregation="only_first_replica")
+
     # ------------------------------------------------------------------ lookup
+    @property
+    def normalized(self) -> bool:
+        """True when :attr:`fisher` holds a normalised Fisher of the EMA in :attr:`fisher_raw`."""
+        return self.fisher_normalization != "none"
+
     @property
     def protected_variables(self) -> tuple:
         """The shared weights this state protects, in order."""
@@ -297,6 +316,13 @@ class WPLState(keras.layers.Layer):
         norm. ``masks`` (coverage ``m``) and ``update`` (``u``: python bool, bool or 0/1 float
         tensor) select what changes; :attr:`num_fisher_updates` counts the updates made.
 
+        With a Fisher normalisation (``"tensor_norm"``, ``"mean"``) the same coverage applies
+        to ``R ← R + u m ((1 − η_F) R + η_F g² − R)`` (:attr:`fisher_raw`, no clip) and to
+        ``F ← F + u m (N(R) − F)``, ``N`` the normalisation of each unit
+        (:func:`wpl_keras.wpl.core.normalized_fisher_update`; ``c`` = ``clip_norm``). A unit is
+        a whole weight, each slice over ``clip_axes``, or each row of a row-slice gradient
+        when ``clip_axes`` is not given.
+
         Call it with the all-reduced data gradient under ``tf.distribute``.
         """
         eta = _resolve_alias(fisher_momentum, momentum, self.fisher_momentum)
@@ -315,6 +341,9 @@ class WPLState(keras.layers.Layer):
                 rows, g = core.unique_rows(g)
             if g is None:
                 continue
+            if self.normalized:
+                self._update_normalized(k, g, rows, eta, clip, clip_axes[k], masks[k], update)
+                continue
             fisher = self.read(k, rows)[1]
             new = core.fisher_updates([fisher], [g], fisher_momentum=eta, clip_norm=clip,
                                       clip_axes=[clip_axes[k]], masks=[masks[k]],
@@ -324,21 +353,63 @@ class WPLState(keras.layers.Layer):
         if update is not False:
             self.num_fisher_updates.assign_add(tf.cast(tf.cast(update, tf.bool), tf.int64))
 
-    def assign_fisher(self, values: Sequence[tf.Tensor]) -> None:
-        """``F ← values`` (e.g. the output of :func:`estimate_fisher`), after checks."""
+    def _update_normalized(self, k, gradient, rows, eta, target_norm, axes, mask,
+                           update) -> None:
+        """One weight's ``(R, F)`` update under the Fisher normalisation (rows when given)."""
+        if rows is None:
+            raw, fisher = (tf.convert_to_tensor(v) for v in (self.fisher_raw[k], self.fisher[k]))
+        else:
+            rows = tf.cast(rows, tf.int32)
+            raw, fisher = (read_rows(v, rows) for v in (self.fisher_raw[k], self.fisher[k]))
+            if axes is None:  # each row is one unit
+                axes = list(range(1, len(self.fisher[k].shape)))
+        out = core.normalized_fisher_updates(
+            [raw], [fisher], [gradient], fisher_momentum=eta,
+            normalization=self.fisher_normalization, target_norm=target_norm, axes=[axes],
+            masks=[mask], update=update)[0]
+        if out is not None:
+            self._write(self.fisher_raw[k], out[0], rows)
+            self._write(self.fisher[k], out[1], rows)
+
+    def assign_fisher(self, values: Sequence[tf.Tensor],
+                      clip_axes: Optional[Sequence[Optional[Sequence[int]]]] = None) -> None:
+        """``F ← values`` (e.g. the output of :func:`estimate_fisher`), after checks.
+
+        With a Fisher normalisation, ``R ← values`` and ``F ← N(values)`` per unit (a whole
+        weight, or each slice over its ``clip_axes`` entry).
+        """
         self._check_values(values, "assign_fisher")
+        if self.normalized:
+            self._assign_normalized([tf.cast(v, tf.float32) for v in values], clip_axes)
+            return
         for f, value in zip(self.fisher, values):
             f.assign(tf.cast(value, f.dtype))
 
-    def add_model(self, fisher_values: Sequence[tf.Tensor]) -> None:
+    def _assign_normalized(self, raw_values, clip_axes=None) -> None:
+        """``R ← raw_values`` and ``F ← N(R)`` per unit, for every weight."""
+        clip_axes = [None] * len(self.fisher) if clip_axes is None else list(clip_axes)
+        for f, r, value, axes in zip(self.fisher, self.fisher_raw, raw_values, clip_axes):
+            r.assign(tf.cast(value, r.dtype))
+            f.assign(tf.cast(core.normalize_fisher(value, self.fisher_normalization,
+                                                   target_norm=self.clip_norm, axes=axes),
+                             f.dtype))
+
+    def add_model(self, fisher_values: Sequence[tf.Tensor],
+                  clip_axes: Optional[Sequence[Optional[Sequence[int]]]] = None) -> None:
         """Fold one more earlier model (trained to the current weights) into the state.
 
         ``F ← F + F_new`` and ``θ* ← (F θ* + F_new θ) / (F + F_new)`` elementwise (``θ*``
         unchanged where both are 0), so that ``F (θ − θ*)²`` equals
         ``F_old (θ − θ*_old)² + F_new (θ − θ_now)²`` up to a constant.
+
+        With a Fisher normalisation the sum and the anchor weights use the raw ``R``
+        (``R ← R + F_new``), then ``F ← N(R)`` per unit (a whole weight, or each slice over
+        its ``clip_axes`` entry): a per-unit rescaling of the same sum, so the merged anchors
+        stay exact.
         """
         self._check_values(fisher_values, "add_model")
-        for v, f, anchor, new in zip(self._protected, self.fisher, self.anchors, fisher_values):
+        sums = self.fisher_raw if self.normalized else self.fisher
+        for v, f, anchor, new in zip(self._protected, sums, self.anchors, fisher_values):
             new = tf.cast(new, f.dtype)
             old = tf.convert_to_tensor(f)
             total = old + new
@@ -347,10 +418,13 @@ class WPLState(keras.layers.Layer):
             )
             anchor.assign(tf.where(total > 0, merged, tf.convert_to_tensor(anchor)))
             f.assign(total)
+        if self.normalized:
+            self._assign_normalized([tf.convert_to_tensor(r) for r in self.fisher_raw],
+                                    clip_axes)
 
     def reset_fisher(self) -> None:
-        """Flush: ``F ← 0``."""
-        for f in self.fisher:
+        """Flush: ``F ← 0`` (and the raw EMA ``R ← 0`` under a Fisher normalisation)."""
+        for f in list(self.fisher) + list(self.fisher_raw):
             f.assign(tf.zeros_like(f))
 
     def _check_values(self, values, what):
@@ -379,6 +453,8 @@ class WPLState(keras.layers.Layer):
         for k, (f, a) in enumerate(zip(self.fisher, self.anchors)):
             children[f"fisher_{k}"] = f
             children[f"anchor_{k}"] = a
+        for k, r in enumerate(self.fisher_raw):
+            children[f"fisher_raw_{k}"] = r
         return children
 
     def call(self, inputs=None):  # pragma: no cover - a state holder, not a transformation
