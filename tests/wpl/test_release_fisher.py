@@ -13,6 +13,13 @@ and uses ``F = c R / ‖R‖``, so ``‖α F‖ = c α`` from the first update o
 release and check that ``α ‖F‖`` per tensor (per RNN node row, per CNN op slice) is within
 5% of the release's stored norm once the release has settled, while ``"none"`` (α on the raw
 EMA) is orders of magnitude weaker.
+
+Only the norm is compared. The release's direction differs: before the clip binds,
+``T_t = α (1 − η) T_{t−1} + η g²_t`` weights each older ``g²`` ``α (1 − η) = 6`` times more
+than the next, and once it binds the new ``η g²`` (norm about 1e-3 … 1e-1 at these scales)
+is small against the stored ``(1 − η) S`` (norm 60); so its Fisher is essentially the
+``g²`` of the first update after a flush, frozen until the next flush. Ours follows the EMA
+of recent ``g²``.
 """
 
 import keras
