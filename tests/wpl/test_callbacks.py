@@ -11,6 +11,7 @@ from wpl_keras.wpl import (
     FisherFlush,
     SnapshotAnchors,
     StrengthScheduler,
+    WPLModel,
     WPLMonitor,
     WPLState,
     apply_wpl,
@@ -74,3 +75,37 @@ def test_callbacks_reject_non_state():
         FisherFlush(object())
     with pytest.raises(ValueError):
         FisherFlush(WPLState([keras.Variable(np.zeros(2, "float32"))]), every=0)
+
+
+@pytest.mark.parametrize("normalization", ["tensor_norm", "mean"])
+def test_callbacks_on_a_normalised_state(seed, normalization):
+    """FisherFlush zeroes the normalised F and its raw EMA R (the next update starts from
+    R = 0, so F is the normalised g² of that step); WPLMonitor logs the normalised F."""
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    y = np.zeros((8, 2), "float32")
+    inputs = keras.Input((3,))
+    model = WPLModel(inputs, keras.layers.Dense(2, name="d")(inputs))
+    state = apply_wpl(model, ["d"], strength=1.0, update_fisher=True, clip_norm=3.0,
+                      fisher_normalization=normalization)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append([float(np.sum(np.abs(v.numpy())))
+                         for v in list(state.fisher) + list(state.fisher_raw)])
+
+    history = model.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False,
+                        callbacks=[FisherFlush(state, every=2), WPLMonitor(state), Record()])
+    assert all(s > 0 for s in seen[1]) and all(s == 0.0 for s in seen[2])
+    with tf.GradientTape() as tape:
+        loss = keras.losses.MeanSquaredError()(y, model(x))
+    grads = tape.gradient(loss, list(state.protected_variables))
+    for f, r, g in zip(state.fisher, state.fisher_raw, grads):
+        want = 0.9 * np.square(g.numpy().astype(np.float64))  # η_F g² from R = 0
+        np.testing.assert_allclose(r.numpy(), want, rtol=1e-5, atol=1e-10)
+        norm = (want / np.mean(want) if normalization == "mean"
+                else 3.0 * want / np.linalg.norm(want))
+        np.testing.assert_allclose(f.numpy(), norm, rtol=1e-4, atol=1e-6)
+    total = np.sqrt(sum(np.sum(np.square(f.numpy())) for f in state.fisher))
+    assert history.history["wpl_fisher_norm"][-1] == pytest.approx(total, rel=1e-5)

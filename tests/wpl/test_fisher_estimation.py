@@ -387,3 +387,40 @@ def test_reexports_and_numpy_conversion(seed):
     model = _tiny_model()
     arrays = fisher_to_numpy(estimate_fisher(model, _data(4), num_samples=4))
     assert all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in arrays)
+
+
+@pytest.mark.parametrize("normalization", ["tensor_norm", "mean"])
+def test_estimated_fisher_into_a_normalised_state(seed, normalization):
+    """``state.assign_fisher(estimate_fisher(...))`` and ``state.add_model(...)`` keep the
+    estimate as the raw R and give the penalty the normalised F per weight; a WPLModel then
+    trains on the normalised F."""
+    inputs = keras.Input((4,))
+    shared = keras.layers.Dense(6, activation="relu", name="shared")
+    model = WPLModel(inputs, keras.layers.Dense(3, name="head")(shared(inputs)))
+    x, y = _data(32, seed=2)
+    state = apply_wpl(model, ["shared"], strength=2.0, clip_norm=4.0,
+                      fisher_normalization=normalization)
+    estimate = estimate_fisher(model, (x, y), shared.trainable_weights, num_samples=32)
+
+    def check(raw):
+        for f, r, want in zip(state.fisher, state.fisher_raw, raw):
+            want = np.asarray(want, np.float64)
+            np.testing.assert_allclose(r.numpy(), want, rtol=1e-6, atol=1e-12)
+            norm = want / np.mean(want) if normalization == "mean" else (
+                4.0 * want / np.linalg.norm(want))
+            np.testing.assert_allclose(f.numpy(), norm, rtol=1e-5, atol=1e-7)
+
+    state.assign_fisher(estimate)
+    check([e.numpy() for e in estimate])
+    second = estimate_fisher(model, (x[:16], y[:16]), shared.trainable_weights, num_samples=16)
+    state.add_model(second)
+    check([e.numpy() + s.numpy() for e, s in zip(estimate, second)])
+    for v in shared.trainable_weights:
+        v.assign(v + 0.1)
+    model.compile(optimizer=keras.optimizers.SGD(0.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    anchors_gap = [np.square(v.numpy() - a.numpy()) for v, a in
+                   zip(state.protected_variables, state.anchors)]
+    want = 0.5 * 2.0 * sum(float(np.sum(f.numpy() * d)) for f, d in zip(state.fisher, anchors_gap))
+    assert history.history["wpl_penalty"][0] == pytest.approx(want, rel=1e-5)

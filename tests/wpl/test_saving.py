@@ -132,8 +132,12 @@ def _round_trip(tmp_path, kind, load=keras.models.load_model, **wpl):
         dict(mode="proximal", update_fisher=False, strength=1e4),
         dict(mode="gradient", update_fisher=True, strength=2.0, clip_norm=3.0),
         dict(mode="gradient", update_fisher=False, strength=4.0, l2=0.02),
+        dict(mode="proximal", update_fisher=True, strength=30.0, fisher_momentum=0.7,
+             clip_norm=0.5, fisher_normalization="tensor_norm"),
+        dict(mode="gradient", update_fisher=True, strength=2.0, fisher_normalization="mean"),
     ],
-    ids=["proximal-fisher-clip-l2", "proximal-strong", "gradient-fisher-clip", "gradient-l2"],
+    ids=["proximal-fisher-clip-l2", "proximal-strong", "gradient-fisher-clip", "gradient-l2",
+         "proximal-tensor-norm", "gradient-mean"],
 )
 def test_wpl_model_round_trip_equals_uninterrupted_training(tmp_path, wpl):
     loaded = _round_trip(tmp_path, "wpl_functional", **wpl)
@@ -145,6 +149,9 @@ def test_wpl_model_round_trip_equals_uninterrupted_training(tmp_path, wpl):
     assert state.clip_norm == wpl.get("clip_norm")
     assert state.fisher_momentum == pytest.approx(wpl.get("fisher_momentum", 0.9))
     assert float(state.strength.numpy()) == pytest.approx(wpl["strength"])
+    assert state.fisher_normalization == wpl.get("fisher_normalization", "none")
+    assert len(state.fisher_raw) == (0 if state.fisher_normalization == "none" else 4)
+    assert loaded.get_config()["wpl"]["fisher_normalization"] == state.fisher_normalization
     kernels = [loaded.get_layer(n).kernel for n in ("shared", "middle")]
     assert all(any(v is k for v in state.protected_variables) for k in kernels)
     assert len(state.protected_variables) == 4  # two kernels, two biases
@@ -250,3 +257,38 @@ def test_export_serves_inference_only(tmp_path):
     np.testing.assert_allclose(served.serve(x).numpy(), model.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
     assert not hasattr(served, "fit") and not hasattr(served, "wpl_state")
+
+
+@pytest.mark.parametrize("normalization", ["tensor_norm", "mean"])
+@pytest.mark.parametrize("kind", ["wpl_sequential", "subclass"])
+def test_normalised_fisher_round_trips_through_load_wpl_model(tmp_path, kind, normalization):
+    """The raw EMA R and the normalised F come back from the file (``_round_trip`` compares
+    every state weight and the next steps); after loading, F is still the normalised R."""
+    loaded = _round_trip(tmp_path, kind, load=load_wpl_model, mode="gradient",
+                         update_fisher=True, strength=3.0, clip_norm=2.0,
+                         fisher_normalization=normalization)
+    state = loaded.wpl_state
+    assert state.fisher_normalization == normalization
+    for f, r in zip(state.fisher, state.fisher_raw):
+        f, r = f.numpy().astype(np.float64), r.numpy().astype(np.float64)
+        want = r / np.mean(r) if normalization == "mean" else 2.0 * r / np.linalg.norm(r)
+        np.testing.assert_allclose(f, want, rtol=1e-5, atol=1e-7)
+
+
+def test_config_without_fisher_normalisation_loads_as_none(tmp_path):
+    model = _build("wpl_functional")
+    _protect(model, mode="gradient", update_fisher=True, strength=2.0)
+    config = model.get_config()
+    del config["wpl"]["fisher_normalization"]  # a file saved before the option existed
+    clone = WPLModel.from_config(config)
+    assert clone.wpl_state.fisher_normalization == "none" and clone.wpl_state.fisher_raw == []
+
+
+def test_normalised_fisher_on_a_plain_model_is_refused_not_lost_on_save():
+    """A plain model's saved regularizers do not record the Fisher normalisation, so
+    apply_wpl refuses it there instead of saving a model that would load with 'none'."""
+    for kind in ("functional", "sequential"):
+        model = _build(kind)
+        with pytest.raises(ValueError, match="would load with 'none'"):
+            apply_wpl(model, ["shared"], clip_norm=1.0, fisher_normalization="tensor_norm")
+        assert getattr(model, "wpl_state", None) is None

@@ -367,3 +367,89 @@ def test_model_without_wpl_state_fits_and_logs_plainly(seed):
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert model.wpl_logs() == {}
     assert set(history.history) == {"loss"}
+
+
+def _hand_ema(model, state, x, y, batch, eta):
+    """The plain EMA ``R ← (1 − η) R + η g²`` of the data gradients, batch by batch, at the
+    model's fixed weights (lr 0), from R = 0."""
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    raw = [np.zeros(v.shape, np.float64) for v in state.protected_variables]
+    for start in range(0, len(x), batch):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y[start:start + batch], model(x[start:start + batch], training=True))
+        grads = tape.gradient(loss, list(state.protected_variables))
+        raw = [(1 - eta) * r + eta * np.square(g.numpy().astype(np.float64))
+               for r, g in zip(raw, grads)]
+    return raw
+
+
+@pytest.mark.parametrize("mode", ["gradient", "proximal"])
+@pytest.mark.parametrize("normalization", ["tensor_norm", "mean"])
+def test_normalised_fisher_from_the_train_step(seed, normalization, mode):
+    clip = 2.5
+    model = _model(WPLModel)
+    state = apply_wpl(model, ["shared"], strength=3.0, update_fisher=True, mode=mode,
+                      fisher_momentum=0.6, clip_norm=clip, fisher_normalization=normalization)
+    assert state.fisher_normalization == normalization and len(state.fisher_raw) == 2
+    x, y = _data(64)
+    want_raw = _hand_ema(model, state, x, y, 16, 0.6)
+    _compile(model, lr=0.0)
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    assert int(state.num_fisher_updates.numpy()) == 4
+    for f, r, want in zip(state.fisher, state.fisher_raw, want_raw):
+        f, r = f.numpy().astype(np.float64), r.numpy().astype(np.float64)
+        assert np.max(want) > 0
+        np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-9 * np.max(want))
+        if normalization == "tensor_norm":
+            assert np.linalg.norm(f) == pytest.approx(clip, rel=1e-5)
+            np.testing.assert_allclose(f, clip * want / np.linalg.norm(want), rtol=1e-4,
+                                       atol=1e-6)
+        else:
+            assert np.mean(f) == pytest.approx(1.0, rel=1e-5)
+            np.testing.assert_allclose(f, want / np.mean(want), rtol=1e-4, atol=1e-6)
+    total = np.sqrt(sum(np.sum(np.square(f.numpy())) for f in state.fisher))
+    assert history.history["wpl_fisher_norm"][0] == pytest.approx(total, rel=1e-5)
+
+
+def test_normalised_fisher_is_what_the_step_penalises(seed):
+    """With lr 0 the weights stay off their anchors; the second epoch's logged penalty is
+    (α/2) Σ F (θ − θ*)² with the normalised F of the first epoch's end, not the raw EMA."""
+    model = _model(WPLModel)
+    state = apply_wpl(model, ["shared"], strength=4.0, update_fisher=True, clip_norm=1.5,
+                      fisher_normalization="tensor_norm")
+    for v in state.protected_variables:
+        v.assign(v + 0.3)
+    x, y = _data(32)
+    _compile(model, lr=0.0)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    want = 0.5 * 4.0 * sum(float(np.sum(f.numpy() * 0.09)) for f in state.fisher)
+    raw_penalty = 0.5 * 4.0 * sum(float(np.sum(r.numpy() * 0.09)) for r in state.fisher_raw)
+    assert want != pytest.approx(raw_penalty, rel=1e-2)
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    assert history.history["wpl_penalty"][0] == pytest.approx(want, rel=1e-4)
+
+
+def test_none_normalisation_keeps_the_clipped_ema_and_no_raw_state(seed):
+    model = _model(WPLModel)
+    state = apply_wpl(model, ["shared"], strength=1.0, update_fisher=True, clip_norm=1e-3)
+    assert state.fisher_normalization == "none" and state.fisher_raw == []
+    x, y = _data(32)
+    _compile(model, lr=0.0)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    for f in state.fisher:
+        assert np.linalg.norm(f.numpy()) == pytest.approx(1e-3, rel=1e-4)
+    assert model.get_config()["wpl"]["fisher_normalization"] == "none"
+
+
+def test_fisher_normalisation_arguments(seed):
+    with pytest.raises(ValueError, match="fisher_normalization must be one of"):
+        apply_wpl(_model(WPLModel), ["shared"], fisher_normalization="max")
+    with pytest.raises(ValueError, match="pass clip_norm"):
+        apply_wpl(_model(WPLModel), ["shared"], fisher_normalization="tensor_norm")
+    plain = _model()
+    with pytest.raises(ValueError, match="plain Keras model.*WPLModel"):
+        apply_wpl(plain, ["shared"], fisher_normalization="mean")
+    assert getattr(plain, "wpl_state", None) is None
+    assert all(v.regularizer is None for v in plain.get_layer("shared").trainable_weights)
+    state = apply_wpl(_model(WPLModel), ["shared"], fisher_normalization="mean")
+    assert state.clip_norm is None and state.fisher_normalization == "mean"

@@ -24,9 +24,10 @@ def restore_wpl(model: keras.Model, path: Optional[str] = None) -> Optional[WPLS
     """Re-creates the WPL state of a plain model loaded by ``keras.models.load_model``.
 
     The model's saved-bound :class:`WeightPlasticity` regularizers name their position in the
-    state, ``α``, ``η_F`` and the clip; :func:`apply_wpl` re-creates the state over those
-    weights and, with ``path`` (the ``.keras`` file), ``model.load_weights(path)`` loads its
-    Fisher, anchors and ``α``.
+    state, ``α``, ``η_F``, the clip and (when recorded; ``"none"`` otherwise) the Fisher
+    normalisation; :func:`apply_wpl` re-creates the state over those weights and, with
+    ``path`` (the ``.keras`` file), ``model.load_weights(path)`` loads its Fisher (and raw
+    EMA), anchors and ``α``.
 
     Returns:
         The state, or None when the model has no saved-bound regularizer.
@@ -47,7 +48,8 @@ def restore_wpl(model: keras.Model, path: Optional[str] = None) -> Optional[WPLS
     first = bound[0][2]
     state = apply_wpl(model, [v for _, v, _ in bound], strength=first.binding["strength"],
                       l2=first.l2, fisher_momentum=first.binding["fisher_momentum"],
-                      clip_norm=first.binding["clip_norm"])
+                      clip_norm=first.binding["clip_norm"],
+                      fisher_normalization=first.binding.get("fisher_normalization", "none"))
     if path is not None:
         model.load_weights(path)
     return state

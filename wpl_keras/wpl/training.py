@@ -10,9 +10,11 @@ Two ways in:
   penalty's gradient in closed form (gradient mode, scaled correctly under ``tf.distribute``)
   or applies the exact proximal step after the optimiser (stable for any ``α``), can update
   the Fisher from the data gradients ``fit`` already computed (``F ← (1 − η_F)F + η_F g²``,
-  no second backward pass), and puts ``wpl_alpha``, ``wpl_penalty`` and ``wpl_fisher_norm``
-  into each epoch's logs (``model.wpl_logs()`` reads them at any time). ``model.save("m.keras")`` stores the WPL settings in the model's config
-  and ``keras.models.load_model`` restores them, with the Fisher and anchors from the weights.
+  or its normalised form under ``apply_wpl(..., fisher_normalization=...)``; no second
+  backward pass), and puts ``wpl_alpha``, ``wpl_penalty`` and ``wpl_fisher_norm`` into each
+  epoch's logs (``model.wpl_logs()`` reads them at any time). ``model.save("m.keras")``
+  stores the WPL settings in the model's config and ``keras.models.load_model`` restores
+  them, with the Fisher, its raw EMA and the anchors from the weights.
 
 Only public Keras and ``tf.distribute`` APIs are used: ``train_step`` is the documented hook
 for customising ``fit``; ``compute_loss``, ``compute_metrics``, ``optimizer.scale_loss`` and
@@ -105,6 +107,7 @@ def apply_wpl(
     update_fisher: bool = False,
     mode: str = "gradient",
     momentum: Optional[float] = None,
+    fisher_normalization: str = "none",
 ) -> WPLState:
     """Protects ``shared`` weights of ``model`` with the Weight Plasticity Loss.
 
@@ -125,11 +128,23 @@ def apply_wpl(
         strength: ``α``.
         l2: ``λ`` (L2 on the shared weights, eq. 8).
         fisher_momentum: ``η_F`` for Fisher updates from gradients (default 0.9).
-        clip_norm: optional per-tensor L2 clip of the Fisher after each update.
+        clip_norm: optional per-tensor L2 clip of the Fisher after each update (with
+            ``fisher_normalization="tensor_norm"``: the norm ``c`` each weight's ``F`` has).
         update_fisher: update ``F`` from each training step's gradients (WPLModel only).
         mode: ``"gradient"`` (penalty in the loss) or ``"proximal"`` (exact proximal step after
             each optimizer step; WPLModel only).
         momentum: former name of ``fisher_momentum``.
+        fisher_normalization: the ``F`` the penalty and the pull use
+            (:class:`~wpl_keras.wpl.config.WPLConfig`): ``"none"`` (the clipped EMA of
+            ``g²``), ``"tensor_norm"`` (``F = c R / ‖R‖`` per weight, ``c = clip_norm``,
+            ``R`` the plain EMA of ``g²`` kept in ``state.fisher_raw``) or ``"mean"``
+            (``F = R / mean(R)``). Fisher updates from the train step,
+            ``state.assign_fisher`` and ``state.add_model`` all go through ``R``.
+
+    Raises:
+        ValueError: for a plain Keras model with a Fisher normalisation that its saved
+            :class:`WeightPlasticity` regularizers would not record (``model.save`` would
+            lose it); use a :class:`WPLModel` or :class:`WPLSequential` then.
 
     Returns:
         The :class:`WPLState`.
@@ -153,23 +168,44 @@ def apply_wpl(
     strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
     with strategy.scope():
         state = WPLState(variables, strength=strength, fisher_momentum=fisher_momentum,
-                         clip_norm=clip_norm)
+                         clip_norm=clip_norm, fisher_normalization=fisher_normalization)
+    regularizers = None if is_wpl_model else _bound_regularizers(state, variables, l2)
     # A plain attribute: Keras' saving walks the model's attributes and stores the state's
     # variables under "wpl_state"; the state is not one of the model's layers.
     object.__setattr__(model, "wpl_state", state)
     if is_wpl_model:
         model.configure_wpl(**dataclasses.asdict(settings))
     else:
-        for v in variables:
-            existing = getattr(v, "regularizer", None)
-            if existing is not None and not isinstance(existing, WeightPlasticity):
-                raise ValueError(
-                    f"apply_wpl: {getattr(v, 'path', v.name)} already has regularizer "
-                    f"{existing!r}; fold it into WeightPlasticity(l2=...) or remove it first."
-                )
-            v.regularizer = WeightPlasticity(l2=l2).bind(state, v)
-            _set_layer_regularizer(model, v, v.regularizer)
+        for v, regularizer in zip(variables, regularizers):
+            v.regularizer = regularizer
+            _set_layer_regularizer(model, v, regularizer)
     return state
+
+
+def _bound_regularizers(state: WPLState, variables: list, l2: float) -> list:
+    """One :class:`WeightPlasticity` bound to ``state`` per variable, after checking that no
+    variable has another regularizer and that the regularizers' saved config records the
+    state's Fisher normalisation (so that :func:`~wpl_keras.wpl.saving.restore_wpl` can
+    re-create the same state)."""
+    out = []
+    for v in variables:
+        existing = getattr(v, "regularizer", None)
+        if existing is not None and not isinstance(existing, WeightPlasticity):
+            raise ValueError(
+                f"apply_wpl: {getattr(v, 'path', v.name)} already has regularizer "
+                f"{existing!r}; fold it into WeightPlasticity(l2=...) or remove it first."
+            )
+        out.append(WeightPlasticity(l2=l2).bind(state, v))
+    saved = out[0].get_config()["binding"].get("fisher_normalization", "none")
+    if saved != state.fisher_normalization:
+        raise ValueError(
+            f"apply_wpl: fisher_normalization={state.fisher_normalization!r} on a plain Keras "
+            "model: its WeightPlasticity regularizers record the WPL state for model.save "
+            "but not the Fisher normalisation, so a saved model would load with 'none'. Build "
+            "the model as wpl_keras.wpl.WPLModel / WPLSequential (or mix in "
+            "WPLTrainingMixin), or use fisher_normalization='none'."
+        )
+    return out
 
 
 def _set_layer_regularizer(model: keras.Model, variable, regularizer) -> None:
@@ -226,8 +262,10 @@ class WPLTrainingMixin:
     3. ``optimizer.apply_gradients``;
     4. proximal mode: :func:`~wpl_keras.wpl.core.wpl_pull`,
        ``θ ← (θ + η α F θ*) / (1 + η α F)`` with this step's learning rate ``η``;
-    5. with ``update_fisher``: :func:`~wpl_keras.wpl.core.fisher_updates` from the
-       all-reduced data gradient, ``F ← (1 − η_F) F + η_F g²``.
+    5. with ``update_fisher``: :meth:`WPLState.update_fisher` from the all-reduced data
+       gradient, ``F ← clip((1 − η_F) F + η_F g²)``; under a Fisher normalisation
+       (``state.fisher_normalization``) ``R ← (1 − η_F) R + η_F g²`` (``state.fisher_raw``)
+       and ``F ← c R / ‖R‖`` or ``R / mean(R)`` per weight.
 
     The logged ``loss`` is ``L + P`` in gradient mode and ``L`` in proximal mode; each epoch's
     logs also hold ``wpl_alpha`` (``α``), ``wpl_penalty`` (``P`` of the epoch's last step) and
@@ -237,10 +275,11 @@ class WPLTrainingMixin:
     caller that differentiates it itself.
 
     Saving: ``get_config`` adds a ``"wpl"`` entry (the protected variables by path, ``α``,
-    ``η_F``, clip, mode, ``update_fisher``, ``λ``); ``from_config`` (or ``build_from_config``
-    for a model built lazily) calls :func:`apply_wpl` with it, and Keras then loads ``F``,
-    ``θ*`` and ``α`` from the saved weights. A custom ``compute_loss`` belongs in a base class
-    listed after the mixin.
+    ``η_F``, clip, Fisher normalisation, mode, ``update_fisher``, ``λ``); ``from_config`` (or
+    ``build_from_config`` for a model built lazily) calls :func:`apply_wpl` with it, and Keras
+    then loads ``F``, ``θ*``, the raw EMA ``R`` and ``α`` from the saved weights (a config
+    without a Fisher normalisation loads as ``"none"``). A custom ``compute_loss`` belongs in
+    a base class listed after the mixin.
     """
 
     wpl_state: Optional[WPLState] = None
@@ -348,14 +387,11 @@ class WPLTrainingMixin:
         data = [None if i is None else gradients[i] for i in positions]
         data = [None if g is None else tf.convert_to_tensor(g) for g in data]
         scale = self.optimizer.scale_loss(1.0 / _replicas())
-        fisher_grads = None
-        if settings.update_fisher:
-            fisher_grads = _all_reduce(_unscale(data, self.optimizer.scale_loss(1.0)))
-        penalty, step_grads, new_fisher = _step_terms(
-            theta, data, fisher_grads, fisher, anchors, tf.convert_to_tensor(state.strength),
-            None if _is_one(scale) else tf.convert_to_tensor(scale, tf.float32),
-            mode=settings.mode, l2=settings.l2, fisher_momentum=state.fisher_momentum,
-            clip_norm=state.clip_norm)
+        step = core.wpl_gradients(
+            theta, data, fisher, anchors, strength=tf.convert_to_tensor(state.strength),
+            mode=settings.mode, l2=settings.l2,
+            scale=None if _is_one(scale) else tf.convert_to_tensor(scale, tf.float32))
+        penalty, step_grads = step.penalty, step.gradients
         gradients = list(gradients)
         for i, g in zip(positions, step_grads):
             if i is not None:
@@ -365,11 +401,8 @@ class WPLTrainingMixin:
         self.optimizer.apply_gradients(zip(gradients, trainable))
         if settings.mode == "proximal":
             self._wpl_pull(fisher, anchors, learning_rate)
-        if settings.update_fisher:
-            for var, value in zip(state.fisher, new_fisher):
-                if value is not None:
-                    var.assign(value)
-            state.num_fisher_updates.assign_add(1)
+        if settings.update_fisher:  # after the step, which used the F read at its start
+            state.update_fisher(_all_reduce(_unscale(data, self.optimizer.scale_loss(1.0))))
         return penalty
 
     def _wpl_pull(self, fisher, anchors, learning_rate) -> None:
@@ -411,6 +444,7 @@ class WPLTrainingMixin:
             "strength": float(state.strength.numpy()),
             "fisher_momentum": state.fisher_momentum,
             "clip_norm": state.clip_norm,
+            "fisher_normalization": state.fisher_normalization,
             **dataclasses.asdict(self.wpl_settings),
         }
 
@@ -441,20 +475,6 @@ class WPLTrainingMixin:
         wpl = dict(self.__dict__.pop("_wpl_pending"))
         shared = [_find_weight(self, entry) for entry in wpl.pop("shared")]
         apply_wpl(self, shared, **wpl)
-
-
-def _step_terms(theta, data, fisher_grads, fisher, anchors, strength, scale, *, mode, l2,
-                fisher_momentum, clip_norm):
-    """Pure: ``(P, gradients to apply, new F or Nones)`` from
-    :func:`~wpl_keras.wpl.core.wpl_gradients` and :func:`~wpl_keras.wpl.core.fisher_updates`
-    (``fisher_grads`` None: no Fisher update)."""
-    step = core.wpl_gradients(theta, data, fisher, anchors, strength=strength, mode=mode,
-                              l2=l2, scale=scale)
-    new_fisher = [None] * len(fisher)
-    if fisher_grads is not None:
-        new_fisher = core.fisher_updates(fisher, fisher_grads, fisher_momentum=fisher_momentum,
-                                         clip_norm=clip_norm)
-    return step.penalty, step.gradients, new_fisher
 
 
 class _WPLEpochLogs(keras.callbacks.Callback):
