@@ -2,6 +2,7 @@ import dataclasses
 import json
 import re
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,11 +11,16 @@ from wpl_keras.data.ptb import PTBCorpus
 from wpl_keras.nas.rnn_search import RNNSearchTask
 from wpl_keras.nas.rnn_space import RNNCellSpace
 from wpl_keras.nas.rnn_supernet import (
+    ROW_MASKS,
     RNNModelConfig,
     RNNOptimizerConfig,
     RNNSupernet,
     RNNSupernetConfig,
+    apply_dropout_masks,
+    apply_input_dropouts,
     decode_architecture,
+    draw_dropout_masks,
+    slice_dropout_masks,
 )
 from wpl_keras.utils.checkpoint import VariableBundle
 from wpl_keras.wpl.config import WPLConfig
@@ -164,6 +170,45 @@ def test_different_architectures_give_different_outputs(seed):
     b, _ = net(tokens, tf.constant([1, 0, 2, 1, 3, 2, 1]))
     assert a.shape == b.shape == (3, 4, V)
     assert np.abs(a.numpy() - b.numpy()).max() > 1e-4
+
+
+def test_dropout_masks_drawn_once_and_split_by_rows_equal_the_drawn_in_call_ones():
+    """Masks drawn for the global batch, then applied (whole or split by rows), give what a
+    call that draws its own masks gives; the seed generator advances by the same draws."""
+    cfg = tiny_config()  # cpu_small keeps every dropout on
+    tokens = tf.constant(np.arange(24).reshape(4, 6) % V, tf.int32)
+    arch = tf.constant([1, 0, 2, 1, 3, 2, 1])
+    own, pre = RNNSupernet(cfg, seed=5), RNNSupernet(cfg, seed=5)
+    expected, state_own = own(tokens, arch, training=True)
+    masks = pre.dropout_masks(4)
+    assert set(masks) == {"word", "input", "w_h", "w_nodes", "output"}
+    assert masks["input"].shape == (4, 6) and masks["output"].shape == (4, 1, 6)
+    assert masks["w_nodes"].shape == (3, 6, 12) and masks["word"].shape == (V,)
+    whole, state_pre = pre(tokens, arch, training=True, dropout_masks=masks)
+    np.testing.assert_array_equal(whole.numpy(), expected.numpy())
+    np.testing.assert_array_equal(state_pre.numpy(), state_own.numpy())
+    np.testing.assert_array_equal(pre.seed_generator.state.numpy(),
+                                  own.seed_generator.state.numpy())
+    for start, size in ((0, 2), (2, 2), (1, 3)):  # rows of a replica, e.g. 2 of 2 replicas
+        part = slice_dropout_masks(masks, start, size)
+        for name, m in part.items():
+            want = masks[name][start:start + size] if name in ROW_MASKS else masks[name]
+            np.testing.assert_array_equal(m.numpy(), want.numpy())
+        rows, _ = pre(tokens[start:start + size], arch, training=True, dropout_masks=part)
+        np.testing.assert_allclose(rows.numpy(), expected.numpy()[start:start + size],
+                                   rtol=1e-6, atol=1e-6)
+    # The functional form (used by the fixed-cell model) draws the input-side masks only.
+    x = tf.ones([6, 4, 6])
+    w_h, w_nodes = tf.ones([6, 12]), tf.ones([3, 6, 12])
+    got = apply_input_dropouts(x, tokens, w_h, w_nodes, cfg.model, keras.random.SeedGenerator(9))
+    drawn = draw_dropout_masks(4, cfg.model, keras.random.SeedGenerator(9),
+                               node_shape=[3, 6, 12], output=False)
+    assert "output" not in drawn
+    for a, b in zip(got, apply_dropout_masks(x, tokens, w_h, w_nodes, drawn)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    off = tiny_config(weight_drop=0.0, output_dropout=0.0, embedding_dropout=0.0,
+                      input_dropout=0.0)
+    assert RNNSupernet(off, seed=0).dropout_masks(4) == {}
 
 
 def test_one_trace_over_many_architectures(task):

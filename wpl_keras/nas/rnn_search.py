@@ -7,6 +7,10 @@ and its clip, the anchor snapshot) is a call into :mod:`wpl_keras.wpl.core`, dir
 through the task's :class:`~wpl_keras.wpl.fisher.WPLState`; the task only says which weights a
 step covers (the architecture's node-matrix rows, and with ``wpl_scope="all"`` the dense
 shared weights) and when (``wpl_active``, ``update_fisher``).
+
+Under a ``tf.distribute`` strategy each replica runs the forward and backward pass of its
+rows of the batch; the WPL step runs once on the all-reduced gradient, so ``R`` replicas
+compute what one device computes (up to float rounding; see :class:`RNNSearchTask`).
 """
 
 from __future__ import annotations
