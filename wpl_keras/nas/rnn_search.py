@@ -72,6 +72,8 @@ class RNNSearchTask(SharedWeightsTask):
     on the reduced values. Evaluation (:meth:`validation_error`, :meth:`reward`) splits its
     rows the same way. A checkpoint holds the full state, so a search resumes under another
     device count with everything carried over (each replica re-slices the hidden state).
+    ``trace_count`` and ``eval_trace_count`` count the traces of the train and eval steps:
+    1 each for every architecture, under any strategy.
 
     Args:
         corpus: PTB ids.
