@@ -284,11 +284,26 @@ def test_config_without_fisher_normalisation_loads_as_none(tmp_path):
     assert clone.wpl_state.fisher_normalization == "none" and clone.wpl_state.fisher_raw == []
 
 
-def test_normalised_fisher_on_a_plain_model_is_refused_not_lost_on_save():
-    """A plain model's saved regularizers do not record the Fisher normalisation, so
-    apply_wpl refuses it there instead of saving a model that would load with 'none'."""
-    for kind in ("functional", "sequential"):
-        model = _build(kind)
-        with pytest.raises(ValueError, match="would load with 'none'"):
-            apply_wpl(model, ["shared"], clip_norm=1.0, fisher_normalization="tensor_norm")
-        assert getattr(model, "wpl_state", None) is None
+@pytest.mark.parametrize("normalization", ["tensor_norm", "mean"])
+@pytest.mark.parametrize("kind", ["functional", "sequential"])
+def test_plain_model_keeps_its_fisher_normalisation_through_load_wpl_model(
+        tmp_path, kind, normalization):
+    """A plain model's WeightPlasticity bindings record the mode: load_wpl_model re-creates
+    the state with it, R and F come back from the file, and training continues identically."""
+    x, y = _data()
+    model = _build(kind)
+    state = _protect(model, strength=3.0, clip_norm=2.0, fisher_normalization=normalization)
+    _fit(model, x, y, 0)
+    path = str(tmp_path / "plain.keras")
+    model.save(path)
+    loaded = load_wpl_model(path)
+    got = loaded.wpl_state
+    assert got.fisher_normalization == normalization
+    for u, v in zip(state.weights, got.weights):
+        np.testing.assert_allclose(u.numpy(), v.numpy(), rtol=1e-7)
+    for f, r in zip(got.fisher, got.fisher_raw):
+        r = r.numpy().astype(np.float64)
+        want = r / np.mean(r) if normalization == "mean" else 2.0 * r / np.linalg.norm(r)
+        np.testing.assert_allclose(f.numpy(), want, rtol=1e-5)
+    np.testing.assert_allclose(_fit(loaded, x, y, 1)["loss"], _fit(model, x, y, 1)["loss"],
+                               rtol=1e-6)

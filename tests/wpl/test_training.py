@@ -446,10 +446,7 @@ def test_fisher_normalisation_arguments(seed):
         apply_wpl(_model(WPLModel), ["shared"], fisher_normalization="max")
     with pytest.raises(ValueError, match="pass clip_norm"):
         apply_wpl(_model(WPLModel), ["shared"], fisher_normalization="tensor_norm")
-    plain = _model()
-    with pytest.raises(ValueError, match="plain Keras model.*WPLModel"):
-        apply_wpl(plain, ["shared"], fisher_normalization="mean")
-    assert getattr(plain, "wpl_state", None) is None
-    assert all(v.regularizer is None for v in plain.get_layer("shared").trainable_weights)
+    plain = _model()  # a plain model takes the mode too (its regularizers record it)
+    assert apply_wpl(plain, ["shared"], fisher_normalization="mean").fisher_normalization == "mean"
     state = apply_wpl(_model(WPLModel), ["shared"], fisher_normalization="mean")
     assert state.clip_norm is None and state.fisher_normalization == "mean"

@@ -290,6 +290,7 @@ class WeightPlasticity(keras.regularizers.Regularizer):
                 "strength": float(tf.convert_to_tensor(state.strength).numpy()),
                 "fisher_momentum": float(state.fisher_momentum),
                 "clip_norm": state.clip_norm,
+                "fisher_normalization": state.fisher_normalization,
             }
         elif self.binding is not None:
             config["binding"] = dict(self.binding)

@@ -141,11 +141,6 @@ def apply_wpl(
             (``F = R / mean(R)``). Fisher updates from the train step,
             ``state.assign_fisher`` and ``state.add_model`` all go through ``R``.
 
-    Raises:
-        ValueError: for a plain Keras model with a Fisher normalisation that its saved
-            :class:`WeightPlasticity` regularizers would not record (``model.save`` would
-            lose it); use a :class:`WPLModel` or :class:`WPLSequential` then.
-
     Returns:
         The :class:`WPLState`.
     """
@@ -184,9 +179,9 @@ def apply_wpl(
 
 def _bound_regularizers(state: WPLState, variables: list, l2: float) -> list:
     """One :class:`WeightPlasticity` bound to ``state`` per variable, after checking that no
-    variable has another regularizer and that the regularizers' saved config records the
-    state's Fisher normalisation (so that :func:`~wpl_keras.wpl.saving.restore_wpl` can
-    re-create the same state)."""
+    variable has another regularizer (their saved binding records the whole state's settings,
+    the Fisher normalisation included, so :func:`~wpl_keras.wpl.saving.restore_wpl` re-creates
+    it)."""
     out = []
     for v in variables:
         existing = getattr(v, "regularizer", None)
@@ -196,15 +191,6 @@ def _bound_regularizers(state: WPLState, variables: list, l2: float) -> list:
                 f"{existing!r}; fold it into WeightPlasticity(l2=...) or remove it first."
             )
         out.append(WeightPlasticity(l2=l2).bind(state, v))
-    saved = out[0].get_config()["binding"].get("fisher_normalization", "none")
-    if saved != state.fisher_normalization:
-        raise ValueError(
-            f"apply_wpl: fisher_normalization={state.fisher_normalization!r} on a plain Keras "
-            "model: its WeightPlasticity regularizers record the WPL state for model.save "
-            "but not the Fisher normalisation, so a saved model would load with 'none'. Build "
-            "the model as wpl_keras.wpl.WPLModel / WPLSequential (or mix in "
-            "WPLTrainingMixin), or use fisher_normalization='none'."
-        )
     return out
 
 
