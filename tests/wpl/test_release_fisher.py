@@ -213,12 +213,7 @@ def test_rnn_search_node_rows_reach_the_release_strength(monkeypatch):
         batch_size=3, bptt=4, eval_batch_size=2, eval_bptt=4, wpl=wpl)
     task = RNNSearchTask(corpus, config, seed=0)
     state = task.wpl_state
-    # The task builds its state from config.wpl; until it passes fisher_normalization on,
-    # put an equal tensor_norm state over the same weights in its place.
-    if state.fisher_normalization != "tensor_norm":
-        state = WPLState(state.protected_variables, strength=0.0, fisher_momentum=ETA,
-                         clip_norm=CLIP, fisher_normalization="tensor_norm")
-        task.wpl_state = state
+    assert state.fisher_normalization == "tensor_norm"  # from config.wpl
     state.strength.assign(ALPHA)
     recorded = []
     update = state.update_fisher

@@ -125,6 +125,7 @@ class RNNSearchTask(SharedWeightsTask):
             strength=0.0,
             fisher_momentum=config.wpl.fisher_momentum,
             clip_norm=config.wpl.clip_norm,
+            fisher_normalization=config.wpl.fisher_normalization,
             name="rnn_wpl_state",
         )
         self._init_data(corpus, config)
