@@ -40,6 +40,7 @@ from wpl_keras.tuner.controller_oracle import (
     ControllerOracle,
     hyperparameters_to_architecture,
 )
+from wpl_keras.tuner.shared_weights import SharedWeightStore, shared_task_variables
 
 
 class ENASAdapter(ControllerAdapter):
@@ -135,8 +136,13 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
     ``Objective("val_error", "min")``. ``save()`` also writes the task's checkpoint (supernet,
     optimizer, WPL state) under the project directory; ``reload()`` reads it back.
 
-    In distributed tuning each worker owns its own copy of the task (the supernet is not
-    synchronised between workers); the controller lives in the chief's oracle.
+    In distributed tuning the controller lives in the chief's oracle. Without
+    ``shared_weights`` each worker trains its own copy of the task. With a
+    :class:`~wpl_keras.tuner.shared_weights.SharedWeightStore` the workers train ONE supernet
+    held on a parameter server: before its first trial a worker attaches
+    ``shared_task_variables(task)`` (weights, optimizer slots, Fisher, anchors), every trial
+    pulls them (``θ ← θ_ps``), trains, and pushes its change (``θ_ps += θ − θ_pulled``); the
+    WPL schedule then counts the trials of all workers (the shared counter at the pull).
 
     Args:
         oracle: usually an :class:`ENASOracle` (any Oracle over ``task.space`` works).
@@ -146,6 +152,8 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
         strength: ``α`` of the trials with WPL on (the tasks start at ``α = 0``: a search's
             ``α`` belongs to its schedule, and this tuner is that schedule).
         build_standalone: ``arch -> keras.Model`` for :meth:`load_model` / ``get_best_models``.
+        shared_weights: a store that shares the task's state with the other workers (None:
+            this process's task alone, as on one machine).
         **kwargs: ``directory``, ``project_name``, ``overwrite`` of ``BaseTuner``.
     """
 
@@ -158,6 +166,7 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
         wpl_start_trial: int = 0,
         strength: float = 60.0,
         build_standalone: Optional[Callable[[Architecture], keras.Model]] = None,
+        shared_weights: Optional[SharedWeightStore] = None,
         **kwargs,
     ):
         if batches_per_trial < 1:
@@ -174,17 +183,20 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
         self.batches_per_trial = int(batches_per_trial)
         self.wpl_start_trial = int(wpl_start_trial)
         self.build_standalone = build_standalone
+        self.shared_weights = shared_weights
         self.trials_run = 0
         self._task_checkpoint = tf.train.Checkpoint(**task.checkpoint_items())
         super().__init__(oracle, hypermodel=None, **kwargs)
 
     def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
         arch = hyperparameters_to_architecture(self.space, trial.hyperparameters)
-        wpl_active = self.trials_run >= self.wpl_start_trial
+        wpl_active = self._pull_shared() >= self.wpl_start_trial
         state = getattr(self.task, "wpl_state", None)
         if state is not None:
             state.strength.assign(self.strength if wpl_active else 0.0)
         logs = self.task.train_architecture(arch, self.batches_per_trial, wpl_active=wpl_active)
+        if self.shared_weights is not None:
+            self.shared_weights.push()
         self.trials_run += 1
         metrics = {k: float(v) for k, v in (logs or {}).items()}
         metrics["val_error"] = float(self.task.validation_error(arch))
@@ -192,6 +204,16 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
         metrics["wpl_active"] = float(wpl_active)
         metrics["wpl_strength"] = self.strength if wpl_active else 0.0
         return metrics
+
+    def _pull_shared(self) -> int:
+        """Trials run before this one: this worker's, or all workers' when weights are shared
+        (then the shared state is pulled into the task first, attaching it on first use)."""
+        store = self.shared_weights
+        if store is None:
+            return self.trials_run
+        if not store.attached:
+            store.attach(shared_task_variables(self.task))
+        return store.pull().trials
 
     def load_model(self, trial) -> keras.Model:
         """A standalone model of the trial's architecture, from ``build_standalone``."""
