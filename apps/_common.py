@@ -15,6 +15,9 @@ from typing import Any, Callable, Dict, Optional
 
 ENV_DATA_DIR = "WPL_DATA_DIR"
 DATA_ERROR_STATUS = 2
+# The strategy kinds of `wpl_keras.nas.distribute.KINDS` (not imported here: it loads
+# TensorFlow, and the apps parse their arguments before that).
+STRATEGY_KINDS = ("auto", "default", "mirrored", "multi_worker")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +74,13 @@ def add_search_app_arguments(parser: argparse.ArgumentParser, *, commands, confi
                         help="search: continue from the latest checkpoint in --out")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: preset's)")
     add_override_arguments(parser, overrides)
+    parser.add_argument("--strategy", default=None, choices=STRATEGY_KINDS,
+                        help="tf.distribute strategy of the supernet task, either space: "
+                             "default (one device), mirrored (the GPUs of this machine), "
+                             "multi_worker (the workers TF_CONFIG lists; run the same command "
+                             "on each) or auto (multi_worker when TF_CONFIG lists several "
+                             "workers, else mirrored on several GPUs, else default); default: "
+                             "the preset's/config's")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--arch", default=None,
                         help="train-best/export: architecture string (space.to_string form) "
@@ -95,6 +105,23 @@ def search_overrides(args: argparse.Namespace, table) -> Dict[str, Any]:
     if args.quiet:
         search["verbose"] = 0
     return search
+
+
+def with_task_strategy(task_config, args: argparse.Namespace):
+    """``task_config`` (a frozen task config of either space) with its ``strategy`` set to
+    ``--strategy`` when given; unchanged otherwise.
+
+    Raises:
+        SystemExit: the task config has no ``strategy`` field.
+    """
+    import dataclasses
+
+    if args.strategy is None:
+        return task_config
+    if "strategy" not in {f.name for f in dataclasses.fields(task_config)}:
+        raise SystemExit(f"--strategy: the task config {type(task_config).__name__} has no "
+                         "strategy field; this space's task runs on one device only.")
+    return dataclasses.replace(task_config, strategy=args.strategy)
 
 
 def load_config(args: argparse.Namespace, config_type, saved_name: str,

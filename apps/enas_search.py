@@ -8,6 +8,16 @@ Stages, as subcommands (``search`` is the default when none is given):
     wpl-enas-search train-best --out DIR --train-epochs 1
     wpl-enas-search export --out DIR --export-dir DIR/export
 
+On several devices (``--strategy``, either space; the batch sizes must divide by the replicas):
+
+    wpl-enas-search search --strategy mirrored --out DIR     # the GPUs of this machine
+    # several machines: the same command on each, with its own TF_CONFIG, e.g. on machine I
+    TF_CONFIG='{"cluster": {"worker": ["host0:2222", "host1:2222"]},
+                "task": {"type": "worker", "index": I}}' \\
+        wpl-enas-search search --strategy multi_worker --out DIR
+
+Worker 0 writes ``DIR``; every other worker writes ``DIR/workers/worker_<I>`` on its machine.
+
 The app only parses arguments into an :class:`~wpl_keras.experiments.enas.ENASExperimentConfig`
 and calls a runner of :mod:`wpl_keras.experiments.enas`. The config is saved as
 ``DIR/experiment.json``; later stages reload it from there unless ``--preset``/``--config``
@@ -20,6 +30,7 @@ paragraph, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -34,6 +45,7 @@ from apps._common import (
     search_overrides,
     stage_data,
     train_best_or_export,
+    with_task_strategy,
 )
 
 COMMANDS = ("search", "derive", "train-best", "export")
@@ -85,7 +97,8 @@ def make_config(args):
         top["derive_samples"] = args.samples
     if args.train_epochs is not None:
         top["train_epochs"] = args.train_epochs
-    return config.replace(search=search, **top)
+    config = config.replace(search=search, **top)
+    return dataclasses.replace(config, task=with_task_strategy(config.task, args))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -108,7 +121,9 @@ def _run(args, config, spec) -> int:
         last = result.history[-1] if result.history else {}
         summary = {k: last.get(k) for k in ("epoch", "mean_diff", "best5_diff", "max_diff",
                                              "mean_reward", "alpha")}
-        print(json.dumps({"command": "search", "out": args.out, "epochs": len(result.history),
+        # result.out_dir: --out, or this worker's private folder under several workers
+        print(json.dumps({"command": "search", "out": result.out_dir,
+                          "epochs": len(result.history),
                           "last_epoch": summary}))
     elif args.command == "derive":
         derived = enas.run_derive(config, source.data_dir, args.out, verify=source.verify)

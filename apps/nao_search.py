@@ -9,6 +9,16 @@ Stages, as subcommands (``search`` is the default when none is given):
     wpl-nao-search train-best --out DIR --train-epochs 1
     wpl-nao-search export --out DIR --export-dir DIR/export
 
+On several devices (``--strategy``, either space; the batch sizes must divide by the replicas):
+
+    wpl-nao-search search --strategy mirrored --out DIR     # the GPUs of this machine
+    # several machines: the same command on each, with its own TF_CONFIG, e.g. on machine I
+    TF_CONFIG='{"cluster": {"worker": ["host0:2222", "host1:2222"]},
+                "task": {"type": "worker", "index": I}}' \\
+        wpl-nao-search search --strategy multi_worker --out DIR
+
+Worker 0 writes ``DIR``; every other worker writes ``DIR/workers/worker_<I>`` on its machine.
+
 The app parses arguments into a :class:`~wpl_keras.experiments.nao.NAOExperimentConfig` and
 calls a runner: :func:`~wpl_keras.experiments.nao.run_nao_experiment` for the search (it
 writes ``DIR/derived.json``, the best pool architecture), and the ENAS runners
@@ -36,6 +46,7 @@ from apps._common import (
     search_overrides,
     stage_data,
     train_best_or_export,
+    with_task_strategy,
 )
 
 COMMANDS = ("search", "derive", "train-best", "export")
@@ -94,6 +105,8 @@ def make_config(args):
         base["seed"] = args.seed
     if args.train_epochs is not None:
         base["train_epochs"] = args.train_epochs
+    if args.strategy is not None:
+        base["task"] = with_task_strategy(config.base.task, args)
     if base:
         top["base"] = dataclasses.replace(config.base, **base)
     return config.replace(search=search, **top)
@@ -119,7 +132,9 @@ def _run(args, config, spec) -> int:
         last = result.history[-1] if result.history else {}
         summary = {k: last.get(k) for k in ("epoch", "mean_err1", "mean_diff", "best5_diff",
                                              "max_diff", "alpha", "pool_best_error")}
-        print(json.dumps({"command": "search", "out": args.out, "epochs": len(result.history),
+        # result.out_dir: --out, or this worker's private folder under several workers
+        print(json.dumps({"command": "search", "out": result.out_dir,
+                          "epochs": len(result.history),
                           "pool_size": len(result.pool), "last_epoch": summary}))
     elif args.command == "derive":
         path = os.path.join(args.out, "derived.json")

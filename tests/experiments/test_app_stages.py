@@ -278,3 +278,63 @@ def test_help_names_the_data_options(app, capsys):
     text = " ".join(capsys.readouterr().out.split())
     for option in ("--data-dir", "--verify", "--no-verify", "data_source.json", "WPL_DATA_DIR"):
         assert option in text, option
+
+
+@pytest.mark.parametrize("space", ["rnn", "cnn"])
+@pytest.mark.parametrize("kind", ["default", "mirrored", "multi_worker", "auto"])
+def test_strategy_flag_sets_the_task_strategy_of_either_space(tmp_path, space, kind):
+    """``--strategy`` overrides the task config's strategy, for ENAS and NAO, either space;
+    without it the preset's is kept."""
+    for app, task_of in ((enas_search, lambda c: c.task), (nao_search, lambda c: c.base.task)):
+        common = ["--space", space, "--preset", "tiny", "--out", str(tmp_path)]
+        args = app.build_parser().parse_args(common + ["--strategy", kind, "--seed", "4"])
+        config = app.make_config(args)
+        assert task_of(config).strategy == kind, app
+        plain = app.make_config(app.build_parser().parse_args(common))
+        assert dataclasses.replace(task_of(config), strategy=task_of(plain).strategy) == \
+            task_of(plain)  # nothing else of the task changed
+
+
+@pytest.mark.parametrize("app", [enas_search, nao_search])
+def test_strategy_flag_refuses_unknown_kinds_and_lists_the_known_ones(app, capsys):
+    from apps._common import STRATEGY_KINDS
+    from wpl_keras.nas.distribute import KINDS
+
+    assert STRATEGY_KINDS == KINDS  # the apps' copy of the kinds (kept TF-free) is the same
+    with pytest.raises(SystemExit):
+        app.build_parser().parse_args(["--out", "x", "--strategy", "tpu"])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        app.main(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for word in ("--strategy", "mirrored", "multi_worker", "TF_CONFIG"):
+        assert word in text, word
+
+
+def test_strategy_flag_on_a_task_without_strategy_is_named():
+    from apps._common import with_task_strategy
+
+    @dataclasses.dataclass(frozen=True)
+    class OneDevice:
+        size: int = 1
+
+    args = nao_search.build_parser().parse_args(["--out", "x", "--strategy", "mirrored"])
+    with pytest.raises(SystemExit, match="OneDevice has no strategy field"):
+        with_task_strategy(OneDevice(), args)
+    args = nao_search.build_parser().parse_args(["--out", "x"])
+    assert with_task_strategy(OneDevice(), args) == OneDevice()
+
+
+def test_rnn_search_runs_under_the_strategy_of_its_config(tmp_path):
+    """The RNN experiment builds its task under ``make_strategy(config.task.strategy)``, and the
+    tiny preset runs on one device."""
+    from wpl_keras.experiments import enas
+
+    data = write_tiny_ptb(tmp_path / "ptb")
+    config = enas.get_preset("rnn", "tiny").replace(task={"strategy": "default"})
+    corpus, config = enas.prepare(config, data, verify=False)
+    task, _, _ = enas.build_search(config, corpus)
+    assert task.strategy.num_replicas_in_sync == 1
+    assert enas.write_dir(str(tmp_path / "run"), task) == str(tmp_path / "run")
+    assert enas.get_preset("rnn", "tiny").task.strategy == "auto"

@@ -300,16 +300,34 @@ def run_search_experiment(
         verify: check local data files against their standard checksums.
 
     The data location and ``verify`` are recorded as ``out_dir/data_source.json``
-    (:mod:`wpl_keras.experiments.data_source`) for the later stages.
+    (:mod:`wpl_keras.experiments.data_source`) for the later stages. Under a multi-worker
+    strategy (``config.task.strategy``) every worker runs this; only the chief writes
+    ``out_dir``, the others their private folder (:func:`write_dir`).
     """
     from wpl_keras.nas.search import run_search
 
-    os.makedirs(out_dir, exist_ok=True)
     data, config = prepare(config, data_dir, data, verify=verify)
-    config.save(os.path.join(out_dir, "experiment.json"))
-    save_data_source(out_dir, data_dir, verify=verify)
     task, controller, reinforce = build_search(config, data)
+    save_records(config, "experiment.json", write_dir(out_dir, task), data_dir, verify=verify)
     return run_search(task, controller, reinforce, config.search, out_dir, resume=resume)
+
+
+def write_dir(out_dir: str, task) -> str:
+    """Where this process writes the experiment's files: ``out_dir`` on the chief (and in any
+    single-process run), a private folder on the other workers of a multi-worker task
+    (:func:`wpl_keras.nas.distribute.worker_out_dir` of the task's strategy)."""
+    from wpl_keras.nas.distribute import task_strategy, worker_out_dir
+
+    return worker_out_dir(out_dir, task_strategy(task))
+
+
+def save_records(config, name: str, directory: str, data_dir: Optional[str], *,
+                 verify: bool) -> None:
+    """Saves ``config`` as ``directory/name`` and the data source as
+    ``directory/data_source.json`` (``directory`` created)."""
+    os.makedirs(directory, exist_ok=True)
+    config.save(os.path.join(directory, name))
+    save_data_source(directory, data_dir, verify=verify)
 
 
 def run_derive(
@@ -323,7 +341,9 @@ def run_derive(
 ):
     """Reloads the search in ``out_dir`` and derives its best architecture.
 
-    Writes ``derived.json`` and ``derived.png`` into ``out_dir``.
+    Writes ``derived.json`` and ``derived.png`` into ``out_dir`` (a worker of a multi-worker
+    task other than the chief: into its private folder, :func:`write_dir`, whose checkpoint it
+    restores).
 
     Returns:
         The :class:`~wpl_keras.nas.derive.DerivedArchitecture`.
@@ -335,7 +355,7 @@ def run_derive(
     task, controller, reinforce = build_search(config, data)
     restore_latest(task, controller, reinforce, out_dir)
     derived = derive_best(task, controller, num_samples or config.derive_samples)
-    write_derived(derived, task.space, out_dir)
+    write_derived(derived, task.space, write_dir(out_dir, task))
     return derived
 
 

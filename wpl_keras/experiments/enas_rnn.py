@@ -38,9 +38,13 @@ def _rnn_adapt_config(corpus, config: ENASExperimentConfig) -> ENASExperimentCon
 
 
 def _rnn_build_task(corpus, config: ENASExperimentConfig):
+    """The supernet task under the strategy ``config.task.strategy`` names
+    (:func:`~wpl_keras.nas.distribute.make_strategy`; ``multi_worker`` needs ``TF_CONFIG``)."""
+    from wpl_keras.nas.distribute import make_strategy
     from wpl_keras.nas.rnn_search import RNNSearchTask
 
-    return RNNSearchTask(corpus, config.task, seed=config.seed)
+    return RNNSearchTask(corpus, config.task, seed=config.seed,
+                         strategy=make_strategy(config.task.strategy))
 
 
 def _rnn_train_best(corpus, arch, config: ENASExperimentConfig, out_dir: str):

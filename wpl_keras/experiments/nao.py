@@ -13,11 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from typing import Any, Callable, Dict, Optional
 
 from wpl_keras.experiments import enas
-from wpl_keras.experiments.data_source import save_data_source
 from wpl_keras.experiments.enas import ENASExperimentConfig
 from wpl_keras.nas.derive import DerivedArchitecture, write_derived
 from wpl_keras.nas.nao import NAOConfig, NAOController
@@ -198,12 +196,13 @@ def run_nao_experiment(
     ``nao_experiment.json``, ``data_source.json`` (``data_dir`` and ``verify``, for the later
     stages; :mod:`wpl_keras.experiments.data_source`) and, at the end, ``derived.json`` (the
     best pool architecture, in the format of :mod:`wpl_keras.nas.derive`, so the ENAS
-    train-best/export runners read it)."""
-    os.makedirs(out_dir, exist_ok=True)
+    train-best/export runners read it). Under a multi-worker strategy every worker runs this;
+    only the chief writes ``out_dir``, the others their private folder
+    (:func:`~wpl_keras.experiments.enas.write_dir`)."""
     data, config = prepare_nao(config, data_dir, data, verify=verify)
-    config.save(os.path.join(out_dir, "nao_experiment.json"))
-    save_data_source(out_dir, data_dir, verify=verify)
     task, nao = build_nao_search(config, data)
+    enas.save_records(config, "nao_experiment.json", enas.write_dir(out_dir, task), data_dir,
+                      verify=verify)
     result = run_nao_search(task, nao, config.search, out_dir, seed=config.base.seed,
                             resume=resume, on_epoch_end=on_epoch_end)
     scored = [(a, e) for a, e in zip(result.pool, result.pool_errors) if math.isfinite(e)]
@@ -212,5 +211,5 @@ def run_nao_experiment(
         derived = DerivedArchitecture(arch=tuple(scored[0][0]), error=float(scored[0][1]),
                                       candidates=tuple((tuple(a), float(e)) for a, e in scored),
                                       num_samples=len(result.pool))
-        write_derived(derived, task.space, out_dir)
+        write_derived(derived, task.space, result.out_dir)
     return result

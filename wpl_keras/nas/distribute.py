@@ -12,14 +12,23 @@
 
 Strategies must be created before any op runs (TensorFlow initialises its devices once);
 :func:`split_cpu` (logical CPU devices, for tests and benchmarks on CPU) likewise.
+
+Under ``multi_worker`` every worker runs the same program; :func:`is_chief` says which one is
+the chief (the task of type ``"chief"``, else worker 0; any process that is not a multi-worker
+task), and :func:`worker_out_dir` gives each process where it writes: the chief the requested
+folder, every other worker a private folder ``out_dir/workers/<type>_<index>`` (so workers on
+one shared file system never write the same file). :func:`task_strategy` is the strategy a
+task runs under, and :func:`agreed_signal` lets every worker stop at the same point when any
+of them got SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
@@ -33,13 +42,7 @@ def tf_config_workers(environ: Optional[dict] = None) -> int:
         ValueError: if ``TF_CONFIG`` is not valid JSON.
     """
     text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
-    if not text:
-        return 0
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from error
-    return len(config.get("cluster", {}).get("worker", []))
+    return len(_parse_tf_config(text).get("cluster", {}).get("worker", []))
 
 
 def resolve_kind(kind: str = "auto", environ: Optional[dict] = None) -> str:
@@ -132,3 +135,85 @@ def local_tf_config(ports: Sequence[int], index: int) -> str:
             "task": {"type": "worker", "index": int(index)},
         }
     )
+
+
+TaskSource = Union[None, str, Mapping[str, Any], tf.distribute.Strategy]
+
+
+def _parse_tf_config(source: Union[None, str, Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The ``TF_CONFIG`` dict of ``source``: a parsed dict, its JSON text, or (None) the
+    ``TF_CONFIG`` environment variable; ``{}`` when unset or empty."""
+    if isinstance(source, Mapping):
+        return source
+    text = os.environ.get("TF_CONFIG", "") if source is None else source
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from error
+
+
+def task_of(source: TaskSource = None) -> Tuple[Optional[str], int, Mapping[str, Any]]:
+    """``(task type, task index, cluster)`` of this process.
+
+    Args:
+        source: a strategy (its cluster resolver when it is a multi-worker strategy; any other
+            strategy runs in one process: ``(None, 0, {})``), a ``TF_CONFIG`` dict or JSON
+            text, or None for the ``TF_CONFIG`` environment variable.
+
+    Raises:
+        ValueError: if ``TF_CONFIG`` is not valid JSON.
+    """
+    if isinstance(source, tf.distribute.Strategy):
+        resolver = getattr(source, "cluster_resolver", None)
+        if not isinstance(source, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+            return None, 0, {}
+        cluster = resolver.cluster_spec().as_dict()
+        return resolver.task_type, int(resolver.task_id or 0), cluster
+    config = _parse_tf_config(source)
+    task = config.get("task", {})
+    return task.get("type"), int(task.get("index", 0)), config.get("cluster", {})
+
+
+def is_chief(source: TaskSource = None) -> bool:
+    """Whether this process is the chief: task type ``"chief"``; or ``"worker"`` with index 0
+    when the cluster has no chief task; or no multi-worker task at all (``source`` as in
+    :func:`task_of`)."""
+    task_type, index, cluster = task_of(source)
+    if task_type is None:
+        return True
+    if task_type == "chief":
+        return True
+    return task_type == "worker" and index == 0 and not cluster.get("chief")
+
+
+def worker_out_dir(out_dir: str, source: TaskSource = None) -> str:
+    """Where this process writes the output meant for ``out_dir``: ``out_dir`` itself on the
+    chief (:func:`is_chief`), ``out_dir/workers/<type>_<index>`` on every other task."""
+    if is_chief(source):
+        return out_dir
+    task_type, index, _ = task_of(source)
+    return os.path.join(out_dir, "workers", f"{task_type}_{index}")
+
+
+def task_strategy(task) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy ``task`` runs under: its ``strategy`` attribute, else the
+    current strategy (one process)."""
+    strategy = getattr(task, "strategy", None)
+    return strategy if strategy is not None else tf.distribute.get_strategy()
+
+
+def agreed_signal(strategy: tf.distribute.Strategy, pending: Optional[int]) -> Optional[int]:
+    """The signal every worker acts on: ``pending`` in one process; under a
+    ``MultiWorkerMirroredStrategy`` the flags ``[SIGINT pending, SIGTERM pending]`` summed
+    over the replicas of all workers (a collective every worker must reach), giving SIGINT if
+    any worker has one pending, else SIGTERM if any has, else None."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return pending
+    flags = [float(pending == signal.SIGINT), float(pending == signal.SIGTERM)]
+    local = strategy.run(lambda: tf.constant(flags))
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, local, axis=None).numpy()
+    if total[0] > 0:
+        return signal.SIGINT
+    return signal.SIGTERM if total[1] > 0 else None

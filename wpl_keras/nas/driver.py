@@ -37,6 +37,17 @@ uninterrupted run.
 Outputs in ``out_dir``: ``search_config.json`` (the strategy's), ``task_config.json``,
 ``history.json`` (full records), ``history.csv`` (scalars, one row per epoch), TensorBoard
 scalars under ``tb/`` and checkpoints under ``ckpt/``.
+
+Several workers (the task's ``strategy`` a ``MultiWorkerMirroredStrategy``): every worker runs
+this same loop, unit for unit (the task all-reduces losses, errors and rewards, so every
+worker's controller sees the same values and proposes the same architectures), and every
+worker saves at the same points (a save may read distributed variables collectively). Only the
+chief writes ``out_dir``; every other worker writes the same files into its private folder
+:func:`~wpl_keras.nas.distribute.worker_out_dir` (``out_dir/workers/worker_<i>``) and resumes
+from there. A SIGINT/SIGTERM that reaches some of the workers stops all of them at the same
+point: after each unit and at each epoch end the workers all-reduce whether a signal is
+pending (:func:`~wpl_keras.nas.distribute.agreed_signal`), and all save and raise
+:class:`SearchInterrupted` together.
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ import numpy as np
 import tensorflow as tf
 
 from wpl_keras.nas import metrics
+from wpl_keras.nas.distribute import agreed_signal, task_strategy, worker_out_dir
 from wpl_keras.nas.schedule import (  # noqa: F401 - re-exported with the driver
     LoopConfig,
     ScheduleConfig,
@@ -282,7 +294,9 @@ class SearchDriver:
             ``config.wpl``).
         strategy: the search algorithm's :class:`SearchStrategy`.
         config: the loop settings (a :class:`LoopConfig`).
-        out_dir: logs, TensorBoard scalars and checkpoints go here.
+        out_dir: logs, TensorBoard scalars and checkpoints go here (on the chief; another
+            worker of a multi-worker strategy writes its private folder
+            :func:`~wpl_keras.nas.distribute.worker_out_dir`, kept as ``self.out_dir``).
         handle_signals: defer SIGINT/SIGTERM to a clean save point (main thread only).
         on_epoch_end: called with each finished epoch's record, after its checkpoint.
     """
@@ -295,13 +309,15 @@ class SearchDriver:
         if config.wpl and getattr(task, "wpl_state", None) is None:
             raise ValueError("config.wpl is True but the task has no wpl_state; build the task "
                              "with WPL or set wpl=False.")
-        self.task, self.strategy, self.config, self.out_dir = task, strategy, config, out_dir
+        self.task, self.strategy, self.config = task, strategy, config
+        self.out_dir = worker_out_dir(out_dir, task_strategy(task))
         self.handle_signals = handle_signals
         self.on_epoch_end = on_epoch_end
         self.loop = LoopState()
         items = checkpoint_items(task, self.loop, strategy.checkpoint_items())
         self.manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(**items), checkpoint_dir(out_dir), max_to_keep=config.max_to_keep)
+            tf.train.Checkpoint(**items), checkpoint_dir(self.out_dir),
+            max_to_keep=config.max_to_keep)
         self.history: List[Record] = []
         self.catcher: Optional[SignalCatcher] = None
         self.writer = None
@@ -450,10 +466,15 @@ class SearchDriver:
         self._clock = now
         self.loop.partial.assign(json.dumps(partial))
 
+    def _pending_signal(self) -> Optional[int]:
+        """The signal pending on this worker or, under several workers, on any of them."""
+        return agreed_signal(task_strategy(self.task), self.catcher.pending)
+
     def _unit_done(self) -> None:
         self.loop.units.assign_add(1)
-        if self.catcher.pending is not None:
-            raise SearchInterrupted(self.catcher.pending, self.save())
+        pending = self._pending_signal()
+        if pending is not None:
+            raise SearchInterrupted(pending, self.save())
         every = self.config.checkpoint_every
         if every and int(self.loop.units.numpy()) % every == 0:
             self.save()
@@ -468,8 +489,9 @@ class SearchDriver:
         path = self.save()
         if self.on_epoch_end is not None:
             self.on_epoch_end(record)
-        if self.catcher.pending is not None:
-            raise SearchInterrupted(self.catcher.pending, path)
+        pending = self._pending_signal()
+        if pending is not None:
+            raise SearchInterrupted(pending, path)
 
     def _epoch_record(self, epoch: int, partial: Record, active: bool, alpha: float) -> Record:
         archs = [tuple(a) for a in partial["archs"]]

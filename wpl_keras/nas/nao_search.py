@@ -381,7 +381,9 @@ def run_nao_search(
         nao: a :class:`~wpl_keras.nas.nao.NAOController` over ``task.space.decision_sizes``.
         config: the :class:`NAOSearchConfig`.
         out_dir: logs (``history.json``/``.csv``, ``pool.json``, ``tb/``) and checkpoints
-            (``ckpt/``).
+            (``ckpt/``); a worker of a multi-worker task other than the chief writes its
+            private folder :func:`~wpl_keras.nas.distribute.worker_out_dir` instead (the
+            result's ``out_dir``; see :mod:`wpl_keras.nas.driver`).
         seed: seeds the initial pool and the pool-sampling generator.
         resume: continue from the latest checkpoint in ``out_dir`` (else one there is an error).
         handle_signals: defer SIGINT/SIGTERM to the end of the current unit and save.

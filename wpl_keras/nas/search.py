@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
+from wpl_keras.nas.distribute import task_strategy, worker_out_dir
 from wpl_keras.nas.driver import (  # noqa: F401 - the loop's names, re-exported for callers
     CONTROLLER,
     EPOCH_END,
@@ -135,7 +136,9 @@ def make_checkpoint_manager(
 
 
 def restore_latest(task, controller, reinforce, out_dir: str) -> Dict[str, Any]:
-    """Restores the latest search checkpoint under ``out_dir/ckpt`` into the given objects.
+    """Restores the latest search checkpoint under ``out_dir/ckpt`` into the given objects
+    (on a worker of a multi-worker task other than the chief, from its private folder
+    :func:`~wpl_keras.nas.distribute.worker_out_dir`, where :func:`run_search` wrote).
 
     Returns:
         ``{"checkpoint": path, "epoch": completed epochs, "history": [...]}``.
@@ -143,7 +146,7 @@ def restore_latest(task, controller, reinforce, out_dir: str) -> Dict[str, Any]:
     Raises:
         FileNotFoundError: if there is no checkpoint.
     """
-    directory = checkpoint_dir(out_dir)
+    directory = checkpoint_dir(worker_out_dir(out_dir, task_strategy(task)))
     manager, loop = make_checkpoint_manager(task, controller, reinforce, directory)
     if manager.latest_checkpoint is None:
         raise FileNotFoundError(f"no search checkpoint under {directory}.")
@@ -213,7 +216,10 @@ def run_search(
         reinforce: trains the controller (``update(arch, reward) -> dict``,
             ``checkpoint_items() -> dict``).
         config: the loop's :class:`SearchConfig`.
-        out_dir: where logs, TensorBoard scalars and checkpoints go.
+        out_dir: where logs, TensorBoard scalars and checkpoints go (a worker of a
+            multi-worker task other than the chief writes its private folder
+            :func:`~wpl_keras.nas.distribute.worker_out_dir` instead; see
+            :mod:`wpl_keras.nas.driver`).
         resume: restore the latest checkpoint in ``out_dir`` and continue from it. Without
             it, an existing checkpoint there is an error (no silent overwrite).
         handle_signals: defer SIGINT/SIGTERM to a clean save point (main thread only).
