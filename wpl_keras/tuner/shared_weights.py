@@ -43,16 +43,19 @@ by :func:`serve_parameter_server`, which is why the ps must be started through i
 
 Limits: the server keeps its variables in memory only (restarting it loses them: workers then
 re-initialise from their local copy, their own checkpoint); a push is dense (a trial that
-changed a few rows still sends whole tensors); the chief does not connect.
+changed a few rows still sends whole tensors); a worker killed while it attaches (holding or
+waiting for the initialisation lock) blocks later attaches until the ps restarts (they fail
+after ``init_timeout`` with an error that says so); the chief does not connect.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import socket
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -314,26 +317,19 @@ class SharedWeightStore:
             )
         return ticket, serving
 
-    def _init_lock(self):
-        """A context manager holding the ps's ticket lock (for initialisation only)."""
-        store = self
-
-        class _Lock:
-            def __enter__(self):
-                _, self.serving = store._lock_handles()
-                mine = int(_take_ticket(store.container).numpy())
-                store._poll(lambda: int(_read(self.serving, tf.int64).numpy()) == mine,
-                            f"the initialisation lock (ticket {mine})")
-
-            def __exit__(self, *exc):
-                with tf.device(PS_DEVICE):
-                    tf.raw_ops.AssignAddVariableOp(
-                        resource=self.serving, value=tf.constant(1, tf.int64)
-                    )
-                _read(self.serving, tf.int64).numpy()  # waits until the release is applied
-                return False
-
-        return _Lock()
+    @contextlib.contextmanager
+    def _init_lock(self) -> Iterator[None]:
+        """Holds the ps's ticket lock (for initialisation only)."""
+        _, serving = self._lock_handles()
+        mine = int(_take_ticket(self.container).numpy())
+        self._poll(lambda: int(_read(serving, tf.int64).numpy()) == mine,
+                   f"the initialisation lock (ticket {mine})")
+        try:
+            yield
+        finally:
+            with tf.device(PS_DEVICE):
+                tf.raw_ops.AssignAddVariableOp(resource=serving, value=tf.constant(1, tf.int64))
+            _read(serving, tf.int64).numpy()  # waits until the release is applied
 
     def _poll(self, condition, what: str) -> None:
         deadline = time.monotonic() + self.init_timeout
