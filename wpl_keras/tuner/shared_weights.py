@@ -26,10 +26,11 @@ know each other). Connecting replaces the process's eager context, so a worker c
 BEFORE it builds its task: variables created earlier live on ``/job:localhost``, which no
 longer exists (under the job name ``localhost`` they would keep working for reads and
 ``assign_add`` but silently drop plain ``assign``s; under ``tuner`` they fail loudly, and
-:meth:`SharedWeightStore.attach` turns that failure into an error that names the fix). The shared variables are created on ``/job:ps/task:0`` by
-``VarHandleOp`` with a ``shared_name``: the server's resource manager is shared by all eager
-client contexts (``isolate_session_state`` is off by default), so every worker addresses the
-same variables by name, and they outlive the worker that created them. The alternatives fit
+:meth:`SharedWeightStore.attach` turns that failure into an error that names the fix). The
+shared variables are created on ``/job:ps/task:0`` by ``VarHandleOp`` with a ``shared_name``:
+the server's resource manager is shared by all eager client contexts (the session config's
+``isolate_session_state`` defaults to False), so every worker addresses the same variables by
+name, and they outlive the worker that created them. The alternatives fit
 KerasTuner less well: ``ParameterServerStrategy`` needs ONE coordinator that owns the
 variables and dispatches steps to workers, while KerasTuner's workers each run their own loop
 and fetch trials from the oracle; a cluster started by the chief would tie the oracle to
@@ -41,8 +42,9 @@ made under a ticket lock on the server (``ResourceCountUpTo`` hands out tickets 
 the holder of ticket ``t`` enters when ``now_serving == t``); the lock variables are created
 by :func:`serve_parameter_server`, which is why the ps must be started through it.
 
-Limits: the server keeps its variables in memory only (restarting it loses them: workers then
-re-initialise from their local copy, their own checkpoint); a push is dense (a trial that
+Limits: the server keeps its variables in memory only (restarting it loses them, and the
+connected workers' next pull fails: restart them too; the first to attach initialises the
+namespace from its task, e.g. as restored from its own checkpoint); a push is dense (a trial that
 changed a few rows still sends whole tensors); a worker killed while it attaches (holding or
 waiting for the initialisation lock) blocks later attaches until the ps restarts (they fail
 after ``init_timeout`` with an error that says so); the chief does not connect.
@@ -221,7 +223,9 @@ class SharedWeightStore:
         if local_address is not None:
             parse_address(local_address)
         if not namespace or "lock/" in namespace:
-            raise ValueError(f"namespace must be non-empty and not use 'lock/', got {namespace!r}.")
+            raise ValueError(
+                f"namespace must be non-empty and not use 'lock/', got {namespace!r}."
+            )
         if not init_timeout > 0:
             raise ValueError(f"init_timeout must be > 0 seconds, got {init_timeout!r}.")
         self.ps_address = ps_address
