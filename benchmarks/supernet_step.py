@@ -17,6 +17,20 @@ BPTT 35, vocab 10k). Measures
   ``2 · B · T · (E·2H + H·2H + (N−1)·H·2H + H·V)`` (input projection, hidden matrix, node
   matrices, tied softmax).
 
+Two logical CPU devices (a subprocess, since logical devices must be configured before
+TensorFlow starts; ``--no-mirrored`` skips it), at the small size without XLA, for
+``--equal-archs`` (5) architectures:
+
+* ``mirrored_2cpu_equal``: 1 when ``MirroredStrategy`` over the two equals one device with
+  WPL on (α 1e6, the cpu-small preset's, proximal mode; 2 batches per architecture, WPL from
+  the second architecture; dropout on): the loss and penalty of every architecture, its err1
+  (fixed-batch perplexity) and reward, and each final weight, Fisher, anchor and carried
+  hidden state tensor, every value within ``‖two − one‖₂ <= 1e-3 · max(‖one‖₂, ‖two‖₂) +
+  1e-6`` (``compare_runs`` of ``supernet_step_cnn.py``), else 0; ``mirrored_2cpu.max_rel_diff``
+  gives the largest relative difference of each kind;
+* ``mirrored_2cpu_ratio``: median step time (WPL off, ``--mirrored-steps`` steps) under
+  mirrored over one device; information only: both share the same physical cores.
+
 ``--space cnn`` delegates to ``benchmarks/supernet_step_cnn.py`` (its ``main(argv)``).
 The last line printed is one JSON object.
 """
@@ -29,6 +43,7 @@ import json
 import os
 import pathlib
 import statistics
+import subprocess
 import sys
 import time
 
@@ -177,6 +192,108 @@ def run_rnn(args) -> dict:
     return result
 
 
+def _cnn_module():
+    """``benchmarks/supernet_step_cnn.py`` as a module (its ``main`` and ``compare_runs``)."""
+    path = pathlib.Path(__file__).with_name("supernet_step_cnn.py")
+    spec = importlib.util.spec_from_file_location("supernet_step_cnn", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# α of the equality check: the cpu-small preset's (proximal mode, stable for any α).
+EQUAL_STRENGTH = 1e6
+
+
+def _rnn_equality_values(task, archs) -> dict:
+    """Trains ``archs`` in turn (2 batches each, WPL on after the first), then scores each
+    (err1, reward); returns the values compared between device counts."""
+    import tensorflow as tf
+
+    task.wpl_state.strength.assign(EQUAL_STRENGTH)
+    losses, penalties = [], []
+    for k, arch in enumerate(archs):
+        out = task.train_architecture(arch, 2, wpl_active=k > 0)
+        losses.append(out["loss"])
+        penalties.append(out["penalty"])
+    state = task.wpl_state
+    return {
+        "loss": losses, "penalty": penalties,
+        "err1": [task.validation_error(a) for a in archs],
+        "reward": [task.reward(a) for a in archs],
+        "weights": [v.numpy() for v in task.supernet.trainable_variables],
+        "fisher": [tf.convert_to_tensor(f).numpy() for f in state.fisher],
+        "anchors": [tf.convert_to_tensor(a).numpy() for a in state.anchors],
+        "hidden_states": [task.train_state.numpy(), task.reward_state.numpy()],
+    }
+
+
+def rnn_mirrored_child(args) -> dict:
+    """In a fresh process with 2 logical CPUs: the small size (XLA off) under one device and
+    under ``MirroredStrategy``; the equality check over ``args.equal_archs`` architectures
+    (:func:`_rnn_equality_values`), then ``args.mirrored_steps`` timed steps (WPL off) on
+    the same tasks."""
+    from wpl_keras.nas.distribute import make_strategy, split_cpu
+
+    split_cpu(2)
+    import dataclasses
+
+    import numpy as np
+    import tensorflow as tf
+
+    from wpl_keras.data.ptb import load_ptb
+    from wpl_keras.nas.rnn_search import RNNSearchTask
+    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+
+    corpus = load_ptb(args.data_dir)
+    cfg = dataclasses.replace(RNNSupernetConfig.cpu_small(), jit_compile=False)
+    values, times, traces = {}, {}, {}
+    for kind in ("default", "mirrored"):
+        task = RNNSearchTask(corpus, cfg, seed=0, strategy=make_strategy(kind))
+        rng = np.random.default_rng(1)
+        archs = [task.space.sample(rng) for _ in range(args.equal_archs + 1)]
+        values[kind] = _rnn_equality_values(task, archs[:-1])
+        a, off = tf.constant(archs[-1], tf.int32), tf.constant(False)
+        steps = []
+        for _ in range(args.mirrored_steps):
+            start = time.perf_counter()
+            float(task._train_step(a, off, off)[0])
+            steps.append(time.perf_counter() - start)
+        times[kind] = statistics.median(steps)
+        traces[kind] = [task.trace_count, task.eval_trace_count]
+    check = _cnn_module().compare_runs(values["default"], values["mirrored"])
+    m = cfg.model
+    return {
+        "equal": check["equal"], "ratio": times["mirrored"] / times["default"],
+        "default_step_ms": round(1e3 * times["default"], 1),
+        "mirrored_step_ms": round(1e3 * times["mirrored"], 1),
+        "max_rel_diff": check["max_rel_diff"], "rtol": check["rtol"], "atol": check["atol"],
+        "architectures": args.equal_archs, "timed_steps": args.mirrored_steps,
+        "traces": traces["mirrored"],
+        "wpl": f"alpha {EQUAL_STRENGTH:g}, {cfg.wpl.mode}, 2 batches per architecture, "
+               "WPL on from the second",
+        "size": {"label": "small", "hidden_size": m.hidden_size, "batch_size": cfg.batch_size,
+                 "bptt": cfg.bptt, "num_nodes": m.num_nodes, "jit_compile": False},
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0",
+    }
+
+
+def run_rnn_mirrored(argv) -> dict:
+    """Runs :func:`rnn_mirrored_child` in a subprocess; returns the result's fields."""
+    child = subprocess.run(
+        [sys.executable, __file__, *argv, "--mirrored-child"], capture_output=True, text=True,
+        timeout=1800, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
+    if child.returncode != 0 or not lines:
+        return {"mirrored_2cpu_equal": None, "mirrored_2cpu_ratio": None,
+                "mirrored_error": child.stderr[-500:]}
+    mirrored = json.loads(lines[-1])
+    return {"mirrored_2cpu_equal": mirrored["equal"],
+            "mirrored_2cpu_ratio": round(mirrored["ratio"], 3),
+            "mirrored_2cpu": {k: v for k, v in mirrored.items() if k not in ("equal", "ratio")}}
+
+
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     space_parser = argparse.ArgumentParser(add_help=False)
@@ -184,11 +301,7 @@ def main(argv=None) -> dict:
     space_args, rest = space_parser.parse_known_args(argv)
     if space_args.space == "cnn":
         # Everything but --space goes to the CNN benchmark unchanged (its own --archs, --data-dir).
-        path = pathlib.Path(__file__).with_name("supernet_step_cnn.py")
-        spec = importlib.util.spec_from_file_location("supernet_step_cnn", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.main(rest)
+        return _cnn_module().main(rest)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", choices=("rnn", "cnn"), default="rnn")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "ptb"))
@@ -197,8 +310,25 @@ def main(argv=None) -> dict:
     parser.add_argument("--paper-steps", type=int, default=4,
                         help="timed steps at the paper size (alternating WPL off/on)")
     parser.add_argument("--skip-paper", action="store_true")
+    parser.add_argument("--equal-archs", type=int, default=5,
+                        help="architectures of the two-logical-CPU equality check (WPL on)")
+    parser.add_argument("--mirrored-steps", type=int, default=2,
+                        help="timed steps per device count for mirrored_2cpu_ratio")
+    parser.add_argument("--no-mirrored", action="store_true",
+                        help="skip the two-logical-CPU check (mirrored_2cpu_* are null)")
+    parser.add_argument("--mirrored-only", action="store_true",
+                        help="run only the two-logical-CPU check")
+    parser.add_argument("--mirrored-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    result = run_rnn(args)
+    if args.mirrored_child:
+        result = rnn_mirrored_child(args)
+    else:
+        result = ({"benchmark": "supernet_step", "space": "enas_rnn"} if args.mirrored_only
+                  else run_rnn(args))
+        if args.no_mirrored:
+            result.update({"mirrored_2cpu_equal": None, "mirrored_2cpu_ratio": None})
+        else:
+            result.update(run_rnn_mirrored([a for a in argv if a != "--mirrored-only"]))
     print(json.dumps(result))
     return result
 

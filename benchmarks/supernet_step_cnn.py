@@ -14,7 +14,14 @@ Measures, for :class:`wpl_keras.nas.cnn_search.CNNSearchTask`:
   the pull, the snapshot and non-zero flags, not the Fisher update against a step without it;
 * ``mirrored_2cpu_ratio``: step time under ``MirroredStrategy`` over 2 logical CPU devices
   divided by the time on 1 device (a subprocess, since logical devices must be configured
-  before TensorFlow starts); for information only: both share the same physical cores.
+  before TensorFlow starts); for information only: both share the same physical cores;
+* ``mirrored_2cpu_equal``: 1 when, in a second such subprocess (oneDNN off, see
+  ``EQUAL_ENV``), the mirrored run equals the one-device run over ``--equal-archs`` (5)
+  architectures with WPL on (α 60, proximal, 2 batches each, WPL from the second
+  architecture, no augmentation): the loss, penalty, err1 and reward of every architecture
+  and each final weight, Fisher and anchor tensor, every value within
+  ``‖two − one‖₂ <= 1e-3 · max(‖one‖₂, ‖two‖₂) + 1e-6``, else 0
+  (``mirrored_2cpu_check.max_rel_diff`` gives the largest relative difference of each kind).
 
 Data: the CIFAR-10 JPEG archives of ``--data-dir`` (lossy JPEG re-encodings of the real
 images) when present, else random images of the same shape (``"data": "synthetic"``).
@@ -54,9 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batches-per-arch", type=int, default=2)
     p.add_argument("--train-size", type=int, default=2000)
     p.add_argument("--mirrored-steps", type=int, default=10)
+    p.add_argument("--equal-archs", type=int, default=5,
+                   help="architectures of the two-logical-CPU equality check (WPL on)")
     p.add_argument("--no-mirrored", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mirrored-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--equality-child", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -79,7 +89,7 @@ def _data(args):
     return SearchSplits(x[:-500], y[:-500], x[-500:], y[-500:]), "synthetic"
 
 
-def _task(args, splits, strategy=None):
+def _task(args, splits, strategy=None, augment: bool = True):
     from wpl_keras.nas.cnn_space import MicroCellSpace
     from wpl_keras.nas.cnn_search import CNNSearchConfig, CNNSearchTask
     from wpl_keras.nas.cnn_supernet import SupernetConfig
@@ -87,7 +97,7 @@ def _task(args, splits, strategy=None):
     config = CNNSearchConfig(
         supernet=SupernetConfig(num_cells=args.num_cells, filters=args.filters,
                                 num_stages=args.num_stages),
-        batch_size=args.batch_size, eval_batch_size=100, fixed_valid_size=100,
+        batch_size=args.batch_size, eval_batch_size=100, fixed_valid_size=100, augment=augment,
     )
     task = CNNSearchTask(MicroCellSpace(args.num_nodes), config, splits, strategy=strategy,
                          seed=args.seed)
@@ -95,8 +105,66 @@ def _task(args, splits, strategy=None):
     return task
 
 
+# Tolerance of the two-logical-CPU equality checks (this benchmark's and the RNN's): every
+# compared value (a scalar or a whole tensor) satisfies
+# ‖two − one‖₂ <= rtol · max(‖one‖₂, ‖two‖₂) + atol. Float32 rounding (a different summation
+# order of the all-reduced gradient) grows over the checks' training steps; a distribution
+# error (rows evaluated twice or not at all, a gradient not all-reduced or scaled wrongly,
+# other dropout masks) moves the values by far more than rtol.
+EQUAL_RTOL, EQUAL_ATOL = 1e-3, 1e-6
+# Environment of the CNN equality subprocess: oneDNN chooses its kernels by batch size, so a
+# replica's part of the batch and the whole batch round differently, and through the max
+# pools (whose gradient goes to one pixel of each window) and ReLUs such differences can grow
+# far beyond rounding over the check's steps. With Eigen's kernels (oneDNN off) the two runs
+# agree to rounding.
+EQUAL_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def compare_runs(one: dict, two: dict, rtol: float = EQUAL_RTOL,
+                 atol: float = EQUAL_ATOL) -> dict:
+    """Compares two runs' values (``name -> list of arrays or floats``), each value as a whole:
+    ``‖b − a‖₂ <= rtol · max(‖a‖₂, ‖b‖₂) + atol``.
+
+    Returns:
+        ``{"equal": 1 or 0, "max_rel_diff": {name: max ‖b − a‖ / max(‖a‖, ‖b‖)}, "rtol",
+        "atol"}`` (a relative difference of 0 where both values are 0).
+    """
+    import numpy as np
+
+    equal, diffs = True, {}
+    for name, values in one.items():
+        worst = 0.0
+        for a, b in zip(values, two[name], strict=True):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            diff, scale = np.linalg.norm(b - a), max(np.linalg.norm(a), np.linalg.norm(b))
+            worst = max(worst, float(diff / scale) if scale > 0 else 0.0)
+            equal = equal and bool(diff <= rtol * scale + atol)
+        diffs[name] = worst
+    return {"equal": int(equal), "max_rel_diff": diffs, "rtol": rtol, "atol": atol}
+
+
+def _equality_values(task, archs) -> dict:
+    """Trains ``archs`` in turn (2 batches each, WPL on after the first: the later ones have a
+    Fisher, anchors and a penalty), then scores each (err1 and reward); returns the values to
+    compare between device counts."""
+    losses, penalties = [], []
+    for k, arch in enumerate(archs):
+        out = task.train_architecture(arch, 2, wpl_active=k > 0)
+        losses.append(out["loss"])
+        penalties.append(out["penalty"])
+    state = task.wpl_state
+    return {
+        "loss": losses, "penalty": penalties,
+        "err1": [task.validation_error(a) for a in archs],
+        "reward": [task.reward(a) for a in archs],
+        "weights": [v.numpy() for v in task.variables],
+        "fisher": [f.numpy() for f in state.fisher],
+        "anchors": [a.numpy() for a in state.anchors],
+    }
+
+
 def _mirrored_child(args) -> dict:
-    """In a fresh process: 2 logical CPUs; step time under mirrored over default."""
+    """In a fresh process with 2 logical CPUs: step time under mirrored over default."""
     from wpl_keras.nas.distribute import make_strategy, split_cpu
 
     split_cpu(2)
@@ -115,12 +183,69 @@ def _mirrored_child(args) -> dict:
             "ratio": times["mirrored"] / times["default"]}
 
 
+def _equality_child(args) -> dict:
+    """In a fresh process with 2 logical CPUs: MirroredStrategy against one device over
+    ``--equal-archs`` architectures with WPL on (:func:`_equality_values`), compared by
+    :func:`compare_runs`. Both runs train without augmentation (its random crops and flips
+    are not reproducible between two dataset instances, even on one device); the parent
+    starts this process with oneDNN off (:data:`EQUAL_ENV`)."""
+    from wpl_keras.nas.distribute import make_strategy, split_cpu
+
+    split_cpu(2)
+    import numpy as np
+
+    splits, _ = _data(args)
+    values, traces = {}, {}
+    for kind in ("default", "mirrored"):
+        task = _task(args, splits, make_strategy(kind), augment=False)
+        rng = np.random.default_rng(args.seed + 1)
+        values[kind] = _equality_values(task, [task.space.sample(rng)
+                                               for _ in range(args.equal_archs)])
+        traces[kind] = [task.train_traces, task.eval_traces]
+    check = compare_runs(values["default"], values["mirrored"])
+    return {**check, "architectures": args.equal_archs, "traces": traces["mirrored"],
+            "wpl": "alpha 60, proximal, 2 batches per architecture, WPL on from the second",
+            "augment": False, "onednn": EQUAL_ENV["TF_ENABLE_ONEDNN_OPTS"] == "1"}
+
+
+def _run_child(flag: str, argv, env_extra=None) -> dict:
+    """Runs this script with ``flag`` in a subprocess; its last JSON line, or
+    ``{"error": stderr tail}``."""
+    child = subprocess.run(
+        [sys.executable, __file__, flag, *argv], capture_output=True, text=True, timeout=1800,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env_extra or {})),
+    )
+    lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
+    if child.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    return {"error": child.stderr[-500:]}
+
+
+def _mirrored_fields(argv) -> dict:
+    """``mirrored_2cpu_ratio``, ``mirrored_2cpu_equal`` and their details (two children)."""
+    out = {"mirrored_2cpu_ratio": None, "mirrored_2cpu_equal": None}
+    timing = _run_child("--mirrored-child", argv)
+    if "error" in timing:
+        out["mirrored_error"] = timing["error"]
+    else:
+        out["mirrored_2cpu_ratio"] = round(timing["ratio"], 3)
+        out["mirrored_2cpu"] = {k: round(timing[k], 2)
+                                for k in ("default_step_ms", "mirrored_step_ms")}
+    check = _run_child("--equality-child", argv, EQUAL_ENV)
+    if "error" in check:
+        out["mirrored_equal_error"] = check["error"]
+    else:
+        out["mirrored_2cpu_equal"] = check.pop("equal")
+        out["mirrored_2cpu_check"] = check
+    return out
+
+
 def main(argv=None) -> dict:
     """Runs the benchmark; ``argv`` as for the command line (None: ``sys.argv[1:]``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    if args.mirrored_child:
-        result = _mirrored_child(args)
+    if args.mirrored_child or args.equality_child:
+        result = _mirrored_child(args) if args.mirrored_child else _equality_child(args)
         print(json.dumps(result))
         return result
     import numpy as np
@@ -154,6 +279,7 @@ def main(argv=None) -> dict:
         "wpl_step_ms": round(1e3 * step_wpl, 2),
         "wpl_ratio": round(step_wpl / step, 3),
         "mirrored_2cpu_ratio": None,
+        "mirrored_2cpu_equal": None,
         "sizes": {"num_nodes": args.num_nodes, "normal_cells_per_stage": args.num_cells,
                   "stages": args.num_stages, "filters": args.filters,
                   "batch_size": args.batch_size, "image": [32, 32, 3],
@@ -165,18 +291,7 @@ def main(argv=None) -> dict:
                   "TensorFlow " + __import__("tensorflow").__version__,
     }
     if not args.no_mirrored:
-        child = subprocess.run(
-            [sys.executable, __file__, "--mirrored-child", *argv],
-            capture_output=True, text=True, timeout=1200,
-            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        )
-        lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
-        if child.returncode == 0 and lines:
-            mirrored = json.loads(lines[-1])
-            result["mirrored_2cpu_ratio"] = round(mirrored["ratio"], 3)
-            result["mirrored_2cpu"] = {k: round(v, 2) for k, v in mirrored.items()}
-        else:
-            result["mirrored_error"] = child.stderr[-500:]
+        result.update(_mirrored_fields(argv))
     print(json.dumps(result))
     return result
 
