@@ -148,3 +148,92 @@ def test_config_json_names_the_renamed_alpha_field():
     obj["alpha"] = obj.pop("strength")
     with pytest.raises(ValueError, match="'alpha' is now 'strength'"):
         tm.TwoModelsConfig.from_json(obj)
+
+
+# --------------------------------------------------------------------------- shared-layer count
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_b_shares_the_first_k_of_a_layers(k):
+    config = tm.TwoModelsConfig(**{**TINY, "shared_layers": k})
+    model_a, make_b, shared = tm.build_models((6, 6), config)
+    model_b = make_b()
+    assert [layer.name for layer in shared] == list(tm.A_LAYER_NAMES[:k])
+    dense_b = [layer.name for layer in model_b.layers if layer.__class__.__name__ == "Dense"]
+    own = [f"W_B{i}" for i in range(k + 1, 7)]
+    assert dense_b == list(tm.A_LAYER_NAMES[:k]) + own + ["head_B"]
+    a_vars = {id(v) for v in model_a.trainable_weights}
+    b_vars = {id(v) for v in model_b.trainable_weights}
+    shared_vars = {id(v) for layer in shared for v in layer.trainable_weights}
+    assert a_vars & b_vars == shared_vars and len(shared_vars) == 2 * k
+    dense_a = [layer.name for layer in model_a.layers if layer.__class__.__name__ == "Dense"]
+    assert dense_a == list(tm.A_LAYER_NAMES) + ["head_A"]
+
+
+@pytest.mark.parametrize("k", [0, 5, -1])
+def test_shared_layers_out_of_range_is_refused(k):
+    with pytest.raises(ValueError, match=r"shared_layers must be 1\.\.4.*got " + str(k)):
+        tm.TwoModelsConfig(shared_layers=k)
+
+
+def test_shared_layers_default_and_json_round_trip():
+    assert tm.TwoModelsConfig().shared_layers == 4
+    config = tm.TwoModelsConfig(**{**TINY, "shared_layers": 2})
+    assert tm.TwoModelsConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+def test_a_starts_and_trains_the_same_whatever_k():
+    data = _synthetic()
+    first = tm.train_a(data, tm.TwoModelsConfig(**{**TINY, "shared_layers": 1}), seed=3)
+    last = tm.train_a(data, tm.TwoModelsConfig(**{**TINY, "shared_layers": 4}), seed=3)
+    assert len(first.weights) == 10
+    for a, b in zip(first.weights, last.weights):
+        np.testing.assert_array_equal(a, b)
+    other = tm.train_a(data, tm.TwoModelsConfig(**TINY), seed=4)
+    assert not np.array_equal(first.weights[0], other.weights[0])
+
+
+@pytest.mark.parametrize("k, level", [(2, None), (1, 0.3)])
+def test_run_case_from_trained_a_equals_training_a_itself(k, level):
+    data = _synthetic()
+    config = tm.TwoModelsConfig(**{**TINY, "shared_layers": k, "b_learning_rate": 0.5})
+    trained = tm.train_a(data, dataclasses.replace(config, shared_layers=4), seed=0, level=level)
+    reused = tm.run_case(data, config, 0, level, trained_a=trained)
+    fresh = tm.run_case(data, config, 0, level)
+    assert reused["shared_layers"] == k and reused["a_training"] == fresh["a_training"]
+    for key in ("a_baseline", "fisher_max", "a_final_without", "a_final_with",
+                "b_final_without", "b_final_with"):
+        assert reused[key] == pytest.approx(fresh[key], abs=1e-6), key
+    assert reused["runs"]["with"]["acc_a"] == pytest.approx(fresh["runs"]["with"]["acc_a"])
+    assert reused["a_drop_with"] == pytest.approx(100 * reused["d_with"])
+
+
+def test_trained_a_for_another_seed_level_or_width_is_refused():
+    data = _synthetic()
+    config = tm.TwoModelsConfig(**TINY)
+    trained = tm.train_a(data, config, seed=0)
+    with pytest.raises(ValueError, match=r"seed 0, level None.*case is seed 1"):
+        tm.run_case(data, config, 1, trained_a=trained)
+    with pytest.raises(ValueError, match=r"level 0.3.*train_a\(data, config, 0, 0.3\)"):
+        tm.run_case(data, config, 0, 0.3, trained_a=trained)
+    wider = dataclasses.replace(config, hidden_units=12)
+    with pytest.raises(ValueError, match="same hidden_units"):
+        tm.run_case(data, wider, 0, trained_a=trained)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_initial_weights_of_a_and_b_tail_do_not_depend_on_k(k):
+    def initial(shared_layers):
+        import keras
+
+        keras.utils.set_random_seed(7)
+        config = tm.TwoModelsConfig(**{**TINY, "shared_layers": shared_layers})
+        model_a, make_b, _ = tm.build_models((6, 6), config)
+        return ([np.array(v) for v in model_a.weights],
+                {v.path: np.array(v) for v in make_b().weights})
+
+    a_k, b_k = initial(k)
+    a_4, b_4 = initial(4)
+    for x, y in zip(a_k, a_4):
+        np.testing.assert_array_equal(x, y)
+    for path in ("W_B5/kernel", "W_B6/kernel", "head_B/kernel"):
+        np.testing.assert_array_equal(b_k[path], b_4[path])
+    assert not np.array_equal(b_k[f"W_B{k + 1}/kernel"], b_4["W_B5/kernel"])

@@ -13,6 +13,12 @@ each network keeps its own classifier head (a shared head would force B's 6-laye
 A's 4-layer readout, which is not what "A's layers are shared" describes). ReLU layers without
 normalisation are positively homogeneous, the property the paper invokes for the MLE argument.
 
+Fewer shared layers (paper Figure 1): with ``shared_layers = k`` (1 ≤ k ≤ 4, default 4 = the
+above) B is ``W_A1 … W_Ak → W_B(k+1) … W_B6 → head_B``: still 6 layers, its first ``k`` are A's
+layer objects (``θs``), the other ``6 − k`` its own; A is unchanged and only its first ``k``
+layers get a Fisher and a WPL penalty. :func:`train_a` trains A once, and :func:`run_case` with
+``trained_a`` starts every count from that same A, so that only ``k`` varies between counts.
+
 Protocol for one seed and one convergence level (§4.1):
 
 1. Train A: *strict* = to convergence (plain SGD, early stopping on validation accuracy); *loose* =
@@ -54,8 +60,8 @@ from wpl_keras.wpl.fisher import estimate_fisher
 from wpl_keras.wpl.penalty import check_wpl_mode, max_stable_strength
 from wpl_keras.wpl.training import WPLModel, apply_wpl
 
-SHARED_LAYER_NAMES = ("W_A1", "W_A2", "W_A3", "W_A4")
-OWN_LAYER_NAMES_B = ("W_B5", "W_B6")
+A_LAYER_NAMES = ("W_A1", "W_A2", "W_A3", "W_A4")
+B_DEPTH = 6  # hidden layers of B: its shared prefix of A's layers, then its own W_B<i>
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +93,8 @@ class TwoModelsConfig:
         eval_examples: test examples used for the curves (None: all).
         seeds: one full repetition per seed.
         validation_size: training examples held out for validation.
+        shared_layers: ``k``, how many of A's layers (the first ``k``) B shares; B has
+            ``6 − k`` own layers after them (paper Figure 1; 4 = all of A, Figure 2).
     """
 
     hidden_units: int = 64
@@ -112,6 +120,7 @@ class TwoModelsConfig:
     eval_examples: Optional[int] = None
     seeds: tuple = (0, 1, 2)
     validation_size: int = 5000
+    shared_layers: int = len(A_LAYER_NAMES)
 
     def __post_init__(self):
         checks = {
@@ -128,6 +137,11 @@ class TwoModelsConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"TwoModelsConfig: invalid {', '.join(bad)} ({self}).")
+        if not 1 <= self.shared_layers <= len(A_LAYER_NAMES):
+            raise ValueError(
+                f"shared_layers must be 1..{len(A_LAYER_NAMES)} (how many of A's "
+                f"{len(A_LAYER_NAMES)} layers B shares), got {self.shared_layers}."
+            )
         if self.iterations % self.eval_every:
             raise ValueError(
                 f"iterations ({self.iterations}) must be a multiple of eval_every ({self.eval_every})."
@@ -186,24 +200,36 @@ def mean_std(values: Sequence[float]) -> dict:
 
 # --------------------------------------------------------------------------- models
 def build_models(input_shape, config: TwoModelsConfig, num_classes: int = 10):
-    """Builds A and B with A's four layers shared by B (same layer objects, same variables).
+    """Builds A and B with A's first ``k = config.shared_layers`` layers shared by B (same
+    layer objects, same variables); B's other ``6 − k`` layers are its own.
+
+    With the same seed, A (and B's ``W_B5``, ``W_B6``, ``head_B``) start from the same weights
+    whatever ``k``; for ``k = 4`` the models are those of the Figure 2 experiment.
 
     Returns:
-        ``(model_a, make_b, shared_layers)``; ``make_b()`` returns a new :class:`WPLModel` B
-        over the same layer objects (a fresh model per run, so a WPL state never leaks from one
-        run into the next while every weight stays shared).
+        ``(model_a, make_b, shared_layers)``; ``shared_layers`` are the ``k`` shared layer
+        objects (``θs``); ``make_b()`` returns a new :class:`WPLModel` B over the same layer
+        objects (a fresh model per run, so a WPL state never leaks from one run into the next
+        while every weight stays shared).
     """
     def dense(name):
         return keras.layers.Dense(config.hidden_units, activation="relu", name=name)
 
-    shared = [dense(n) for n in SHARED_LAYER_NAMES]
-    own_b = [dense(n) for n in OWN_LAYER_NAMES_B]
+    # A Keras initialiser draws its seed when its layer is constructed, so the construction
+    # order fixes the initial weights: A's layers, B's W_B5 and W_B6, the heads, and only then
+    # the own layers that replace A's unshared ones (k < 4). A, W_B5 and W_B6 thus start from
+    # the same weights for every k.
+    n_a = len(A_LAYER_NAMES)
+    layers_a = [dense(n) for n in A_LAYER_NAMES]
+    tail_b = [dense(f"W_B{i}") for i in range(n_a + 1, B_DEPTH + 1)]
     head_a = keras.layers.Dense(num_classes, name="head_A")
     head_b = keras.layers.Dense(num_classes, name="head_B")
+    shared = layers_a[: config.shared_layers]
+    own_b = [dense(f"W_B{i}") for i in range(config.shared_layers + 1, n_a + 1)] + tail_b
 
     inputs_a = keras.Input(tuple(input_shape), name="image_A")
     h = keras.layers.Flatten(name="flatten_A")(inputs_a)
-    for layer in shared:
+    for layer in layers_a:
         h = layer(h)
     model_a = keras.Model(inputs_a, head_a(h), name="model_A")
 
@@ -352,15 +378,79 @@ def train_b(model_a, model_b, shared, data, fisher, config: TwoModelsConfig, *, 
     return out
 
 
-def run_case(data, config: TwoModelsConfig, seed: int, level: Optional[float] = None) -> dict:
-    """One seed, one convergence level (None = strict): train A, Fisher, B without / with WPL."""
+@dataclasses.dataclass(frozen=True)
+class TrainedA:
+    """Model A after its training, so that several runs (e.g. one per shared-layer count) start
+    from the same A.
+
+    Attributes:
+        seed: the seed A was built and trained with.
+        level: the loose level it was trained to (None: strict convergence).
+        weights: A's weights, in ``model_a.weights`` order.
+        info: what :func:`train_a_strict` or :func:`train_a_loose` returned.
+    """
+
+    seed: int
+    level: Optional[float]
+    weights: tuple
+    info: dict
+
+
+def _fit_a(model_a, data, config: TwoModelsConfig, seed: int, level: Optional[float]) -> dict:
+    if level is None:
+        return train_a_strict(model_a, data, config, seed)
+    return train_a_loose(model_a, data, level, config, seed)
+
+
+def train_a(data, config: TwoModelsConfig, seed: int, level: Optional[float] = None) -> TrainedA:
+    """Builds A from ``seed`` exactly as :func:`run_case` does and trains it (strict when
+    ``level`` is None, else loose to ``level``); A does not depend on ``config.shared_layers``."""
+    keras.utils.set_random_seed(seed)
+    model_a, _, _ = build_models(data.x_train.shape[1:], config)
+    info = _fit_a(model_a, data, config, seed, level)
+    return TrainedA(seed=seed, level=level, weights=tuple(np.array(v) for v in model_a.weights),
+                    info=info)
+
+
+def _load_a(model_a, trained_a: TrainedA, seed: int, level: Optional[float]) -> dict:
+    """Assigns ``trained_a``'s weights to ``model_a``; returns its training info.
+
+    Raises:
+        ValueError: if ``trained_a`` was trained for another seed or level, or for another
+            ``hidden_units`` / input shape (its weight shapes differ from A's).
+    """
+    if (trained_a.seed, trained_a.level) != (seed, level):
+        raise ValueError(
+            f"trained_a is A for seed {trained_a.seed}, level {trained_a.level}, but the case is "
+            f"seed {seed}, level {level}; pass train_a(data, config, {seed}, {level})."
+        )
+    want = [tuple(v.shape) for v in model_a.weights]
+    have = [tuple(np.shape(w)) for w in trained_a.weights]
+    if want != have:
+        raise ValueError(
+            f"trained_a holds weights of shapes {have}, model A has {want}; train A with the "
+            f"same hidden_units and data (train_a with this config)."
+        )
+    for variable, value in zip(model_a.weights, trained_a.weights):
+        variable.assign(value)
+    return trained_a.info
+
+
+def run_case(data, config: TwoModelsConfig, seed: int, level: Optional[float] = None,
+             trained_a: Optional[TrainedA] = None) -> dict:
+    """One seed, one convergence level (None = strict): train A, Fisher, B without / with WPL.
+
+    ``trained_a`` (from :func:`train_a` with the same seed and level) replaces A's training:
+    A starts from those weights, B's own layers from the same seed as without it, so the result
+    equals a run that trained A itself.
+    """
     keras.utils.set_random_seed(seed)
     model_a, make_b, shared = build_models(data.x_train.shape[1:], config)
     started = time.time()
-    if level is None:
-        a_info = train_a_strict(model_a, data, config, seed)
+    if trained_a is None:
+        a_info = _fit_a(model_a, data, config, seed, level)
     else:
-        a_info = train_a_loose(model_a, data, level, config, seed)
+        a_info = _load_a(model_a, trained_a, seed, level)
     x_eval, y_eval = data.x_test, data.y_test
     if config.eval_examples is not None:
         x_eval, y_eval = x_eval[: config.eval_examples], y_eval[: config.eval_examples]
@@ -390,6 +480,7 @@ def run_case(data, config: TwoModelsConfig, seed: int, level: Optional[float] = 
     return {
         "seed": seed,
         "level": level,
+        "shared_layers": config.shared_layers,
         "a_training": a_info,
         "a_baseline": baseline,
         "fisher_max": max_f,
@@ -405,6 +496,7 @@ def run_case(data, config: TwoModelsConfig, seed: int, level: Optional[float] = 
         "d_with": d_with,
         "forgetting_reduction": forgetting_reduction(d_without, d_with),
         "a_drop_without": 100.0 * d_without,
+        "a_drop_with": 100.0 * d_with,
         "b_accuracy_gap": 100.0 * (runs["without"]["acc_b"][-1] - runs["with"]["acc_b"][-1]),
         "seconds": time.time() - started,
     }

@@ -1,0 +1,123 @@
+"""benchmarks/shared_layers.py (paper Figure 1): its pure parts, and one tiny run on idx files."""
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from wpl_keras.data import mnist
+
+_PATH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "shared_layers.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("shared_layers_benchmark", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _case(drop_without, drop_with, baseline=0.9, seed=0):
+    return {
+        "seed": seed, "a_baseline": baseline,
+        "a_final_without": baseline - drop_without / 100, "a_final_with": baseline - drop_with / 100,
+        "b_final_without": 0.8, "b_final_with": 0.7,
+        "a_drop_without": drop_without, "a_drop_with": drop_with,
+        "forgetting_reduction": (drop_without - drop_with) / drop_without,
+        "runs": {run: {"iterations": [0, 10], "acc_a": [baseline, baseline - d / 100]}
+                 for run, d in (("without", drop_without), ("with", drop_with))},
+    }
+
+
+def test_summarize_counts_means_stds_and_per_seed_flags(bench):
+    cases = {2: [_case(10.0, 1.0, seed=0), _case(30.0, 40.0, seed=1)], 1: [_case(4.0, 2.0)]}
+    per_count = bench.summarize_counts(cases)
+    assert list(per_count) == ["1", "2"]
+    two = per_count["2"]
+    assert two["a_drop_without"] == pytest.approx(20.0)
+    assert two["a_drop_without_std"] == pytest.approx(10.0)
+    assert two["a_drop_with"] == pytest.approx(20.5)
+    assert two["a_drop_with_std"] == pytest.approx(19.5)
+    assert two["forgetting_reduction"] == pytest.approx((0.9 + (-1 / 3)) / 2)
+    assert two["per_seed_lower"] == [1, 0]
+    assert per_count["1"]["a_final_with"] == pytest.approx(0.88)
+    assert per_count["1"]["a_drop_with_std"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "rows, lower, grows",
+    [
+        ({"1": (1.0, 0.5), "2": (5.0, 0.1), "3": (9.0, 0.2)}, 1, 1),
+        ({"1": (1.0, 0.5), "2": (5.0, 5.0)}, 0, 1),  # equal is not lower
+        ({"1": (6.0, 7.0), "2": (5.0, 0.1)}, 0, 0),  # higher at one count; drop shrinks
+        ({"10": (6.0, 0.0), "2": (7.0, 0.0)}, 1, 0),  # counts sort as numbers, not strings
+        ({"4": (-1.0, -2.0)}, 1, 1),
+    ],
+)
+def test_headline_flags(bench, rows, lower, grows):
+    per_count = {k: {"a_drop_without": w, "a_drop_with": v} for k, (w, v) in rows.items()}
+    assert bench.headline(per_count) == {"wpl_lower_everywhere": lower, "drop_grows_with_k": grows}
+
+
+def test_plot_writes_png(bench, tmp_path):
+    cases = {1: [_case(4.0, 2.0)], 4: [_case(40.0, 0.5)]}
+    path = str(tmp_path / "fig.png")
+    bench.plot_figure1(cases, bench.summarize_counts(cases), path)
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_parser_defaults_are_the_two_model_settings(bench):
+    from wpl_keras.experiments import two_models as tm
+
+    args = bench.build_parser().parse_args([])
+    assert args.counts == [1, 2, 3, 4] and args.seeds == [0, 1] and args.verify
+    config = bench.config_from_args(args)
+    assert config == tm.TwoModelsConfig(seeds=(0, 1))
+
+
+def _write_mnist(path, n_train=240, n_test=60, seed=0):
+    # class-dependent bright squares, so A learns something in a few steps
+    rng = np.random.default_rng(seed)
+
+    def draw(n):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(y):
+            row, col = divmod(int(label), 5)
+            x[i, 4 + 10 * row : 12 + 10 * row, 2 + 5 * col : 6 + 5 * col] = 250
+        return x, y
+
+    os.makedirs(path, exist_ok=True)
+    (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)
+    arrays = {"train_images": xtr, "train_labels": ytr, "test_images": xte, "test_labels": yte}
+    for key, filename in mnist.MNIST_FILES.items():
+        mnist.write_idx(os.path.join(path, filename), arrays[key])
+
+
+def test_tiny_run_on_idx_files(bench, tmp_path, capsys):
+    _write_mnist(str(tmp_path / "data"))
+    out = tmp_path / "out"
+    report = bench.main([
+        "--data-dir", str(tmp_path / "data"), "--no-verify", "--out", str(out),
+        "--counts", "3", "1", "--seeds", "0", "--iterations", "20", "--eval-every", "10",
+        "--hidden-units", "8", "--a-max-epochs", "2", "--a-steps-per-epoch", "10",
+        "--fisher-samples", "20", "--validation-size", "40",
+    ])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == json.loads(json.dumps(report))
+    assert list(report["shared_layers"]) == ["1", "3"]
+    assert report["seeds"] == [0] and report["wpl_lower_everywhere"] in (0, 1)
+    saved = json.loads(open(report["outputs"]["json"]).read())
+    assert saved["report"]["shared_layers"] == report["shared_layers"]
+    one, three = saved["cases"]["1"][0], saved["cases"]["3"][0]
+    assert (one["shared_layers"], three["shared_layers"]) == (1, 3)
+    # every count starts from the same trained A
+    assert one["a_baseline"] == three["a_baseline"]
+    assert one["a_training"] == three["a_training"]
+    assert os.path.getsize(report["outputs"]["figure"]) > 1000
+    assert report["shared_layers"]["3"]["a_drop_with"] == pytest.approx(
+        100 * (three["a_baseline"] - three["a_final_with"]))
