@@ -119,7 +119,7 @@ def _preset(name: str) -> ENASExperimentConfig:
             num_nodes=3, supernet=SupernetConfig(num_cells=1, filters=8, num_stages=2),
             batch_size=32, eval_batch_size=100, fixed_valid_size=200, num_valid=1000,
             train_size=5000, final=FinalConfig(num_cells=1, filters=16, num_stages=3,
-                                               batch_size=64),
+                                               batch_size=64, lr_schedule="cosine"),
             final_train_size=10000,
         )
         # 20 epochs x 30 architectures x 5 batches. Proximal WPL (stable for any alpha) at

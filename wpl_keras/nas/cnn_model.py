@@ -1,16 +1,15 @@
 """A searched micro-CNN architecture as a standalone Keras model: final training and export.
 
-:func:`build_final_model` turns one architecture of :class:`MicroCellSpace` into a functional
-Keras model with ordinary layers (the ENAS final recipe: more cells and filters than the
-search, an auxiliary head, drop-path), :func:`train_final` trains it under a
-``tf.distribute`` strategy with cutout and a cosine learning rate and reports the test error,
-and :func:`export_classifier` writes a SavedModel (serving signature: raw images in, class
-probabilities out) with the cells as JSON and pictures.
+:func:`build_final_model` turns one architecture of :class:`MicroCellSpace` into ENAS's
+fixed-architecture child (``MicroChild._fixed_layer`` in melodyguan/enas) with ordinary Keras
+layers, :func:`train_final` trains it as ENAS's final run does (auxiliary head, drop-path
+ramped over depth and steps, cosine with restarts, cutout) under a ``tf.distribute`` strategy
+and reports the test error, and :func:`export_classifier` writes a SavedModel (serving
+signature: raw images in, class probabilities out) with the cells as JSON and pictures.
 
-Cells are the same as in the supernet (:mod:`wpl_keras.nas.cnn_supernet`): inputs calibrated
-by a 1×1 conv or a factorised reduction, node ``h_i = op_x(h_{in_x}) + op_y(h_{in_y})``,
-output = mean of the loose-end nodes; here normalisation is batch normalisation and separable
-convs are ReLU → SeparableConv2D → BN, applied twice (the ENAS/NASNet final-model form).
+A cell: its two inputs calibrated to ``filters`` channels (:func:`_calibrate`), nodes
+``h_i = op_x(h_{in_x}) + op_y(h_{in_y})`` with separable convs as (ReLU → SeparableConv2D →
+BN) twice, output = concatenation of every state no node takes, unused cell inputs included.
 """
 
 from __future__ import annotations
@@ -29,20 +28,42 @@ from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
 from wpl_keras.utils.config import JsonConfig
 
 
+_SCHEDULES = ("cosine_restarts", "cosine")
+
+
 @dataclasses.dataclass(frozen=True)
 class FinalConfig(JsonConfig):
     """Final-training settings (the length in epochs is :func:`train_final`'s ``epochs``).
 
+    The defaults are ENAS's final CIFAR-10 run: ``scripts/cifar10_micro_final.sh`` of
+    melodyguan/enas, read with ``src/cifar10/micro_child.py`` and ``src/utils.py``.
+
     Attributes:
-        num_cells: normal cells per stage. filters: first-stage channels (even).
-        num_stages: stages (reductions between them).
-        aux_weight: weight of the auxiliary head's loss (0 disables the head); the head sits
-            after the last reduction cell.
-        drop_path_keep: keep probability of a node input at the last cell (linearly closer
-            to 1 for earlier cells); 1 disables drop-path.
-        cutout: cutout square size (0 disables). batch_size: training batch.
-        lr_max, lr_min: cosine schedule over all steps. momentum: Nesterov momentum.
-        weight_decay: L2 coefficient on conv/dense kernels. grad_clip: global-norm clip.
+        num_cells: normal cells per stage (ENAS ``num_layers`` 15: 3 stages of 5, 2 reductions).
+        filters: first-stage channels, even (ENAS ``out_filters`` 36).
+        num_stages: stages, a reduction cell between two (ENAS 3).
+        aux_weight: weight of the auxiliary head's loss (ENAS 0.4; 0 removes the head).
+        aux_trainable: whether the auxiliary head's own weights train. False is ENAS: its train
+            op lists every variable except the head's, so the head keeps its initial weights,
+            has no L2 and only sends gradients into the cells. True trains it (NASNet's form).
+        drop_path_keep: the smallest drop-path keep probability, reached by the last cell at
+            the end of training (ENAS ``drop_path_keep_prob`` 0.6; 1 disables drop-path).
+        dropout_keep: keep probability of dropout on the pooled features before the classifier
+            (ENAS ``keep_prob`` 0.8; 1 disables).
+        cutout: cutout square size (ENAS 16; 0 disables). batch_size: training batch (ENAS 144).
+        lr_schedule: ``"cosine_restarts"`` (ENAS ``lr_cosine``: :class:`CosineRestarts`) or
+            ``"cosine"`` (one cosine from ``lr_max`` to ``lr_min`` over all steps).
+        lr_max, lr_min: learning-rate range (ENAS 0.05 and 0.0001).
+        lr_t0, lr_t_mul: first cycle's length in epochs and the factor of each next cycle's
+            (ENAS 10 and 2: cycles of 10, 20, 40, … epochs; 630 epochs = six cycles).
+        momentum: Nesterov momentum (ENAS 0.9).
+        weight_decay: ``λ`` of the L2 term ``λ · Σ w²`` (ENAS ``l2_reg`` 2e-4).
+        l2_on_bn: the L2 term also covers BatchNorm scales and offsets (ENAS: it sums over
+            every trained variable); False: kernels only.
+        kernel_initializer: Keras initializer of every kernel (ENAS ``he_normal``).
+        grad_clip: global-norm clip; None clips nothing, ENAS's effective value: it asks for
+            per-tensor clipping at 5 (``clip_mode="norm"``), but that branch of
+            ``get_train_ops`` returns the unclipped gradients.
         num_classes: classes.
     """
 
@@ -50,14 +71,21 @@ class FinalConfig(JsonConfig):
     filters: int = 36
     num_stages: int = 3
     aux_weight: float = 0.4
+    aux_trainable: bool = False
     drop_path_keep: float = 0.6
+    dropout_keep: float = 0.8
     cutout: int = 16
     batch_size: int = 144
+    lr_schedule: str = "cosine_restarts"
     lr_max: float = 0.05
     lr_min: float = 0.0001
+    lr_t0: int = 10
+    lr_t_mul: int = 2
     momentum: float = 0.9
     weight_decay: float = 2e-4
-    grad_clip: Optional[float] = 5.0
+    l2_on_bn: bool = True
+    kernel_initializer: str = "he_normal"
+    grad_clip: Optional[float] = None
     num_classes: int = 10
 
     def __post_init__(self):
@@ -65,27 +93,121 @@ class FinalConfig(JsonConfig):
             raise ValueError(f"filters must be an even number >= 2, got {self.filters}.")
         if self.num_cells < 1 or self.num_stages < 1 or self.batch_size < 1:
             raise ValueError("num_cells, num_stages and batch_size must be >= 1.")
-        if not 0.0 < self.drop_path_keep <= 1.0:
-            raise ValueError(f"drop_path_keep must be in (0, 1], got {self.drop_path_keep}.")
+        for name in ("drop_path_keep", "dropout_keep"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}.")
+        if self.lr_schedule not in _SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {_SCHEDULES}, got {self.lr_schedule!r}.")
+        if self.lr_t0 < 1 or self.lr_t_mul < 1:
+            raise ValueError(f"lr_t0 and lr_t_mul must be >= 1, got {self.lr_t0}, {self.lr_t_mul}.")
 
 
 @keras.saving.register_keras_serializable(package="wpl_keras")
 class DropPath(keras.layers.Layer):
-    """Training-only drop of whole examples' paths: ``x · floor(keep + U) / keep``."""
+    """Training-only drop of a whole example's path, ramped over depth and training steps.
 
-    def __init__(self, keep_prob: float, **kwargs):
+    In training ``y = x · ⌊p + U⌋ / p`` with ``U ~ Uniform[0, 1)`` per example and
+    ``p = 1 − layer_ratio · progress · (1 − keep_prob)``, where ``layer_ratio = (l + 1) / L``
+    for cell ``l`` (0-based) of ``L`` and ``progress = min(1, (t + 1) / T)`` at step ``t``
+    (0-based) of ``T`` — ENAS's ``MicroChild._apply_drop_path``. ``progress`` is one scalar
+    variable shared by a model's DropPath layers and set by :class:`DropPathSchedule`; a layer
+    made without one holds its own, at 1. At inference ``y = x``.
+    """
+
+    def __init__(self, keep_prob: float, layer_ratio: float = 1.0, progress=None, **kwargs):
         super().__init__(**kwargs)
         self.keep_prob = float(keep_prob)
+        self.layer_ratio = float(layer_ratio)
+        if progress is None:
+            progress = keras.Variable(1.0, trainable=False, name="drop_path_progress")
+        self.progress = progress
+
+    def current_keep(self) -> tf.Tensor:
+        """``p = 1 − layer_ratio · progress · (1 − keep_prob)`` at the current progress."""
+        progress = tf.convert_to_tensor(self.progress)
+        return 1.0 - self.layer_ratio * progress * (1.0 - self.keep_prob)
 
     def call(self, x, training=None):
         if not training or self.keep_prob >= 1.0:
             return x
-        batch = tf.shape(x)[0]
-        keep = tf.floor(self.keep_prob + tf.random.uniform([batch, 1, 1, 1], dtype=x.dtype))
-        return x * keep / self.keep_prob
+        keep = tf.cast(self.current_keep(), x.dtype)
+        noise = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], dtype=x.dtype)
+        return x * tf.floor(keep + noise) / keep
 
     def get_config(self):
-        return {**super().get_config(), "keep_prob": self.keep_prob}
+        return {**super().get_config(), "keep_prob": self.keep_prob,
+                "layer_ratio": self.layer_ratio}
+
+
+class DropPathSchedule(keras.callbacks.Callback):
+    """Before training step ``t`` (the optimizer's count), sets the drop-path progress to
+    ``min(1, (t + 1) / T)``.
+
+    Args:
+        progress: the variable shared by the model's :class:`DropPath` layers
+            (:func:`drop_path_progress`).
+        total_steps: ``T``, the steps of the whole training.
+    """
+
+    def __init__(self, progress, total_steps: int):
+        super().__init__()
+        self.progress = progress
+        self.total_steps = max(int(total_steps), 1)
+        self._step = 0
+
+    def on_train_begin(self, logs=None):
+        self._step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.progress.assign(min(1.0, (self._step + 1) / self.total_steps))
+        self._step += 1
+
+
+def drop_path_progress(model: keras.Model):
+    """The progress variable of ``model``'s :class:`DropPath` layers (None without any)."""
+    for layer in model.layers:
+        if isinstance(layer, DropPath):
+            return layer.progress
+    return None
+
+
+@keras.saving.register_keras_serializable(package="wpl_keras")
+class CosineRestarts(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine learning rate with warm restarts, constant within an epoch (ENAS ``lr_cosine``).
+
+    At step ``t`` the epoch is ``e = ⌊t / steps_per_epoch⌋``. Cycle ``i`` lasts
+    ``T_i = t0 · t_mul^i`` epochs from epoch ``S_i = T_0 + … + T_{i−1}``; for
+    ``S_i ≤ e < S_i + T_i``: ``lr = lr_min + ½ (lr_max − lr_min) (1 + cos(π (e − S_i) / T_i))``,
+    so each cycle starts at ``lr_max``.
+    """
+
+    def __init__(self, lr_max: float, lr_min: float, t0: int, t_mul: int, steps_per_epoch: int):
+        self.lr_max, self.lr_min, self.t0, self.t_mul = float(lr_max), float(lr_min), t0, t_mul
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
+
+    def __call__(self, step):
+        epoch = tf.cast(tf.convert_to_tensor(step), tf.int64) // self.steps_per_epoch
+        start, length = tf.while_loop(
+            lambda s, n: epoch >= s + n, lambda s, n: (s + n, n * self.t_mul),
+            (tf.constant(0, tf.int64), tf.constant(self.t0, tf.int64)),
+        )
+        frac = tf.cast(epoch - start, tf.float32) / tf.cast(length, tf.float32)
+        return self.lr_min + 0.5 * (self.lr_max - self.lr_min) * (1.0 + tf.cos(np.pi * frac))
+
+    def get_config(self):
+        return {"lr_max": self.lr_max, "lr_min": self.lr_min, "t0": self.t0,
+                "t_mul": self.t_mul, "steps_per_epoch": self.steps_per_epoch}
+
+
+def learning_rate_schedule(config: FinalConfig, steps_per_epoch: int, epochs: int):
+    """``config.lr_schedule``'s schedule: :class:`CosineRestarts`, or one cosine from
+    ``lr_max`` to ``lr_min`` over ``epochs · steps_per_epoch`` steps."""
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            config.lr_max, max(epochs * steps_per_epoch, 1),
+            alpha=config.lr_min / config.lr_max)
+    return CosineRestarts(config.lr_max, config.lr_min, config.lr_t0, config.lr_t_mul,
+                          steps_per_epoch)
 
 
 @keras.saving.register_keras_serializable(package="wpl_keras")
@@ -100,65 +222,140 @@ def _reg(config: FinalConfig):
     return keras.regularizers.L2(config.weight_decay) if config.weight_decay else None
 
 
-def _bn(x, name):
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)(x)
+def _conv(filters, size, config, name, strides=1):
+    return keras.layers.Conv2D(filters, size, strides=strides, padding="same", use_bias=False,
+                               kernel_initializer=config.kernel_initializer,
+                               kernel_regularizer=_reg(config), name=name)
 
 
-def _conv1x1(x, filters, config, name):
+def _bn(x, config, name):
+    reg = _reg(config) if config.l2_on_bn else None
+    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, beta_regularizer=reg,
+                                           gamma_regularizer=reg, name=name)(x)
+
+
+def _relu_conv_bn(x, filters, config, name):
     x = keras.layers.ReLU(name=f"{name}_relu")(x)
-    x = keras.layers.Conv2D(filters, 1, use_bias=False, kernel_regularizer=_reg(config),
-                            name=f"{name}_conv")(x)
-    return _bn(x, f"{name}_bn")
+    return _bn(_conv(filters, 1, config, f"{name}_conv")(x), config, f"{name}_bn")
 
 
-def _factorized_reduce(x, filters, config, name):
-    x = keras.layers.ReLU(name=f"{name}_relu")(x)
-    a = keras.layers.Conv2D(filters // 2, 1, strides=2, use_bias=False,
-                            kernel_regularizer=_reg(config), name=f"{name}_conv_a")(x)
+def _factorized_reduce(x, filters, config, name, relu):
+    """Stride 2 without loss: [1×1 conv of x, 1×1 conv of x shifted by one pixel] → BN."""
+    if relu:
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    a = _conv(filters // 2, 1, config, f"{name}_conv_a", strides=2)(x)
     shifted = ShiftDown(name=f"{name}_shift")(x)
-    b = keras.layers.Conv2D(filters // 2, 1, strides=2, use_bias=False,
-                            kernel_regularizer=_reg(config), name=f"{name}_conv_b")(shifted)
-    return _bn(keras.layers.Concatenate(name=f"{name}_concat")([a, b]), f"{name}_bn")
+    b = _conv(filters // 2, 1, config, f"{name}_conv_b", strides=2)(shifted)
+    return _bn(keras.layers.Concatenate(name=f"{name}_concat")([a, b]), config, f"{name}_bn")
 
 
-def _op(x, op: str, filters: int, config: FinalConfig, name: str):
+def _op(x, op: str, filters: int, stride: int, config: FinalConfig, name: str):
     if op == "identity":
-        return x
-    if op == "avg3x3":
-        return keras.layers.AveragePooling2D(3, 1, "same", name=name)(x)
-    if op == "max3x3":
-        return keras.layers.MaxPooling2D(3, 1, "same", name=name)(x)
+        return x if stride == 1 else _factorized_reduce(x, filters, config, name, relu=False)
+    if op in ("avg3x3", "max3x3"):
+        pool = keras.layers.AveragePooling2D if op == "avg3x3" else keras.layers.MaxPooling2D
+        return pool(3, stride, "same", name=name)(x)
     size = 3 if op == "sep3x3" else 5
     for rep in range(2):
         x = keras.layers.ReLU(name=f"{name}_relu{rep}")(x)
         x = keras.layers.SeparableConv2D(
-            filters, size, padding="same", use_bias=False,
+            filters, size, strides=stride if rep == 0 else 1, padding="same", use_bias=False,
+            depthwise_initializer=config.kernel_initializer,
+            pointwise_initializer=config.kernel_initializer,
             depthwise_regularizer=_reg(config), pointwise_regularizer=_reg(config),
             name=f"{name}_sep{rep}",
         )(x)
-        x = _bn(x, f"{name}_bn{rep}")
+        x = _bn(x, config, f"{name}_bn{rep}")
     return x
 
 
-def _cell(space, cell, inputs, reduce_inputs, filters, keep, config, name):
-    states = []
-    for k, (x, reduce) in enumerate(zip(inputs, reduce_inputs)):
-        if reduce:
-            states.append(_factorized_reduce(x, filters, config, f"{name}_in{k}"))
-        else:
-            states.append(_conv1x1(x, filters, config, f"{name}_in{k}"))
+def _calibrate(inputs, filters, config, name):
+    """ENAS's input calibration: the older input is factorised-reduced when its size is twice
+    the newer one's, else 1×1-convolved when its width differs; the newer input is
+    1×1-convolved when its width differs, then always once more (ENAS's ``layer_base``)."""
+    x0, x1 = inputs
+    if x0.shape[1] != x1.shape[1]:
+        x0 = _factorized_reduce(x0, filters, config, f"{name}_in0", relu=True)
+    elif x0.shape[-1] != filters:
+        x0 = _relu_conv_bn(x0, filters, config, f"{name}_in0")
+    if x1.shape[-1] != filters:
+        x1 = _relu_conv_bn(x1, filters, config, f"{name}_in1")
+    return [x0, _relu_conv_bn(x1, filters, config, f"{name}_base")]
+
+
+def _combine(states, used, filters, config, name):
+    """Concatenation of the states no node takes (cell inputs included); a larger one (an
+    unused input of a reduction cell) is factorised-reduced first. As in ENAS's fixed child
+    (``_fixed_combine``) no conv follows: the next cells' :func:`_calibrate` brings the
+    ``k · filters`` channels back with ReLU → 1×1 conv → BN."""
+    loose = [k for k, count in enumerate(used) if count == 0]
+    size = min(states[k].shape[1] for k in loose)
+    outs = [states[k] if states[k].shape[1] == size else
+            _factorized_reduce(states[k], filters, config, f"{name}_out{k}", relu=False)
+            for k in loose]
+    if len(outs) == 1:
+        return outs[0]
+    return keras.layers.Concatenate(name=f"{name}_out")(outs)
+
+
+def _cell(cell, inputs, filters, reduction, drop, config, name):
+    """One cell in ENAS's fixed-architecture form. In a reduction cell the ops on the cell
+    inputs have stride 2 (identity: a factorised reduction). ``drop``: ``(layer_ratio,
+    progress)`` of the cell's :class:`DropPath` layers, placed after every op except
+    identity, or None."""
+    states = _calibrate(inputs, filters, config, name)
+    used = [0] * (len(cell) + 2)
     for i, (in_x, op_x, in_y, op_y) in enumerate(cell):
         parts = []
         for slot, (src, op) in enumerate(((in_x, op_x), (in_y, op_y))):
-            y = _op(states[src], OPS[op], filters, config, f"{name}_n{i + 2}{'xy'[slot]}")
-            if keep < 1.0:
-                y = DropPath(keep, name=f"{name}_n{i + 2}{'xy'[slot]}_droppath")(y)
+            used[src] += 1
+            node = f"{name}_n{i + 2}{'xy'[slot]}"
+            stride = 2 if reduction and src < 2 else 1
+            y = _op(states[src], OPS[op], filters, stride, config, node)
+            if drop is not None and OPS[op] != "identity":
+                y = DropPath(config.drop_path_keep, drop[0], drop[1],
+                             name=f"{node}_droppath")(y)
             parts.append(y)
         states.append(keras.layers.Add(name=f"{name}_n{i + 2}")(parts))
-    loose = [states[n] for n in space.loose_ends(cell)]
-    if len(loose) == 1:
-        return loose[0]
-    return keras.layers.Average(name=f"{name}_out")(loose)
+    return _combine(states, used, filters, config, name)
+
+
+def _aux_head(x, config: FinalConfig):
+    """ENAS's auxiliary head: ReLU → 5×5 average pool, stride 3, valid (the window shrinks to
+    the map on maps under 5×5) → 1×1 conv 128 → BN → ReLU → conv 768 with a kernel the size
+    of the pooled map, same padding → BN → ReLU → global average → dense, no bias. Frozen
+    (``aux_trainable`` False): kernels fixed at their initial values, BN without scale and
+    offset (ENAS's untrained 1 and 0), still on batch statistics in training."""
+    train = config.aux_trainable
+    reg = _reg(config) if train else None
+    bn_reg = reg if config.l2_on_bn else None
+    x = keras.layers.ReLU(name="aux_relu")(x)
+    window = min(5, x.shape[1], x.shape[2])
+    x = keras.layers.AveragePooling2D(window, 3, "valid", name="aux_pool")(x)
+    for width, kernel in ((128, 1), (768, x.shape[1])):
+        x = keras.layers.Conv2D(width, kernel, padding="same", use_bias=False,
+                                kernel_initializer=config.kernel_initializer,
+                                kernel_regularizer=reg, trainable=train,
+                                name=f"aux_conv{width}")(x)
+        x = keras.layers.BatchNormalization(
+            momentum=0.9, epsilon=1e-3, center=train, scale=train, beta_regularizer=bn_reg,
+            gamma_regularizer=bn_reg, name=f"aux_bn{width}")(x)
+        x = keras.layers.ReLU(name=f"aux_relu{width}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="aux_gap")(x)
+    return keras.layers.Dense(config.num_classes, use_bias=False, kernel_regularizer=reg,
+                              kernel_initializer=config.kernel_initializer, trainable=train,
+                              name="aux_logits")(x)
+
+
+def _plan(config: FinalConfig):
+    """Reduction flag of each cell: ``num_cells`` normal cells per stage, one reduction cell
+    between stages; and the index of the cell feeding the auxiliary head (ENAS: the cell
+    after the last reduction cell; with one stage the cell at ``⌊2L/3⌋``)."""
+    plan = []
+    for stage in range(config.num_stages):
+        plan += [True] * (stage > 0) + [False] * config.num_cells
+    reductions = [k for k, reduction in enumerate(plan) if reduction]
+    return plan, (reductions[-1] + 1 if reductions else (2 * len(plan)) // 3)
 
 
 def build_final_model(
@@ -167,54 +364,45 @@ def build_final_model(
     config: FinalConfig = FinalConfig(),
     input_shape: Tuple[int, int, int] = (32, 32, 3),
 ) -> keras.Model:
-    """A standalone Keras model of ``arch`` (normalised images in, logits out).
+    """A standalone Keras model of ``arch`` (normalised images in, logits out), ENAS's
+    fixed-architecture child.
 
-    Outputs ``[logits, aux_logits]`` when ``config.aux_weight > 0`` (the auxiliary head sits
-    after the last reduction cell, or after the first cell with one stage), else ``logits``.
-    Use :func:`classifier_of` for a single-output view.
+    Stem 3×3 conv to ``3 · filters`` → BN; cells (see :func:`_cell`), the width doubling at
+    each reduction; ReLU → global average → dropout → dense without bias. Outputs
+    ``[logits, aux_logits]`` when ``config.aux_weight > 0`` (see :func:`_aux_head`), else
+    ``logits``; :func:`classifier_of` gives a single-output view. The drop-path progress
+    starts at 0 (nothing dropped): train with :class:`DropPathSchedule`, as
+    :func:`train_final` does.
 
     Raises:
         InvalidArchitectureError: if ``arch`` is not in ``space``.
     """
     normal, reduce = space.cells(arch)
     inputs = keras.Input(input_shape, name="images")
-    stem = keras.layers.Conv2D(config.filters * 3, 3, padding="same", use_bias=False,
-                               kernel_regularizer=_reg(config), name="stem_conv")(inputs)
-    stem = _bn(stem, "stem_bn")
-    plan = []
-    for stage in range(config.num_stages):
-        if stage > 0:
-            plan.append((1, stage))
-        plan += [(0, stage)] * config.num_cells
-    total = len(plan)
-    prev_prev, prev = (stem, 0), (stem, 0)
-    aux_input = None
-    for k, (cell_type, stage) in enumerate(plan):
-        filters = config.filters * 2**stage
-        keep = 1.0 - (1.0 - config.drop_path_keep) * (k + 1) / total
-        reduce_inputs = [prev_prev[1] < stage, prev[1] < stage]
-        out = _cell(space, reduce if cell_type else normal, (prev_prev[0], prev[0]),
-                    reduce_inputs, filters, keep, config,
-                    f"cell{k}_{'reduce' if cell_type else 'normal'}")
-        prev_prev, prev = prev, (out, stage)
-        if cell_type == 1 and stage == config.num_stages - 1:
-            aux_input = out
-    if aux_input is None:  # one stage: no reduction cell
-        aux_input = prev[0]
-    x = keras.layers.ReLU(name="head_relu")(prev[0])
+    stem = _conv(config.filters * 3, 3, config, "stem_conv")(inputs)
+    prev_prev = prev = _bn(stem, config, "stem_bn")
+    plan, aux_at = _plan(config)
+    progress = None
+    if config.drop_path_keep < 1.0:
+        progress = keras.Variable(0.0, trainable=False, name="drop_path_progress")
+    filters, aux_input = config.filters, None
+    for k, reduction in enumerate(plan):
+        filters *= 2 if reduction else 1
+        drop = None if progress is None else ((k + 1) / len(plan), progress)
+        out = _cell(reduce if reduction else normal, (prev_prev, prev), filters, reduction,
+                    drop, config, f"cell{k}_{'reduce' if reduction else 'normal'}")
+        prev_prev, prev = prev, out
+        aux_input = out if k == aux_at else aux_input
+    x = keras.layers.ReLU(name="head_relu")(prev)
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
-    logits = keras.layers.Dense(config.num_classes, kernel_regularizer=_reg(config),
-                                name="logits")(x)
+    if config.dropout_keep < 1.0:
+        x = keras.layers.Dropout(1.0 - config.dropout_keep, name="head_dropout")(x)
+    logits = keras.layers.Dense(config.num_classes, use_bias=False,
+                                kernel_initializer=config.kernel_initializer,
+                                kernel_regularizer=_reg(config), name="logits")(x)
     if config.aux_weight <= 0:
         return keras.Model(inputs, logits, name="enas_micro_final")
-    a = keras.layers.ReLU(name="aux_relu0")(aux_input)
-    a = keras.layers.AveragePooling2D(5, 3, padding="same", name="aux_pool")(a)
-    a = keras.layers.Conv2D(128, 1, use_bias=False, kernel_regularizer=_reg(config),
-                            name="aux_conv")(a)
-    a = keras.layers.ReLU(name="aux_relu1")(_bn(a, "aux_bn"))
-    a = keras.layers.GlobalAveragePooling2D(name="aux_gap")(a)
-    aux = keras.layers.Dense(config.num_classes, name="aux_logits")(a)
-    return keras.Model(inputs, [logits, aux], name="enas_micro_final")
+    return keras.Model(inputs, [logits, _aux_head(aux_input, config)], name="enas_micro_final")
 
 
 def classifier_of(model: keras.Model) -> keras.Model:
@@ -245,9 +433,10 @@ def train_final(
 ) -> Tuple[keras.Model, Dict[str, float]]:
     """Trains ``arch`` from scratch on the train split and reports the test error.
 
-    SGD with Nesterov momentum, cosine learning rate from ``lr_max`` to ``lr_min`` over all
-    steps, cross-entropy ``+ aux_weight ·`` auxiliary cross-entropy, L2 on kernels, padded crop
-    + flip + cutout; everything under ``strategy`` (default: the current one).
+    SGD with Nesterov momentum on :func:`learning_rate_schedule`, cross-entropy
+    ``+ aux_weight ·`` auxiliary cross-entropy ``+`` L2, drop-path ramped by
+    :class:`DropPathSchedule` over all ``epochs · steps_per_epoch`` steps, padded crop + flip
+    + cutout; everything under ``strategy`` (default: the current one).
 
     Args:
         arrays: :class:`wpl_keras.data.cifar10.CIFAR10Arrays` (train and test).
@@ -269,20 +458,21 @@ def train_final(
     steps_per_epoch = max(len(x_train) // config.batch_size, 1)
     with strategy.scope():
         model = build_final_model(space, arch, config, tuple(arrays.x_train.shape[1:]))
-        schedule = keras.optimizers.schedules.CosineDecay(
-            config.lr_max, epochs * steps_per_epoch,
-            alpha=config.lr_min / config.lr_max,
-        )
-        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=True,
-                                         global_clipnorm=config.grad_clip)
+        optimizer = keras.optimizers.SGD(
+            learning_rate_schedule(config, steps_per_epoch, epochs), momentum=config.momentum,
+            nesterov=True, global_clipnorm=config.grad_clip)
         loss, weights = _loss_fn(config, len(model.outputs))
         model.compile(optimizer=optimizer, loss=loss, loss_weights=weights)
     train = make_dataset(x_train, y_train, config.batch_size, training=True,
                          cutout_size=config.cutout, seed=seed, drop_remainder=True)
     if len(model.outputs) == 2:
         train = train.map(lambda x, y: (x, (y, y)))
+    progress = drop_path_progress(model)
+    callbacks = [] if progress is None else [
+        DropPathSchedule(progress, epochs * steps_per_epoch)]
     start = time.time()
-    history = model.fit(train, epochs=epochs, verbose=verbose, shuffle=False)
+    history = model.fit(train, epochs=epochs, verbose=verbose, shuffle=False,
+                        callbacks=callbacks)
     seconds = time.time() - start
     accuracy = evaluate_accuracy(classifier_of(model), arrays.x_test, arrays.y_test)
     return model, {
