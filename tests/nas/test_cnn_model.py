@@ -2,6 +2,7 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -224,7 +225,7 @@ def test_identity_ops_skip_drop_path_and_others_drop_at_the_keep_rate(seed):
     drop_path_progress(model).assign(1.0)  # one cell: keep = 1 - 1 * 1 * 0.7 = 0.3
     parts = ["cell0_normal_in0_bn", "cell0_normal_base_bn", "cell0_normal_n2",
              "cell0_normal_n3x_bn1", "cell0_normal_n3"]
-    probe = tf.keras.Model(model.inputs, [model.get_layer(n).output for n in parts])
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in parts])
     s0, s1, n2, sep, n3 = (t.numpy() for t in probe(tf.random.normal([4000, 8, 8, 3]),
                                                       training=True))
     np.testing.assert_array_equal(n2, s0 + s1)  # identity paths: never dropped
