@@ -41,6 +41,33 @@ def test_log_prob_matches_manual_computation(seed):
     )
 
 
+@pytest.mark.parametrize("arch", [(2, 0, 1, 4), (0, 3, 0, 0), (1, 1, 1, 2)])
+def test_per_decision_scores_match_probabilities_and_sum_to_totals(seed, arch):
+    """``_decision_log_probs_and_entropies`` (REINFORCE's reward modes): decision ``k``'s
+    ``log p_k[a_k]`` and ``−Σ p_k log p_k`` from the decision probabilities, summing to
+    ``log_prob_and_entropy``; the log-probabilities carry a gradient to every head."""
+    controller = Controller(SIZES, units=8, temperature=0.5, tanh_constant=2.5, seed=3)
+    for v in controller.trainable_variables:
+        v.assign(10.0 * v)  # far from uniform: log p_k[a_k] depends on a_k
+    probs = controller.decision_probabilities(arch)
+    assert all(np.ptp(p) > 0.1 for p in probs)
+    with tf.GradientTape() as tape:
+        log_probs, entropies = controller._decision_log_probs_and_entropies(
+            tf.constant(arch, tf.int32))
+        picked = tf.reduce_sum(log_probs)
+    assert log_probs.shape == entropies.shape == (len(SIZES),)
+    want_lp = [np.log(p[a]) for p, a in zip(probs, arch)]
+    want_h = [-(p * np.log(p)).sum() for p in probs]
+    np.testing.assert_allclose(log_probs.numpy(), want_lp, rtol=1e-5)
+    np.testing.assert_allclose(entropies.numpy(), want_h, rtol=1e-5)
+    assert len(set(np.round(want_h, 4))) > 1  # the decisions differ: a real per-step check
+    total_lp, total_h = controller.log_prob_and_entropy(arch)
+    np.testing.assert_allclose(log_probs.numpy().sum(), float(total_lp), rtol=1e-5)
+    np.testing.assert_allclose(entropies.numpy().sum(), float(total_h), rtol=1e-5)
+    grads = tape.gradient(picked, [h.kernel for h in controller.heads])
+    assert all(g is not None and np.abs(g.numpy()).sum() > 0 for g in grads)
+
+
 def test_sample_is_valid_and_traced_once(seed):
     controller = Controller(SIZES, units=8, seed=0)
     seen = set()

@@ -73,6 +73,10 @@ class CountingReinforce:
     def __init__(self):
         self.step = tf.Variable(0, dtype=tf.int64)
         self.baseline = tf.Variable(0.0)
+        self.started = []  # the epochs passed to start_epoch, one per controller update
+
+    def start_epoch(self, epoch):
+        self.started.append(epoch)
 
     def update(self, arch, reward):
         self.step.assign_add(1)
@@ -83,12 +87,17 @@ class CountingReinforce:
         return {"step": self.step, "baseline": self.baseline}
 
 
-def _build(seed=0, real_controller=True):
+# REINFORCE as the WPL release's RNN search runs it.
+RELEASE_REINFORCE = dict(entropy_mode="reward", baseline_init="first_reward",
+                         baseline_reset_each_epoch=True)
+
+
+def _build(seed=0, real_controller=True, reinforce_kw=None):
     task = FakeTask(seed=seed)
     if not real_controller:
         return task, RandomController(task.space.decision_sizes, seed), CountingReinforce()
     controller = Controller(task.space.decision_sizes, units=8, seed=seed)
-    reinforce = Reinforce(controller, learning_rate=0.01)
+    reinforce = Reinforce(controller, learning_rate=0.01, **(reinforce_kw or {}))
     return task, controller, reinforce
 
 
@@ -197,6 +206,7 @@ def test_loop_schedule_logs_and_outputs(tmp_path, seed):
     assert task.flushes == [3]  # the flush happens before start_epoch(3): epoch_next is 3
     assert len(task.log) == 5 * 4
     assert int(reinforce.step.numpy()) == 5 * 3
+    assert reinforce.started == [e for e in range(5) for _ in range(3)]
     h = result.history
     assert [r["epoch"] for r in h] == list(range(5))
     assert [r["flushed"] for r in h] == [False, False, False, True, False]
@@ -232,8 +242,40 @@ def test_wpl_reduces_forgetting_on_the_fake(tmp_path, seed):
     assert with_wpl < without
 
 
+def test_baseline_resets_at_each_epoch_start_through_the_strategy(tmp_path, seed):
+    """With ``baseline_reset_each_epoch`` (and the baseline from the first reward), each
+    epoch's first REINFORCE update starts from its own reward (A = 0), later ones move the
+    EMA; without the reset only the search's very first update does."""
+    config = _config(epochs=3, shared_steps_per_epoch=2, controller_steps=3, wpl=False)
+    for reset in (True, False):
+        task, controller, reinforce = _build(
+            reinforce_kw={**RELEASE_REINFORCE, "baseline_reset_each_epoch": reset})
+        seen, original = [], reinforce.update
+
+        def update(arch, reward, original=original, reinforce=reinforce, seen=seen):
+            out = original(arch, reward)
+            seen.append((int(reinforce.baseline_epoch.numpy()), reward, out))
+            return out
+
+        reinforce.update = update
+        search.run_search(task, controller, reinforce, config, str(tmp_path / str(reset)))
+        assert [e for e, _, _ in seen] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        for i, (epoch, reward, out) in enumerate(seen):
+            first = i == 0 or (reset and i % 3 == 0)
+            if first:
+                assert out["baseline"] == pytest.approx(reward, rel=1e-6)
+                assert out["advantage"] == pytest.approx(0.0, abs=1e-6)
+            else:
+                previous = seen[i - 1][2]["baseline"]
+                assert out["baseline"] == pytest.approx(0.95 * previous + 0.05 * reward,
+                                                        rel=1e-5)
+        assert len({r for _, r, _ in seen}) > 3  # the rewards differ: the checks can fail
+
+
 def _final_state(task, controller, reinforce):
     arrays = [task.w.numpy(), reinforce.baseline.numpy(), task.wpl_state.strength.numpy()]
+    arrays += [reinforce.entropy_baseline.numpy(), reinforce.baseline_initialized.numpy(),
+               reinforce.baseline_epoch.numpy()]
     arrays += [f.numpy() for f in task.wpl_state.fisher + task.wpl_state.anchors]
     arrays += [np.asarray(v.numpy()) for v in controller.trainable_variables]
     return arrays
@@ -242,30 +284,45 @@ def _final_state(task, controller, reinforce):
 _RESUME_CONFIG = dict(epochs=2, shared_steps_per_epoch=3, controller_steps=2, wpl_start_epoch=1)
 
 
+_REINFORCE_OPTIONS = {"default": None, "release": RELEASE_REINFORCE}
+
+
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """The uninterrupted run that interrupted-then-resumed runs must equal."""
+def reference_runs(tmp_path_factory):
+    """The uninterrupted runs (per REINFORCE option set) that interrupted-then-resumed runs
+    must equal; each made on first use."""
     import keras
 
-    keras.utils.set_random_seed(1234)
-    np.random.seed(1234)
-    objs = _build()
-    history = search.run_search(
-        *objs, _config(**_RESUME_CONFIG), str(tmp_path_factory.mktemp("ref"))
-    ).history
-    return history, _final_state(*objs)
+    runs = {}
+
+    def get(options):
+        if options not in runs:
+            keras.utils.set_random_seed(1234)
+            np.random.seed(1234)
+            objs = _build(reinforce_kw=_REINFORCE_OPTIONS[options])
+            history = search.run_search(
+                *objs, _config(**_RESUME_CONFIG), str(tmp_path_factory.mktemp("ref"))
+            ).history
+            runs[options] = (history, _final_state(*objs))
+        return runs[options]
+
+    return get
 
 
-# Units per epoch: 3 architectures trained, then 2 rewards. Killing at call 5 lands in the
-# controller phase of epoch 0, at call 7 in the shared phase of epoch 1.
-@pytest.mark.parametrize("kill_at", [5, 7])
-def test_resume_equals_uninterrupted(tmp_path, seed, kill_at, reference_run):
+# Units per epoch: 3 architectures trained, then 2 rewards. Killing at call 4 lands after the
+# first controller update of epoch 0, at call 5 after its second, at call 7 in the shared
+# phase of epoch 1. With the release's options, a resume at call 4 must not reset the baseline
+# again in epoch 0; a resume at call 7 must reset it at epoch 1's first update.
+@pytest.mark.parametrize("options,kill_at", [("default", 5), ("default", 7), ("release", 4),
+                                             ("release", 7)])
+def test_resume_equals_uninterrupted(tmp_path, seed, options, kill_at, reference_runs):
     """SIGTERM at unit ``kill_at`` → saved and raised; a fresh process-like resume then
     finishes with exactly the uninterrupted run's history and weights."""
     config = _config(**_RESUME_CONFIG)
-    ref, ref_state = reference_run
+    ref, ref_state = reference_runs(options)
+    reinforce_kw = _REINFORCE_OPTIONS[options]
 
-    objs = _build()
+    objs = _build(reinforce_kw=reinforce_kw)
     calls = {"n": 0}
     original = objs[0].train_architecture
     original_reward = objs[0].reward
@@ -291,7 +348,7 @@ def test_resume_equals_uninterrupted(tmp_path, seed, kill_at, reference_run):
     assert info.value.signum == signal.SIGTERM
     # Change the global RNGs: resume must restore them too.
     np.random.seed(999)
-    resumed_objs = _build(seed=0)
+    resumed_objs = _build(seed=0, reinforce_kw=reinforce_kw)
     resumed = search.run_search(*resumed_objs, config, out, resume=True).history
     strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in h]
     assert strip(resumed) == strip(ref)

@@ -46,7 +46,18 @@ class ControllerConfig:
         tanh_constant: logits ``c·tanh(z)`` (2.5).
         learning_rate: Adam learning rate (RNN 3.5e-4, CNN 3.5e-3).
         baseline_decay: EMA baseline decay (RNN 0.95, CNN 0.99).
-        entropy_weight: entropy bonus (1e-4).
+        entropy_weight: the entropy's weight ``w`` (1e-4).
+        entropy_mode: ``"bonus"`` (``loss = −(log π·A + w·H)``, default), ``"reward"`` (the
+            WPL/ENAS-PyTorch release: ``w·H_k`` added to decision ``k``'s reward, per-decision
+            baselines) or ``"reward_sum"`` (ENAS TF: ``w·H`` added to the reward); see
+            :mod:`wpl_keras.nas.reinforce`.
+        baseline_init: ``"zero"`` (default) or ``"first_reward"`` (the release).
+        baseline_reset_each_epoch: reset the baseline at each epoch's first controller update
+            (the release: True; default False).
+
+    Raises:
+        ValueError: for an unknown ``entropy_mode`` or ``baseline_init``, or a non-bool
+            ``baseline_reset_each_epoch``.
     """
 
     units: int = 100
@@ -55,6 +66,21 @@ class ControllerConfig:
     learning_rate: float = 3.5e-4
     baseline_decay: float = 0.95
     entropy_weight: float = 1e-4
+    entropy_mode: str = "bonus"
+    baseline_init: str = "zero"
+    baseline_reset_each_epoch: bool = False
+
+    def __post_init__(self):
+        from wpl_keras.nas.reinforce import BASELINE_INITS, ENTROPY_MODES
+
+        for field, choices in (("entropy_mode", ENTROPY_MODES),
+                               ("baseline_init", BASELINE_INITS)):
+            if getattr(self, field) not in choices:
+                raise ValueError(f"ControllerConfig.{field} must be one of {list(choices)}, "
+                                 f"got {getattr(self, field)!r}.")
+        if not isinstance(self.baseline_reset_each_epoch, bool):
+            raise ValueError("ControllerConfig.baseline_reset_each_epoch must be true or false, "
+                             f"got {self.baseline_reset_each_epoch!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +279,9 @@ def build_search(config: ENASExperimentConfig, data) -> Tuple[Any, Any, Any]:
         learning_rate=c.learning_rate,
         baseline_decay=c.baseline_decay,
         entropy_weight=c.entropy_weight,
+        entropy_mode=c.entropy_mode,
+        baseline_init=c.baseline_init,
+        baseline_reset_each_epoch=c.baseline_reset_each_epoch,
     )
     return task, controller, reinforce
 

@@ -78,7 +78,11 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
         # The WPL release's run command and the ENAS RNN defaults, sized for a GPU.
         return ENASExperimentConfig(
             space="rnn", preset="paper", task=RNNSupernetConfig.paper(),
-            search=SearchConfig.paper(), controller=ControllerConfig(),
+            search=SearchConfig.paper(),
+            # The release's controller update: entropy in each decision's reward, baseline
+            # from the first reward, reset every epoch.
+            controller=ControllerConfig(entropy_mode="reward", baseline_init="first_reward",
+                                        baseline_reset_each_epoch=True),
             derive_samples=100, train_epochs=150,
         )
     if name == "cpu-small":

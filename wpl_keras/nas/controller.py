@@ -174,6 +174,17 @@ class Controller(keras.Model):
             entropy += -tf.reduce_sum(tf.exp(log_p) * log_p)
         return log_prob, entropy
 
+    @staticmethod
+    def _decision_scores(decisions: tf.Tensor, all_logits: List[tf.Tensor]):
+        """Per decision ``k``: ``log π(a_k | a_<k)`` and ``H_k = −Σ_j p_kj log p_kj``
+        (each ``[D]``)."""
+        log_probs, entropies = [], []
+        for k, logits in enumerate(all_logits):
+            log_p = tf.nn.log_softmax(logits[0])
+            log_probs.append(log_p[decisions[k]])
+            entropies.append(-tf.reduce_sum(tf.exp(log_p) * log_p))
+        return tf.stack(log_probs), tf.stack(entropies)
+
     def _sample(self):
         decisions, all_logits = self._run(None)
         log_prob, entropy = self._score(decisions, all_logits)
@@ -183,6 +194,13 @@ class Controller(keras.Model):
         arch = tf.cast(tf.reshape(arch, [self.num_decisions]), tf.int32)
         decisions, all_logits = self._run(arch)
         return self._score(decisions, all_logits)
+
+    def _decision_log_probs_and_entropies(self, arch: tf.Tensor):
+        """``([log π(a_k | a_<k)]_k, [H_k]_k)`` along ``arch``, each ``[D]`` (differentiable);
+        their sums are :meth:`log_prob_and_entropy`."""
+        arch = tf.cast(tf.reshape(arch, [self.num_decisions]), tf.int32)
+        decisions, all_logits = self._run(arch)
+        return self._decision_scores(decisions, all_logits)
 
     def _probabilities(self, arch: tf.Tensor):
         arch = tf.cast(tf.reshape(arch, [self.num_decisions]), tf.int32)

@@ -8,8 +8,10 @@ ENAS supplies its phases to the search driver (:mod:`wpl_keras.nas.driver`) as
    (``task.train_architecture``), then record ``err1(a) = task.validation_error(a)`` on the
    task's fixed validation batch.
 2. ``CONTROLLER``: ``controller_steps`` REINFORCE updates, each on a freshly sampled
-   architecture and its reward ``task.reward(a)``; the epoch record gets ``mean_reward`` and
-   the means of REINFORCE's statistics (``controller_*``).
+   architecture and its reward ``task.reward(a)``, preceded by ``reinforce.start_epoch(e)``
+   (which resets the baseline at the epoch's first update when REINFORCE is set to); the
+   epoch record gets ``mean_reward`` and the means of REINFORCE's statistics
+   (``controller_*``).
 3. ``EPOCH_END``: ``err2(a)`` for every architecture of step 1, and the forgetting metrics of
    :mod:`wpl_keras.nas.metrics` (mean / best-5 / max of ``err2 − err1``).
 
@@ -181,6 +183,10 @@ class ENASStrategy(SearchStrategy):
         return self.config.controller_steps
 
     def controller_unit(self, epoch: int) -> Dict[str, Any]:
+        """One REINFORCE update; the epoch's first one starts REINFORCE's epoch
+        (``reinforce.start_epoch(epoch)``: resets the baseline when it is set to, once per
+        epoch, also across a resume)."""
+        self.reinforce.start_epoch(epoch)
         arch = tuple(int(a) for a in self.controller.sample_architecture())
         reward = float(self.task.reward(arch))
         stats = numeric_values(self.reinforce.update(arch, reward))
@@ -214,7 +220,8 @@ def run_search(
         task: a :class:`~wpl_keras.nas.base.SharedWeightsTask` with a ``wpl_state``.
         controller: proposes architectures (``sample_architecture() -> tuple``).
         reinforce: trains the controller (``update(arch, reward) -> dict``,
-            ``checkpoint_items() -> dict``).
+            ``start_epoch(epoch)``, called before each controller update, and
+            ``checkpoint_items() -> dict``; a :class:`~wpl_keras.nas.reinforce.Reinforce`).
         config: the loop's :class:`SearchConfig`.
         out_dir: where logs, TensorBoard scalars and checkpoints go (a worker of a
             multi-worker task other than the chief writes its private folder
