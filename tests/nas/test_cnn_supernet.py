@@ -148,6 +148,27 @@ def test_slice_axes_and_per_slice_fisher_clip():
     assert sum(w > 0 for w in whole) >= 3  # stem, head kernel and bias at least
 
 
+
+def test_tensor_norm_fisher_has_norm_clip_on_every_used_slice():
+    """WPLConfig.fisher_normalization reaches the task's state: each used op slice (and each
+    whole weight that got a gradient) has ‖F‖ = clip_norm, unused slices stay 0."""
+    space = MicroCellSpace(num_nodes=2)
+    wpl = WPLConfig(clip_norm=10.0, fisher_normalization="tensor_norm")
+    task = CNNSearchTask(space, _config(wpl=wpl), _splits(), seed=0)
+    assert task.wpl_state.fisher_normalization == "tensor_norm"
+    arch = (0, 1, 0, 1, 2, 1, 2, 1) + (1, 2, 0, 1, 2, 1, 1, 2)
+    task.train_architecture(arch, 1, wpl_active=True)
+    masks = task.supernet.usage_masks(tf.constant(arch, tf.int32))
+    for f, a, m in zip(task.wpl_state.fisher, task.supernet.slice_axes(), masks):
+        f = f.numpy().astype(np.float64)
+        if a is None:
+            assert np.linalg.norm(f) == pytest.approx(10.0, rel=1e-4) or not f.any()
+            continue
+        norms = np.sqrt(np.sum(np.square(f), axis=tuple(a)))
+        used = m.numpy().reshape(norms.shape).astype(bool)
+        np.testing.assert_allclose(norms[used], 10.0, rtol=1e-4)
+        np.testing.assert_array_equal(norms[~used], 0.0)
+
 def test_penalty_counts_only_used_slices():
     space = MicroCellSpace(num_nodes=2)
     task = CNNSearchTask(space, _config(), _splits(), seed=0)
@@ -386,7 +407,8 @@ def test_cnn_task_config_nests_model_and_optimizer():
     task = config.task
     assert task.supernet == SupernetConfig(num_cells=1, filters=8, num_stages=2)
     assert task.optimizer == CNNOptimizerConfig()
-    assert task.final == FinalConfig(num_cells=1, filters=16, num_stages=3, batch_size=64)
+    assert task.final == FinalConfig(num_cells=1, filters=16, num_stages=3, batch_size=64,
+                                      lr_schedule="cosine")
     assert enas.get_preset("cnn", "paper").task.final == FinalConfig()
     search = task.search_config(epochs=20)
     assert (search.supernet, search.optimizer, search.epochs) == (task.supernet,

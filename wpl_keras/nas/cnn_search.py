@@ -211,7 +211,8 @@ class CNNSearchTask(SharedWeightsTask):
                                                sgd.nesterov)
             self.wpl_state = WPLState(self.variables, strength=0.0,
                                       fisher_momentum=config.wpl.fisher_momentum,
-                                      clip_norm=config.wpl.clip_norm)
+                                      clip_norm=config.wpl.clip_norm,
+                                      fisher_normalization=config.wpl.fisher_normalization)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="supernet_step")
         self._clip_axes = self.supernet.slice_axes()
         train = make_dataset(splits.x_train, splits.y_train, config.batch_size,
