@@ -13,7 +13,8 @@ the two-model α). Reports per ``k``, averaged over seeds (accuracy points):
 
 plus ``wpl_lower_everywhere`` (1 if the seed-mean ``a_drop_with`` < ``a_drop_without`` at every
 ``k``) and ``drop_grows_with_k`` (1 if the seed-mean ``a_drop_without`` does not decrease with
-``k``, the paper's observation). Writes ``shared_layers.json`` and ``shared_layers.png`` to
+``k``, the paper's observation). A case whose B training diverges (SGD with momentum can blow
+up, with or without WPL) is left out of the means and listed under ``diverged``. Writes ``shared_layers.json`` and ``shared_layers.png`` to
 ``--out``.
 
     python benchmarks/shared_layers.py --data-dir ../shared/data/mnist
@@ -30,7 +31,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,6 +39,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from wpl_keras.data.mnist import load_mnist  # noqa: E402
 from wpl_keras.experiments import two_models as tm  # noqa: E402
+from wpl_keras.wpl.training import WPLDivergenceError  # noqa: E402
 
 COUNTS = tuple(range(1, len(tm.A_LAYER_NAMES) + 1))
 PER_COUNT_KEYS = ("a_baseline", "a_final_without", "a_final_with", "b_final_without",
@@ -52,13 +54,14 @@ def summarize_counts(cases: Mapping[int, Sequence[dict]]) -> Dict[str, dict]:
         cases: ``{k: [run_case result per seed]}``.
 
     Returns:
-        ``{str(k): {key: mean, key + "_std": std, "per_seed_lower": [0/1 per seed]}}`` for the
-        keys of :data:`PER_COUNT_KEYS`; ``per_seed_lower`` is 1 where that seed's
-        ``a_drop_with < a_drop_without``.
+        ``{str(k): {key: mean, key + "_std": std, "per_seed_lower": [0/1 per seed],
+        "seeds_done": n}}`` for the keys of :data:`PER_COUNT_KEYS`; ``per_seed_lower`` is 1
+        where that seed's ``a_drop_with < a_drop_without``; a count without any finished seed
+        has NaN means.
     """
     out = {}
     for k in sorted(cases):
-        row = {}
+        row = {"seeds_done": len(cases[k])}
         for key in PER_COUNT_KEYS:
             stats = tm.mean_std([case[key] for case in cases[k]])
             row[key], row[f"{key}_std"] = stats["mean"], stats["std"]
@@ -69,11 +72,12 @@ def summarize_counts(cases: Mapping[int, Sequence[dict]]) -> Dict[str, dict]:
 
 def headline(per_count: Mapping[str, dict]) -> dict:
     """``wpl_lower_everywhere``: 1 if ``a_drop_with < a_drop_without`` (seed means) at every
-    count; ``drop_grows_with_k``: 1 if ``a_drop_without`` is non-decreasing in ``k``."""
+    count; ``drop_grows_with_k``: 1 if ``a_drop_without`` is non-decreasing in ``k``. A NaN
+    mean (a count without a finished seed) makes both 0."""
     counts = sorted(per_count, key=int)
     without = [per_count[k]["a_drop_without"] for k in counts]
     lower = all(per_count[k]["a_drop_with"] < per_count[k]["a_drop_without"] for k in counts)
-    grows = all(b >= a for a, b in zip(without, without[1:]))
+    grows = all(np.isfinite(without)) and all(b >= a for a, b in zip(without, without[1:]))
     return {"wpl_lower_everywhere": int(bool(counts) and lower), "drop_grows_with_k": int(grows)}
 
 
@@ -90,13 +94,15 @@ def plot_figure1(cases: Mapping[int, Sequence[dict]], per_count: Mapping[str, di
 
     fig, (left, right) = new_figure(1, 2, figsize=(10.0, 4.0))
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
-    for index, k in enumerate(sorted(cases)):
+    done = {k: v for k, v in cases.items() if v}
+    for index, k in enumerate(sorted(done)):
         its = cases[k][0]["runs"]["without"]["iterations"]
         colour = colours[index % len(colours)]
         left.plot(its, _mean_curve(cases[k], "without"), color=colour, label=f"{k} shared")
         left.plot(its, _mean_curve(cases[k], "with"), color=colour, linestyle="--")
-    left.axhline(np.mean([c["a_baseline"] for c in next(iter(cases.values()))]), color="black",
-                 linewidth=0.8, label="A before B")
+    if done:
+        left.axhline(np.mean([c["a_baseline"] for c in next(iter(done.values()))]),
+                     color="black", linewidth=0.8, label="A before B")
     left.set_xlabel("Iterations (training B)")
     left.set_ylabel("Model A test accuracy")
     left.set_title("A while B trains (solid: w/o WPL, dashed: WPL)")
@@ -123,24 +129,32 @@ def plot_figure1(cases: Mapping[int, Sequence[dict]], per_count: Mapping[str, di
 
 # --------------------------------------------------------------------------- run
 def run_counts(data, config: tm.TwoModelsConfig, counts: Sequence[int],
-               progress=print) -> Dict[int, list]:
+               progress=print) -> Tuple[Dict[int, list], List[dict]]:
     """Per seed, trains A once (strict) and runs B without / with WPL for every count.
 
+    A case whose B training diverges (:class:`WPLDivergenceError`, with or without WPL) is left
+    out of ``cases`` and listed in ``diverged`` with its seed, count and message.
+
     Returns:
-        ``{k: [run_case result per seed]}``.
+        ``({k: [run_case result per finished seed]}, diverged)``.
     """
-    cases = {k: [] for k in counts}
+    cases, diverged = {k: [] for k in counts}, []
     for seed in config.seeds:
         trained = tm.train_a(data, config, seed)
         for k in counts:
-            case = tm.run_case(data, dataclasses.replace(config, shared_layers=k), seed,
-                               trained_a=trained)
+            try:
+                case = tm.run_case(data, dataclasses.replace(config, shared_layers=k), seed,
+                                   trained_a=trained)
+            except WPLDivergenceError as error:
+                diverged.append({"seed": seed, "shared_layers": k, "error": str(error)})
+                progress(f"seed {seed}, {k} shared: B diverged, case left out ({error})")
+                continue
             cases[k].append(case)
             progress(f"seed {seed}, {k} shared: A {case['a_baseline']:.4f} -> "
                      f"{case['a_final_without']:.4f} without / {case['a_final_with']:.4f} with "
                      f"WPL; B {case['b_final_without']:.4f} / {case['b_final_with']:.4f} "
                      f"({case['seconds']:.0f}s)")
-    return cases
+    return cases, diverged
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,7 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     started = time.time()
     data = load_mnist(args.data_dir, validation_size=config.validation_size, seed=0,
                       verify=args.verify)
-    cases = run_counts(data, config, counts, progress=lambda m: print(m, flush=True))
+    cases, diverged = run_counts(data, config, counts, progress=lambda m: print(m, flush=True))
     per_count = summarize_counts(cases)
     paths = {"json": os.path.join(out, "shared_layers.json"),
              "figure": os.path.join(out, "shared_layers.png")}
@@ -217,6 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "shared_layers": per_count,
         **headline(per_count),
         "seeds": list(config.seeds),
+        "diverged": [{"seed": d["seed"], "shared_layers": d["shared_layers"]} for d in diverged],
         "units": "a_drop: accuracy points; accuracies and reduction: fractions",
         "settings": _settings(config, counts),
         "outputs": paths,
@@ -224,7 +239,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     }
     with open(paths["json"], "w") as handle:
         json.dump(tm.to_jsonable({"report": report, "config": config.to_json(),
-                                  "cases": {str(k): v for k, v in cases.items()}}), handle, indent=1)
+                                  "cases": {str(k): v for k, v in cases.items()},
+                                  "diverged": diverged}), handle, indent=1)
     print(json.dumps(tm.to_jsonable(report)))
     return report
 

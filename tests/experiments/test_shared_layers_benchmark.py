@@ -63,8 +63,11 @@ def test_headline_flags(bench, rows, lower, grows):
     assert bench.headline(per_count) == {"wpl_lower_everywhere": lower, "drop_grows_with_k": grows}
 
 
-def test_plot_writes_png(bench, tmp_path):
+@pytest.mark.parametrize("empty", [None, 4])
+def test_plot_writes_png(bench, tmp_path, empty):
     cases = {1: [_case(4.0, 2.0)], 4: [_case(40.0, 0.5)]}
+    if empty is not None:
+        cases[empty] = []  # every seed of that count diverged
     path = str(tmp_path / "fig.png")
     bench.plot_figure1(cases, bench.summarize_counts(cases), path)
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -111,6 +114,7 @@ def test_tiny_run_on_idx_files(bench, tmp_path, capsys):
     assert json.loads(last) == json.loads(json.dumps(report))
     assert list(report["shared_layers"]) == ["1", "3"]
     assert report["seeds"] == [0] and report["wpl_lower_everywhere"] in (0, 1)
+    assert report["diverged"] == [] and report["shared_layers"]["1"]["seeds_done"] == 1
     saved = json.loads(open(report["outputs"]["json"]).read())
     assert saved["report"]["shared_layers"] == report["shared_layers"]
     one, three = saved["cases"]["1"][0], saved["cases"]["3"][0]
@@ -121,3 +125,41 @@ def test_tiny_run_on_idx_files(bench, tmp_path, capsys):
     assert os.path.getsize(report["outputs"]["figure"]) > 1000
     assert report["shared_layers"]["3"]["a_drop_with"] == pytest.approx(
         100 * (three["a_baseline"] - three["a_final_with"]))
+
+
+def test_headline_with_a_count_without_finished_seeds_is_zero(bench):
+    per_count = bench.summarize_counts({1: [_case(4.0, 2.0)], 2: []})
+    assert per_count["2"]["seeds_done"] == 0 and np.isnan(per_count["2"]["a_drop_without"])
+    assert per_count["1"]["seeds_done"] == 1
+    assert bench.headline(per_count) == {"wpl_lower_everywhere": 0, "drop_grows_with_k": 0}
+
+
+def test_run_counts_trains_a_once_per_seed_and_leaves_diverged_cases_out(bench, monkeypatch):
+    from wpl_keras.wpl.training import WPLDivergenceError
+
+    trained, calls = [], []
+
+    def fake_train_a(data, config, seed):
+        trained.append(seed)
+        return ("A", seed)
+
+    def fake_run_case(data, config, seed, trained_a=None):
+        calls.append((seed, config.shared_layers, trained_a))
+        if (seed, config.shared_layers) == (1, 2):
+            raise WPLDivergenceError("Training diverged at batch 57")
+        return {**_case(float(config.shared_layers), 0.0, seed=seed),
+                "seconds": 0.0, "shared_layers": config.shared_layers}
+
+    monkeypatch.setattr(bench.tm, "train_a", fake_train_a)
+    monkeypatch.setattr(bench.tm, "run_case", fake_run_case)
+    config = bench.tm.TwoModelsConfig(seeds=(0, 1))
+    messages = []
+    cases, diverged = bench.run_counts(None, config, [1, 2], progress=messages.append)
+    assert trained == [0, 1]
+    assert calls == [(0, 1, ("A", 0)), (0, 2, ("A", 0)), (1, 1, ("A", 1)), (1, 2, ("A", 1))]
+    assert [c["seed"] for c in cases[1]] == [0, 1] and [c["seed"] for c in cases[2]] == [0]
+    assert diverged == [{"seed": 1, "shared_layers": 2, "error": "Training diverged at batch 57"}]
+    assert "seed 1, 2 shared: B diverged" in messages[-1]
+    per_count = bench.summarize_counts(cases)
+    assert per_count["2"]["seeds_done"] == 1 and per_count["1"]["seeds_done"] == 2
+    assert bench.headline(per_count) == {"wpl_lower_everywhere": 1, "drop_grows_with_k": 1}
