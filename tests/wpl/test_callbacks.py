@@ -109,3 +109,22 @@ def test_callbacks_on_a_normalised_state(seed, normalization):
         np.testing.assert_allclose(f.numpy(), norm, rtol=1e-4, atol=1e-6)
     total = np.sqrt(sum(np.sum(np.square(f.numpy())) for f in state.fisher))
     assert history.history["wpl_fisher_norm"][-1] == pytest.approx(total, rel=1e-5)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_divergence_guard_without_wpl_names_the_data_loss_not_alpha(with_state):
+    """Without a WPL state, or with α = 0, a divergence is the data loss's own: the message
+    says so and suggests the step size, not α or proximal mode."""
+    from wpl_keras.wpl import DivergenceGuard, WPLDivergenceError
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, name="shared")])
+    state = apply_wpl(model, ["shared"], strength=0.0) if with_state else None
+    model.compile(optimizer=keras.optimizers.SGD(50.0), loss="mse")
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32") * 10
+    with pytest.raises(WPLDivergenceError) as info:
+        model.fit(x, x[:, :1], batch_size=8, epochs=5, verbose=0,
+                  callbacks=[DivergenceGuard(state)])
+    text = str(info.value)
+    assert "without a WPL penalty" in text and "learning rate=50" in text
+    assert "alpha" not in text and "proximal" not in text

@@ -138,15 +138,21 @@ class DivergenceGuard(keras.callbacks.Callback):
         loss = float(logs["loss"])
         exploded = math.isfinite(self._best) and self._best > 0 and loss > self.factor * self._best
         if not math.isfinite(loss) or exploded:
-            alpha = float(self.state.strength.numpy()) if self.state is not None else float("nan")
-            max_f = float(self.state.max_fisher().numpy()) if self.state is not None else float("nan")
             lr = float(tf.convert_to_tensor(self.model.optimizer.learning_rate).numpy())
             self.model.stop_training = True
-            raise WPLDivergenceError(
-                f"Training diverged at batch {batch}: loss={loss:g} (best so far {self._best:g}) "
-                f"with WPL alpha={alpha:g}, learning rate={lr:g}, max Fisher={max_f:g}. A gradient "
-                "step on (alpha/2) F (theta - theta*)^2 is stable only while "
-                "lr * alpha * max(F) < 2 (1 + momentum): lower alpha or the learning rate, or "
-                "train with mode='proximal' (exact proximal step, stable for any alpha)."
-            )
+            raise WPLDivergenceError(self._message(batch, loss, lr))
         self._best = min(self._best, loss)
+
+    def _message(self, batch: int, loss: float, lr: float) -> str:
+        """What diverged, and the fix that fits: WPL's stability bound with a WPL state (α > 0),
+        the data loss's step size without one."""
+        head = f"Training diverged at batch {batch}: loss={loss:g} (best so far {self._best:g})"
+        alpha = float(self.state.strength.numpy()) if self.state is not None else 0.0
+        if alpha <= 0.0:
+            return (f"{head} without a WPL penalty (learning rate={lr:g}): the data loss's own "
+                    "steps diverged; lower the learning rate or the momentum, or clip gradients.")
+        max_f = float(self.state.max_fisher().numpy())
+        return (f"{head} with WPL alpha={alpha:g}, learning rate={lr:g}, max Fisher={max_f:g}. "
+                "A gradient step on (alpha/2) F (theta - theta*)^2 is stable only while "
+                "lr * alpha * max(F) < 2 (1 + momentum): lower alpha or the learning rate, or "
+                "train with mode='proximal' (exact proximal step, stable for any alpha).")
