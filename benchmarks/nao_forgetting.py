@@ -7,9 +7,9 @@ epoch the mean validation perplexity (err1) of the trained pool architectures an
 per rate (``dropout_<rate>/warmup``) and both searches continue from that checkpoint
 (``--no-fork`` runs them twice). One difference from an unforked search: the warm-up's last
 controller phase is its final one, which scores and trains but adds no new architectures, so
-the forked pool grows once less (identically in both searches). The measured number per rate is the mean best-5 difference
-over the epochs ``E`` with WPL on; with ``--seeds 0,1,2`` the per-epoch differences are first
-averaged over the seeds. The paper's claim is that WPL gives the lower one at every rate
+the forked pool grows once less (identically in both searches). The measured number per rate
+is the mean best-5 difference over the epochs ``E`` with WPL on; with ``--seeds 0,1,2`` the
+per-epoch differences are first averaged over the seeds. The paper's claim is that WPL gives the lower one at every rate
 (``wpl_lower_at_all_rates = 1``; ``wpl_lower_at_all_rates_per_seed`` says it for each seed).
 Per rate, ``reduction = 1 − Σ_E best5_with / Σ_E best5_without`` is the paper's ratio of
 forgetting amounts (null when the sum without WPL is ``<= 0``), with each seed's own
@@ -17,7 +17,16 @@ forgetting amounts (null when the sum without WPL is ``<= 0``), with each seed's
 and ``reduction_per_epoch``, the mean of per-epoch ratios (dominated by epochs with a tiny
 positive difference without WPL; not the headline).
 
+The paper's other remedy, random path dropping, runs with ``--path-keep 0.9`` (a comma list of
+keep probabilities): per rate and keep, one more NAO search without WPL whose RNN supernet
+drops each node's input with probability ``1 − keep`` in training
+(``RNNModelConfig.path_keep``), from the first epoch (it does not fork from the warm-up,
+which has no path dropping). ``path_dropping`` in the JSON gives, per keep and rate, its
+mean best-5 ``err2 − err1`` over the same epochs ``E``, its pooled reduction against plain
+NAO, and whether WPL forgets less than it (``wpl_lower_than_path_dropping_at_all_rates``).
+
     python benchmarks/nao_forgetting.py --preset cpu-small --data-dir ../shared/data/ptb
+    python benchmarks/nao_forgetting.py --preset tiny --path-keep 0.9 --data-dir ...
 
 Writes ``figure4.png`` and ``results.json`` under ``--out``; the last line printed is one
 JSON object with the numbers and the settings.
@@ -72,6 +81,71 @@ def run_rate(config, rate: float, out: str, data, *, fork: bool):
     return runs, seconds
 
 
+def run_path_arm(config, rate: float, keep: float, out: str, data):
+    """The search without WPL at output dropout ``rate`` whose RNN supernet drops paths with
+    keep probability ``keep`` (``RNNModelConfig.path_keep``) in every epoch, into ``out``.
+    Returns ``(history, seconds)``."""
+    from wpl_keras.experiments import nao as nao_experiment
+
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    task = config.base.task
+    model = dataclasses.replace(task.model, path_keep=float(keep))
+    base = dataclasses.replace(config.base, task=dataclasses.replace(task, model=model))
+    t0 = time.time()
+    result = nao_experiment.run_nao_experiment(
+        config.replace(base=base, output_dropout=rate, search={"wpl": False}), None, out,
+        data=data)
+    seconds = round(time.time() - t0, 1)
+    print(f"dropout {rate:g} path keep {keep:g} (seed {config.base.seed}): best5 diffs "
+          f"{[round(r['best5_diff'], 2) for r in result.history]}, {seconds} s", flush=True)
+    return result.history, seconds
+
+
+def path_dropping_fields(path_by_seed: dict, runs: dict, seeds: list, rates: list,
+                         keeps: list, start_epoch: int) -> dict:
+    """The path-dropping arms' forgetting beside the dropout rates' runs.
+
+    Args:
+        path_by_seed: ``(seed, rate, keep) → history`` of the searches with path dropping.
+        runs: ``(rate, wpl) → history`` averaged over the seeds (:func:`summary_fields`).
+        seeds, rates, keeps: what was run; start_epoch: the first epoch with WPL.
+
+    Returns:
+        ``{"keep_<k>": {"by_rate": {rate: {...}}, "path_lower_than_no_wpl_at_all_rates",
+        "wpl_lower_than_path_dropping_at_all_rates"}}``; per rate ``best5_diff`` (mean over
+        the WPL epochs ``E`` of the seed-averaged best-5 ``err2 − err1`` with path
+        dropping), ``reduction_vs_no_wpl`` ``= 1 − Σ_E best5_path / Σ_E best5_without``
+        (null when the sum without is ``<= 0``), ``best5_without_wpl``, ``best5_with_wpl``
+        and ``mean_valid_ppl``; NaN as null.
+    """
+    from wpl_keras.nas import metrics
+
+    keys = ("mean_diff", "best5_diff", "max_diff", "mean_err1")
+    fields = {}
+    for keep in keeps:
+        path = {rate: metrics.average_histories(
+            [path_by_seed[(s, rate, keep)] for s in seeds], keys=keys) for rate in rates}
+        against_plain = metrics.forgetting_by_rate(
+            {**{(r, False): runs[(r, False)] for r in rates},
+             **{(r, True): path[r] for r in rates}}, start_epoch)
+        against_wpl = metrics.forgetting_by_rate(
+            {**{(r, False): path[r] for r in rates},
+             **{(r, True): runs[(r, True)] for r in rates}}, start_epoch)
+        by_rate = {
+            k: {"best5_diff": v["best5_with"], "reduction_vs_no_wpl": v["best5_reduction"],
+                "best5_without_wpl": v["best5_without"],
+                "best5_with_wpl": against_wpl["rates"][k]["best5_with"],
+                "mean_valid_ppl": round(v["mean_ppl_with"], 1)}
+            for k, v in against_plain["rates"].items()}
+        fields[f"keep_{keep:g}"] = {
+            "by_rate": by_rate,
+            "path_lower_than_no_wpl_at_all_rates": against_plain["wpl_lower_at_all_rates"],
+            "wpl_lower_than_path_dropping_at_all_rates": against_wpl["wpl_lower_at_all_rates"],
+        }
+    return _finite_or_null(fields)
+
+
 def _parser() -> argparse.ArgumentParser:
     """The command line of :func:`main`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -91,6 +165,10 @@ def _parser() -> argparse.ArgumentParser:
                              "are averaged over them before the per-rate means")
     parser.add_argument("--no-fork", action="store_true",
                         help="run the epochs before WPL turns on twice per rate instead of once")
+    parser.add_argument("--path-keep", default="",
+                        help="comma-separated path-dropping keep probabilities in (0, 1): per "
+                             "rate and keep, one more search without WPL with random path "
+                             "dropping (reported under path_dropping)")
     return parser
 
 
@@ -160,6 +238,47 @@ def _finite_or_null(obj):
     return obj
 
 
+def _path_figures(path_by_seed, runs, seeds, rates, keeps, out: str) -> list:
+    """One Figure-4 PNG per rate with the path-dropping arms (seed-averaged) drawn beside NAO
+    with and without WPL; none without path arms."""
+    from wpl_keras.nas import metrics
+
+    pngs = []
+    for rate in rates if keeps else []:
+        extra = {f"NAO + path dropping (keep {k:g})": metrics.average_histories(
+            [path_by_seed[(s, rate, k)] for s in seeds],
+            keys=("mean_diff", "best5_diff", "max_diff", "mean_err1")) for k in keeps}
+        pngs.append(metrics.plot_figure4(
+            {(rate, w): runs[(rate, w)] for w in (False, True)},
+            os.path.join(out, f"figure4_path_dropping_{rate:g}.png"), extra=extra))
+    return pngs
+
+
+def run_arms(config, seeds: list, rates: list, keeps: list, out: str, data, *, fork: bool):
+    """Every search: per seed and rate, without and with WPL (:func:`run_rate`) and one per
+    path-dropping keep (:func:`run_path_arm`). Returns ``(by_seed, path_by_seed, seconds)``
+    keyed ``(seed, rate, wpl)`` and ``(seed, rate, keep)``."""
+    by_seed, path_by_seed, seconds = {}, {}, {}
+    for seed in seeds:
+        seed_config = dataclasses.replace(
+            config, base=dataclasses.replace(config.base, seed=seed))
+        root = out if len(seeds) == 1 else os.path.join(out, f"seed{seed}")
+        for rate in rates:
+            rate_runs, rate_seconds = run_rate(
+                seed_config, rate, os.path.join(root, f"dropout_{rate:g}"), data, fork=fork)
+            for wpl, history in rate_runs.items():
+                by_seed[(seed, rate, wpl)] = history
+            for name, sec in rate_seconds.items():
+                seconds[f"seed{seed}/{rate:g}/{name}"] = sec
+            for keep in keeps:
+                history, sec = run_path_arm(
+                    seed_config, rate, keep,
+                    os.path.join(root, f"dropout_{rate:g}", f"path_keep_{keep:g}"), data)
+                path_by_seed[(seed, rate, keep)] = history
+                seconds[f"seed{seed}/{rate:g}/path_keep_{keep:g}"] = sec
+    return by_seed, path_by_seed, seconds
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
 
@@ -167,6 +286,10 @@ def main(argv=None) -> int:
     from wpl_keras.nas import metrics
 
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    keeps = [float(k) for k in args.path_keep.split(",") if k.strip()]
+    for keep in keeps:
+        if not 0.0 < keep < 1.0:
+            raise SystemExit(f"--path-keep {keep:g} must be in (0, 1) (1 is no path dropping).")
     seeds = ([int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds
              else [args.seed])
     config = nao_experiment.nao_preset("rnn", args.preset)
@@ -180,23 +303,19 @@ def main(argv=None) -> int:
     data, config = nao_experiment.prepare_nao(config, args.data_dir)
     start_epoch = config.search.wpl_start_epoch
     fork = not args.no_fork and 0 < start_epoch < config.search.epochs
-    by_seed, seconds = {}, {}
-    for seed in seeds:
-        seed_config = dataclasses.replace(
-            config, base=dataclasses.replace(config.base, seed=seed))
-        root = args.out if len(seeds) == 1 else os.path.join(args.out, f"seed{seed}")
-        for rate in rates:
-            rate_runs, rate_seconds = run_rate(
-                seed_config, rate, os.path.join(root, f"dropout_{rate:g}"), data, fork=fork)
-            for wpl, history in rate_runs.items():
-                by_seed[(seed, rate, wpl)] = history
-            for name, sec in rate_seconds.items():
-                seconds[f"seed{seed}/{rate:g}/{name}"] = sec
+    by_seed, path_by_seed, seconds = run_arms(config, seeds, rates, keeps, args.out, data,
+                                              fork=fork)
     runs, fields = summary_fields(by_seed, seeds, rates, start_epoch)
+    if keeps:
+        fields["path_dropping"] = path_dropping_fields(path_by_seed, runs, seeds, rates, keeps,
+                                                       start_epoch)
     os.makedirs(args.out, exist_ok=True)
     png = metrics.plot_figure4(runs, os.path.join(args.out, "figure4.png"))
+    path_pngs = _path_figures(path_by_seed, runs, seeds, rates, keeps, args.out)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({f"{s}/{r:g}/{w}": h for (s, r, w), h in by_seed.items()}, f)
+        json.dump({**{f"{s}/{r:g}/{w}": h for (s, r, w), h in by_seed.items()},
+                   **{f"{s}/{r:g}/path_keep_{k:g}": h
+                      for (s, r, k), h in path_by_seed.items()}}, f)
     task = config.base.task
     line = {
         "benchmark": "nao_forgetting (Figure 4)",
@@ -216,11 +335,12 @@ def main(argv=None) -> int:
                      "batch_size": task.batch_size, "bptt": task.bptt,
                      "learning_rate": task.optimizer.learning_rate,
                      "wpl_scope": task.wpl_scope, "wpl": task.wpl.to_json()},
-            "path_dropping": "not run: the RNN supernet has no path-dropping option",
+            "path_keep": keeps,
         },
         "seconds": round(time.time() - start, 1),
         "seconds_per_run": seconds,
         "figure": png,
+        "path_dropping_figures": path_pngs,
     }
     print(json.dumps(line))
     return 0

@@ -13,6 +13,7 @@ from wpl_keras.nas.rnn_model import (
     export_language_model,
     train_from_scratch,
 )
+from wpl_keras.nas.rnn_cell import enas_cell_sequence_inference
 from wpl_keras.nas.rnn_space import RNNCellSpace
 from wpl_keras.nas.rnn_supernet import RNNModelConfig, RNNOptimizerConfig, RNNSupernetConfig
 
@@ -40,13 +41,21 @@ def test_build_checks_architecture_and_shapes(seed):
         build_language_model(space, (0, 1, 0, 0, 0, 0, 0), tiny_config())
 
 
-def test_train_from_scratch_learns_a_pattern(seed):
-    # A deterministic cyclic text is learnable: perplexity must fall far below V.
-    ids = np.tile(np.arange(V, dtype=np.int32), 40)
+RELEASE_OPTIONS = dict(output_batch_norm=True, batch_norm_init="unit",
+                       weight_drop_scope="recurrent", path_keep=0.9)
+
+
+@pytest.mark.parametrize("options", [{}, RELEASE_OPTIONS], ids=["plain", "bn_path"])
+def test_train_from_scratch_learns_a_pattern(seed, options):
+    # A deterministic cyclic text is learnable: perplexity must fall far below V (also with
+    # output BatchNorm, evaluated on its moving averages, and path dropping in training).
+    # 41 cycles: the batch rows start at different words (identical rows would leave
+    # BatchNorm no variance to normalise).
+    ids = np.tile(np.arange(V, dtype=np.int32), 41)
     corpus = PTBCorpus(ids, ids[:200], ids[:200], [str(i) for i in range(V)], {})
     cfg = tiny_config(model=dict(weight_drop=0.0, output_dropout=0.0, input_dropout=0.0,
                                  embedding_dropout=0.0, hidden_size=16, embedding_size=16,
-                                 init_range=0.3),
+                                 init_range=0.3, **options),
                       optimizer=dict(learning_rate=2.0, grad_clip=1.0))
     out = train_from_scratch(corpus, ARCH, cfg, epochs=2, max_eval_batches=5)
     assert set(out) >= {"valid_ppl", "test_ppl"}
@@ -54,9 +63,10 @@ def test_train_from_scratch_learns_a_pattern(seed):
     assert np.isfinite(out["test_ppl"])
 
 
-def test_saved_model_round_trip(seed, tmp_path):
+@pytest.mark.parametrize("options", [{}, RELEASE_OPTIONS], ids=["plain", "bn_path"])
+def test_saved_model_round_trip(seed, tmp_path, options):
     space = RNNCellSpace(4)
-    model = build_language_model(space, ARCH, tiny_config(), seed=3)
+    model = build_language_model(space, ARCH, tiny_config(model=options), seed=3)
     # A model that already ran traced (custom-gradient) functions must still export.
     evaluate_perplexity(model, np.arange(40) % V, batch_size=2, bptt=5)
     tokens = tf.constant(np.arange(12).reshape(2, 6) % V, tf.int32)
@@ -156,3 +166,42 @@ def test_export_with_another_unknown_token(seed, tmp_path):
     out = tf.saved_model.load(export_dir).signatures["serve_words"](
         words=tf.constant([["<unk>", "word0", "UNK"]]))
     np.testing.assert_array_equal(out["ids"], [[V - 1, 1, V - 1]])
+
+
+def test_output_batch_norm_trains_on_batch_statistics_and_evaluates_on_moving_averages(seed):
+    """Training: each step's outputs normalised over the rows, and the moving averages move
+    by m ← 0.9 m + 0.1 μ̄, v ← 0.9 v + 0.1 σ̄² n/(n − 1); evaluation: the averages, so a
+    row's logits do not depend on the other rows."""
+    cfg = tiny_config(model=dict(weight_drop=0.0, output_dropout=0.0, input_dropout=0.0,
+                                 embedding_dropout=0.0, init_range=0.3,
+                                 output_batch_norm=True, batch_norm_init="uniform"))
+    model = build_language_model(RNNCellSpace(4), ARCH, cfg, seed=2)
+    assert [w.name for w in model.non_trainable_weights] == ["bn_moving_mean",
+                                                            "bn_moving_variance"]
+    rng = np.random.default_rng(3)
+    tokens = tf.constant(rng.integers(0, V, (4, 5)), tf.int32)
+    x = tf.gather(model.embedding, tf.transpose(tokens))
+    xp = tf.einsum("tbe,ef->tbf", x, model.w_x)
+    out = enas_cell_sequence_inference(xp, tf.zeros([4, 8]), model.w_h, model.w_nodes,
+                                       tf.constant(ARCH), 4, max_norm=25.0)[0].numpy()
+    gamma, beta = model.bn_gamma.numpy(), model.bn_beta.numpy()
+    emb, bias = model.embedding.numpy(), model.decoder_bias.numpy()
+
+    def logits_of(normed):
+        return np.einsum("tbh,vh->btv", normed, emb) + bias
+
+    mean, var = out.mean(1, keepdims=True), out.var(1, keepdims=True)
+    train, _ = model(tokens, training=True)
+    np.testing.assert_allclose(train.numpy(), logits_of(
+        gamma * (out - mean) / np.sqrt(var + 1e-5) + beta), rtol=1e-4, atol=1e-5)
+    moving_mean = 0.1 * mean.mean(axis=(0, 1))
+    moving_var = 0.9 + 0.1 * var.mean(axis=(0, 1)) * 4 / 3
+    np.testing.assert_allclose(model.bn_moving_mean.numpy(), moving_mean, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model.bn_moving_variance.numpy(), moving_var, rtol=1e-5)
+    evaluated, _ = model(tokens, training=False)
+    np.testing.assert_allclose(evaluated.numpy(), logits_of(
+        gamma * (out - moving_mean) / np.sqrt(moving_var + 1e-5) + beta), rtol=1e-4, atol=1e-5)
+    alone, _ = model(tokens[:1], training=False)
+    np.testing.assert_allclose(alone.numpy()[0], evaluated.numpy()[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.bn_moving_mean.numpy(), moving_mean, rtol=1e-5,
+                               atol=1e-7)  # evaluation leaves the averages alone

@@ -18,8 +18,10 @@ from wpl_keras.nas.rnn_supernet import (
     RNNSupernetConfig,
     apply_dropout_masks,
     apply_input_dropouts,
+    batch_norm_rows,
     decode_architecture,
     draw_dropout_masks,
+    enas_cell_sequence_inference,
     slice_dropout_masks,
 )
 from wpl_keras.utils.checkpoint import VariableBundle
@@ -64,9 +66,10 @@ def tiny_corpus(seed=0):
 ACT = {0: tf.tanh, 1: lambda a: tf.nn.relu(a), 2: lambda a: a, 3: tf.sigmoid}
 
 
-def reference_logits(net, tokens, arch, state, max_norm=None):
+def reference_logits(net, tokens, arch, state, max_norm=None, path=None):
     """Plain unrolled ENAS cell (static architecture), no dropout; with ``max_norm`` each
-    step's state rows are rescaled to that norm (the scale a constant for gradients)."""
+    step's state rows are rescaled to that norm (the scale a constant for gradients); with
+    ``path`` (``N − 1`` scales) node ``i`` reads ``path[i − 1] · s_in(i)``."""
     space = RNNCellSpace(net.cfg.model.num_nodes)
     acts, inputs, loose = space.activation_ids(arch), space.inputs(arch), space.loose_ends(arch)
     H = net.cfg.model.hidden_size
@@ -79,7 +82,7 @@ def reference_logits(net, tokens, arch, state, max_norm=None):
         z = x @ net.w_x + h @ net.w_h
         s = [h + tf.sigmoid(z[:, :H]) * (ACT[acts[0]](z[:, H:]) - h)]
         for i in range(1, len(acts)):
-            p = s[inputs[i - 1]]
+            p = s[inputs[i - 1]] * (1.0 if path is None else path[i - 1])
             z = p @ W[i * (i - 1) // 2 + inputs[i - 1]]
             s.append(p + tf.sigmoid(z[:, :H]) * (ACT[acts[i]](z[:, H:]) - p))
         h = tf.add_n([s[j] for j in loose]) / len(loose)
@@ -392,7 +395,9 @@ def test_config_is_nested_by_concern_and_reads_json_objects():
     assert small.optimizer.learning_rate == 10.0 and small.model.hidden_size == 256
     paper = RNNSupernetConfig.paper(model={"num_nodes": 3}, bptt=7)
     assert paper.model == RNNModelConfig(num_nodes=3) and paper.bptt == 7
-    assert RNNSupernetConfig.paper() == RNNSupernetConfig()
+    assert RNNSupernetConfig.paper() == RNNSupernetConfig(model=RNNModelConfig.paper())
+    assert RNNSupernetConfig.paper(model=RNNModelConfig.paper(num_nodes=3)).model.init_range == (
+        0.025)
 
 
 def test_old_flat_config_names_where_each_field_lives_now():
@@ -421,6 +426,9 @@ def test_old_flat_config_names_where_each_field_lives_now():
     (RNNModelConfig, "embedding_dropout", float("nan")), (RNNModelConfig, "input_dropout", "0.5"),
     (RNNModelConfig, "init_range", 0.0), (RNNModelConfig, "hidden_max_norm", -1.0),
     (RNNModelConfig, "hidden_max_norm", float("inf")),
+    (RNNModelConfig, "path_keep", 0.0), (RNNModelConfig, "path_keep", 1.1),
+    (RNNModelConfig, "path_keep", "0.9"), (RNNModelConfig, "weight_drop_scope", "nodes"),
+    (RNNModelConfig, "batch_norm_init", "ones"), (RNNModelConfig, "output_batch_norm", 1),
     (RNNOptimizerConfig, "learning_rate", 0.0), (RNNOptimizerConfig, "learning_rate", "20"),
     (RNNOptimizerConfig, "lr_decay", 0.0), (RNNOptimizerConfig, "lr_decay", 1.5),
     (RNNOptimizerConfig, "lr_decay_start_epoch", -1),
@@ -459,8 +467,9 @@ def test_search_task_is_importable_from_the_supernet_module():
 
 
 def _no_dropout(**kw):
-    return tiny_config(weight_drop=0.0, output_dropout=0.0, embedding_dropout=0.0,
-                       input_dropout=0.0, **kw)
+    """tiny_config with every dropout off unless ``kw`` sets it."""
+    rates = dict(weight_drop=0.0, output_dropout=0.0, embedding_dropout=0.0, input_dropout=0.0)
+    return tiny_config(**{**rates, **kw})
 
 
 @pytest.mark.parametrize("scope", ["cell", "all"])
@@ -545,3 +554,175 @@ def test_cell_scope_wpl_acts_on_the_node_rows_only(mode):
         np.testing.assert_allclose(on["w_nodes"][rows],
                                    anchor[rows] + (off["w_nodes"][rows] - anchor[rows]) / (1 + k),
                                    rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------- the release's supernet options
+def test_paper_model_is_the_release_search_supernet_and_cpu_presets_keep_theirs():
+    """models/shared_rnn.py of the WPL release (mode "train"): init ±0.025, weight-drop on
+    w_hc/w_hh only, BatchNorm1d on the cell output (every parameter, BN's included, drawn
+    uniform), no path dropping."""
+    model = RNNSupernetConfig.paper().model
+    assert (model.init_range, model.weight_drop_scope, model.output_batch_norm,
+            model.batch_norm_init, model.path_keep) == (0.025, "recurrent", True, "uniform", 1.0)
+    small = RNNSupernetConfig.cpu_small().model
+    assert (small.init_range, small.weight_drop_scope, small.output_batch_norm,
+            small.path_keep) == (0.04, "all", False, 1.0)
+    again = RNNSupernetConfig.from_json(json.dumps(RNNSupernetConfig.paper().to_json()))
+    assert again == RNNSupernetConfig.paper()
+    net = RNNSupernet(RNNSupernetConfig.paper(model=RNNModelConfig.paper(
+        num_nodes=3, vocab_size=V, embedding_size=6, hidden_size=6)), seed=0)
+    for w in net.dense_weights() + [net.w_nodes]:
+        values = np.asarray(w)
+        if w is not net.decoder_bias:
+            assert np.abs(values).max() <= 0.025 and np.abs(values).max() > 0.01, w.name
+    assert not np.array_equal(net.bn_gamma.numpy(), net.bn_beta.numpy())
+
+
+def test_batch_norm_rows_normalises_each_step_over_the_rows():
+    rng = np.random.default_rng(4)
+    x = rng.normal(3.0, 2.0, size=(5, 7, 4)).astype(np.float32)
+    gamma, beta = np.float32([1.0, 2.0, -0.5, 0.3]), np.float32([0.0, 1.0, 0.2, -3.0])
+    y = batch_norm_rows(tf.constant(x), gamma, beta).numpy()
+    mean, var = x.mean(axis=1, keepdims=True), x.var(axis=1, keepdims=True)
+    np.testing.assert_allclose(y, gamma * (x - mean) / np.sqrt(var + 1e-5) + beta, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(y.mean(axis=1), np.broadcast_to(beta, (5, 4)), atol=1e-5)
+    np.testing.assert_allclose(y.std(axis=1), np.broadcast_to(np.abs(gamma), (5, 4)), rtol=1e-3)
+    # Given moments (a standalone model's moving averages) replace the batch's.
+    fixed = batch_norm_rows(tf.constant(x), gamma, beta, mean=np.float32(1.0),
+                            variance=np.float32(4.0)).numpy()
+    np.testing.assert_allclose(fixed, gamma * (x - 1.0) / np.sqrt(4.0 + 1e-5) + beta, rtol=1e-5)
+
+
+def _cell_outputs(net, tokens, arch, state, path_mask=None):
+    """The supernet's cell outputs ``[T, B, H]`` (no dropout), from its own weights."""
+    cfg = net.cfg.model
+    x = tf.gather(tf.convert_to_tensor(net.embedding), tf.transpose(tokens))
+    xp = tf.einsum("tbe,ef->tbf", x, net.w_x)
+    w_nodes = tf.gather(tf.convert_to_tensor(net.w_nodes), net.wpl_rows(arch))
+    return enas_cell_sequence_inference(xp, state, net.w_h, w_nodes, tf.constant(arch),
+                                        cfg.num_nodes, max_norm=cfg.hidden_max_norm,
+                                        path_mask=path_mask)[0]
+
+
+@pytest.mark.parametrize("init", ["unit", "uniform"])
+def test_output_batch_norm_uses_batch_statistics_in_training_and_evaluation(init):
+    """logits = BN(cell output) Eᵀ + b, BN over the batch rows per step with the batch's own
+    statistics whether training or not (dropouts off); the carried state is not normalised;
+    γ and β receive gradients."""
+    cfg = _no_dropout(output_batch_norm=True, batch_norm_init=init, init_range=0.3)
+    net, plain = RNNSupernet(cfg, seed=4), RNNSupernet(_no_dropout(init_range=0.3), seed=4)
+    rng = np.random.default_rng(2)
+    tokens = tf.constant(rng.integers(0, V, (5, 4)), tf.int32)
+    state = tf.constant(rng.normal(size=(5, 6)), tf.float32)
+    arch = (1, 0, 2, 1, 3, 0, 0)
+    out = _cell_outputs(net, tokens, arch, state).numpy()
+    gamma, beta = net.bn_gamma.numpy(), net.bn_beta.numpy()
+    if init == "unit":
+        assert np.all(gamma == 1) and np.all(beta == 0)
+    normed = gamma * (out - out.mean(1, keepdims=True)) / np.sqrt(out.var(1, keepdims=True)
+                                                                  + 1e-5) + beta
+    want = np.einsum("tbh,vh->btv", normed, net.embedding.numpy()) + net.decoder_bias.numpy()
+    for training in (True, False):
+        with tf.GradientTape() as tape:
+            logits, new_state = net(tokens, tf.constant(arch), state, training=training)
+            loss = tf.reduce_sum(tf.sin(logits))
+        np.testing.assert_allclose(logits.numpy(), want, rtol=1e-4, atol=1e-5)
+        _, plain_state = plain(tokens, tf.constant(arch), state, training=training)
+        np.testing.assert_allclose(new_state.numpy(), plain_state.numpy(), rtol=1e-6)
+        grads = tape.gradient(loss, [net.bn_gamma, net.bn_beta])
+        assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+    # Evaluation depends on the batch: a row's logits move when another row changes.
+    other = tf.concat([tokens[:1], (tokens[1:] + 1) % V], axis=0)
+    moved, _ = net(other, tf.constant(arch), state, training=False)
+    assert np.abs(moved.numpy()[0] - want[0]).max() > 1e-4
+
+
+@pytest.mark.parametrize("scope", ["recurrent", "all"])
+def test_weight_drop_scope(scope):
+    """"recurrent": only W_h is masked (the node matrices enter untouched); "all": W_h and the
+    architecture's node matrices. Checked against a supernet without weight-drop whose
+    weights are set to the masked ones."""
+    cfg = _no_dropout(weight_drop=0.5, weight_drop_scope=scope)
+    net, bare = RNNSupernet(cfg, seed=6), RNNSupernet(_no_dropout(), seed=6)
+    arch = (1, 0, 2, 1, 3, 0, 0)
+    tokens = tf.constant(np.arange(12).reshape(3, 4) % V, tf.int32)
+    masks = net.dropout_masks(3)
+    assert set(masks) == ({"w_h"} if scope == "recurrent" else {"w_h", "w_nodes"})
+    assert set(np.unique(masks["w_h"].numpy())) == {0.0, 2.0}
+    got, _ = net(tokens, tf.constant(arch), training=True, dropout_masks=masks)
+    bare.w_h.assign(net.w_h.numpy() * masks["w_h"].numpy())
+    if scope == "all":
+        rows = net.wpl_rows(arch).numpy()
+        w_nodes = net.w_nodes.numpy()
+        w_nodes[rows] *= masks["w_nodes"].numpy()
+        bare.w_nodes.assign(w_nodes)
+    want, _ = bare(tokens, tf.constant(arch), training=False)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    if scope == "all":  # the node masks matter: W_h's mask alone gives other logits
+        bare.w_nodes.assign(net.w_nodes)
+        alone, _ = bare(tokens, tf.constant(arch), training=False)
+        assert np.abs(alone.numpy() - got.numpy()).max() > 1e-5
+
+
+def test_path_masks_drop_the_expected_fraction_for_the_whole_batch():
+    keep = 0.7
+    net = RNNSupernet(_no_dropout(path_keep=keep), seed=0)
+    draws = np.stack([net.dropout_masks(3)["path"].numpy() for _ in range(1500)])
+    assert draws.shape == (1500, 3)  # one scale per node 1..N-1, shared by every row
+    assert set(np.unique(draws)) == {0.0, np.float32(1.0 / keep)}
+    dropped = float((draws == 0).mean())
+    assert abs(dropped - (1 - keep)) < 0.03, dropped  # 4500 draws: sd ≈ 0.007
+    assert abs(float(draws.mean()) - 1.0) < 0.05  # inverted: E[m] = 1
+    assert "path" not in ROW_MASKS
+    assert "path" not in RNNSupernet(_no_dropout(path_keep=1.0), seed=0).dropout_masks(3)
+
+
+def test_path_dropping_matches_the_reference_with_gradients():
+    """Node i reads m_i · s_in(i): values and every weight's gradient equal the unrolled
+    reference with the same masks; at evaluation no path is dropped."""
+    cfg = _no_dropout(path_keep=0.5, init_range=0.3)
+    net = RNNSupernet(cfg, seed=1)
+    rng = np.random.default_rng(5)
+    tokens = tf.constant(rng.integers(0, V, (3, 5)), tf.int32)
+    state = tf.constant(rng.normal(size=(3, 6)), tf.float32)
+    variables = [net.embedding, net.w_x, net.w_h, net.w_nodes, net.decoder_bias]
+    for arch, mask in [((1, 0, 0, 0, 3, 1, 2), [2.0, 0.0, 2.0]),
+                       ((3, 0, 2, 1, 1, 2, 0), [0.0, 2.0, 2.0])]:
+        masks = {"path": tf.constant(mask)}
+        with tf.GradientTape(persistent=True) as tape:
+            logits, new_state = net(tokens, tf.constant(arch), state, training=True,
+                                    dropout_masks=masks)
+            ref, ref_state = reference_logits(net, tokens, arch, state, path=mask)
+            loss = tf.reduce_sum(tf.sin(logits)) + tf.reduce_sum(new_state**2)
+            ref_loss = tf.reduce_sum(tf.sin(ref)) + tf.reduce_sum(ref_state**2)
+        np.testing.assert_allclose(logits, ref, atol=1e-5)
+        np.testing.assert_allclose(new_state, ref_state, atol=1e-5)
+        for g, r in zip(tape.gradient(loss, variables), tape.gradient(ref_loss, variables)):
+            np.testing.assert_allclose(tf.convert_to_tensor(g), tf.convert_to_tensor(r),
+                                       atol=1e-4)
+        unmasked, _ = reference_logits(net, tokens, arch, state)
+        assert np.abs(unmasked.numpy() - logits.numpy()).max() > 1e-4  # the mask acted
+        evaluated, _ = net(tokens, tf.constant(arch), state, training=False)
+        np.testing.assert_allclose(evaluated, unmasked, atol=1e-5)
+
+
+def test_one_trace_with_batch_norm_and_path_dropping():
+    """Every option on (BN, recurrent weight-drop, path dropping, all dropouts): one trace
+    of each step for every architecture; WPL scope "all" covers γ and β."""
+    cfg = tiny_config(output_batch_norm=True, weight_drop_scope="recurrent", path_keep=0.8,
+                      wpl_scope="all")
+    task = RNNSearchTask(tiny_corpus(), cfg, seed=0)
+    task.wpl_state.strength.assign(60.0)
+    net = task.supernet
+    assert list(task.wpl_state.protected_variables) == [net.w_nodes] + net.dense_weights()
+    rng = np.random.default_rng(8)
+    gamma = net.bn_gamma.numpy()
+    for k in range(4):
+        out = task.train_architecture(task.space.sample(rng), 2, wpl_active=k > 0)
+        assert np.isfinite(out["loss"])
+        task.validation_error(task.space.sample(rng))
+        task.reward(task.space.sample(rng))
+    assert task.trace_count == 1 and task.eval_trace_count == 1
+    assert not np.array_equal(net.bn_gamma.numpy(), gamma)  # trained
+    assert float(tf.reduce_max(task.wpl_state.fisher[-1])) > 0  # β's Fisher

@@ -75,7 +75,9 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
     from wpl_keras.nas.rnn_supernet import RNNModelConfig, RNNOptimizerConfig, RNNSupernetConfig
 
     if name == "paper":
-        # The WPL release's run command and the ENAS RNN defaults, sized for a GPU.
+        # The WPL release's run command and the ENAS RNN defaults, sized for a GPU; the
+        # supernet is the release's (RNNModelConfig.paper: init ±0.025, weight-drop on W_h
+        # only, BatchNorm on the cell output). The CPU presets keep the model defaults.
         return ENASExperimentConfig(
             space="rnn", preset="paper", task=RNNSupernetConfig.paper(),
             search=SearchConfig.paper(),

@@ -7,6 +7,14 @@ Cell (ENAS, highway nodes). With ``x_t`` the embedded word and ``h_{t-1}`` the p
     node i:   p = s_{in(i)},  z = p W_{i,in(i)}, c = σ(z[:, :H]),  s_i = p + c ⊙ (f_i(z[:, H:]) − p)
     h_t = mean of the loose-end nodes s_j
 
+Random path dropping (optional, training only): node ``i ≥ 1`` reads ``p = m_i s_{in(i)}`` with
+``m_i ∈ {0, 1/keep}`` drawn once per training step (:func:`enas_cell_sequence`'s
+``path_mask``). BatchNorm of the cell output over the batch rows, synchronised across
+replicas, is :func:`batch_norm_rows`. The training-time dropout masks (embedding, input,
+weight-drop, output, path) are drawn in one fixed order by :func:`draw_dropout_masks` and
+applied by :func:`apply_dropout_masks` (the output and path masks by the caller and the
+cell).
+
 One traced graph serves every architecture: the architecture is an int32 tensor, activations
 are selected by a table lookup (``f(a) = k₁ tanh(k₂ a) + k₃ + k₄ relu(a) + k₅ a`` covers tanh,
 relu, identity and σ(a) = ½ + ½ tanh(a/2)), a node's input by a gather, and time is a
@@ -21,12 +29,16 @@ the standalone model of one cell is :mod:`wpl_keras.nas.rnn_model`.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from wpl_keras.nas.rnn_space import ACTIVATIONS
+
+if TYPE_CHECKING:  # the config lives with the supernet, which imports this module
+    from wpl_keras.nas.rnn_supernet import RNNModelConfig
 
 # f(a) = k1 tanh(k2 a) + k3 + k4 relu(a) + k5 a, one row per activation of ACTIVATIONS.
 ACTIVATION_TABLE = np.array(
@@ -120,7 +132,8 @@ def _forward_arrays(dtype, steps, element, hidden, num_nodes, record, clamp_rec)
     return new_ta(element), tuple(rec_tas), scale_ta
 
 
-def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, max_norm):
+def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, max_norm,
+                  path_mask=None):
     """The time loop of the cell.
 
     Node states of one step live in a ``TensorArray`` (a node reads its input with one
@@ -132,7 +145,8 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, 
 
     With ``max_norm``, every step's ``h_t`` rows are rescaled to norm at most ``max_norm``
     (``h_t ← h_t · min(1, max_norm / ‖h_t‖)``, as the ENAS code does against exploding
-    states); the scale is treated as a constant in the backward pass.
+    states); the scale is treated as a constant in the backward pass. With ``path_mask``
+    (``[N − 1]``), node ``i`` reads ``p = path_mask[i − 1] · s_{in(i)}`` (path dropping).
 
     Returns:
         ``(outputs [T, B, H], h_T, records, scales)``: ``records`` a list (per node) of
@@ -145,6 +159,7 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, 
     table = tf.gather(tf.constant(ACTIVATION_TABLE, dtype), acts)  # [N, 5]
     coeffs = tf.unstack(table, num=num_nodes)
     node_inputs = tf.unstack(inputs, num=num_nodes - 1)
+    path_scales = _path_scales(path_mask, num_nodes)
     matrices = [w_h] + tf.unstack(w_nodes, num=num_nodes - 1)
     element = h0.shape
     clamp_rec = record and max_norm is not None
@@ -161,6 +176,8 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, 
                 z = xp[t] + tf.matmul(h, matrices[0])
             else:
                 p = states.read(node_inputs[i - 1])
+                if path_scales is not None:
+                    p = p * path_scales[i - 1]
                 z = tf.matmul(p, matrices[i])
             s, kept = _node(p, z, coeffs[i], record)
             if i < num_nodes - 1:  # the last node is nobody's input
@@ -187,15 +204,24 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, 
     return out_ta.stack(), h_last, records, (scale_ta if clamp_rec else None)
 
 
+def _path_scales(path_mask, num_nodes):
+    """The path mask as a list of ``N − 1`` scalars (a constant for gradients), or None."""
+    if path_mask is None:
+        return None
+    return tf.unstack(tf.stop_gradient(tf.reshape(path_mask, [num_nodes - 1])),
+                      num=num_nodes - 1)
+
+
 def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, scales,
-                   num_nodes):
+                   num_nodes, path_mask=None):
     """Reverse time loop: from ``∂L/∂outputs`` and ``∂L/∂h_T`` to ``∂L/∂z`` of every node and
     step and ``∂L/∂h_0``.
 
     Per step, ``∂L/∂s_j`` starts at ``loose_j ∂L/∂h_t`` (times the step's clamp scale, if
     any); nodes run last to first:
     ``∂L/∂z_i = [∂L/∂s_i, ∂L/∂s_i] ⊙ G_i``, ``∂L/∂p_i = ∂L/∂s_i ⊙ q_i + ∂L/∂z_i W_iᵀ``, added
-    to ``∂L/∂s`` of node ``i``'s input (node 0's goes to ``h_{t−1}``).
+    to ``∂L/∂s`` of node ``i``'s input times its path mask ``m_i`` (if any; node 0's goes to
+    ``h_{t−1}``).
 
     Returns:
         ``(dz, d_h0)``: ``dz`` a list (per node) of ``[T, B, 2H]``.
@@ -205,6 +231,7 @@ def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, scal
     element = d_outputs.shape[1:]
     wide = records[0][2].element_shape
     node_inputs = tf.unstack(inputs, num=num_nodes - 1)
+    path_scales = _path_scales(path_mask, num_nodes)
     dz_tas = [tf.TensorArray(dtype, size=steps, element_shape=wide) for _ in range(num_nodes)]
 
     def body(k, dh_next, dz_tas):
@@ -227,6 +254,8 @@ def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, scal
                 d_prev = dp
             else:
                 j = node_inputs[i - 1]
+                if path_scales is not None:
+                    dp = dp * path_scales[i - 1]
                 ds = ds.write(j, ds.read(j) + dp)
         return k + 1, d_prev, tuple(dz_tas)
 
@@ -239,11 +268,13 @@ def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, scal
     return [ta.stack() for ta in dz_tas], d_h0
 
 
-def enas_cell_sequence_inference(xp, h0, w_h, w_nodes, arch, num_nodes, max_norm=None):
-    """:func:`enas_cell_sequence` without its custom gradient (plain ops; for export)."""
+def enas_cell_sequence_inference(xp, h0, w_h, w_nodes, arch, num_nodes, max_norm=None,
+                                 path_mask=None):
+    """:func:`enas_cell_sequence` without its custom gradient (plain ops; for export and as
+    the autodiff reference of the hand-written backward pass)."""
     acts, inputs, loose, _ = decode_architecture(arch, num_nodes)
     outputs, h_last, _, _ = _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes,
-                                          record=False, max_norm=max_norm)
+                                          record=False, max_norm=max_norm, path_mask=path_mask)
     return outputs, h_last
 
 
@@ -255,6 +286,7 @@ def enas_cell_sequence(
     arch: tf.Tensor,
     num_nodes: int,
     max_norm: Optional[float] = None,
+    path_mask: Optional[tf.Tensor] = None,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
     """Runs the ENAS cell of ``arch`` over time, with a hand-written backward pass.
 
@@ -268,6 +300,8 @@ def enas_cell_sequence(
         num_nodes: ``N``.
         max_norm: if set, each step's state rows are rescaled to at most this L2 norm
             (``h_t ← h_t · min(1, max_norm / ‖h_t‖)``, the scale a constant for gradients).
+        path_mask: if set, ``[N − 1]`` path-dropping scales ``m_i ∈ {0, 1/keep}``: node ``i``
+            reads ``m_i s_{in(i)}`` at every step (a constant for gradients).
 
     Returns:
         ``(outputs [T, B, H], h_T [B, H])``. Gradients: a reverse time loop
@@ -281,7 +315,7 @@ def enas_cell_sequence(
     def run(xp, h0, w_h, w_nodes):
         outputs, h_last, records, scales = _forward_loop(
             xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record=True,
-            max_norm=max_norm,
+            max_norm=max_norm, path_mask=path_mask,
         )
 
         def grad(d_outputs, d_h_last):
@@ -292,7 +326,7 @@ def enas_cell_sequence(
             matrices_t = [tf.transpose(w_h)] + tf.unstack(
                 tf.transpose(w_nodes, [0, 2, 1]), num=num_nodes - 1)
             dz, d_h0 = _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose,
-                                      records, scales, num_nodes)
+                                      records, scales, num_nodes, path_mask=path_mask)
             hidden, width = w_h.shape[0], w_h.shape[1]
             # One [H, T·B] x [T·B, 2H] matmul per matrix (as fast as one batched matmul here,
             # without stacking every node's inputs and ∂L/∂z first).
@@ -312,8 +346,140 @@ def clamp_rows(state: tf.Tensor, max_norm: float) -> tf.Tensor:
     return state * _row_scale(state, max_norm)
 
 
+BATCH_NORM_EPSILON = 1e-5  # torch.nn.BatchNorm1d's default, the release's
+
+
+def row_moments(x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Mean and (biased) variance of ``x [T, B, H]`` over its batch rows, per step and unit:
+    ``μ_t = Σ_b x_{t,b} / n``, ``σ²_t = Σ_b (x_{t,b} − μ_t)² / n`` (``[T, 1, H]`` each).
+
+    In a replica context with several replicas (``tf.distribute``), ``n`` and both sums run
+    over the rows of every replica (two SUM all-reduces, differentiable), so ``R`` replicas
+    holding parts of a batch compute the moments of the whole batch (synchronised BN).
+    """
+    context = tf.distribute.get_replica_context()
+    sync = context is not None and context.num_replicas_in_sync > 1
+    count = tf.cast(tf.shape(x)[1], x.dtype)
+    total = tf.reduce_sum(x, axis=1, keepdims=True)
+    if sync:
+        count, total = context.all_reduce(tf.distribute.ReduceOp.SUM, [count, total])
+    mean = total / count
+    squares = tf.reduce_sum(tf.square(x - mean), axis=1, keepdims=True)
+    if sync:
+        squares = context.all_reduce(tf.distribute.ReduceOp.SUM, squares)
+    return mean, squares / count
+
+
+def batch_norm_rows(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, mean=None,
+                    variance=None) -> tf.Tensor:
+    """BatchNorm of the cell outputs ``x [T, B, H]``, each step normalised over the batch
+    rows as ``torch.nn.BatchNorm1d`` does at every step of the release's cell:
+    ``y = γ (x − μ_t) / sqrt(σ²_t + ε) + β``, ``ε = 1e-5``.
+
+    ``mean`` / ``variance`` (broadcastable to ``x``, e.g. moving averages ``[H]``) replace the
+    batch moments of :func:`row_moments` (synchronised across replicas) when given.
+    """
+    if mean is None or variance is None:
+        mean, variance = row_moments(x)
+    return gamma * (x - mean) * tf.math.rsqrt(variance + BATCH_NORM_EPSILON) + beta
+
+
 def sequence_loss(logits: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
     """Mean next-word cross-entropy (nats per token)."""
     return tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(targets, tf.int32), logits)
     )
+
+
+# --------------------------------------------------------------------------- dropouts
+def _dropout_mask(shape, rate, seed_gen, dtype=tf.float32):
+    """Inverted-dropout mask: ``1/keep`` with probability ``keep = 1 − rate``, else 0."""
+    keep = 1.0 - rate
+    return tf.cast(keras.random.uniform(shape, seed=seed_gen) < keep, dtype) / keep
+
+
+# Masks whose first axis is the batch row (a replica takes its rows of them); the others
+# (the word mask, the weight-drop masks and the path mask) are shared by every row.
+ROW_MASKS = ("input", "output")
+
+
+def draw_dropout_masks(batch, cfg: "RNNModelConfig", seed_gen, *, node_shape,
+                       output: bool = True) -> Dict[str, tf.Tensor]:
+    """The training-time dropout masks of one batch, drawn in a fixed order from ``seed_gen``.
+
+    Every mask is inverted dropout, ``m ∈ {0, 1/keep}`` with ``keep = 1 − rate``. Only masks
+    of positive rate are drawn, in this order: ``"word"`` ``[V]`` (embedding dropout, whole
+    words), ``"input"`` ``[batch, E]`` (one per row, shared over time), ``"w_h"`` ``[H, 2H]``
+    and, with ``weight_drop_scope="all"``, ``"w_nodes"`` ``node_shape`` (weight drop), then,
+    with ``output``, ``"output"`` ``[batch, 1, H]`` (locked over time), then, with
+    ``path_keep < 1``, ``"path"`` ``[N − 1]`` (node ``i``'s input scale ``m_i ∈ {0,
+    1/path_keep}``, for the whole batch). A mask's values depend only on the generator's state
+    and its shape, so masks drawn once for the global batch and split by rows
+    (:data:`ROW_MASKS`) equal the masks of one device.
+
+    Args:
+        batch: rows of the (global) batch, an int or a scalar tensor.
+        cfg: the model config (rates and sizes).
+        seed_gen: the supernet's ``keras.random.SeedGenerator``.
+        node_shape: shape of the node matrices the step reads (``[rows, H, 2H]``).
+        output: also draw the output mask.
+
+    Returns:
+        ``{name: mask}`` for the masks drawn.
+    """
+    masks = {}
+    h = cfg.hidden_size
+    if cfg.embedding_dropout > 0:
+        masks["word"] = _dropout_mask([cfg.vocab_size], cfg.embedding_dropout, seed_gen)
+    if cfg.input_dropout > 0:
+        masks["input"] = _dropout_mask([batch, cfg.embedding_size], cfg.input_dropout, seed_gen)
+    if cfg.weight_drop > 0:
+        masks["w_h"] = _dropout_mask([h, 2 * h], cfg.weight_drop, seed_gen)
+        if cfg.weight_drop_scope == "all":
+            masks["w_nodes"] = _dropout_mask(node_shape, cfg.weight_drop, seed_gen)
+    if output and cfg.output_dropout > 0:
+        masks["output"] = _dropout_mask([batch, 1, h], cfg.output_dropout, seed_gen)
+    if cfg.path_keep < 1:
+        masks["path"] = _dropout_mask([cfg.num_nodes - 1], 1.0 - cfg.path_keep, seed_gen)
+    return masks
+
+
+def slice_dropout_masks(masks: Dict[str, tf.Tensor], start, size) -> Dict[str, tf.Tensor]:
+    """The masks of batch rows ``[start, start + size)``: the row masks (:data:`ROW_MASKS`)
+    sliced on their first axis, the others whole."""
+    return {
+        name: (tf.slice(m, tf.concat([[start], tf.zeros([tf.rank(m) - 1], tf.int32)], 0),
+                        tf.concat([[size], tf.fill([tf.rank(m) - 1], -1)], 0))
+               if name in ROW_MASKS else m)
+        for name, m in masks.items()
+    }
+
+
+def apply_dropout_masks(x, tokens, w_h, w_nodes, masks: Dict[str, tf.Tensor]):
+    """``(x, w_h, w_nodes)`` with the input-side masks of :func:`draw_dropout_masks` applied:
+    ``x ⊙ m_word[token] ⊙ m_input[row]`` (``x`` is ``[T, B, E]``), ``W_h ⊙ m_{w_h}``,
+    ``W_nodes ⊙ m_{w_nodes}``; absent masks leave their tensor as it is (the output and path
+    masks act later, on the cell's output and inside the cell)."""
+    if "word" in masks:
+        x = x * tf.gather(masks["word"], tf.transpose(tokens))[..., None]
+    if "input" in masks:
+        x = x * masks["input"][None]
+    if "w_h" in masks:
+        w_h = w_h * masks["w_h"]
+    if "w_nodes" in masks:
+        w_nodes = w_nodes * masks["w_nodes"]
+    return x, w_h, w_nodes
+
+
+def apply_input_dropouts(x, tokens, w_h, w_nodes, cfg: "RNNModelConfig", seed_gen):
+    """ENAS training-time dropouts on the inputs and recurrent weights, masks drawn here.
+
+    Embedding dropout drops whole words (``x ⊙ m[token]``, ``m ∈ {0, 1/keep}^V``); input dropout
+    is one mask per batch row shared over time; weight-drop (DropConnect) masks ``W_h`` (and,
+    with ``weight_drop_scope="all"``, the node matrices) once per batch
+    (:func:`draw_dropout_masks` without the output mask, then :func:`apply_dropout_masks`;
+    a path mask, if drawn, is not applied here). Returns ``(x, w_h, w_nodes)``.
+    """
+    masks = draw_dropout_masks(tf.shape(tokens)[0], cfg, seed_gen, node_shape=tf.shape(w_nodes),
+                               output=False)
+    return apply_dropout_masks(x, tokens, w_h, w_nodes, masks)

@@ -2,9 +2,12 @@
 
 After a search, the chosen cell is trained from scratch with its own weights (not the
 supernet's): embedding ``E [V, H]`` (tied decoder), ``W_x [H, 2H]``, ``W_h [H, 2H]`` and only
-the ``N − 1`` node matrices the cell uses, ``[N − 1, H, 2H]``. The cell equations, dropouts and
-the fast weight gradients are those of :mod:`wpl_keras.nas.rnn_supernet`
-(:func:`~wpl_keras.nas.rnn_supernet.enas_cell_sequence`).
+the ``N − 1`` node matrices the cell uses, ``[N − 1, H, 2H]``. The cell equations, dropouts
+(weight-drop scope and path dropping included), the optional output BatchNorm and the fast
+weight gradients are those of :mod:`wpl_keras.nas.rnn_supernet`
+(:func:`~wpl_keras.nas.rnn_supernet.enas_cell_sequence`). Unlike the supernet, this model
+evaluates its output BatchNorm with moving averages (a test perplexity must not depend on
+the batch); training uses the batch statistics and updates the averages.
 
 Perplexity is ``exp(mean next-word cross-entropy)`` over a whole split read in BPTT windows
 with the hidden state carried across windows.
@@ -26,11 +29,14 @@ import tensorflow as tf
 
 from wpl_keras.data.ptb import PTBCorpus, batchify, bptt_windows
 from wpl_keras.nas.rnn_space import RNNCellSpace
+from wpl_keras.nas.rnn_cell import row_moments
 from wpl_keras.nas.rnn_supernet import (
     RNNSupernetConfig,
-    _dropout_mask,
-    apply_input_dropouts,
+    add_batch_norm_weights,
+    apply_dropout_masks,
+    batch_norm_rows,
     clamp_rows,
+    draw_dropout_masks,
     enas_cell_sequence,
     enas_cell_sequence_inference,
     sequence_loss,
@@ -70,6 +76,13 @@ class RNNLanguageModel(keras.Model):
         self.w_nodes = self.add_weight(shape=(cfg.num_nodes - 1, h, 2 * h), initializer=init,
                                        name="w_nodes")
         self.decoder_bias = self.add_weight(shape=(v,), initializer="zeros", name="decoder_bias")
+        self.bn_gamma = self.bn_beta = None
+        if cfg.output_batch_norm:
+            self.bn_gamma, self.bn_beta = add_batch_norm_weights(self, cfg, seed)
+            self.bn_moving_mean = self.add_weight(shape=(h,), initializer="zeros",
+                                                 trainable=False, name="bn_moving_mean")
+            self.bn_moving_variance = self.add_weight(shape=(h,), initializer="ones",
+                                                     trainable=False, name="bn_moving_variance")
         self.seed_generator = keras.random.SeedGenerator(seed)
         self._arch_const = np.asarray(self.arch, np.int32)
         self.built = True
@@ -85,23 +98,50 @@ class RNNLanguageModel(keras.Model):
         w_h = tf.convert_to_tensor(self.w_h)
         w_nodes = tf.convert_to_tensor(self.w_nodes)
         x = tf.gather(embedding, tf.transpose(tokens))  # [T, B, E]
+        masks = {}
         if training:
-            x, w_h, w_nodes = apply_input_dropouts(x, tokens, w_h, w_nodes, cfg,
-                                                   self.seed_generator)
+            masks = draw_dropout_masks(batch, cfg, self.seed_generator,
+                                       node_shape=tf.shape(w_nodes))
+            x, w_h, w_nodes = apply_dropout_masks(x, tokens, w_h, w_nodes, masks)
         xp = tf.reshape(tf.matmul(tf.reshape(x, [-1, cfg.embedding_size]), self.w_x),
                         [steps, batch, 2 * cfg.hidden_size])
         cell = enas_cell_sequence if differentiable else enas_cell_sequence_inference
         outputs, new_state = cell(
             xp, state, w_h, w_nodes, tf.constant(self._arch_const), cfg.num_nodes,
-            max_norm=cfg.hidden_max_norm,
+            max_norm=cfg.hidden_max_norm, path_mask=masks.get("path"),
         )
+        if self.bn_gamma is not None:
+            outputs = self._batch_norm(outputs, training)
         outputs = tf.transpose(outputs, [1, 0, 2])
-        if training and cfg.output_dropout > 0:
-            outputs = outputs * _dropout_mask([batch, 1, cfg.hidden_size], cfg.output_dropout,
-                                              self.seed_generator)
+        if "output" in masks:
+            outputs = outputs * masks["output"]
         logits = tf.matmul(tf.reshape(outputs, [-1, cfg.hidden_size]), embedding,
                            transpose_b=True) + self.decoder_bias
         return tf.reshape(logits, [batch, steps, cfg.vocab_size]), new_state
+
+
+    def _batch_norm(self, outputs, training):
+        """Output BatchNorm of ``outputs [T, B, H]``: in training on the batch statistics
+        per step (:func:`~wpl_keras.nas.rnn_supernet.batch_norm_rows`), updating the moving
+        averages once per call, ``m ← (1 − 0.1) m + 0.1 μ̄`` and ``v ← (1 − 0.1) v + 0.1 σ̄²
+        n / (n − 1)`` (``μ̄``, ``σ̄²`` the step-averaged batch moments of ``n`` rows; 0.1 and
+        the unbiased variance as ``torch.nn.BatchNorm1d``); otherwise on the averages."""
+        if not training:
+            return batch_norm_rows(outputs, self.bn_gamma, self.bn_beta,
+                                   mean=self.bn_moving_mean, variance=self.bn_moving_variance)
+        mean, variance = row_moments(outputs)
+        rows = tf.cast(tf.shape(outputs)[1], outputs.dtype)
+        unbiased = tf.reduce_mean(variance, axis=[0, 1]) * rows / tf.maximum(rows - 1.0, 1.0)
+        momentum = BATCH_NORM_MOMENTUM
+        self.bn_moving_mean.assign((1.0 - momentum) * self.bn_moving_mean
+                                   + momentum * tf.stop_gradient(tf.reduce_mean(mean, [0, 1])))
+        self.bn_moving_variance.assign((1.0 - momentum) * self.bn_moving_variance
+                                       + momentum * tf.stop_gradient(unbiased))
+        return batch_norm_rows(outputs, self.bn_gamma, self.bn_beta, mean=mean,
+                               variance=variance)
+
+
+BATCH_NORM_MOMENTUM = 0.1  # torch.nn.BatchNorm1d's default
 
 
 def build_language_model(space: RNNCellSpace, arch: Sequence[int], config: RNNSupernetConfig,

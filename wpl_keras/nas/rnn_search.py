@@ -31,11 +31,6 @@ from wpl_keras.utils.checkpoint import VariableBundle
 from wpl_keras.wpl import core
 from wpl_keras.wpl.fisher import WPLState, read_rows
 
-# The weights of a step, in the order the task lists them: the four dense shared weights
-# (RNNSupernet.embedding, w_x, w_h, decoder_bias), then the architecture's node-matrix rows.
-_NODE_ROWS = 4
-
-
 def _zero() -> tf.Tensor:
     return tf.constant(0.0)
 
@@ -48,7 +43,8 @@ class RNNSearchTask(SharedWeightsTask):
     ``g = ∇ CE`` over the used weights only, plus ``λ θ`` (L2 on used weights), clipped to
     global norm ``grad_clip`` and applied by SGD (sparse rows for the node matrices). With
     WPL, the Fisher term covers the architecture's node-matrix rows (and, with
-    ``wpl_scope="all"``, the embedding, ``w_x``, ``w_h`` and decoder bias): with
+    ``wpl_scope="all"``, the embedding, ``w_x``, ``w_h``, decoder bias and, with output
+    BatchNorm, its ``γ`` and ``β``): with
     ``wpl.mode="proximal"`` as the proximal step ``θ ← (θ + η α F θ*) / (1 + η α F)`` after
     the SGD step (:func:`~wpl_keras.wpl.core.wpl_pull`); with ``wpl.mode="gradient"`` as
     ``α F (θ − θ*)`` added to ``g`` before clipping
@@ -69,9 +65,12 @@ class RNNSearchTask(SharedWeightsTask):
     dense gradients and the node-row gradient values are all-reduced with SUM, the new hidden
     state rows are gathered (``strategy.gather``) and assigned whole, and L2, the WPL term,
     the clip, SGD, the proximal pull and the Fisher update run once in cross-replica context
-    on the reduced values. Evaluation (:meth:`validation_error`, :meth:`reward`) splits its
-    rows the same way. A checkpoint holds the full state, so a search resumes under another
-    device count with everything carried over (each replica re-slices the hidden state).
+    on the reduced values. The output BatchNorm (if on) normalises over the global batch: its
+    row sums are all-reduced inside the replica function (synchronised BN, in training and
+    evaluation), and the path mask, like the weight-drop masks, is shared by every row.
+    Evaluation (:meth:`validation_error`, :meth:`reward`) splits its rows the same way. A
+    checkpoint holds the full state, so a search resumes under another device count with
+    everything carried over (each replica re-slices the hidden state).
     ``trace_count`` and ``eval_trace_count`` count the traces of the train and eval steps:
     1 each for every architecture, under any strategy.
 
@@ -115,11 +114,15 @@ class RNNSearchTask(SharedWeightsTask):
         self.optimizer = keras.optimizers.SGD(learning_rate=float(config.optimizer.learning_rate))
         self.optimizer.build(self.supernet.trainable_variables)
         net = self.supernet
-        self._dense_vars = [net.embedding, net.w_x, net.w_h, net.decoder_bias]
+        # The weights of a step, in the order the task lists them: the dense shared weights
+        # (RNNSupernet.dense_weights: embedding, w_x, w_h, decoder_bias and, with output
+        # BatchNorm, its gamma and beta), then the architecture's node-matrix rows.
+        self._dense_vars = net.dense_weights()
+        self._node_index = len(self._dense_vars)
         # WPL state index k protects the step's weight _covered[k]: index 0 the node matrices;
-        # "all" appends the dense shared weights (indices 1..4).
-        dense_covered = list(range(_NODE_ROWS)) if config.wpl_scope == "all" else []
-        self._covered = [_NODE_ROWS] + dense_covered
+        # "all" appends the dense shared weights (indices 1, 2, ...).
+        dense_covered = list(range(self._node_index)) if config.wpl_scope == "all" else []
+        self._covered = [self._node_index] + dense_covered
         self.wpl_state = WPLState(
             [net.w_nodes] + [self._dense_vars[i] for i in dense_covered],
             strength=0.0,
@@ -274,9 +277,9 @@ class RNNSearchTask(SharedWeightsTask):
 
     def _apply(self, grads: List[tf.Tensor], rows) -> None:
         """SGD on the dense weights and, as sparse rows, on the architecture's node rows."""
-        node_update = self._node_slices(grads[_NODE_ROWS], rows)
+        node_update = self._node_slices(grads[self._node_index], rows)
         self.optimizer.apply_gradients(
-            list(zip(grads[:_NODE_ROWS], self._dense_vars))
+            list(zip(grads[:self._node_index], self._dense_vars))
             + [(node_update, self.supernet.w_nodes)]
         )
 
@@ -291,7 +294,7 @@ class RNNSearchTask(SharedWeightsTask):
         step's learning rate; returns the penalty at the weights this step's loss saw."""
         lr = tf.convert_to_tensor(self.optimizer.learning_rate)
         penalties = [
-            self.wpl_state.apply_proximal(k, lr, rows=rows if i == _NODE_ROWS else None,
+            self.wpl_state.apply_proximal(k, lr, rows=rows if i == self._node_index else None,
                                           penalty_at=params[i])
             for k, i in enumerate(self._covered)
         ]
@@ -300,7 +303,7 @@ class RNNSearchTask(SharedWeightsTask):
     def _update_fisher(self, rows, data) -> tf.Tensor:
         """``F ← clip((1 − η_F) F + η_F g²)`` from the raw data gradients of the covered
         weights (:meth:`WPLState.update_fisher`; the node rows as row slices)."""
-        gradients = [self._node_slices(data[_NODE_ROWS], rows)]
+        gradients = [self._node_slices(data[self._node_index], rows)]
         gradients += [data[i] for i in self._covered[1:]]
         self.wpl_state.update_fisher(gradients)
         return tf.constant(0.0)

@@ -10,10 +10,14 @@ cell's time loop and the tied softmax one matmul after it; the cell itself (equa
 trace for every architecture, the hand-written backward loop) is :mod:`wpl_keras.nas.rnn_cell`.
 
 Dropouts (ENAS / WPL release): embedding (whole words), input (locked over time),
-weight-drop (DropConnect on ``W_h`` and the node matrices, one mask per batch) and output
-(locked). Their masks are drawn in one fixed order (:func:`draw_dropout_masks`) and applied
-separately, so a step under ``tf.distribute`` draws them once for the global batch and each
-replica applies its rows of them.
+weight-drop (DropConnect, one mask per batch, on ``W_h`` — the release's ``w_hc``/``w_hh`` —
+and, with ``weight_drop_scope="all"``, on the node matrices too) and output (locked); and,
+optionally, random path dropping (whole node inputs, one mask per batch). Their masks are
+drawn in one fixed order (:func:`draw_dropout_masks`) and applied separately, so a step under
+``tf.distribute`` draws them once for the global batch and each replica applies its rows of
+them. Optionally the cell output is batch-normalised (``output_batch_norm``, as the release's
+search supernet: ``output = BN(mean of loose ends)``), on batch statistics synchronised
+across replicas, in training and in evaluation alike.
 
 The search task that trains it, :class:`~wpl_keras.nas.rnn_search.RNNSearchTask`, is in
 :mod:`wpl_keras.nas.rnn_search` (also importable from here).
@@ -30,12 +34,18 @@ import tensorflow as tf
 
 from wpl_keras.nas.rnn_cell import (  # noqa: F401  (re-exported: the cell's public names)
     ACTIVATION_TABLE,
+    ROW_MASKS,
     activation_and_slope,
+    apply_dropout_masks,
+    apply_input_dropouts,
+    batch_norm_rows,
     clamp_rows,
     decode_architecture,
+    draw_dropout_masks,
     enas_cell_sequence,
     enas_cell_sequence_inference,
     sequence_loss,
+    slice_dropout_masks,
 )
 from wpl_keras.nas.distribute import KINDS as STRATEGY_KINDS
 from wpl_keras.nas.rnn_space import RNNCellSpace
@@ -45,6 +55,8 @@ from wpl_keras.wpl.fisher import read_rows
 
 # --------------------------------------------------------------------------- config
 WPL_SCOPES = ("cell", "all")
+WEIGHT_DROP_SCOPES = ("recurrent", "all")
+BATCH_NORM_INITS = ("uniform", "unit")
 
 
 def _check_int(owner: str, name: str, value, minimum: int) -> None:
@@ -66,10 +78,20 @@ def _check_real(owner: str, name: str, value, low: float, high: float, *,
         raise ValueError(f"{owner}.{name} must be a number in {interval}, got {value!r}.")
 
 
+def _check_choice(owner: str, name: str, value, choices) -> None:
+    """Raise unless ``value`` is one of ``choices``, naming ``owner.name`` and the choices."""
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class RNNModelConfig(JsonConfig):
-    """Shape, initialisation and dropouts of the ENAS recurrent cell and its language model
-    (defaults: the WPL release's RNN search).
+    """Shape, initialisation and dropouts of the ENAS recurrent cell and its language model.
+
+    Defaults: the WPL release's RNN search for sizes and rates; ``init_range``,
+    ``weight_drop_scope`` and ``output_batch_norm`` default to this package's earlier
+    behaviour (which the CPU presets were sized with) and :meth:`paper` sets the release's
+    search values (``models/shared_rnn.py`` of the public WPL release, mode ``train``).
 
     Attributes:
         num_nodes: nodes per cell (12, at least 2).
@@ -77,10 +99,32 @@ class RNNModelConfig(JsonConfig):
         embedding_size, hidden_size: must be equal (tied decoder); 1000 in the reference.
         weight_drop, output_dropout, embedding_dropout, input_dropout: rates in ``[0, 1)``,
             0.5 / 0.4 / 0.1 / 0.65.
-        init_range: weights start uniform in ``[−init_range, init_range]`` (> 0).
+        init_range: weights start uniform in ``[−init_range, init_range]`` (> 0). Default
+            0.04 (the release's fixed-cell training); the release's search uses 0.025
+            (:meth:`paper`).
         hidden_max_norm: every step's hidden state rows (and so the carried state) are
             rescaled to at most this norm (ENAS: 25), which keeps ReLU/identity cells from
             exploding.
+        weight_drop_scope: which matrices weight-drop masks. ``"recurrent"``: ``W_h`` only
+            (``[W_hc | W_hh]``, the release's ``w_hc_raw`` / ``w_hh_raw``; :meth:`paper`).
+            ``"all"`` (default): ``W_h`` and the architecture's node matrices.
+        output_batch_norm: batch-normalise the cell output, ``y = γ (h − μ) / sqrt(σ² + ε) + β``
+            per step over the batch rows (the release's search supernet,
+            ``BatchNorm1d(hidden)`` after the mean of the loose ends; :meth:`paper`). The
+            statistics are always the batch's, in training and evaluation (the release
+            computes its rewards and forgetting evaluations with the supernet in train mode,
+            and no moving average mixes architectures); under ``tf.distribute`` they are over
+            the global batch. Only the output is normalised; the carried state is not.
+            Default False.
+        batch_norm_init: ``γ``, ``β`` start ``"uniform"`` in ``[−init_range, init_range]``
+            like every other weight (default; the release's ``reset_parameters`` draws every
+            parameter, BatchNorm's included, that way) or ``"unit"`` (``γ = 1``, ``β = 0``).
+        path_keep: keep probability of random path dropping, in ``(0, 1]``: in training, each
+            node ``i ≥ 1``'s input from its chosen previous node is kept with this
+            probability and scaled by ``1 / path_keep``, else zeroed, one draw per node and
+            training step for the whole batch (as ENAS's CNN drop-path drops a whole path;
+            the paper's Figure 4 comparison for NAO). 1.0 (default) disables it; never at
+            evaluation.
     """
 
     num_nodes: int = 12
@@ -93,6 +137,10 @@ class RNNModelConfig(JsonConfig):
     input_dropout: float = 0.65
     init_range: float = 0.04
     hidden_max_norm: float = 25.0
+    weight_drop_scope: str = "all"
+    output_batch_norm: bool = False
+    batch_norm_init: str = "uniform"
+    path_keep: float = 1.0
 
     def __post_init__(self):
         owner = "RNNModelConfig"
@@ -109,6 +157,21 @@ class RNNModelConfig(JsonConfig):
         for name in ("init_range", "hidden_max_norm"):
             _check_real(owner, name, getattr(self, name), 0.0, float("inf"), low_open=True,
                         high_open=True)
+        _check_real(owner, "path_keep", self.path_keep, 0.0, 1.0, low_open=True)
+        _check_choice(owner, "weight_drop_scope", self.weight_drop_scope, WEIGHT_DROP_SCOPES)
+        _check_choice(owner, "batch_norm_init", self.batch_norm_init, BATCH_NORM_INITS)
+        if not isinstance(self.output_batch_norm, bool):
+            raise ValueError(f"{owner}.output_batch_norm must be a bool, got "
+                             f"{self.output_batch_norm!r}.")
+
+    @classmethod
+    def paper(cls, **overrides) -> "RNNModelConfig":
+        """The release's search supernet (``models/shared_rnn.py``, mode ``train``): init
+        ±0.025, weight-drop on ``W_h`` only, BatchNorm on the cell output (``γ``, ``β``
+        uniform like every weight), no path dropping; ``overrides`` are fields."""
+        base = dict(init_range=0.025, weight_drop_scope="recurrent", output_batch_norm=True,
+                    batch_norm_init="uniform", path_keep=1.0)
+        return cls(**{**base, **overrides})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,9 +251,9 @@ class RNNSupernetConfig(JsonConfig):
             ``wpl_state.strength`` each epoch.
         wpl_scope: which shared weights WPL covers. ``"cell"``: the rows of the node-to-node
             matrices the architecture uses. ``"all"``: those rows and every weight all
-            architectures share (embedding = tied decoder, ``w_x``, ``w_h``, decoder bias),
-            each with its own Fisher and anchor, updated from the same gradients and at the
-            same moments.
+            architectures share (embedding = tied decoder, ``w_x``, ``w_h``, decoder bias and,
+            with output BatchNorm, its ``γ`` and ``β``), each with its own Fisher and anchor,
+            updated from the same gradients and at the same moments.
         reward_constant: reward ``= reward_constant / valid_ppl`` (80).
         jit_compile: XLA-compile the traced train/eval steps (one replica only: a step
             under several replicas is not XLA-compiled; the task refuses the combination).
@@ -251,104 +314,34 @@ class RNNSupernetConfig(JsonConfig):
     @classmethod
     def paper(cls, **overrides) -> "RNNSupernetConfig":
         """Reference sizes (WPL release): embedding = hidden = 1000, 12 nodes, batch 64,
-        BPTT 35, vocabulary 10k. ``overrides`` are fields of this class (``model=`` and
-        ``optimizer=`` take a nested config or a JSON object of one)."""
-        return dataclasses.replace(cls(), **overrides)
+        BPTT 35, vocabulary 10k, and the release's search supernet
+        (:meth:`RNNModelConfig.paper`: init ±0.025, weight-drop on ``W_h`` only, output
+        BatchNorm). ``overrides`` are fields of this class (``model=`` and ``optimizer=`` take
+        a nested config or a JSON object of one, which replaces all of it)."""
+        return dataclasses.replace(cls(model=RNNModelConfig.paper()), **overrides)
 
     @classmethod
     def cpu_small(cls, **overrides) -> "RNNSupernetConfig":
-        """Hidden 256 (otherwise the reference): the small size of
-        ``benchmarks/supernet_step.py``, which reports its step time. ``overrides`` as
-        :meth:`paper`."""
+        """Hidden 256 (otherwise the reference sizes and rates, with the model's defaults:
+        init ±0.04, weight-drop on every matrix, no output BatchNorm, no path dropping): the
+        small size of ``benchmarks/supernet_step.py``, which reports its step time.
+        ``overrides`` as :meth:`paper`."""
         base = cls(model=RNNModelConfig(embedding_size=256, hidden_size=256),
                    eval_batch_size=32)
         return dataclasses.replace(base, **overrides)
 
 
-# --------------------------------------------------------------------------- dropouts
-def _dropout_mask(shape, rate, seed_gen, dtype=tf.float32):
-    """Inverted-dropout mask: ``1/keep`` with probability ``keep = 1 − rate``, else 0."""
-    keep = 1.0 - rate
-    return tf.cast(keras.random.uniform(shape, seed=seed_gen) < keep, dtype) / keep
-
-
-# Masks whose first axis is the batch row (a replica takes its rows of them); the others
-# (the word mask and the weight-drop masks) are shared by every row.
-ROW_MASKS = ("input", "output")
-
-
-def draw_dropout_masks(batch, cfg: RNNModelConfig, seed_gen, *, node_shape,
-                       output: bool = True) -> Dict[str, tf.Tensor]:
-    """The training-time dropout masks of one batch, drawn in a fixed order from ``seed_gen``.
-
-    Every mask is inverted dropout, ``m ∈ {0, 1/keep}`` with ``keep = 1 − rate``. Only masks
-    of positive rate are drawn, in this order: ``"word"`` ``[V]`` (embedding dropout, whole
-    words), ``"input"`` ``[batch, E]`` (one per row, shared over time), ``"w_h"`` ``[H, 2H]``
-    and ``"w_nodes"`` ``node_shape`` (weight drop), then, with ``output``, ``"output"``
-    ``[batch, 1, H]`` (locked over time). A mask's values depend only on the generator's state
-    and its shape, so masks drawn once for the global batch and split by rows
-    (:data:`ROW_MASKS`) equal the masks of one device.
-
-    Args:
-        batch: rows of the (global) batch, an int or a scalar tensor.
-        cfg: the model config (rates and sizes).
-        seed_gen: the supernet's ``keras.random.SeedGenerator``.
-        node_shape: shape of the node matrices the step reads (``[rows, H, 2H]``).
-        output: also draw the output mask.
-
-    Returns:
-        ``{name: mask}`` for the masks drawn.
-    """
-    masks = {}
-    h = cfg.hidden_size
-    if cfg.embedding_dropout > 0:
-        masks["word"] = _dropout_mask([cfg.vocab_size], cfg.embedding_dropout, seed_gen)
-    if cfg.input_dropout > 0:
-        masks["input"] = _dropout_mask([batch, cfg.embedding_size], cfg.input_dropout, seed_gen)
-    if cfg.weight_drop > 0:
-        masks["w_h"] = _dropout_mask([h, 2 * h], cfg.weight_drop, seed_gen)
-        masks["w_nodes"] = _dropout_mask(node_shape, cfg.weight_drop, seed_gen)
-    if output and cfg.output_dropout > 0:
-        masks["output"] = _dropout_mask([batch, 1, h], cfg.output_dropout, seed_gen)
-    return masks
-
-
-def slice_dropout_masks(masks: Dict[str, tf.Tensor], start, size) -> Dict[str, tf.Tensor]:
-    """The masks of batch rows ``[start, start + size)``: the row masks (:data:`ROW_MASKS`)
-    sliced on their first axis, the others whole."""
-    return {
-        name: (tf.slice(m, tf.concat([[start], tf.zeros([tf.rank(m) - 1], tf.int32)], 0),
-                        tf.concat([[size], tf.fill([tf.rank(m) - 1], -1)], 0))
-               if name in ROW_MASKS else m)
-        for name, m in masks.items()
-    }
-
-
-def apply_dropout_masks(x, tokens, w_h, w_nodes, masks: Dict[str, tf.Tensor]):
-    """``(x, w_h, w_nodes)`` with the input-side masks of :func:`draw_dropout_masks` applied:
-    ``x ⊙ m_word[token] ⊙ m_input[row]`` (``x`` is ``[T, B, E]``), ``W_h ⊙ m_{w_h}``,
-    ``W_nodes ⊙ m_{w_nodes}``; absent masks leave their tensor as it is."""
-    if "word" in masks:
-        x = x * tf.gather(masks["word"], tf.transpose(tokens))[..., None]
-    if "input" in masks:
-        x = x * masks["input"][None]
-    if "w_h" in masks:
-        w_h = w_h * masks["w_h"]
-        w_nodes = w_nodes * masks["w_nodes"]
-    return x, w_h, w_nodes
-
-
-def apply_input_dropouts(x, tokens, w_h, w_nodes, cfg: RNNModelConfig, seed_gen):
-    """ENAS training-time dropouts on the inputs and recurrent weights, masks drawn here.
-
-    Embedding dropout drops whole words (``x ⊙ m[token]``, ``m ∈ {0, 1/keep}^V``); input dropout
-    is one mask per batch row shared over time; weight-drop (DropConnect) masks ``W_h`` and the
-    node matrices once per batch (:func:`draw_dropout_masks` without the output mask, then
-    :func:`apply_dropout_masks`). Returns ``(x, w_h, w_nodes)``.
-    """
-    masks = draw_dropout_masks(tf.shape(tokens)[0], cfg, seed_gen, node_shape=tf.shape(w_nodes),
-                               output=False)
-    return apply_dropout_masks(x, tokens, w_h, w_nodes, masks)
+def add_batch_norm_weights(layer: keras.layers.Layer, cfg: RNNModelConfig, seed: int):
+    """``(γ, β)``, two ``[H]`` weights of ``layer`` for the output BatchNorm: uniform in
+    ``[−init_range, init_range]`` (``batch_norm_init="uniform"``; seeds ``seed + 1`` and
+    ``seed + 2``, so they differ from each other and from the matrices) or ``γ = 1``,
+    ``β = 0`` (``"unit"``)."""
+    inits = ("ones", "zeros")
+    if cfg.batch_norm_init == "uniform":
+        inits = tuple(keras.initializers.RandomUniform(-cfg.init_range, cfg.init_range,
+                                                       seed=seed + k) for k in (1, 2))
+    return tuple(layer.add_weight(shape=(cfg.hidden_size,), initializer=init, name=name)
+                 for init, name in zip(inits, ("bn_gamma", "bn_beta")))
 
 
 # --------------------------------------------------------------------------- supernet
@@ -356,7 +349,8 @@ class RNNSupernet(keras.Model):
     """All shared weights of the ENAS RNN search and the forward pass of any cell.
 
     Weights: ``embedding [V, E]`` (tied decoder), ``w_x [E, 2H]``, ``w_h [H, 2H]``,
-    ``w_nodes [N(N−1)/2, H, 2H]`` (one matrix per (node, input) pair) and ``decoder_bias [V]``.
+    ``w_nodes [N(N−1)/2, H, 2H]`` (one matrix per (node, input) pair), ``decoder_bias [V]``
+    and, with ``output_batch_norm``, ``bn_gamma [H]`` and ``bn_beta [H]``.
 
     Args:
         config: the search task's config; the supernet reads its ``model`` (sizes, dropout
@@ -378,8 +372,17 @@ class RNNSupernet(keras.Model):
             shape=(self.space.num_pairs, h, 2 * h), initializer=init, name="w_nodes"
         )
         self.decoder_bias = self.add_weight(shape=(v,), initializer="zeros", name="decoder_bias")
+        self.bn_gamma = self.bn_beta = None
+        if model.output_batch_norm:
+            self.bn_gamma, self.bn_beta = add_batch_norm_weights(self, model, seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.built = True
+
+    def dense_weights(self) -> list:
+        """The weights every architecture uses, in a fixed order: ``embedding``, ``w_x``,
+        ``w_h``, ``decoder_bias``, then (with output BatchNorm) ``bn_gamma``, ``bn_beta``."""
+        extra = [self.bn_gamma, self.bn_beta] if self.bn_gamma is not None else []
+        return [self.embedding, self.w_x, self.w_h, self.decoder_bias] + extra
 
     def wpl_rows(self, architecture) -> tf.Tensor:
         """Rows of ``w_nodes`` the architecture uses (the node rows a step reads, trains and
@@ -393,8 +396,9 @@ class RNNSupernet(keras.Model):
     def dropout_masks(self, batch) -> Dict[str, tf.Tensor]:
         """The training dropout masks of a ``batch``-row step (:func:`draw_dropout_masks`
         from this supernet's seed generator, the node mask for the ``N − 1`` rows an
-        architecture reads). Under ``tf.distribute``, draw them in cross-replica context for
-        the global batch and give each replica its rows (:func:`slice_dropout_masks`)."""
+        architecture reads, the path mask if ``path_keep < 1``). Under ``tf.distribute``,
+        draw them in cross-replica context for the global batch and give each replica its
+        rows (:func:`slice_dropout_masks`)."""
         h = self.cfg.model.hidden_size
         node_shape = [self.cfg.model.num_nodes - 1, h, 2 * h]
         return draw_dropout_masks(batch, self.cfg.model, self.seed_generator,
@@ -411,6 +415,10 @@ class RNNSupernet(keras.Model):
             training: apply the dropouts.
             dropout_masks: with ``training``, the masks to apply (:meth:`dropout_masks` for
                 these ``B`` rows); None draws them here.
+
+        With output BatchNorm, the cell outputs are normalised on the batch's statistics
+        (over every replica's rows under ``tf.distribute``), in training and evaluation,
+        before the output dropout.
 
         Returns:
             ``(logits [B, T, V], new_state [B, H])``.
@@ -436,7 +444,10 @@ class RNNSupernet(keras.Model):
             [steps, batch, 2 * cfg.hidden_size],
         )
         outputs, new_state = enas_cell_sequence(xp, state, w_h, w_nodes, arch, cfg.num_nodes,
-                                                max_norm=cfg.hidden_max_norm)
+                                                max_norm=cfg.hidden_max_norm,
+                                                path_mask=masks.get("path"))
+        if self.bn_gamma is not None:
+            outputs = batch_norm_rows(outputs, self.bn_gamma, self.bn_beta)
         outputs = tf.transpose(outputs, [1, 0, 2])  # [B, T, H]
         if "output" in masks:
             outputs = outputs * masks["output"]
