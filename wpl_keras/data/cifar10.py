@@ -1,5 +1,8 @@
 """CIFAR-10 as arrays and ``tf.data`` pipelines (search split, augmentation, cutout).
 
+The pipelines (:func:`make_dataset`, :func:`normalize`, ``MEAN``, ``STD``, ``cutout``,
+``random_crop_flip``) live in :mod:`wpl_keras.data.cifar10_pipeline` and are importable here.
+
 Sources, in :func:`load_cifar10`:
 
 * ``data_dir=None``: tensorflow-datasets ``cifar10`` (downloads on a machine with internet);
@@ -23,6 +26,8 @@ The architecture search validates on a split held out from train (:func:`search_
 never on test. Pipelines normalise with the CIFAR-10 channel mean/std,
 ``x = (x / 255 − mean) / std``, and augment with a 4-pixel padded random crop and a
 horizontal flip; cutout (a zeroed ``s × s`` square at a random centre) for final training.
+Training order and augmentation are stateless functions of ``(seed, epoch, element index)``
+(:mod:`wpl_keras.data.augment`).
 """
 
 from __future__ import annotations
@@ -39,8 +44,16 @@ import zlib
 from typing import Dict, Optional, Tuple
 
 import numpy as np
-import tensorflow as tf
 
+from wpl_keras.data.cifar10_pipeline import (  # noqa: F401  (the pipeline API, public here)
+    CROP_PAD,
+    MEAN,
+    STD,
+    cutout,
+    make_dataset,
+    normalize,
+    random_crop_flip,
+)
 from wpl_keras.data.errors import (
     DataChecksumError,
     DataDownloadError,
@@ -53,8 +66,6 @@ from wpl_keras.data.errors import (
 CLASSES: Tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
-MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
-STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 JPEG_ARCHIVES = {"train": "cifar10-jpeg-train.tar.gz", "test": "cifar10-jpeg-test.tar.gz"}
 PYTHON_TAR = "cifar-10-python.tar.gz"
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -485,73 +496,3 @@ def subsample(x: np.ndarray, y: np.ndarray, size: Optional[int], seed: int = 0):
         return x, y
     idx = np.random.default_rng(seed).permutation(len(x))[:size]
     return x[idx], y[idx]
-
-
-# --------------------------------------------------------------------------- pipelines
-def normalize(images: tf.Tensor) -> tf.Tensor:
-    """``(images / 255 − mean) / std`` per channel, float32."""
-    return (tf.cast(images, tf.float32) / 255.0 - MEAN) / STD
-
-
-def random_crop_flip(image: tf.Tensor, pad: int = 4) -> tf.Tensor:
-    """Pads ``pad`` zeros on each side, crops back at a random offset, flips left-right at
-    random (one image ``[H, W, C]``)."""
-    shape = tf.shape(image)
-    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-    image = tf.image.random_crop(padded, shape)
-    return tf.image.random_flip_left_right(image)
-
-
-def cutout(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Zeroes a ``size × size`` square (clipped at the border) at a random centre
-    (DeVries & Taylor, 2017) of one image ``[H, W, C]``."""
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    cy = tf.random.uniform([], 0, h, tf.int32)
-    cx = tf.random.uniform([], 0, w, tf.int32)
-    ys = tf.range(h)[:, None]
-    xs = tf.range(w)[None, :]
-    half = size // 2
-    top, left = cy - half, cx - half
-    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
-    return image * tf.cast(~inside, image.dtype)[:, :, None]
-
-
-def make_dataset(
-    x: np.ndarray,
-    y: np.ndarray,
-    batch_size: int,
-    *,
-    training: bool,
-    cutout_size: int = 0,
-    repeat: bool = False,
-    seed: Optional[int] = None,
-    drop_remainder: bool = False,
-) -> tf.data.Dataset:
-    """A batched ``tf.data`` pipeline of normalised images and int32 labels.
-
-    With ``training``: shuffle, padded random crop and horizontal flip, then cutout of
-    ``cutout_size`` (0 disables it). ``repeat`` makes it endless.
-
-    Raises:
-        ValueError: for an empty split, mismatched lengths or a non-positive batch size.
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    if len(x) == 0 or len(x) != len(y):
-        raise ValueError(f"need as many labels as images (>0), got {len(x)} and {len(y)}.")
-    ds = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int32)))
-    if training:
-        ds = ds.shuffle(min(len(x), 10000), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-
-    def prepare(image, label):
-        image = normalize(image)
-        if training:
-            image = random_crop_flip(image)
-            if cutout_size > 0:
-                image = cutout(image, cutout_size)
-        return image, label
-
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

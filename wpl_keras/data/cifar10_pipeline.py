@@ -1,0 +1,110 @@
+"""CIFAR-10 ``tf.data`` pipelines: normalisation, and seeded augmentation for training.
+
+Images are normalised with the CIFAR-10 channel mean/std, ``x = (x / 255 − mean) / std``.
+Training pipelines shuffle each epoch and augment with a 4-pixel padded random crop, a
+horizontal flip and optional cutout, all stateless functions of ``(seed, epoch, element
+index)`` (:mod:`wpl_keras.data.augment`). The names here are also importable from
+:mod:`wpl_keras.data.cifar10`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from wpl_keras.data.augment import augment_batch, check_seed, training_elements
+from wpl_keras.data.augment import cutout, random_crop_flip  # noqa: F401  (public here too)
+
+MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
+STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
+CROP_PAD = 4  # zeros padded on each side before the random crop
+
+
+def normalize(images: tf.Tensor) -> tf.Tensor:
+    """``(images / 255 − mean) / std`` per channel, float32."""
+    return (tf.cast(images, tf.float32) / 255.0 - MEAN) / STD
+
+
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    *,
+    training: bool,
+    cutout_size: int = 0,
+    repeat: bool = False,
+    seed: Optional[int] = None,
+    drop_remainder: bool = False,
+    start_batch: int = 0,
+) -> tf.data.Dataset:
+    """A batched ``tf.data`` pipeline of normalised images and int32 labels.
+
+    Without ``training``: the images in order, normalised. With ``training``: each epoch in a
+    seeded order, normalised, then a 4-pixel padded random crop, a horizontal flip and cutout
+    of ``cutout_size`` (0 disables it), every choice a pure function of ``(seed, epoch,
+    element index)`` (:mod:`wpl_keras.data.augment`): two pipelines with the same ``seed``
+    yield identical batches, on any number of replicas. ``repeat`` makes it endless (epochs
+    ``0, 1, …`` in one stream, batches may span two epochs); without it each iteration of the
+    dataset (e.g. each Keras epoch) is a new seeded epoch (its key also reads TF's global seed
+    when one is set: :func:`wpl_keras.data.augment.training_elements`).
+
+    Args:
+        seed: seeds order and augmentation; None draws one (not reproducible).
+        start_batch: with ``training`` and ``repeat``, start at batch ``start_batch`` of the
+            stream (a resumed run continues where it stopped).
+
+    Raises:
+        ValueError: for an empty split, mismatched lengths, a non-positive batch size, a
+            negative ``cutout_size``, a negative ``start_batch`` or one without ``training``
+            and ``repeat``, or a seed that is not an integer in ``[0, 2**63)``.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"need as many labels as images (>0), got {len(x)} and {len(y)}.")
+    if cutout_size < 0:
+        raise ValueError(f"cutout_size must be >= 0 (0 disables cutout), got {cutout_size}.")
+    if start_batch < 0 or (start_batch and not (training and repeat)):
+        raise ValueError(
+            f"start_batch={start_batch} must be >= 0 and needs training=True and repeat=True; "
+            "use 0 otherwise."
+        )
+    if not training:
+        ds = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int32)))
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.map(lambda image, label: (normalize(image), label),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    return _training_batches(x, y, batch_size, cutout_size=cutout_size, repeat=repeat,
+                             seed=seed, drop_remainder=drop_remainder,
+                             start_batch=start_batch)
+
+
+def _training_batches(x, y, batch_size: int, *, cutout_size: int, repeat: bool,
+                      seed: Optional[int], drop_remainder: bool,
+                      start_batch: int) -> tf.data.Dataset:
+    """Batches of element indices and their draws, then gather, normalise and augment per
+    batch (one vectorised map call per batch)."""
+    x = np.asarray(x)
+    images = tf.constant(x)
+    labels = tf.constant(np.asarray(y, np.int32))
+    elements = training_elements(
+        len(x), seed=check_seed(seed), height=int(x.shape[1]), width=int(x.shape[2]),
+        pad=CROP_PAD, repeat=repeat, start_element=int(start_batch) * batch_size)
+
+    def prepare(index, draws):
+        batch = normalize(tf.gather(images, index))
+        batch = augment_batch(batch, draws, pad=CROP_PAD, cutout_size=cutout_size)
+        return batch, tf.gather(labels, index)
+
+    ds = elements.batch(batch_size, drop_remainder=drop_remainder)
+    # flat_map hides the length; state it (endless, or the batches of one epoch) for Keras
+    if repeat:
+        count = tf.data.INFINITE_CARDINALITY
+    else:
+        count = len(x) // batch_size if drop_remainder else -(-len(x) // batch_size)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(count))
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
