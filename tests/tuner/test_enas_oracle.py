@@ -178,3 +178,18 @@ def test_weight_sharing_tuner_refuses_a_bad_strength(tmp_path, strength):
     with pytest.raises(ValueError, match="strength"):
         WeightSharingTuner(oracle, task, strength=strength, directory=str(tmp_path),
                            project_name="bad")
+
+
+@pytest.mark.parametrize("entropy_mode, baseline_init", [("reward", "first_reward"),
+                                                         ("reward_sum", "zero")])
+def test_oracle_passes_the_release_controller_update_options(tmp_path, seed, entropy_mode,
+                                                             baseline_init):
+    oracle = _oracle(tmp_path, TinySpace((3, 3)), max_trials=3, learning_rate=0.05,
+                     entropy_mode=entropy_mode, baseline_init=baseline_init)
+    config = oracle.reinforce.get_config()
+    assert (config["entropy_mode"], config["baseline_init"]) == (entropy_mode, baseline_init)
+    assert config["baseline_reset_each_epoch"] is False  # a tuner has no epochs
+    _run_synthetic(oracle, (1, 2), 3)
+    assert int(oracle.reinforce.step) >= 3
+    with pytest.raises(ValueError, match="entropy_mode"):
+        ENASOracle(TinySpace((3, 3)), "score", entropy_mode="penalty")

@@ -84,6 +84,10 @@ class ENASOracle(ControllerOracle):
         units, temperature, tanh_constant: controller settings (ENAS RNN preset: 100, 5, 2.5).
         learning_rate, baseline_decay, entropy_weight: REINFORCE settings (ENAS RNN preset:
             3.5e-4, 0.95, 1e-4).
+        entropy_mode, baseline_init: how the entropy enters the update and where the
+            baseline starts (:class:`~wpl_keras.nas.reinforce.Reinforce`: ``"bonus"`` /
+            ``"reward"`` (the WPL release) / ``"reward_sum"`` (ENAS TF); ``"zero"`` /
+            ``"first_reward"``). A tuner has no epochs, so the baseline is never reset.
         controller_seed: seeds controller weights and sampling.
         **kwargs: :class:`ControllerOracle` options (``reward_fn``, ``repeats``,
             ``max_resamples``, ``trial_timeout``, ``seed``, ``max_retries_per_trial``, ...).
@@ -101,6 +105,8 @@ class ENASOracle(ControllerOracle):
         learning_rate: float = 3.5e-4,
         baseline_decay: float = 0.95,
         entropy_weight: float = 1e-4,
+        entropy_mode: str = "bonus",
+        baseline_init: str = "zero",
         controller_seed: int = 0,
         **kwargs,
     ):
@@ -116,6 +122,8 @@ class ENASOracle(ControllerOracle):
             learning_rate=learning_rate,
             baseline_decay=baseline_decay,
             entropy_weight=entropy_weight,
+            entropy_mode=entropy_mode,
+            baseline_init=baseline_init,
         )
         super().__init__(
             space, ENASAdapter(controller, reinforce), objective, max_trials, **kwargs
