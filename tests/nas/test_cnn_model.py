@@ -11,17 +11,15 @@ from wpl_keras.data.cifar10 import CIFAR10Arrays, normalize
 from wpl_keras.nas.base import InvalidArchitectureError
 from wpl_keras.nas.cnn_model import (
     CosineRestarts,
-    DropPath,
-    DropPathSchedule,
     FinalConfig,
     build_final_model,
     classifier_of,
-    drop_path_progress,
     export_classifier,
     learning_rate_schedule,
     train_final,
 )
 from wpl_keras.nas.cnn_space import MicroCellSpace
+from wpl_keras.nas.drop_path import DropPath, DropPathSchedule, drop_path_progress
 
 ARCH = (0, 1, 1, 2, 2, 3, 0, 4) + (1, 0, 0, 2, 2, 1, 1, 3)
 
