@@ -14,8 +14,8 @@ anchor:
    (:meth:`~wpl_keras.wpl.WPLState.apply_proximal`);
 4. on the last batch of an architecture, ``F ← F + m (clip((1 − η_F) F + η_F g²) − F)`` with
    ``g`` the masked, clipped gradient of step 2 (the data gradient, plus the WPL term in
-   gradient mode), each ``[node, slot]`` op slice clipped on its own
-   (:meth:`~wpl_keras.wpl.WPLState.update_fisher`);
+   gradient mode), each op slice (a node's ``[slot, input]`` slice, a state's block of a
+   cell's output conv) clipped on its own (:meth:`~wpl_keras.wpl.WPLState.update_fisher`);
 5. after the architecture's batches, ``θ* ← θ* + m (θ − θ*)``
    (:meth:`~wpl_keras.wpl.WPLState.snapshot_anchors`).
 
@@ -156,7 +156,8 @@ def _none_to_zeros(grads, variables):
 
 def coverage(masks: Sequence[tf.Tensor]) -> List[Optional[tf.Tensor]]:
     """The usage masks as the WPL core's coverage: ``None`` (the whole weight) for an
-    always-used weight's scalar mask, the ``[B, 2, 1, …]`` mask of a stacked op weight as it is.
+    always-used weight's scalar mask, the ``[2, i + 2, 1, …]`` mask of a node's op weight and
+    the ``[B + 2, 1, 1]`` mask of an output-conv kernel as they are.
     """
     return [None if m.shape.rank == 0 else m for m in masks]
 
@@ -171,7 +172,10 @@ class CNNSearchTask(SharedWeightsTask):
     (:meth:`validation_error` on the fixed batch, :meth:`reward` on the next validation
     minibatch, and so derive's scoring) runs under it too: each replica scores a contiguous
     chunk of the batch and the correct counts are all-reduced with SUM (:meth:`_eval_fn`);
-    one trace serves every architecture and batch size (``eval_traces``).
+    one trace serves every architecture and batch size (``eval_traces``). The supernet's
+    BatchNorm uses the statistics of the evaluated batch, as ENAS's search does, synchronised
+    over the replicas (:mod:`~wpl_keras.nas.cnn_supernet`): a score depends on the batch it
+    is computed in, and not on the number of replicas.
 
     Args:
         space: a :class:`MicroCellSpace`.
@@ -227,17 +231,17 @@ class CNNSearchTask(SharedWeightsTask):
         self.fixed_labels = tf.constant(splits.y_valid[:fixed], tf.int32)
         self.train_traces = 0
         self.eval_traces = 0
-        self._train_step = tf.function(self._train_step_fn)
+        self._train_step = tf.function(self._train_step_fn, autograph=False)
         shape = tuple(splits.x_train.shape[1:])
         self._eval = tf.function(
-            self._eval_fn,
+            self._eval_fn, autograph=False,
             input_signature=[
                 tf.TensorSpec((None,) + shape, tf.float32),
                 tf.TensorSpec((None,), tf.int32),
                 tf.TensorSpec((space.num_decisions,), tf.int32),
             ],
         )
-        self._snapshot = tf.function(self._snapshot_fn)
+        self._snapshot = tf.function(self._snapshot_fn, autograph=False)
 
     # ------------------------------------------------------------------ traced bodies
     def _wpl_terms(self, params, grads, masks, wpl_active) -> core.WPLGradients:
@@ -323,22 +327,20 @@ class CNNSearchTask(SharedWeightsTask):
 
         With ``n`` rows and ``R`` replicas, replica ``r`` takes rows
         ``[⌊r n / R⌋, ⌊(r + 1) n / R⌋)`` (chunk sizes differ by at most one; a chunk is empty
-        when ``n < R``, and then contributes zeros without running the supernet)."""
+        when ``n < R`` and contributes zeros). Every replica runs the supernet, even on an
+        empty chunk: its BatchNorm all-reduces the batch statistics over the replicas, so
+        each chunk is normalised with the statistics of the whole batch."""
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync
         r = tf.cast(context.replica_id_in_sync_group, tf.int32)
         n = tf.shape(images)[0]
         start, end = (r * n) // replicas, ((r + 1) * n) // replicas
-
-        def chunk_sums():
-            x, y = images[start:end], labels[start:end]
-            logits = self.supernet((x, arch), training=False)
-            pred = tf.argmax(logits, -1, output_type=tf.int32)
-            correct = tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.float32))
-            ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-            return correct, ce
-
-        return tf.cond(end > start, chunk_sums, lambda: (tf.constant(0.0), tf.constant(0.0)))
+        x, y = images[start:end], labels[start:end]
+        logits = self.supernet((x, arch), training=False)
+        pred = tf.argmax(logits, -1, output_type=tf.int32)
+        correct = tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.float32))
+        ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        return correct, ce
 
     def _eval_fn(self, images, labels, arch):
         """``(accuracy, mean cross-entropy)`` over the batch, replicated: each replica scores
