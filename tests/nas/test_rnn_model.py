@@ -42,7 +42,8 @@ def test_build_checks_architecture_and_shapes(seed):
 
 
 RELEASE_OPTIONS = dict(output_batch_norm=True, batch_norm_init="unit",
-                       weight_drop_scope="recurrent", path_keep=0.9)
+                       weight_drop_scope="recurrent", recurrent_state="last_node",
+                       path_keep=0.9)
 
 
 @pytest.mark.parametrize("options", [{}, RELEASE_OPTIONS], ids=["plain", "bn_path"])

@@ -66,10 +66,11 @@ def tiny_corpus(seed=0):
 ACT = {0: tf.tanh, 1: lambda a: tf.nn.relu(a), 2: lambda a: a, 3: tf.sigmoid}
 
 
-def reference_logits(net, tokens, arch, state, max_norm=None, path=None):
+def reference_logits(net, tokens, arch, state, max_norm=None, path=None, last_node=False):
     """Plain unrolled ENAS cell (static architecture), no dropout; with ``max_norm`` each
     step's state rows are rescaled to that norm (the scale a constant for gradients); with
-    ``path`` (``N − 1`` scales) node ``i`` reads ``path[i − 1] · s_in(i)``."""
+    ``path`` (``N − 1`` scales) node ``i`` reads ``path[i − 1] · s_in(i)``; with
+    ``last_node`` the output is the loose-end mean and the carried state the last node."""
     space = RNNCellSpace(net.cfg.model.num_nodes)
     acts, inputs, loose = space.activation_ids(arch), space.inputs(arch), space.loose_ends(arch)
     H = net.cfg.model.hidden_size
@@ -85,11 +86,13 @@ def reference_logits(net, tokens, arch, state, max_norm=None, path=None):
             p = s[inputs[i - 1]] * (1.0 if path is None else path[i - 1])
             z = p @ W[i * (i - 1) // 2 + inputs[i - 1]]
             s.append(p + tf.sigmoid(z[:, :H]) * (ACT[acts[i]](z[:, H:]) - p))
-        h = tf.add_n([s[j] for j in loose]) / len(loose)
+        h = out = tf.add_n([s[j] for j in loose]) / len(loose)
+        if last_node:
+            h = s[-1]
         if max_norm is not None:
             norm = tf.norm(h, axis=-1, keepdims=True)
             h = h * tf.stop_gradient(tf.minimum(1.0, max_norm / norm))
-        outs.append(h)
+        outs.append(out if last_node else h)
     out = tf.stack(outs, axis=1)
     return out @ tf.transpose(emb) + net.decoder_bias, h
 
@@ -116,12 +119,13 @@ def test_decode_architecture():
     np.testing.assert_array_equal(rows, [0, 1, 4])
 
 
-def _run_against_reference(net, tokens, arch, state, max_norm=None):
+def _run_against_reference(net, tokens, arch, state, max_norm=None, last_node=False):
     """Supernet and unrolled reference on the same input; returns their outputs, states and
     gradients w.r.t. every supernet weight (and the supernet's raw node-matrix gradient)."""
     with tf.GradientTape(persistent=True) as tape:
         logits, new_state = net(tokens, tf.constant(arch), state, training=False)
-        ref, ref_state = reference_logits(net, tokens, arch, state, max_norm=max_norm)
+        ref, ref_state = reference_logits(net, tokens, arch, state, max_norm=max_norm,
+                                          last_node=last_node)
         loss = tf.reduce_sum(tf.sin(logits)) + tf.reduce_sum(new_state**2)
         ref_loss = tf.reduce_sum(tf.sin(ref)) + tf.reduce_sum(ref_state**2)
     variables = [net.embedding, net.w_x, net.w_h, net.w_nodes, net.decoder_bias]
@@ -429,6 +433,7 @@ def test_old_flat_config_names_where_each_field_lives_now():
     (RNNModelConfig, "path_keep", 0.0), (RNNModelConfig, "path_keep", 1.1),
     (RNNModelConfig, "path_keep", "0.9"), (RNNModelConfig, "weight_drop_scope", "nodes"),
     (RNNModelConfig, "batch_norm_init", "ones"), (RNNModelConfig, "output_batch_norm", 1),
+    (RNNModelConfig, "recurrent_state", "last"),
     (RNNOptimizerConfig, "learning_rate", 0.0), (RNNOptimizerConfig, "learning_rate", "20"),
     (RNNOptimizerConfig, "lr_decay", 0.0), (RNNOptimizerConfig, "lr_decay", 1.5),
     (RNNOptimizerConfig, "lr_decay_start_epoch", -1),
@@ -563,10 +568,11 @@ def test_paper_model_is_the_release_search_supernet_and_cpu_presets_keep_theirs(
     uniform), no path dropping."""
     model = RNNSupernetConfig.paper().model
     assert (model.init_range, model.weight_drop_scope, model.output_batch_norm,
-            model.batch_norm_init, model.path_keep) == (0.025, "recurrent", True, "uniform", 1.0)
+            model.batch_norm_init, model.recurrent_state, model.path_keep) == (
+        0.025, "recurrent", True, "uniform", "last_node", 1.0)
     small = RNNSupernetConfig.cpu_small().model
     assert (small.init_range, small.weight_drop_scope, small.output_batch_norm,
-            small.path_keep) == (0.04, "all", False, 1.0)
+            small.recurrent_state, small.path_keep) == (0.04, "all", False, "loose_mean", 1.0)
     again = RNNSupernetConfig.from_json(json.dumps(RNNSupernetConfig.paper().to_json()))
     assert again == RNNSupernetConfig.paper()
     net = RNNSupernet(RNNSupernetConfig.paper(model=RNNModelConfig.paper(
@@ -726,3 +732,27 @@ def test_one_trace_with_batch_norm_and_path_dropping():
     assert task.trace_count == 1 and task.eval_trace_count == 1
     assert not np.array_equal(net.bn_gamma.numpy(), gamma)  # trained
     assert float(tf.reduce_max(task.wpl_state.fisher[-1])) > 0  # β's Fisher
+
+
+@pytest.mark.parametrize("max_norm", [25.0, 0.3])
+def test_last_node_state_matches_the_reference_with_gradients(max_norm):
+    """recurrent_state="last_node": the output is the loose-end mean (unclamped), the carried
+    state the last node (clamped, the scale a constant for gradients); values and every
+    weight's gradient equal the unrolled reference, and differ from the loose-end mean's."""
+    cfg = _no_dropout(recurrent_state="last_node", hidden_max_norm=max_norm, init_range=0.5)
+    net = RNNSupernet(cfg, seed=3)
+    mean_net = RNNSupernet(_no_dropout(hidden_max_norm=max_norm, init_range=0.5), seed=3)
+    rng = np.random.default_rng(6)
+    tokens = tf.constant(rng.integers(0, V, (3, 6)), tf.int32)
+    state = tf.constant(rng.normal(size=(3, 6)), tf.float32)
+    for arch in [(1, 0, 0, 0, 3, 1, 2), (2, 0, 1, 0, 1, 1, 3)]:
+        ours, reference, _ = _run_against_reference(net, tokens, arch, state,
+                                                     max_norm=max_norm, last_node=True)
+        _assert_matches(ours, reference)
+        assert np.all(tf.norm(ours[1], axis=-1).numpy() <= max_norm * (1 + 1e-5))
+        if max_norm < 1:  # the clamp acted: the unclamped cell gives other logits
+            free = RNNSupernet(_no_dropout(recurrent_state="last_node", init_range=0.5), seed=3)
+            unclamped, _ = free(tokens, tf.constant(arch), state)
+            assert np.abs(unclamped.numpy() - ours[0].numpy()).max() > 1e-4
+        other, _ = mean_net(tokens, tf.constant(arch), state)
+        assert np.abs(other.numpy() - ours[0].numpy()).max() > 1e-4

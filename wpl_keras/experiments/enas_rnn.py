@@ -77,7 +77,8 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
     if name == "paper":
         # The WPL release's run command and the ENAS RNN defaults, sized for a GPU; the
         # supernet is the release's (RNNModelConfig.paper: init ±0.025, weight-drop on W_h
-        # only, BatchNorm on the cell output). The CPU presets keep the model defaults.
+        # only, BatchNorm on the cell output, the last node carried). The CPU presets keep
+        # the model defaults.
         return ENASExperimentConfig(
             space="rnn", preset="paper", task=RNNSupernetConfig.paper(),
             search=SearchConfig.paper(),

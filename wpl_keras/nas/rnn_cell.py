@@ -7,13 +7,10 @@ Cell (ENAS, highway nodes). With ``x_t`` the embedded word and ``h_{t-1}`` the p
     node i:   p = s_{in(i)},  z = p W_{i,in(i)}, c = σ(z[:, :H]),  s_i = p + c ⊙ (f_i(z[:, H:]) − p)
     h_t = mean of the loose-end nodes s_j
 
-Random path dropping (optional, training only): node ``i ≥ 1`` reads ``p = m_i s_{in(i)}`` with
-``m_i ∈ {0, 1/keep}`` drawn once per training step (:func:`enas_cell_sequence`'s
-``path_mask``). BatchNorm of the cell output over the batch rows, synchronised across
-replicas, is :func:`batch_norm_rows`. The training-time dropout masks (embedding, input,
-weight-drop, output, path) are drawn in one fixed order by :func:`draw_dropout_masks` and
-applied by :func:`apply_dropout_masks` (the output and path masks by the caller and the
-cell).
+With ``last_node`` (the ENAS code) the output is that mean and the carried state the last node,
+``h_t = s_{N−1}``. Path dropping: node ``i ≥ 1`` reads ``p = m_i s_{in(i)}``, ``m_i ∈ {0,
+1/keep}`` (``path_mask``). Output BatchNorm: :func:`batch_norm_rows`; the dropout masks:
+:func:`draw_dropout_masks`, applied by :func:`apply_dropout_masks`, the caller and the cell.
 
 One traced graph serves every architecture: the architecture is an int32 tensor, activations
 are selected by a table lookup (``f(a) = k₁ tanh(k₂ a) + k₃ + k₄ relu(a) + k₅ a`` covers tanh,
@@ -133,7 +130,7 @@ def _forward_arrays(dtype, steps, element, hidden, num_nodes, record, clamp_rec)
 
 
 def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, max_norm,
-                  path_mask=None):
+                  path_mask=None, last_node=False):
     """The time loop of the cell.
 
     Node states of one step live in a ``TensorArray`` (a node reads its input with one
@@ -147,6 +144,8 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, 
     (``h_t ← h_t · min(1, max_norm / ‖h_t‖)``, as the ENAS code does against exploding
     states); the scale is treated as a constant in the backward pass. With ``path_mask``
     (``[N − 1]``), node ``i`` reads ``p = path_mask[i − 1] · s_{in(i)}`` (path dropping).
+    With ``last_node``, the output is the loose-end mean (not clamped) and the carried state
+    the last node's ``s_{N−1}`` (clamped).
 
     Returns:
         ``(outputs [T, B, H], h_T, records, scales)``: ``records`` a list (per node) of
@@ -186,13 +185,15 @@ def _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record, 
             if record:
                 p_ta, q_ta, g_ta = rec_tas[i]
                 rec_tas[i] = (p_ta.write(t, p), q_ta.write(t, kept[0]), g_ta.write(t, kept[1]))
-        h_new = tf.tensordot(loose, tf.stack(stacked), axes=1)
+        out = tf.tensordot(loose, tf.stack(stacked), axes=1)
+        h_new = stacked[-1] if last_node else out
         if max_norm is not None:
             scale = _row_scale(h_new, max_norm)
             h_new = h_new * scale
             if clamp_rec:
                 scale_ta = scale_ta.write(t, scale)
-        return t + 1, h_new, out_ta.write(t, h_new), tuple(rec_tas), scale_ta
+        out = out if last_node else h_new
+        return t + 1, h_new, out_ta.write(t, out), tuple(rec_tas), scale_ta
 
     _, h_last, out_ta, rec_tas, scale_ta = tf.while_loop(
         lambda t, *_: t < steps,
@@ -213,12 +214,13 @@ def _path_scales(path_mask, num_nodes):
 
 
 def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, scales,
-                   num_nodes, path_mask=None):
+                   num_nodes, path_mask=None, last_node=False):
     """Reverse time loop: from ``∂L/∂outputs`` and ``∂L/∂h_T`` to ``∂L/∂z`` of every node and
     step and ``∂L/∂h_0``.
 
     Per step, ``∂L/∂s_j`` starts at ``loose_j ∂L/∂h_t`` (times the step's clamp scale, if
-    any); nodes run last to first:
+    any); with ``last_node`` at ``loose_j ∂L/∂o_t``, plus ``∂L/∂h_t`` (times the scale) for
+    the last node. Nodes run last to first:
     ``∂L/∂z_i = [∂L/∂s_i, ∂L/∂s_i] ⊙ G_i``, ``∂L/∂p_i = ∂L/∂s_i ⊙ q_i + ∂L/∂z_i W_iᵀ``, added
     to ``∂L/∂s`` of node ``i``'s input times its path mask ``m_i`` (if any; node 0's goes to
     ``h_{t−1}``).
@@ -236,12 +238,16 @@ def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, scal
 
     def body(k, dh_next, dz_tas):
         t = steps - 1 - k
-        dh = d_outputs[t] + dh_next
+        dh = dh_next if last_node else d_outputs[t] + dh_next
         if scales is not None:
             dh = dh * scales.read(t)
         ds = tf.TensorArray(dtype, size=num_nodes, element_shape=element,
                             clear_after_read=False)
-        ds = ds.unstack(loose[:, None, None] * dh[None])
+        if last_node:
+            ds = ds.unstack(loose[:, None, None] * d_outputs[t][None])
+            ds = ds.write(num_nodes - 1, ds.read(num_nodes - 1) + dh)
+        else:
+            ds = ds.unstack(loose[:, None, None] * dh[None])
         dz_tas = list(dz_tas)
         d_prev = None
         for i in reversed(range(num_nodes)):
@@ -269,12 +275,13 @@ def _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose, records, scal
 
 
 def enas_cell_sequence_inference(xp, h0, w_h, w_nodes, arch, num_nodes, max_norm=None,
-                                 path_mask=None):
+                                 path_mask=None, last_node=False):
     """:func:`enas_cell_sequence` without its custom gradient (plain ops; for export and as
     the autodiff reference of the hand-written backward pass)."""
     acts, inputs, loose, _ = decode_architecture(arch, num_nodes)
     outputs, h_last, _, _ = _forward_loop(xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes,
-                                          record=False, max_norm=max_norm, path_mask=path_mask)
+                                          record=False, max_norm=max_norm, path_mask=path_mask,
+                                          last_node=last_node)
     return outputs, h_last
 
 
@@ -287,6 +294,7 @@ def enas_cell_sequence(
     num_nodes: int,
     max_norm: Optional[float] = None,
     path_mask: Optional[tf.Tensor] = None,
+    last_node: bool = False,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
     """Runs the ENAS cell of ``arch`` over time, with a hand-written backward pass.
 
@@ -302,6 +310,8 @@ def enas_cell_sequence(
             (``h_t ← h_t · min(1, max_norm / ‖h_t‖)``, the scale a constant for gradients).
         path_mask: if set, ``[N − 1]`` path-dropping scales ``m_i ∈ {0, 1/keep}``: node ``i``
             reads ``m_i s_{in(i)}`` at every step (a constant for gradients).
+        last_node: carry the last node's state ``s_{N−1}`` (clamped) to the next step and
+            output the loose-end mean (the ENAS code); False: both are the (clamped) mean.
 
     Returns:
         ``(outputs [T, B, H], h_T [B, H])``. Gradients: a reverse time loop
@@ -315,7 +325,7 @@ def enas_cell_sequence(
     def run(xp, h0, w_h, w_nodes):
         outputs, h_last, records, scales = _forward_loop(
             xp, h0, w_h, w_nodes, acts, inputs, loose, num_nodes, record=True,
-            max_norm=max_norm, path_mask=path_mask,
+            max_norm=max_norm, path_mask=path_mask, last_node=last_node,
         )
 
         def grad(d_outputs, d_h_last):
@@ -326,7 +336,8 @@ def enas_cell_sequence(
             matrices_t = [tf.transpose(w_h)] + tf.unstack(
                 tf.transpose(w_nodes, [0, 2, 1]), num=num_nodes - 1)
             dz, d_h0 = _backward_loop(d_outputs, d_h_last, matrices_t, inputs, loose,
-                                      records, scales, num_nodes, path_mask=path_mask)
+                                      records, scales, num_nodes, path_mask=path_mask,
+                                      last_node=last_node)
             hidden, width = w_h.shape[0], w_h.shape[1]
             # One [H, T·B] x [T·B, 2H] matmul per matrix (as fast as one batched matmul here,
             # without stacking every node's inputs and ∂L/∂z first).

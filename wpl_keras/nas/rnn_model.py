@@ -3,9 +3,9 @@
 After a search, the chosen cell is trained from scratch with its own weights (not the
 supernet's): embedding ``E [V, H]`` (tied decoder), ``W_x [H, 2H]``, ``W_h [H, 2H]`` and only
 the ``N − 1`` node matrices the cell uses, ``[N − 1, H, 2H]``. The cell equations, dropouts
-(weight-drop scope and path dropping included), the optional output BatchNorm and the fast
-weight gradients are those of :mod:`wpl_keras.nas.rnn_supernet`
-(:func:`~wpl_keras.nas.rnn_supernet.enas_cell_sequence`). Unlike the supernet, this model
+(weight-drop scope and path dropping included), the carried state (loose-end mean or last
+node), the optional output BatchNorm and the fast weight gradients are those of
+:mod:`wpl_keras.nas.rnn_supernet` (:func:`~wpl_keras.nas.rnn_supernet.enas_cell_sequence`). Unlike the supernet, this model
 evaluates its output BatchNorm with moving averages (a test perplexity must not depend on
 the batch); training uses the batch statistics and updates the averages.
 
@@ -109,6 +109,7 @@ class RNNLanguageModel(keras.Model):
         outputs, new_state = cell(
             xp, state, w_h, w_nodes, tf.constant(self._arch_const), cfg.num_nodes,
             max_norm=cfg.hidden_max_norm, path_mask=masks.get("path"),
+            last_node=cfg.recurrent_state == "last_node",
         )
         if self.bn_gamma is not None:
             outputs = self._batch_norm(outputs, training)

@@ -57,6 +57,7 @@ from wpl_keras.wpl.fisher import read_rows
 WPL_SCOPES = ("cell", "all")
 WEIGHT_DROP_SCOPES = ("recurrent", "all")
 BATCH_NORM_INITS = ("uniform", "unit")
+RECURRENT_STATES = ("loose_mean", "last_node")
 
 
 def _check_int(owner: str, name: str, value, minimum: int) -> None:
@@ -89,9 +90,10 @@ class RNNModelConfig(JsonConfig):
     """Shape, initialisation and dropouts of the ENAS recurrent cell and its language model.
 
     Defaults: the WPL release's RNN search for sizes and rates; ``init_range``,
-    ``weight_drop_scope`` and ``output_batch_norm`` default to this package's earlier
-    behaviour (which the CPU presets were sized with) and :meth:`paper` sets the release's
-    search values (``models/shared_rnn.py`` of the public WPL release, mode ``train``).
+    ``weight_drop_scope``, ``output_batch_norm`` and ``recurrent_state`` default to this
+    package's earlier behaviour (which the CPU presets were sized with) and :meth:`paper`
+    sets the release's search values (``models/shared_rnn.py`` of the public WPL release,
+    mode ``train``).
 
     Attributes:
         num_nodes: nodes per cell (12, at least 2).
@@ -119,6 +121,11 @@ class RNNModelConfig(JsonConfig):
         batch_norm_init: ``γ``, ``β`` start ``"uniform"`` in ``[−init_range, init_range]``
             like every other weight (default; the release's ``reset_parameters`` draws every
             parameter, BatchNorm's included, that way) or ``"unit"`` (``γ = 1``, ``β = 0``).
+        recurrent_state: what a step carries to the next. ``"loose_mean"`` (default): the
+            mean of the loose ends, which is also the output. ``"last_node"``: the last node's
+            state ``s_{N−1}`` (clamped to ``hidden_max_norm``), the output being the loose-end
+            mean (the release's ``cell`` returns ``(BN(mean of loose ends), h[N − 1])``;
+            :meth:`paper`).
         path_keep: keep probability of random path dropping, in ``(0, 1]``: in training, each
             node ``i ≥ 1``'s input from its chosen previous node is kept with this
             probability and scaled by ``1 / path_keep``, else zeroed, one draw per node and
@@ -140,6 +147,7 @@ class RNNModelConfig(JsonConfig):
     weight_drop_scope: str = "all"
     output_batch_norm: bool = False
     batch_norm_init: str = "uniform"
+    recurrent_state: str = "loose_mean"
     path_keep: float = 1.0
 
     def __post_init__(self):
@@ -160,6 +168,7 @@ class RNNModelConfig(JsonConfig):
         _check_real(owner, "path_keep", self.path_keep, 0.0, 1.0, low_open=True)
         _check_choice(owner, "weight_drop_scope", self.weight_drop_scope, WEIGHT_DROP_SCOPES)
         _check_choice(owner, "batch_norm_init", self.batch_norm_init, BATCH_NORM_INITS)
+        _check_choice(owner, "recurrent_state", self.recurrent_state, RECURRENT_STATES)
         if not isinstance(self.output_batch_norm, bool):
             raise ValueError(f"{owner}.output_batch_norm must be a bool, got "
                              f"{self.output_batch_norm!r}.")
@@ -168,9 +177,10 @@ class RNNModelConfig(JsonConfig):
     def paper(cls, **overrides) -> "RNNModelConfig":
         """The release's search supernet (``models/shared_rnn.py``, mode ``train``): init
         ±0.025, weight-drop on ``W_h`` only, BatchNorm on the cell output (``γ``, ``β``
-        uniform like every weight), no path dropping; ``overrides`` are fields."""
+        uniform like every weight), the last node carried to the next step, no path
+        dropping; ``overrides`` are fields."""
         base = dict(init_range=0.025, weight_drop_scope="recurrent", output_batch_norm=True,
-                    batch_norm_init="uniform", path_keep=1.0)
+                    batch_norm_init="uniform", recurrent_state="last_node", path_keep=1.0)
         return cls(**{**base, **overrides})
 
 
@@ -316,14 +326,15 @@ class RNNSupernetConfig(JsonConfig):
         """Reference sizes (WPL release): embedding = hidden = 1000, 12 nodes, batch 64,
         BPTT 35, vocabulary 10k, and the release's search supernet
         (:meth:`RNNModelConfig.paper`: init ±0.025, weight-drop on ``W_h`` only, output
-        BatchNorm). ``overrides`` are fields of this class (``model=`` and ``optimizer=`` take
+        BatchNorm, the last node as the carried state). ``overrides`` are fields of this class (``model=`` and ``optimizer=`` take
         a nested config or a JSON object of one, which replaces all of it)."""
         return dataclasses.replace(cls(model=RNNModelConfig.paper()), **overrides)
 
     @classmethod
     def cpu_small(cls, **overrides) -> "RNNSupernetConfig":
         """Hidden 256 (otherwise the reference sizes and rates, with the model's defaults:
-        init ±0.04, weight-drop on every matrix, no output BatchNorm, no path dropping): the
+        init ±0.04, weight-drop on every matrix, no output BatchNorm, the loose-end mean
+        carried, no path dropping): the
         small size of ``benchmarks/supernet_step.py``, which reports its step time.
         ``overrides`` as :meth:`paper`."""
         base = cls(model=RNNModelConfig(embedding_size=256, hidden_size=256),
@@ -445,7 +456,8 @@ class RNNSupernet(keras.Model):
         )
         outputs, new_state = enas_cell_sequence(xp, state, w_h, w_nodes, arch, cfg.num_nodes,
                                                 max_norm=cfg.hidden_max_norm,
-                                                path_mask=masks.get("path"))
+                                                path_mask=masks.get("path"),
+                                                last_node=cfg.recurrent_state == "last_node")
         if self.bn_gamma is not None:
             outputs = batch_norm_rows(outputs, self.bn_gamma, self.bn_beta)
         outputs = tf.transpose(outputs, [1, 0, 2])  # [B, T, H]
