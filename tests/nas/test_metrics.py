@@ -416,3 +416,33 @@ def test_enas_benchmark_reduction_fields_have_headline_and_spread():
     assert set(nan_fields["reduction_nan_reasons"]) == {
         f"{k}_reduction{s}" for k in ("mean", "best5", "max") for s in ("", "_per_epoch")}
     assert json.loads(json.dumps(bench._finite_or_null(nan_fields)))["mean_reduction"] is None
+
+
+def test_nao_benchmark_path_dropping_fields_against_plain_and_wpl_runs():
+    """Path-dropping arms beside the dropout rates (hand-computed over WPL epochs 1..2)."""
+    import json
+
+    bench = _load_benchmark("nao_forgetting")
+    runs = {(0.0, False): _history([9, 4, 6], [9, 4, 6], [9, 4, 6]),   # best5 sum 10
+            (0.0, True): _history([9, 1, 1], [9, 1, 1], [9, 1, 1]),    # best5 sum 2
+            (0.5, False): _history([9, 2, 2], [9, 2, 2], [9, 2, 2]),   # best5 sum 4
+            (0.5, True): _history([9, 3, 3], [9, 3, 3], [9, 3, 3])}    # best5 sum 6
+    path_by_seed = {
+        (0, 0.0, 0.9): _history([9, 2, 4], [9, 2, 4], [9, 2, 4]),
+        (1, 0.0, 0.9): _history([9, 4, 2], [9, 4, 2], [9, 4, 2]),    # seed mean 3, 3: sum 6
+        (0, 0.5, 0.9): _history([9, 1, 1], [9, 1, 1], [9, 1, 1]),
+        (1, 0.5, 0.9): _history([9, 1, 1], [9, 1, 1], [9, 1, 1]),    # sum 2
+    }
+    fields = bench.path_dropping_fields(path_by_seed, runs, [0, 1], [0.0, 0.5], [0.9],
+                                        start_epoch=1)
+    keep = fields["keep_0.9"]
+    zero, half = keep["by_rate"]["0"], keep["by_rate"]["0.5"]
+    assert zero["best5_diff"] == pytest.approx(3.0) and half["best5_diff"] == pytest.approx(1.0)
+    assert zero["reduction_vs_no_wpl"] == pytest.approx(1.0 - 6.0 / 10.0)
+    assert half["reduction_vs_no_wpl"] == pytest.approx(1.0 - 2.0 / 4.0)
+    assert (zero["best5_without_wpl"], zero["best5_with_wpl"]) == (pytest.approx(5.0),
+                                                                   pytest.approx(1.0))
+    assert keep["path_lower_than_no_wpl_at_all_rates"] == 1
+    # WPL (1 per epoch) beats path dropping (3) at rate 0 but not at 0.5 (3 against 1).
+    assert keep["wpl_lower_than_path_dropping_at_all_rates"] == 0
+    json.dumps(fields, allow_nan=False)

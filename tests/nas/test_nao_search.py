@@ -80,8 +80,10 @@ def test_with_regularization_sets_the_spaces_fields():
 
     rnn = nao_search.with_regularization(RNNSupernetConfig.cpu_small(), output_dropout=0.75)
     assert rnn.model.output_dropout == 0.75
-    with pytest.raises(ValueError, match="path"):
-        nao_search.with_regularization(RNNSupernetConfig.cpu_small(), path_keep=0.9)
+    rnn_drop = nao_search.with_regularization(RNNSupernetConfig.cpu_small(), path_keep=0.9)
+    assert rnn_drop.model.path_keep == 0.9  # the RNN supernet's random path dropping
+    with pytest.raises(ValueError, match="no path-dropping field"):
+        nao_search.with_regularization(RNNSupernetConfig.cpu_small().optimizer, path_keep=0.9)
     cnn = nao_search.with_regularization(SupernetConfig(), output_dropout=0.25, path_keep=0.8)
     assert (cnn.dropout, cnn.drop_path_keep) == (0.25, 0.8)
     # The fields are found inside nested configs: the RNN task's model, the CNN task's supernet.

@@ -26,8 +26,9 @@ the task, which adds ``(α/2) Σ F (θ − θ*)²`` over the trained architectur
 ``F ← (1 − η)F + η g²`` from the last gradient and sets ``θ* ← θ``.
 
 Output dropout and random path dropping (Bender et al. 2018) are properties of the task's
-supernet; :func:`with_regularization` sets them on a task config (``model.output_dropout`` of
-the RNN task, ``dropout`` / ``drop_path_keep`` of the CNN supernet) before the task is built.
+supernet; :func:`with_regularization` sets them on a task config (``model.output_dropout`` /
+``model.path_keep`` of the RNN task, ``dropout`` / ``drop_path_keep`` of the CNN supernet)
+before the task is built.
 
 State and resumption: the driver's checkpoint under ``out_dir/ckpt`` holds, besides the loop
 and the task, the NAO controller's weights, Adam state and shuffling stream (``nao_*``), and
@@ -160,8 +161,9 @@ def with_regularization(
 
     The field names of the spaces' configs are looked up, not branched on the space, in the
     config and then in its nested configs: output dropout is ``output_dropout`` (RNN:
-    ``model.output_dropout``) or ``dropout`` (CNN supernet); path dropping is
-    ``drop_path_keep`` (CNN supernet). ``None`` leaves a setting unchanged.
+    ``model.output_dropout``) or ``dropout`` (CNN supernet); path dropping is ``path_keep``
+    (RNN: ``model.path_keep``) or ``drop_path_keep`` (CNN supernet). ``None`` leaves a setting
+    unchanged.
 
     Raises:
         ValueError: when the config has no field for a requested setting.
@@ -172,10 +174,11 @@ def with_regularization(
             raise ValueError(f"{type(task_config).__name__} has no output-dropout field.")
         task_config = _replace_path(task_config, path, float(output_dropout))
     if path_keep is not None:
-        path = _field_path(task_config, ("drop_path_keep",))
+        path = _field_path(task_config, ("path_keep", "drop_path_keep"))
         if path is None:
             raise ValueError(
-                f"{type(task_config).__name__} has no path-dropping field (drop_path_keep); "
+                f"{type(task_config).__name__} has no path-dropping field (path_keep or "
+                "drop_path_keep); "
                 "random path dropping is not available for this space's supernet."
             )
         task_config = _replace_path(task_config, path, float(path_keep))
