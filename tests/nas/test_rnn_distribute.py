@@ -7,7 +7,9 @@ For a tiny random PTB-like corpus, with every dropout on, WPL on (``α`` = 60 wr
 (``"gradient"``, ``"proximal"``), a task under the default strategy (one device) and a task
 under ``MirroredStrategy`` over the two CPUs train the same 5 architectures x 2 batches
 (WPL from the second architecture on), scoring each with ``validation_error`` (err1) and
-``reward``. Two more pairs run the release's supernet options on top of the dropouts: output
+``reward``. Two more pairs take the Fisher from validation batches (``wpl.fisher_source =
+"valid"``, scope ``"all"``): one plain, one with the release's options below.
+Two more pairs run the release's supernet options on top of the dropouts: output
 BatchNorm (statistics over the global batch: each replica's row sums are all-reduced, in
 training and evaluation), weight-drop on ``W_h`` only and path dropping (keep 0.7, one mask
 per step for the whole batch; the first pair also carries the last node as the state, as
@@ -70,6 +72,12 @@ RELEASE = {
         path_keep=0.7, init_range=0.3)),
 }
 RELEASE_LR = 1.0
+VALID_FISHER = {
+    "proximal_all_valid_fisher": ("proximal", "all", None, {}),
+    "gradient_all_release_valid_fisher": (
+        "gradient", "all", RELEASE["gradient_all_release"][2],
+        {"optimizer": {"learning_rate": RELEASE_LR}}),
+}
 
 
 def config(mode, scope, model=None, **kw):
@@ -89,7 +97,10 @@ def arrays(task):
     out.update({f"fisher_{k}": v for k, v in enumerate(task.wpl_state.fisher)})
     out.update({f"anchor_{k}": v for k, v in enumerate(task.wpl_state.anchors)})
     out.update(train_state=task.train_state, reward_state=task.reward_state,
-               train_position=task.train_position, valid_position=task.valid_position)
+               train_position=task.train_position, valid_position=task.valid_position,
+               # the Fisher validation pass's (named apart from the Fisher tensors)
+               valid_pass_state=task.fisher_state, valid_pass_position=task.fisher_position,
+               valid_pass_seed=task.fisher_seed_generator.state)
     return {k: np.asarray(tf.convert_to_tensor(v)).astype(np.float64).tolist()
             for k, v in out.items()}
 
@@ -114,7 +125,8 @@ def run(strategy, mode, scope, model=None, **kw):
     values = train(task, archs)
     return task, archs, {"values": values, "arrays": arrays(task),
                          "replicas": int(strategy.num_replicas_in_sync),
-                         "traces": [task.trace_count, task.eval_trace_count]}
+                         "traces": [task.trace_count, task.eval_trace_count,
+                                    task.fisher_trace_count]}
 
 
 def error_of(**kw):
@@ -149,6 +161,12 @@ for name, (mode, scope, model) in RELEASE.items():
     lr = {"optimizer": {"learning_rate": RELEASE_LR}}
     results["runs"][name] = {"one": run(ONE, mode, scope, model, **lr)[2],
                              "two": run(TWO, mode, scope, model, **lr)[2]}
+# The Fisher from validation batches: plain dropouts at the reference rate, and the release's
+# options (synchronised BN over the validation pass's global batch too) at rate 1.
+for name, (mode, scope, model, lr) in VALID_FISHER.items():
+    valid = dict(wpl=WPLConfig(mode=mode, fisher_source="valid"), **lr)
+    results["runs"][name] = {"one": run(ONE, mode, scope, model, **valid)[2],
+                             "two": run(TWO, mode, scope, model, **valid)[2]}
 # Resume across device counts (proximal, scope "all", the last pair above), both ways.
 results["resume_two_to_one"] = resume(two_task, ONE, "proximal", "all", archs[:2],
                                       f"{out_dir}/two")
@@ -224,9 +242,30 @@ def _check_pair(run, mode, scope, dense_weights, lr, carried="train_state"):
 
 
 def test_one_trace_per_step_function_under_both_strategies(results):
+    """Train, eval and (fisher_source="valid" only) Fisher validation step: one trace each."""
     for name, run in results["runs"].items():
+        fisher = 1 if name.endswith("_valid_fisher") else 0
         for device in ("one", "two"):
-            assert run[device]["traces"] == [1, 1], (name, device, run[device]["traces"])
+            assert run[device]["traces"] == [1, 1, fisher], (name, device, run[device]["traces"])
+
+
+@pytest.mark.parametrize("name", ["proximal_all_valid_fisher",
+                                  "gradient_all_release_valid_fisher"])
+def test_two_cpus_match_one_device_with_the_fisher_from_validation_batches(results, name):
+    """fisher_source="valid": after each WPL architecture, each replica runs the validation
+    pass on its rows of the Fisher window (dropout masks drawn once for the global batch,
+    BatchNorm over the global batch), the gradients are summed, and the Fisher, the Fisher
+    position, carried state and generator match one device's."""
+    run = results["runs"][name]
+    release = "release" in name
+    _check_pair(run, name.split("_")[0], "all", dense_weights=6 if release else 4,
+                lr=1.0 if release else 20.0,
+                carried="reward_state" if release else "train_state")
+    arrays = run["one"]["arrays"]
+    # 4 WPL architectures over the 9 windows of 3 steps: windows 1..4 read, 5 next.
+    assert arrays["valid_pass_position"] == 5
+    assert np.abs(np.asarray(arrays["valid_pass_state"])).sum() > 0
+    assert np.asarray(arrays["valid_pass_state"]).shape == (4, 6)
 
 
 @pytest.mark.parametrize("direction", ["resume_two_to_one", "resume_one_to_two"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from wpl_keras.data.ptb import PTBCorpus
+from wpl_keras.data.ptb import PTBCorpus, batchify, bptt_window
 from wpl_keras.nas.rnn_search import RNNSearchTask
 from wpl_keras.nas.rnn_space import RNNCellSpace
 from wpl_keras.nas.rnn_supernet import (
@@ -227,6 +227,7 @@ def test_one_trace_over_many_architectures(task):
     assert task.trace_count == 1
     assert task._eval_step.experimental_get_tracing_count() == 1
     assert task._snapshot.experimental_get_tracing_count() == 1
+    assert task.fisher_trace_count == 0  # fisher_source="train": no validation pass
 
 
 def test_wpl_touches_only_the_sampled_rows(task):
@@ -399,7 +400,7 @@ def test_config_is_nested_by_concern_and_reads_json_objects():
     assert small.optimizer.learning_rate == 10.0 and small.model.hidden_size == 256
     paper = RNNSupernetConfig.paper(model={"num_nodes": 3}, bptt=7)
     assert paper.model == RNNModelConfig(num_nodes=3) and paper.bptt == 7
-    assert RNNSupernetConfig.paper() == RNNSupernetConfig(model=RNNModelConfig.paper())
+    assert RNNSupernetConfig.paper().model == RNNModelConfig.paper()
     assert RNNSupernetConfig.paper(model=RNNModelConfig.paper(num_nodes=3)).model.init_range == (
         0.025)
 
@@ -756,3 +757,160 @@ def test_last_node_state_matches_the_reference_with_gradients(max_norm):
             assert np.abs(unclamped.numpy() - ours[0].numpy()).max() > 1e-4
         other, _ = mean_net(tokens, tf.constant(arch), state)
         assert np.abs(other.numpy() - ours[0].numpy()).max() > 1e-4
+
+
+# ------------------------------------------------------------ Fisher from validation batches
+def _valid_task(fisher_source="valid", scope="cell", dropout=True, mode="proximal", **kw):
+    """A tiny task whose Fisher comes from ``fisher_source``; the validation split has
+    ``(60 − 1) // 15 = 3`` windows of ``eval_bptt = 15`` (window 0 the fixed batch)."""
+    wpl = WPLConfig(fisher_momentum=0.25, clip_norm=5e-4, fisher_source=fisher_source,
+                    mode=mode)
+    make = tiny_config if dropout else _no_dropout
+    return RNNSearchTask(tiny_corpus(), make(wpl_scope=scope, wpl=wpl, eval_bptt=15, **kw),
+                         seed=0)
+
+
+def _validation_gradients(task, arch, position, state, masks):
+    """Independently of the task: ``(∂CE/∂θ of every covered weight, new state)`` of ``arch``
+    on window ``position`` of the validation split batchified at ``eval_batch_size`` rows,
+    from ``state``, with ``masks`` (None: no dropout); every weight as it is now."""
+    cfg = task.cfg
+    valid = batchify(tiny_corpus().valid, cfg.eval_batch_size)
+    x, y = bptt_window(valid, position, cfg.eval_bptt)
+    with tf.GradientTape() as tape:
+        logits, new_state = task.supernet(tf.constant(x), tf.constant(arch), tf.constant(state),
+                                          training=masks is not None, dropout_masks=masks)
+        loss = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(tf.constant(y, tf.int32), logits))
+    grads = tape.gradient(loss, list(task.wpl_state.protected_variables))
+    return [tf.convert_to_tensor(g).numpy().astype(np.float64) for g in grads], new_state.numpy()
+
+
+def _copied_generator(generator):
+    copy = keras.random.SeedGenerator(seed=0)
+    copy.state.assign(generator.state.value)
+    return copy
+
+
+@pytest.mark.parametrize("scope, dropout", [("cell", False), ("all", True), ("cell", True)])
+def test_valid_fisher_is_the_ema_of_the_validation_gradient(scope, dropout):
+    """fisher_source="valid": after an architecture's training steps (WPL on), one pass on
+    the next validation window (1, then 2, past the fixed window 0) from the Fisher's own
+    carried state, with the training dropouts from the task's Fisher generator, gives
+    ``F ← clip((1 − η) F + η g²)`` for every covered weight (node rows as one block, a dense
+    weight as a whole); not the training gradient's (the same run with "train" differs)."""
+    eta, clip, f0 = 0.25, 5e-4, 1e-4
+    task = _valid_task(scope=scope, dropout=dropout)
+    state, model = task.wpl_state, task.cfg.model
+    carried = np.random.default_rng(2).normal(size=task.fisher_state.shape).astype(np.float32)
+    task.fisher_state.assign(carried)
+    node_shape = [model.num_nodes - 1, model.hidden_size, 2 * model.hidden_size]
+    archs = [(1, 0, 2, 1, 3, 0, 0), (0, 0, 1, 1, 2, 2, 3), (3, 0, 0, 1, 0, 2, 1)]
+    for position, arch in zip([1, 2, 1], archs):
+        assert int(task.fisher_position.numpy()) == position
+        generator = _copied_generator(task.fisher_seed_generator)
+        for f in state.fisher:
+            f.assign(tf.fill(f.shape, f0))
+        task.train_architecture(arch, 2, wpl_active=True)
+        masks = draw_dropout_masks(task.cfg.eval_batch_size, model, generator,
+                                   node_shape=node_shape) if dropout else None
+        assert dropout == bool(masks)
+        grads, new_state = _validation_gradients(task, arch, position, carried, masks)
+        rows = task.supernet.wpl_rows(arch).numpy()
+
+        def expected(g):
+            new = (1 - eta) * f0 + eta * g**2
+            return new * min(1.0, clip / np.linalg.norm(new))
+
+        np.testing.assert_allclose(state.fisher[0].numpy()[rows], expected(grads[0][rows]),
+                                   rtol=1e-5, atol=1e-12)
+        others = np.setdiff1d(np.arange(task.space.num_pairs), rows)
+        assert np.all(state.fisher[0].numpy()[others] == np.float32(f0))
+        assert len(state.fisher) == (1 if scope == "cell" else 5)
+        for k in range(1, len(state.fisher)):
+            np.testing.assert_allclose(state.fisher[k].numpy(), expected(grads[k]), rtol=1e-5,
+                                       atol=1e-12)
+        norms = np.linalg.norm(new_state, axis=1, keepdims=True)
+        carried = new_state * np.minimum(1.0, model.hidden_max_norm / norms)
+        np.testing.assert_allclose(task.fisher_state.numpy(), carried, rtol=1e-5, atol=1e-7)
+    assert int(state.num_fisher_updates.numpy()) == 3
+    # The same steps with the training gradient's Fisher: another Fisher, the same weights.
+    other = _valid_task("train", scope=scope, dropout=dropout)
+    other.fisher_state.assign(task.fisher_state)  # unused by "train"
+    for arch in archs:
+        for f in other.wpl_state.fisher:
+            f.assign(tf.fill(f.shape, f0))
+        other.train_architecture(arch, 2, wpl_active=True)
+    for ours, theirs in zip(task.supernet.weights, other.supernet.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert np.abs(state.fisher[0].numpy() - other.wpl_state.fisher[0].numpy()).max() > 1e-7
+
+
+@pytest.mark.parametrize("mode", ["proximal", "gradient"])
+def test_fisher_source_changes_nothing_in_the_training_steps_but_the_fisher(mode):
+    """With α = 0 (WPL on, so the Fisher updates, the anchors move and the penalty is 0), every
+    dropout on and 4 architectures x 2 batches: the losses, gradient norms, weights, optimizer,
+    training position and state, supernet seed state, err1 and rewards are identical with
+    "train" and "valid" (the validation pass draws its masks from its own generator, takes no
+    step, and leaves the reward's position and state alone); the Fishers differ."""
+    tasks = [_valid_task(source, scope="all", mode=mode)
+             for source in ("train", "valid")]
+    rng = np.random.default_rng(4)
+    archs = [tasks[0].space.sample(rng) for _ in range(4)]
+    records = []
+    for task in tasks:
+        task.start_epoch(0)
+        outs = [task.train_architecture(a, 2, wpl_active=k > 0) for k, a in enumerate(archs)]
+        outs += [{"err1": task.validation_error(a), "reward": task.reward(a)} for a in archs]
+        variables = (task.supernet.variables + task.optimizer.variables
+                     + [task.train_state, task.train_position, task.valid_position,
+                        task.reward_state])
+        records.append((outs, [np.asarray(v) for v in variables]))
+    (outs_train, vars_train), (outs_valid, vars_valid) = records
+    assert outs_train == outs_valid
+    for a, b in zip(vars_train, vars_valid):
+        np.testing.assert_array_equal(a, b)
+    for f_train, f_valid in zip(tasks[0].wpl_state.fisher, tasks[1].wpl_state.fisher):
+        assert np.abs(f_train.numpy() - f_valid.numpy()).max() > 0
+    assert int(tasks[0].fisher_position.numpy()) == 1  # "train" never reads it
+    assert int(tasks[1].fisher_position.numpy()) == 2  # 3 WPL architectures: 1 -> 2 -> 1 -> 2
+    assert (tasks[0].fisher_trace_count, tasks[1].fisher_trace_count) == (0, 1)
+
+
+def test_valid_fisher_position_and_state_are_checkpointed_and_reset_by_epoch(tmp_path):
+    """The Fisher window position, carried state and mask generator travel in a checkpoint:
+    a restored task continues with the same Fisher; WPL off moves nothing; start_epoch
+    zeroes the carried state (not the position); one trace serves every architecture."""
+    task = _valid_task()
+    rng = np.random.default_rng(5)
+    archs = [task.space.sample(rng) for _ in range(6)]
+    task.train_architecture(archs[0], 1, wpl_active=False)
+    assert int(task.fisher_position.numpy()) == 1 and not task.fisher_state.numpy().any()
+    task.train_architecture(archs[1], 1, wpl_active=True)
+    assert int(task.fisher_position.numpy()) == 2 and task.fisher_state.numpy().any()
+    path = tf.train.Checkpoint(**task.checkpoint_items()).save(str(tmp_path / "ckpt"))
+    other = _valid_task()
+    tf.train.Checkpoint(**other.checkpoint_items()).restore(path).assert_consumed()
+    assert int(other.fisher_position.numpy()) == 2
+    np.testing.assert_array_equal(other.fisher_state.numpy(), task.fisher_state.numpy())
+    np.testing.assert_array_equal(other.fisher_seed_generator.state.numpy(),
+                                  task.fisher_seed_generator.state.numpy())
+    for arch in archs[2:]:
+        for t in (task, other):
+            t.train_architecture(arch, 1, wpl_active=True)
+        np.testing.assert_array_equal(other.wpl_state.fisher[0].numpy(),
+                                      task.wpl_state.fisher[0].numpy())
+    assert int(task.fisher_position.numpy()) == 2  # 2, 1, 2, 1, 2: windows 1 and 2 only
+    assert (task.trace_count, task.fisher_trace_count) == (1, 1)
+    task.start_epoch(1)
+    assert not task.fisher_state.numpy().any() and int(task.fisher_position.numpy()) == 2
+
+
+def test_one_trace_with_the_valid_fisher_under_jit():
+    """jit_compile: the validation pass is its own XLA-compiled step, traced once."""
+    task = _valid_task(jit_compile=True)
+    rng = np.random.default_rng(6)
+    for k in range(3):
+        task.train_architecture(task.space.sample(rng), 1, wpl_active=True)
+    assert (task.trace_count, task.fisher_trace_count) == (1, 1)
+    assert float(tf.reduce_max(task.wpl_state.fisher[0])) > 0

@@ -73,3 +73,33 @@ def test_fisher_normalization_round_trips_inside_task_configs():
         assert back.wpl == wpl and back.wpl.fisher_normalization == "tensor_norm"
         with pytest.raises(ValueError, match="fisher_normalization"):
             kind.from_json({"wpl": {"fisher_normalization": "tensor"}})
+
+
+def test_fisher_source_default_choices_and_json_round_trip():
+    assert WPLConfig().fisher_source == "train"
+    for choice in ("train", "valid"):
+        config = WPLConfig(fisher_source=choice, mode="gradient", clip_norm=None)
+        assert WPLConfig.from_json(config.to_json()) == config
+        assert WPLConfig.from_json(json.dumps(config.to_json())).fisher_source == choice
+
+
+@pytest.mark.parametrize("value", ["validation", "Valid", "", None, 0, True, ["valid"]])
+def test_unknown_fisher_source_names_the_field_and_choices(value):
+    with pytest.raises(ValueError, match=r"WPLConfig.fisher_source must be one of \('train', "
+                                         r"'valid'\)"):
+        WPLConfig(fisher_source=value)
+
+
+def test_fisher_source_round_trips_inside_task_configs():
+    from wpl_keras.experiments.enas_cnn import CNNTaskConfig
+    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+
+    wpl = WPLConfig(fisher_source="valid")
+    for kind in (RNNSupernetConfig, CNNTaskConfig):
+        config = kind(wpl=wpl)
+        assert config.to_json()["wpl"]["fisher_source"] == "valid"
+        back = kind.from_json(json.dumps(config.to_json()))
+        assert back.wpl == wpl and back.wpl.fisher_source == "valid"
+        assert kind.from_json({"wpl": {}}).wpl.fisher_source == "train"
+        with pytest.raises(ValueError, match="fisher_source"):
+            kind.from_json({"wpl": {"fisher_source": "test"}})

@@ -15,6 +15,7 @@ compute what one device computes (up to float rounding; see :class:`RNNSearchTas
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, List, Optional, Tuple
 
@@ -24,12 +25,16 @@ import tensorflow as tf
 
 from wpl_keras.data.ptb import PTBCorpus, batchify, num_windows
 from wpl_keras.nas.base import Architecture, SharedWeightsTask
-from wpl_keras.nas.rnn_cell import clamp_rows, sequence_loss
+from wpl_keras.nas.rnn_cell import clamp_rows, draw_dropout_masks, sequence_loss
 from wpl_keras.nas.rnn_space import RNNCellSpace
 from wpl_keras.nas.rnn_supernet import RNNSupernet, RNNSupernetConfig, slice_dropout_masks
 from wpl_keras.utils.checkpoint import VariableBundle
 from wpl_keras.wpl import core
 from wpl_keras.wpl.fisher import WPLState, read_rows
+
+#: ``fisher_seed_generator`` is seeded ``seed + FISHER_SEED_OFFSET`` (the supernet's: ``seed``).
+FISHER_SEED_OFFSET = 1000003
+
 
 def _zero() -> tf.Tensor:
     return tf.constant(0.0)
@@ -53,6 +58,18 @@ class RNNSearchTask(SharedWeightsTask):
 
     ``α`` is the variable ``wpl_state.strength``: 0 until the search driver (or the caller)
     writes the schedule's value.
+
+    The Fisher's gradient (``wpl.fisher_source``): ``"train"``, the data gradient of an
+    architecture's last training step; ``"valid"``, that of one more forward and backward
+    pass after it (no optimizer step) on the next *Fisher window*: windows ``1, …, n − 1`` of
+    the validation split at ``eval_batch_size`` rows and ``eval_bptt`` steps, cycling (window
+    0 is the fixed batch of :meth:`validation_error`, so the batch forgetting is measured on
+    never enters the Fisher), with their own position (``fisher_position``) and carried state
+    (``fisher_state``, reset by :meth:`start_epoch`), and the training dropouts, as the WPL
+    release's ``shared_valid_fisher`` pass (its model in training mode), drawn from the
+    task's own ``fisher_seed_generator`` (seed ``seed + 1000003``) so the training steps draw
+    the same masks whatever the source. It is its own traced step under the strategy
+    (``fisher_trace_count``: 1 for every architecture, 0 with ``"train"``).
 
     Every traced step runs under ``strategy`` (one code path for one device and many): the
     weights, the optimizer, the WPL state and the carried states are created in its scope.
@@ -102,8 +119,10 @@ class RNNSearchTask(SharedWeightsTask):
             self._build_state(corpus, config, seed)
         self.trace_count = 0
         self.eval_trace_count = 0
+        self.fisher_trace_count = 0
         jit = bool(config.jit_compile)
         self._train_step = tf.function(self._train_step_impl, jit_compile=jit)
+        self._valid_fisher_step = tf.function(self._valid_fisher_step_impl, jit_compile=jit)
         self._eval_step = tf.function(self._eval_step_impl, jit_compile=jit)
         self._snapshot = tf.function(self._snapshot_impl)
 
@@ -131,6 +150,8 @@ class RNNSearchTask(SharedWeightsTask):
             fisher_normalization=config.wpl.fisher_normalization,
             name="rnn_wpl_state",
         )
+        # The Fisher validation pass's dropout masks: a generator apart from the training's.
+        self.fisher_seed_generator = keras.random.SeedGenerator(seed + FISHER_SEED_OFFSET)
         self._init_data(corpus, config)
 
     def _init_data(self, corpus: PTBCorpus, config: RNNSupernetConfig) -> None:
@@ -152,6 +173,13 @@ class RNNSearchTask(SharedWeightsTask):
         self.reward_state = tf.Variable(
             tf.zeros([config.eval_batch_size, config.model.hidden_size]), trainable=False,
             name="reward_state",
+        )
+        # The Fisher validation windows (fisher_source="valid") and their carried state.
+        self.fisher_position = tf.Variable(1, dtype=tf.int32, trainable=False,
+                                           name="fisher_position")
+        self.fisher_state = tf.Variable(
+            tf.zeros([config.eval_batch_size, config.model.hidden_size]), trainable=False,
+            name="fisher_state",
         )
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
 
@@ -200,7 +228,8 @@ class RNNSearchTask(SharedWeightsTask):
         self.train_position.assign((self.train_position + 1) % self._num_train_windows)
         rows = self.supernet.wpl_rows(arch)
         masks = self.supernet.dropout_masks(cfg.batch_size)  # once, for the global batch
-        loss, new_state, data = self._data_gradients(x, y, arch, masks)
+        loss, new_state, data = self._data_gradients(x, y, arch, masks, self.train_state,
+                                                     cfg.batch_size)
         params = [tf.convert_to_tensor(v) for v in self._dense_vars]
         params.append(read_rows(self.supernet.w_nodes, rows))
         grads = [g + cfg.optimizer.l2 * p for g, p in zip(data, params)]
@@ -216,24 +245,28 @@ class RNNSearchTask(SharedWeightsTask):
                 lambda: self._update_fisher(rows, data), _zero)
         return loss, penalty, grad_norm
 
-    def _data_gradients(self, x, y, arch, masks):
-        """``(loss, new_state, data gradients)`` of the step over the global batch: each
-        replica's rows (:meth:`_replica_gradients` through ``strategy.run``), the loss and
-        the gradients summed over replicas, the new hidden-state rows gathered in replica
-        order (``[batch, H]``). Gradients in the task's order (dense weights, then the node
-        rows), all dense tensors."""
+    def _data_gradients(self, x, y, arch, masks, state, batch: int):
+        """``(loss, new_state, data gradients)`` of the mean cross-entropy of ``arch`` on the
+        ``batch``-row window ``x -> y`` from the carried ``state`` (``[batch, H]``), with the
+        training dropout ``masks``: each replica's rows (:meth:`_replica_gradients` through
+        ``strategy.run``), the loss and the gradients summed over replicas, the new
+        hidden-state rows gathered in replica order (``[batch, H]``). Gradients in the task's
+        order (dense weights, then the node rows), all dense tensors."""
         strategy, total = self.strategy, tf.distribute.ReduceOp.SUM
-        loss, new_state, data = strategy.run(self._replica_gradients, args=(x, y, arch, masks))
+        loss, new_state, data = strategy.run(
+            functools.partial(self._replica_gradients, batch=batch),
+            args=(x, y, arch, masks, tf.convert_to_tensor(state)))
         loss = strategy.reduce(total, loss, axis=None)
         data = [strategy.reduce(total, g, axis=None) for g in data]
         return loss, strategy.gather(new_state, axis=0), data
 
-    def _replica_gradients(self, x, y, arch, masks):
-        """One replica's ``(loss, new_state, data gradients)`` on its rows of the window,
-        of the carried hidden state and of the row-wise dropout masks."""
-        net, batch = self.supernet, self.cfg.batch_size
+    def _replica_gradients(self, x, y, arch, masks, state, *, batch: int):
+        """One replica's ``(loss, new_state, data gradients)`` on its rows of the
+        ``batch``-row window, of the carried hidden state and of the row-wise dropout
+        masks."""
+        net = self.supernet
         start, size = self._replica_rows(batch)
-        state = self._rows(tf.convert_to_tensor(self.train_state), start, size)
+        state = self._rows(state, start, size)
         with tf.GradientTape() as tape:
             logits, new_state = net(self._rows(x, start, size), arch, state, training=True,
                                     dropout_masks=slice_dropout_masks(masks, start, size))
@@ -243,6 +276,26 @@ class RNNSearchTask(SharedWeightsTask):
         # with them, on every replica alike.
         data = [tf.convert_to_tensor(g) for g in grads[:-1] + [grads[-1].values]]
         return loss, new_state, data
+
+    def _valid_fisher_step_impl(self, arch):
+        """``fisher_source="valid"`` (see the class): ``F ← clip((1 − η_F) F + η_F g²)`` with
+        ``g = ∂CE/∂θ`` of the covered weights on Fisher window ``fisher_position`` from
+        ``fisher_state``, with dropout masks from ``fisher_seed_generator``; no optimizer step,
+        no L2. Moves to the next window and carries the clamped state; returns the mean CE."""
+        self.fisher_trace_count += 1  # Python side effect: runs once per trace
+        cfg = self.cfg
+        x, y = self._window(self._valid, self.fisher_position, cfg.eval_bptt)
+        nxt = self.fisher_position + 1
+        self.fisher_position.assign(tf.where(nxt >= self._num_valid_windows, 1, nxt))
+        model = cfg.model
+        node_shape = [model.num_nodes - 1, model.hidden_size, 2 * model.hidden_size]
+        masks = draw_dropout_masks(cfg.eval_batch_size, model, self.fisher_seed_generator,
+                                   node_shape=node_shape)  # once, for the global batch
+        loss, new_state, data = self._data_gradients(x, y, arch, masks, self.fisher_state,
+                                                     cfg.eval_batch_size)
+        self.fisher_state.assign(clamp_rows(new_state, model.hidden_max_norm))
+        self._update_fisher(self.supernet.wpl_rows(arch), data)
+        return loss
 
     def _fisher_and_anchors(self, rows) -> tuple:
         """``F`` and ``θ*`` of every covered weight, in WPL-state order (node rows gathered)."""
@@ -339,8 +392,10 @@ class RNNSearchTask(SharedWeightsTask):
     ) -> Dict[str, float]:
         """Trains ``arch`` on the next ``num_batches`` windows (see :class:`SharedWeightsTask`).
 
-        With ``wpl_active`` the last step's data-loss gradient of the covered weights
-        updates their Fisher (``F ← (1 − η_F) F + η_F g²``, clipped to ``wpl.clip_norm``),
+        With ``wpl_active`` the covered weights' Fisher is updated once
+        (``F ← (1 − η_F) F + η_F g²``, clipped to ``wpl.clip_norm``), ``g`` the data-loss
+        gradient of the last training step (``wpl.fisher_source="train"``) or of one extra
+        pass on the next Fisher validation window after it (``"valid"``, see the class),
         then their anchors are set (``θ* ← θ``).
 
         Returns:
@@ -350,15 +405,18 @@ class RNNSearchTask(SharedWeightsTask):
             raise ValueError(f"num_batches must be positive, got {num_batches}.")
         a = self._arch_tensor(arch)
         active = tf.constant(bool(wpl_active))
+        from_train = self.cfg.wpl.fisher_source == "train"
         losses, penalties, norms = [], [], []
         for b in range(int(num_batches)):
-            last = tf.constant(b == int(num_batches) - 1)
+            last = tf.constant(from_train and b == int(num_batches) - 1)
             loss, penalty, norm = self._train_step(a, active, last)
             losses.append(float(loss))
             penalties.append(float(penalty))
             norms.append(float(norm))
         if not all(math.isfinite(v) for v in losses):
             raise FloatingPointError(f"RNN supernet loss is not finite: {losses}.")
+        if wpl_active and not from_train:
+            self._valid_fisher_step(a)
         if wpl_active:
             self._snapshot(a)
         loss = float(np.mean(losses))
@@ -395,11 +453,12 @@ class RNNSearchTask(SharedWeightsTask):
         return self.cfg.optimizer.rate(epoch)
 
     def start_epoch(self, epoch: int) -> None:
-        """Sets the epoch's learning rate and resets the carried hidden states."""
+        """Sets the epoch's learning rate and resets the carried hidden states (training,
+        reward and Fisher validation)."""
         self.epoch.assign(int(epoch))
         self.optimizer.learning_rate.assign(self.learning_rate_at(epoch))
-        self.train_state.assign(tf.zeros_like(self.train_state))
-        self.reward_state.assign(tf.zeros_like(self.reward_state))
+        for state in (self.train_state, self.reward_state, self.fisher_state):
+            state.assign(tf.zeros_like(state))
 
     def checkpoint_items(self) -> Dict[str, object]:
         return {
@@ -410,6 +469,10 @@ class RNNSearchTask(SharedWeightsTask):
             "valid_position": self.valid_position,
             "train_state": self.train_state,
             "reward_state": self.reward_state,
+            "fisher_position": self.fisher_position,
+            "fisher_state": self.fisher_state,
+            "fisher_seed_generator": VariableBundle([self.fisher_seed_generator.state],
+                                                    name="fisher_seed_generator"),
             "epoch": self.epoch,
         }
 

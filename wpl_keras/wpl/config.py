@@ -18,6 +18,9 @@ from wpl_keras.utils.config import JsonConfig
 from wpl_keras.wpl.core import check_fisher_normalization
 from wpl_keras.wpl.penalty import check_wpl_mode
 
+#: The values of :attr:`WPLConfig.fisher_source`.
+FISHER_SOURCES = ("train", "valid")
+
 
 @dataclasses.dataclass(frozen=True)
 class WPLConfig(JsonConfig):
@@ -52,12 +55,23 @@ class WPLConfig(JsonConfig):
             * ``"mean"``: ``F = R / mean(R)`` (0 where the mean is 0): mean 1 per unit, so
               ``α`` is the mean per-entry strength whatever the unit's size and gradient
               scale; ``clip_norm`` is not used.
+        fisher_source: which gradient ``g`` the Fisher update of an architecture uses (one
+            update per trained architecture, with WPL on, before its anchors are set):
+
+            * ``"train"``: the data-loss gradient of its last training batch (no extra cost);
+            * ``"valid"``: the data-loss gradient of one extra forward and backward pass of
+              the architecture, after its last training step, on the next small
+              validation batch (paper §4.2; the WPL release's ``shared_valid_fisher``); no
+              optimizer step is taken from it. Supported by the ENAS RNN task
+              (:class:`~wpl_keras.nas.rnn_search.RNNSearchTask`, and NAO through it); the
+              micro-CNN task does not support it yet and refuses it.
     """
 
     fisher_momentum: float = 0.9
     clip_norm: Optional[float] = 10.0
     mode: str = "proximal"
     fisher_normalization: str = "none"
+    fisher_source: str = "train"
 
     def __post_init__(self):
         eta = self.fisher_momentum
@@ -77,4 +91,10 @@ class WPLConfig(JsonConfig):
             raise ValueError(
                 "WPLConfig.fisher_normalization='tensor_norm' scales each Fisher unit to norm "
                 "clip_norm, but clip_norm is None; set clip_norm (WPL release: 10)."
+            )
+        if self.fisher_source not in FISHER_SOURCES:
+            raise ValueError(
+                f"WPLConfig.fisher_source must be one of {FISHER_SOURCES} (\"train\": the last "
+                "training batch's gradient; \"valid\": one extra backward pass on a validation "
+                f"batch), got {self.fisher_source!r}."
             )
