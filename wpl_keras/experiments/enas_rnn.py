@@ -77,16 +77,23 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
     if name == "paper":
         # The WPL release's run command and the ENAS RNN defaults, sized for a GPU; the
         # supernet is the release's (RNNModelConfig.paper: init ±0.025, weight-drop on W_h
-        # only, BatchNorm on the cell output, the last node carried). The CPU presets keep
-        # the model defaults.
+        # only, BatchNorm on the cell output, the last node carried), WPL at the release's
+        # effective strength (tensor_norm, clip 10, α 60). The CPU presets keep the model
+        # defaults. Every value, its source and each difference from the paper and the
+        # release: wpl_keras/experiments/paper_presets.json (checked by
+        # tests/experiments/test_paper_presets.py, shown in the README).
         return ENASExperimentConfig(
             space="rnn", preset="paper", task=RNNSupernetConfig.paper(),
             search=SearchConfig.paper(),
-            # The release's controller update: entropy in each decision's reward, baseline
-            # from the first reward, reset every epoch.
-            controller=ControllerConfig(entropy_mode="reward", baseline_init="first_reward",
+            # The release's controller and its update: entropy in each decision's reward,
+            # baseline from the first reward, reset every epoch.
+            controller=ControllerConfig(units=100, temperature=5.0, tanh_constant=2.5,
+                                        learning_rate=3.5e-4, baseline_decay=0.95,
+                                        entropy_weight=1e-4, entropy_mode="reward",
+                                        baseline_init="first_reward",
                                         baseline_reset_each_epoch=True),
-            derive_samples=100, train_epochs=150,
+            derive_samples=100, train_epochs=150, train_max_batches=None, seed=0,
+            data_check=True,
         )
     if name == "cpu-small":
         # Sized for 2 CPU cores: hidden 128 and batch 32 (a smaller step than

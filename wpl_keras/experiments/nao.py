@@ -120,8 +120,10 @@ def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:
       every 2 epochs; WPL from epoch 10, α 1e6 with WPL on every shared weight and the
       proximal step (the task's ``wpl_scope="all"`` and ``WPLConfig`` of the ENAS
       cpu-small preset), flush every 2 epochs. NAO controller: 64 units, 60 epochs per phase.
-    * ``paper``: the ENAS ``paper`` task and NAO's weight-sharing settings (1000 seed
-      architectures, 100 seeds, 300 new, 96 units, 1000 controller epochs), sized for a GPU.
+    * ``paper``: the ENAS ``paper`` task and WPL schedule and NAO-WS's controller (1000 seed
+      architectures, 100 seeds, up to 300 new per phase with ``η`` = 1 … 30, embedding 48,
+      96 units, a 4 × 200 predictor, 1000 controller epochs, a phase every 30 of 150 epochs),
+      sized for a GPU; sources in ``wpl_keras/experiments/paper_presets.json``.
     * ``tiny``: the ENAS ``tiny`` task; seconds, for tests and the notebook.
     """
     key = preset.replace("_", "-")
@@ -137,15 +139,23 @@ def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:
             nao=NAOConfig(token_embedding=32, units=64, predictor_units=64, epochs=60),
         )
     elif key == "paper":
+        # The ENAS RNN task and WPL schedule of the release's run command, NAO-WS's
+        # controller (renqianluo/NAO, NAO-WS/rnn/train_search.sh) with its 5 controller
+        # phases per search. Every value, its source and each difference:
+        # wpl_keras/experiments/paper_presets.json.
         config = NAOExperimentConfig(
             base=base,
             search=NAOSearchConfig(epochs=150, shared_steps_per_epoch=60, batches_per_arch=7,
-                                   seed_archs=1000, controller_every=50, new_archs=300,
-                                   top_k_seeds=100, max_pool=1000, wpl_start_epoch=5,
+                                   best_k=5, seed_archs=1000, controller_every=30,
+                                   new_archs=300, top_k_seeds=100, max_pool=1000,
+                                   controller_epochs=None, wpl=True, wpl_start_epoch=5,
                                    strength=60.0, strength_decay="linear",
-                                   strength_decay_start=15, flush_every=2),
-            nao=NAOConfig(token_embedding=96, units=96, predictor_units=200,
-                          predictor_layers=1, epochs=1000, batch_size=100, step_size=1.0),
+                                   strength_decay_start=15, strength_decay_rate=1.0,
+                                   strength_floor=0.0, flush_every=2),
+            nao=NAOConfig(token_embedding=48, units=96, predictor_layers=4,
+                          predictor_units=200, trade_off=0.8, learning_rate=1e-3,
+                          epochs=1000, batch_size=100, grad_clip=5.0, step_size=1.0,
+                          max_rounds=30),
         )
     elif key == "tiny":
         config = NAOExperimentConfig(

@@ -178,8 +178,13 @@ class RNNModelConfig(JsonConfig):
         """The release's search supernet (``models/shared_rnn.py``, mode ``train``): init
         ±0.025, weight-drop on ``W_h`` only, BatchNorm on the cell output (``γ``, ``β``
         uniform like every weight), the last node carried to the next step, no path
-        dropping; ``overrides`` are fields."""
-        base = dict(init_range=0.025, weight_drop_scope="recurrent", output_batch_norm=True,
+        dropping; the release's sizes and rates (12 nodes, embedding = hidden = 1000,
+        dropouts 0.5 / 0.4 / 0.1 / 0.65, hidden norm 25); ``overrides`` are fields.
+        ``wpl_keras/experiments/paper_presets.json`` gives each value's source."""
+        base = dict(num_nodes=12, vocab_size=10000, embedding_size=1000, hidden_size=1000,
+                    weight_drop=0.5, output_dropout=0.4, embedding_dropout=0.1,
+                    input_dropout=0.65, hidden_max_norm=25.0,
+                    init_range=0.025, weight_drop_scope="recurrent", output_batch_norm=True,
                     batch_norm_init="uniform", recurrent_state="last_node", path_keep=1.0)
         return cls(**{**base, **overrides})
 
@@ -323,12 +328,28 @@ class RNNSupernetConfig(JsonConfig):
 
     @classmethod
     def paper(cls, **overrides) -> "RNNSupernetConfig":
-        """Reference sizes (WPL release): embedding = hidden = 1000, 12 nodes, batch 64,
-        BPTT 35, vocabulary 10k, and the release's search supernet
-        (:meth:`RNNModelConfig.paper`: init ±0.025, weight-drop on ``W_h`` only, output
-        BatchNorm, the last node as the carried state). ``overrides`` are fields of this class (``model=`` and ``optimizer=`` take
-        a nested config or a JSON object of one, which replaces all of it)."""
-        return dataclasses.replace(cls(model=RNNModelConfig.paper()), **overrides)
+        """The WPL release's RNN search: embedding = hidden = 1000, 12 nodes, batch 64,
+        BPTT 35, vocabulary 10k, the release's search supernet (:meth:`RNNModelConfig.paper`:
+        init ±0.025, weight-drop on ``W_h`` only, output BatchNorm, the last node as the
+        carried state), its SGD (lr 20, ×0.96 per epoch after 15, clip 0.25, L2 1e-7), reward
+        80 / ppl, WPL on the node matrices (``wpl_scope="cell"``) at the release's effective
+        strength: each node matrix's Fisher normalised to norm 10
+        (``fisher_normalization="tensor_norm"``, ``clip_norm=10``, so ``α = 60`` gives
+        ``‖αF‖ = 600``), estimated from a validation batch (``fisher_source="valid"``), with
+        the proximal step. Sources and the differences from the release:
+        ``wpl_keras/experiments/paper_presets.json``. ``overrides`` are fields of this class
+        (``model=`` and ``optimizer=`` take a nested config or a JSON object of one, which
+        replaces all of it)."""
+        base = cls(
+            model=RNNModelConfig.paper(),
+            optimizer=RNNOptimizerConfig(learning_rate=20.0, lr_decay=0.96,
+                                         lr_decay_start_epoch=15, grad_clip=0.25, l2=1e-7),
+            batch_size=64, bptt=35, eval_batch_size=64, eval_bptt=35,
+            wpl=WPLConfig(fisher_momentum=0.9, clip_norm=10.0, mode="proximal",
+                          fisher_normalization="tensor_norm", fisher_source="valid"),
+            wpl_scope="cell", reward_constant=80.0,
+        )
+        return dataclasses.replace(base, **overrides)
 
     @classmethod
     def cpu_small(cls, **overrides) -> "RNNSupernetConfig":

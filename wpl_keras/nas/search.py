@@ -87,9 +87,16 @@ class SearchConfig(LoopConfig):
     @classmethod
     def paper(cls, **overrides) -> "SearchConfig":
         """The WPL release's RNN run command (150 epochs, 60 architectures × 7 batches, WPL
-        from epoch 5, α 60 decaying by 1 per epoch after epoch 15, flush every 2 epochs) with
-        ENAS-PyTorch's 2000 controller steps per epoch. Sized for a GPU."""
-        return dataclasses.replace(cls(), **overrides)
+        from epoch 5, α 60 decaying by 1 per epoch from epoch 15, ``α(e) = max(60 − (e − 14),
+        0)``, flush every 2 epochs, 2000 controller steps per epoch), best-5 as the paper's
+        §4.2. Sized for a GPU; sources in ``wpl_keras/experiments/paper_presets.json``."""
+        base = cls(
+            epochs=150, shared_steps_per_epoch=60, batches_per_arch=7, best_k=5,
+            controller_steps=2000, wpl=True, wpl_start_epoch=5, strength=60.0,
+            strength_decay="linear", strength_decay_start=15, strength_decay_rate=1.0,
+            strength_floor=0.0, flush_every=2,
+        )
+        return dataclasses.replace(base, **overrides)
 
     @classmethod
     def cpu_small(cls, **overrides) -> "SearchConfig":
