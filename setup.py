@@ -36,6 +36,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["wpl_keras", "wpl_keras.*", "apps", "apps.*"]),
+    package_data={"wpl_keras.experiments": ["paper_presets.json"]},
     python_requires=">=3.9",
     install_requires=RUNTIME,
     extras_require={"test": TEST},

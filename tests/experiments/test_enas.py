@@ -66,7 +66,8 @@ def test_rnn_task_wpl_config_round_trips_and_old_fields_are_named(tmp_path):
     with open(path) as f:
         saved = json.load(f)
     assert saved["task"]["wpl"] == {"fisher_momentum": 0.5, "clip_norm": None,
-                                    "mode": "gradient", "fisher_normalization": "none"}
+                                    "mode": "gradient", "fisher_normalization": "none",
+                                    "fisher_source": "train"}
     again = enas.ENASExperimentConfig.load(path)
     assert again == config and isinstance(again.task.wpl, WPLConfig)
     # An experiment.json of the layout with the task's own WPL fields.
