@@ -97,7 +97,7 @@ def _start(code, env_extra=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _last_json(proc, timeout=300):
+def _last_json(proc, timeout=900):  # four CNN runs on 2 shared cores
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
