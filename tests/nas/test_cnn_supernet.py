@@ -335,6 +335,34 @@ def test_checkpoint_round_trip(task, tmp_path):
     assert "valid_iterator" in task.checkpoint_items()
 
 
+
+def test_restored_task_continues_the_training_stream(tmp_path):
+    """A task restored from a checkpoint draws the training batches (augmented) that the
+    saved task would have drawn next, not the stream's start again."""
+    config = _config(augment=True)
+    archs = [MicroCellSpace(num_nodes=2).sample(np.random.default_rng(k)) for k in range(3)]
+    first = CNNSearchTask(MicroCellSpace(num_nodes=2), config, _splits(), seed=0)
+    for arch in archs[:2]:
+        first.train_architecture(arch, 2, wpl_active=False)
+    path = tf.train.Checkpoint(**first.checkpoint_items()).write(str(tmp_path / "ckpt"))
+    want = first.train_architecture(archs[2], 2, wpl_active=False)["loss"]
+    second = CNNSearchTask(MicroCellSpace(num_nodes=2), config, _splits(), seed=0)
+    tf.train.Checkpoint(**second.checkpoint_items()).read(path).assert_consumed()
+    got = second.train_architecture(archs[2], 2, wpl_active=False)["loss"]
+    assert got == pytest.approx(want, rel=1e-6)
+    fresh = CNNSearchTask(MicroCellSpace(num_nodes=2), config, _splits(), seed=0)
+    tf.train.Checkpoint(**fresh.checkpoint_items()).read(path).assert_consumed()
+    fresh._train_position = int(fresh.step.numpy())  # pretend the stream were already there
+    fresh._train_iter = fresh._train_batches(0)       # ... but at its start: other batches
+    assert fresh.train_architecture(archs[2], 2, wpl_active=False)["loss"] != pytest.approx(
+        want, rel=1e-6)
+
+
+def test_fisher_from_validation_batches_is_refused_by_the_cnn_task():
+    with pytest.raises(NotImplementedError, match="fisher_source='train'"):
+        CNNSearchTask(MicroCellSpace(num_nodes=2), _config(wpl=WPLConfig(fisher_source="valid")),
+                      _splits(), seed=0)
+
 def test_per_example_norm_is_batch_independent():
     x = tf.random.normal([4, 3, 3, 2])
     np.testing.assert_allclose(per_example_norm(x)[:2].numpy(), per_example_norm(x[:2]).numpy(),

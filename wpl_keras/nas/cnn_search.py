@@ -196,6 +196,12 @@ class CNNSearchTask(SharedWeightsTask):
                 f"need at least one validation image and a full training batch "
                 f"({config.batch_size}); got {len(splits.x_train)} train, {n_valid} valid."
             )
+        if config.wpl.fisher_source != "train":
+            raise NotImplementedError(
+                f"CNNSearchTask: WPLConfig.fisher_source={config.wpl.fisher_source!r} is not "
+                "supported by the micro-CNN task yet (the RNN task supports 'valid'); use "
+                "fisher_source='train'."
+            )
         if config.batch_size % self.strategy.num_replicas_in_sync:
             raise ValueError(
                 f"batch_size {config.batch_size} is not divisible by the "
@@ -215,12 +221,18 @@ class CNNSearchTask(SharedWeightsTask):
                                       fisher_normalization=config.wpl.fisher_normalization)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="supernet_step")
         self._clip_axes = self.supernet.slice_axes()
-        train = make_dataset(splits.x_train, splits.y_train, config.batch_size,
-                             training=config.augment, repeat=True, seed=self.seed,
-                             drop_remainder=True)
+        def train_batches(start: int):
+            """The endless training stream from global batch ``start`` (seeded, stateless:
+            batch k is the same whenever it is drawn), distributed over the replicas."""
+            data = make_dataset(splits.x_train, splits.y_train, config.batch_size,
+                                training=config.augment, repeat=True, seed=self.seed,
+                                drop_remainder=True, start_batch=start)
+            return iter(self.strategy.experimental_distribute_dataset(data))
+
+        self._train_batches = train_batches
+        self._train_iter, self._train_position = train_batches(0), 0
         valid = make_dataset(splits.x_valid, splits.y_valid,
                              min(config.eval_batch_size, n_valid), training=False, repeat=True)
-        self._train_iter = iter(self.strategy.experimental_distribute_dataset(train))
         self._valid_iter = iter(valid)
         fixed = min(config.fixed_valid_size, n_valid)
         self.fixed_images = normalize(splits.x_valid[:fixed])
@@ -365,10 +377,14 @@ class CNNSearchTask(SharedWeightsTask):
             raise ValueError(f"num_batches must be >= 1, got {num_batches}.")
         a = self._arch(arch)
         on = tf.constant(bool(wpl_active))
+        step = int(self.step.numpy())
+        if step != self._train_position:  # restored from a checkpoint: continue the stream
+            self._train_iter, self._train_position = self._train_batches(step), step
         losses, penalties, accs = [], [], []
         for b in range(num_batches):
             update = tf.constant(bool(wpl_active and b == num_batches - 1))
             loss, pen, acc = self._train_step(self._train_iter, a, on, update)
+            self._train_position += 1
             losses.append(float(loss))
             penalties.append(float(pen))
             accs.append(float(acc))
