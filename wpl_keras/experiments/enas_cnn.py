@@ -11,13 +11,16 @@ Presets:
   per cell, 5 normal cells per stage, 20 filters, batch 32, α 60, Fisher clip 10, WPL from
   epoch 3, Fisher flush every 3 epochs after it (the search driver's ``flush_every``),
   controller lr 0.0035, temperature 8, EMA decay 0.99) and an ENAS-style final training
-  (36 filters, auxiliary head 0.4, drop-path keep 0.6, cutout 16, cosine lr 0.05 → 1e-4).
+  as ENAS's (36 filters, auxiliary head 0.4 left untrained as ENAS's train op leaves it,
+  drop-path keep 0.6 ramped over cells and steps on non-identity ops, dropout keep 0.8,
+  cutout 16, cosine with restarts lr 0.05 → 1e-4 with T0 10, Tmul 2).
   Values not stated by those sources are our choices and say so: 7 batches per sampled
   architecture and 200 architectures per epoch (≈ one pass over the 45,000 search-train
   images), α decaying linearly to 0 over the second half, 630 final epochs. Sized for a GPU.
 * ``cpu-small``: minutes on 2 CPU cores (3 nodes, 1 cell per stage, 2 stages, 8 filters, 5,000
   training images, 1,000 held-out validation images; 20 epochs of 30 architectures x 5
-  batches, WPL from epoch 3, α 1e6 with the proximal step).
+  batches, WPL from epoch 3, α 1e6 with the proximal step; its 2-epoch final training uses
+  plain cosine, shorter than one restart cycle).
 * ``tiny``: seconds, for tests; not a measurement.
 
 Validation always comes from a split held out from train (``num_valid`` images), never test.
