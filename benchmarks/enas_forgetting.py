@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
@@ -40,6 +39,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from wpl_keras.experiments import enas  # noqa: E402
 from wpl_keras.nas import metrics  # noqa: E402
+from wpl_keras.utils.strict_json import finite_or_null  # noqa: E402
 
 
 def run_pair(config, *, space: str, data_dir, data, out: str, resume: bool, fork: bool,
@@ -311,7 +311,7 @@ def main(argv=None) -> dict:
         "plot": plot,
         "settings": config.to_json(),
     }
-    print(json.dumps(_finite_or_null(result), allow_nan=False))
+    print(json.dumps(finite_or_null(result), allow_nan=False))
     return result
 
 
@@ -369,17 +369,6 @@ def _seed_figures(runs, active) -> dict:
         figures[f"{k}_diff_with"] = red[f"{k}_with"]
     figures["forgetting_is_real"] = red["mean_without"] > 0
     return figures
-
-
-def _finite_or_null(obj):
-    """NaN/Inf → null, so that the last line is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_null(v) for v in obj]
-    return obj
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
@@ -45,6 +44,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from wpl_keras.utils.strict_json import finite_or_null  # noqa: E402
 
 
 def run_rate(config, rate: float, out: str, data, *, fork: bool):
@@ -143,7 +143,7 @@ def path_dropping_fields(path_by_seed: dict, runs: dict, seeds: list, rates: lis
             "path_lower_than_no_wpl_at_all_rates": against_plain["wpl_lower_at_all_rates"],
             "wpl_lower_than_path_dropping_at_all_rates": against_wpl["wpl_lower_at_all_rates"],
         }
-    return _finite_or_null(fields)
+    return finite_or_null(fields)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -224,18 +224,7 @@ def summary_fields(by_seed: dict, seeds: list, rates: list, start_epoch: int):
                     "reduction": v["best5_reduction"]} for k, v in summ["rates"].items()}
             for s, summ in seed_summaries.items()},
     }
-    return runs, _finite_or_null(fields)
-
-
-def _finite_or_null(obj):
-    """NaN/Inf → None, recursively, so that the printed line is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_null(v) for v in obj]
-    return obj
+    return runs, finite_or_null(fields)
 
 
 def _path_figures(path_by_seed, runs, seeds, rates, keeps, out: str) -> list:

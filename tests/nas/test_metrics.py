@@ -406,7 +406,7 @@ def test_enas_benchmark_reduction_fields_have_headline_and_spread():
     assert fields["per_seed"]["1"]["mean_reduction_per_epoch"] == pytest.approx(
         ((0.01 - 0.5) / 0.01 + 0.5) / 2)
     assert not any(k.endswith("_pooled") for k in fields)
-    json.dumps(bench._finite_or_null(fields), allow_nan=False)
+    json.dumps(bench.finite_or_null(fields), allow_nan=False)
     # No forgetting without WPL: null headline, with the reason.
     flat = {0: {"without": _history([1, 0, -1], [1, 0, 0], [1, 0, 0]),
                 "with": _history([1, 0, 0], [1, 0, 0], [1, 0, 0])}}
@@ -415,7 +415,7 @@ def test_enas_benchmark_reduction_fields_have_headline_and_spread():
     assert math.isnan(nan_fields["mean_reduction"]) and not nan_fields["forgetting_is_real"]
     assert set(nan_fields["reduction_nan_reasons"]) == {
         f"{k}_reduction{s}" for k in ("mean", "best5", "max") for s in ("", "_per_epoch")}
-    assert json.loads(json.dumps(bench._finite_or_null(nan_fields)))["mean_reduction"] is None
+    assert json.loads(json.dumps(bench.finite_or_null(nan_fields)))["mean_reduction"] is None
 
 
 def test_nao_benchmark_path_dropping_fields_against_plain_and_wpl_runs():
