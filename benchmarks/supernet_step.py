@@ -206,26 +206,11 @@ EQUAL_STRENGTH = 1e6
 
 
 def _rnn_equality_values(task, archs) -> dict:
-    """Trains ``archs`` in turn (2 batches each, WPL on after the first), then scores each
-    (err1, reward); returns the values compared between device counts."""
-    import tensorflow as tf
-
+    """:func:`equality_values` of ``supernet_step_cnn.py`` for the RNN task at α
+    ``EQUAL_STRENGTH``: the supernet's weights, plus both carried hidden states."""
     task.wpl_state.strength.assign(EQUAL_STRENGTH)
-    losses, penalties = [], []
-    for k, arch in enumerate(archs):
-        out = task.train_architecture(arch, 2, wpl_active=k > 0)
-        losses.append(out["loss"])
-        penalties.append(out["penalty"])
-    state = task.wpl_state
-    return {
-        "loss": losses, "penalty": penalties,
-        "err1": [task.validation_error(a) for a in archs],
-        "reward": [task.reward(a) for a in archs],
-        "weights": [v.numpy() for v in task.supernet.trainable_variables],
-        "fisher": [tf.convert_to_tensor(f).numpy() for f in state.fisher],
-        "anchors": [tf.convert_to_tensor(a).numpy() for a in state.anchors],
-        "hidden_states": [task.train_state.numpy(), task.reward_state.numpy()],
-    }
+    hidden = {"hidden_states": lambda: [task.train_state.numpy(), task.reward_state.numpy()]}
+    return _cnn_module().equality_values(task, archs, task.supernet.trainable_variables, hidden)
 
 
 def rnn_mirrored_child(args) -> dict:

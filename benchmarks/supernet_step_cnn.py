@@ -143,24 +143,27 @@ def compare_runs(one: dict, two: dict, rtol: float = EQUAL_RTOL,
     return {"equal": int(equal), "max_rel_diff": diffs, "rtol": rtol, "atol": atol}
 
 
-def _equality_values(task, archs) -> dict:
+def equality_values(task, archs, variables=None, extra=None) -> dict:
     """Trains ``archs`` in turn (2 batches each, WPL on after the first: the later ones have a
     Fisher, anchors and a penalty), then scores each (err1 and reward); returns the values to
-    compare between device counts."""
+    compare between device counts: ``variables`` (default ``task.variables``) as ``weights``,
+    plus ``extra`` (name → list of arrays, read after the scoring)."""
     losses, penalties = [], []
     for k, arch in enumerate(archs):
         out = task.train_architecture(arch, 2, wpl_active=k > 0)
         losses.append(out["loss"])
         penalties.append(out["penalty"])
     state = task.wpl_state
-    return {
+    values = {
         "loss": losses, "penalty": penalties,
         "err1": [task.validation_error(a) for a in archs],
         "reward": [task.reward(a) for a in archs],
-        "weights": [v.numpy() for v in task.variables],
+        "weights": [v.numpy() for v in (task.variables if variables is None else variables)],
         "fisher": [f.numpy() for f in state.fisher],
         "anchors": [a.numpy() for a in state.anchors],
     }
+    values.update({name: read() for name, read in (extra or {}).items()})
+    return values
 
 
 def _mirrored_child(args) -> dict:
@@ -185,7 +188,7 @@ def _mirrored_child(args) -> dict:
 
 def _equality_child(args) -> dict:
     """In a fresh process with 2 logical CPUs: MirroredStrategy against one device over
-    ``--equal-archs`` architectures with WPL on (:func:`_equality_values`), compared by
+    ``--equal-archs`` architectures with WPL on (:func:`equality_values`), compared by
     :func:`compare_runs`. Both runs train without augmentation (its random crops and flips
     are not reproducible between two dataset instances, even on one device); the parent
     starts this process with oneDNN off (:data:`EQUAL_ENV`)."""
@@ -199,7 +202,7 @@ def _equality_child(args) -> dict:
     for kind in ("default", "mirrored"):
         task = _task(args, splits, make_strategy(kind), augment=False)
         rng = np.random.default_rng(args.seed + 1)
-        values[kind] = _equality_values(task, [task.space.sample(rng)
+        values[kind] = equality_values(task, [task.space.sample(rng)
                                                for _ in range(args.equal_archs)])
         traces[kind] = [task.train_traces, task.eval_traces]
     check = compare_runs(values["default"], values["mirrored"])
