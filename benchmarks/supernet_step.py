@@ -31,7 +31,9 @@ TensorFlow starts; ``--no-mirrored`` skips it), at the small size without XLA, f
 * ``mirrored_2cpu_ratio``: median step time (WPL off, ``--mirrored-steps`` steps) under
   mirrored over one device; information only: both share the same physical cores.
 
-``--space cnn`` delegates to ``benchmarks/supernet_step_cnn.py`` (its ``main(argv)``).
+``--space cnn`` delegates to ``benchmarks/supernet_step_cnn.py`` (its ``main(argv)``), whose
+``floor_ratio`` is the analogue of the above for convolutions: the step time over the FLOPs of
+the chosen ops' convs (×3) at conv and depthwise-conv rates measured in the same run.
 The last line printed is one JSON object.
 """
 

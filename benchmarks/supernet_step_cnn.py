@@ -12,6 +12,16 @@ Measures, for :class:`wpl_keras.nas.cnn_search.CNNSearchTask`:
   does not retrace): the pull runs in a ``tf.cond`` only with WPL on, while the masked Fisher
   update runs in both modes with its update flag multiplied in; the ratio therefore measures
   the pull, the snapshot and non-zero flags, not the Fisher update against a step without it;
+* ``floor_ratio``: the median over the architectures of the step time (WPL off) over that
+  architecture's floor ``Σ_kind 3 · FLOPs_kind / R_kind``: the conv FLOPs of the ops it chooses,
+  counted analytically (:func:`chosen_conv_flops`; ×3 for forward + backward), at the conv
+  rates ``R`` measured in the same run (:func:`conv_rates`: a chain of 20 of the same conv,
+  per kind and per (resolution, width) of the supernet, median of samples taken before and
+  after the timed steps). Kinds: the stem's 3×3 conv, dense 1×1 convs (pointwise, calibration,
+  reductions, output conv, at the 1×1 rate of their stage) and 3×3 / 5×5 depthwise convs.
+  Pools, BatchNorm, ReLU and additions are not counted. ``floor_ms``, ``step_gflop`` (forward
+  + backward chosen conv FLOPs, median over the architectures) and ``conv_gflops`` (the rates)
+  come with it;
 * ``mirrored_2cpu_ratio``: step time under ``MirroredStrategy`` over 2 logical CPU devices
   divided by the time on 1 device (a subprocess, since logical devices must be configured
   before TensorFlow starts); for information only: both share the same physical cores;
@@ -87,6 +97,118 @@ def _data(args):
     x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 10, n).astype(np.int32)
     return SearchSplits(x[:-500], y[:-500], x[-500:], y[-500:]), "synthetic"
+
+
+def _cell_plan(supernet, image_size: int):
+    """Per cell: ``(resolution, width, cell_type, calibration widths, pre-reduce width)``."""
+    plan, scale = [], 1
+    for weights, cell_type in zip(supernet.cell_weights, supernet.cell_types):
+        scale *= 2 if cell_type else 1
+        calib = [None if w is None else int(w[0].shape[2]) for w in weights.calibration]
+        pre = None if weights.pre_reduce is None else int(weights.pre_reduce[0].shape[2])
+        plan.append((image_size // scale, weights.channels, cell_type, calib, pre))
+    return plan
+
+
+def chosen_conv_flops(supernet, arch, batch: int, image_size: int) -> dict:
+    """Forward conv FLOPs (2 per multiply-add) of the ops ``arch`` runs, by rate key.
+
+    Keys: ``("stem", s, c)`` for the 3×3 stem conv, ``("dense", s, c)`` for a 1×1 conv at
+    resolution ``s`` and stage width ``c``, ``("depthwise{k}", s, c)`` for a k×k depthwise
+    conv. Per cell at ``s × s`` and width ``c`` (``P = batch · s²``): the reduction before a
+    reduction cell and a factorised calibration ``2 P c_in c``, a 1×1 calibration
+    ``2 P c_in c``; per slot running a separable conv twice ``2 P k² c`` (depthwise) and
+    ``2 P c²`` (pointwise); the output conv ``2 P (L c) c`` with ``L`` the cell's loose ends."""
+    from wpl_keras.nas.cnn_space import OPS
+
+    space = supernet.space
+    cells = space.cells(arch)
+    flops = {}
+
+    def add(key, value):
+        flops[key] = flops.get(key, 0.0) + float(value)
+
+    stem = supernet.stem_kernel.shape
+    add(("stem", image_size, int(stem[3])),
+        2 * batch * image_size ** 2 * 9 * int(stem[2]) * int(stem[3]))
+    for s, c, cell_type, calib, pre in _cell_plan(supernet, image_size):
+        p = batch * s * s
+        for cin in [w for w in calib if w is not None] + ([pre] if pre else []):
+            add(("dense", s, c), 2 * p * cin * c)
+        nodes = cells[cell_type]
+        taken = {src for node in nodes for src in (node[0], node[2])}
+        for node in nodes:
+            for op in (node[1], node[3]):
+                name = OPS[op]
+                if name.startswith("sep"):
+                    k = int(name[3])
+                    add((f"depthwise{k}", s, c), 2 * 2 * p * k * k * c)
+                    add(("dense", s, c), 2 * 2 * p * c * c)
+        loose = space.num_nodes + 2 - len(taken)
+        add(("dense", s, c), 2 * p * loose * c * c)
+    return flops
+
+
+def conv_rates(keys, batch: int, repeats: int = 5, chain: int = 20) -> dict:
+    """FLOP/s per key of :func:`chosen_conv_flops`: the median over ``repeats`` of a traced
+    chain of ``chain`` convs of that kind on ``[batch, s, s, c]`` (the stem: 3 input channels
+    to ``c``, each link on a fresh input)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rates = {}
+    for key in keys:
+        kind, s, c = key
+        x = tf.random.normal([batch, s, s, 3 if kind == "stem" else c])
+        if kind == "stem":
+            w = tf.random.normal([3, 3, 3, c]) * 0.1
+            fn = tf.function(autograph=False, func=lambda x, w=w: tf.add_n(
+                [tf.nn.conv2d(x + float(i), w, 1, "SAME") for i in range(chain)]))
+            flops = 2 * batch * s * s * 9 * 3 * c
+        elif kind == "dense":
+            w = tf.random.normal([1, 1, c, c]) / np.sqrt(c)
+            fn = tf.function(autograph=False, func=lambda x, w=w: _chain(
+                lambda y: tf.nn.conv2d(y, w, 1, "SAME"), x, chain))
+            flops = 2 * batch * s * s * c * c
+        else:
+            k = int(kind[-1])
+            w = tf.random.normal([k, k, c, 1]) / k
+            fn = tf.function(autograph=False, func=lambda x, w=w: _chain(
+                lambda y: tf.nn.depthwise_conv2d(y, w, [1, 1, 1, 1], "SAME"), x, chain))
+            flops = 2 * batch * s * s * k * k * c
+        fn(x).numpy()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(x).numpy()
+            times.append(time.perf_counter() - start)
+        rates[key] = chain * flops / float(np.median(times))
+    return rates
+
+
+def _chain(op, x, n):
+    for _ in range(n):
+        x = op(x)
+    return x
+
+
+def _floor_fields(task, archs, plain_times, batch, image_size, rates) -> dict:
+    """``floor_ratio`` and its parts from the per-architecture step times (WPL off)."""
+    import numpy as np
+
+    floors, gflops = [], []
+    for arch in archs:
+        flops = chosen_conv_flops(task.supernet, arch, batch, image_size)
+        floors.append(sum(3.0 * f / rates[key] for key, f in flops.items()))
+        gflops.append(3.0 * sum(flops.values()) / 1e9)
+    ratios = [t / f for t, f in zip(plain_times, floors)]
+    return {
+        "floor_ratio": round(float(np.median(ratios)), 3),
+        "floor_ms": round(1e3 * float(np.median(floors)), 2),
+        "step_gflop": round(float(np.median(gflops)), 3),
+        "conv_gflops": {"/".join(map(str, key)): round(rate / 1e9, 2)
+                        for key, rate in sorted(rates.items())},
+    }
 
 
 def _task(args, splits, strategy=None, augment: bool = True):
@@ -261,6 +383,10 @@ def main(argv=None) -> dict:
     task.train_architecture(archs[0], 1, wpl_active=False)
     compile_s = time.perf_counter() - start
     task.train_architecture(archs[0], 1, wpl_active=True)  # warm up the anchor snapshot
+    image_size = int(splits.x_train.shape[1])
+    keys = sorted({key for arch in archs for key in
+                   chosen_conv_flops(task.supernet, arch, args.batch_size, image_size)})
+    rate_samples = [conv_rates(keys, args.batch_size)]
     plain, wpl = [], []
     for k, arch in enumerate(archs):
         # alternate the order so that drifts in machine load hit both modes alike
@@ -269,6 +395,8 @@ def main(argv=None) -> dict:
             task.train_architecture(arch, args.batches_per_arch, wpl_active=mode)
             (wpl if mode else plain).append((time.perf_counter() - t0) / args.batches_per_arch)
         print(f"arch {k + 1}/{len(archs)}: {task.space.to_string(arch)}", file=sys.stderr)
+    rate_samples.append(conv_rates(keys, args.batch_size))
+    rates = {key: float(np.median([r[key] for r in rate_samples])) for key in keys}
     step = float(np.median(plain))
     step_wpl = float(np.median(wpl))
     result = {
@@ -281,6 +409,7 @@ def main(argv=None) -> dict:
         "images_per_s": round(args.batch_size / step, 1),
         "wpl_step_ms": round(1e3 * step_wpl, 2),
         "wpl_ratio": round(step_wpl / step, 3),
+        **_floor_fields(task, archs, plain, args.batch_size, image_size, rates),
         "mirrored_2cpu_ratio": None,
         "mirrored_2cpu_equal": None,
         "sizes": {"num_nodes": args.num_nodes, "normal_cells_per_stage": args.num_cells,

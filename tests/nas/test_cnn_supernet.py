@@ -10,7 +10,7 @@ from wpl_keras.data.cifar10 import SearchSplits
 from wpl_keras.nas.base import InvalidArchitectureError
 from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
 from wpl_keras.nas.cnn_search import CNNOptimizerConfig, CNNSearchConfig, CNNSearchTask
-from wpl_keras.nas.cnn_supernet import CNNSupernet, SupernetConfig, per_example_norm
+from wpl_keras.nas.cnn_supernet import CNNSupernet, SupernetConfig, batch_norm
 from wpl_keras.wpl.config import WPLConfig
 
 SEP5 = OPS.index("sep5x5")
@@ -65,8 +65,9 @@ def test_unchosen_poisoned_op_does_not_run(seed):
     space = MicroCellSpace(num_nodes=2)
     net = CNNSupernet(space, SupernetConfig(num_cells=1, filters=4, num_stages=2))
     for cell in net.cell_weights:
-        for v in cell.op_weights["sep5x5"]:
-            v.assign(tf.fill(v.shape, np.nan))
+        for node in cell.op_weights:
+            for v in node["sep5x5"]:
+                v.assign(tf.fill(v.shape, np.nan))
     call = tf.function(lambda x, a: net((x, a), training=True))
     images = tf.random.normal([2, 8, 8, 3])
     rng = np.random.default_rng(0)
@@ -80,18 +81,32 @@ def test_unchosen_poisoned_op_does_not_run(seed):
 
 
 def test_masks_select_the_sliced_op_weights():
+    """Op weights are per (node, slot, input, op): the mask of node i's op variable
+    ``[2, i + 2, …]`` is 1 at ``[slot, input]`` iff that slot takes that input and runs the op;
+    the output conv's mask marks the loose ends; every other weight is used whole."""
     space = MicroCellSpace(num_nodes=2)
     net = CNNSupernet(space, SupernetConfig(num_cells=1, filters=4, num_stages=1))
+    # node 2: x = sep3x3(input 0), y = sep5x5(input 1); node 3: x = identity(node 2),
+    # y = sep3x3(input 0): the loose end is node 3 alone
     arch = (0, 1, 1, 2, 2, 0, 0, 1) + (0, 0, 0, 0, 0, 0, 0, 0)
     masks = net.usage_masks(tf.constant(arch, tf.int32))
-    names = [v.path for v in net.trainable_variables]
-    by_name = dict(zip(names, masks))
-    sep3 = [m for n, m in by_name.items() if "sep3x3_depthwise" in n][0].numpy()
-    sep5 = [m for n, m in by_name.items() if "sep5x5_pointwise" in n][0].numpy()
-    np.testing.assert_array_equal(sep3.reshape(2, 2), [[1, 0], [0, 1]])
-    np.testing.assert_array_equal(sep5.reshape(2, 2), [[0, 1], [0, 0]])
-    stem = by_name[[n for n in names if "stem" in n][0]]
-    assert float(stem) == 1.0
+    by_name = {v.path.split("/")[-1]: m.numpy() for v, m in zip(net.trainable_variables, masks)}
+    for part in ("depthwise", "pointwise", "bn_scale", "bn_offset"):
+        np.testing.assert_array_equal(by_name[f"node2_sep3x3_{part}"].reshape(2, 2),
+                                      [[1, 0], [0, 0]])
+        np.testing.assert_array_equal(by_name[f"node2_sep5x5_{part}"].reshape(2, 2),
+                                      [[0, 0], [0, 1]])
+        np.testing.assert_array_equal(by_name[f"node3_sep3x3_{part}"].reshape(2, 3),
+                                      [[0, 0, 0], [1, 0, 0]])
+        np.testing.assert_array_equal(by_name[f"node3_sep5x5_{part}"], 0)
+    np.testing.assert_array_equal(by_name["out_conv1x1"].reshape(-1), [0, 0, 0, 1])
+    for name in ("stem_conv", "stem_bn_scale", "input0_conv1x1", "out_bn_scale", "head_kernel"):
+        assert by_name[name].shape == () and float(by_name[name]) == 1.0
+    # another input of the same op is another slice
+    moved = (1, 1) + arch[2:]
+    m = net.usage_masks(tf.constant(moved, tf.int32))
+    sep3 = [mm for v, mm in zip(net.trainable_variables, m) if "node2_sep3x3_depthwise" in v.path]
+    np.testing.assert_array_equal(sep3[0].numpy().reshape(2, 2), [[0, 1], [0, 0]])
 
 
 def test_unused_ops_get_no_update_fisher_or_anchor(task):
@@ -122,13 +137,14 @@ def test_unused_ops_get_no_update_fisher_or_anchor(task):
 
 def test_slice_axes_and_per_slice_fisher_clip():
     space = MicroCellSpace(num_nodes=2)
-    clip = 1e-3
+    clip = 1e-12  # below every used slice's ‖g²‖ (BN offsets included): each one is clipped
     task = CNNSearchTask(space, _config(wpl=WPLConfig(clip_norm=clip, fisher_momentum=1.0)),
                          _splits(), seed=0)
     axes = task.supernet.slice_axes()
     for v, a in zip(task.variables, axes):
-        stacked = any(k in v.path for k in ("_depthwise", "_pointwise"))
-        assert a == (list(range(2, len(v.shape))) if stacked else None), v.path
+        stacked = "/node" in v.path  # a node's per-(slot, input) op variable
+        want = list(range(2, len(v.shape))) if stacked else None
+        assert a == ([1, 2] if "out_conv1x1" in v.path else want), v.path
     arch = (0, 1, 0, 1, 2, 1, 2, 1) + (1, 2, 0, 1, 2, 1, 1, 2)  # sep3x3 on all four slots
     task.train_architecture(arch, 1, wpl_active=True)
     masks = task.supernet.usage_masks(tf.constant(arch, tf.int32))
@@ -138,14 +154,14 @@ def test_slice_axes_and_per_slice_fisher_clip():
         if a is None:  # a whole weight: clipped as a whole (0 where no gradient reached it)
             whole.append(float(np.linalg.norm(f)))
             continue
-        norms = np.sqrt(np.sum(np.square(f), axis=tuple(a)))  # [B, 2]
+        norms = np.sqrt(np.sum(np.square(f), axis=tuple(a)))  # [2, i + 2] or [B + 2]
         used = m.numpy().reshape(norms.shape).astype(bool)
         np.testing.assert_allclose(norms[used], clip, rtol=1e-4)  # each slice on its own
         np.testing.assert_array_equal(norms[~used], 0.0)
-        if used.sum() > 1:
-            assert np.linalg.norm(f) > 1.5 * clip  # not clipped as one tensor
+        # not clipped as one tensor: the slices' norms add up in squares
+        np.testing.assert_allclose(np.linalg.norm(f), np.sqrt(used.sum()) * clip, rtol=1e-4)
     np.testing.assert_allclose([w for w in whole if w > 0], clip, rtol=1e-4)
-    assert sum(w > 0 for w in whole) >= 3  # stem, head kernel and bias at least
+    assert sum(w > 0 for w in whole) >= 5  # stem conv and BN, calibration, head at least
 
 
 
@@ -363,10 +379,142 @@ def test_fisher_from_validation_batches_is_refused_by_the_cnn_task():
         CNNSearchTask(MicroCellSpace(num_nodes=2), _config(wpl=WPLConfig(fisher_source="valid")),
                       _splits(), seed=0)
 
-def test_per_example_norm_is_batch_independent():
-    x = tf.random.normal([4, 3, 3, 2])
-    np.testing.assert_allclose(per_example_norm(x)[:2].numpy(), per_example_norm(x[:2]).numpy(),
-                               atol=1e-6)
+
+def _param_count_by_hand(f, b, stem_mult, stages, normal_cells, classes, image_channels=3):
+    """ENAS's search child counted from its definition (micro_child.py), independently of the
+    supernet's code: stem conv + BN; per cell the calibration (1×1 conv + BN per input of the
+    wrong width, factorised reduction + BN for a larger input), per node i, slot, input
+    j < i + 2 and separable op two (depthwise k×k, pointwise C×C, BN γ and β); the output
+    conv ((B + 2) C × C) + BN; a reduction cell's factorised reduction of the previous
+    output; the dense head without bias."""
+    bn = 2
+    total = 3 * 3 * image_channels * (stem_mult * f) + bn * stem_mult * f
+    width = stem_mult * f
+    inputs = [(width, 1), (width, 1)]
+    c, scale = f, 1
+    for stage in range(stages):
+        for reduction in [True] * (stage > 0) + [False] * normal_cells:
+            if reduction:
+                c, scale = 2 * c, 2 * scale
+                total += 2 * inputs[1][0] * (c // 2) + bn * c  # reduce(h)
+                inputs = [inputs[1], (c, scale)]
+            if inputs[0][1] < scale:
+                total += 2 * inputs[0][0] * (c // 2) + bn * c
+            elif inputs[0][0] != c:
+                total += inputs[0][0] * c + bn * c
+            if inputs[1][0] != c:
+                total += inputs[1][0] * c + bn * c
+            per_slice = sum(k * k * c + c * c + bn * c for k in (3, 5))
+            total += sum(2 * (i + 2) * 2 * per_slice for i in range(b))
+            total += (b + 2) * c * c + bn * c
+            inputs = [inputs[1], (c, scale)]
+    return total + c * classes
+
+
+@pytest.mark.parametrize("b, cells, stages, filters", [(2, 1, 2, 4), (3, 2, 3, 6), (1, 1, 1, 2)])
+def test_parameter_count_matches_enas_search_child(b, cells, stages, filters):
+    net = CNNSupernet(MicroCellSpace(num_nodes=b),
+                      SupernetConfig(num_cells=cells, filters=filters, num_stages=stages))
+    got = sum(int(np.prod(v.shape)) for v in net.trainable_variables)
+    assert got == _param_count_by_hand(filters, b, 3, stages, cells, 10)
+    if (b, cells, stages, filters) == (2, 1, 2, 4):
+        assert got == 22212  # the same sum written out once, for a reader's check
+
+
+def test_calibration_only_on_a_shape_mismatch():
+    """Cell 0 gets the 3F-wide stem twice (both 1×1), cell 1 the stem and an F-wide output
+    (input 0 only); a reduction cell factorised-reduces its larger input 0 and takes
+    reduce(h) as it is; the cells after it need nothing."""
+    net = CNNSupernet(MicroCellSpace(num_nodes=2),
+                      SupernetConfig(num_cells=2, filters=4, num_stages=3))
+    kinds = [w.calibrate_kinds for w in net.cell_weights]
+    assert kinds == [("conv", "conv"), ("conv", "none"), ("reduce", "none"), ("none", "none"),
+                     ("none", "none"), ("reduce", "none"), ("none", "none"), ("none", "none")]
+    assert [w.pre_reduce is not None for w in net.cell_weights] == [
+        False, False, True, False, False, True, False, False]
+    assert [w.channels for w in net.cell_weights] == [4, 4, 8, 8, 8, 16, 16, 16]
+
+
+def test_batch_norm_uses_batch_statistics():
+    """batch_norm = γ (x − μ_B) / sqrt(σ²_B + 1e-5) + β with per-channel batch moments, and the
+    supernet's output for one image depends on the rest of the batch in training and in
+    evaluation (ENAS's search child runs every BN with is_training=True)."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, (5, 4, 4, 3)), tf.float32)
+    scale = tf.constant([0.5, 1.0, 2.0])
+    offset = tf.constant([0.1, -0.2, 0.3])
+    xn = x.numpy().astype(np.float64)
+    mean, var = xn.mean(axis=(0, 1, 2)), xn.var(axis=(0, 1, 2))
+    want = scale.numpy() * (xn - mean) / np.sqrt(var + 1e-5) + offset.numpy()
+    np.testing.assert_allclose(batch_norm(x, scale, offset).numpy(), want, rtol=1e-4, atol=1e-5)
+    space = MicroCellSpace(num_nodes=2)
+    net = CNNSupernet(space, SupernetConfig(num_cells=1, filters=4, num_stages=1))
+    images = tf.random.normal([6, 8, 8, 3])
+    other = tf.concat([images[:2], 3.0 * tf.random.normal([4, 8, 8, 3])], axis=0)
+    arch = tf.constant((0, 1, 1, 2, 2, 3, 0, 4) * 2, tf.int32)
+    for training in (True, False):
+        a = net((images, arch), training=training).numpy()
+        b = net((other, arch), training=training).numpy()
+        assert np.abs(a[:2] - b[:2]).max() > 1e-3  # the same two images, another batch
+        np.testing.assert_allclose(net((images, arch), training=training).numpy(), a,
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_output_is_the_concat_of_loose_ends_then_conv_and_bn():
+    """_combine equals BN(conv1x1(ReLU(concat(loose states)), W_loose)) written out with the
+    loose ends gathered explicitly, for architectures with 1, 2 and 3 loose ends (unused
+    cell inputs included)."""
+    space = MicroCellSpace(num_nodes=3)
+    net = CNNSupernet(space, SupernetConfig(num_cells=1, filters=4, num_stages=1))
+    weights = net.cell_weights[0]
+    rng = np.random.default_rng(3)
+    weights.out_bn[0].assign(rng.uniform(0.5, 2.0, 4).astype(np.float32))
+    weights.out_bn[1].assign(rng.normal(0, 1, 4).astype(np.float32))
+    states = [tf.constant(rng.normal(0, 1, (3, 5, 5, 4)), tf.float32) for _ in range(5)]
+    cases = {  # normal cell (in_x, op_x, in_y, op_y) per node → loose ends
+        (0, 0, 1, 0, 2, 0, 2, 0, 3, 0, 3, 0): [4],
+        (0, 0, 0, 0, 0, 0, 2, 0, 2, 0, 2, 0): [1, 3, 4],
+        (1, 0, 1, 0, 2, 0, 2, 0, 0, 0, 0, 0): [3, 4],
+    }
+    kernel = weights.out_kernel.numpy()
+    gamma, beta = (v.numpy() for v in weights.out_bn)
+    for normal, loose in cases.items():
+        arch = normal + (0,) * 12
+        decisions = net._decisions(tf.constant(arch, tf.int32))[0]
+        np.testing.assert_array_equal(np.flatnonzero(net.loose_ends(decisions).numpy()), loose)
+        got = net._combine(weights, decisions, states).numpy()
+        concat = np.maximum(np.concatenate([states[k].numpy() for k in loose], -1), 0)
+        w = np.concatenate([kernel[k] for k in loose], axis=0)  # [len(loose) C, C]
+        y = np.einsum("nhwc,cd->nhwd", concat.astype(np.float64), w)
+        mean, var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
+        np.testing.assert_allclose(got, gamma * (y - mean) / np.sqrt(var + 1e-5) + beta,
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_separable_op_is_two_relu_sepconv_bn_per_input(seed):
+    """The sep3x3 op on input j of node 2, slot 0 is (ReLU → sep-conv → BN) twice with the
+    ``[0, j, r]`` slices, written out with Keras-free NumPy-checked TF ops."""
+    space = MicroCellSpace(num_nodes=2)
+    net = CNNSupernet(space, SupernetConfig(num_cells=1, filters=4, num_stages=1))
+    weights = net.cell_weights[0].op_weights[0]["sep3x3"]
+    rng = np.random.default_rng(1)
+    for v in weights[2:]:
+        v.assign(rng.uniform(0.5, 1.5, v.shape).astype(np.float32))
+    x = tf.random.normal([3, 6, 6, 4])
+    for j in (0, 1):
+        got = net._op(x, tf.constant(OPS.index("sep3x3")), net.cell_weights[0].op_weights[0],
+                      0, tf.constant(j))
+        y = x
+        for r in range(2):
+            dw, pw, g, b = (v[0, j, r] for v in weights)
+            z = tf.nn.depthwise_conv2d(tf.nn.relu(y), dw, [1, 1, 1, 1], "SAME")
+            z = tf.nn.conv2d(z, pw, 1, "SAME")
+            mean, var = tf.nn.moments(z, axes=[0, 1, 2])
+            y = (z - mean) / tf.sqrt(var + 1e-5) * g + b
+        np.testing.assert_allclose(got.numpy(), y.numpy(), rtol=1e-4, atol=1e-4)
+    identity = net._op(x, tf.constant(OPS.index("identity")), net.cell_weights[0].op_weights[0],
+                       0, tf.constant(0))
+    np.testing.assert_array_equal(identity.numpy(), x.numpy())
 
 
 def test_drop_path_only_in_training(seed):

@@ -114,7 +114,9 @@ def _preset(name: str) -> ENASExperimentConfig:
             wpl=True, wpl_start_epoch=3, strength=60.0, strength_decay="linear",
             strength_decay_start=75, strength_decay_rate=0.8, flush_every=3,
         )
-        return ENASExperimentConfig(space="cnn", preset="paper", task=CNNTaskConfig(),
+        # ENAS search child: child_num_layers 6 (2 normal cells per stage), out_filters 20
+        task = CNNTaskConfig(supernet=SupernetConfig(num_cells=2, filters=20, num_stages=3))
+        return ENASExperimentConfig(space="cnn", preset="paper", task=task,
                                     search=search, controller=_CNN_CONTROLLER,
                                     derive_samples=100, train_epochs=630)
     if name == "cpu-small":

@@ -14,8 +14,8 @@ anchor:
    (:meth:`~wpl_keras.wpl.WPLState.apply_proximal`);
 4. on the last batch of an architecture, ``F ← F + m (clip((1 − η_F) F + η_F g²) − F)`` with
    ``g`` the masked, clipped gradient of step 2 (the data gradient, plus the WPL term in
-   gradient mode), each ``[node, slot]`` op slice clipped on its own
-   (:meth:`~wpl_keras.wpl.WPLState.update_fisher`);
+   gradient mode), each op slice (a node's ``[slot, input]`` slice, a state's block of a
+   cell's output conv) clipped on its own (:meth:`~wpl_keras.wpl.WPLState.update_fisher`);
 5. after the architecture's batches, ``θ* ← θ* + m (θ − θ*)``
    (:meth:`~wpl_keras.wpl.WPLState.snapshot_anchors`).
 
@@ -156,7 +156,8 @@ def _none_to_zeros(grads, variables):
 
 def coverage(masks: Sequence[tf.Tensor]) -> List[Optional[tf.Tensor]]:
     """The usage masks as the WPL core's coverage: ``None`` (the whole weight) for an
-    always-used weight's scalar mask, the ``[B, 2, 1, …]`` mask of a stacked op weight as it is.
+    always-used weight's scalar mask, the ``[2, i + 2, 1, …]`` mask of a node's op weight and
+    the ``[B + 2, 1, 1]`` mask of an output-conv kernel as they are.
     """
     return [None if m.shape.rank == 0 else m for m in masks]
 
@@ -169,9 +170,11 @@ class CNNSearchTask(SharedWeightsTask):
     and the WPL terms, the masked SGD step, the Fisher update and the anchor snapshot run once
     on the all-reduced values (see the module docstring for the step). Evaluation
     (:meth:`validation_error` on the fixed batch, :meth:`reward` on the next validation
-    minibatch, and so derive's scoring) runs under it too: each replica scores a contiguous
-    chunk of the batch and the correct counts are all-reduced with SUM (:meth:`_eval_fn`);
-    one trace serves every architecture and batch size (``eval_traces``).
+    minibatch, and so derive's scoring) scores the batch whole on one device
+    (:meth:`_eval_fn`); one trace serves every architecture and batch size
+    (``eval_traces``). The supernet's BatchNorm uses the statistics of the evaluated batch,
+    as ENAS's search does (:mod:`~wpl_keras.nas.cnn_supernet`): a score depends on the batch
+    it is computed in, and not on the number of replicas.
 
     Args:
         space: a :class:`MicroCellSpace`.
@@ -239,17 +242,17 @@ class CNNSearchTask(SharedWeightsTask):
         self.fixed_labels = tf.constant(splits.y_valid[:fixed], tf.int32)
         self.train_traces = 0
         self.eval_traces = 0
-        self._train_step = tf.function(self._train_step_fn)
+        self._train_step = tf.function(self._train_step_fn, autograph=False)
         shape = tuple(splits.x_train.shape[1:])
         self._eval = tf.function(
-            self._eval_fn,
+            self._eval_fn, autograph=False,
             input_signature=[
                 tf.TensorSpec((None,) + shape, tf.float32),
                 tf.TensorSpec((None,), tf.int32),
                 tf.TensorSpec((space.num_decisions,), tf.int32),
             ],
         )
-        self._snapshot = tf.function(self._snapshot_fn)
+        self._snapshot = tf.function(self._snapshot_fn, autograph=False)
 
     # ------------------------------------------------------------------ traced bodies
     def _wpl_terms(self, params, grads, masks, wpl_active) -> core.WPLGradients:
@@ -330,38 +333,20 @@ class CNNSearchTask(SharedWeightsTask):
         """``θ* ← θ* + m (θ − θ*)`` with the usage masks of ``arch``."""
         self.wpl_state.snapshot_anchors(masks=coverage(self.supernet.usage_masks(arch)))
 
-    def _replica_eval(self, images, labels, arch):
-        """Correct count and summed cross-entropy of this replica's contiguous chunk.
-
-        With ``n`` rows and ``R`` replicas, replica ``r`` takes rows
-        ``[⌊r n / R⌋, ⌊(r + 1) n / R⌋)`` (chunk sizes differ by at most one; a chunk is empty
-        when ``n < R``, and then contributes zeros without running the supernet)."""
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync
-        r = tf.cast(context.replica_id_in_sync_group, tf.int32)
-        n = tf.shape(images)[0]
-        start, end = (r * n) // replicas, ((r + 1) * n) // replicas
-
-        def chunk_sums():
-            x, y = images[start:end], labels[start:end]
-            logits = self.supernet((x, arch), training=False)
-            pred = tf.argmax(logits, -1, output_type=tf.int32)
-            correct = tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.float32))
-            ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-            return correct, ce
-
-        return tf.cond(end > start, chunk_sums, lambda: (tf.constant(0.0), tf.constant(0.0)))
-
     def _eval_fn(self, images, labels, arch):
-        """``(accuracy, mean cross-entropy)`` over the batch, replicated: each replica scores
-        its chunk (:meth:`_replica_eval`), the correct counts and cross-entropy sums are
-        all-reduced with SUM and divided by the batch size ``n``."""
+        """``(accuracy, mean cross-entropy)`` over the batch: ``correct / n`` and
+        ``Σ CE / n``.
+
+        The batch is scored whole, in the strategy's cross-replica context (outside
+        ``strategy.run``, so on one device): the supernet's BatchNorm uses the statistics of the
+        whole evaluated batch, as on one device, and the evaluation graph has no collective
+        op (splitting the batch over the replicas would need an all-reduce per BatchNorm).
+        Every worker of a multi-worker strategy computes the same score."""
         self.eval_traces += 1  # Python side effect: runs once per trace.
-        strategy = self.strategy
-        correct, ce = strategy.run(self._replica_eval, args=(images, labels, arch))
-        sum_ = tf.distribute.ReduceOp.SUM
-        correct = strategy.reduce(sum_, correct, axis=None)
-        ce = strategy.reduce(sum_, ce, axis=None)
+        logits = self.supernet((images, arch), training=False)
+        pred = tf.argmax(logits, -1, output_type=tf.int32)
+        correct = tf.reduce_sum(tf.cast(tf.equal(pred, labels), tf.float32))
+        ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         n = tf.cast(tf.shape(images)[0], tf.float32)
         return correct / n, ce / n
 
@@ -395,13 +380,13 @@ class CNNSearchTask(SharedWeightsTask):
 
     def validation_error(self, arch: Architecture) -> float:
         """Error rate in percent of ``arch`` on the FIXED validation batch,
-        ``100 (1 − correct / n)``, replicated as :meth:`_eval_fn`."""
+        ``100 (1 − correct / n)`` (:meth:`_eval_fn`)."""
         acc, _ = self._eval(self.fixed_images, self.fixed_labels, self._arch(arch))
         return 100.0 * (1.0 - float(acc))
 
     def reward(self, arch: Architecture) -> float:
         """Accuracy ``correct / n`` of ``arch`` on the next validation minibatch (in [0, 1]),
-        replicated as :meth:`_eval_fn`. The minibatch comes from one host iterator (the same
+        scored as :meth:`_eval_fn`. The minibatch comes from one host iterator (the same
         sequence for every device count; it is checkpointed)."""
         images, labels = next(self._valid_iter)
         acc, _ = self._eval(images, labels, self._arch(arch))

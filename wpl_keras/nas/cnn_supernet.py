@@ -5,23 +5,47 @@
 traced graph serves every architecture. Each node input is chosen with ``tf.switch_case`` and
 each node operation with another ``tf.switch_case``: only the chosen operations execute.
 
-Layout (ENAS micro): stem 3×3 conv → ``num_stages`` stages of ``num_cells`` normal cells with
-a reduction cell between stages (channels double, resolution halves) → ReLU, global average
-pool, dense classifier. A cell first calibrates its two inputs to its shape (1×1 conv, or a
-factorised reduction when an input is twice as large), then computes node ``i`` as
-``h_i = op_x(h_{in_x}) + op_y(h_{in_y})`` and outputs the mean of its loose-end nodes. A
-reduction cell reduces both inputs first and runs its nodes at the reduced size (as ENAS).
-Separable convs are ReLU → depthwise k×k → pointwise 1×1 → normalisation.
+The structure is ENAS's search child (``MicroChild._enas_layer`` and the ``fixed_arc is None``
+path of ``MicroChild._model`` in melodyguan/enas ``src/cifar10/micro_child.py``):
 
-Normalisation is a non-affine per-example normalisation over (H, W, C),
-``(x − mean) / sqrt(var + 1e-5)``: unlike batch normalisation it keeps no moving statistics
-inside the switch branches, and the result does not depend on how a batch is split over
-``tf.distribute`` replicas (so two replicas give the same loss as one device).
+* stem: 3×3 conv to ``stem_multiplier · filters`` channels → BN; the first cell gets the stem
+  output as both inputs;
+* ``num_stages`` stages of ``num_cells`` normal cells, with a reduction cell between stages
+  (channels double). Before a reduction cell the previous output ``h`` is factorised-reduced
+  (:func:`factorized_reduce`, no ReLU), and the reduction cell's inputs are
+  ``(h, reduce(h))``; the next cell's inputs are ``(reduce(h), reduction cell output)``;
+* a cell calibrates its inputs only on a shape mismatch (``_maybe_calibrate_size``): input 0
+  is ReLU → factorised reduction when it is twice as large, else ReLU → 1×1 conv → BN when
+  its width is not ``filters``; input 1 is ReLU → 1×1 conv → BN when its width is not
+  ``filters``; otherwise an input is used as it is;
+* node ``i``: ``h_i = op_x(h_{in_x}) + op_y(h_{in_y})``; a separable conv op is
+  (ReLU → depthwise k×k → pointwise 1×1 → BN) twice, the pools are 3×3 stride 1, identity
+  is the state itself. The separable convs' weights (both repetitions' depthwise and
+  pointwise kernels and BN scales and offsets) are kept per (node, slot, input, op): node
+  ``i``'s variables have shape ``[2 slots, i + 2 inputs, 2 repetitions, …]``;
+* cell output: ReLU of the concatenation of the loose ends (the states no node takes, unused
+  cell inputs included) → 1×1 conv → BN (:meth:`CNNSupernet._combine`);
+* head: ReLU → global average pool → dropout → dense without bias.
 
-Per-op weights are stored stacked per cell, ``[B, 2, …]`` (node, input slot), one variable
-per op kind and weight; :meth:`CNNSupernet.usage_masks` gives, in-graph from ``arch``, a 0/1
-mask per variable that selects the slices the architecture uses (1 for always-used weights),
-and :meth:`CNNSupernet.slice_axes` the axes of one slice. The search task
+BatchNorm (:func:`batch_norm`) is per-channel affine, ``γ (x − μ) / sqrt(σ² + 1e-5) + β``,
+and always uses the statistics of the current batch, in training and in evaluation: ENAS's
+search builds every BN of the child with ``is_training=True`` (its moving averages are never
+read), and so rewards and ``err1`` depend on the evaluated batch, as they do in ENAS. Under a
+``tf.distribute`` strategy with several replicas the statistics are synchronised: each BN
+all-reduces the per-replica sums ``(Σx, Σx², n)`` with
+``tf.distribute.get_replica_context().all_reduce``, so two replicas compute what one device
+computes on the whole batch. The all-reduce cannot run inside a ``tf.switch_case`` branch
+(MirroredStrategy's merge call must stay in the replica function's graph); with several
+replicas an op therefore runs as stages: a switch computes the pre-BN tensor and its local
+sums, the sums are all-reduced outside the switch, and a second switch normalises
+(:meth:`CNNSupernet._op`). On one replica the whole op runs in one switch branch, with the
+same arithmetic.
+
+Per-op weights are the slices ``[slot, input]`` of each node's variables and the rows of the
+cell's output-conv kernel ``[B + 2, C, C]`` (one ``C × C`` block per state);
+:meth:`CNNSupernet.usage_masks` gives, in-graph from ``arch``, a 0/1 mask per variable that
+selects the slices the architecture uses (1 for always-used weights), and
+:meth:`CNNSupernet.slice_axes` the axes of one slice. The search task
 (:class:`~wpl_keras.nas.cnn_search.CNNSearchTask`) restricts its optimizer step and its WPL
 terms to those slices.
 """
@@ -29,7 +53,8 @@ terms to those slices.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -37,7 +62,10 @@ import tensorflow as tf
 from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
 from wpl_keras.utils.config import JsonConfig
 
-_SEP_OPS = {"sep3x3": 3, "sep5x5": 5}
+SEP_OPS = {"sep3x3": 3, "sep5x5": 5}
+BN_EPSILON = 1e-5
+_REPEATS = 2  # (ReLU → sep-conv → BN) repetitions of a separable conv op
+_IDENTITY = OPS.index("identity")
 
 
 # --------------------------------------------------------------------------- configs
@@ -46,24 +74,27 @@ class SupernetConfig(JsonConfig):
     """Shape of the supernet (a JSON object through :class:`~wpl_keras.utils.config.JsonConfig`).
 
     Attributes:
-        num_cells: ``N``, normal cells per stage (ENAS search: 5).
+        num_cells: ``N``, normal cells per stage (ENAS search: ``num_layers`` 6 = 2 per stage).
         filters: channels of the first stage (doubled at each reduction; must be even).
         num_stages: stages; ``num_stages − 1`` reduction cells.
         num_classes: classifier outputs.
-        drop_path_keep: keep probability of each node input in training (1.0 disables).
+        stem_multiplier: the stem conv has ``stem_multiplier · filters`` channels (ENAS 3).
+        drop_path_keep: keep probability of each non-identity op's output in training
+            (1.0 disables; ENAS's search child applies none).
         dropout: dropout rate before the classifier (training only).
     """
 
-    num_cells: int = 5
+    num_cells: int = 2
     filters: int = 20
     num_stages: int = 3
     num_classes: int = 10
+    stem_multiplier: int = 3
     drop_path_keep: float = 1.0
     dropout: float = 0.0
 
     def __post_init__(self):
-        if self.num_cells < 1 or self.num_stages < 1:
-            raise ValueError("num_cells and num_stages must be >= 1.")
+        if self.num_cells < 1 or self.num_stages < 1 or self.stem_multiplier < 1:
+            raise ValueError("num_cells, num_stages and stem_multiplier must be >= 1.")
         if self.filters < 2 or self.filters % 2:
             raise ValueError(f"filters must be an even number >= 2, got {self.filters}.")
         if not 0.0 < self.drop_path_keep <= 1.0:
@@ -72,33 +103,60 @@ class SupernetConfig(JsonConfig):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
 
 
+# --------------------------------------------------------------------------- batch norm
+def replicas_in_sync() -> int:
+    """Replicas of the current replica context (1 outside one, e.g. in cross-replica code)."""
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else int(context.num_replicas_in_sync)
+
+
+def local_sums(x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Per-channel ``(Σ x, Σ x²)`` over batch, height and width."""
+    return tf.reduce_sum(x, axis=[0, 1, 2]), tf.reduce_sum(tf.square(x), axis=[0, 1, 2])
+
+
+def _count(x: tf.Tensor) -> tf.Tensor:
+    shape = tf.shape(x)
+    return tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
+
+
+def sync_sums(sums: Sequence[tf.Tensor]) -> List[tf.Tensor]:
+    """``sums`` all-reduced (SUM) over the replicas in sync; unchanged on one replica."""
+    if replicas_in_sync() == 1:
+        return list(sums)
+    context = tf.distribute.get_replica_context()
+    return list(context.all_reduce(tf.distribute.ReduceOp.SUM, list(sums)))
+
+
+def normalize(x, sum_x, sum_sq, count, scale, offset, eps: float = BN_EPSILON) -> tf.Tensor:
+    """``scale (x − μ) / sqrt(σ² + eps) + offset`` with ``μ = Σx / n`` and
+    ``σ² = max(Σx² / n − μ², 0)`` (the biased batch variance)."""
+    mean = sum_x / count
+    var = tf.maximum(sum_sq / count - tf.square(mean), 0.0)
+    return (x - mean) * (scale * tf.math.rsqrt(var + eps)) + offset
+
+
+def batch_norm(x: tf.Tensor, scale, offset) -> tf.Tensor:
+    """BatchNorm on the statistics of the whole (global) batch: :func:`normalize` with the
+    per-channel sums of :func:`local_sums` all-reduced over the replicas (:func:`sync_sums`).
+    Must not run inside a ``tf.switch_case`` branch when there are several replicas."""
+    sum_x, sum_sq = local_sums(x)
+    sum_x, sum_sq, count = sync_sums([sum_x, sum_sq, _count(x)])
+    return normalize(x, sum_x, sum_sq, count, scale, offset)
+
+
 # --------------------------------------------------------------------------- pure ops
-def per_example_norm(x: tf.Tensor, eps: float = 1e-5) -> tf.Tensor:
-    """``(x − mean) / sqrt(var + eps)`` with mean/var over (H, W, C) of each example."""
-    mean, var = tf.nn.moments(x, axes=[1, 2, 3], keepdims=True)
-    return (x - mean) * tf.math.rsqrt(var + eps)
-
-
 def sep_conv(x: tf.Tensor, depthwise: tf.Tensor, pointwise: tf.Tensor) -> tf.Tensor:
-    """ReLU → depthwise conv (SAME) → pointwise 1×1 conv → per-example normalisation."""
-    x = tf.nn.depthwise_conv2d(tf.nn.relu(x), depthwise, [1, 1, 1, 1], "SAME")
-    x = tf.nn.conv2d(x, pointwise, 1, "SAME")
-    return per_example_norm(x)
-
-
-def conv1x1(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """ReLU → 1×1 conv → per-example normalisation."""
-    return per_example_norm(tf.nn.conv2d(tf.nn.relu(x), kernel, 1, "SAME"))
+    """ReLU → depthwise k×k (SAME) → pointwise 1×1: one repetition before its BN."""
+    return tf.nn.separable_conv2d(tf.nn.relu(x), depthwise, pointwise, [1, 1, 1, 1], "SAME")
 
 
 def factorized_reduce(x: tf.Tensor, k1: tf.Tensor, k2: tf.Tensor) -> tf.Tensor:
-    """ReLU → two stride-2 1×1 convs (the second on the input shifted by one pixel),
-    concatenated → per-example normalisation. Halves H and W."""
-    x = tf.nn.relu(x)
+    """Two stride-2 1×1 convs (the second on the input shifted by one pixel), concatenated
+    (before BN). Halves H and W without dropping pixels (ENAS ``_factorized_reduction``)."""
     a = tf.nn.conv2d(x, k1, 2, "VALID")
     shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
-    b = tf.nn.conv2d(shifted, k2, 2, "VALID")
-    return per_example_norm(tf.concat([a, b], axis=-1))
+    return tf.concat([a, tf.nn.conv2d(shifted, k2, 2, "VALID")], axis=-1)
 
 
 def pool(x: tf.Tensor, kind: str) -> tf.Tensor:
@@ -108,56 +166,94 @@ def pool(x: tf.Tensor, kind: str) -> tf.Tensor:
     return tf.nn.max_pool2d(x, 3, 1, "SAME")
 
 
-def drop_path(x: tf.Tensor, keep_prob: float) -> tf.Tensor:
-    """Drops whole examples' paths: ``x · floor(keep + U) / keep``, ``U ~ U[0, 1)``."""
+def drop_path(x: tf.Tensor, keep_prob: float, active: tf.Tensor) -> tf.Tensor:
+    """Drops whole examples' paths where ``active``: ``x · floor(keep + U) / keep``,
+    ``U ~ U[0, 1)`` per example; ``x`` where not ``active`` (a bool scalar)."""
     batch = tf.shape(x)[0]
-    keep = tf.floor(keep_prob + tf.random.uniform([batch, 1, 1, 1], dtype=x.dtype))
-    return x * keep / keep_prob
+    keep = tf.floor(keep_prob + tf.random.uniform([batch, 1, 1, 1], dtype=x.dtype)) / keep_prob
+    return x * tf.where(active, keep, tf.ones_like(keep))
+
+
+def he_normal(fan_in: int) -> keras.initializers.Initializer:
+    """Keras' He normal for a slice with fan-in ``fan_in`` (receptive field × input
+    channels, as Keras counts a conv kernel): truncated normal, stddev
+    ``sqrt(2 / fan_in) / 0.8796`` (the truncation's correction), whatever the stacked shape."""
+    return keras.initializers.TruncatedNormal(
+        mean=0.0, stddev=math.sqrt(2.0 / fan_in) / 0.87962566103423978)
 
 
 # --------------------------------------------------------------------------- weights
 class _CellWeights(keras.layers.Layer):
-    """Weights of one supernet cell: input calibration and stacked per-op weights."""
+    """Weights of one supernet cell.
 
-    def __init__(self, cell_type: int, num_nodes: int, in_channels, reduce_inputs, channels,
-                 **kwargs):
+    Args:
+        num_nodes: ``B``.
+        in_channels: widths of the two cell inputs.
+        calibrate: per input, ``"none"``, ``"conv"`` (ReLU → 1×1 → BN) or ``"reduce"``
+            (ReLU → factorised reduction → BN).
+        channels: ``C``, the cell's width.
+        pre_reduce: for a reduction cell, the width of the previous output that is
+            factorised-reduced into input 1 (None for a normal cell).
+    """
+
+    def __init__(self, num_nodes: int, in_channels, calibrate, channels: int,
+                 pre_reduce: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
-        self.cell_type = cell_type
-        self.num_nodes = num_nodes
-        self.reduce_inputs = tuple(bool(r) for r in reduce_inputs)
-        self.channels = channels
-        he = keras.initializers.HeNormal
+        self.num_nodes, self.channels = num_nodes, channels
+        self.calibrate_kinds = tuple(calibrate)
+        c = channels
+        self.pre_reduce = None
+        if pre_reduce is not None:
+            self.pre_reduce = self._reduce_weights("pre_reduce", pre_reduce)
         self.calibration = []
-        for k, (cin, reduce) in enumerate(zip(in_channels, self.reduce_inputs)):
-            if reduce:
-                kernels = [
-                    self.add_weight(shape=(1, 1, cin, channels // 2), initializer=he(),
-                                    name=f"input{k}_reduce{j}")
-                    for j in range(2)
-                ]
+        for k, (cin, kind) in enumerate(zip(in_channels, self.calibrate_kinds)):
+            if kind == "reduce":
+                self.calibration.append(self._reduce_weights(f"input{k}_reduce", cin))
+            elif kind == "conv":
+                self.calibration.append(
+                    (self.add_weight(shape=(1, 1, cin, c), initializer=he_normal(cin),
+                                     name=f"input{k}_conv1x1"),) + self._bn(f"input{k}_bn", ()))
             else:
-                kernels = [self.add_weight(shape=(1, 1, cin, channels), initializer=he(),
-                                           name=f"input{k}_conv1x1")]
-            self.calibration.append(kernels)
-            for j, kernel in enumerate(kernels):  # plain attributes: tracked by checkpoints
-                setattr(self, f"input{k}_kernel{j}", kernel)
-        self.op_weights = {}
-        for op, size in _SEP_OPS.items():
-            self.op_weights[op] = (
-                self.add_weight(shape=(num_nodes, 2, size, size, channels, 1), initializer=he(),
-                                name=f"{op}_depthwise"),
-                self.add_weight(shape=(num_nodes, 2, 1, 1, channels, channels), initializer=he(),
-                                name=f"{op}_pointwise"),
-            )
-            self.__setattr__(f"{op}_depthwise", self.op_weights[op][0])
-            self.__setattr__(f"{op}_pointwise", self.op_weights[op][1])
+                self.calibration.append(None)
+        # op_weights[i][op] = (depthwise, pointwise, scale, offset), each [2, i + 2, 2, …]
+        self.op_weights = []
+        for i in range(num_nodes):
+            lead = (2, i + 2, _REPEATS)
+            node = {}
+            for op, size in SEP_OPS.items():
+                node[op] = (
+                    self.add_weight(shape=lead + (size, size, c, 1),
+                                    initializer=he_normal(size * size * c),
+                                    name=f"node{i + 2}_{op}_depthwise"),
+                    self.add_weight(shape=lead + (1, 1, c, c), initializer=he_normal(c),
+                                    name=f"node{i + 2}_{op}_pointwise"),
+                ) + self._bn(f"node{i + 2}_{op}_bn", lead)
+            self.op_weights.append(node)
+        self.out_kernel = self.add_weight(shape=(num_nodes + 2, c, c), initializer=he_normal(c),
+                                          name="out_conv1x1")
+        self.out_bn = self._bn("out_bn", ())
         self.built = True
 
-    def calibrate(self, k: int, x: tf.Tensor) -> tf.Tensor:
-        kernels = self.calibration[k]
-        if self.reduce_inputs[k]:
-            return factorized_reduce(x, kernels[0], kernels[1])
-        return conv1x1(x, kernels[0])
+    def _bn(self, name: str, lead: tuple) -> tuple:
+        c = self.channels
+        return (self.add_weight(shape=lead + (c,), initializer="ones", name=f"{name}_scale"),
+                self.add_weight(shape=lead + (c,), initializer="zeros", name=f"{name}_offset"))
+
+    def _reduce_weights(self, name: str, cin: int) -> tuple:
+        half = self.channels // 2
+        return tuple(self.add_weight(shape=(1, 1, cin, half), initializer=he_normal(cin),
+                                     name=f"{name}{j}") for j in range(2)) + self._bn(
+            f"{name}_bn", ())
+
+    @property
+    def stacked(self) -> List:
+        """The per-(node, slot, input) op variables."""
+        return [v for node in self.op_weights for weights in node.values() for v in weights]
+
+
+def _reduce(x: tf.Tensor, weights: tuple) -> tf.Tensor:
+    k1, k2, scale, offset = weights
+    return batch_norm(factorized_reduce(x, k1, k2), scale, offset)
 
 
 @keras.saving.register_keras_serializable(package="wpl_keras")
@@ -165,7 +261,7 @@ class CNNSupernet(keras.Model):
     """ENAS micro-CNN supernet: ``call((images, arch), training)`` → logits.
 
     ``arch`` is an int32 vector of ``space.num_decisions`` decisions (a tensor: one trace for
-    every architecture). Only the chosen ops run (``tf.switch_case`` per node input).
+    every architecture). Only the chosen ops run (``tf.switch_case`` per node input and op).
 
     Args:
         space: the micro-cell space (gives ``B``).
@@ -181,40 +277,46 @@ class CNNSupernet(keras.Model):
             raise TypeError(f"CNNSupernet needs a MicroCellSpace, got {type(space).__name__}.")
         self.space = space
         self.config = config
-        c = config.filters
-        self.stem_kernel = self.add_weight(
-            shape=(3, 3, input_channels, c), initializer=keras.initializers.HeNormal(),
-            name="stem_conv",
-        )
-        # (channels, relative scale) of the two cell inputs as cells are stacked.
-        prev_prev, prev = (c, 1), (c, 1)
-        self.cell_weights = []
-        self.cell_types = []
-        scale, channels = 1, c
+        stem = config.filters * config.stem_multiplier
+        self.stem_kernel = self.add_weight(shape=(3, 3, input_channels, stem),
+                                           initializer=he_normal(9 * input_channels),
+                                           name="stem_conv")
+        self.stem_scale = self.add_weight(shape=(stem,), initializer="ones", name="stem_bn_scale")
+        self.stem_offset = self.add_weight(shape=(stem,), initializer="zeros",
+                                           name="stem_bn_offset")
+        self.cell_weights, self.cell_types = [], []
+        self._build_cells(config, stem)
+        self.head_kernel = self.add_weight(
+            shape=(self.final_channels, config.num_classes),
+            initializer=he_normal(self.final_channels), name="head_kernel")
+        self.built = True
+
+    def _build_cells(self, config: SupernetConfig, stem: int) -> None:
+        """Cells as ENAS stacks them; ``layers`` holds the (width, scale) of the two inputs."""
+        layers = [(stem, 1), (stem, 1)]
+        channels, scale = config.filters, 1
         for stage in range(config.num_stages):
-            if stage > 0:
-                scale, channels = scale * 2, channels * 2
-                cells = [1] + [0] * config.num_cells
-            else:
-                cells = [0] * config.num_cells
+            cells = [1] + [0] * config.num_cells if stage else [0] * config.num_cells
             for cell_type in cells:
-                reduce = [prev_prev[1] < scale, prev[1] < scale]
-                weights = _CellWeights(
-                    cell_type, space.num_nodes, (prev_prev[0], prev[0]), reduce, channels,
-                    name=f"cell{len(self.cell_weights)}_{'reduce' if cell_type else 'normal'}",
+                pre_reduce = None
+                if cell_type:
+                    channels, scale = channels * 2, scale * 2
+                    pre_reduce = layers[1][0]
+                    layers = [layers[1], (channels, scale)]
+                calibrate = (
+                    "reduce" if layers[0][1] < scale else
+                    "conv" if layers[0][0] != channels else "none",
+                    "conv" if layers[1][0] != channels else "none",
                 )
+                kind = "reduce" if cell_type else "normal"
+                weights = _CellWeights(
+                    self.space.num_nodes, (layers[0][0], layers[1][0]), calibrate, channels,
+                    pre_reduce, name=f"cell{len(self.cell_weights)}_{kind}")
                 self.cell_weights.append(weights)
                 setattr(self, weights.name, weights)  # a plain attribute: tracked by checkpoints
                 self.cell_types.append(cell_type)
-                prev_prev, prev = prev, (channels, scale)
+                layers = [layers[1], (channels, scale)]
         self.final_channels = channels
-        self.head_kernel = self.add_weight(
-            shape=(channels, config.num_classes), initializer="glorot_uniform", name="head_kernel"
-        )
-        self.head_bias = self.add_weight(
-            shape=(config.num_classes,), initializer="zeros", name="head_bias"
-        )
-        self.built = True
 
     # ------------------------------------------------------------------ forward
     def _decisions(self, arch: tf.Tensor) -> tf.Tensor:
@@ -222,84 +324,142 @@ class CNNSupernet(keras.Model):
         arch = tf.cast(tf.reshape(arch, [-1]), tf.int32)
         return tf.reshape(arch, [2, self.space.num_nodes, 2, 2])
 
+    def loose_ends(self, decisions: tf.Tensor) -> tf.Tensor:
+        """``[B + 2]`` float 0/1: state ``k`` (cell inputs 0, 1, nodes 2…B+1) is taken by no
+        node of this cell's ``decisions`` ``[B, 2, 2]``."""
+        taken = tf.reshape(decisions[:, :, 0], [-1])
+        ids = tf.range(self.space.num_nodes + 2)
+        used = tf.reduce_any(tf.equal(taken[None, :], ids[:, None]), axis=1)
+        return tf.cast(tf.logical_not(used), tf.float32)
+
+    def _op(self, x: tf.Tensor, op_idx: tf.Tensor, weights: dict, slot: int,
+            in_idx: tf.Tensor) -> tf.Tensor:
+        """The chosen op on ``x``. A separable conv uses its ``[slot, in_idx, r]`` slices."""
+        def sep_stage(op, r, y):
+            dw, pw = weights[op][0], weights[op][1]
+            return sep_conv(y, dw[slot, in_idx, r], pw[slot, in_idx, r])
+
+        def bn_params(op, r):
+            return weights[op][2][slot, in_idx, r], weights[op][3][slot, in_idx, r]
+
+        def first(op, y):  # a non-separable op whole, or nothing (r > 0)
+            return tf.identity(y) if op == "identity" else pool(y, op)
+
+        if replicas_in_sync() == 1:
+            def whole(op):
+                if op not in SEP_OPS:
+                    return first(op, x)
+                y = x
+                for r in range(_REPEATS):
+                    y = batch_norm(sep_stage(op, r, y), *bn_params(op, r))
+                return y
+            return tf.switch_case(op_idx, [lambda op=op: whole(op) for op in OPS])
+        y = x
+        for r in range(_REPEATS):
+            def pre(op, r=r, y=y):
+                if op in SEP_OPS:
+                    z = sep_stage(op, r, y)
+                    return (z,) + local_sums(z)
+                z = first(op, y) if r == 0 else tf.identity(y)
+                zeros = tf.zeros([z.shape[-1]], z.dtype)
+                return z, zeros, zeros
+            z, sum_x, sum_sq = tf.switch_case(op_idx, [lambda op=op: pre(op) for op in OPS])
+            sum_x, sum_sq, count = sync_sums([sum_x, sum_sq, _count(z)])
+            y = tf.switch_case(op_idx, [
+                (lambda op=op, r=r, z=z: normalize(z, sum_x, sum_sq, count, *bn_params(op, r)))
+                if op in SEP_OPS else (lambda z=z: tf.identity(z)) for op in OPS])
+        return y
+
+    def _calibrate(self, weights: _CellWeights, inputs) -> List[tf.Tensor]:
+        states = []
+        for x, kind, w in zip(inputs, weights.calibrate_kinds, weights.calibration):
+            if kind == "reduce":
+                x = _reduce(tf.nn.relu(x), w)
+            elif kind == "conv":
+                x = batch_norm(tf.nn.conv2d(tf.nn.relu(x), w[0], 1, "SAME"), w[1], w[2])
+            states.append(x)
+        return states
+
+    def _combine(self, weights: _CellWeights, decisions, states) -> tf.Tensor:
+        """``BN(ReLU(concat(loose ends)) ⊛ W_loose)``, in one fixed shape.
+
+        With ``l_k`` the loose-end flag of state ``k`` and ``W_k`` its ``C × C`` block of the
+        output kernel, the 1×1 conv over the concatenation of the loose ends equals
+        ``Σ_k l_k ReLU(h_k) W_k``: the 1×1 conv with the whole ``[(B + 2) C, C]`` kernel over
+        the concatenation of every ``l_k ReLU(h_k)``. The number of loose ends changes with
+        the architecture, the shapes do not (one trace); the blocks of states that are not
+        loose ends see zeros and get zero gradient."""
+        loose = self.loose_ends(decisions)
+        x = tf.concat([tf.nn.relu(s) * loose[k] for k, s in enumerate(states)], axis=-1)
+        c = weights.channels
+        kernel = tf.reshape(weights.out_kernel, [1, 1, (self.space.num_nodes + 2) * c, c])
+        return batch_norm(tf.nn.conv2d(x, kernel, 1, "SAME"), *weights.out_bn)
+
     def _cell(self, weights: _CellWeights, decisions, inputs, training: bool) -> tf.Tensor:
-        states = [weights.calibrate(0, inputs[0]), weights.calibrate(1, inputs[1])]
-        num_nodes = self.space.num_nodes
-        for i in range(num_nodes):
+        states = self._calibrate(weights, inputs)
+        for i in range(self.space.num_nodes):
             node = None
             for slot in range(2):
-                in_idx = decisions[i, slot, 0]
-                op_idx = decisions[i, slot, 1]
-                x = tf.switch_case(
-                    in_idx, [lambda s=s: s for s in states], name=f"node{i}_{slot}_input"
-                )
-                branches = []
-                for op in OPS:
-                    if op == "identity":
-                        branches.append(lambda x=x: tf.identity(x))
-                    elif op in _SEP_OPS:
-                        dw, pw = weights.op_weights[op]
-                        branches.append(
-                            lambda x=x, dw=dw, pw=pw, i=i, slot=slot: sep_conv(
-                                x, dw[i, slot], pw[i, slot]
-                            )
-                        )
-                    else:
-                        branches.append(lambda x=x, op=op: pool(x, op))
-                y = tf.switch_case(op_idx, branches, name=f"node{i}_{slot}_op")
+                in_idx, op_idx = decisions[i, slot, 0], decisions[i, slot, 1]
+                x = tf.switch_case(in_idx, [lambda s=s: s for s in states],
+                                   name=f"node{i + 2}_{slot}_input")
+                y = self._op(x, op_idx, weights.op_weights[i], slot, in_idx)
                 if training and self.config.drop_path_keep < 1.0:
-                    y = drop_path(y, self.config.drop_path_keep)
+                    y = drop_path(y, self.config.drop_path_keep, op_idx != _IDENTITY)
                 node = y if node is None else node + y
             states.append(node)
-        # Loose ends: nodes that no node takes as input.
-        inputs_used = tf.reshape(decisions[:, :, 0], [-1])
-        node_ids = tf.range(2, num_nodes + 2)
-        used = tf.reduce_any(tf.equal(inputs_used[None, :], node_ids[:, None]), axis=1)
-        loose = tf.cast(tf.logical_not(used), states[2].dtype)
-        stacked = tf.stack(states[2:], axis=0)
-        return tf.tensordot(loose, stacked, axes=1) / tf.reduce_sum(loose)
+        return self._combine(weights, decisions, states)
 
     def call(self, inputs, training=False):
         images, arch = inputs
         decisions = self._decisions(arch)
-        x = per_example_norm(tf.nn.conv2d(tf.cast(images, tf.float32), self.stem_kernel, 1, "SAME"))
-        prev_prev, prev = x, x
+        x = tf.nn.conv2d(tf.cast(images, tf.float32), self.stem_kernel, 1, "SAME")
+        x = batch_norm(x, self.stem_scale, self.stem_offset)
+        layers = [x, x]
         for weights, cell_type in zip(self.cell_weights, self.cell_types):
-            out = self._cell(weights, decisions[cell_type], (prev_prev, prev), bool(training))
-            prev_prev, prev = prev, out
-        x = tf.reduce_mean(tf.nn.relu(prev), axis=[1, 2])
+            if cell_type:
+                layers = [layers[1], _reduce(layers[1], weights.pre_reduce)]
+            out = self._cell(weights, decisions[cell_type], layers, bool(training))
+            layers = [layers[1], out]
+        x = tf.reduce_mean(tf.nn.relu(layers[1]), axis=[1, 2])
         if training and self.config.dropout > 0:
             x = tf.nn.dropout(x, self.config.dropout)
-        return tf.matmul(x, self.head_kernel) + self.head_bias
+        return tf.matmul(x, self.head_kernel)
 
     # ------------------------------------------------------------------ masks
     def usage_masks(self, arch: tf.Tensor) -> List[tf.Tensor]:
         """0/1 float masks aligned with ``trainable_variables``: which slices ``arch`` uses.
 
-        Stacked op weights ``[B, 2, …]`` get ``m[i, s] = 1`` iff node ``i``'s slot ``s`` runs
-        that op (broadcast over the trailing axes); other weights (stem, calibration, head)
-        get the scalar 1.
+        Node ``i``'s op variables ``[2, i + 2, …]`` get ``m[s, j] = 1`` iff slot ``s`` of
+        node ``i`` takes input ``j`` and runs that op; the output-conv kernel ``[B + 2, C, C]``
+        gets ``m[k] = 1`` iff state ``k`` is a loose end (both broadcast over the trailing
+        axes); every other weight (stem, calibration, reductions, BN of the output, head)
+        gets the scalar 1.
         """
         decisions = self._decisions(arch)
         by_ref = {}
         for weights, cell_type in zip(self.cell_weights, self.cell_types):
-            ops = decisions[cell_type, :, :, 1]  # [B, 2]
-            for op, variables in weights.op_weights.items():
-                mask = tf.cast(tf.equal(ops, OPS.index(op)), tf.float32)
-                for v in variables:
-                    trailing = [1] * (len(v.shape) - 2)
-                    by_ref[id(v)] = tf.reshape(mask, mask.shape.as_list() + trailing)
+            cell = decisions[cell_type]
+            for i, node in enumerate(weights.op_weights):
+                inputs = tf.one_hot(cell[i, :, 0], i + 2, dtype=tf.float32)  # [2, i + 2]
+                for op, variables in node.items():
+                    chosen = tf.cast(tf.equal(cell[i, :, 1], OPS.index(op)), tf.float32)
+                    mask = chosen[:, None] * inputs
+                    for v in variables:
+                        by_ref[id(v)] = tf.reshape(mask, [2, i + 2] + [1] * (len(v.shape) - 2))
+            by_ref[id(weights.out_kernel)] = tf.reshape(self.loose_ends(cell), [-1, 1, 1])
         one = tf.constant(1.0, tf.float32)
         return [by_ref.get(id(v), one) for v in self.trainable_variables]
 
     def slice_axes(self) -> List[Optional[List[int]]]:
         """Per entry of ``trainable_variables``, the axes that one op slice spans:
-        ``[2, …, rank − 1]`` for a stacked op weight ``[B, 2, …]`` (each ``[node, slot]`` slice
-        is one op's weight), None for a weight that is used as a whole."""
-        stacked = {id(v) for weights in self.cell_weights
-                   for variables in weights.op_weights.values() for v in variables}
-        return [list(range(2, len(v.shape))) if id(v) in stacked else None
-                for v in self.trainable_variables]
+        ``[2, …, rank − 1]`` for a node's op variable ``[2, i + 2, …]`` (each
+        ``[slot, input]`` slice is one op's weight), ``[1, 2]`` for the output-conv kernel
+        (one state's block), None for a weight that is used as a whole."""
+        stacked = {id(v) for weights in self.cell_weights for v in weights.stacked}
+        out = {id(weights.out_kernel) for weights in self.cell_weights}
+        return [list(range(2, len(v.shape))) if id(v) in stacked else
+                [1, 2] if id(v) in out else None for v in self.trainable_variables]
 
     def get_config(self):
         raise NotImplementedError(
