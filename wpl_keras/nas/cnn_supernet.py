@@ -205,18 +205,22 @@ class _CellWeights(keras.layers.Layer):
         self.pre_reduce = None
         if pre_reduce is not None:
             self.pre_reduce = self._reduce_weights("pre_reduce", pre_reduce)
-        self.calibration = []
+        # Nested structures are built whole and then assigned: an attribute list filled by
+        # appends after its assignment is not seen by tf.train.Checkpoint.
+        calibration = []
         for k, (cin, kind) in enumerate(zip(in_channels, self.calibrate_kinds)):
             if kind == "reduce":
-                self.calibration.append(self._reduce_weights(f"input{k}_reduce", cin))
+                calibration.append(self._reduce_weights(f"input{k}_reduce", cin))
             elif kind == "conv":
-                self.calibration.append(
+                calibration.append(
                     (self.add_weight(shape=(1, 1, cin, c), initializer=he_normal(cin),
                                      name=f"input{k}_conv1x1"),) + self._bn(f"input{k}_bn", ()))
             else:
-                self.calibration.append(None)
-        # op_weights[i][op] = (depthwise, pointwise, scale, offset), each [2, i + 2, 2, …]
-        self.op_weights = []
+                calibration.append(None)
+        self.calibration = tuple(calibration)
+        # op_variables[i][k] = (depthwise, pointwise, scale, offset) of the k-th op of SEP_OPS
+        # at node i, each [2, i + 2, 2, …]; tuples, which tf.train.Checkpoint traverses.
+        op_weights = []
         for i in range(num_nodes):
             lead = (2, i + 2, _REPEATS)
             node = {}
@@ -228,7 +232,8 @@ class _CellWeights(keras.layers.Layer):
                     self.add_weight(shape=lead + (1, 1, c, c), initializer=he_normal(c),
                                     name=f"node{i + 2}_{op}_pointwise"),
                 ) + self._bn(f"node{i + 2}_{op}_bn", lead)
-            self.op_weights.append(node)
+            op_weights.append(tuple(node[op] for op in SEP_OPS))
+        self.op_variables = tuple(op_weights)
         self.out_kernel = self.add_weight(shape=(num_nodes + 2, c, c), initializer=he_normal(c),
                                           name="out_conv1x1")
         self.out_bn = self._bn("out_bn", ())
@@ -244,6 +249,11 @@ class _CellWeights(keras.layers.Layer):
         return tuple(self.add_weight(shape=(1, 1, cin, half), initializer=he_normal(cin),
                                      name=f"{name}{j}") for j in range(2)) + self._bn(
             f"{name}_bn", ())
+
+    @property
+    def op_weights(self) -> List[dict]:
+        """Per node, ``{op: (depthwise, pointwise, scale, offset)}`` for the separable ops."""
+        return [dict(zip(SEP_OPS, node)) for node in self.op_variables]
 
     @property
     def stacked(self) -> List:

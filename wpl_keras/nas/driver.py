@@ -69,6 +69,7 @@ import tensorflow as tf
 
 from wpl_keras.nas import metrics
 from wpl_keras.nas.distribute import agreed_signal, task_strategy, worker_out_dir
+from wpl_keras.utils.checkpoint import check_checkpoint_covers
 from wpl_keras.nas.schedule import (  # noqa: F401 - re-exported with the driver
     LoopConfig,
     ScheduleConfig,
@@ -315,6 +316,7 @@ class SearchDriver:
         self.on_epoch_end = on_epoch_end
         self.loop = LoopState()
         items = checkpoint_items(task, self.loop, strategy.checkpoint_items())
+        self._checkpointed = tuple(items.values())
         self.manager = tf.train.CheckpointManager(
             tf.train.Checkpoint(**items), checkpoint_dir(self.out_dir),
             max_to_keep=config.max_to_keep)
@@ -363,6 +365,8 @@ class SearchDriver:
         """Checkpoints the whole search state; returns the checkpoint's path."""
         self.loop.capture_rngs()
         self.strategy.before_save()
+        # Optimizer slots appear at the first step, so coverage is checked at each save.
+        check_checkpoint_covers(self.manager.checkpoint, self._checkpointed)
         return self.manager.save()
 
     def _restore(self, resume: bool) -> None:

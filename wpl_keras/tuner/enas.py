@@ -41,6 +41,7 @@ from wpl_keras.tuner.controller_oracle import (
     hyperparameters_to_architecture,
 )
 from wpl_keras.tuner.shared_weights import SharedWeightStore, shared_task_variables
+from wpl_keras.utils.checkpoint import check_checkpoint_covers
 
 
 class ENASAdapter(ControllerAdapter):
@@ -193,7 +194,9 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
         self.build_standalone = build_standalone
         self.shared_weights = shared_weights
         self.trials_run = 0
-        self._task_checkpoint = tf.train.Checkpoint(**task.checkpoint_items())
+        task_items = task.checkpoint_items()
+        self._task_items = tuple(task_items.values())
+        self._task_checkpoint = tf.train.Checkpoint(**task_items)
         super().__init__(oracle, hypermodel=None, **kwargs)
 
     def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
@@ -257,6 +260,7 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
 
     def save(self):
         super().save()
+        check_checkpoint_covers(self._task_checkpoint, self._task_items)
         self._task_checkpoint.write(self._task_path())
 
     def reload(self):

@@ -41,3 +41,57 @@ def checkpoint_for(**objects) -> tf.train.Checkpoint:
         else:
             items[key] = obj
     return tf.train.Checkpoint(**items)
+
+
+def untracked_variables(checkpoint: tf.train.Checkpoint, objects) -> list:
+    """Variables of ``objects`` that ``checkpoint`` would not save.
+
+    A Keras 3 object keeps weights held in Python lists or dicts in its own tracker, which
+    ``tf.train.Checkpoint`` does not traverse, so such weights are silently left out of a
+    checkpoint and a restored run starts them from their initial values. This compares what
+    each object reports in ``.variables`` with what the checkpoint's object graph reaches.
+
+    Args:
+        checkpoint: the checkpoint to inspect.
+        objects: objects with a ``variables`` attribute (Keras layers, models, optimizers,
+            ``tf.Module``), e.g. the values of the checkpoint's items; others are skipped.
+
+    Returns:
+        The unreachable variables, in the objects' order (empty when the checkpoint holds all).
+    """
+    reached = set()
+    for trackable in tf.train.TrackableView(checkpoint).descendants():
+        reached.add(id(trackable))
+        value = getattr(trackable, "value", None)  # a Keras variable wraps a tf.Variable
+        if isinstance(value, tf.Variable):
+            reached.add(id(value))
+    missing, seen = [], set()
+    for obj in objects:
+        variables = getattr(obj, "variables", None)
+        if variables is None or isinstance(obj, tf.Variable) or callable(variables):
+            continue
+        for v in variables:
+            inner = getattr(v, "value", None)
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            if id(v) not in reached and not (isinstance(inner, tf.Variable)
+                                             and id(inner) in reached):
+                missing.append(v)
+    return missing
+
+
+def check_checkpoint_covers(checkpoint: tf.train.Checkpoint, objects) -> None:
+    """Raises when ``checkpoint`` would leave out a variable of ``objects``.
+
+    Raises:
+        ValueError: naming the first unreachable variables (see :func:`untracked_variables`).
+    """
+    missing = untracked_variables(checkpoint, objects)
+    if missing:
+        names = ", ".join(getattr(v, "path", None) or v.name for v in missing[:5])
+        more = ", ..." if len(missing) > 5 else ""
+        raise ValueError(
+            f"the checkpoint would not save {len(missing)} variable(s) ({names}{more}): a Keras object holds them in a Python list or dict, "
+            f"which tf.train.Checkpoint does not traverse; assign them as attributes or tuples, "
+            f"or wrap the object in wpl_keras.utils.checkpoint.VariableBundle.")
