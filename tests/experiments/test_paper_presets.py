@@ -33,8 +33,12 @@ GROUPS = ("task", "supernet", "optimizer", "WPL", "schedule", "controller", "der
 # computed); anything else needs a row.
 OPERATIONAL_NAMES = {"verbose", "checkpoint_every", "max_to_keep", "jit_compile", "strategy",
                      "preset"}
-# The presets the table must hold (the CNN section is added with the CNN preset's rework).
-REQUIRED_PRESETS = {"rnn", "nao"}
+# The presets the table must hold.
+REQUIRED_PRESETS = {"rnn", "nao", "cnn"}
+# Each section's release schedule: (`--start_using_fisher` or the paper's n, flush interval).
+# RNN and NAO: the release's RNN command (5, 2); CNN: the paper's n = 3 (the release's CNN
+# command never turns WPL on) and the flush every 3 epochs of the paper and that command.
+RELEASE_SCHEDULE = {"rnn": (5, 2), "nao": (5, 2), "cnn": (3, 3)}
 
 
 def load_table() -> Dict[str, Any]:
@@ -209,11 +213,11 @@ def test_checks_catch_a_changed_value_and_a_new_field():
     assert not same(1, True) and not same("1", 1) and same(60, 60.0)
 
 
-def _release_alpha(epoch: int) -> float:
+def _release_alpha(epoch: int, start: int = 5) -> float:
     """The release's α at ``epoch`` (models/wpl_module.py ``update_fisher`` with the run
-    command's flags): 0 before ``--start_using_fisher`` 5, else
+    commands' flags): 0 before the WPL start ``start``, else
     ``max(60 − max(e − 15 + 1, 0) · 1, 0)`` from ``--alpha_decay_after`` 15."""
-    if epoch < 5:
+    if epoch < start:
         return 0.0
     alpha = 60.0
     if epoch >= 15:
@@ -224,16 +228,17 @@ def _release_alpha(epoch: int) -> float:
 @pytest.mark.parametrize("key", SECTIONS)
 def test_schedule_replays_the_release(key):
     """α(e) equals the release's arithmetic for every epoch (59 at 15, 0 from 74); WPL is on
-    from epoch 5; the Fisher is flushed every 2 epochs counted from the WPL start (the
-    documented difference from the release's even epochs)."""
+    from the section's start epoch; the Fisher is flushed every ``flush`` epochs counted from
+    the WPL start (for RNN / NAO the documented difference from the release's even epochs)."""
+    start, flush = RELEASE_SCHEDULE[key]
     config = load_preset(TABLE["presets"][key]["load"])
     search = config.search
     alphas = [strength_at(e, search) for e in range(search.epochs)]
-    assert alphas == [_release_alpha(e) for e in range(search.epochs)]
+    assert alphas == [_release_alpha(e, start) for e in range(search.epochs)]
     assert alphas[15] == 59.0 and alphas[73] == 1.0 and alphas[74] == 0.0
-    assert [e for e in range(10) if wpl_active_at(e, search)] == [5, 6, 7, 8, 9]
+    assert [e for e in range(10) if wpl_active_at(e, search)] == list(range(start, 10))
     assert [e for e in range(search.epochs) if flush_at(e, search)] == list(
-        range(7, search.epochs, 2))
+        range(start + flush, search.epochs, flush))
 
 
 def test_rnn_learning_rate_replays_the_release():

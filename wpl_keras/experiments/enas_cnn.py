@@ -7,16 +7,19 @@ folder.
 
 Presets:
 
-* ``paper``: the reference defaults of the public WPL release / ENAS micro search (5 nodes
-  per cell, 5 normal cells per stage, 20 filters, batch 32, α 60, Fisher clip 10, WPL from
-  epoch 3, Fisher flush every 3 epochs after it (the search driver's ``flush_every``),
-  controller lr 0.0035, temperature 8, EMA decay 0.99) and an ENAS-style final training
-  as ENAS's (36 filters, auxiliary head 0.4 left untrained as ENAS's train op leaves it,
-  drop-path keep 0.6 ramped over cells and steps on non-identity ops, dropout keep 0.8,
-  cutout 16, cosine with restarts lr 0.05 → 1e-4 with T0 10, Tmul 2).
-  Values not stated by those sources are our choices and say so: 7 batches per sampled
-  architecture and 200 architectures per epoch (≈ one pass over the 45,000 search-train
-  images), α decaying linearly to 0 over the second half, 630 final epochs. Sized for a GPU.
+* ``paper``: ENAS's micro search (melodyguan/enas ``scripts/cifar10_micro_search.sh``, which
+  the paper's App. C says it uses) with WPL as the paper's §3.2 and the WPL release's CNN
+  command: the search child of 5 nodes, 2 normal cells per stage, 20 filters, batch 160,
+  dropout 0.1, SGD cosine 0.05 → 0.0005, L2 1e-4 (as ``2e-4 θ`` in the gradient), no gradient
+  clip (ENAS's per-tensor clip returns the unclipped gradients); the controller of ENAS
+  (LSTM 64, no temperature, tanh 1.1, Adam 0.0035, EMA 0.99, entropy 1e-4 in the reward, 300
+  sampled architectures per epoch); WPL from epoch 3 at the release's effective strength
+  (Fisher normalised per tensor to norm 10, α 60 decaying by 1 per epoch from epoch 15),
+  flushed every 3 epochs, 7 batches per architecture. The final training is ENAS's
+  (``scripts/cifar10_micro_final.sh``: :class:`~wpl_keras.nas.cnn_model.FinalConfig`'s
+  defaults, 630 epochs). Every value, its source and each difference from ENAS, the paper
+  and the release: ``wpl_keras/experiments/paper_presets.json`` (checked by
+  ``tests/experiments/test_paper_presets.py``, shown in the README). Sized for a GPU.
 * ``cpu-small``: minutes on 2 CPU cores (3 nodes, 1 cell per stage, 2 stages, 8 filters, 5,000
   training images, 1,000 held-out validation images; 20 epochs of 30 architectures x 5
   batches, WPL from epoch 3, α 1e6 with the proximal step; its 2-epoch final training uses
@@ -109,16 +112,38 @@ _CNN_CONTROLLER = ControllerConfig(units=100, temperature=8.0, tanh_constant=1.1
 
 def _preset(name: str) -> ENASExperimentConfig:
     if name == "paper":
-        search = SearchConfig(
-            epochs=150, shared_steps_per_epoch=200, batches_per_arch=7, controller_steps=30,
-            wpl=True, wpl_start_epoch=3, strength=60.0, strength_decay="linear",
-            strength_decay_start=75, strength_decay_rate=0.8, flush_every=3,
+        # ENAS's micro search (scripts/cifar10_micro_search.sh) with WPL as the paper (§3.2:
+        # on from epoch 3, flush every 3 epochs) and the release's CNN command (α 60 decaying by
+        # 1 per epoch from epoch 15, B = 7) at the release's effective strength (tensor_norm,
+        # clip 10). 40 architectures x 7 batches of 160 is about one pass over the 45,000
+        # search-train images, ENAS's epoch. Every value and its source:
+        # wpl_keras/experiments/paper_presets.json.
+        search = SearchConfig.paper(shared_steps_per_epoch=40, controller_steps=300,
+                                    wpl_start_epoch=3, flush_every=3)
+        task = CNNTaskConfig(
+            num_nodes=5,
+            # ENAS search child: child_num_layers 6 (2 normal cells per stage), out_filters
+            # 20, keep_prob 0.9 before the classifier.
+            supernet=SupernetConfig(num_cells=2, filters=20, num_stages=3, dropout=0.1),
+            # ENAS's loss term 1e-4 Σ w² is 2e-4 θ in the gradient; its "norm" clip mode
+            # returns the unclipped gradients.
+            optimizer=CNNOptimizerConfig(lr_max=0.05, lr_min=0.0005, momentum=0.9,
+                                         nesterov=True, weight_decay=2e-4, grad_clip=None),
+            wpl=WPLConfig(fisher_momentum=0.9, clip_norm=10.0, mode="proximal",
+                          fisher_normalization="tensor_norm", fisher_source="train"),
+            batch_size=160, eval_batch_size=160, fixed_valid_size=500, augment=True,
+            num_valid=5000, final=FinalConfig(),
         )
-        # ENAS search child: child_num_layers 6 (2 normal cells per stage), out_filters 20
-        task = CNNTaskConfig(supernet=SupernetConfig(num_cells=2, filters=20, num_stages=3))
+        # ENAS's micro controller (src/cifar10/main.py: LSTM 64, no temperature; the search
+        # script's tanh 1.1, lr 0.0035, entropy 1e-4 added to the reward; baseline from 0).
+        controller = ControllerConfig(units=64, temperature=None, tanh_constant=1.1,
+                                      learning_rate=3.5e-3, baseline_decay=0.99,
+                                      entropy_weight=1e-4, entropy_mode="reward_sum",
+                                      baseline_init="zero", baseline_reset_each_epoch=False)
         return ENASExperimentConfig(space="cnn", preset="paper", task=task,
-                                    search=search, controller=_CNN_CONTROLLER,
-                                    derive_samples=100, train_epochs=630)
+                                    search=search, controller=controller,
+                                    derive_samples=100, train_epochs=630,
+                                    train_max_batches=None, seed=0, data_check=True)
     if name == "cpu-small":
         task = CNNTaskConfig(
             num_nodes=3, supernet=SupernetConfig(num_cells=1, filters=8, num_stages=2),
