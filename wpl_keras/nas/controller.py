@@ -91,6 +91,9 @@ class Controller(keras.Model):
             name="lstm_cell",
         )
         self.cell.build((1, self.units))
+        # The cell's dropout seed state (a Keras SeedGenerator, which tf.train.Checkpoint does
+        # not traverse) as an attribute, so that a checkpoint holds every variable.
+        self.cell_seed_state = self.cell.seed_generator.state
         self.start = self.add_weight(
             shape=(1, self.units), initializer=init(2), name="start_input", trainable=True
         )
