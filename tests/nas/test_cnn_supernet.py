@@ -436,6 +436,32 @@ def test_calibration_only_on_a_shape_mismatch():
     assert [w.channels for w in net.cell_weights] == [4, 4, 8, 8, 8, 16, 16, 16]
 
 
+@pytest.mark.parametrize("mean, std", [(300.0, 0.5), (-50.0, 0.05), (1e-3, 1e-3), (0.0, 10.0)])
+def test_batch_norm_moments_are_accurate_when_the_mean_dominates(mean, std):
+    """The variance is Σ(x − μ)²/n after μ, not Σx²/n − μ² (which cancels: at mean 300, std
+    0.5 that form is off by 0.47 in normalised units)."""
+    x = tf.constant(np.random.default_rng(0).normal(mean, std, (8, 4, 4, 3)), tf.float32)
+    xd = x.numpy().astype(np.float64)
+    want = (xd - xd.mean(axis=(0, 1, 2))) / np.sqrt(xd.var(axis=(0, 1, 2)) + 1e-5)
+    got = batch_norm(x, tf.ones([3]), tf.zeros([3])).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_batch_moments_sync_over_replicas_equals_whole_batch():
+    """Two replicas, each with half the rows (one with none), give the whole batch's moments."""
+    from wpl_keras.nas.cnn_supernet import batch_moments  # noqa: PLC0415 - local to this test
+    x = np.random.default_rng(1).normal(5.0, 2.0, (6, 3, 3, 2)).astype(np.float32)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    want_mean, want_var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    for rows in (slice(0, 6), slice(0, 0)):
+        got = strategy.run(lambda t: batch_moments(t), args=(tf.constant(x[rows]),))
+        if rows.stop:
+            np.testing.assert_allclose(got[0].numpy(), want_mean, rtol=1e-5)
+            np.testing.assert_allclose(got[1].numpy(), want_var, rtol=1e-4)
+        else:  # an empty chunk: zero moments, no NaN
+            assert np.all(np.isfinite(got[0].numpy())) and np.all(np.isfinite(got[1].numpy()))
+
+
 def test_batch_norm_uses_batch_statistics():
     """batch_norm = γ (x − μ_B) / sqrt(σ²_B + 1e-5) + β with per-channel batch moments, and the
     supernet's output for one image depends on the rest of the batch in training and in

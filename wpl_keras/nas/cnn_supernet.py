@@ -32,12 +32,13 @@ and always uses the statistics of the current batch, in training and in evaluati
 search builds every BN of the child with ``is_training=True`` (its moving averages are never
 read), and so rewards and ``err1`` depend on the evaluated batch, as they do in ENAS. Under a
 ``tf.distribute`` strategy with several replicas the statistics are synchronised: each BN
-all-reduces the per-replica sums ``(Σx, Σx², n)`` with
-``tf.distribute.get_replica_context().all_reduce``, so two replicas compute what one device
-computes on the whole batch. The all-reduce cannot run inside a ``tf.switch_case`` branch
-(MirroredStrategy's merge call must stay in the replica function's graph); with several
-replicas an op therefore runs as stages: a switch computes the pre-BN tensor and its local
-sums, the sums are all-reduced outside the switch, and a second switch normalises
+computes its moments in two passes over the global batch (:func:`batch_moments`): ``(Σx, n)``
+all-reduced with ``tf.distribute.get_replica_context().all_reduce`` gives ``μ``, then
+``Σ(x − μ)²`` all-reduced gives ``σ²``, so two replicas compute what one device computes on
+the whole batch, up to the order of the sums. The all-reduces cannot run inside a
+``tf.switch_case`` branch (MirroredStrategy's merge call must stay in the replica function's
+graph); with several replicas an op therefore runs as stages: a switch computes the pre-BN
+tensor, its moments are all-reduced outside the switch, and a second switch normalises
 (:meth:`CNNSupernet._op`). On one replica the whole op runs in one switch branch, with the
 same arithmetic.
 
@@ -110,11 +111,6 @@ def replicas_in_sync() -> int:
     return 1 if context is None else int(context.num_replicas_in_sync)
 
 
-def local_sums(x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Per-channel ``(Σ x, Σ x²)`` over batch, height and width."""
-    return tf.reduce_sum(x, axis=[0, 1, 2]), tf.reduce_sum(tf.square(x), axis=[0, 1, 2])
-
-
 def _count(x: tf.Tensor) -> tf.Tensor:
     shape = tf.shape(x)
     return tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
@@ -128,21 +124,30 @@ def sync_sums(sums: Sequence[tf.Tensor]) -> List[tf.Tensor]:
     return list(context.all_reduce(tf.distribute.ReduceOp.SUM, list(sums)))
 
 
-def normalize(x, sum_x, sum_sq, count, scale, offset, eps: float = BN_EPSILON) -> tf.Tensor:
-    """``scale (x − μ) / sqrt(σ² + eps) + offset`` with ``μ = Σx / n`` and
-    ``σ² = max(Σx² / n − μ², 0)`` (the biased batch variance)."""
-    mean = sum_x / count
-    var = tf.maximum(sum_sq / count - tf.square(mean), 0.0)
+def batch_moments(x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Per-channel mean and biased variance of ``x`` over the global batch, in two passes:
+    ``μ = Σx / n``, then ``σ² = Σ(x − μ)² / n``, each sum over batch, height and width and
+    all-reduced over the replicas (:func:`sync_sums`).
+
+    Two passes, not ``Σx²/n − μ²``: that form cancels catastrophically when a channel's
+    variance is small against its squared mean, and BatchNorm's ``1/σ`` then magnifies the
+    rounding, so results would depend on the order of the sums (the number of replicas)."""
+    sum_x, count = sync_sums([tf.reduce_sum(x, axis=[0, 1, 2]), _count(x)])
+    mean = sum_x / tf.maximum(count, 1.0)
+    (sum_sq,) = sync_sums([tf.reduce_sum(tf.math.squared_difference(x, mean), axis=[0, 1, 2])])
+    return mean, sum_sq / tf.maximum(count, 1.0)
+
+
+def normalize(x, mean, var, scale, offset, eps: float = BN_EPSILON) -> tf.Tensor:
+    """``scale (x − μ) / sqrt(σ² + eps) + offset``."""
     return (x - mean) * (scale * tf.math.rsqrt(var + eps)) + offset
 
 
 def batch_norm(x: tf.Tensor, scale, offset) -> tf.Tensor:
     """BatchNorm on the statistics of the whole (global) batch: :func:`normalize` with the
-    per-channel sums of :func:`local_sums` all-reduced over the replicas (:func:`sync_sums`).
-    Must not run inside a ``tf.switch_case`` branch when there are several replicas."""
-    sum_x, sum_sq = local_sums(x)
-    sum_x, sum_sq, count = sync_sums([sum_x, sum_sq, _count(x)])
-    return normalize(x, sum_x, sum_sq, count, scale, offset)
+    moments of :func:`batch_moments` (all-reduced over the replicas). Must not run inside a
+    ``tf.switch_case`` branch when there are several replicas."""
+    return normalize(x, *batch_moments(x), scale, offset)
 
 
 # --------------------------------------------------------------------------- pure ops
@@ -366,17 +371,18 @@ class CNNSupernet(keras.Model):
             return tf.switch_case(op_idx, [lambda op=op: whole(op) for op in OPS])
         y = x
         for r in range(_REPEATS):
+            # Collective ops must not sit in a switch branch: the chosen op runs in one switch
+            # (a separable op's r-th sep-conv; otherwise the op itself at r = 0 and identity
+            # after), its batch moments are all-reduced outside it, and a second switch
+            # normalises a separable op's output (other ops pass through).
             def pre(op, r=r, y=y):
                 if op in SEP_OPS:
-                    z = sep_stage(op, r, y)
-                    return (z,) + local_sums(z)
-                z = first(op, y) if r == 0 else tf.identity(y)
-                zeros = tf.zeros([z.shape[-1]], z.dtype)
-                return z, zeros, zeros
-            z, sum_x, sum_sq = tf.switch_case(op_idx, [lambda op=op: pre(op) for op in OPS])
-            sum_x, sum_sq, count = sync_sums([sum_x, sum_sq, _count(z)])
+                    return sep_stage(op, r, y)
+                return first(op, y) if r == 0 else tf.identity(y)
+            z = tf.switch_case(op_idx, [lambda op=op: pre(op) for op in OPS])
+            mean, var = batch_moments(z)
             y = tf.switch_case(op_idx, [
-                (lambda op=op, r=r, z=z: normalize(z, sum_x, sum_sq, count, *bn_params(op, r)))
+                (lambda op=op, r=r, z=z: normalize(z, mean, var, *bn_params(op, r)))
                 if op in SEP_OPS else (lambda z=z: tf.identity(z)) for op in OPS])
         return y
 
