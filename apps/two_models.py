@@ -3,12 +3,18 @@
     wpl-two-models --data-dir ../shared/data/mnist --out runs/two_models
     wpl-two-models --out runs/two_models              # MNIST via tensorflow-datasets download
     WPL_DATA_DIR=../shared/data wpl-two-models --out runs/two_models --seeds 0 1 --loose-levels 0.56
+    wpl-two-models --out runs/two_models --alpha auto  # α per case, chosen on validation data
 
 The app parses arguments into a :class:`~wpl_keras.experiments.two_models.TwoModelsConfig`,
 loads MNIST and calls :func:`~wpl_keras.experiments.two_models.run_experiment`; it writes
 ``results.json``, ``config.json``, ``data_source.json`` (the data folder and ``--verify``)
 and ``two_models.png`` into ``--out``. A data error (a failed download, missing or bad idx
 files) is reported in one paragraph, with exit status 2.
+
+``--alpha auto`` runs every case at every α of ``--auto-alphas`` (A trained once per seed and
+case) and keeps, per case, the runs at the α that
+:func:`~wpl_keras.wpl.strength.choose_strength` picks on validation data; ``results.json`` then
+has ``alpha_auto`` (the grid, the tolerance and each case's choice).
 """
 
 from __future__ import annotations
@@ -24,6 +30,32 @@ from typing import Optional, Sequence
 ENV_DATA_DIR = "WPL_DATA_DIR"
 _MNIST_FILES = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
                 "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
+AUTO = "auto"
+AUTO_ALPHAS = tuple(10.0 ** e for e in range(2, 9))
+
+
+def parse_alpha(text: str):
+    """``--alpha``: ``"auto"``, or a number >= 0."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"alpha is a number >= 0 or 'auto', got {text!r}")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"alpha is a number >= 0 or 'auto', got {text!r}")
+    return value
+
+
+def parse_alpha_grid(text: str) -> list:
+    """``--auto-alphas``: comma-separated α, each finite and > 0 (``"1e2,1e4"``)."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated numbers expected, got {text!r}")
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"alphas must be finite numbers > 0, got {text!r}")
+    return values
 
 
 def resolve_data_dir(data_dir: Optional[str], environ=None) -> Optional[str]:
@@ -77,9 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SGD steps of model B (paper: 1,500)")
     parser.add_argument("--eval-every", type=int, default=d.eval_every,
                         help="evaluate A and B on the test set every this many iterations")
-    parser.add_argument("--alpha", type=float, default=d.strength,
+    parser.add_argument("--alpha", type=parse_alpha, default=d.strength,
                         help="WPL strength alpha (the penalty is "
-                             "(alpha/2) sum F (theta - theta*)^2)")
+                             "(alpha/2) sum F (theta - theta*)^2), or 'auto': per case, run "
+                             "every alpha of --auto-alphas for every seed (A trained once per "
+                             "seed and case) and keep the runs of the alpha chosen on "
+                             "validation data: the largest validation forgetting reduction "
+                             "among the alphas whose B validation accuracy is within "
+                             "--auto-tolerance points of B's without WPL (ties: the smaller "
+                             "alpha; if none is, the smallest cost to B). The choice per case "
+                             "is in results.json under alpha_auto (config.json's strength is "
+                             "then not the one used). Costs one B run pair per alpha")
+    parser.add_argument("--auto-alphas", type=parse_alpha_grid, default=list(AUTO_ALPHAS),
+                        help="comma-separated alpha grid of --alpha auto")
+    parser.add_argument("--auto-tolerance", type=float, default=1.0,
+                        help="accuracy points B may lose on validation data (--alpha auto)")
     parser.add_argument("--wpl-mode", choices=("proximal", "gradient"), default=d.wpl_mode,
                         help="proximal: exact proximal step after each SGD step, stable for any "
                              "alpha; gradient: penalty in the loss, diverges (with an error naming "
@@ -119,7 +163,7 @@ def config_from_args(args: argparse.Namespace):
         seeds=tuple(args.seeds),
         iterations=args.iterations,
         eval_every=args.eval_every,
-        strength=args.alpha,
+        strength=TwoModelsConfig().strength if args.alpha == AUTO else args.alpha,
         wpl_mode=args.wpl_mode,
         loose_levels=tuple(args.loose_levels),
         b_learning_rate=args.b_learning_rate,
@@ -131,6 +175,49 @@ def config_from_args(args: argparse.Namespace):
         validation_size=args.validation_size,
         eval_examples=args.eval_examples,
     )
+
+
+def run_auto(data, config, *, strict: bool, alphas, tolerance: float, progress=print) -> dict:
+    """``--alpha auto``: :func:`~wpl_keras.experiments.two_models.run_experiment`'s result with
+    each case's runs taken at the α chosen on validation data.
+
+    Per case, :func:`~wpl_keras.experiments.two_models.sweep_strengths` runs every α and
+    :func:`~wpl_keras.experiments.two_models.choose_case_strength` picks one; when the rule
+    cannot choose (e.g. A forgot nothing on validation data, so no reduction is defined) the
+    smallest α with finished runs is used and ``alpha_auto`` says so.
+
+    Returns:
+        ``{"config", "source", "cases": {name: {"level", "seeds", "summary", "strength"}},
+        "alpha_auto": {"alphas", "tolerance", "cases": {name: choice + "fallback"}}}``.
+
+    Raises:
+        RuntimeError: if every run of a case diverged.
+    """
+    from wpl_keras.experiments import two_models
+
+    results = {"config": config.to_json(), "source": getattr(data, "source", "arrays"),
+               "cases": {}, "alpha_auto": {"alphas": list(alphas), "tolerance": tolerance,
+                                           "cases": {}}}
+    for level in ([None] if strict else []) + list(config.loose_levels):
+        name = two_models.case_name(level)
+        sweep = two_models.sweep_strengths(data, config, level, alphas, progress=progress)
+        table = two_models.strength_table(sweep)
+        choice = dict(two_models.choose_case_strength(table, tolerance), fallback=False)
+        if choice["strength"] is None:
+            done = [row["strength"] for row in table if row["seeds_done"] > 0]
+            if not done:
+                raise RuntimeError(f"{name}: B diverged for every alpha and seed "
+                                   f"({sweep['diverged']}).")
+            choice.update(strength=min(done), fallback=True)
+        alpha = choice["strength"]
+        seeds = sweep["seeds"][f"{alpha:g}"]
+        results["cases"][name] = {"level": level, "seeds": seeds,
+                                  "summary": two_models.summarize(seeds), "strength": alpha}
+        results["alpha_auto"]["cases"][name] = choice
+        progress(f"{name}: alpha {alpha:g}"
+                 + (f" (rule could not choose: {choice['error']}; smallest alpha used)"
+                    if choice["fallback"] else f" ({choice['choice']['reason']})"))
+    return results
 
 
 def _rounded(value: float) -> Optional[float]:
@@ -164,15 +251,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     save_data_source(args.out, data_dir, verify=args.verify)
     print(f"MNIST from {data.source}: {data.sizes()}", flush=True)
-    results = two_models.run_experiment(
-        data, config, strict=not args.no_strict, progress=lambda m: print(m, flush=True)
-    )
+    if args.alpha == AUTO:
+        results = run_auto(data, config, strict=not args.no_strict, alphas=args.auto_alphas,
+                           tolerance=args.auto_tolerance,
+                           progress=lambda m: print(m, flush=True))
+    else:
+        results = two_models.run_experiment(
+            data, config, strict=not args.no_strict, progress=lambda m: print(m, flush=True)
+        )
     paths = two_models.save_results(results, args.out, plot=not args.no_plot)
     summary = {
         name: {k: _rounded(case["summary"][k]["mean"])
                for k in ("a_baseline", "a_drop_without", "forgetting_reduction", "b_accuracy_gap")}
         for name, case in results["cases"].items()
     }
+    if args.alpha == AUTO:
+        for name, case in results["cases"].items():
+            summary[name]["alpha"] = case["strength"]
     print(json.dumps({"out": paths, "summary": summary}))
     return 0
 

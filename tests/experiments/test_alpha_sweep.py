@@ -1,0 +1,283 @@
+"""benchmarks/alpha_sweep.py, the two-model strength sweep it runs, and wpl-two-models --alpha auto,
+at tiny sizes."""
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from wpl_keras.data import mnist
+from wpl_keras.data.mnist import MnistSplits
+from wpl_keras.experiments import two_models as tm
+from wpl_keras.wpl.strength import choose_strength
+from wpl_keras.wpl.training import WPLDivergenceError
+
+_PATH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "alpha_sweep.py"
+TINY_ARGS = ["--iterations", "20", "--eval-every", "10", "--hidden-units", "16",
+             "--a-max-epochs", "4", "--fisher-samples", "20", "--validation-size", "60"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("alpha_sweep_benchmark", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_mnist(path, n_train=240, n_test=60, seed=0):
+    # class-dependent bright squares, so A learns something in a few steps
+    rng = np.random.default_rng(seed)
+
+    def draw(n):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(y):
+            row, col = divmod(int(label), 5)
+            x[i, 4 + 10 * row : 12 + 10 * row, 2 + 5 * col : 6 + 5 * col] = 250
+        return x, y
+
+    os.makedirs(path, exist_ok=True)
+    (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)
+    arrays = {"train_images": xtr, "train_labels": ytr, "test_images": xte, "test_labels": yte}
+    for key, filename in mnist.MNIST_FILES.items():
+        mnist.write_idx(os.path.join(path, filename), arrays[key])
+
+
+def _synthetic(seed=0, n=128, classes=10, side=6):
+    rng = np.random.default_rng(seed)
+    prototypes = rng.normal(0, 1, (classes, side, side)).astype(np.float32)
+
+    def draw(count):
+        y = rng.integers(0, classes, count).astype(np.int32)
+        return (prototypes[y] + 0.8 * rng.normal(0, 1, (count, side, side))).astype(np.float32), y
+
+    return MnistSplits(*draw(2 * n), *draw(n // 2), *draw(n // 2), source="synthetic")
+
+
+TINY = dict(hidden_units=8, batch_size=16, a_max_epochs=2, a_steps_per_epoch=10, a_patience=1,
+            iterations=20, eval_every=10, fisher_samples=20, seeds=(0,), b_learning_rate=0.5)
+
+
+# --------------------------------------------------------------------------- two_models hook
+def test_run_case_validation_adds_validation_values_and_changes_nothing_else():
+    data = _synthetic()
+    config = tm.TwoModelsConfig(**TINY)
+    trained = tm.train_a(data, config, 0)
+    plain = tm.run_case(data, config, 0, trained_a=trained)
+    val = tm.run_case(data, config, 0, trained_a=trained, validation=True)
+    added = {"a_baseline_val", "a_final_without_val", "a_final_with_val", "b_final_without_val",
+             "b_final_with_val", "forgetting_reduction_val"}
+    assert set(val) - set(plain) == added and not set(plain) - set(val)
+    for key in ("a_baseline", "a_final_without", "a_final_with", "b_final_without",
+                "b_final_with", "forgetting_reduction"):
+        assert val[key] == pytest.approx(plain[key], abs=1e-6), key
+    d_without = val["a_baseline_val"] - val["a_final_without_val"]
+    d_with = val["a_baseline_val"] - val["a_final_with_val"]
+    if d_without > 0:
+        assert val["forgetting_reduction_val"] == pytest.approx((d_without - d_with) / d_without)
+    else:
+        assert math.isnan(val["forgetting_reduction_val"])
+    assert 0.0 <= val["b_final_with_val"] <= 1.0
+
+
+def test_sweep_trains_a_once_per_seed_and_leaves_diverged_runs_out(monkeypatch):
+    trained, calls = [], []
+
+    def fake_train_a(data, config, seed, level=None):
+        trained.append((seed, level))
+        return ("A", seed, level)
+
+    def fake_run_case(data, config, seed, level=None, trained_a=None, validation=False):
+        calls.append((seed, config.strength, trained_a, validation))
+        if (seed, config.strength) == (1, 1e4):
+            raise WPLDivergenceError("Training diverged at batch 3")
+        return {"forgetting_reduction": 0.5, "forgetting_reduction_val": 0.4 + seed / 10,
+                "b_final_without": 0.9, "b_final_with": 0.9 - config.strength / 1e6,
+                "b_final_without_val": 0.8, "b_final_with_val": 0.8, "seconds": 0.0}
+
+    monkeypatch.setattr(tm, "train_a", fake_train_a)
+    monkeypatch.setattr(tm, "run_case", fake_run_case)
+    config = tm.TwoModelsConfig(seeds=(0, 1))
+    sweep = tm.sweep_strengths(None, config, 0.44, [1e2, 1e4])
+    assert trained == [(0, 0.44), (1, 0.44)]
+    assert [c[:3] for c in calls] == [(0, 1e2, ("A", 0, 0.44)), (0, 1e4, ("A", 0, 0.44)),
+                                      (1, 1e2, ("A", 1, 0.44)), (1, 1e4, ("A", 1, 0.44))]
+    assert all(c[3] for c in calls)
+    assert sweep["diverged"] == [{"seed": 1, "strength": 1e4,
+                                  "error": "Training diverged at batch 3"}]
+    table = tm.strength_table(sweep)
+    assert [row["seeds_done"] for row in table] == [2, 1]
+    assert table[0]["reduction_val"] == pytest.approx(0.45)
+    assert table[1]["b_cost"] == pytest.approx(-1.0)  # 100 * (0.89 - 0.9)
+    assert table[1]["b_cost_val"] == 0.0
+
+
+def test_choose_case_strength_on_a_table():
+    def row(alpha, red, acc, done=1):
+        return {"strength": alpha, "seeds_done": done, "reduction_val": red,
+                "b_accuracy_val": acc, "b_accuracy_without_val": 0.9}
+
+    table = [row(1e2, 0.3, 0.9), row(1e4, 0.7, 0.895), row(1e6, 0.9, 0.85),
+             row(1e8, float("nan"), float("nan"), done=0)]
+    choice = tm.choose_case_strength(table, tolerance=1.0)
+    assert choice["strength"] == 1e4 and choice["left_out"] == [1e8] and choice["error"] is None
+    assert choice["choice"]["qualified"] is True
+    table[1]["reduction_val"] = float("nan")
+    bad = tm.choose_case_strength(table)
+    assert bad["strength"] is None and "reductions must be finite" in bad["error"]
+
+
+# --------------------------------------------------------------------------- benchmark
+def test_chosen_entry_takes_the_test_values_at_the_chosen_alpha(bench):
+    table = [{"strength": 1e2, "reduction": 0.2, "b_cost": 0.5, "reduction_val": 0.3,
+              "b_cost_val": 0.1},
+             {"strength": 1e8, "reduction": 0.9, "b_cost": -9.0, "reduction_val": 0.95,
+              "b_cost_val": -8.0}]
+    choice = {"strength": 1e2, "error": None,
+              "choice": {"qualified": True, "reason": "largest reduction among ..."}}
+    entry = bench.chosen_entry(table, choice)
+    assert entry == {"alpha": 1e2, "reduction": 0.2, "b_cost": 0.5, "reduction_val": 0.3,
+                     "b_cost_val": 0.1, "qualified": True, "reason": "largest reduction among ..."}
+    none = bench.chosen_entry(table, {"strength": None, "choice": None, "error": "no forgetting"})
+    assert none["alpha"] is None and math.isnan(none["reduction"])
+    assert none["reason"] == "no forgetting"
+
+
+def test_tiny_sweep_on_idx_files(bench, tmp_path, capsys, monkeypatch):
+    _write_mnist(str(tmp_path / "data"))
+    trained = []
+    real_train_a = tm.train_a
+
+    def counting_train_a(data, config, seed, level=None):
+        trained.append((seed, level))
+        return real_train_a(data, config, seed, level)
+
+    monkeypatch.setattr(tm, "train_a", counting_train_a)
+    report = bench.main([
+        "--data-dir", str(tmp_path / "data"), "--no-verify", "--out", str(tmp_path / "out"),
+        "--seeds", "0", "--alphas", "1e2,1e8", "--loose-levels", "0.3",
+        "--loose-learning-rate", "0.1", "--a-steps-per-epoch", "20", *TINY_ARGS,
+    ])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == report
+    assert trained == [(0, None), (0, 0.3)]  # A once per seed and case, shared by both alphas
+    assert report["alphas"] == [1e2, 1e8] and report["seeds"] == [0]
+    assert set(report["cases"]) == set(report["chosen"]) == {"strict", "loose_0.3"}
+    for name, case in report["cases"].items():
+        rows = case["alphas"]
+        assert set(rows) == {"100", "1e+08"} and case["diverged"] == []
+        for row in rows.values():
+            assert {"reduction", "b_cost", "reduction_val", "b_accuracy_val",
+                    "b_accuracy_without_val", "b_cost_val", "seeds_done"} <= set(row)
+        chosen = report["chosen"][name]
+        # the chosen alpha is what the rule picks from the validation columns
+        ordered = [rows["100"], rows["1e+08"]]
+        rule = choose_strength([r["strength"] for r in ordered],
+                               [r["reduction_val"] for r in ordered],
+                               [r["b_accuracy_val"] for r in ordered],
+                               np.mean([r["b_accuracy_without_val"] for r in ordered]), 1.0)
+        assert chosen["alpha"] == rule.strength and chosen["qualified"] == rule.qualified
+        at = rows[f"{chosen['alpha']:g}"]
+        assert (chosen["reduction"], chosen["b_cost"]) == (at["reduction"], at["b_cost"])
+    saved = json.loads(open(report["outputs"]["json"]).read())
+    runs = saved["sweeps"]["strict"]["seeds"]
+    low, high = runs["100"][0], runs["1e+08"][0]
+    assert low["a_baseline"] == high["a_baseline"]  # both alphas start from the same A
+    assert low["b_final_without"] == pytest.approx(high["b_final_without"], abs=1e-6)
+    assert report["cases"]["strict"]["alphas"]["1e+08"]["b_cost"] == pytest.approx(
+        100 * (high["b_final_with"] - high["b_final_without"]))
+    assert open(report["outputs"]["figure"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- app --alpha auto
+def test_app_alpha_parsing(tmp_path):
+    from apps import two_models as app
+
+    parser = app.build_parser()
+    assert parser.parse_args(["--out", "x"]).alpha == tm.TwoModelsConfig().strength
+    args = parser.parse_args(["--out", "x", "--alpha", "AUTO", "--auto-alphas", "1e3,1e5",
+                              "--auto-tolerance", "2"])
+    assert args.alpha == "auto" and args.auto_alphas == [1e3, 1e5] and args.auto_tolerance == 2
+    assert app.config_from_args(args).strength == tm.TwoModelsConfig().strength
+    assert app.config_from_args(parser.parse_args(["--out", "x", "--alpha", "60"])).strength == 60
+    for bad in ("-1", "nan", "often"):
+        with pytest.raises(argparse.ArgumentTypeError, match="'auto'"):
+            app.parse_alpha(bad)
+    for bad in ("", "1e3,0", "1e3,x", "inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            app.parse_alpha_grid(bad)
+    assert "auto" in parser.format_help() and "--auto-alphas" in parser.format_help()
+
+
+def test_app_alpha_auto_uses_the_alpha_chosen_on_validation(tmp_path, capsys, monkeypatch):
+    from apps import two_models as app
+
+    _write_mnist(str(tmp_path / "data"), n_train=300)
+    tables = []
+    real_table = tm.strength_table
+    monkeypatch.setattr(tm, "strength_table", lambda sweep: tables.append(real_table(sweep))
+                        or tables[-1])
+    out = tmp_path / "out"
+    code = app.main(["--data-dir", str(tmp_path / "data"), "--no-verify", "--out", str(out),
+                     "--seeds", "0", "--loose-levels", "--alpha", "auto",
+                     "--auto-alphas", "1e2,1e8", "--no-plot", *TINY_ARGS])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]
+    results = json.loads(open(out / "results.json").read())
+    assert list(results["cases"]) == ["strict"] and len(tables) == 1
+    (table,) = tables
+    choice = results["alpha_auto"]["cases"]["strict"]
+    assert results["alpha_auto"]["alphas"] == [1e2, 1e8]
+    assert not choice["fallback"] and choice["error"] is None  # A forgets on validation here
+    rule = choose_strength([r["strength"] for r in table], [r["reduction_val"] for r in table],
+                           [r["b_accuracy_val"] for r in table],
+                           np.mean([r["b_accuracy_without_val"] for r in table]), 1.0)
+    assert choice["strength"] == rule.strength and choice["choice"]["reason"] == rule.reason
+    case = results["cases"]["strict"]
+    assert case["strength"] == choice["strength"] == summary["strict"]["alpha"]
+    row = next(r for r in table if r["strength"] == case["strength"])
+    (one,) = case["seeds"]
+    assert one["forgetting_reduction_val"] == pytest.approx(row["reduction_val"], nan_ok=True)
+    assert summary["strict"]["forgetting_reduction"] == pytest.approx(
+        round(one["forgetting_reduction"], 4), nan_ok=True)
+
+
+def test_app_run_auto_falls_back_to_the_smallest_alpha_when_the_rule_cannot_choose(monkeypatch):
+    from apps import two_models as app
+
+    keys = ("a_baseline", "a_final_without", "a_final_with", "b_final_without", "b_final_with",
+            "d_without", "d_with", "a_drop_without", "b_accuracy_gap")
+
+    def case(alpha):  # A forgot nothing on validation: the reduction there is NaN
+        return {**{k: 0.5 for k in keys}, "forgetting_reduction": 0.0, "strength_seen": alpha,
+                "forgetting_reduction_val": float("nan"), "b_final_with_val": 0.5,
+                "b_final_without_val": 0.5}
+
+    def fake_sweep(data, config, level, alphas, progress=None):
+        seeds = {f"{a:g}": [] if (level, a) == (None, 1e2) else [case(a)] for a in alphas}
+        if level == 0.5:
+            seeds = {f"{a:g}": [] for a in alphas}
+        return {"level": level, "strengths": list(alphas), "seeds": seeds, "diverged": []}
+
+    monkeypatch.setattr(tm, "sweep_strengths", fake_sweep)
+    messages = []
+    config = tm.TwoModelsConfig(seeds=(0,), loose_levels=())
+    results = app.run_auto(None, config, strict=True, alphas=[1e2, 1e4, 1e6], tolerance=1.0,
+                           progress=messages.append)
+    choice = results["alpha_auto"]["cases"]["strict"]
+    # 1e2 has no finished run, so the smallest alpha with one is used
+    assert choice["fallback"] and choice["strength"] == 1e4 and choice["left_out"] == [1e2]
+    assert "reductions must be finite" in choice["error"]
+    assert results["cases"]["strict"]["strength"] == 1e4
+    assert results["cases"]["strict"]["seeds"][0]["strength_seen"] == 1e4
+    assert "rule could not choose" in messages[-1]
+    with pytest.raises(RuntimeError, match="diverged for every alpha"):
+        app.run_auto(None, dataclasses.replace(config, loose_levels=(0.5,)), strict=False,
+                     alphas=[1e2], tolerance=1.0, progress=messages.append)
