@@ -181,8 +181,8 @@ def run_auto(data, config, *, strict: bool, alphas, tolerance: float, progress=p
     """``--alpha auto``: :func:`~wpl_keras.experiments.two_models.run_experiment`'s result with
     each case's runs taken at the α chosen on validation data.
 
-    Per case, :func:`~wpl_keras.experiments.two_models.sweep_strengths` runs every α and
-    :func:`~wpl_keras.experiments.two_models.choose_case_strength` picks one; when the rule
+    Per case, :func:`~wpl_keras.experiments.strength_sweep.sweep_strengths` runs every α and
+    :func:`~wpl_keras.experiments.strength_sweep.choose_case_strength` picks one; when the rule
     cannot choose (e.g. A forgot nothing on validation data, so no reduction is defined) the
     smallest α with finished runs is used and ``alpha_auto`` says so.
 
@@ -193,16 +193,16 @@ def run_auto(data, config, *, strict: bool, alphas, tolerance: float, progress=p
     Raises:
         RuntimeError: if every run of a case diverged.
     """
-    from wpl_keras.experiments import two_models
+    from wpl_keras.experiments import strength_sweep, two_models
 
     results = {"config": config.to_json(), "source": getattr(data, "source", "arrays"),
                "cases": {}, "alpha_auto": {"alphas": list(alphas), "tolerance": tolerance,
                                            "cases": {}}}
     for level in ([None] if strict else []) + list(config.loose_levels):
         name = two_models.case_name(level)
-        sweep = two_models.sweep_strengths(data, config, level, alphas, progress=progress)
-        table = two_models.strength_table(sweep)
-        choice = dict(two_models.choose_case_strength(table, tolerance), fallback=False)
+        sweep = strength_sweep.sweep_strengths(data, config, level, alphas, progress=progress)
+        table = strength_sweep.strength_table(sweep)
+        choice = dict(strength_sweep.choose_case_strength(table, tolerance), fallback=False)
         if choice["strength"] is None:
             done = [row["strength"] for row in table if row["seeds_done"] > 0]
             if not done:

@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from apps.two_models import AUTO_ALPHAS, parse_alpha_grid  # noqa: E402
 from wpl_keras.data.mnist import load_mnist  # noqa: E402
+from wpl_keras.experiments import strength_sweep  # noqa: E402
 from wpl_keras.experiments import two_models as tm  # noqa: E402
 from wpl_keras.utils.strict_json import finite_or_null  # noqa: E402
 
@@ -46,8 +47,8 @@ def chosen_entry(table: Sequence[dict], choice: dict) -> dict:
     test-set ``reduction`` and ``b_cost`` (seed means) at that α.
 
     Args:
-        table: :func:`~wpl_keras.experiments.two_models.strength_table` of the case.
-        choice: :func:`~wpl_keras.experiments.two_models.choose_case_strength` of that table.
+        table: :func:`~wpl_keras.experiments.strength_sweep.strength_table` of the case.
+        choice: :func:`~wpl_keras.experiments.strength_sweep.choose_case_strength` of that table.
     """
     entry = {"alpha": choice["strength"], "reduction": float("nan"), "b_cost": float("nan"),
              "reduction_val": float("nan"), "b_cost_val": float("nan"),
@@ -106,9 +107,9 @@ def run_sweep(data, config: tm.TwoModelsConfig, levels: Sequence[Optional[float]
     """
     out = {}
     for level in levels:
-        sweep = tm.sweep_strengths(data, config, level, alphas, progress=progress)
-        table = tm.strength_table(sweep)
-        choice = tm.choose_case_strength(table, tolerance)
+        sweep = strength_sweep.sweep_strengths(data, config, level, alphas, progress=progress)
+        table = strength_sweep.strength_table(sweep)
+        choice = strength_sweep.choose_case_strength(table, tolerance)
         out[tm.case_name(level)] = {"level": level, "sweep": sweep, "table": table,
                                     "choice": choice, "chosen": chosen_entry(table, choice)}
         progress(f"{tm.case_name(level)}: chosen alpha {choice['strength']}"

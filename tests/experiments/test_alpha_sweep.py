@@ -14,6 +14,7 @@ import pytest
 
 from wpl_keras.data import mnist
 from wpl_keras.data.mnist import MnistSplits
+from wpl_keras.experiments import strength_sweep as ss
 from wpl_keras.experiments import two_models as tm
 from wpl_keras.wpl.strength import choose_strength
 from wpl_keras.wpl.training import WPLDivergenceError
@@ -102,17 +103,17 @@ def test_sweep_trains_a_once_per_seed_and_leaves_diverged_runs_out(monkeypatch):
                 "b_final_without": 0.9, "b_final_with": 0.9 - config.strength / 1e6,
                 "b_final_without_val": 0.8, "b_final_with_val": 0.8, "seconds": 0.0}
 
-    monkeypatch.setattr(tm, "train_a", fake_train_a)
-    monkeypatch.setattr(tm, "run_case", fake_run_case)
+    monkeypatch.setattr(ss, "train_a", fake_train_a)
+    monkeypatch.setattr(ss, "run_case", fake_run_case)
     config = tm.TwoModelsConfig(seeds=(0, 1))
-    sweep = tm.sweep_strengths(None, config, 0.44, [1e2, 1e4])
+    sweep = ss.sweep_strengths(None, config, 0.44, [1e2, 1e4])
     assert trained == [(0, 0.44), (1, 0.44)]
     assert [c[:3] for c in calls] == [(0, 1e2, ("A", 0, 0.44)), (0, 1e4, ("A", 0, 0.44)),
                                       (1, 1e2, ("A", 1, 0.44)), (1, 1e4, ("A", 1, 0.44))]
     assert all(c[3] for c in calls)
     assert sweep["diverged"] == [{"seed": 1, "strength": 1e4,
                                   "error": "Training diverged at batch 3"}]
-    table = tm.strength_table(sweep)
+    table = ss.strength_table(sweep)
     assert [row["seeds_done"] for row in table] == [2, 1]
     assert table[0]["reduction_val"] == pytest.approx(0.45)
     assert table[1]["b_cost"] == pytest.approx(-1.0)  # 100 * (0.89 - 0.9)
@@ -126,11 +127,11 @@ def test_choose_case_strength_on_a_table():
 
     table = [row(1e2, 0.3, 0.9), row(1e4, 0.7, 0.895), row(1e6, 0.9, 0.85),
              row(1e8, float("nan"), float("nan"), done=0)]
-    choice = tm.choose_case_strength(table, tolerance=1.0)
+    choice = ss.choose_case_strength(table, tolerance=1.0)
     assert choice["strength"] == 1e4 and choice["left_out"] == [1e8] and choice["error"] is None
     assert choice["choice"]["qualified"] is True
     table[1]["reduction_val"] = float("nan")
-    bad = tm.choose_case_strength(table)
+    bad = ss.choose_case_strength(table)
     assert bad["strength"] is None and "reductions must be finite" in bad["error"]
 
 
@@ -159,7 +160,7 @@ def test_tiny_sweep_on_idx_files(bench, tmp_path, capsys, monkeypatch):
         trained.append((seed, level))
         return real_train_a(data, config, seed, level)
 
-    monkeypatch.setattr(tm, "train_a", counting_train_a)
+    monkeypatch.setattr(ss, "train_a", counting_train_a)
     report = bench.main([
         "--data-dir", str(tmp_path / "data"), "--no-verify", "--out", str(tmp_path / "out"),
         "--seeds", "0", "--alphas", "1e2,1e8", "--loose-levels", "0.3",
@@ -221,8 +222,8 @@ def test_app_alpha_auto_uses_the_alpha_chosen_on_validation(tmp_path, capsys, mo
 
     _write_mnist(str(tmp_path / "data"), n_train=300)
     tables = []
-    real_table = tm.strength_table
-    monkeypatch.setattr(tm, "strength_table", lambda sweep: tables.append(real_table(sweep))
+    real_table = ss.strength_table
+    monkeypatch.setattr(ss, "strength_table", lambda sweep: tables.append(real_table(sweep))
                         or tables[-1])
     out = tmp_path / "out"
     code = app.main(["--data-dir", str(tmp_path / "data"), "--no-verify", "--out", str(out),
@@ -266,7 +267,7 @@ def test_app_run_auto_falls_back_to_the_smallest_alpha_when_the_rule_cannot_choo
             seeds = {f"{a:g}": [] for a in alphas}
         return {"level": level, "strengths": list(alphas), "seeds": seeds, "diverged": []}
 
-    monkeypatch.setattr(tm, "sweep_strengths", fake_sweep)
+    monkeypatch.setattr(ss, "sweep_strengths", fake_sweep)
     messages = []
     config = tm.TwoModelsConfig(seeds=(0,), loose_levels=())
     results = app.run_auto(None, config, strict=True, alphas=[1e2, 1e4, 1e6], tolerance=1.0,
