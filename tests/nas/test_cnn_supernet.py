@@ -438,8 +438,8 @@ def test_calibration_only_on_a_shape_mismatch():
 
 @pytest.mark.parametrize("mean, std", [(300.0, 0.5), (-50.0, 0.05), (1e-3, 1e-3), (0.0, 10.0)])
 def test_batch_norm_moments_are_accurate_when_the_mean_dominates(mean, std):
-    """The variance is Σ(x − μ)²/n after μ, not Σx²/n − μ² (which cancels: at mean 300, std
-    0.5 that form is off by 0.47 in normalised units)."""
+    """The variance comes from sums shifted by the mean, not Σx²/n − μ² (which cancels: at
+    mean 300, std 0.5 that form is off by 0.47 in normalised units)."""
     x = tf.constant(np.random.default_rng(0).normal(mean, std, (8, 4, 4, 3)), tf.float32)
     xd = x.numpy().astype(np.float64)
     want = (xd - xd.mean(axis=(0, 1, 2))) / np.sqrt(xd.var(axis=(0, 1, 2)) + 1e-5)

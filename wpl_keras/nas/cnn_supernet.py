@@ -32,15 +32,15 @@ and always uses the statistics of the current batch, in training and in evaluati
 search builds every BN of the child with ``is_training=True`` (its moving averages are never
 read), and so rewards and ``err1`` depend on the evaluated batch, as they do in ENAS. Under a
 ``tf.distribute`` strategy with several replicas the statistics are synchronised: each BN
-computes its moments in two passes over the global batch (:func:`batch_moments`): ``(Σx, n)``
-all-reduced with ``tf.distribute.get_replica_context().all_reduce`` gives ``μ``, then
-``Σ(x − μ)²`` all-reduced gives ``σ²``, so two replicas compute what one device computes on
-the whole batch, up to the order of the sums. The all-reduces cannot run inside a
-``tf.switch_case`` branch (MirroredStrategy's merge call must stay in the replica function's
-graph); with several replicas an op therefore runs as stages: a switch computes the pre-BN
-tensor, its moments are all-reduced outside the switch, and a second switch normalises
-(:meth:`CNNSupernet._op`). On one replica the whole op runs in one switch branch, with the
-same arithmetic.
+computes its moments from sums over the global batch (:func:`batch_moments`): ``(Σx, n)``
+all-reduced with ``tf.distribute.get_replica_context().all_reduce`` gives a shift ``s`` (no
+gradient), then ``Σ(x − s)`` and ``Σ(x − s)²`` all-reduced give ``μ`` and ``σ²``, so two
+replicas compute what one device computes on the whole batch, up to the order of the sums.
+The all-reduces cannot run inside a ``tf.switch_case`` branch (MirroredStrategy's merge call
+must stay in the replica function's graph); with several replicas an op therefore runs as
+stages: a switch computes the pre-BN tensor, its moments are all-reduced outside the switch,
+and a second switch normalises (:meth:`CNNSupernet._op`). On one replica the whole op runs in
+one switch branch, with the same arithmetic.
 
 Per-op weights are the slices ``[slot, input]`` of each node's variables and the rows of the
 cell's output-conv kernel ``[B + 2, C, C]`` (one ``C × C`` block per state);
@@ -125,17 +125,28 @@ def sync_sums(sums: Sequence[tf.Tensor]) -> List[tf.Tensor]:
 
 
 def batch_moments(x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Per-channel mean and biased variance of ``x`` over the global batch, in two passes:
-    ``μ = Σx / n``, then ``σ² = Σ(x − μ)² / n``, each sum over batch, height and width and
-    all-reduced over the replicas (:func:`sync_sums`).
+    """Per-channel mean and biased variance of ``x`` over the global batch (batch, height
+    and width), from sums shifted by the batch mean:
 
-    Two passes, not ``Σx²/n − μ²``: that form cancels catastrophically when a channel's
-    variance is small against its squared mean, and BatchNorm's ``1/σ`` then magnifies the
-    rounding, so results would depend on the order of the sums (the number of replicas)."""
-    sum_x, count = sync_sums([tf.reduce_sum(x, axis=[0, 1, 2]), _count(x)])
-    mean = sum_x / tf.maximum(count, 1.0)
-    (sum_sq,) = sync_sums([tf.reduce_sum(tf.math.squared_difference(x, mean), axis=[0, 1, 2])])
-    return mean, sum_sq / tf.maximum(count, 1.0)
+    ``s = Σx / n`` (all-reduced, no gradient), ``d = x − s``, then with ``Σd`` and ``Σd²``
+    all-reduced, ``μ = s + Σd / n`` and ``σ² = Σd² / n − (Σd / n)²``.
+
+    The identity holds for any constant ``s``, so the gradient (through ``Σd`` and ``Σd²``
+    only) is exact. With ``s`` at the mean the last term is tiny, so this does not cancel as
+    ``Σx²/n − μ²`` does when a channel's variance is small against its squared mean (BN's
+    ``1/σ`` would then magnify the rounding, and results would depend on the order of the
+    sums, i.e. the number of replicas). The shift's all-reduce has no gradient, so the
+    backward pass has one collective per BatchNorm."""
+    # The shift's sums are taken of a gradient-free copy of x: the tape does not record
+    # this all-reduce, so the backward pass has no collective for it.
+    sum_x, count = sync_sums([tf.reduce_sum(tf.stop_gradient(x), axis=[0, 1, 2]), _count(x)])
+    count = tf.maximum(count, 1.0)
+    shift = sum_x / count
+    d = x - shift
+    sum_d, sum_d2 = sync_sums([tf.reduce_sum(d, axis=[0, 1, 2]),
+                               tf.reduce_sum(tf.square(d), axis=[0, 1, 2])])
+    mean_d = sum_d / count
+    return shift + mean_d, tf.maximum(sum_d2 / count - tf.square(mean_d), 0.0)
 
 
 def normalize(x, mean, var, scale, offset, eps: float = BN_EPSILON) -> tf.Tensor:
