@@ -6,18 +6,17 @@ import dataclasses
 import importlib.util
 import json
 import math
-import os
 import pathlib
 
 import numpy as np
 import pytest
 
-from wpl_keras.data import mnist
 from wpl_keras.data.mnist import MnistSplits
 from wpl_keras.experiments import strength_sweep as ss
 from wpl_keras.experiments import two_models as tm
 from wpl_keras.wpl.strength import choose_strength
 from wpl_keras.wpl.training import WPLDivergenceError
+from mnist_files import write_mnist
 
 _PATH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "alpha_sweep.py"
 TINY_ARGS = ["--iterations", "20", "--eval-every", "10", "--hidden-units", "16",
@@ -32,23 +31,6 @@ def bench():
     return module
 
 
-def _write_mnist(path, n_train=240, n_test=60, seed=0):
-    # class-dependent bright squares, so A learns something in a few steps
-    rng = np.random.default_rng(seed)
-
-    def draw(n):
-        y = rng.integers(0, 10, n).astype(np.uint8)
-        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        for i, label in enumerate(y):
-            row, col = divmod(int(label), 5)
-            x[i, 4 + 10 * row : 12 + 10 * row, 2 + 5 * col : 6 + 5 * col] = 250
-        return x, y
-
-    os.makedirs(path, exist_ok=True)
-    (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)
-    arrays = {"train_images": xtr, "train_labels": ytr, "test_images": xte, "test_labels": yte}
-    for key, filename in mnist.MNIST_FILES.items():
-        mnist.write_idx(os.path.join(path, filename), arrays[key])
 
 
 def _synthetic(seed=0, n=128, classes=10, side=6):
@@ -152,7 +134,7 @@ def test_chosen_entry_takes_the_test_values_at_the_chosen_alpha(bench):
 
 
 def test_tiny_sweep_on_idx_files(bench, tmp_path, capsys, monkeypatch):
-    _write_mnist(str(tmp_path / "data"))
+    write_mnist(str(tmp_path / "data"))
     trained = []
     real_train_a = tm.train_a
 
@@ -220,7 +202,7 @@ def test_app_alpha_parsing(tmp_path):
 def test_app_alpha_auto_uses_the_alpha_chosen_on_validation(tmp_path, capsys, monkeypatch):
     from apps import two_models as app
 
-    _write_mnist(str(tmp_path / "data"), n_train=300)
+    write_mnist(str(tmp_path / "data"), n_train=300)
     tables = []
     real_table = ss.strength_table
     monkeypatch.setattr(ss, "strength_table", lambda sweep: tables.append(real_table(sweep))

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from wpl_keras.data import mnist
+from mnist_files import write_mnist
 
 _PATH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "shared_layers.py"
 
@@ -82,27 +82,10 @@ def test_parser_defaults_are_the_two_model_settings(bench):
     assert config == tm.TwoModelsConfig(seeds=(0, 1))
 
 
-def _write_mnist(path, n_train=240, n_test=60, seed=0):
-    # class-dependent bright squares, so A learns something in a few steps
-    rng = np.random.default_rng(seed)
-
-    def draw(n):
-        y = rng.integers(0, 10, n).astype(np.uint8)
-        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        for i, label in enumerate(y):
-            row, col = divmod(int(label), 5)
-            x[i, 4 + 10 * row : 12 + 10 * row, 2 + 5 * col : 6 + 5 * col] = 250
-        return x, y
-
-    os.makedirs(path, exist_ok=True)
-    (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)
-    arrays = {"train_images": xtr, "train_labels": ytr, "test_images": xte, "test_labels": yte}
-    for key, filename in mnist.MNIST_FILES.items():
-        mnist.write_idx(os.path.join(path, filename), arrays[key])
 
 
 def test_tiny_run_on_idx_files(bench, tmp_path, capsys):
-    _write_mnist(str(tmp_path / "data"))
+    write_mnist(str(tmp_path / "data"))
     out = tmp_path / "out"
     report = bench.main([
         "--data-dir", str(tmp_path / "data"), "--no-verify", "--out", str(out),
