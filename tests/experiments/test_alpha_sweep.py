@@ -70,6 +70,27 @@ def test_run_case_validation_adds_validation_values_and_changes_nothing_else():
     assert 0.0 <= val["b_final_with_val"] <= 1.0
 
 
+def test_run_case_reusing_b_without_wpl_equals_a_full_run():
+    data = _synthetic()
+    config = tm.TwoModelsConfig(**TINY)
+    trained = tm.train_a(data, config, 0)
+    first = tm.run_case(data, config, 0, trained_a=trained, validation=True)
+    stronger = dataclasses.replace(config, strength=config.strength * 10)
+    full = tm.run_case(data, stronger, 0, trained_a=trained, validation=True)
+    reused = tm.run_case(data, stronger, 0, trained_a=trained, validation=True,
+                         without_from=first)
+    for key in ("a_final_without", "b_final_without", "a_final_with", "b_final_with",
+                "forgetting_reduction", "a_final_without_val", "b_final_without_val",
+                "b_final_with_val", "forgetting_reduction_val"):
+        assert reused[key] == pytest.approx(full[key], abs=1e-6, nan_ok=True), key
+    assert reused["runs"]["without"] is first["runs"]["without"]
+    with pytest.raises(ValueError, match="seed 0, level None, but the case is seed 1"):
+        tm.run_case(data, stronger, 1, validation=True, without_from=first)
+    plain = tm.run_case(data, config, 0, trained_a=trained)
+    with pytest.raises(ValueError, match="validation=True"):
+        tm.run_case(data, stronger, 0, trained_a=trained, validation=True, without_from=plain)
+
+
 def test_sweep_trains_a_once_per_seed_and_leaves_diverged_runs_out(monkeypatch):
     trained, calls = [], []
 
@@ -77,11 +98,13 @@ def test_sweep_trains_a_once_per_seed_and_leaves_diverged_runs_out(monkeypatch):
         trained.append((seed, level))
         return ("A", seed, level)
 
-    def fake_run_case(data, config, seed, level=None, trained_a=None, validation=False):
-        calls.append((seed, config.strength, trained_a, validation))
+    def fake_run_case(data, config, seed, level=None, trained_a=None, validation=False,
+                      without_from=None):
+        calls.append((seed, config.strength, trained_a, validation,
+                      None if without_from is None else without_from["strength"]))
         if (seed, config.strength) == (1, 1e4):
             raise WPLDivergenceError("Training diverged at batch 3")
-        return {"forgetting_reduction": 0.5, "forgetting_reduction_val": 0.4 + seed / 10,
+        return {"strength": config.strength, "forgetting_reduction": 0.5, "forgetting_reduction_val": 0.4 + seed / 10,
                 "b_final_without": 0.9, "b_final_with": 0.9 - config.strength / 1e6,
                 "b_final_without_val": 0.8, "b_final_with_val": 0.8, "seconds": 0.0}
 
@@ -93,6 +116,8 @@ def test_sweep_trains_a_once_per_seed_and_leaves_diverged_runs_out(monkeypatch):
     assert [c[:3] for c in calls] == [(0, 1e2, ("A", 0, 0.44)), (0, 1e4, ("A", 0, 0.44)),
                                       (1, 1e2, ("A", 1, 0.44)), (1, 1e4, ("A", 1, 0.44))]
     assert all(c[3] for c in calls)
+    # B without WPL is trained at the first strength of each seed and reused after it
+    assert [c[4] for c in calls] == [None, 1e2, None, 1e2]
     assert sweep["diverged"] == [{"seed": 1, "strength": 1e4,
                                   "error": "Training diverged at batch 3"}]
     table = ss.strength_table(sweep)

@@ -26,7 +26,8 @@ def sweep_strengths(data, config: TwoModelsConfig, level: Optional[float],
     """Runs one case (``level``; None = strict) at every WPL strength of a grid, every seed.
 
     Per seed A is trained once (:func:`train_a`) and every strength starts from it; each run is
-    :func:`run_case` with ``config.strength`` set to that strength and ``validation=True``. A
+    :func:`run_case` with ``config.strength`` set to that strength and ``validation=True``. B
+    without WPL does not depend on the strength: it is trained once per seed and reused. A
     run whose B training diverges (:class:`WPLDivergenceError`) is left out and listed.
 
     Returns:
@@ -38,13 +39,15 @@ def sweep_strengths(data, config: TwoModelsConfig, level: Optional[float],
            "diverged": []}
     for seed in config.seeds:
         trained = train_a(data, config, seed, level)
+        earlier = None
         for alpha in strengths:
             try:
                 case = run_case(data, dataclasses.replace(config, strength=alpha), seed, level,
-                                trained_a=trained, validation=True)
+                                trained_a=trained, validation=True, without_from=earlier)
             except WPLDivergenceError as error:
                 out["diverged"].append({"seed": seed, "strength": alpha, "error": str(error)})
                 continue
+            earlier = case
             out["seeds"][f"{alpha:g}"].append(case)
             if progress is not None:
                 progress(f"{case_name(level)} seed {seed} alpha {alpha:g}: reduction "

@@ -437,7 +437,8 @@ def _load_a(model_a, trained_a: TrainedA, seed: int, level: Optional[float]) -> 
 
 
 def run_case(data, config: TwoModelsConfig, seed: int, level: Optional[float] = None,
-             trained_a: Optional[TrainedA] = None, validation: bool = False) -> dict:
+             trained_a: Optional[TrainedA] = None, validation: bool = False,
+             without_from: Optional[dict] = None) -> dict:
     """One seed, one convergence level (None = strict): train A, Fisher, B without / with WPL.
 
     ``trained_a`` (from :func:`train_a` with the same seed and level) replaces A's training:
@@ -448,6 +449,11 @@ def run_case(data, config: TwoModelsConfig, seed: int, level: Optional[float] = 
     chosen on, :func:`sweep_strengths`) and adds ``a_baseline_val``, ``a_final_without_val``,
     ``a_final_with_val``, ``b_final_without_val``, ``b_final_with_val`` and
     ``forgetting_reduction_val`` to the result; the other results are the same either way.
+
+    ``without_from`` (an earlier result of this function for the same seed, level, data and
+    B settings, e.g. another WPL strength) supplies B's run without WPL instead of training it
+    again: that run does not depend on the WPL settings, and B's run with WPL starts from the
+    same weights either way (A's and B's weights are reset before it).
     """
     keras.utils.set_random_seed(seed)
     model_a, make_b, shared = build_models(data.x_train.shape[1:], config)
@@ -476,6 +482,9 @@ def run_case(data, config: TwoModelsConfig, seed: int, level: Optional[float] = 
     start_weights = [np.array(v) for v in reference_b.weights]  # B's weights include θs
     runs = {}
     for name, wpl in (("without", False), ("with", True)):
+        if name == "without" and without_from is not None:
+            runs[name] = _reuse_without(without_from, seed, level, validation, val)
+            continue
         for v, w in zip(reference_b.weights, start_weights):
             v.assign(w)
         model_b = make_b()
@@ -514,6 +523,23 @@ def run_case(data, config: TwoModelsConfig, seed: int, level: Optional[float] = 
         **val,
         "seconds": time.time() - started,
     }
+
+
+def _reuse_without(earlier: dict, seed: int, level: Optional[float], validation: bool,
+                   val: dict) -> dict:
+    """B's run without WPL from an earlier :func:`run_case` result (``without_from``)."""
+    if (earlier["seed"], earlier["level"]) != (seed, level):
+        raise ValueError(
+            f"without_from is a result for seed {earlier['seed']}, level {earlier['level']}, "
+            f"but the case is seed {seed}, level {level}."
+        )
+    if validation:
+        if "b_final_without_val" not in earlier:
+            raise ValueError("without_from was run without validation=True; its validation "
+                             "accuracies are missing.")
+        val["a_final_without_val"] = earlier["a_final_without_val"]
+        val["b_final_without_val"] = earlier["b_final_without_val"]
+    return earlier["runs"]["without"]
 
 
 def summarize(cases: Sequence[dict]) -> dict:
