@@ -478,21 +478,8 @@ def run_case(data, config: TwoModelsConfig, seed: int, level: Optional[float] = 
         seed=seed,
     )
     max_f = float(max(float(tf.reduce_max(f)) for f in fisher))
-    reference_b = make_b()
-    start_weights = [np.array(v) for v in reference_b.weights]  # B's weights include θs
-    runs = {}
-    for name, wpl in (("without", False), ("with", True)):
-        if name == "without" and without_from is not None:
-            runs[name] = _reuse_without(without_from, seed, level, validation, val)
-            continue
-        for v, w in zip(reference_b.weights, start_weights):
-            v.assign(w)
-        model_b = make_b()
-        runs[name] = train_b(model_a, model_b, shared, data, fisher, config, wpl=wpl,
-                             seed=seed, x_eval=x_eval, y_eval=y_eval)
-        if validation:
-            val[f"a_final_{name}_val"] = accuracy(model_a, data.x_val, data.y_val)
-            val[f"b_final_{name}_val"] = accuracy(model_b, data.x_val, data.y_val)
+    runs = _train_b_both_ways(model_a, make_b, shared, data, fisher, config, seed, level,
+                              (x_eval, y_eval), val if validation else None, without_from)
     if validation:
         val["forgetting_reduction_val"] = forgetting_reduction(
             forgetting(val["a_baseline_val"], val["a_final_without_val"]),
@@ -523,6 +510,32 @@ def run_case(data, config: TwoModelsConfig, seed: int, level: Optional[float] = 
         **val,
         "seconds": time.time() - started,
     }
+
+
+def _train_b_both_ways(model_a, make_b, shared, data, fisher, config: TwoModelsConfig,
+                       seed: int, level: Optional[float], evaluation, val: Optional[dict],
+                       without_from: Optional[dict]) -> dict:
+    """B trained without and with WPL from the same start (A's and B's weights reset before
+    each run); ``{"without": curves, "with": curves}``. With ``val`` (a dict), A's and B's
+    final validation accuracies are added to it; ``without_from`` supplies the run without
+    WPL (see :func:`run_case`)."""
+    reference_b = make_b()
+    start_weights = [np.array(v) for v in reference_b.weights]  # B's weights include θs
+    runs = {}
+    for name, wpl in (("without", False), ("with", True)):
+        if name == "without" and without_from is not None:
+            runs[name] = _reuse_without(without_from, seed, level, val is not None,
+                                        val if val is not None else {})
+            continue
+        for v, w in zip(reference_b.weights, start_weights):
+            v.assign(w)
+        model_b = make_b()
+        runs[name] = train_b(model_a, model_b, shared, data, fisher, config, wpl=wpl,
+                             seed=seed, x_eval=evaluation[0], y_eval=evaluation[1])
+        if val is not None:
+            val[f"a_final_{name}_val"] = accuracy(model_a, data.x_val, data.y_val)
+            val[f"b_final_{name}_val"] = accuracy(model_b, data.x_val, data.y_val)
+    return runs
 
 
 def _reuse_without(earlier: dict, seed: int, level: Optional[float], validation: bool,
