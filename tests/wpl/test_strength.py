@@ -50,6 +50,14 @@ def test_none_qualifies_falls_back_to_smallest_b_cost():
     assert choice.strength == 1e4  # smallest cost (-1.5), smaller α of the tie
     assert choice.b_cost == pytest.approx(-1.5) and choice.reduction == 0.5
     assert "no strength kept B within 1 points" in choice.reason
+    assert "grid's smallest" not in choice.reason
+
+
+def test_fallback_at_the_grids_smallest_alpha_suggests_a_smaller_one():
+    # the loose MNIST cases: every alpha costs B more than the tolerance, the smallest least
+    choice = choose_strength([1e3, 1e2, 1e4], [0.58, 0.61, 0.95], [0.88, 0.916, 0.85], 0.9326)
+    assert not choice.qualified and choice.strength == 1e2
+    assert "grid's smallest alpha" in choice.reason and "e.g. 10" in choice.reason
 
 
 def test_result_is_frozen_and_serialisable():

@@ -77,7 +77,8 @@ def choose_strength(
     qualifies). Among the qualifying strengths the one with the largest forgetting reduction is
     chosen; equal reductions go to the smaller ``α``. If none qualifies, the strength with the
     smallest cost to B (highest ``b_accuracy``) is chosen, again the smaller ``α`` on ties, and
-    the result says so (``qualified=False``).
+    the result says so (``qualified=False``); when that fallback is the grid's smallest ``α``,
+    the reason suggests extending the grid below it.
 
     All measurements should come from validation data, so that the test set stays untouched by
     the choice.
@@ -131,6 +132,9 @@ def choose_strength(
         best = min(range(n), key=lambda i: (-costs[i], alphas[i]))
         reason = (f"no strength kept B within {tolerance:g} points of B without WPL; chose "
                   "the one with the smallest cost to B")
+        if alphas[best] == min(alphas):
+            reason += (f"; that is the grid's smallest alpha, so the grid may need smaller "
+                       f"ones (e.g. {alphas[best] / 10:g})")
     return StrengthChoice(
         strength=alphas[best], reduction=reds[best], b_accuracy=accs[best],
         b_accuracy_without=without, b_cost=costs[best], tolerance=tolerance,
