@@ -31,7 +31,9 @@ ENV_DATA_DIR = "WPL_DATA_DIR"
 _MNIST_FILES = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
                 "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
 AUTO = "auto"
-AUTO_ALPHAS = tuple(10.0 ** e for e in range(2, 9))
+# Decades 1 ... 1e8: on MNIST the strict case keeps B within a point up to 1e8, while the loose
+# cases qualify only at 1-10 (benchmarks/README.md, alpha sweep).
+AUTO_ALPHAS = tuple(10.0 ** e for e in range(0, 9))
 
 
 def parse_alpha(text: str):

@@ -1,7 +1,7 @@
 """WPL strength α in the two-model experiment: forgetting removed against the cost to model B.
 
 For every case (strict, and loose levels 0.56, 0.44, 0.36 by default), seed and α of a grid
-(default 1e2 … 1e8 in decades), runs the two-model experiment of
+(default 1 … 1e8 in decades), runs the two-model experiment of
 ``wpl_keras.experiments.two_models`` (A trained once per seed and case, every α starting from
 that A; B trained without and with WPL) and reports, per case and α, seed means of:
 
@@ -19,6 +19,10 @@ cost), with the test-set ``reduction`` and ``b_cost`` at that α. Writes ``alpha
 per α) to ``--out``.
 
     python benchmarks/alpha_sweep.py --data-dir ../shared/data/mnist
+
+``--merge A/alpha_sweep.json B/alpha_sweep.json`` runs nothing: it merges earlier runs made with
+the same settings on different grids (e.g. a grid extended below the smallest α after the rule
+fell back to it) and applies the rule to the merged grid.
 
 The last line of output is one JSON object.
 """
@@ -108,10 +112,8 @@ def run_sweep(data, config: tm.TwoModelsConfig, levels: Sequence[Optional[float]
     out = {}
     for level in levels:
         sweep = strength_sweep.sweep_strengths(data, config, level, alphas, progress=progress)
-        table = strength_sweep.strength_table(sweep)
-        choice = strength_sweep.choose_case_strength(table, tolerance)
-        out[tm.case_name(level)] = {"level": level, "sweep": sweep, "table": table,
-                                    "choice": choice, "chosen": chosen_entry(table, choice)}
+        case = out[tm.case_name(level)] = case_entry(level, sweep, tolerance)
+        choice = case["choice"]
         progress(f"{tm.case_name(level)}: chosen alpha {choice['strength']}"
                  + (f" ({choice['error']})" if choice["error"] else ""))
     return out
@@ -128,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="check the idx files against the official MNIST md5s")
     parser.add_argument("--out", default=None, help="folder for alpha_sweep.json/.png "
                         "(default: a new temporary folder)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="instead of running: merge earlier runs' alpha_sweep.json files "
+                             "(same settings, other alpha grids) and apply the rule to the "
+                             "merged grid")
     parser.add_argument("--alphas", type=parse_alpha_grid, default=list(AUTO_ALPHAS),
                         help="comma-separated grid of alpha (the same as wpl-two-models "
                              "--alpha auto's default)")
@@ -175,27 +181,69 @@ def _settings(config: tm.TwoModelsConfig) -> dict:
     }
 
 
+def case_entry(level: Optional[float], sweep: dict, tolerance: float) -> dict:
+    """One case of the report from its sweep: table, the rule's choice and the chosen entry."""
+    table = strength_sweep.strength_table(sweep)
+    choice = strength_sweep.choose_case_strength(table, tolerance)
+    return {"level": level, "sweep": sweep, "table": table, "choice": choice,
+            "chosen": chosen_entry(table, choice)}
+
+
+def cases_from_files(paths: Sequence[str], tolerance: float):
+    """``(cases, config, data text)`` merged from earlier runs' ``alpha_sweep.json`` files
+    (:func:`~wpl_keras.experiments.strength_sweep.merge_sweeps` per case, the rule applied to
+    the merged grid).
+
+    Raises:
+        SystemExit: for an unreadable file or runs with other settings than the first.
+    """
+    runs = []
+    for path in paths:
+        try:
+            with open(path) as handle:
+                runs.append(json.load(handle))
+        except (OSError, json.JSONDecodeError) as error:
+            raise SystemExit(f"--merge: cannot read {path}: {error}")
+        if runs[-1].get("config") != runs[0].get("config"):
+            raise SystemExit(f"--merge: {path} was run with other settings than {paths[0]} "
+                             "(only the alpha grid may differ).")
+    names = list(dict.fromkeys(name for run in runs for name in run["sweeps"]))
+    cases = {}
+    for name in names:
+        sweep = strength_sweep.merge_sweeps([run["sweeps"][name] for run in runs
+                                             if name in run["sweeps"]])
+        cases[name] = case_entry(sweep["level"], sweep, tolerance)
+    config = tm.TwoModelsConfig.from_json(runs[0]["config"])
+    return cases, config, runs[0]["report"]["data"]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    """Runs the sweep; prints progress lines, then the report as one JSON line."""
+    """Runs the sweep (or merges earlier runs with ``--merge``); prints progress lines, then
+    the report as one JSON line."""
     args = build_parser().parse_args(argv)
-    config = config_from_args(args)
-    levels = case_levels(not args.no_strict, args.loose_levels)
     out = args.out or tempfile.mkdtemp(prefix="wpl_alpha_sweep_")
     os.makedirs(out, exist_ok=True)
     started = time.time()
-    data = load_mnist(args.data_dir, validation_size=config.validation_size, seed=0,
-                      verify=args.verify)
-    cases = run_sweep(data, config, levels, args.alphas, args.tolerance,
-                      progress=lambda m: print(m, flush=True))
+    if args.merge:
+        cases, config, data_text = cases_from_files(args.merge, args.tolerance)
+    else:
+        config = config_from_args(args)
+        levels = case_levels(not args.no_strict, args.loose_levels)
+        data = load_mnist(args.data_dir, validation_size=config.validation_size, seed=0,
+                          verify=args.verify)
+        cases = run_sweep(data, config, levels, args.alphas, args.tolerance,
+                          progress=lambda m: print(m, flush=True))
+        sizes = data.sizes()
+        data_text = (f"MNIST ({data.source}); train {sizes['train']}, validation "
+                     f"{sizes['val']} held out of train, test {sizes['test']}")
     paths = {"json": os.path.join(out, "alpha_sweep.json"),
              "figure": os.path.join(out, "alpha_sweep.png")}
     plot_pareto(cases, paths["figure"])
-    sizes = data.sizes()
+    alphas = sorted({a for c in cases.values() for a in c["sweep"]["strengths"]})
     report = {
         "benchmark": "alpha_sweep (two models)",
-        "data": f"MNIST ({data.source}); train {sizes['train']}, validation {sizes['val']} held "
-                f"out of train, test {sizes['test']}",
-        "alphas": list(args.alphas),
+        "data": data_text,
+        "alphas": alphas,
         "seeds": list(config.seeds),
         "tolerance": args.tolerance,
         "cases": {name: {"level": c["level"], "alphas": {f"{r['strength']:g}": r
@@ -209,6 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "units": "reduction: fraction; b_cost: accuracy points (B with WPL minus without); "
                  "accuracies: fractions; all seed means",
         "settings": _settings(config),
+        "merged_from": list(args.merge or []),
         "outputs": paths,
         "seconds": round(time.time() - started, 1),
     }

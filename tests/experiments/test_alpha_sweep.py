@@ -204,6 +204,52 @@ def test_tiny_sweep_on_idx_files(bench, tmp_path, capsys, monkeypatch):
     assert open(report["outputs"]["figure"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_merge_sweeps_keeps_the_first_run_of_a_strength_and_reads_nulls_as_nan():
+    case = {"forgetting_reduction": None, "b_final_with": 0.9}
+    first = {"level": 0.44, "strengths": [1e2, 1e8], "seeds": {"100": [{"run": 1}], "1e+08": []},
+             "diverged": [{"seed": 0, "strength": 1e8, "error": "x"}]}
+    second = {"level": 0.44, "strengths": [1.0, 1e2], "seeds": {"1": [case], "100": [{"run": 2}]},
+              "diverged": [{"seed": 1, "strength": 1e2, "error": "y"}]}
+    merged = ss.merge_sweeps([first, second])
+    assert merged["strengths"] == [1.0, 1e2, 1e8]
+    assert merged["seeds"]["100"] == [{"run": 1}]
+    assert math.isnan(merged["seeds"]["1"][0]["forgetting_reduction"])
+    assert merged["diverged"] == [{"seed": 0, "strength": 1e8, "error": "x"}]
+    with pytest.raises(ValueError, match="different cases"):
+        ss.merge_sweeps([first, {**second, "level": None}])
+    with pytest.raises(ValueError, match="at least one"):
+        ss.merge_sweeps([])
+
+
+def test_merge_of_two_tiny_runs_applies_the_rule_to_the_union_grid(bench, tmp_path, capsys):
+    write_mnist(str(tmp_path / "data"))
+    common = ["--data-dir", str(tmp_path / "data"), "--no-verify", "--seeds", "0",
+              "--no-strict", "--loose-levels", "0.3", "--loose-learning-rate", "0.1",
+              "--a-steps-per-epoch", "20", *TINY_ARGS]
+    high = bench.main(common + ["--out", str(tmp_path / "high"), "--alphas", "1e2,1e8"])
+    low = bench.main(common + ["--out", str(tmp_path / "low"), "--alphas", "1,1e2"])
+    merged = bench.main(["--merge", high["outputs"]["json"], low["outputs"]["json"],
+                         "--out", str(tmp_path / "merged")])
+    rows = merged["cases"]["loose_0.3"]["alphas"]
+    assert merged["alphas"] == [1.0, 1e2, 1e8] and set(rows) == {"1", "100", "1e+08"}
+    assert rows["1e+08"] == high["cases"]["loose_0.3"]["alphas"]["1e+08"]
+    assert rows["1"] == low["cases"]["loose_0.3"]["alphas"]["1"]
+    ordered = [rows["1"], rows["100"], rows["1e+08"]]
+    rule = choose_strength([r["strength"] for r in ordered],
+                           [r["reduction_val"] for r in ordered],
+                           [r["b_accuracy_val"] for r in ordered],
+                           np.mean([r["b_accuracy_without_val"] for r in ordered]), 1.0)
+    assert merged["chosen"]["loose_0.3"]["alpha"] == rule.strength
+    assert merged["merged_from"] == [high["outputs"]["json"], low["outputs"]["json"]]
+    other = bench.main(common[:4] + ["1", *common[5:], "--out", str(tmp_path / "o"),
+                                     "--alphas", "10"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="other settings"):
+        bench.main(["--merge", high["outputs"]["json"], other["outputs"]["json"]])
+    with pytest.raises(SystemExit, match="cannot read"):
+        bench.main(["--merge", str(tmp_path / "missing.json")])
+
+
 # --------------------------------------------------------------------------- app --alpha auto
 def test_app_alpha_parsing(tmp_path):
     from apps import two_models as app

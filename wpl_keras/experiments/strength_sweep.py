@@ -116,3 +116,33 @@ def choose_case_strength(table: Sequence[dict], tolerance: float = 1.0) -> dict:
 
 
 # --------------------------------------------------------------------------- output
+
+
+def merge_sweeps(sweeps: Sequence[dict]) -> dict:
+    """One :func:`sweep_strengths` result from several of the same case run on different grids
+    (e.g. a grid extended below its smallest α after the rule fell back to it), read back from
+    JSON or not.
+
+    A strength present in several sweeps is taken from the first. JSON nulls (non-finite
+    values written by ``finite_or_null``) become NaN again.
+
+    Raises:
+        ValueError: for no sweeps, or sweeps of different cases (levels).
+    """
+    if not sweeps:
+        raise ValueError("merge_sweeps needs at least one sweep.")
+    levels = {sweep["level"] for sweep in sweeps}
+    if len(levels) != 1:
+        raise ValueError(f"merge_sweeps: the sweeps are of different cases (levels {levels}).")
+    out = {"level": sweeps[0]["level"], "strengths": [], "seeds": {}, "diverged": []}
+    for sweep in sweeps:
+        new = [a for a in sweep["strengths"] if f"{float(a):g}" not in out["seeds"]]
+        for alpha in new:
+            key = f"{float(alpha):g}"
+            out["strengths"].append(float(alpha))
+            out["seeds"][key] = [
+                {k: (float("nan") if v is None else v) for k, v in case.items()}
+                for case in sweep["seeds"][key]]
+        out["diverged"] += [d for d in sweep["diverged"] if d["strength"] in new]
+    out["strengths"].sort()
+    return out
