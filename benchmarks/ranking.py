@@ -31,7 +31,7 @@ from search_quality import add_common_arguments, experiment_and_budget  # noqa: 
 
 from wpl_keras.experiments import enas  # noqa: E402
 from wpl_keras.experiments import ranking  # noqa: E402
-from wpl_keras.utils.strict_json import finite_or_null  # noqa: E402
+from wpl_keras.utils.strict_json import finite_or_null, write_json_atomic  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,8 +63,7 @@ def main(argv=None) -> dict:
                                                       else "error %"),
                   supernet_score="task.validation_error on the fixed validation batch",
                   seconds=round(time.time() - started, 1))
-    with open(os.path.join(out, "ranking.json"), "w") as f:
-        json.dump(finite_or_null(result), f, indent=1, allow_nan=False)
+    write_json_atomic(os.path.join(out, "ranking.json"), result)
     print(json.dumps(finite_or_null(result), allow_nan=False))
     return result
 

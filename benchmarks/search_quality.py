@@ -33,7 +33,7 @@ from wpl_keras.experiments import enas  # noqa: E402
 from wpl_keras.experiments import ranking  # noqa: E402
 from wpl_keras.experiments import search_quality as sq  # noqa: E402
 from wpl_keras.experiments.from_scratch import CellCache, TrainBudget  # noqa: E402
-from wpl_keras.utils.strict_json import finite_or_null  # noqa: E402
+from wpl_keras.utils.strict_json import finite_or_null, write_json_atomic  # noqa: E402
 
 
 def parse_seeds(text: str):
@@ -116,9 +116,8 @@ def main(argv=None) -> dict:
                   budget=budget.to_json(), out=out,
                   unit="perplexity" if args.space == "rnn" else "error_percent",
                   seconds=round(time.time() - started, 1))
-    with open(os.path.join(out, "search_quality.json" if not args.measure_spread
-                           else "spread.json"), "w") as f:
-        json.dump(finite_or_null(result), f, indent=1, allow_nan=False)
+    write_json_atomic(os.path.join(out, "spread.json" if args.measure_spread
+                                   else "search_quality.json"), result)
     print(json.dumps(finite_or_null(result), allow_nan=False))
     return result
 

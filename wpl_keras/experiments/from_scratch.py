@@ -19,6 +19,7 @@ import time
 from typing import Any, Dict, Optional, Sequence
 
 from wpl_keras.experiments.enas import ENASExperimentConfig
+from wpl_keras.utils.strict_json import write_json_atomic
 
 # The CIFAR-10 held-out split of from-scratch training: one split for every cell and search seed.
 HELD_OUT_SEED = 0
@@ -142,8 +143,4 @@ class CellCache:
         return self.entries[key]
 
     def _write(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        temporary = self.path + ".tmp"
-        with open(temporary, "w") as f:
-            json.dump(self.entries, f, indent=1)
-        os.replace(temporary, self.path)
+        write_json_atomic(self.path, self.entries)

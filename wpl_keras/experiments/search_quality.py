@@ -34,6 +34,7 @@ import numpy as np
 
 from wpl_keras.experiments import enas
 from wpl_keras.experiments.from_scratch import CellCache, TrainBudget
+from wpl_keras.utils.strict_json import write_json_atomic
 
 ARMS = ("enas", "wpl", "random")
 CONFIG_FILE = "search_quality_config.json"
@@ -103,7 +104,7 @@ def derive_arm(base: enas.ENASExperimentConfig, data, out_dir: str, seed: int, a
     sampler = controller if arm != "random" else UniformSampler(task.space, 10_000 + seed)
     derived = derive_best(task, sampler, num_samples).to_json(task.space)
     derived["scored_on"] = supernet_arm
-    _write_json(path, derived)
+    write_json_atomic(path, derived)
     return derived
 
 
@@ -190,7 +191,7 @@ def check_or_save_protocol(out_dir: str, name: str, protocol: dict, *, resume: b
             raise ValueError(f"{path} holds other settings than this run's; a resumed run "
                              "keeps its protocol (use another output folder to change it).")
         return
-    _write_json(path, protocol)
+    write_json_atomic(path, protocol)
 
 
 def run_search_quality(config: SearchQualityConfig, data, out_dir: str, *,
@@ -229,10 +230,3 @@ def run_search_quality(config: SearchQualityConfig, data, out_dir: str, *,
                                        "valid": trained["valid"], "test": trained["test"]}
     return {**summarize_arms(results), "cells": details}
 
-
-def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(temporary, path)

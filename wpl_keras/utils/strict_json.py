@@ -1,8 +1,11 @@
-"""Values for strict JSON output (``json.dumps(..., allow_nan=False)``)."""
+"""Values for strict JSON output (``json.dumps(..., allow_nan=False)``), and files written
+that way."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from typing import Any
 
 
@@ -16,3 +19,18 @@ def finite_or_null(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [finite_or_null(v) for v in obj]
     return obj
+
+
+def write_json_atomic(path: str, obj: Any, *, indent: int = 1) -> None:
+    """Writes ``finite_or_null(obj)`` as strict JSON to ``path`` through a temporary file and a
+    rename, so an interruption leaves the old file or the new one, never half of one (parent
+    folders created; a failed write removes its temporary file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = path + ".tmp"
+    try:
+        with open(temporary, "w") as handle:
+            json.dump(finite_or_null(obj), handle, indent=indent, allow_nan=False)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
