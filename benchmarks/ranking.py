@@ -21,15 +21,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from search_quality import add_common_arguments, experiment_and_budget  # noqa: E402
+from search_quality import add_common_arguments, start_run  # noqa: E402
 
-from wpl_keras.experiments import enas  # noqa: E402
 from wpl_keras.experiments import ranking  # noqa: E402
 from wpl_keras.utils.strict_json import finite_or_null, write_json_atomic  # noqa: E402
 
@@ -46,10 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = _parser().parse_args(argv)
-    config, budget = experiment_and_budget(args)
-    out = args.out or tempfile.mkdtemp(prefix="ranking_")
-    started = time.time()
-    data, config = enas.prepare(config, args.data_dir, verify=args.verify)
+    data, config, budget, out, started = start_run(args, "ranking_")
     protocol = ranking.RankingConfig(
         experiment=config, seeds=args.seeds, budget=budget,
         num_architectures=args.num_architectures, architecture_seed=args.architecture_seed)

@@ -82,6 +82,17 @@ def experiment_and_budget(args):
     return config, budget
 
 
+def start_run(args, prefix: str):
+    """``(data, config, budget, out, started)`` of a run: the preset and budget of the
+    options, the data loaded (and the config fitted to it), the output folder (a new temporary
+    one without ``--out``) and the start time."""
+    config, budget = experiment_and_budget(args)
+    out = args.out or tempfile.mkdtemp(prefix=prefix)
+    started = time.time()
+    data, config = enas.prepare(config, args.data_dir, verify=args.verify)
+    return data, config, budget, out, started
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -96,10 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = _parser().parse_args(argv)
-    config, budget = experiment_and_budget(args)
-    out = args.out or tempfile.mkdtemp(prefix="search_quality_")
-    started = time.time()
-    data, config = enas.prepare(config, args.data_dir, verify=args.verify)
+    data, config, budget, out, started = start_run(args, "search_quality_")
     if args.measure_spread:
         cells = CellCache(os.path.join(out, sq.CELLS_FILE))
         result = {"benchmark": "search_quality.spread",

@@ -106,8 +106,7 @@ class RankingConfig:
     train_seed: int = 0
 
     def __post_init__(self):
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}.")
+        sq.check_seeds(self.seeds)
         if int(self.num_architectures) < 2:
             raise ValueError(f"num_architectures must be >= 2, got {self.num_architectures}.")
         self.budget.check_space(self.experiment.space)

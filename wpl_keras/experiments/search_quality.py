@@ -140,6 +140,12 @@ def summarize_arms(results: Mapping[int, Mapping[str, Mapping[str, float]]]) -> 
     return out
 
 
+def check_seeds(seeds: Sequence[int]) -> None:
+    """Raises ValueError unless ``seeds`` is non-empty and without repeats."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and non-empty, got {seeds}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchQualityConfig:
     """The benchmark's protocol, fixed before any number is read (saved as
@@ -160,8 +166,7 @@ class SearchQualityConfig:
     train_seed: int = 0
 
     def __post_init__(self):
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}.")
+        check_seeds(self.seeds)
         if int(self.derive_samples) < 1:
             raise ValueError(f"derive_samples must be >= 1, got {self.derive_samples}.")
         self.budget.check_space(self.experiment.space)
