@@ -27,6 +27,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from apps.tf_startup import start_tensorflow
+
 ENV_DATA_DIR = "WPL_DATA_DIR"
 _MNIST_FILES = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
                 "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
@@ -229,6 +231,7 @@ def _rounded(value: float) -> Optional[float]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the process exit code."""
+    start_tensorflow()
     args = build_parser().parse_args(argv)
     from wpl_keras.data.mnist import load_mnist
     from wpl_keras.experiments import two_models
