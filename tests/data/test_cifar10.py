@@ -14,14 +14,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from wpl_keras.data import cifar10
-from wpl_keras.data.cifar10 import (
-    CLASSES,
-    cutout,
-    load_cifar10,
-    make_dataset,
-    search_splits,
-)
+from wpl_keras.data import cifar10, cifar10_pipeline
+from wpl_keras.data.augment import cutout
+from wpl_keras.data.cifar10 import CLASSES, load_cifar10, search_splits
+from wpl_keras.data.cifar10_pipeline import make_dataset
 
 
 def _images(n, seed):
@@ -138,7 +134,7 @@ def test_pipeline_normalises_and_augments(seed):
     x, y = _images(8, 0)
     ds = make_dataset(x, y, 4, training=False)
     images, labels = next(iter(ds))
-    expected = (x[:4] / 255.0 - cifar10.MEAN) / cifar10.STD
+    expected = (x[:4] / 255.0 - cifar10_pipeline.MEAN) / cifar10_pipeline.STD
     np.testing.assert_allclose(images.numpy(), expected, atol=1e-5)
     np.testing.assert_array_equal(labels.numpy(), y[:4])
     aug = make_dataset(x, y, 8, training=True, cutout_size=8, seed=seed, drop_remainder=True)
@@ -211,7 +207,7 @@ def test_labels_stay_with_their_images():
     x = np.broadcast_to(fills[:, None, None, None], (n, 32, 32, 3)).astype(np.uint8)
     y = (7 * np.arange(n) % n).astype(np.int32)  # label k belongs to image 3k mod 10
     owner = {int(label): i for i, label in enumerate(y)}
-    expected = (fills[:, None] / 255.0 - cifar10.MEAN) / cifar10.STD
+    expected = (fills[:, None] / 255.0 - cifar10_pipeline.MEAN) / cifar10_pipeline.STD
     for batch_size, cut in [(4, 12), (3, 0), (10, 16)]:
         for images, labels in _train(x, y, batch_size, 2, 8, cutout_size=cut, repeat=True):
             for image, label in zip(images, labels):
@@ -247,7 +243,7 @@ def test_training_stream_independent_of_batch_size_and_resumable():
 
 def test_eval_pipeline_is_ordered_and_unaugmented():
     x, y = _images(10, 4)
-    expected = (x / 255.0 - cifar10.MEAN) / cifar10.STD
+    expected = (x / 255.0 - cifar10_pipeline.MEAN) / cifar10_pipeline.STD
     for repeat, drop, count in [(False, False, 3), (True, False, 5), (False, True, 2)]:
         ds = make_dataset(x, y, 4, training=False, repeat=repeat, drop_remainder=drop, seed=7)
         batches = list(itertools.islice(ds.as_numpy_iterator(), count + 1))
@@ -275,7 +271,7 @@ _TWO_REPLICAS = """
 import json, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from wpl_keras.data.cifar10 import make_dataset
+from wpl_keras.data.cifar10_pipeline import make_dataset
 rng = np.random.default_rng(0)
 x = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
 y = rng.integers(0, 10, 12).astype(np.int32)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from wpl_keras.data.cifar10 import CIFAR10Arrays, normalize
+from wpl_keras.data.cifar10 import CIFAR10Arrays
+from wpl_keras.data.cifar10_pipeline import normalize
 from wpl_keras.nas.base import InvalidArchitectureError
 from wpl_keras.nas.cnn_model import (
     CosineRestarts,

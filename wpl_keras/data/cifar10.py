@@ -1,7 +1,8 @@
 """CIFAR-10 as arrays and ``tf.data`` pipelines (search split, augmentation, cutout).
 
-The pipelines (:func:`make_dataset`, :func:`normalize`, ``MEAN``, ``STD``, ``cutout``,
-``random_crop_flip``) live in :mod:`wpl_keras.data.cifar10_pipeline` and are importable here.
+The ``tf.data`` pipelines (``make_dataset``, ``normalize``, ``MEAN``, ``STD``) are in
+:mod:`wpl_keras.data.cifar10_pipeline`; the augmentations (``cutout``, ``random_crop_flip``)
+in :mod:`wpl_keras.data.augment`.
 
 Sources, in :func:`load_cifar10`:
 
@@ -45,15 +46,6 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from wpl_keras.data.cifar10_pipeline import (  # noqa: F401  (the pipeline API, public here)
-    CROP_PAD,
-    MEAN,
-    STD,
-    cutout,
-    make_dataset,
-    normalize,
-    random_crop_flip,
-)
 from wpl_keras.data.errors import (
     DataChecksumError,
     DataDownloadError,

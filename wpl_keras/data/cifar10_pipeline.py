@@ -3,8 +3,7 @@
 Images are normalised with the CIFAR-10 channel mean/std, ``x = (x / 255 − mean) / std``.
 Training pipelines shuffle each epoch and augment with a 4-pixel padded random crop, a
 horizontal flip and optional cutout, all stateless functions of ``(seed, epoch, element
-index)`` (:mod:`wpl_keras.data.augment`). The names here are also importable from
-:mod:`wpl_keras.data.cifar10`.
+index)`` (:mod:`wpl_keras.data.augment`).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import numpy as np
 import tensorflow as tf
 
 from wpl_keras.data.augment import augment_batch, check_seed, training_elements
-from wpl_keras.data.augment import cutout, random_crop_flip  # noqa: F401  (public here too)
 
 MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 STD = np.array([0.2470, 0.2435, 0.2616], np.float32)

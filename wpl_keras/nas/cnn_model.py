@@ -379,7 +379,8 @@ def train_final(
         The trained model and ``{"test_error_percent", "test_accuracy", "train_loss",
         "seconds", "replicas", "lossy_jpeg"}``.
     """
-    from wpl_keras.data.cifar10 import make_dataset, subsample
+    from wpl_keras.data.cifar10 import subsample
+    from wpl_keras.data.cifar10_pipeline import make_dataset
 
     if int(epochs) < 1:
         raise ValueError(f"train_final needs epochs >= 1, got {epochs}.")
@@ -420,7 +421,7 @@ def train_final(
 def evaluate_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray,
                       batch_size: int = 500) -> float:
     """Top-1 accuracy of a logits (or probabilities) model on uint8 images ``x``."""
-    from wpl_keras.data.cifar10 import make_dataset
+    from wpl_keras.data.cifar10_pipeline import make_dataset
 
     correct = 0
     for images, labels in make_dataset(x, y, batch_size, training=False):
@@ -433,7 +434,7 @@ class _Serving(tf.Module):
     def __init__(self, model: keras.Model, input_shape):
         super().__init__()
         self.model = model
-        from wpl_keras.data.cifar10 import MEAN, STD
+        from wpl_keras.data.cifar10_pipeline import MEAN, STD
 
         self.mean = tf.constant(MEAN)
         self.std = tf.constant(STD)

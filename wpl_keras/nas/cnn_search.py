@@ -187,7 +187,7 @@ class CNNSearchTask(SharedWeightsTask):
 
     def __init__(self, space: MicroCellSpace, config: CNNSearchConfig, splits, *,
                  strategy: Optional[tf.distribute.Strategy] = None, seed: int = 0):
-        from wpl_keras.data.cifar10 import make_dataset, normalize
+        from wpl_keras.data.cifar10_pipeline import make_dataset, normalize
 
         self.space = space
         self.cfg = config
