@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from wpl_keras.nas import search
+from wpl_keras.nas import driver, schedule, search
 from fakes import RowTargetTask
 
 from wpl_keras.nas.controller import Controller
@@ -113,12 +113,12 @@ def _config(**kw):
 
 def test_schedule_functions():
     c = _config()
-    assert [search.wpl_active_at(e, c) for e in range(5)] == [False, True, True, True, True]
-    assert [search.strength_at(e, c) for e in range(5)] == [0.0, 10.0, 10.0, 8.0, 6.0]
-    assert [search.flush_at(e, c) for e in range(6)] == [False, False, False, True, False, True]
+    assert [schedule.wpl_active_at(e, c) for e in range(5)] == [False, True, True, True, True]
+    assert [schedule.strength_at(e, c) for e in range(5)] == [0.0, 10.0, 10.0, 8.0, 6.0]
+    assert [schedule.flush_at(e, c) for e in range(6)] == [False, False, False, True, False, True]
     off = _config(wpl=False)
-    assert not any(search.wpl_active_at(e, off) for e in range(5))
-    assert search.strength_at(3, off) == 0.0
+    assert not any(schedule.wpl_active_at(e, off) for e in range(5))
+    assert schedule.strength_at(3, off) == 0.0
 
 
 def test_config_validation_and_json():
@@ -139,7 +139,7 @@ def test_config_validation_and_json():
 
 def test_schedule_config_is_shared_by_both_searches():
     """ENAS and NAO hold the same schedule fields, validated and read by the same code."""
-    from wpl_keras.nas.driver import ScheduleConfig
+    from wpl_keras.nas.schedule import ScheduleConfig
     from wpl_keras.nas.nao_search import NAOSearchConfig
 
     fields = dict(wpl_start_epoch=1, strength=10.0, strength_decay="linear",
@@ -148,7 +148,7 @@ def test_schedule_config_is_shared_by_both_searches():
     assert enas.schedule() == nao.schedule() == ScheduleConfig(**fields)
     assert type(nao.schedule()) is ScheduleConfig
     for e in range(6):
-        for fn in (search.wpl_active_at, search.strength_at, search.flush_at):
+        for fn in (schedule.wpl_active_at, schedule.strength_at, schedule.flush_at):
             assert fn(e, enas) == fn(e, nao) == fn(e, ScheduleConfig(**fields))
     for cls in (search.SearchConfig, NAOSearchConfig, ScheduleConfig):
         with pytest.raises(ValueError, match=f"{cls.__name__}.strength_decay"):
@@ -161,7 +161,7 @@ def test_schedule_config_is_shared_by_both_searches():
         NAOSearchConfig(epochs=0)
     with pytest.raises(ValueError, match="controller_steps"):
         search.SearchConfig(controller_steps=-1)
-    assert search.SHARED < search.CONTROLLER < search.EPOCH_END
+    assert driver.SHARED < driver.CONTROLLER < driver.EPOCH_END
 
 
 def test_verbose_prints_progress_and_summary(tmp_path, seed, capsys):
@@ -343,7 +343,7 @@ def test_resume_equals_uninterrupted(tmp_path, seed, options, kill_at, reference
     objs[0].train_architecture = train
     objs[0].reward = reward
     out = str(tmp_path / "run")
-    with pytest.raises(search.SearchInterrupted) as info:
+    with pytest.raises(driver.SearchInterrupted) as info:
         search.run_search(*objs, config, out)
     assert info.value.signum == signal.SIGTERM
     # Change the global RNGs: resume must restore them too.

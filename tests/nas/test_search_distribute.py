@@ -71,7 +71,8 @@ def history(records):
 _WORKER = _HISTORY + """
 import json, os, signal, sys
 from wpl_keras.experiments import enas
-from wpl_keras.nas.search import SearchInterrupted, run_search
+from wpl_keras.nas.driver import SearchInterrupted
+from wpl_keras.nas.search import run_search
 
 data_dir, out_dir, signalled = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 config = enas.get_preset("rnn", "tiny").replace(
@@ -113,7 +114,8 @@ import numpy as np
 import tensorflow as tf
 from wpl_keras.experiments import enas, nao as nao_experiment
 from wpl_keras.nas.nao_search import run_nao_search
-from wpl_keras.nas.search import SearchInterrupted, run_search
+from wpl_keras.nas.driver import SearchInterrupted
+from wpl_keras.nas.search import run_search
 
 DATA, OUT = sys.argv[1], sys.argv[2]
 

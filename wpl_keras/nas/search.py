@@ -38,27 +38,17 @@ import numpy as np
 import tensorflow as tf
 
 from wpl_keras.nas.distribute import task_strategy, worker_out_dir
-from wpl_keras.nas.driver import (  # noqa: F401 - the loop's names, re-exported for callers
-    CONTROLLER,
-    EPOCH_END,
-    SHARED,
+from wpl_keras.nas.driver import (
     LoopConfig,
     LoopState,
-    ScheduleConfig,
-    SearchInterrupted,
     SearchResult,
     SearchStrategy,
-    SignalCatcher,
     checkpoint_dir,
     checkpoint_items,
-    flush_at,
     json_var,
     mean_of_dicts,
     numeric_values,
     run_driver,
-    strength_at,
-    wpl_active_at,
-    write_logs,
 )
 
 
