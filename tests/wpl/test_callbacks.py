@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from wpl_keras.wpl import (
+    DivergenceGuard,
     FisherFlush,
     SnapshotAnchors,
     StrengthScheduler,
@@ -28,8 +29,72 @@ def test_strength_schedule_values():
     assert [exp(e) for e in (1, 2, 3)] == [8.0, 4.0, 2.0]
     with pytest.raises(ValueError, match="decay must be"):
         strength_schedule(20, initial=1.0, decay="cosine")
-    with pytest.raises(ValueError, match="0 < rate <= 1"):
+    with pytest.raises(ValueError, match=r"rate must be a finite number in \(0, 1\]"):
         strength_schedule(20, initial=1.0, decay="exponential", rate=2.0)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(epoch=-1), ValueError, "epoch must be an integer >= 0"),
+    (dict(epoch=1.5), TypeError, "epoch must be an integer"),
+    (dict(epoch=np.int64(2), initial=np.float32(-1)), ValueError, "initial must be a number >= 0"),
+    (dict(initial="60"), TypeError, "initial"),
+    (dict(initial=float("nan")), ValueError, "initial .*NaN"),
+    (dict(start_epoch=None), TypeError, "start_epoch"),
+    (dict(decay="linear", rate=-1.0), ValueError, "rate must be a finite number >= 0"),
+    (dict(decay="linear", rate=float("inf")), ValueError, "rate"),
+    (dict(decay="exponential", rate=0.0), ValueError, r"rate must be a finite number in \(0, 1\]"),
+    (dict(floor=tf.constant(-1.0)), ValueError, "floor"),
+    (dict(floor=True), TypeError, "floor"),
+])
+def test_strength_schedule_refuses_bad_numbers(kwargs, error, match):
+    kwargs = {"epoch": 3, "initial": 60.0, **kwargs}
+    with pytest.raises(error, match=f"strength_schedule: {match}"):
+        strength_schedule(kwargs.pop("epoch"), **kwargs)
+
+
+def test_strength_schedule_takes_numpy_and_tensor_scalars():
+    value = strength_schedule(np.int64(16), initial=np.float32(60.0), decay="linear",
+                              start_epoch=tf.constant(15), rate=tf.constant(1.0),
+                              floor=np.float64(5.0))
+    assert value == 58.0 and type(value) is float
+    assert strength_schedule(0, initial=float("inf")) == float("inf")
+
+
+@pytest.mark.parametrize("every, error", [
+    (0, ValueError), (-2, ValueError), (np.int32(0), ValueError), (2.0, TypeError),
+    ("3", TypeError), (None, TypeError), (True, TypeError), (np.array([2, 3]), TypeError),
+])
+def test_fisher_flush_every_must_be_a_count(every, error):
+    state = WPLState([keras.Variable(np.ones(2, np.float32))])
+    with pytest.raises(error, match=r"FisherFlush: every must be an integer >= 1"):
+        FisherFlush(state, every=every)
+    assert FisherFlush(state, every=np.int64(3)).every == 3
+    assert FisherFlush(state, every=tf.constant(2)).every == 2
+
+
+@pytest.mark.parametrize("factor, error", [
+    (1.0, ValueError), (0.5, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+    ("big", TypeError), (None, TypeError),
+])
+def test_divergence_guard_factor_must_exceed_one(factor, error):
+    with pytest.raises(error, match=r"DivergenceGuard: factor must be a finite number > 1"):
+        DivergenceGuard(factor=factor)
+    assert DivergenceGuard(factor=np.float32(10.0)).factor == 10.0
+
+
+@pytest.mark.parametrize("alpha, error", [
+    (-1.0, ValueError), (np.float32("nan"), ValueError), ("10", TypeError), (None, TypeError),
+])
+def test_strength_scheduler_refuses_a_bad_alpha_naming_the_epoch(alpha, error):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d")(inputs))
+    state = apply_wpl(model, ["d"], strength=1.0)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    callback = StrengthScheduler(state, lambda epoch: alpha)
+    with pytest.raises(error, match=r"StrengthScheduler: schedule\(0\) \(α\) must be"):
+        model.fit(np.ones((4, 3), "float32"), np.zeros((4, 2), "float32"), epochs=1,
+                  verbose=0, callbacks=[callback])
+    assert float(state.strength.numpy()) == 1.0
 
 
 def _fit_with(callbacks_for, epochs=4):

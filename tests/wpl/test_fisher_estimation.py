@@ -334,9 +334,15 @@ def test_malformed_data_raises(seed):
         estimate_fisher(model, x)
     with pytest.raises(ValueError, match=r"\(x, y\) pairs"):
         estimate_fisher(model, tf.data.Dataset.from_tensor_slices(x))
-    for bad in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    for bad in (0, -3, np.int64(0)):
+        with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
             estimate_fisher(model, (x, y), batch_size=bad)
+    for name in ("batch_size", "num_samples"):
+        for bad in (2.5, True, "8", None, np.float32(4.0), np.array([2, 3])):
+            with pytest.raises(TypeError, match=f"estimate_fisher: {name} must be an integer"):
+                estimate_fisher(model, (x, y), **{name: bad})
+    with pytest.raises(TypeError, match="estimate_fisher: seed must be an integer"):
+        estimate_fisher(model, (x, y), seed=0.5)
 
 
 # ------------------------------------------------------------------------------------- labels

@@ -202,7 +202,7 @@ def test_fisher_momentum_name_and_alias():
     assert old.fisher_momentum == 0.5 and old.momentum == 0.5
     with pytest.raises(ValueError, match="not both"):
         WPLState(v, fisher_momentum=0.5, momentum=0.5)
-    with pytest.raises(ValueError, match=r"fisher_momentum must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"fisher_momentum \(η_F\) must be a finite number in \(0, 1\]"):
         WPLState(v, fisher_momentum=0.0)
 
 
@@ -298,3 +298,34 @@ def test_mean_normalisation_gives_unit_mean_per_slice_inside_tf_function():
     step(tf.constant(1.0))
     np.testing.assert_allclose(state.fisher[0].numpy().mean(axis=(1, 2)), [1.0, 1.0], rtol=1e-5)
     np.testing.assert_allclose(state.fisher_raw[0].numpy(), 0.9 * g.numpy() ** 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(strength=np.float32(-1)), ValueError, r"strength \(α\) must be a number >= 0"),
+    (dict(strength=np.float32("nan")), ValueError, r"strength \(α\) .* got NaN"),
+    (dict(strength="strong"), TypeError, r"strength \(α\) .* got 'strong'"),
+    (dict(strength=None), TypeError, r"strength \(α\)"),
+    (dict(fisher_momentum=np.float64(1.5)), ValueError, "fisher_momentum"),
+    (dict(momentum="0.9"), TypeError, "fisher_momentum"),
+    (dict(clip_norm=tf.constant(-1.0)), ValueError, "clip_norm"),
+    (dict(clip_norm=float("inf")), ValueError, "clip_norm"),
+    (dict(clip_norm=True), TypeError, "clip_norm"),
+])
+def test_state_refuses_bad_numbers_naming_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=f"WPLState: {match}"):
+        WPLState(_vars([(2,)]), **kwargs)
+
+
+def test_state_takes_numpy_and_tensor_scalars():
+    v = _vars([(2,)])
+    state = WPLState(v, strength=tf.constant(2.0), fisher_momentum=np.float32(0.5),
+                     clip_norm=keras.ops.convert_to_tensor(3.0))
+    assert float(state.strength.numpy()) == 2.0
+    assert (state.fisher_momentum, state.clip_norm) == (0.5, 3.0)
+    assert float(WPLState(v, strength=float("inf")).strength.numpy()) == float("inf")
+    with pytest.raises(ValueError, match="update_fisher: fisher_momentum"):
+        state.update_fisher([tf.ones(2)], fisher_momentum=np.float32(0.0))
+    with pytest.raises(TypeError, match="update_fisher: clip_norm"):
+        state.update_fisher([tf.ones(2)], clip_norm="10")
+    state.update_fisher([tf.ones(2)], fisher_momentum=np.float32(1.0))
+    np.testing.assert_allclose(state.fisher[0].numpy(), [1.0, 1.0])

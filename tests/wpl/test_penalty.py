@@ -208,10 +208,14 @@ def test_proximal_pull_infinite_strength_variable_and_inside_tf_function():
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), -float("inf")])
 def test_proximal_pull_rejects_negative_or_nan_numbers(bad):
     x = tf.constant([1.0])
-    with pytest.raises(ValueError, match="strength must be >= 0"):
+    with pytest.raises(ValueError, match=r"strength must be a number >= 0 \(inf allowed\)"):
         proximal_pull(x, x, x, bad, 0.1)
-    with pytest.raises(ValueError, match="learning_rate must be >= 0"):
+    with pytest.raises(ValueError, match=r"learning_rate must be a number >= 0 \(inf allowed"):
         proximal_pull(x, x, x, 1.0, bad)
+    with pytest.raises(ValueError, match="proximal_pull: strength"):
+        proximal_pull(x, x, x, np.float32(bad), 0.1)
+    with pytest.raises(TypeError, match="proximal_pull: strength"):
+        proximal_pull(x, x, x, np.array([1.0, 2.0]), 0.1)
 
 
 def test_proximal_pull_nan_fisher_is_not_hidden():
@@ -243,14 +247,36 @@ def test_infinite_strength_gives_zero_not_nan_at_the_anchors():
         (dict(learning_rate=0.1, max_fisher=-1.0), "max_fisher"),
         (dict(learning_rate=0.1, max_fisher=1.0, momentum=-0.5), "momentum"),
         (dict(learning_rate=0.1, max_fisher=1.0, momentum=1.0), "momentum"),
-        (dict(learning_rate="fast", max_fisher=1.0), "learning_rate"),
+        (dict(learning_rate=np.float32(-0.1), max_fisher=1.0), "learning_rate"),
+        (dict(learning_rate=0.1, max_fisher=tf.constant(float("nan"))), "max_fisher"),
     ],
 )
 def test_max_stable_strength_refuses_meaningless_inputs(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"max_stable_strength: {match} must be"):
+        max_stable_strength(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(learning_rate="fast", max_fisher=1.0), "learning_rate"),
+    (dict(learning_rate=0.1, max_fisher=None), "max_fisher"),
+    (dict(learning_rate=0.1, max_fisher=1.0, momentum=True), "momentum"),
+])
+def test_max_stable_strength_refuses_non_numbers_with_a_type_error(kwargs, match):
+    with pytest.raises(TypeError, match=f"max_stable_strength: {match} must be"):
         max_stable_strength(**kwargs)
 
 
 def test_max_stable_strength_takes_scalar_tensors():
     got = max_stable_strength(tf.constant(0.1), tf.constant(2.0), momentum=tf.constant(0.5))
     assert got == pytest.approx(2.0 * 1.5 / (0.1 * 2.0))
+
+
+@pytest.mark.parametrize("l2, error", [
+    (-0.1, ValueError), (np.float32(-1), ValueError), (float("nan"), ValueError),
+    (float("inf"), ValueError), ("0.1", TypeError), (None, TypeError), (False, TypeError),
+])
+def test_weight_plasticity_l2_is_checked(l2, error):
+    with pytest.raises(error, match=r"WeightPlasticity: l2 \(λ\) must be a finite number >= 0"):
+        WeightPlasticity(l2=l2)
+    regularizer = WeightPlasticity(l2=tf.constant(0.5))
+    assert regularizer.get_config() == {"l2": 0.5}

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from wpl_keras.wpl.strength import StrengthChoice, choose_strength
@@ -74,12 +75,13 @@ def test_result_is_frozen_and_serialisable():
         (([], [], [], 0.9), "grid of strengths is empty"),
         (([1.0, 2.0], [0.5], [0.9, 0.9], 0.9), "2 strengths but 1 reductions"),
         (([1.0, 2.0], [0.5, 0.5], [0.9], 0.9), "and 1 B accuracies"),
-        (([1.0, 2.0], [0.5, float("nan")], [0.9, 0.9], 0.9), r"reductions must be finite.*\[1\]"),
-        (([1.0], [0.5], [float("inf")], 0.9), "b_accuracies must be finite"),
-        (([1.0], [0.5], [0.9], float("nan")), "b_accuracy_without must be finite"),
-        (([float("inf")], [0.5], [0.9], 0.9), "strengths must be finite"),
-        (([0.0, 1.0], [0.5, 0.5], [0.9, 0.9], 0.9), r"strengths must be > 0, got \[0.0\]"),
-        (([-1.0], [0.5], [0.9], 0.9), "must be > 0"),
+        (([1.0, 2.0], [0.5, float("nan")], [0.9, 0.9], 0.9), r"reductions\[1\] must be a finite number, got NaN"),
+        (([1.0], [0.5], [float("inf")], 0.9), r"b_accuracies\[0\] must be a finite number, got inf"),
+        (([1.0], [0.5], [0.9], float("nan")), "b_accuracy_without must be a finite number, got NaN"),
+        (([float("inf")], [0.5], [0.9], 0.9), r"strengths\[0\] must be a finite number > 0, got inf"),
+        (([0.0, 1.0], [0.5, 0.5], [0.9, 0.9], 0.9), r"strengths\[0\] must be a finite number > 0, got 0.0"),
+        (([-1.0], [0.5], [0.9], 0.9), "must be a finite number > 0"),
+        (([1.0, np.float32(-2.0)], [0.5, 0.5], [0.9, 0.9], 0.9), r"strengths\[1\] must be"),
         (([3.0, 3.0], [0.5, 0.6], [0.9, 0.9], 0.9), "repeated strengths"),
         (([1.0], [0.5], [93.0], 0.9), r"fractions in \[0, 1\].*accuracy points"),
         (([1.0], [0.5], [0.9], 95.0), "b_accuracy_without are fractions"),
@@ -94,3 +96,23 @@ def test_bad_input_is_refused_clearly(args, match):
 def test_bad_tolerance_is_refused(tolerance, match):
     with pytest.raises(ValueError, match=match):
         choose_strength([1.0], [0.5], [0.9], 0.9, tolerance=tolerance)
+
+
+@pytest.mark.parametrize("args, match", [
+    (([1.0], ["0.5"], [0.9], 0.9), r"reductions\[0\]"),
+    (([None], [0.5], [0.9], 0.9), r"strengths\[0\]"),
+    (([1.0], [0.5], [0.9], "high"), "b_accuracy_without"),
+    (([1.0], [0.5], [np.array([0.9, 0.8])], 0.9), r"b_accuracies\[0\]"),
+])
+def test_non_numbers_are_refused_with_a_type_error(args, match):
+    with pytest.raises(TypeError, match=f"choose_strength: {match} must be a finite number"):
+        choose_strength(*args)
+    with pytest.raises(TypeError, match="tolerance"):
+        choose_strength([1.0], [0.5], [0.9], 0.9, tolerance=True)
+
+
+def test_numpy_measurements_give_python_floats():
+    choice = choose_strength(np.array([1.0, 2.0], np.float32), np.array([0.5, 0.25]),
+                             [np.float32(0.9), np.float64(0.9)], np.float32(0.5))
+    assert choice.strength == 1.0 and type(choice.strength) is float
+    assert json.loads(json.dumps(choice.to_json()))["strength"] == 1.0

@@ -143,13 +143,49 @@ def test_apply_wpl_bad_inputs(seed):
         apply_wpl(model, ["shared"], mode="magic")
     with pytest.raises(ValueError, match="strength=inf needs mode='proximal'"):
         apply_wpl(model, ["shared"], strength=float("inf"))
-    for bad in (-1.0, float("nan")):
-        with pytest.raises(ValueError, match="strength"):
-            apply_wpl(model, ["shared"], strength=bad)
     reg_model = _model()
     reg_model.get_layer("shared").kernel.regularizer = keras.regularizers.L2(0.1)
     with pytest.raises(ValueError, match="already has regularizer"):
         apply_wpl(reg_model, ["shared"])
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(strength=-1.0), ValueError, r"strength \(α\) must be a number >= 0 \(inf allowed\), got -1.0"),
+    (dict(strength=np.float32(-1)), ValueError, r"strength \(α\) .*got np.float32\(-1.0\)"),
+    (dict(strength=np.float32("nan")), ValueError, r"strength \(α\) .*got NaN"),
+    (dict(strength=tf.constant(-2.0)), ValueError, r"strength \(α\)"),
+    (dict(strength=np.float64("-inf")), ValueError, r"strength \(α\)"),
+    (dict(strength="strong"), TypeError, r"strength \(α\) .*got 'strong' \(a string"),
+    (dict(strength=None), TypeError, r"strength \(α\)"),
+    (dict(strength=True), TypeError, r"strength \(α\) .*a bool"),
+    (dict(strength=np.array([1.0, 2.0])), TypeError, r"strength \(α\) .*one number"),
+    (dict(strength=keras.KerasTensor(())), TypeError, r"strength \(α\) .*no concrete value"),
+    (dict(l2=np.float32(-0.1)), ValueError, r"l2 \(λ\) must be a finite number >= 0"),
+    (dict(l2="0"), TypeError, r"l2 \(λ\)"),
+    (dict(l2=float("inf")), ValueError, r"l2 \(λ\)"),
+    (dict(fisher_momentum=np.float32(0.0)), ValueError, r"fisher_momentum \(η_F\) .*\(0, 1\]"),
+    (dict(fisher_momentum="0.9"), TypeError, r"fisher_momentum \(η_F\)"),
+    (dict(momentum=2), ValueError, r"fisher_momentum \(η_F\)"),
+    (dict(clip_norm=np.float32(0)), ValueError, r"clip_norm must be a finite number > 0 or None"),
+    (dict(clip_norm=float("nan")), ValueError, "clip_norm"),
+    (dict(clip_norm=[10.0]), TypeError, "clip_norm"),
+])
+def test_apply_wpl_refuses_bad_numbers_naming_argument_value_and_range(kwargs, error, match):
+    with pytest.raises(error, match=f"apply_wpl: {match}"):
+        apply_wpl(_model(), ["shared"], **kwargs)
+
+
+@pytest.mark.parametrize("kind", [float, np.float32, np.float64, np.array, tf.constant,
+                                  keras.ops.convert_to_tensor, tf.Variable, keras.Variable])
+def test_apply_wpl_takes_numpy_and_tensor_scalars(kind):
+    model = _model(WPLModel)
+    state = apply_wpl(model, ["shared"], strength=kind(2.0), l2=kind(0.5),
+                      fisher_momentum=kind(0.5), clip_norm=kind(3.0))
+    assert float(state.strength.numpy()) == 2.0
+    assert (state.fisher_momentum, state.clip_norm, model.wpl_settings.l2) == (0.5, 3.0, 0.5)
+    assert type(model.wpl_settings.l2) is float
+    inf = apply_wpl(_model(WPLModel), ["shared"], strength=kind(float("inf")), mode="proximal")
+    assert float(inf.strength.numpy()) == float("inf")
 
 
 MIRRORED_SCRIPT = textwrap.dedent(

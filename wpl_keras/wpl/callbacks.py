@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
+from wpl_keras.utils.validation import check_number
 from wpl_keras.wpl.fisher import WPLState
 from wpl_keras.wpl.training import WPLDivergenceError
 
@@ -39,14 +40,20 @@ def strength_schedule(
         rate: decay per epoch (amount for linear, factor for exponential).
         floor: ``α`` never goes below this.
     """
+    epoch = check_number("strength_schedule: epoch", epoch, minimum=0, integer=True)
+    initial = check_number("strength_schedule: initial", initial, minimum=0, allow_inf=True)
+    start_epoch = check_number("strength_schedule: start_epoch", start_epoch, minimum=0,
+                               integer=True)
+    floor = check_number("strength_schedule: floor", floor, minimum=0)
+    exponential = decay == "exponential"
+    rate = check_number("strength_schedule: rate", rate, minimum=0,
+                        exclusive_minimum=exponential, maximum=1 if exponential else None)
     if decay is None or epoch < start_epoch:
-        return float(initial)
+        return initial
     steps = epoch - start_epoch + 1
     if decay == "linear":
         value = initial - rate * steps
-    elif decay == "exponential":
-        if not 0.0 < rate <= 1.0:
-            raise ValueError(f"exponential decay needs 0 < rate <= 1, got {rate}.")
+    elif exponential:
         value = initial * rate**steps
     else:
         raise ValueError(f"decay must be None, 'linear' or 'exponential', got {decay!r}.")
@@ -66,9 +73,7 @@ class FisherFlush(_StateCallback):
 
     def __init__(self, state: WPLState, every: int = 3):
         super().__init__(state)
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}.")
-        self.every = int(every)
+        self.every = check_number("FisherFlush: every", every, minimum=1, integer=True)
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch > 0 and epoch % self.every == 0:
@@ -86,7 +91,9 @@ class StrengthScheduler(_StateCallback):
         self.schedule = schedule
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.state.strength.assign(float(self.schedule(epoch)))
+        alpha = check_number(f"StrengthScheduler: schedule({epoch}) (α)", self.schedule(epoch),
+                             minimum=0, allow_inf=True)
+        self.state.strength.assign(alpha)
 
 
 class SnapshotAnchors(_StateCallback):
@@ -126,7 +133,8 @@ class DivergenceGuard(keras.callbacks.Callback):
     def __init__(self, state: Optional[WPLState] = None, factor: float = 1e3):
         super().__init__()
         self.state = state
-        self.factor = float(factor)
+        self.factor = check_number("DivergenceGuard: factor", factor, minimum=1,
+                                   exclusive_minimum=True)
         self._best = math.inf
 
     def on_train_begin(self, logs=None):

@@ -11,10 +11,10 @@ holds one :class:`WPLConfig`. What it does not hold, on purpose:
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional
 
 from wpl_keras.utils.config import JsonConfig
+from wpl_keras.utils.validation import check_fields
 from wpl_keras.wpl.core import check_fisher_normalization
 from wpl_keras.wpl.penalty import check_wpl_mode
 
@@ -74,17 +74,11 @@ class WPLConfig(JsonConfig):
     fisher_source: str = "train"
 
     def __post_init__(self):
-        eta = self.fisher_momentum
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 < eta <= 1.0:
-            raise ValueError(f"WPLConfig.fisher_momentum must be in (0, 1], got {eta!r}.")
+        check_fields(self, {
+            "fisher_momentum": dict(minimum=0, maximum=1, exclusive_minimum=True),
+            "clip_norm": dict(minimum=0, exclusive_minimum=True, optional=True),
+        })
         clip = self.clip_norm
-        if clip is not None and (
-            isinstance(clip, bool) or not isinstance(clip, (int, float))
-            or not math.isfinite(clip) or clip <= 0
-        ):
-            raise ValueError(
-                f"WPLConfig.clip_norm must be a positive finite number or None, got {clip!r}."
-            )
         check_wpl_mode(self.mode, "WPLConfig.mode")
         check_fisher_normalization(self.fisher_normalization, "WPLConfig.fisher_normalization")
         if self.fisher_normalization == "tensor_norm" and clip is None:

@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Union
 import keras
 import tensorflow as tf
 
+from wpl_keras.utils.validation import check_number
 from wpl_keras.wpl import core
 
 GradientLike = Union[tf.Tensor, tf.IndexedSlices, None]
@@ -88,11 +89,11 @@ class WPLState(keras.layers.Layer):
         variables = list(variables)
         if not variables:
             raise ValueError("WPLState needs at least one variable to protect.")
-        fisher_momentum = _resolve_alias(fisher_momentum, momentum, 0.9)
-        if not 0.0 < fisher_momentum <= 1.0:
-            raise ValueError(f"fisher_momentum must be in (0, 1], got {fisher_momentum}.")
-        if clip_norm is not None and clip_norm <= 0:
-            raise ValueError(f"clip_norm must be positive or None, got {clip_norm}.")
+        fisher_momentum = _resolve_alias(fisher_momentum, momentum, 0.9,
+                                         "WPLState: fisher_momentum (η_F)")
+        clip_norm = check_number("WPLState: clip_norm", clip_norm, minimum=0,
+                                 exclusive_minimum=True, optional=True)
+        strength = check_number("WPLState: strength (α)", strength, minimum=0, allow_inf=True)
         core.check_fisher_normalization(fisher_normalization, "WPLState fisher_normalization")
         if fisher_normalization == "tensor_norm" and clip_norm is None:
             raise ValueError("WPLState: fisher_normalization='tensor_norm' scales each Fisher "
@@ -325,8 +326,10 @@ class WPLState(keras.layers.Layer):
 
         Call it with the all-reduced data gradient under ``tf.distribute``.
         """
-        eta = _resolve_alias(fisher_momentum, momentum, self.fisher_momentum)
-        clip = self.clip_norm if clip_norm is None else float(clip_norm)
+        eta = _resolve_alias(fisher_momentum, momentum, self.fisher_momentum,
+                             "WPLState.update_fisher: fisher_momentum (η_F)")
+        clip = self.clip_norm if clip_norm is None else check_number(
+            "WPLState.update_fisher: clip_norm", clip_norm, minimum=0, exclusive_minimum=True)
         if len(gradients) != len(self.fisher):
             raise ValueError(
                 f"update_fisher got {len(gradients)} gradients for {len(self.fisher)} "
@@ -494,12 +497,14 @@ def _base_name(v, k) -> str:
     return name.replace("/", "_").replace(":", "_")
 
 
-def _resolve_alias(fisher_momentum, momentum, default) -> float:
-    """``fisher_momentum``, or its former name ``momentum``, or ``default``; not both."""
+def _resolve_alias(fisher_momentum, momentum, default, name: str = "fisher_momentum") -> float:
+    """``fisher_momentum``, or its former name ``momentum``, or ``default``; not both. The
+    value is checked to be a number in ``(0, 1]`` (errors call it ``name``)."""
     if fisher_momentum is not None and momentum is not None:
         raise ValueError("give fisher_momentum only (momentum is its former name), not both.")
     value = fisher_momentum if fisher_momentum is not None else momentum
-    return float(default if value is None else value)
+    return check_number(name, default if value is None else value, minimum=0, maximum=1,
+                        exclusive_minimum=True)
 
 
 def _var_label(v) -> str:

@@ -30,6 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from wpl_keras.utils.validation import check_number
+
 _SOFTMAX = "softmax"
 _SIGMOID = "sigmoid"
 _LOGITS = "logits"
@@ -391,15 +393,19 @@ def estimate_fisher(
 
     Raises:
         ValueError: for an unknown ``kind``/``method``, no data, an undecidable output head,
-            labels that are not class ids of the model, or a non-finite result.
+            labels that are not class ids of the model, or a non-finite result; for a
+            ``num_samples`` or ``batch_size`` below 1.
+        TypeError: for a ``num_samples``, ``batch_size`` or ``seed`` that is not an integer.
     """
     if kind not in ("empirical", "true"):
         raise ValueError(f"kind must be 'empirical' or 'true', got {kind!r}.")
     if method not in ("vectorized", "loop"):
         raise ValueError(f"method must be 'vectorized' or 'loop', got {method!r}.")
-    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    num_samples = check_number("estimate_fisher: num_samples", num_samples, minimum=1,
+                               integer=True)
+    batch_size = check_number("estimate_fisher: batch_size", batch_size, minimum=1,
+                              integer=True)
+    seed = check_number("estimate_fisher: seed", seed, integer=True, optional=True)
     variables = list(model.trainable_variables if variables is None else variables)
     if not variables:
         raise ValueError("estimate_fisher: no variables to estimate the Fisher of.")

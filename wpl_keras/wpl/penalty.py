@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from wpl_keras.utils.validation import check_number
 
 def wpl_penalty(
     params: Sequence[tf.Tensor],
@@ -128,24 +129,15 @@ def max_stable_strength(
     Returns:
         The bound, ``inf`` when ``max_fisher`` is 0.
     """
-    values = {}
-    for name, value in (("learning_rate", learning_rate), ("max_fisher", max_fisher),
-                        ("momentum", momentum)):
-        try:
-            values[name] = float(value)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{name} must be a number, got {value!r}.") from error
-        if not np.isfinite(values[name]):
-            raise ValueError(f"{name} must be finite, got {value!r}.")
-    if values["learning_rate"] <= 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate}.")
-    if values["max_fisher"] < 0:
-        raise ValueError(f"max_fisher must be >= 0 (a Fisher is a mean of squares), got {max_fisher}.")
-    if not 0.0 <= values["momentum"] < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
-    if values["max_fisher"] == 0:
+    lr = check_number("max_stable_strength: learning_rate", learning_rate, minimum=0,
+                      exclusive_minimum=True)
+    # A Fisher is a mean of squares: >= 0.
+    max_f = check_number("max_stable_strength: max_fisher", max_fisher, minimum=0)
+    beta = check_number("max_stable_strength: momentum", momentum, minimum=0, maximum=1,
+                        exclusive_maximum=True)
+    if max_f == 0:
         return float("inf")
-    return 2.0 * (1.0 + values["momentum"]) / (values["learning_rate"] * values["max_fisher"])
+    return 2.0 * (1.0 + beta) / (lr * max_f)
 
 
 def proximal_pull(
@@ -186,19 +178,18 @@ def proximal_pull(
         The pulled weights, same shape and dtype as ``theta``.
 
     Raises:
-        ValueError: if a number given for ``strength`` or ``learning_rate`` is negative or NaN.
+        ValueError: if a number given for ``strength`` or ``learning_rate`` is negative or NaN
+            (:func:`~wpl_keras.utils.validation.check_number`; a tensor is not checked).
     """
     theta = tf.convert_to_tensor(theta)
     compute = tf.float64 if theta.dtype == tf.float64 else tf.float32
 
     def as_compute(value, what):
         if isinstance(value, (int, float, np.number, np.ndarray)):
-            value = np.asarray(value, np.float64)
-            if what and (np.isnan(value).any() or (value < 0).any()):
-                raise ValueError(
-                    f"proximal_pull: {what} must be >= 0 (inf allowed), got {value}."
-                )
-            return tf.constant(value, compute)
+            if what:
+                value = check_number(f"proximal_pull: {what}", value, minimum=0,
+                                     allow_inf=True)
+            return tf.constant(np.asarray(value, np.float64), compute)
         return tf.cast(value, compute)
 
     alpha = as_compute(strength, "strength")
@@ -244,7 +235,7 @@ class WeightPlasticity(keras.regularizers.Regularizer):
     """
 
     def __init__(self, l2: float = 0.0, binding: Optional[dict] = None):
-        self.l2 = float(l2)
+        self.l2 = check_number("WeightPlasticity: l2 (λ)", l2, minimum=0)
         self.binding = None if binding is None else dict(binding)
         self._state = None
         self._index: Optional[int] = None

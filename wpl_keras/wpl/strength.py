@@ -8,8 +8,9 @@ of B's accuracy without WPL, take the one that removes the most forgetting.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Sequence
+
+from wpl_keras.utils.validation import check_number
 
 # Slack on the tolerance test, in accuracy points, so that a cost of exactly ``tolerance``
 # computed from fractions (e.g. 100 * (0.97 - 0.96) = 1.0000000000000009) qualifies.
@@ -47,13 +48,11 @@ class StrengthChoice:
         return dataclasses.asdict(self)
 
 
-def _finite_floats(name: str, values: Sequence[float]) -> list:
-    out = [float(v) for v in values]
-    bad = [i for i, v in enumerate(out) if not math.isfinite(v)]
-    if bad:
-        raise ValueError(f"choose_strength: {name} must be finite; non-finite at index {bad} "
-                         f"({[out[i] for i in bad]}).")
-    return out
+def _finite_floats(name: str, values: Sequence[float], **bounds) -> list:
+    """Each value as a finite Python float within ``bounds``
+    (:func:`~wpl_keras.utils.validation.check_number`), the error naming its index."""
+    return [check_number(f"choose_strength: {name}[{i}]", v, **bounds)
+            for i, v in enumerate(values)]
 
 
 def _check_accuracy(name: str, value: float) -> None:
@@ -97,6 +96,7 @@ def choose_strength(
     Raises:
         ValueError: for an empty grid, lists of different lengths, a non-finite value, an
             ``α`` <= 0 or repeated, an accuracy outside [0, 1], or a bad ``tolerance``.
+        TypeError: for a measurement or ``tolerance`` that is not a number.
     """
     n = len(strengths)
     if n == 0:
@@ -106,16 +106,12 @@ def choose_strength(
             f"choose_strength: {n} strengths but {len(reductions)} reductions and "
             f"{len(b_accuracies)} B accuracies; give one of each per strength."
         )
-    alphas = _finite_floats("strengths", strengths)
+    alphas = _finite_floats("strengths", strengths, minimum=0, exclusive_minimum=True)
     reds = _finite_floats("reductions", reductions)
     accs = _finite_floats("b_accuracies", b_accuracies)
-    (without,) = _finite_floats("b_accuracy_without", [b_accuracy_without])
-    (tolerance,) = _finite_floats("tolerance", [tolerance])
-    if tolerance < 0:
-        raise ValueError(f"choose_strength: tolerance is accuracy points >= 0, got {tolerance}.")
-    not_positive = [a for a in alphas if a <= 0]
-    if not_positive:
-        raise ValueError(f"choose_strength: strengths must be > 0, got {not_positive}.")
+    without = check_number("choose_strength: b_accuracy_without", b_accuracy_without)
+    tolerance = check_number("choose_strength: tolerance (accuracy points)", tolerance,
+                             minimum=0)
     if len(set(alphas)) != n:
         raise ValueError(f"choose_strength: repeated strengths in {alphas}.")
     for acc in accs:

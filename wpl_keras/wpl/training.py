@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
+from wpl_keras.utils.validation import check_fields, check_number
 from wpl_keras.wpl import core
 from wpl_keras.wpl.fisher import WPLState, _resolve_alias
 from wpl_keras.wpl.penalty import WeightPlasticity, check_wpl_mode
@@ -56,8 +57,7 @@ class WPLSettings:
 
     def __post_init__(self):
         check_wpl_mode(self.mode)
-        if self.l2 < 0:
-            raise ValueError(f"l2 must be >= 0, got {self.l2}.")
+        check_fields(self, {"l2": dict(minimum=0)})
 
 
 def resolve_shared_variables(model: keras.Model, shared: Sequence) -> list:
@@ -144,11 +144,14 @@ def apply_wpl(
     Returns:
         The :class:`WPLState`.
     """
-    fisher_momentum = _resolve_alias(fisher_momentum, momentum, 0.9)
-    settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=float(l2))
-    if isinstance(strength, (int, float)) and not (strength >= 0):
-        raise ValueError(f"apply_wpl: strength (α) must be >= 0, got {strength}.")
-    if isinstance(strength, (int, float)) and strength == float("inf") and mode != "proximal":
+    fisher_momentum = _resolve_alias(fisher_momentum, momentum, 0.9,
+                                     "apply_wpl: fisher_momentum (η_F)")
+    strength = check_number("apply_wpl: strength (α)", strength, minimum=0, allow_inf=True)
+    l2 = check_number("apply_wpl: l2 (λ)", l2, minimum=0)
+    clip_norm = check_number("apply_wpl: clip_norm", clip_norm, minimum=0,
+                             exclusive_minimum=True, optional=True)
+    settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=l2)
+    if strength == float("inf") and mode != "proximal":
         raise ValueError(
             "apply_wpl: strength=inf needs mode='proximal' (the proximal step holds each weight "
             "with F > 0 at its anchor); in mode='gradient' the penalty's gradient is infinite."
@@ -274,7 +277,7 @@ class WPLTrainingMixin:
     def configure_wpl(self, *, update_fisher: bool = False, mode: str = "gradient",
                       l2: float = 0.0) -> None:
         """Sets how ``fit`` uses the WPL state (see :func:`apply_wpl`)."""
-        settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=float(l2))
+        settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=l2)
         object.__setattr__(self, "wpl_settings", settings)
         if self.__dict__.get("_wpl_penalty_log") is None:
             # P of the last step, for the epoch logs; a plain attribute, not saved with the
