@@ -60,6 +60,7 @@ from wpl_keras.nas.driver import (
     run_driver,
 )
 from wpl_keras.nas.nao import NAOController, normalize_scores
+from wpl_keras.utils.config_fields import find_field, replace_fields
 
 Architecture = Tuple[int, ...]
 
@@ -128,32 +129,6 @@ class NAOSearchConfig(LoopConfig):
 # Pure helpers.
 
 
-def _field_path(config, names: Sequence[str]) -> Optional[Tuple[str, ...]]:
-    """Path to the first field of ``config`` named one of ``names``: its own fields first, then
-    (depth first, in field order) those of its nested dataclass configs; None if absent."""
-    fields = dataclasses.fields(config)
-    own = {f.name for f in fields}
-    for name in names:
-        if name in own:
-            return (name,)
-    for f in fields:
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            inner = _field_path(value, names)
-            if inner is not None:
-                return (f.name,) + inner
-    return None
-
-
-def _replace_path(config, path: Tuple[str, ...], value):
-    """``config`` with the field at ``path`` (names from the outer config inwards) set to
-    ``value``; every config on the way is rebuilt with ``dataclasses.replace``."""
-    if len(path) == 1:
-        return dataclasses.replace(config, **{path[0]: value})
-    inner = _replace_path(getattr(config, path[0]), path[1:], value)
-    return dataclasses.replace(config, **{path[0]: inner})
-
-
 def with_regularization(
     task_config, *, output_dropout: Optional[float] = None, path_keep: Optional[float] = None
 ):
@@ -169,19 +144,21 @@ def with_regularization(
         ValueError: when the config has no field for a requested setting.
     """
     if output_dropout is not None:
-        path = _field_path(task_config, ("output_dropout", "dropout"))
+        path = find_field(task_config, ("output_dropout", "dropout"))
         if path is None:
             raise ValueError(f"{type(task_config).__name__} has no output-dropout field.")
-        task_config = _replace_path(task_config, path, float(output_dropout))
+        task_config = replace_fields(task_config, {".".join(path): float(output_dropout)},
+                                     where="output_dropout")
     if path_keep is not None:
-        path = _field_path(task_config, ("path_keep", "drop_path_keep"))
+        path = find_field(task_config, ("path_keep", "drop_path_keep"))
         if path is None:
             raise ValueError(
                 f"{type(task_config).__name__} has no path-dropping field (path_keep or "
                 "drop_path_keep); "
                 "random path dropping is not available for this space's supernet."
             )
-        task_config = _replace_path(task_config, path, float(path_keep))
+        task_config = replace_fields(task_config, {".".join(path): float(path_keep)},
+                                     where="path_keep")
     return task_config
 
 
