@@ -16,7 +16,8 @@ each seed's own pooled reduction, ``<name>_reduction_seed_mean`` and ``<name>_re
 per-epoch ratios ``(d_without[e] − d_with[e]) / d_without[e]`` over the epochs with
 ``d_without[e] > 0``; an epoch with a tiny positive ``d_without`` dominates it, so it is not
 the headline. ``forgetting_is_real`` says whether the mean difference without WPL is positive
-over the WPL epochs; when it is not, the reductions are not evidence.
+over the WPL epochs; when it is not, the reductions are not evidence. These fields are computed
+by :func:`wpl_keras.experiments.forgetting_summary.reduction_fields`.
 
     python benchmarks/enas_forgetting.py --space rnn --preset cpu-small \
         --data-dir ../shared/data/ptb
@@ -31,15 +32,14 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from wpl_keras.experiments import enas  # noqa: E402
-from wpl_keras.nas import metrics  # noqa: E402
-from wpl_keras.utils.strict_json import finite_or_null  # noqa: E402
+from wpl_keras.experiments import enas
+from wpl_keras.experiments.forgetting_summary import reduction_fields
+from wpl_keras.nas import metrics
+from wpl_keras.utils.config_fields import parse_assignments, replace_fields
+from wpl_keras.utils.strict_json import finite_or_null
 
 
 def run_pair(config, *, space: str, data_dir, data, out: str, resume: bool, fork: bool,
@@ -89,76 +89,6 @@ def run_pair(config, *, space: str, data_dir, data, out: str, resume: bool, fork
         runs[label] = result.history
         seconds[label] = round(time.time() - t, 1)
     return runs, seconds
-
-
-class _Changes(dict):
-    """Changes to one (nested) config, collected from dotted ``--task-set`` keys."""
-
-
-def set_task_fields(task, items):
-    """``task`` with the ``--task-set KEY=VALUE`` items applied (a later item on the same
-    field wins).
-
-    VALUE is JSON. KEY is a field of the task config or a dotted path into its nested configs
-    (``model.hidden_size=64``, ``optimizer.learning_rate=10``); the items are collected first
-    and each config is rebuilt once, so fields checked together (``model.hidden_size`` and
-    ``model.embedding_size``) can be given as separate items. A JSON object for a nested
-    config keeps the fields it does not give (``wpl='{"mode": "gradient"}'``). An int for a
-    float field is read as a float.
-
-    Raises:
-        SystemExit: naming the item, for a malformed item, an unknown field (with the nested
-            configs that have a field of that name) or a value the config refuses.
-    """
-    changes = _Changes()
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--task-set expects KEY=VALUE, got {item!r}")
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"--task-set {item!r}: VALUE is not JSON ({err}); quote strings "
-                             "as '\"text\"'.")
-        *outer, name = [part.strip() for part in key.split(".")]
-        level = changes
-        for part in outer:
-            level = level.setdefault(part, _Changes())
-            if not isinstance(level, _Changes):
-                raise SystemExit(f"--task-set {item!r}: {part!r} is also given as a whole.")
-        level[name] = value
-    return _apply_changes(task, changes, "--task-set")
-
-
-def _apply_changes(config, changes: "_Changes", where: str):
-    """``config`` with ``changes`` applied; nested :class:`_Changes` rebuild nested configs."""
-    fields = ({f.name for f in dataclasses.fields(config)}
-              if dataclasses.is_dataclass(config) else set())
-    values = {}
-    for name, value in changes.items():
-        if name not in fields:
-            nested = [f"{f}.{name}" for f in sorted(fields)
-                      if dataclasses.is_dataclass(getattr(config, f))
-                      and name in {g.name for g in dataclasses.fields(getattr(config, f))}]
-            hint = f"; did you mean {' or '.join(nested)}?" if nested else ""
-            raise SystemExit(f"{where}: {type(config).__name__} has no field {name!r}{hint}")
-        current = getattr(config, name)
-        if isinstance(value, _Changes):
-            value = _apply_changes(current, value, f"{where} {name}")
-        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif dataclasses.is_dataclass(current) and isinstance(value, dict):
-            value = _replace_or_exit(current, value, f"{where} {name}")
-        values[name] = value
-    return _replace_or_exit(config, values, where)
-
-
-def _replace_or_exit(config, changes: dict, where: str):
-    """``dataclasses.replace(config, **changes)``; a refused value exits naming ``where``."""
-    try:
-        return dataclasses.replace(config, **changes)
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"{where}: {err}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -230,7 +160,12 @@ def _config_and_seeds(args: argparse.Namespace):
         search["verbose"] = 0
     config = config.replace(search=search,
                             **({"seed": args.seed} if args.seed is not None else {}))
-    config = dataclasses.replace(config, task=set_task_fields(config.task, args.task_set))
+    try:  # --task-set KEY=VALUE: a (dotted) task config field, VALUE as JSON
+        task = replace_fields(config.task, parse_assignments(args.task_set, flag="--task-set"),
+                              where="--task-set")
+    except ValueError as err:
+        raise SystemExit(str(err))
+    config = dataclasses.replace(config, task=task)
     if args.seeds:
         try:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -313,62 +248,6 @@ def main(argv=None) -> dict:
     }
     print(json.dumps(finite_or_null(result), allow_nan=False))
     return result
-
-
-NAMES = ("mean", "best5", "max")
-
-
-def reduction_fields(runs: dict, by_seed: dict, active: list) -> dict:
-    """The result's reduction and difference fields, in the order they are printed.
-
-    Args:
-        runs: ``{"without": history, "with": history}``, the seed-averaged histories.
-        by_seed: seed → that seed's ``{"without": history, "with": history}``.
-        active: the epochs with WPL active (the epochs every figure is taken over).
-
-    Returns:
-        For ``<name>`` in mean / best5 / max: ``<name>_reduction``
-        ``= 1 − Σ_{e∈active} d_with / Σ_{e∈active} d_without`` of the seed-averaged
-        differences (headline; NaN when the sum without WPL is ``<= 0``),
-        ``reduction_epochs_used``, ``<name>_reduction_per_seed`` / ``_seed_mean`` / ``_std``
-        (:func:`wpl_keras.nas.metrics.reductions_over_seeds`), ``<name>_reduction_per_epoch``
-        (mean of per-epoch ratios over epochs with ``d_without > 0``) and
-        ``reduction_per_epoch_epochs_used``, ``reduction_nan_reasons``,
-        ``forgetting_is_real``, ``<name>_diff_without`` / ``_with`` (means over the epochs
-        used) and ``per_seed`` (each seed's own figures).
-    """
-    red = metrics.reductions_over_epochs(runs["without"], runs["with"], epochs=active)
-    spread = metrics.reductions_over_seeds(
-        {str(seed): seed_runs for seed, seed_runs in by_seed.items()}, epochs=active)
-    fields = {f"{k}_reduction": red[f"{k}_reduction"] for k in NAMES}
-    fields["reduction_epochs_used"] = {k: red[f"{k}_reduction_epochs"] for k in NAMES}
-    for k in NAMES:
-        for suffix in ("per_seed", "seed_mean", "std"):
-            fields[f"{k}_reduction_{suffix}"] = spread[f"{k}_reduction_{suffix}"]
-    fields.update({f"{k}_reduction_per_epoch": red[f"{k}_reduction_per_epoch"] for k in NAMES})
-    fields["reduction_per_epoch_epochs_used"] = {
-        k: red[f"{k}_reduction_per_epoch_epochs"] for k in NAMES}
-    fields["reduction_nan_reasons"] = metrics.nan_reasons(red)
-    fields["forgetting_is_real"] = red["mean_without"] > 0
-    for k in NAMES:
-        fields[f"{k}_diff_without"] = red[f"{k}_without"]
-        fields[f"{k}_diff_with"] = red[f"{k}_with"]
-    fields["per_seed"] = {str(seed): _seed_figures(seed_runs, active)
-                          for seed, seed_runs in by_seed.items()}
-    return fields
-
-
-def _seed_figures(runs, active) -> dict:
-    """One seed's reductions (pooled and per-epoch) and averaged differences over the WPL
-    epochs."""
-    red = metrics.reductions_over_epochs(runs["without"], runs["with"], epochs=active)
-    figures = {f"{k}_reduction": red[f"{k}_reduction"] for k in NAMES}
-    figures.update({f"{k}_reduction_per_epoch": red[f"{k}_reduction_per_epoch"] for k in NAMES})
-    for k in NAMES:
-        figures[f"{k}_diff_without"] = red[f"{k}_without"]
-        figures[f"{k}_diff_with"] = red[f"{k}_with"]
-    figures["forgetting_is_real"] = red["mean_without"] > 0
-    return figures
 
 
 if __name__ == "__main__":

@@ -43,8 +43,6 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from wpl_keras.utils.strict_json import finite_or_null  # noqa: E402
 
 
 def run_rate(config, rate: float, out: str, data, *, fork: bool):
@@ -86,12 +84,11 @@ def run_path_arm(config, rate: float, keep: float, out: str, data):
     keep probability ``keep`` (``RNNModelConfig.path_keep``) in every epoch, into ``out``.
     Returns ``(history, seconds)``."""
     from wpl_keras.experiments import nao as nao_experiment
+    from wpl_keras.utils.config_fields import replace_fields
 
     if os.path.isdir(out):
         shutil.rmtree(out)
-    task = config.base.task
-    model = dataclasses.replace(task.model, path_keep=float(keep))
-    base = dataclasses.replace(config.base, task=dataclasses.replace(task, model=model))
+    base = replace_fields(config.base, {"task.model.path_keep": float(keep)})
     t0 = time.time()
     result = nao_experiment.run_nao_experiment(
         config.replace(base=base, output_dropout=rate, search={"wpl": False}), None, out,
@@ -100,50 +97,6 @@ def run_path_arm(config, rate: float, keep: float, out: str, data):
     print(f"dropout {rate:g} path keep {keep:g} (seed {config.base.seed}): best5 diffs "
           f"{[round(r['best5_diff'], 2) for r in result.history]}, {seconds} s", flush=True)
     return result.history, seconds
-
-
-def path_dropping_fields(path_by_seed: dict, runs: dict, seeds: list, rates: list,
-                         keeps: list, start_epoch: int) -> dict:
-    """The path-dropping arms' forgetting beside the dropout rates' runs.
-
-    Args:
-        path_by_seed: ``(seed, rate, keep) → history`` of the searches with path dropping.
-        runs: ``(rate, wpl) → history`` averaged over the seeds (:func:`summary_fields`).
-        seeds, rates, keeps: what was run; start_epoch: the first epoch with WPL.
-
-    Returns:
-        ``{"keep_<k>": {"by_rate": {rate: {...}}, "path_lower_than_no_wpl_at_all_rates",
-        "wpl_lower_than_path_dropping_at_all_rates"}}``; per rate ``best5_diff`` (mean over
-        the WPL epochs ``E`` of the seed-averaged best-5 ``err2 − err1`` with path
-        dropping), ``reduction_vs_no_wpl`` ``= 1 − Σ_E best5_path / Σ_E best5_without``
-        (null when the sum without is ``<= 0``), ``best5_without_wpl``, ``best5_with_wpl``
-        and ``mean_valid_ppl``; NaN as null.
-    """
-    from wpl_keras.nas import metrics
-
-    keys = ("mean_diff", "best5_diff", "max_diff", "mean_err1")
-    fields = {}
-    for keep in keeps:
-        path = {rate: metrics.average_histories(
-            [path_by_seed[(s, rate, keep)] for s in seeds], keys=keys) for rate in rates}
-        against_plain = metrics.forgetting_by_rate(
-            {**{(r, False): runs[(r, False)] for r in rates},
-             **{(r, True): path[r] for r in rates}}, start_epoch)
-        against_wpl = metrics.forgetting_by_rate(
-            {**{(r, False): path[r] for r in rates},
-             **{(r, True): runs[(r, True)] for r in rates}}, start_epoch)
-        by_rate = {
-            k: {"best5_diff": v["best5_with"], "reduction_vs_no_wpl": v["best5_reduction"],
-                "best5_without_wpl": v["best5_without"],
-                "best5_with_wpl": against_wpl["rates"][k]["best5_with"],
-                "mean_valid_ppl": round(v["mean_ppl_with"], 1)}
-            for k, v in against_plain["rates"].items()}
-        fields[f"keep_{keep:g}"] = {
-            "by_rate": by_rate,
-            "path_lower_than_no_wpl_at_all_rates": against_plain["wpl_lower_at_all_rates"],
-            "wpl_lower_than_path_dropping_at_all_rates": against_wpl["wpl_lower_at_all_rates"],
-        }
-    return finite_or_null(fields)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,71 +125,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def summary_fields(by_seed: dict, seeds: list, rates: list, start_epoch: int):
-    """The seed-averaged runs per rate and the result's forgetting fields.
-
-    Args:
-        by_seed: ``(seed, rate, wpl) → history``.
-        seeds: the seeds run; rates: the output-dropout rates run.
-        start_epoch: the first epoch with WPL.
-
-    Returns:
-        ``(runs, fields)``: ``runs[(rate, wpl)]`` the per-epoch differences averaged over the
-        seeds (:func:`wpl_keras.nas.metrics.average_histories`), and ``fields``: per rate
-        under ``best5_diff_by_rate`` the mean best-5 ``err2 − err1`` over the WPL epochs
-        ``E`` without and with WPL, ``reduction = 1 − Σ_E best5_with / Σ_E best5_without`` of
-        the seed-averaged differences (headline; null when the sum without WPL is ``<= 0``),
-        ``reduction_per_seed`` (each seed's own pooled reduction), ``reduction_seed_mean``
-        and ``reduction_std`` (population std over the seeds), ``reduction_per_epoch`` (mean
-        of the per-epoch ratios over epochs with a positive difference without WPL);
-        ``mean_valid_ppl_by_rate``; ``wpl_lower_at_all_rates`` (seed-averaged) and
-        ``wpl_lower_at_all_rates_per_seed``; ``per_seed_best5``.
-    """
-    from wpl_keras.nas import metrics
-
-    keys = ("mean_diff", "best5_diff", "max_diff", "mean_err1")
-    runs = {(rate, wpl): metrics.average_histories(
-                [by_seed[(s, rate, wpl)] for s in seeds], keys=keys)
-            for rate in rates for wpl in (False, True)}
-    summary = metrics.forgetting_by_rate(runs, start_epoch)
-    seed_summaries = {str(s): metrics.forgetting_by_rate(
-        {(r, w): by_seed[(s, r, w)] for r in rates for w in (False, True)}, start_epoch)
-        for s in seeds}
-    by_rate = {}
-    for k, v in summary["rates"].items():
-        per_seed = {s: seed_summaries[s]["rates"][k]["best5_reduction"] for s in seed_summaries}
-        spread = metrics.seed_spread(list(per_seed.values()))
-        by_rate[k] = {"without_wpl": v["best5_without"], "with_wpl": v["best5_with"],
-                      "reduction": v["best5_reduction"], "reduction_per_seed": per_seed,
-                      "reduction_seed_mean": spread["mean"], "reduction_std": spread["std"],
-                      "reduction_per_epoch": v["best5_reduction_per_epoch"]}
-    fields = {
-        "best5_diff_by_rate": by_rate,
-        "mean_valid_ppl_by_rate": {k: {"without_wpl": round(v["mean_ppl_without"], 1),
-                                       "with_wpl": round(v["mean_ppl_with"], 1)}
-                                   for k, v in summary["rates"].items()},
-        "wpl_lower_at_all_rates": summary["wpl_lower_at_all_rates"],
-        "wpl_lower_at_all_rates_per_seed": {
-            s: v["wpl_lower_at_all_rates"] for s, v in seed_summaries.items()},
-        "best5_averaged_over_epochs": f">= {start_epoch}",
-        "per_seed_best5": {
-            s: {k: {"best5_without": v["best5_without"], "best5_with": v["best5_with"],
-                    "reduction": v["best5_reduction"]} for k, v in summ["rates"].items()}
-            for s, summ in seed_summaries.items()},
-    }
-    return runs, finite_or_null(fields)
-
-
 def _path_figures(path_by_seed, runs, seeds, rates, keeps, out: str) -> list:
     """One Figure-4 PNG per rate with the path-dropping arms (seed-averaged) drawn beside NAO
     with and without WPL; none without path arms."""
+    from wpl_keras.experiments.forgetting_summary import HISTORY_KEYS
     from wpl_keras.nas import metrics
 
     pngs = []
     for rate in rates if keeps else []:
         extra = {f"NAO + path dropping (keep {k:g})": metrics.average_histories(
             [path_by_seed[(s, rate, k)] for s in seeds],
-            keys=("mean_diff", "best5_diff", "max_diff", "mean_err1")) for k in keeps}
+            keys=HISTORY_KEYS) for k in keeps}
         pngs.append(metrics.plot_figure4(
             {(rate, w): runs[(rate, w)] for w in (False, True)},
             os.path.join(out, f"figure4_path_dropping_{rate:g}.png"), extra=extra))
@@ -272,6 +171,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
 
     from wpl_keras.experiments import nao as nao_experiment
+    from wpl_keras.experiments.forgetting_summary import path_dropping_fields, summary_fields
     from wpl_keras.nas import metrics
 
     rates = [float(r) for r in args.rates.split(",") if r.strip()]

@@ -102,7 +102,7 @@ def test_app_config_overrides(tmp_path, monkeypatch):
     assert enas_search._data_dir(args, enas.get_space("rnn")) == "/data/root/ptb"
 
 
-def test_app_search_derive_export_on_tiny_text(tmp_path, seed):
+def test_app_search_derive_export_on_tiny_text(tmp_path, seed, capsys):
     """The real RNN task end to end through the app (resume is tested in tests/nas)."""
     data = write_tiny_ptb(tmp_path / "ptb")
     out = str(tmp_path / "run")
@@ -124,12 +124,35 @@ def test_app_search_derive_export_on_tiny_text(tmp_path, seed):
     enas.build_space(saved).validate(derived["arch"])
     assert derived["error"] == min(c["error"] for c in derived["candidates"])
     assert os.path.exists(os.path.join(out, "derived.png"))
-    # export = train-best (from scratch, capped at 2 batches by the tiny preset) + SavedModel.
-    assert enas_search.main(["export", *common]) == 0
+    # Nothing trained yet: export refuses (exit status 2) and says to run train-best.
+    capsys.readouterr()
+    assert enas_search.main(["export", *common]) == 2
+    assert "run train-best on --out" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(out, "export"))
+    # train-best (capped at 2 batches by the tiny preset) keeps the weights it describes.
+    assert enas_search.main(["train-best", "--train-epochs", "2", *common]) == 0
     with open(os.path.join(out, "train_best.json")) as f:
         trained = json.load(f)
     assert trained["arch"] == derived["arch"] and np.isfinite(trained["valid_ppl"])
-    assert os.path.exists(os.path.join(out, "export", "saved_model.pb"))
+    assert trained["epochs"] == 2 and trained["weights"] == "train_best.weights.h5"
+    weights = os.path.join(out, trained["weights"])
+    stamp = os.stat(weights).st_mtime_ns
+    # export exports that model and trains nothing: the record and weights stay as they were.
+    assert enas_search.main(["export", *common]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["path"] == \
+        os.path.join(out, "export", "1")
+    assert os.path.exists(os.path.join(out, "export", "1", "saved_model.pb"))
+    assert os.path.exists(os.path.join(out, "export", "1", "cell.json"))
+    with open(os.path.join(out, "train_best.json")) as f:
+        assert json.load(f) == trained
+    assert os.stat(weights).st_mtime_ns == stamp
+    # train-best again without --resume is refused; with --resume the finished run is reported.
+    assert enas_search.main(["train-best", *common]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert enas_search.main(["train-best", "--resume", *common]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["valid_ppl"] == \
+        trained["valid_ppl"]
+    assert os.stat(weights).st_mtime_ns == stamp
 
 
 def test_cnn_config_with_nested_task_fields_round_trips_and_refuses_unknown_ones(tmp_path):
@@ -143,44 +166,3 @@ def test_cnn_config_with_nested_task_fields_round_trips_and_refuses_unknown_ones
     obj["task"]["wpl"]["strength"] = 60.0
     with pytest.raises(ValueError, match="strength"):
         enas.ENASExperimentConfig.from_json(obj)
-
-
-def _enas_forgetting_benchmark():
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "enas_forgetting.py")
-    spec = importlib.util.spec_from_file_location("enas_forgetting_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_benchmark_task_set_reaches_nested_fields():
-    from wpl_keras.wpl.config import WPLConfig
-
-    bench = _enas_forgetting_benchmark()
-    task = enas.get_preset("rnn", "cpu-small").task
-    new = bench.set_task_fields(task, [
-        "model.hidden_size=64", "model.embedding_size=64", "optimizer.learning_rate=5",
-        'wpl={"mode": "gradient"}', 'wpl_scope="cell"', "optimizer.grad_clip=0.5"])
-    assert (new.model.hidden_size, new.model.embedding_size) == (64, 64)
-    assert new.model.output_dropout == task.model.output_dropout
-    assert new.optimizer.learning_rate == 5.0 and isinstance(new.optimizer.learning_rate, float)
-    assert new.optimizer.grad_clip == 0.5 and new.optimizer.l2 == task.optimizer.l2
-    assert new.wpl == WPLConfig(mode="gradient", fisher_momentum=task.wpl.fisher_momentum,
-                                clip_norm=task.wpl.clip_norm)
-    assert new.wpl_scope == "cell" and new.batch_size == task.batch_size
-    # A JSON object for a nested config keeps the fields it does not give.
-    assert bench.set_task_fields(task, ['model={"output_dropout": 0.2}']).model == (
-        task.model.__class__(**{**task.model.to_json(), "output_dropout": 0.2}))
-    assert bench.set_task_fields(task, []) == task
-    for item, message in (
-        ("learning_rate=10", "has no field 'learning_rate'; did you mean optimizer.learning_rate"),
-        ("model.hidden_size=65", "tied"),
-        ("model.output_dropout=1.5", "output_dropout must be a number in"),
-        ("model.nodes=3", "RNNModelConfig has no field 'nodes'"),
-        ("hidden_size", "expects KEY=VALUE"),
-        ("bptt=fast", "not JSON"),
-    ):
-        with pytest.raises(SystemExit, match=message):
-            bench.set_task_fields(task, [item])
