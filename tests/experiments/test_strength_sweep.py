@@ -1,36 +1,39 @@
-"""benchmarks/alpha_sweep.py, the two-model strength sweep it runs, and wpl-two-models --alpha auto,
-at tiny sizes."""
+"""The two-model strength sweep (wpl_keras.experiments.strength_sweep: the sweep, its table and
+choice, several cases and their report, as benchmarks/alpha_sweep.py runs them) and
+wpl-two-models --alpha auto, at tiny sizes."""
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
-import pathlib
 
 import numpy as np
 import pytest
 
-from wpl_keras.data.mnist import MnistSplits
+from wpl_keras.data.mnist import MnistSplits, load_mnist
 from wpl_keras.experiments import strength_sweep as ss
 from wpl_keras.experiments import two_models as tm
 from wpl_keras.wpl.strength import choose_strength
 from wpl_keras.wpl.training import WPLDivergenceError
 from mnist_files import write_mnist
 
-_PATH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "alpha_sweep.py"
 TINY_ARGS = ["--iterations", "20", "--eval-every", "10", "--hidden-units", "16",
              "--a-max-epochs", "4", "--fisher-samples", "20", "--validation-size", "60"]
+# The settings of TINY_ARGS for the library's sweep (benchmarks/alpha_sweep.py's options).
+TINY_SWEEP = dict(iterations=20, eval_every=10, hidden_units=16, a_max_epochs=4,
+                  fisher_samples=20, validation_size=60, seeds=(0,), a_steps_per_epoch=20,
+                  loose_learning_rate=0.1, loose_levels=(0.3,))
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("alpha_sweep_benchmark", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
+def _tiny_cases(data_dir, strict, alphas, progress=None, **changes):
+    """``run_cases`` on the idx files at TINY_SWEEP (with ``changes``): ``(cases, config,
+    data text)``."""
+    config = tm.TwoModelsConfig(**{**TINY_SWEEP, **changes})
+    data = load_mnist(str(data_dir), validation_size=config.validation_size, seed=0,
+                      verify=False)
+    cases = ss.run_cases(data, config, ss.case_levels(strict, config.loose_levels), alphas,
+                         1.0, progress=progress)
+    return cases, config, f"MNIST ({data.source})"
 
 
 def _synthetic(seed=0, n=128, classes=10, side=6):
@@ -139,28 +142,30 @@ def test_choose_case_strength_on_a_table():
     assert choice["choice"]["qualified"] is True
     table[1]["reduction_val"] = float("nan")
     bad = ss.choose_case_strength(table)
-    assert bad["strength"] is None and "reductions must be finite" in bad["error"]
+    assert bad["strength"] is None and "reductions[1] must be a finite number" in bad["error"]
 
 
-# --------------------------------------------------------------------------- benchmark
-def test_chosen_entry_takes_the_test_values_at_the_chosen_alpha(bench):
+# --------------------------------------------------------------------------- several cases
+def test_case_levels_and_chosen_entry_take_the_test_values_at_the_chosen_alpha():
+    assert ss.case_levels(True, [0.5, 1]) == [None, 0.5, 1.0]
+    assert ss.case_levels(False, []) == []
     table = [{"strength": 1e2, "reduction": 0.2, "b_cost": 0.5, "reduction_val": 0.3,
               "b_cost_val": 0.1},
              {"strength": 1e8, "reduction": 0.9, "b_cost": -9.0, "reduction_val": 0.95,
               "b_cost_val": -8.0}]
     choice = {"strength": 1e2, "error": None,
               "choice": {"qualified": True, "reason": "largest reduction among ..."}}
-    entry = bench.chosen_entry(table, choice)
+    entry = ss.chosen_entry(table, choice)
     assert entry == {"alpha": 1e2, "reduction": 0.2, "b_cost": 0.5, "reduction_val": 0.3,
                      "b_cost_val": 0.1, "qualified": True, "reason": "largest reduction among ..."}
-    none = bench.chosen_entry(table, {"strength": None, "choice": None, "error": "no forgetting"})
+    none = ss.chosen_entry(table, {"strength": None, "choice": None, "error": "no forgetting"})
     assert none["alpha"] is None and math.isnan(none["reduction"])
     assert none["reason"] == "no forgetting"
 
 
-def test_tiny_sweep_on_idx_files(bench, tmp_path, capsys, monkeypatch):
+def test_tiny_sweep_on_idx_files(tmp_path, monkeypatch):
     write_mnist(str(tmp_path / "data"))
-    trained = []
+    trained, messages = [], []
     real_train_a = tm.train_a
 
     def counting_train_a(data, config, seed, level=None):
@@ -168,14 +173,13 @@ def test_tiny_sweep_on_idx_files(bench, tmp_path, capsys, monkeypatch):
         return real_train_a(data, config, seed, level)
 
     monkeypatch.setattr(ss, "train_a", counting_train_a)
-    report = bench.main([
-        "--data-dir", str(tmp_path / "data"), "--no-verify", "--out", str(tmp_path / "out"),
-        "--seeds", "0", "--alphas", "1e2,1e8", "--loose-levels", "0.3",
-        "--loose-learning-rate", "0.1", "--a-steps-per-epoch", "20", *TINY_ARGS,
-    ])
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert json.loads(last) == report
+    cases, config, data_text = _tiny_cases(tmp_path / "data", True, [1e2, 1e8],
+                                           progress=messages.append)
+    report = ss.write_sweep_report(cases, config, str(tmp_path / "out"), tolerance=1.0,
+                                   data_text=data_text, seconds=1.0)
+    assert json.loads(json.dumps(report, allow_nan=False)) == report  # strict JSON
     assert trained == [(0, None), (0, 0.3)]  # A once per seed and case, shared by both alphas
+    assert any(m.startswith("strict: chosen alpha") for m in messages)
     assert report["alphas"] == [1e2, 1e8] and report["seeds"] == [0]
     assert set(report["cases"]) == set(report["chosen"]) == {"strict", "loose_0.3"}
     for name, case in report["cases"].items():
@@ -195,6 +199,7 @@ def test_tiny_sweep_on_idx_files(bench, tmp_path, capsys, monkeypatch):
         at = rows[f"{chosen['alpha']:g}"]
         assert (chosen["reduction"], chosen["b_cost"]) == (at["reduction"], at["b_cost"])
     saved = json.loads(open(report["outputs"]["json"]).read())
+    assert saved["report"]["cases"] == report["cases"]
     runs = saved["sweeps"]["strict"]["seeds"]
     low, high = runs["100"][0], runs["1e+08"][0]
     assert low["a_baseline"] == high["a_baseline"]  # both alphas start from the same A
@@ -221,15 +226,22 @@ def test_merge_sweeps_keeps_the_first_run_of_a_strength_and_reads_nulls_as_nan()
         ss.merge_sweeps([])
 
 
-def test_merge_of_two_tiny_runs_applies_the_rule_to_the_union_grid(bench, tmp_path, capsys):
+def test_merge_of_two_tiny_runs_applies_the_rule_to_the_union_grid(tmp_path):
     write_mnist(str(tmp_path / "data"))
-    common = ["--data-dir", str(tmp_path / "data"), "--no-verify", "--seeds", "0",
-              "--no-strict", "--loose-levels", "0.3", "--loose-learning-rate", "0.1",
-              "--a-steps-per-epoch", "20", *TINY_ARGS]
-    high = bench.main(common + ["--out", str(tmp_path / "high"), "--alphas", "1e2,1e8"])
-    low = bench.main(common + ["--out", str(tmp_path / "low"), "--alphas", "1,1e2"])
-    merged = bench.main(["--merge", high["outputs"]["json"], low["outputs"]["json"],
-                         "--out", str(tmp_path / "merged")])
+
+    def run(name, alphas, **changes):
+        cases, config, text = _tiny_cases(tmp_path / "data", False, alphas, **changes)
+        return ss.write_sweep_report(cases, config, str(tmp_path / name), tolerance=1.0,
+                                     data_text=text, seconds=1.0)
+
+    def merge(paths, name="merged"):
+        cases, config, text = ss.cases_from_files(paths, 1.0)
+        return ss.write_sweep_report(cases, config, str(tmp_path / name), tolerance=1.0,
+                                     data_text=text, seconds=0.0, merged_from=paths)
+
+    high = run("high", [1e2, 1e8])
+    low = run("low", [1, 1e2])
+    merged = merge([high["outputs"]["json"], low["outputs"]["json"]])
     rows = merged["cases"]["loose_0.3"]["alphas"]
     assert merged["alphas"] == [1.0, 1e2, 1e8] and set(rows) == {"1", "100", "1e+08"}
     assert rows["1e+08"] == high["cases"]["loose_0.3"]["alphas"]["1e+08"]
@@ -241,13 +253,14 @@ def test_merge_of_two_tiny_runs_applies_the_rule_to_the_union_grid(bench, tmp_pa
                            np.mean([r["b_accuracy_without_val"] for r in ordered]), 1.0)
     assert merged["chosen"]["loose_0.3"]["alpha"] == rule.strength
     assert merged["merged_from"] == [high["outputs"]["json"], low["outputs"]["json"]]
-    other = bench.main(common[:4] + ["1", *common[5:], "--out", str(tmp_path / "o"),
-                                     "--alphas", "10"])
-    capsys.readouterr()
-    with pytest.raises(SystemExit, match="other settings"):
-        bench.main(["--merge", high["outputs"]["json"], other["outputs"]["json"]])
-    with pytest.raises(SystemExit, match="cannot read"):
-        bench.main(["--merge", str(tmp_path / "missing.json")])
+    assert merged["data"] == high["data"]
+    other = run("o", [10], seeds=(1,))
+    with pytest.raises(ValueError, match="other settings"):
+        ss.cases_from_files([high["outputs"]["json"], other["outputs"]["json"]], 1.0)
+    with pytest.raises(ValueError, match="cannot read"):
+        ss.cases_from_files([str(tmp_path / "missing.json")], 1.0)
+    with pytest.raises(ValueError, match="at least one"):
+        ss.cases_from_files([], 1.0)
 
 
 # --------------------------------------------------------------------------- app --alpha auto
@@ -328,7 +341,7 @@ def test_app_run_auto_falls_back_to_the_smallest_alpha_when_the_rule_cannot_choo
     choice = results["alpha_auto"]["cases"]["strict"]
     # 1e2 has no finished run, so the smallest alpha with one is used
     assert choice["fallback"] and choice["strength"] == 1e4 and choice["left_out"] == [1e2]
-    assert "reductions must be finite" in choice["error"]
+    assert "must be a finite number" in choice["error"]
     assert results["cases"]["strict"]["strength"] == 1e4
     assert results["cases"]["strict"]["seeds"][0]["strength_seen"] == 1e4
     assert "rule could not choose" in messages[-1]
