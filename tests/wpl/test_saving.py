@@ -56,8 +56,8 @@ def _layers():
             keras.layers.Dense(2, name="head")]
 
 
-def _build(kind):
-    keras.utils.set_random_seed(11)
+def _build(kind, seed=11):
+    keras.utils.set_random_seed(seed)
     if kind in ("functional", "wpl_functional"):
         inputs = keras.Input((6,))
         h = inputs
@@ -84,9 +84,11 @@ def _protect(model, **wpl):
     return state
 
 
-def _fit(model, x, y, part):
+def _fit(model, x, y, part, callbacks=()):
     sl = slice(part * K * BATCH, (part + 1) * K * BATCH)
-    callbacks = [] if isinstance(model, WPLTrainingMixin) else [WPLMonitor(model.wpl_state)]
+    callbacks = list(callbacks)
+    if not isinstance(model, WPLTrainingMixin):
+        callbacks.insert(0, WPLMonitor(model.wpl_state))
     history = model.fit(x[sl], y[sl], batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
                         callbacks=callbacks)
     return history.history
@@ -246,10 +248,12 @@ def test_loading_into_a_model_without_the_protected_weight_names_it(tmp_path):
         WPLModel.from_config(config)
 
 
-def test_export_serves_inference_only(tmp_path):
+@pytest.mark.parametrize("kind", ["functional", "sequential", "wpl_functional"])
+def test_export_serves_inference_only(tmp_path, kind):
+    """``model.export`` carries the model's weights and its forward pass, no WPL state."""
     x, y = _data()
-    model = _build("wpl_functional")
-    _protect(model, mode="proximal", update_fisher=True, strength=5.0)
+    model = _build(kind)
+    _protect(model, **_SETTINGS[kind])
     _fit(model, x, y, 0)
     export_dir = str(tmp_path / "exported")
     model.export(export_dir, verbose=False)
@@ -257,6 +261,8 @@ def test_export_serves_inference_only(tmp_path):
     np.testing.assert_allclose(served.serve(x).numpy(), model.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
     assert not hasattr(served, "fit") and not hasattr(served, "wpl_state")
+    assert sorted(tuple(v.shape) for v in served.variables) == sorted(
+        tuple(w.shape) for w in model.weights)
 
 
 @pytest.mark.parametrize("normalization", ["tensor_norm", "mean"])
@@ -307,3 +313,213 @@ def test_plain_model_keeps_its_fisher_normalisation_through_load_wpl_model(
         np.testing.assert_allclose(f.numpy(), want, rtol=1e-5)
     np.testing.assert_allclose(_fit(loaded, x, y, 1)["loss"], _fit(model, x, y, 1)["loss"],
                                rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Every way to save: the WPL state of plain and WPL models survives each one.
+
+_SHARED = ["shared", "middle"]
+_SETTINGS = {  # plain models: regularizers (gradient mode); WPLModel: its train step
+    "functional": dict(strength=5.0, l2=0.01, fisher_momentum=0.8, clip_norm=2.0,
+                       fisher_normalization="mean"),
+    "sequential": dict(strength=5.0, l2=0.01, fisher_momentum=0.8, clip_norm=2.0,
+                       fisher_normalization="mean"),
+    "wpl_functional": dict(mode="proximal", update_fisher=True, strength=30.0, clip_norm=0.5,
+                           fisher_normalization="tensor_norm"),
+}
+_SETTINGS["subclass"] = _SETTINGS["wpl_functional"]  # TinyNet: a subclassed WPL model
+_REFERENCES = {}
+
+
+def _reference(kind):
+    """Weights, WPL state and part-2 history of 2 × K uninterrupted steps (cached per kind)."""
+    if kind not in _REFERENCES:
+        x, y = _data()
+        model = _build(kind)
+        _protect(model, **_SETTINGS[kind])
+        _fit(model, x, y, 0)
+        history = _fit(model, x, y, 1)
+        _REFERENCES[kind] = ([w.numpy() for w in model.weights], _state_arrays(model), history)
+    return _REFERENCES[kind]
+
+
+def _fresh(kind, saved_state, apply=True):
+    """Another model of ``kind`` (other initial weights), protected by a fresh apply_wpl with
+    another α, so its Fisher, anchors, α and update count all differ from ``saved_state``."""
+    model = _build(kind, seed=12)
+    if apply:
+        apply_wpl(model, _SHARED, **{**_SETTINGS[kind], "strength": 0.5})
+        for got, want in zip(_state_arrays(model), saved_state):
+            assert not np.any(want != 0) or not np.allclose(got, want)  # all but zero biases
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def _load_weights(kind, path, saved):
+    model = _fresh(kind, saved)
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(path)
+    return model
+
+
+def _restore_checkpoint(kind, path, saved):
+    model = _fresh(kind, saved)
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(path).assert_consumed()
+    return model
+
+
+def _restore_before_apply_wpl(kind, path, saved):
+    """Deferred restoration: the state is filled when apply_wpl attaches it."""
+    model = _build(kind, seed=12)
+    status = tf.train.Checkpoint(model=model).read(path)
+    state = apply_wpl(model, _SHARED, **{**_SETTINGS[kind], "strength": 0.5})
+    for got, want in zip(_state_arrays(model), saved):
+        np.testing.assert_array_equal(got, want)
+    assert state is model.wpl_state
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    status.assert_consumed()  # the optimizer (model.optimizer) too, once compile made it
+    return model
+
+
+def _checkpoint_manager(model, tmp_path):
+    return tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model, optimizer=model.optimizer), str(tmp_path / "mgr"),
+        max_to_keep=2)
+
+
+def _restore_from_manager(kind, tmp_path, saved):
+    model = _fresh(kind, saved)
+    manager = _checkpoint_manager(model, tmp_path)
+    manager.checkpoint.restore(manager.latest_checkpoint).assert_consumed()
+    return model
+
+
+# way: (callbacks for the first fit, save after it, load into a new model)
+_WAYS = {
+    "save_weights": (
+        lambda tmp: [], lambda m, tmp: m.save_weights(str(tmp / "m.weights.h5")),
+        lambda kind, tmp, saved: _load_weights(kind, str(tmp / "m.weights.h5"), saved)),
+    "checkpoint": (
+        lambda tmp: [],
+        lambda m, tmp: tf.train.Checkpoint(model=m, optimizer=m.optimizer).write(
+            str(tmp / "ckpt")),
+        lambda kind, tmp, saved: _restore_checkpoint(kind, str(tmp / "ckpt"), saved)),
+    "checkpoint_before_apply_wpl": (
+        lambda tmp: [], lambda m, tmp: tf.train.Checkpoint(model=m).write(str(tmp / "ckpt")),
+        lambda kind, tmp, saved: _restore_before_apply_wpl(kind, str(tmp / "ckpt"), saved)),
+    "checkpoint_manager": (
+        lambda tmp: [], lambda m, tmp: _checkpoint_manager(m, tmp).save(),
+        _restore_from_manager),
+    "model_checkpoint_weights": (
+        lambda tmp: [keras.callbacks.ModelCheckpoint(str(tmp / "mc.weights.h5"),
+                                                     save_weights_only=True)],
+        lambda m, tmp: None,
+        lambda kind, tmp, saved: _load_weights(kind, str(tmp / "mc.weights.h5"), saved)),
+    "model_checkpoint_keras": (
+        lambda tmp: [keras.callbacks.ModelCheckpoint(str(tmp / "mc.keras"))],
+        lambda m, tmp: None,
+        lambda kind, tmp, saved: load_wpl_model(str(tmp / "mc.keras"))),
+}
+
+
+@pytest.mark.parametrize(
+    "kind,way",
+    [(kind, way) for kind in ("functional", "sequential", "wpl_functional") for way in _WAYS]
+    + [("subclass", "checkpoint"), ("subclass", "checkpoint_before_apply_wpl")])
+def test_every_way_to_save_keeps_the_wpl_state(tmp_path, kind, way):
+    """Train K steps, save, restore into a model with another α, Fisher and anchors: the
+    Fisher (and raw EMA), anchors, α and update count are the saved ones, and K more steps
+    equal 2 K steps without the save (weights, state and logged loss)."""
+    callbacks, save, load = _WAYS[way]
+    x, y = _data()
+    model = _build(kind)
+    _protect(model, **_SETTINGS[kind])
+    _fit(model, x, y, 0, callbacks=callbacks(tmp_path))
+    save(model, tmp_path)
+    saved = _state_arrays(model)
+    assert float(model.wpl_state.fisher_norm().numpy()) > 0
+    restored = load(kind, tmp_path, saved)
+    state = restored.wpl_state
+    for got, want in zip(_state_arrays(restored), saved):
+        np.testing.assert_array_equal(got, want)
+    assert float(state.strength.numpy()) == _SETTINGS[kind]["strength"]
+    assert state.fisher_normalization == _SETTINGS[kind]["fisher_normalization"]
+    got = _fit(restored, x, y, 1)
+    weights, state_arrays, want = _reference(kind)
+    for u, v in zip([w.numpy() for w in restored.weights] + _state_arrays(restored),
+                    weights + state_arrays):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6)
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+    """Simulates a crash: raises at the end of epoch ``epoch`` (after earlier callbacks)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"stopped after epoch {epoch}")
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential", "wpl_functional"])
+def test_backup_and_restore_resumes_with_the_wpl_state(tmp_path, kind):
+    """fit(epochs=2) with BackupAndRestore, interrupted after epoch 0 and resumed in a new
+    model (other α, Fisher, anchors), ends where an uninterrupted fit(epochs=2) ends."""
+    x, y = _data()
+    data = dict(x=x[: K * BATCH], y=y[: K * BATCH], batch_size=BATCH, epochs=2,
+                shuffle=False, verbose=0)
+    reference = _build(kind)
+    _protect(reference, **_SETTINGS[kind])
+    reference.fit(**data)
+    model = _build(kind)
+    _protect(model, **_SETTINGS[kind])
+    backup = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(**data, callbacks=[keras.callbacks.BackupAndRestore(backup),
+                                     _StopAfterEpoch(0)])
+    resumed = _fresh(kind, _state_arrays(model))
+    history = resumed.fit(**data, callbacks=[keras.callbacks.BackupAndRestore(backup)])
+    assert len(history.history["loss"]) == 1  # only epoch 1 ran
+    assert float(resumed.wpl_state.strength.numpy()) == _SETTINGS[kind]["strength"]
+    _assert_same(reference, resumed)
+
+
+@pytest.mark.parametrize("kind", ["functional", "wpl_functional"])
+def test_loading_a_state_of_another_layout_names_the_fix(tmp_path, kind):
+    """A file or checkpoint saved with one Fisher normalisation does not load into a state
+    with another (the raw EMA and the meaning of F differ), by any way; the error names the
+    saved setting and apply_wpl."""
+    model = _build(kind)
+    _protect(model, **{**_SETTINGS[kind], "fisher_normalization": "mean"})
+    model.save_weights(str(tmp_path / "m.weights.h5"))
+    path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    other = {**_SETTINGS[kind], "fisher_normalization": "tensor_norm"}
+    match = "saved with fisher_normalization='mean'.*apply_wpl"
+    fresh = _build(kind, seed=12)
+    apply_wpl(fresh, _SHARED, **other)
+    with pytest.raises(ValueError, match=match):
+        fresh.load_weights(str(tmp_path / "m.weights.h5"))
+    with pytest.raises(ValueError, match=match):
+        tf.train.Checkpoint(model=fresh).read(path)
+    deferred = _build(kind, seed=12)
+    tf.train.Checkpoint(model=deferred).read(path)
+    with pytest.raises(ValueError, match=match):
+        apply_wpl(deferred, _SHARED, **other)
+    with pytest.raises(ValueError, match="4 protected weights.*2 weights"):
+        fewer = _build(kind, seed=12)
+        apply_wpl(fewer, ["shared"], **{**_SETTINGS[kind], "fisher_normalization": "mean"})
+        fewer.load_weights(str(tmp_path / "m.weights.h5"))
+
+
+def test_weights_without_wpl_state_refuse_to_load_into_a_protected_model(tmp_path):
+    model = _build("functional")
+    model.save_weights(str(tmp_path / "plain.weights.h5"))
+    fresh = _build("functional", seed=12)
+    apply_wpl(fresh, _SHARED, strength=1.0)
+    with pytest.raises(ValueError, match="holds no WPL state.*before calling apply_wpl"):
+        fresh.load_weights(str(tmp_path / "plain.weights.h5"))

@@ -2,17 +2,22 @@
 
 :class:`WPLState` keeps, for every shared weight ``θ``, two non-trainable variables created
 beside it (the way optimizers keep slots): the anchor ``θ*`` and the diagonal Fisher ``F``,
-and the scalar variable ``α``. Because it is a Keras layer, a model or a
-``tf.train.Checkpoint`` that tracks it saves them. Its formulas are the pure functions of
+and the scalar variable ``α``. It is a Keras layer and a TensorFlow trackable, and
+:func:`~wpl_keras.wpl.training.apply_wpl` attaches it to the model as ``model.wpl_state`` (an
+attribute Keras' saving walks and a checkpoint dependency ``tf.train.Checkpoint`` follows), so
+every way the model is saved keeps them; loading checks the saved :meth:`WPLState.layout`
+(Fisher normalisation, protected shapes) first. Its formulas are the pure functions of
 :mod:`wpl_keras.wpl.core`; the estimate of ``F`` from data is
 :func:`wpl_keras.wpl.fisher_estimation.estimate_fisher` (re-exported here).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Optional, Sequence, Union
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from wpl_keras.utils.validation import check_number
@@ -132,6 +137,8 @@ class WPLState(keras.layers.Layer):
             name="num_fisher_updates",
             aggregation="only_first_replica",
         )
+        # The layout in tf.train.Checkpoint (see _trackable_children); not a Keras weight.
+        object.__setattr__(self, "_layout_record", _LayoutRecord(self))
         self.built = True
 
     def _zeros_like(self, variable, name: str):
@@ -449,15 +456,74 @@ class WPLState(keras.layers.Layer):
             if bool(tf.reduce_any(value < 0)):
                 raise ValueError(f"{what}: Fisher values must be >= 0.")
 
+    # ----------------------------------------------------------------- saving
+    def layout(self) -> dict:
+        """What a saved state must match to load into this one: the Fisher normalisation
+        (it decides whether the raw EMA ``R`` exists and what ``F`` means) and the shapes of
+        the protected weights, in order. Saved beside the variables by Keras' saving and by
+        ``tf.train.Checkpoint``."""
+        return {"fisher_normalization": self.fisher_normalization,
+                "shapes": [[int(d) for d in v.shape] for v in self._protected]}
+
+    def check_layout(self, saved: dict, source: str) -> None:
+        """Raises a ``ValueError`` naming the saved and the current :meth:`layout` and the
+        fix when they differ (``source`` says what was being loaded)."""
+        mine = self.layout()
+        if saved == mine:
+            return
+        raise ValueError(
+            f"{source} holds a WPL state saved with fisher_normalization="
+            f"{saved.get('fisher_normalization')!r} over {len(saved.get('shapes', []))} "
+            f"protected weights of shapes {saved.get('shapes')}, but the state {self.name!r} "
+            f"being loaded has fisher_normalization={mine['fisher_normalization']!r} over "
+            f"{len(mine['shapes'])} weights of shapes {mine['shapes']}. Create the state with "
+            f"apply_wpl(model, shared, fisher_normalization="
+            f"{saved.get('fisher_normalization')!r}, ...) over the same shared weights as "
+            "when it was saved, then load."
+        )
+
+    def save_own_variables(self, store) -> None:
+        """Keras' saving: the variables (as ``keras.layers.Layer`` does) and the
+        :meth:`layout`, as UTF-8 JSON bytes under ``"layout"``."""
+        super().save_own_variables(store)
+        store["layout"] = np.frombuffer(json.dumps(self.layout()).encode("utf-8"), np.uint8)
+
+    def load_own_variables(self, store) -> None:
+        """Keras' loading (``load_weights``, ``load_model``): checks the saved :meth:`layout`
+        (files written before it was saved are checked by the number of variables only), then
+        loads every variable."""
+        keys = [k for k in store.keys() if k != "layout"]
+        own = self._trainable_variables + self._non_trainable_variables
+        if not keys:
+            raise ValueError(
+                f"The file being loaded holds no WPL state for {self.name!r} (it was saved from "
+                "a model without apply_wpl). Load such weights before calling apply_wpl (the "
+                "anchors are then the loaded weights), or load a file saved with the WPL state."
+            )
+        if "layout" in store.keys():
+            saved = json.loads(bytes(np.asarray(store["layout"], np.uint8)).decode("utf-8"))
+            self.check_layout(saved, "The file being loaded")
+        elif len(keys) != len(own):
+            raise ValueError(
+                f"The file being loaded holds {len(keys)} WPL state variables for {self.name!r}, "
+                f"which has {len(own)} ({self.layout()}). Create the state with apply_wpl over "
+                "the same shared weights and fisher_normalization as when it was saved."
+            )
+        for i, v in enumerate(own):
+            v.assign(store[f"{i}"])
+
     def _trackable_children(self, save_type="checkpoint", **kwargs):
         # Keras keeps lists of variables in its own containers, which tf.train.Checkpoint does
-        # not see; name every state variable explicitly so checkpoints hold all of them.
+        # not see; name every state variable explicitly so checkpoints hold all of them, and
+        # the layout, which a restore checks (_LayoutRecord).
         children = dict(super()._trackable_children(save_type, **kwargs))
         for k, (f, a) in enumerate(zip(self.fisher, self.anchors)):
             children[f"fisher_{k}"] = f
             children[f"anchor_{k}"] = a
         for k, r in enumerate(self.fisher_raw):
             children[f"fisher_raw_{k}"] = r
+        if save_type == "checkpoint":
+            children["layout"] = self._layout_record
         return children
 
     def call(self, inputs=None):  # pragma: no cover - a state holder, not a transformation
@@ -468,6 +534,23 @@ class WPLState(keras.layers.Layer):
             "WPLState references the weights of another model and is recreated with "
             "apply_wpl(...); its variables are saved with the model's weights or a checkpoint."
         )
+
+
+class _LayoutRecord(tf.train.experimental.PythonState):
+    """The :meth:`WPLState.layout` in a ``tf.train.Checkpoint``: saved as JSON; a restore
+    (immediate, or deferred until ``apply_wpl`` attaches the state) checks it against the
+    state's own and raises the error of :meth:`WPLState.check_layout` on a mismatch."""
+
+    def __init__(self, state: WPLState):
+        self._state = state
+
+    def serialize(self) -> str:
+        return json.dumps(self._state.layout())
+
+    def deserialize(self, string_value) -> None:
+        if isinstance(string_value, bytes):
+            string_value = string_value.decode("utf-8")
+        self._state.check_layout(json.loads(string_value), "The checkpoint being restored")
 
 
 def read_rows(variable, rows: tf.Tensor) -> tf.Tensor:

@@ -114,7 +114,8 @@ def apply_wpl(
     The anchors ``θ*`` are set to the current weights and the Fisher ``F`` to zero; fill the
     Fisher with ``state.assign_fisher(estimate_fisher(...))`` or let a :class:`WPLModel` update
     it from its training gradients (``update_fisher=True``). The state is ``model.wpl_state``;
-    ``model.save``, ``model.save_weights`` and ``tf.train.Checkpoint(state=...)`` save it.
+    ``model.save``, ``model.save_weights`` (so ``ModelCheckpoint`` and ``BackupAndRestore``)
+    and ``tf.train.Checkpoint(model=model)`` save it (:func:`_attach_state`).
 
     For a plain Keras model the penalty ``(α/2) Σ F (θ − θ*)² + (λ/2) Σ θ²`` is attached as a
     :class:`WeightPlasticity` regularizer on each shared weight. (Keras sums regularizer losses
@@ -168,9 +169,7 @@ def apply_wpl(
         state = WPLState(variables, strength=strength, fisher_momentum=fisher_momentum,
                          clip_norm=clip_norm, fisher_normalization=fisher_normalization)
     regularizers = None if is_wpl_model else _bound_regularizers(state, variables, l2)
-    # A plain attribute: Keras' saving walks the model's attributes and stores the state's
-    # variables under "wpl_state"; the state is not one of the model's layers.
-    object.__setattr__(model, "wpl_state", state)
+    _attach_state(model, state)
     if is_wpl_model:
         model.configure_wpl(**dataclasses.asdict(settings))
     else:
@@ -178,6 +177,37 @@ def apply_wpl(
             v.regularizer = regularizer
             _set_layer_regularizer(model, v, regularizer)
     return state
+
+
+def _attach_state(model: keras.Model, state: WPLState) -> None:
+    """Makes ``state`` the attribute ``model.wpl_state`` and a checkpoint dependency of the
+    model named ``"wpl_state"``, without making it one of the model's layers.
+
+    Keras' own saving (``model.save``, ``save_weights``, and so ``ModelCheckpoint`` and
+    ``BackupAndRestore``) walks the model's attributes and stores the state's variables under
+    ``"wpl_state"``. ``tf.train.Checkpoint`` follows TensorFlow's trackable dependencies
+    instead, which an attribute set with ``object.__setattr__`` does not create: the explicit
+    dependency puts the Fisher, raw EMA, anchors, ``α`` and the update count into
+    ``tf.train.Checkpoint(model=model)`` (as ``model/wpl_state/...``), and a checkpoint
+    restored before ``apply_wpl`` fills the state when it is attached here (TensorFlow's
+    deferred restoration). The dependency is a :class:`_StateDependency`, not the state
+    itself: a Keras model keeps its dependency names in a Keras-tracked dict, which would take
+    the state (a layer) for a new sub-layer and refuse it once a subclassed model is built.
+    """
+    object.__setattr__(model, "wpl_state", state)
+    model._track_trackable(_StateDependency(state), name="wpl_state", overwrite=True)
+
+
+class _StateDependency(tf.__internal__.tracking.Trackable):
+    """Stands for a :class:`WPLState` in a model's checkpoint graph: its checkpoint children
+    are the state's (Fisher, raw EMA, anchors, ``α``, update count, layout), so a checkpoint
+    holds them under ``model/wpl_state/...`` and restores them into the state."""
+
+    def __init__(self, state: WPLState):
+        self._state = state
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        return self._state._trackable_children(save_type, **kwargs)
 
 
 def _bound_regularizers(state: WPLState, variables: list, l2: float) -> list:
