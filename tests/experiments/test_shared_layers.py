@@ -1,24 +1,16 @@
-"""benchmarks/shared_layers.py (paper Figure 1): its pure parts, and one tiny run on idx files."""
+"""wpl_keras.experiments.shared_layers (paper Figure 1, run by benchmarks/shared_layers.py): its
+pure parts, and one tiny run on idx files."""
 
-import importlib.util
 import json
 import os
-import pathlib
 
 import numpy as np
 import pytest
 
 from mnist_files import write_mnist
-
-_PATH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "shared_layers.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("shared_layers_benchmark", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from wpl_keras.data.mnist import load_mnist
+from wpl_keras.experiments import shared_layers as sl
+from wpl_keras.experiments import two_models as tm
 
 
 def _case(drop_without, drop_with, baseline=0.9, seed=0):
@@ -33,9 +25,9 @@ def _case(drop_without, drop_with, baseline=0.9, seed=0):
     }
 
 
-def test_summarize_counts_means_stds_and_per_seed_flags(bench):
+def test_summarize_counts_means_stds_and_per_seed_flags():
     cases = {2: [_case(10.0, 1.0, seed=0), _case(30.0, 40.0, seed=1)], 1: [_case(4.0, 2.0)]}
-    per_count = bench.summarize_counts(cases)
+    per_count = sl.summarize_counts(cases)
     assert list(per_count) == ["1", "2"]
     two = per_count["2"]
     assert two["a_drop_without"] == pytest.approx(20.0)
@@ -58,46 +50,38 @@ def test_summarize_counts_means_stds_and_per_seed_flags(bench):
         ({"4": (-1.0, -2.0)}, 1, 1),
     ],
 )
-def test_headline_flags(bench, rows, lower, grows):
+def test_headline_flags(rows, lower, grows):
     per_count = {k: {"a_drop_without": w, "a_drop_with": v} for k, (w, v) in rows.items()}
-    assert bench.headline(per_count) == {"wpl_lower_everywhere": lower, "drop_grows_with_k": grows}
+    assert sl.headline(per_count) == {"wpl_lower_everywhere": lower, "drop_grows_with_k": grows}
 
 
 @pytest.mark.parametrize("empty", [None, 4])
-def test_plot_writes_png(bench, tmp_path, empty):
+def test_plot_writes_png(tmp_path, empty):
     cases = {1: [_case(4.0, 2.0)], 4: [_case(40.0, 0.5)]}
     if empty is not None:
         cases[empty] = []  # every seed of that count diverged
     path = str(tmp_path / "fig.png")
-    bench.plot_figure1(cases, bench.summarize_counts(cases), path)
+    sl.plot_figure1(cases, sl.summarize_counts(cases), path)
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_parser_defaults_are_the_two_model_settings(bench):
-    from wpl_keras.experiments import two_models as tm
-
-    args = bench.build_parser().parse_args([])
-    assert args.counts == [1, 2, 3, 4] and args.seeds == [0, 1] and args.verify
-    config = bench.config_from_args(args)
-    assert config == tm.TwoModelsConfig(seeds=(0, 1))
-
-
-
-
-def test_tiny_run_on_idx_files(bench, tmp_path, capsys):
+def test_tiny_run_on_idx_files(tmp_path):
     write_mnist(str(tmp_path / "data"))
     out = tmp_path / "out"
-    report = bench.main([
-        "--data-dir", str(tmp_path / "data"), "--no-verify", "--out", str(out),
-        "--counts", "3", "1", "--seeds", "0", "--iterations", "20", "--eval-every", "10",
-        "--hidden-units", "8", "--a-max-epochs", "2", "--a-steps-per-epoch", "10",
-        "--fisher-samples", "20", "--validation-size", "40",
-    ])
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert json.loads(last) == json.loads(json.dumps(report))
+    config = tm.TwoModelsConfig(seeds=(0,), iterations=20, eval_every=10, hidden_units=8,
+                                a_max_epochs=2, a_steps_per_epoch=10, fisher_samples=20,
+                                validation_size=40)
+    data = load_mnist(str(tmp_path / "data"), validation_size=40, seed=0, verify=False)
+    messages = []
+    cases, diverged = sl.run_counts(data, config, [1, 3], progress=messages.append)
+    report = sl.write_layers_report(cases, diverged, config, [1, 3], str(out),
+                                       data_text="tiny idx", seconds=1.0)
+    assert json.loads(json.dumps(report)) == report
+    assert len(messages) == 2 and messages[0].startswith("seed 0, 1 shared: A ")
     assert list(report["shared_layers"]) == ["1", "3"]
     assert report["seeds"] == [0] and report["wpl_lower_everywhere"] in (0, 1)
     assert report["diverged"] == [] and report["shared_layers"]["1"]["seeds_done"] == 1
+    assert "k in [1, 3]" in report["settings"]["model_b"]
     saved = json.loads(open(report["outputs"]["json"]).read())
     assert saved["report"]["shared_layers"] == report["shared_layers"]
     one, three = saved["cases"]["1"][0], saved["cases"]["3"][0]
@@ -110,14 +94,14 @@ def test_tiny_run_on_idx_files(bench, tmp_path, capsys):
         100 * (three["a_baseline"] - three["a_final_with"]))
 
 
-def test_headline_with_a_count_without_finished_seeds_is_zero(bench):
-    per_count = bench.summarize_counts({1: [_case(4.0, 2.0)], 2: []})
+def test_headline_with_a_count_without_finished_seeds_is_zero():
+    per_count = sl.summarize_counts({1: [_case(4.0, 2.0)], 2: []})
     assert per_count["2"]["seeds_done"] == 0 and np.isnan(per_count["2"]["a_drop_without"])
     assert per_count["1"]["seeds_done"] == 1
-    assert bench.headline(per_count) == {"wpl_lower_everywhere": 0, "drop_grows_with_k": 0}
+    assert sl.headline(per_count) == {"wpl_lower_everywhere": 0, "drop_grows_with_k": 0}
 
 
-def test_run_counts_trains_a_once_per_seed_and_leaves_diverged_cases_out(bench, monkeypatch):
+def test_run_counts_trains_a_once_per_seed_and_leaves_diverged_cases_out(monkeypatch):
     from wpl_keras.wpl.training import WPLDivergenceError
 
     trained, calls = [], []
@@ -133,16 +117,16 @@ def test_run_counts_trains_a_once_per_seed_and_leaves_diverged_cases_out(bench, 
         return {**_case(float(config.shared_layers), 0.0, seed=seed),
                 "seconds": 0.0, "shared_layers": config.shared_layers}
 
-    monkeypatch.setattr(bench.tm, "train_a", fake_train_a)
-    monkeypatch.setattr(bench.tm, "run_case", fake_run_case)
-    config = bench.tm.TwoModelsConfig(seeds=(0, 1))
+    monkeypatch.setattr(tm, "train_a", fake_train_a)
+    monkeypatch.setattr(tm, "run_case", fake_run_case)
+    config = tm.TwoModelsConfig(seeds=(0, 1))
     messages = []
-    cases, diverged = bench.run_counts(None, config, [1, 2], progress=messages.append)
+    cases, diverged = sl.run_counts(None, config, [1, 2], progress=messages.append)
     assert trained == [0, 1]
     assert calls == [(0, 1, ("A", 0)), (0, 2, ("A", 0)), (1, 1, ("A", 1)), (1, 2, ("A", 1))]
     assert [c["seed"] for c in cases[1]] == [0, 1] and [c["seed"] for c in cases[2]] == [0]
     assert diverged == [{"seed": 1, "shared_layers": 2, "error": "Training diverged at batch 57"}]
     assert "seed 1, 2 shared: B diverged" in messages[-1]
-    per_count = bench.summarize_counts(cases)
+    per_count = sl.summarize_counts(cases)
     assert per_count["2"]["seeds_done"] == 1 and per_count["1"]["seeds_done"] == 2
-    assert bench.headline(per_count) == {"wpl_lower_everywhere": 1, "drop_grows_with_k": 1}
+    assert sl.headline(per_count) == {"wpl_lower_everywhere": 1, "drop_grows_with_k": 1}
