@@ -20,22 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from search_quality import add_common_arguments, start_run  # noqa: E402
-
-from wpl_keras.experiments import ranking  # noqa: E402
-from wpl_keras.utils.strict_json import finite_or_null, write_json_atomic  # noqa: E402
+from wpl_keras.experiments import enas
+from wpl_keras.experiments import ranking
+from wpl_keras.experiments.protocol_options import add_protocol_arguments, experiment_and_budget
+from wpl_keras.utils.strict_json import finite_or_null, write_json_atomic
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_arguments(parser)
+    add_protocol_arguments(parser)
     parser.add_argument("--num-architectures", type=int, default=10,
                         help="M fixed architectures (8-12 in the literature's protocol)")
     parser.add_argument("--architecture-seed", type=int, default=ranking.ARCHITECTURE_SEED)
@@ -43,8 +40,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    args = _parser().parse_args(argv)
-    data, config, budget, out, started = start_run(args, "ranking_")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config, budget = experiment_and_budget(
+            args.space, args.preset, quiet=args.quiet, epochs=args.train_epochs,
+            max_batches=args.train_max_batches, train_size=args.train_size)
+    except ValueError as error:
+        parser.error(str(error))
+    out = args.out or tempfile.mkdtemp(prefix="ranking_")
+    started = time.time()
+    data, config = enas.prepare(config, args.data_dir, verify=args.verify)
     protocol = ranking.RankingConfig(
         experiment=config, seeds=args.seeds, budget=budget,
         num_architectures=args.num_architectures, architecture_seed=args.architecture_seed)

@@ -1,12 +1,11 @@
-"""The search-quality and ranking benchmarks: their summaries on hand-made results, the cell
-cache and protocol checks, and both benchmarks end to end on tiny PTB text (sharing searches
-and trained cells, resuming without retraining)."""
+"""The search-quality and ranking protocols: their summaries on hand-made results, the cell
+cache and protocol checks, and both protocols end to end on tiny PTB text as
+benchmarks/search_quality.py and benchmarks/ranking.py run them (sharing searches and trained
+cells, resuming without retraining)."""
 
-import importlib.util
 import json
 import math
 import os
-import pathlib
 
 import numpy as np
 import pytest
@@ -18,15 +17,22 @@ from wpl_keras.experiments import from_scratch
 from wpl_keras.experiments import ranking
 from wpl_keras.experiments import search_quality as sq
 from wpl_keras.experiments.from_scratch import CellCache, TrainBudget
+from wpl_keras.experiments.protocol_options import experiment_and_budget
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
+
+def _tiny_protocol(data_dir, **budget):
+    """``(data, config, budget)`` of the tiny RNN preset on ``data_dir``, progress bars off,
+    one from-scratch epoch of ``max_batches`` (default 2) windows."""
+    config, budget = experiment_and_budget("rnn", "tiny", quiet=True, epochs=1,
+                                           max_batches=budget.get("max_batches", 2))
+    data, config = enas.prepare(config, data_dir)
+    return data, config, budget
 
 
-def _benchmark(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _search_quality(data, config, budget, out, resume=False):
+    protocol = sq.SearchQualityConfig(experiment=config, seeds=(0, 1), budget=budget,
+                                      derive_samples=config.derive_samples)
+    return sq.run_search_quality(protocol, data, out, resume=resume)
 
 
 # --------------------------------------------------------------------------- pure summaries
@@ -151,15 +157,13 @@ def test_configs_refuse_bad_seeds_and_a_budget_for_another_space():
 
 
 # --------------------------------------------------------------------------- end to end
-def test_both_benchmarks_on_tiny_text_share_searches_and_cells_and_resume(tmp_path, capsys,
-                                                                          monkeypatch):
-    data = write_tiny_ptb(tmp_path / "ptb")
+def test_both_protocols_on_tiny_text_share_searches_and_cells_and_resume(tmp_path,
+                                                                         monkeypatch):
+    data, config, budget = _tiny_protocol(write_tiny_ptb(tmp_path / "ptb"))
     out = str(tmp_path / "out")
-    common = ["--space", "rnn", "--preset", "tiny", "--data-dir", data, "--seeds", "0,1",
-              "--out", out, "--train-epochs", "1", "--train-max-batches", "2", "--quiet"]
-    result = _benchmark("search_quality").main(common)
-    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert last["seeds"] == [0, 1] and last["unit"] == "perplexity"
+    result = _search_quality(data, config, budget, out)
+    last = json.loads(json.dumps(result))  # as the benchmark prints it
+    assert last["seeds"] == [0, 1]
     for arm in sq.ARMS:
         row = last["arms"][arm]
         assert len(row["test_per_seed"]) == 2 and len(row["valid_per_seed"]) == 2
@@ -177,26 +181,26 @@ def test_both_benchmarks_on_tiny_text_share_searches_and_cells_and_resume(tmp_pa
             assert saved.seed == seed and saved.search.wpl == (arm == "wpl")
         random = json.load(open(os.path.join(out, f"seed{seed}", "derived_random.json")))
         assert random["scored_on"] == "enas" and random["num_samples"] == 3
-    assert os.path.exists(os.path.join(out, "search_quality.json"))
 
-    # Not without --resume; with it, nothing is trained again and the figures are the same.
+    # Not without resume; with it, nothing is trained again and the figures are the same.
     with pytest.raises(FileExistsError):
-        _benchmark("search_quality").main(common)
+        _search_quality(data, config, budget, out)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached cell was trained again")
 
     monkeypatch.setattr(from_scratch, "train_cell", no_training)
-    resumed = _benchmark("search_quality").main(common + ["--resume"])
+    resumed = _search_quality(data, config, budget, out, resume=True)
     assert resumed["arms"] == result["arms"]
     with pytest.raises(ValueError, match="other settings"):
-        _benchmark("search_quality").main(common[:-2] + ["3", "--quiet", "--resume"])
+        _search_quality(data, config, TrainBudget(epochs=1, max_batches=3), out, resume=True)
     monkeypatch.undo()
 
-    # The ranking benchmark reuses the two searches per seed (no new checkpoint).
+    # The ranking protocol reuses the two searches per seed (no new checkpoint).
     checkpoints = sorted(p for p in (tmp_path / "out").rglob("ckpt-*.index"))
-    capsys.readouterr()
-    ranked = _benchmark("ranking").main(common + ["--num-architectures", "4"])
+    ranked = ranking.run_ranking(
+        ranking.RankingConfig(experiment=config, seeds=(0, 1), budget=budget,
+                              num_architectures=4), data, out)
     assert sorted(p for p in (tmp_path / "out").rglob("ckpt-*.index")) == checkpoints
     assert len(ranked["architectures"]) == 4 and ranked["seeds"] == [0, 1]
     for key in ("kendall_tau_without", "kendall_tau_with", "spearman_without",
@@ -212,12 +216,13 @@ def test_both_benchmarks_on_tiny_text_share_searches_and_cells_and_resume(tmp_pa
     assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want)
 
 
-def test_measure_spread_trains_two_cells_with_two_seeds(tmp_path, capsys):
-    data = write_tiny_ptb(tmp_path / "ptb")
-    out = str(tmp_path / "out")
-    result = _benchmark("search_quality").main(
-        ["--preset", "tiny", "--data-dir", data, "--out", out, "--train-epochs", "1",
-         "--train-max-batches", "2", "--measure-spread"])
+def test_measure_spread_trains_two_cells_with_two_seeds(tmp_path):
+    data, config, budget = _tiny_protocol(write_tiny_ptb(tmp_path / "ptb"))
+    out = tmp_path / "out"
+    out.mkdir()
+    messages = []
+    result = ranking.measure_spread(config, data, budget, CellCache(str(out / sq.CELLS_FILE)),
+                                    progress=messages.append)
     assert len(result["cells"]) == 2 and result["cells"][0]["arch"] != result["cells"][1]["arch"]
     a, b = result["cells"]
     assert result["cell_gap_valid"] == pytest.approx(
@@ -242,3 +247,4 @@ def test_cnn_cell_is_trained_on_train_minus_held_out_and_scored_on_both(tmp_path
     assert (result["valid"] / 100.0 * held_out) == pytest.approx(
         round(result["valid"] / 100.0 * held_out))
     assert load_cifar10 and folder
+
