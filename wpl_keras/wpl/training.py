@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import weakref
 from typing import Optional, Sequence
 
 import keras
@@ -286,6 +287,21 @@ class WPLTrainingMixin:
        (``state.fisher_normalization``) ``R ← (1 − η_F) R + η_F g²`` (``state.fisher_raw``)
        and ``F ← c R / ‖R‖`` or ``R / mean(R)`` per weight.
 
+    WPL follows the optimiser's applied steps: steps 4 and 5 (the pull, the Fisher update and
+    its count ``state.num_fisher_updates``) take effect exactly when ``apply_gradients``
+    updated the weights, which ``optimizer.iterations`` records (:func:`_step_outcome`). A
+    step a ``LossScaleOptimizer`` skips for inf/NaN gradients (mixed precision) changes no
+    WPL state; with ``gradient_accumulation_steps = k`` the pull runs once per real update
+    (with its ``η``) and the Fisher uses ``g = (1/k) Σ g_i``, the mean of the unscaled,
+    all-reduced data gradients of the k micro-batches that update consumed, as Keras averages
+    them (:meth:`_wpl_applied_gradients`). The same holds under ``steps_per_execution``,
+    ``jit_compile`` and ``tf.distribute``. With ``use_ema=True`` the penalty, the pull and the
+    Fisher act on the raw weights the optimiser trains (the weights the gradients are taken
+    at); Keras averages them after each update's optimiser step (before that step's pull) and
+    writes the average into the model when ``fit`` ends, before ``on_train_end``: anchors
+    taken after ``fit`` (``SnapshotAnchors``, ``apply_wpl`` on the next model) are the
+    averaged weights, the ones the trained model keeps, is evaluated and saved with.
+
     The logged ``loss`` is ``L + P`` in gradient mode and ``L`` in proximal mode; each epoch's
     logs also hold ``wpl_alpha`` (``α``), ``wpl_penalty`` (``P`` of the epoch's last step) and
     ``wpl_fisher_norm`` (``‖F‖``) (:meth:`wpl_logs`; per-batch logs carry only the compiled
@@ -397,7 +413,8 @@ class WPLTrainingMixin:
 
     # ----------------------------------------------------------------- the WPL step
     def _wpl_apply(self, gradients, trainable):
-        """Steps 2–5 of the class docstring; returns ``P``."""
+        """Steps 2–5 of the class docstring, 4 and 5 only where the optimiser applied an
+        update (:func:`_step_outcome`); returns ``P``."""
         state, settings = self.wpl_state, self.wpl_settings
         protected = state.protected_variables
         positions = [next((i for i, t in enumerate(trainable) if t is v), None) for v in protected]
@@ -417,16 +434,74 @@ class WPLTrainingMixin:
                 gradients[i] = g
         if settings.mode == "proximal":  # this step's η, read before the step moves a schedule
             learning_rate = tf.convert_to_tensor(self.optimizer.learning_rate)
+        unit = self.optimizer.scale_loss(1.0)  # this step's loss scale (the step may change it)
+        marks = _step_marks(self.optimizer)
         self.optimizer.apply_gradients(zip(gradients, trainable))
+        applied, consumed = _step_outcome(self.optimizer, marks)
         if settings.mode == "proximal":
-            self._wpl_pull(fisher, anchors, learning_rate)
+            self._wpl_pull(fisher, anchors, learning_rate, active=applied)
         if settings.update_fisher:  # after the step, which used the F read at its start
-            state.update_fisher(_all_reduce(_unscale(data, self.optimizer.scale_loss(1.0))))
+            data = self._wpl_applied_gradients(_all_reduce(_unscale(data, unit)), applied,
+                                               consumed)
+            state.update_fisher(data, update=applied)
         return penalty
 
-    def _wpl_pull(self, fisher, anchors, learning_rate) -> None:
+    def _wpl_applied_gradients(self, gradients, applied, consumed) -> list:
+        """The data gradients of the update the optimiser applied, for the Fisher.
+
+        Without gradient accumulation: this step's (unscaled, all-reduced) gradients ``g``.
+        With ``gradient_accumulation_steps = k``: ``(1/k) Σ g_i`` over the k micro-batches
+        the optimiser consumed since its last update, as Keras averages them: each consumed
+        ``g_i`` is added to a sum (:meth:`_wpl_accumulators`), which the applied update
+        resets. Zero where no update was applied (the Fisher update is then off, and the zero
+        keeps a skipped step's inf/NaN out of it).
+        """
+        k = _accumulation_steps(self.optimizer)
+        sums = None if k is None else self._wpl_accumulators()
+        out = []
+        for i, g in enumerate(gradients):
+            if g is not None and sums is not None:
+                if consumed is not True:
+                    g = tf.where(consumed, g, tf.zeros_like(g))
+                total = tf.convert_to_tensor(sums[i]) + g
+                sums[i].assign(tf.where(applied, tf.zeros_like(total), total))
+                g = total / k
+            out.append(None if g is None else tf.where(applied, g, tf.zeros_like(g)))
+        return out
+
+    def _wpl_accumulators(self) -> list:
+        """The sums of :meth:`_wpl_applied_gradients` (float32 zeros at first, one per
+        protected weight, under the model's strategy), made again for another optimiser or
+        state. A plain attribute, not saved: Keras saves its own accumulators with the
+        optimiser, so a run restored inside an accumulation window applies the window's
+        update as saved, and its Fisher update averages only the micro-batches since the
+        restore (still divided by k)."""
+        state, held = self.wpl_state, self.__dict__.get("_wpl_accumulated")
+        if held is not None and held[0]() is self.optimizer and held[1]() is state:
+            return held[2]
+        with self.distribute_strategy.scope():
+            sums = [tf.Variable(tf.zeros(tuple(v.shape), tf.float32), trainable=False,
+                                name=f"wpl_gradient_sum_{k}",
+                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                    for k, v in enumerate(state.protected_variables)]
+        # Weak references: Keras' saving walks the model's attributes, and must find the
+        # optimiser and the state under their own names only.
+        object.__setattr__(self, "_wpl_accumulated",
+                           (weakref.ref(self.optimizer), weakref.ref(state), sums))
+        return sums
+
+    def make_train_function(self, force=False):
+        """``keras.Model.make_train_function``, after making the gradient sums of
+        :meth:`_wpl_accumulators` (variables are made outside the traced step)."""
+        if (self.wpl_state is not None and self.wpl_settings.update_fisher
+                and _accumulation_steps(self.optimizer) is not None):
+            self._wpl_accumulators()
+        return super().make_train_function(force=force)
+
+    def _wpl_pull(self, fisher, anchors, learning_rate, active=True) -> None:
         """Assigns :func:`~wpl_keras.wpl.core.wpl_pull` to the protected weights (on every
-        replica's copy under ``tf.distribute``)."""
+        replica's copy under ``tf.distribute``); ``active``: pull on this step (python bool or
+        bool tensor; off, every weight is assigned its own value)."""
         state = self.wpl_state
         targets = [getattr(v, "value", v) for v in state.protected_variables]
 
@@ -434,7 +509,8 @@ class WPLTrainingMixin:
             for var, f, a in zip(targets, fisher, anchors):
                 def pull(v, f=f, a=a):
                     return v.assign(core.wpl_pull([v], [f], [a], strength=state.strength,
-                                                  learning_rate=learning_rate)[0])
+                                                  learning_rate=learning_rate,
+                                                  active=active)[0])
 
                 strategy.extended.update(var, pull)
 
@@ -443,7 +519,8 @@ class WPLTrainingMixin:
             ctx.merge_call(lambda strategy: pull_all(strategy))
             return
         pulled = core.wpl_pull([tf.convert_to_tensor(v) for v in targets], fisher, anchors,
-                               strength=state.strength, learning_rate=learning_rate)
+                               strength=state.strength, learning_rate=learning_rate,
+                               active=active)
         for var, value in zip(targets, pulled):
             var.assign(value)
 
@@ -519,6 +596,49 @@ def _find_weight(model, entry: dict):
         f"{index}); the saved config names the protected weights by path. Rebuild the model "
         "with the same layer names, or call apply_wpl on it and load_weights."
     )
+
+
+def _accumulation_steps(optimizer) -> Optional[int]:
+    """``k`` of ``gradient_accumulation_steps`` (a ``LossScaleOptimizer``'s inner optimiser's),
+    or None without accumulation."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    steps = getattr(optimizer, "gradient_accumulation_steps", None)
+    return int(steps) if steps else None
+
+
+def _step_marks(optimizer) -> tuple:
+    """Read right before ``apply_gradients`` for :func:`_step_outcome`: ``optimizer.iterations``
+    and, for a ``LossScaleOptimizer``, its loss scale (``initial_scale`` until it is built,
+    as in its ``scale_loss``)."""
+    iterations = tf.convert_to_tensor(optimizer.iterations)
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return iterations, None
+    scale = optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
+    return iterations, tf.convert_to_tensor(scale, tf.float32)
+
+
+def _step_outcome(optimizer, marks) -> tuple:
+    """``(applied, consumed)`` of the ``apply_gradients`` call after :func:`_step_marks`.
+
+    * ``applied`` (bool tensor): the optimiser updated the weights, read as
+      ``optimizer.iterations`` having grown. Keras counts exactly the applied updates there:
+      one per step; with ``gradient_accumulation_steps = k``, ``⌊micro-steps / k⌋``, which
+      grows on every k-th consumed micro-batch; a ``LossScaleOptimizer`` that skips a step
+      with inf/NaN gradients never calls its inner optimiser, whose count it reports.
+    * ``consumed``: the gradients entered the optimiser (its update or its accumulators):
+      False only on a ``LossScaleOptimizer``'s skipped step, which halves its
+      ``dynamic_scale`` (a finite step keeps or doubles it); python True for any other
+      optimiser.
+
+    Both are read from the optimiser's own variables, so every replica under
+    ``tf.distribute`` gets the same answer.
+    """
+    iterations, scale = marks
+    applied = tf.greater(tf.convert_to_tensor(optimizer.iterations), iterations)
+    if scale is None:
+        return applied, True
+    return applied, tf.greater_equal(tf.convert_to_tensor(optimizer.dynamic_scale), scale)
 
 
 def _is_one(value) -> bool:
