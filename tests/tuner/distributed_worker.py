@@ -21,11 +21,9 @@ import dataclasses
 import json
 import os
 import pathlib
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import keras_tuner  # noqa: E402
 

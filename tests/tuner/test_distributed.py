@@ -15,7 +15,6 @@ import pytest
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SCRIPT = HERE / "distributed_worker.py"
-sys.path.insert(0, str(HERE))  # tiny_task, the helper module beside this file
 
 
 def _free_port() -> int:

@@ -1,16 +1,12 @@
 """Tests for the controller-driven KerasTuner oracle (ENAS) and the weight-sharing tuner."""
 
 import json
-import pathlib
-import sys
 
 import keras
 import keras_tuner
 import numpy as np
 import pytest
 import tensorflow as tf
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from tiny_task import TinySpace, TinyTask, match_score  # noqa: E402
 

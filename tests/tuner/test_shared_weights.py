@@ -4,14 +4,9 @@ The store's pull/push protocol against a real parameter server is tested with pr
 ``test_distributed.py``; these tests never connect this process to a cluster.
 """
 
-import pathlib
-import sys
-
 import keras
 import pytest
 import tensorflow as tf
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from tiny_task import TinyTask  # noqa: E402
 
