@@ -149,10 +149,13 @@ def test_single_image_functions_are_seeded():
     assert all(c.sum() >= 64 for c in crops)  # at most 2 of 10 rows and columns shifted out
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, True, "3", 2**63])
-def test_bad_seeds_and_start(bad):
-    with pytest.raises(ValueError, match="seed must be an integer"):
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (2**63, ValueError), (1.5, TypeError),
+                                        (True, TypeError), ("3", TypeError),
+                                        (np.float64(3), TypeError)])
+def test_bad_seeds_and_start(bad, error):
+    with pytest.raises(error, match="seed must be an integer"):
         check_seed(bad)
+    assert check_seed(np.uint32(5)) == 5 and type(check_seed(np.int64(5))) is int
     assert isinstance(check_seed(None), int) and check_seed(7) == 7
     with pytest.raises(ValueError, match="start_element"):
         training_elements(5, seed=0, height=4, width=4, pad=1, repeat=False, start_element=2)

@@ -166,3 +166,39 @@ def test_cnn_config_with_nested_task_fields_round_trips_and_refuses_unknown_ones
     obj["task"]["wpl"]["strength"] = 60.0
     with pytest.raises(ValueError, match="strength"):
         enas.ENASExperimentConfig.from_json(obj)
+
+
+@pytest.mark.parametrize("fields, error, match", [
+    (dict(derive_samples=0), ValueError, "ENASExperimentConfig.derive_samples"),
+    (dict(train_epochs=-1), ValueError, "ENASExperimentConfig.train_epochs"),
+    (dict(train_epochs=1.5), TypeError, "ENASExperimentConfig.train_epochs"),
+    (dict(seed="0"), TypeError, "ENASExperimentConfig.seed"),
+    (dict(train_max_batches=0), ValueError, "ENASExperimentConfig.train_max_batches"),
+])
+def test_experiment_config_refuses_bad_numbers(fields, error, match):
+    import dataclasses
+
+    with pytest.raises(error, match=f"{match} must be"):
+        dataclasses.replace(enas.get_preset("rnn", "tiny"), **fields)
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("units", 0, ValueError), ("temperature", 0.0, ValueError), ("tanh_constant", "2.5", TypeError),
+    ("learning_rate", np.float32(-1e-3), ValueError), ("baseline_decay", 1.0, ValueError),
+    ("entropy_weight", float("nan"), ValueError), ("units", 100.0, TypeError),
+])
+def test_controller_config_refuses_bad_numbers(field, value, error):
+    with pytest.raises(error, match=f"ControllerConfig.{field} must be"):
+        enas.ControllerConfig(**{field: value})
+    assert enas.ControllerConfig(temperature=None, learning_rate=np.float32(0.5)).learning_rate \
+        == 0.5
+
+
+def test_cnn_task_config_refuses_bad_numbers():
+    from wpl_keras.experiments.enas_cnn import CNNTaskConfig
+
+    with pytest.raises(ValueError, match="CNNTaskConfig.num_valid must be an integer >= 1"):
+        CNNTaskConfig(num_valid=0)
+    with pytest.raises(TypeError, match="CNNTaskConfig.final_train_size must be"):
+        CNNTaskConfig(final_train_size=1e4)
+    assert CNNTaskConfig(batch_size=np.int64(8)).batch_size == 8

@@ -248,3 +248,30 @@ def test_cnn_cell_is_trained_on_train_minus_held_out_and_scored_on_both(tmp_path
         round(result["valid"] / 100.0 * held_out))
     assert load_cifar10 and folder
 
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: TrainBudget(epochs=1.0), TypeError, "TrainBudget.epochs must be an integer >= 1"),
+    (lambda: TrainBudget(epochs="2"), TypeError, "TrainBudget.epochs"),
+    (lambda: TrainBudget(epochs=1, train_size=np.int64(0)), ValueError, "TrainBudget.train_size"),
+    (lambda: TrainBudget(epochs=1, max_batches=2.5), TypeError, "TrainBudget.max_batches"),
+    (lambda: sq.SearchQualityConfig(enas.get_preset("rnn", "tiny"), seeds=(0, 1.5),
+                                    budget=TrainBudget(epochs=1), derive_samples=3),
+     TypeError, r"seeds\[1\] must be an integer >= 0"),
+    (lambda: sq.SearchQualityConfig(enas.get_preset("rnn", "tiny"), seeds=(0,),
+                                    budget=TrainBudget(epochs=1), derive_samples="3"),
+     TypeError, "SearchQualityConfig.derive_samples"),
+    (lambda: ranking.RankingConfig(enas.get_preset("rnn", "tiny"), seeds=(0,),
+                                   budget=TrainBudget(epochs=1), architecture_seed=-1),
+     ValueError, "RankingConfig.architecture_seed"),
+])
+def test_benchmark_configs_refuse_bad_numbers_naming_the_field(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_benchmark_configs_take_numpy_integers_as_python_ints():
+    budget = TrainBudget(epochs=np.int64(2), max_batches=np.int32(3))
+    assert (budget.epochs, budget.max_batches) == (2, 3) and type(budget.epochs) is int
+    config = sq.SearchQualityConfig(enas.get_preset("rnn", "tiny"), seeds=(np.int64(0),),
+                                    budget=budget, derive_samples=np.int64(4))
+    assert json.loads(json.dumps(config.to_json()))["derive_samples"] == 4

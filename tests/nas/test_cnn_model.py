@@ -60,6 +60,21 @@ def test_build_has_cells_aux_head_and_is_deterministic_at_inference(seed):
     assert len(single.outputs) == 1 and classifier_of(single) is single
 
 
+@pytest.mark.parametrize("field, value, error", [
+    ("num_cells", 0, ValueError), ("filters", 8.0, TypeError), ("batch_size", "144", TypeError),
+    ("lr_max", 0.0, ValueError), ("lr_min", np.float32(-1e-4), ValueError),
+    ("momentum", 1.0, ValueError), ("weight_decay", float("nan"), ValueError),
+    ("aux_weight", -0.4, ValueError), ("cutout", -1, ValueError), ("dropout_keep", 0.0, ValueError),
+    ("grad_clip", 0.0, ValueError), ("grad_clip", "5", TypeError), ("lr_t_mul", True, TypeError),
+])
+def test_final_config_refuses_bad_numbers_naming_the_field(field, value, error):
+    with pytest.raises(error, match=f"FinalConfig.{field} must be"):
+        FinalConfig(**{field: value})
+    config = FinalConfig(lr_max=np.float32(0.5), batch_size=np.int64(16), grad_clip=None)
+    assert (config.lr_max, config.batch_size) == (0.5, 16)
+    assert json.loads(json.dumps(config.to_json()))["batch_size"] == 16
+
+
 def test_bad_inputs():
     space = MicroCellSpace(num_nodes=2)
     with pytest.raises(InvalidArchitectureError):
@@ -74,8 +89,10 @@ def test_bad_inputs():
         FinalConfig(lr_schedule="step")
     with pytest.raises(ValueError, match="lr_t0"):
         FinalConfig(lr_t0=0)
-    with pytest.raises(ValueError, match="epochs >= 1"):
+    with pytest.raises(ValueError, match="train_final: epochs must be an integer >= 1"):
         train_final(space, ARCH, _tiny_config(), _arrays(), epochs=0)
+    with pytest.raises(TypeError, match="train_final: epochs must be an integer >= 1"):
+        train_final(space, ARCH, _tiny_config(), _arrays(), epochs=2.0)
 
 
 def test_train_export_reload_round_trip(seed, tmp_path):

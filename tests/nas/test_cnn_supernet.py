@@ -663,3 +663,28 @@ def test_checkpoint_restores_every_supernet_variable(tmp_path):
         assert len(saved) == len(got) > 0
         for a, b in zip(saved, got):
             np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=a.name)
+
+
+@pytest.mark.parametrize("kind, field, value, error", [
+    (SupernetConfig, "num_cells", 0, ValueError), (SupernetConfig, "filters", 2.0, TypeError),
+    (SupernetConfig, "filters", 3, ValueError), (SupernetConfig, "dropout", 1.0, ValueError),
+    (SupernetConfig, "drop_path_keep", np.float32("nan"), ValueError),
+    (SupernetConfig, "num_classes", "10", TypeError),
+    (CNNOptimizerConfig, "lr_max", -0.1, ValueError),
+    (CNNOptimizerConfig, "momentum", 1.0, ValueError),
+    (CNNOptimizerConfig, "weight_decay", None, TypeError),
+    (CNNOptimizerConfig, "grad_clip", 0.0, ValueError),
+    (CNNOptimizerConfig, "grad_clip", float("inf"), ValueError),
+    (CNNSearchConfig, "batch_size", 0, ValueError), (CNNSearchConfig, "epochs", 1.5, TypeError),
+    (CNNSearchConfig, "fixed_valid_size", True, TypeError),
+])
+def test_cnn_configs_refuse_bad_numbers_naming_the_field(kind, field, value, error):
+    with pytest.raises(error, match=f"{kind.__name__}.{field} must be"):
+        kind(**{field: value})
+
+
+def test_cnn_configs_take_numpy_scalars():
+    config = CNNSearchConfig(batch_size=np.int64(8), optimizer=CNNOptimizerConfig(
+        lr_max=np.float32(0.5), grad_clip=None))
+    assert (config.batch_size, config.optimizer.lr_max) == (8, 0.5)
+    assert type(config.batch_size) is int and type(config.optimizer.lr_max) is float

@@ -148,13 +148,23 @@ def test_bad_input_raises():
         ({"decision_sizes": [2], "temperature": float("nan")}, "temperature"),
         ({"decision_sizes": [2], "temperature": float("inf")}, "temperature"),
         ({"decision_sizes": [2], "tanh_constant": -1.0}, "tanh_constant"),
-        ({"decision_sizes": [2], "tanh_constant": "2.5"}, "tanh_constant"),
+        ({"decision_sizes": [2], "tanh_constant": np.float32(-1.0)}, "tanh_constant"),
+        ({"decision_sizes": [2], "seed": -1}, "seed"),
     ],
 )
 def test_malformed_sizes_and_options_name_the_field(kwargs, field):
     sizes = kwargs.pop("decision_sizes")
     with pytest.raises(ValueError, match=field):
         Controller(sizes, **kwargs)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("tanh_constant", "2.5"), ("temperature", True), ("temperature", np.array([1.0, 2.0])),
+    ("seed", 1.5), ("seed", None),
+])
+def test_non_number_options_are_type_errors_naming_the_field(field, value):
+    with pytest.raises(TypeError, match=f"Controller {field} must be"):
+        Controller([2], **{field: value})
 
 
 def test_numpy_integer_sizes_are_accepted():

@@ -271,11 +271,31 @@ def test_controller_and_mask_reject_malformed_decision_sizes(sizes, message):
         NAOController(sizes, NAOConfig(units=4, token_embedding=2))
 
 
-@pytest.mark.parametrize("field, value", [
-    ("units", 1.5), ("units", True), ("epochs", "3"), ("batch_size", 0), ("max_rounds", 2.0),
-    ("predictor_layers", -1), ("predictor_layers", 0.5), ("learning_rate", float("nan")),
-    ("step_size", float("inf")), ("trade_off", "0.8"),
+@pytest.mark.parametrize("field, value, error", [
+    ("units", 1.5, TypeError), ("units", True, TypeError), ("epochs", "3", TypeError),
+    ("batch_size", 0, ValueError), ("max_rounds", 2.0, TypeError),
+    ("predictor_layers", -1, ValueError), ("predictor_layers", 0.5, TypeError),
+    ("learning_rate", float("nan"), ValueError), ("learning_rate", np.float32(-1), ValueError),
+    ("step_size", float("inf"), ValueError), ("trade_off", "0.8", TypeError),
+    ("trade_off", 1.5, ValueError), ("grad_clip", None, TypeError),
 ])
-def test_nao_config_rejects_malformed_sizes(field, value):
-    with pytest.raises(ValueError, match=f"NAOConfig.{field} must be"):
+def test_nao_config_rejects_malformed_sizes(field, value, error):
+    with pytest.raises(error, match=f"NAOConfig.{field} must be"):
         NAOConfig(**{field: value})
+
+
+def test_nao_config_takes_numpy_scalars_as_python_numbers():
+    config = NAOConfig(units=np.int64(8), learning_rate=np.float32(0.5))
+    assert (config.units, config.learning_rate) == (8, 0.5)
+    assert type(config.units) is int and type(config.learning_rate) is float
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(num_new=-1), ValueError, "num_new"), (dict(num_new=1.0), TypeError, "num_new"),
+    (dict(num_new=1, step_size=0.0), ValueError, "step_size"),
+    (dict(num_new=1, max_rounds="3"), TypeError, "max_rounds"),
+])
+def test_generate_refuses_bad_numbers(kwargs, error, match):
+    controller = NAOController((3, 2), NAOConfig(units=4, token_embedding=2))
+    with pytest.raises(error, match=f"NAOController.generate: {match} must be"):
+        controller.generate([(0, 1)], **kwargs)

@@ -95,7 +95,7 @@ def test_with_regularization_sets_the_spaces_fields():
     assert cnn_task.final == task.final and cnn_task.optimizer == task.optimizer
     assert rnn.optimizer == RNNSupernetConfig.cpu_small().optimizer
     assert nao_search.with_regularization(task) is task
-    with pytest.raises(ValueError, match="output_dropout must be a number in"):
+    with pytest.raises(ValueError, match="output_dropout must be a finite number in"):
         nao_search.with_regularization(RNNSupernetConfig.cpu_small(), output_dropout=1.0)
 
 

@@ -105,6 +105,25 @@ def test_bad_arguments():
         Reinforce(controller, entropy_weight=-1.0)
 
 
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(baseline_decay=np.float32(1.0)), ValueError), (dict(baseline_decay="0.9"), TypeError),
+    (dict(entropy_weight=float("nan")), ValueError), (dict(entropy_weight=None), TypeError),
+    (dict(learning_rate=0.0), ValueError), (dict(learning_rate=tf.constant(-1e-3)), ValueError),
+    (dict(learning_rate="fast"), TypeError), (dict(learning_rate=float("inf")), ValueError),
+])
+def test_bad_numbers_name_the_argument(kwargs, error):
+    controller = Controller((2,), units=4)
+    (name,) = kwargs
+    with pytest.raises(error, match=f"Reinforce {name} must be"):
+        Reinforce(controller, **kwargs)
+    trainer = Reinforce(controller, learning_rate=np.float32(1e-3),
+                        baseline_decay=tf.constant(0.5))
+    assert trainer.baseline_decay == 0.5
+    for reward, bad in ((float("nan"), ValueError), ("1", TypeError), (None, TypeError)):
+        with pytest.raises(bad, match="Reinforce.update: reward must be a finite number"):
+            trainer.update((0,), reward)
+
+
 # ---------------------------------------------------------------------------------------------
 # Entropy modes, baseline start and reset, against a NumPy replay of the published updates.
 

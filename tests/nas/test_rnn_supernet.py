@@ -451,7 +451,15 @@ def test_config_validation_names_the_field_and_value(kind, field, value):
     kwargs = {field: value}
     if field in ("hidden_size", "embedding_size"):
         kwargs = {"hidden_size": value, "embedding_size": value}
-    with pytest.raises(ValueError,
+    # A numeric field refuses a non-number (a float for a count) with a TypeError, a number out
+    # of range with a ValueError; a choice or bool field refuses anything else with a ValueError.
+    default = getattr(kind(), field)
+    numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+    count = isinstance(default, int)
+    not_a_number = isinstance(value, (str, bool, type(None))) or (
+        count and isinstance(value, float))
+    error = TypeError if numeric and not_a_number else ValueError
+    with pytest.raises(error,
                        match=rf"{kind.__name__}\.{field} must .*{re.escape(repr(value))}"):
         kind(**kwargs)
 

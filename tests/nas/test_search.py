@@ -164,6 +164,31 @@ def test_schedule_config_is_shared_by_both_searches():
     assert driver.SHARED < driver.CONTROLLER < driver.EPOCH_END
 
 
+@pytest.mark.parametrize("field, value, error", [
+    ("epochs", np.int64(0), ValueError), ("epochs", 2.0, TypeError), ("epochs", "3", TypeError),
+    ("shared_steps_per_epoch", None, TypeError), ("batches_per_arch", True, TypeError),
+    ("best_k", -1, ValueError), ("checkpoint_every", -1, ValueError),
+    ("max_to_keep", 0, ValueError), ("verbose", 0.5, TypeError),
+    ("wpl_start_epoch", -1, ValueError), ("strength", np.float32("nan"), ValueError),
+    ("strength", float("inf"), ValueError), ("strength", "60", TypeError),
+    ("strength_floor", -0.5, ValueError), ("strength_decay_rate", -1.0, ValueError),
+    ("strength_decay_start", 1.5, TypeError), ("flush_every", np.array([1, 2]), TypeError),
+    ("controller_steps", np.int32(-5), ValueError),
+])
+def test_loop_and_schedule_fields_refuse_bad_numbers(field, value, error):
+    with pytest.raises(error, match=f"SearchConfig.{field} must be"):
+        search.SearchConfig(**{field: value})
+
+
+def test_loop_and_schedule_fields_take_numpy_and_tensor_scalars():
+    config = search.SearchConfig(epochs=np.int64(3), strength=np.float32(30.0),
+                                 strength_decay_rate=tf.constant(0.5),
+                                 controller_steps=tf.constant(4))
+    assert (config.epochs, config.strength, config.strength_decay_rate,
+            config.controller_steps) == (3, 30.0, 0.5, 4)
+    assert search.SearchConfig.from_json(json.dumps(config.to_json())) == config
+
+
 def test_verbose_prints_progress_and_summary(tmp_path, seed, capsys):
     task, controller, reinforce = _build(real_controller=False)
     search.run_search(task, controller, reinforce, _config(epochs=2, verbose=1), str(tmp_path))

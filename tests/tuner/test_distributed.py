@@ -257,3 +257,53 @@ def test_store_protocol_layout_checks_and_a_bare_server(tmp_path):
     assert second["stale_error"].startswith("RuntimeError") and not second["stale_attached"]
     assert bare["error"].startswith("RuntimeError")
     assert "python -m wpl_keras.tuner.shared_weights" in bare["error"]
+
+
+def _proc_net_listeners(port: int) -> set:
+    """The addresses that listen on TCP ``port`` on this machine, read from /proc/net/tcp and
+    /proc/net/tcp6 (each 32-bit word of an address in host byte order), not through the
+    package's own socket query."""
+    import ipaddress
+
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in pathlib.Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            host_hex, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(host_hex)
+            words = [raw[i:i + 4] for i in range(0, len(raw), 4)]
+            if sys.byteorder == "little":
+                words = [w[::-1] for w in words]
+            found.add(str(ipaddress.ip_address(b"".join(words))))
+    return found
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/net/tcp6").exists(), reason="needs Linux /proc/net")
+def test_parameter_server_prints_the_sockets_it_really_listens_on(tmp_path):
+    """Asked for 127.0.0.1, TensorFlow's gRPC server listens on every interface: the printed
+    line must name exactly the sockets /proc/net lists for the port, and stderr must warn."""
+    port = _free_port()
+    err = open(tmp_path / "ps.err", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wpl_keras.tuner.shared_weights", "--ps", f"127.0.0.1:{port}"],
+        env=_env(), cwd=str(ROOT), stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        line = proc.stdout.readline()  # the ps prints one line once it serves
+        listening = _proc_net_listeners(port)
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass  # the IPv4 loopback reaches it (the socket is dual-stack, as printed)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        err.close()
+    assert line.startswith("parameter server /job:ps/task:0 listening on "), line
+    printed = re.findall(r"\[?([0-9a-fA-F:.]+?)\]?:(\d+) \(", line.split("; asked for")[0])
+    assert printed and {int(p) for _, p in printed} == {port}, line
+    assert {h for h, _ in printed} == listening, (line, listening)
+    if listening != {"127.0.0.1"}:  # TensorFlow 2.x: "::" (every interface)
+        assert f"asked for 127.0.0.1:{port}: TensorFlow's gRPC server cannot bind" in line
+        warning = (tmp_path / "ps.err").read_text()
+        assert f"WARNING: port {port} is open to every machine" in warning
+        assert "no authentication" in warning and "file reads and writes" in warning

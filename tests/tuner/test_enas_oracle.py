@@ -166,14 +166,52 @@ def test_weight_sharing_tuner_trains_supernet_with_wpl_and_exports(tmp_path, see
     assert (tmp_path / "ws" / "supernet" / "checkpoint.index").exists()
 
 
-@pytest.mark.parametrize("strength", [-1.0, float("nan"), "60", None])
-def test_weight_sharing_tuner_refuses_a_bad_strength(tmp_path, strength):
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(strength=-1.0), ValueError), (dict(strength=float("nan")), ValueError),
+    (dict(strength=np.float32(-1)), ValueError), (dict(strength=float("inf")), ValueError),
+    (dict(strength="60"), TypeError), (dict(strength=None), TypeError),
+    (dict(batches_per_trial=0), ValueError), (dict(batches_per_trial=7.0), TypeError),
+    (dict(wpl_start_trial=-1), ValueError), (dict(wpl_start_trial=True), TypeError),
+])
+def test_weight_sharing_tuner_refuses_bad_numbers(tmp_path, kwargs, error):
     task = TinyTask(seed=0)
     oracle = ENASOracle(task.space, keras_tuner.Objective("reward", "max"), max_trials=1,
                         units=8)
-    with pytest.raises(ValueError, match="strength"):
-        WeightSharingTuner(oracle, task, strength=strength, directory=str(tmp_path),
-                           project_name="bad")
+    (name,) = kwargs
+    with pytest.raises(error, match=f"WeightSharingTuner {name}.* must be"):
+        WeightSharingTuner(oracle, task, **kwargs, directory=str(tmp_path), project_name="bad")
+    tuner = WeightSharingTuner(oracle, task, strength=np.float32(6.0),
+                               batches_per_trial=np.int64(2), directory=str(tmp_path),
+                               project_name="good")
+    assert (tuner.strength, tuner.batches_per_trial) == (6.0, 2)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(max_trials=0), ValueError, "max_trials"), (dict(max_trials=2.5), TypeError, "max_trials"),
+    (dict(max_resamples=-1), ValueError, "max_resamples"),
+    (dict(trial_timeout=0.0), ValueError, "trial_timeout"),
+    (dict(trial_timeout=float("nan")), ValueError, "trial_timeout"),
+    (dict(trial_timeout="10"), TypeError, "trial_timeout"),
+    (dict(idle_wait=-0.5), ValueError, "idle_wait"), (dict(seed=1.5), TypeError, "seed"),
+    (dict(max_retries_per_trial=-1), ValueError, "max_retries_per_trial"),
+    (dict(max_consecutive_failed_trials=0), ValueError, "max_consecutive_failed_trials"),
+])
+def test_oracle_refuses_bad_numbers_naming_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=f"ControllerOracle {match}.* must be"):
+        ENASOracle(TinySpace((3, 3)), "score", units=8, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(seed_archs=1), ValueError, "seed_archs"), (dict(new_archs=0), ValueError, "new_archs"),
+    (dict(top_k_seeds="5"), TypeError, "top_k_seeds"), (dict(seed=None), TypeError, "seed"),
+])
+def test_nao_oracle_refuses_bad_numbers_naming_the_argument(kwargs, error, match):
+    from wpl_keras.nas.nao import NAOConfig
+    from wpl_keras.tuner.nao import NAOOracle
+
+    with pytest.raises(error, match=f"NAOAdapter {match} must be"):
+        NAOOracle(TinySpace((3, 3)), "score", nao_config=NAOConfig(units=4, token_embedding=2),
+                  **kwargs)
 
 
 @pytest.mark.parametrize("entropy_mode, baseline_init", [("reward", "first_reward"),

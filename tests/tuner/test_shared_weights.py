@@ -5,6 +5,7 @@ The store's pull/push protocol against a real parameter server is tested with pr
 """
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -79,11 +80,20 @@ def test_task_without_shareable_variables_names_the_fix():
      ({"ps_address": "127.0.0.1:1", "local_address": "x"}, "host:port"),
      ({"ps_address": "127.0.0.1:1", "namespace": ""}, "namespace"),
      ({"ps_address": "127.0.0.1:1", "namespace": "lock/x"}, "namespace"),
-     ({"ps_address": "127.0.0.1:1", "init_timeout": 0}, "init_timeout")],
+     ({"ps_address": "127.0.0.1:1", "init_timeout": 0}, "init_timeout"),
+     ({"ps_address": "127.0.0.1:1", "init_timeout": float("nan")}, "init_timeout"),
+     ({"ps_address": "127.0.0.1:1", "init_timeout": float("inf")}, "init_timeout")],
 )
 def test_store_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SharedWeightStore(**kwargs)
+
+
+@pytest.mark.parametrize("value", ["300", None, True, [1.0]])
+def test_store_refuses_a_non_number_timeout(value):
+    with pytest.raises(TypeError, match=r"SharedWeightStore init_timeout \(seconds\) must be"):
+        SharedWeightStore("127.0.0.1:1", init_timeout=value)
+    assert SharedWeightStore("127.0.0.1:1", init_timeout=np.float32(2.0)).init_timeout == 2.0
 
 
 @pytest.mark.parametrize("operation", ["pull", "push", "trials", "checksum"])

@@ -103,7 +103,7 @@ def test_task_config_of_a_preset_through_command_line_items():
     for item, message in (
         ("learning_rate=10", "has no field 'learning_rate'; did you mean optimizer.learning_rate"),
         ("model.hidden_size=65", "tied"),
-        ("model.output_dropout=1.5", "output_dropout must be a number in"),
+        ("model.output_dropout=1.5", "output_dropout must be a finite number in"),
         ("model.nodes=3", "RNNModelConfig has no field 'nodes'"),
     ):
         with pytest.raises(ValueError, match=message):

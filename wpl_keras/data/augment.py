@@ -27,6 +27,8 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 import tensorflow as tf
 
+from wpl_keras.utils.validation import check_number
+
 IntOrTensor = Union[int, tf.Tensor]
 
 
@@ -45,15 +47,12 @@ def check_seed(seed: Optional[int]) -> int:
     pipeline is not reproducible).
 
     Raises:
-        ValueError: for a seed that is not such an integer.
+        ValueError: for a seed outside that range.
+        TypeError: for a seed that is not an integer.
     """
     if seed is None:
         return int(np.random.SeedSequence().entropy % (2**63))
-    if isinstance(seed, (bool, float)) or not isinstance(seed, (int, np.integer)) or not (
-        0 <= int(seed) < 2**63
-    ):
-        raise ValueError(f"seed must be an integer in [0, 2**63) or None, got {seed!r}.")
-    return int(seed)
+    return check_number("seed", seed, integer=True, minimum=0, maximum=2**63 - 1)
 
 
 def epoch_key(seed: int, epoch: IntOrTensor) -> tf.Tensor:

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from wpl_keras.data.augment import augment_batch, check_seed, training_elements
+from wpl_keras.utils.validation import check_number
 
 MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
@@ -58,12 +59,11 @@ def make_dataset(
             negative ``cutout_size``, a negative ``start_batch`` or one without ``training``
             and ``repeat``, or a seed that is not an integer in ``[0, 2**63)``.
     """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    batch_size = check_number("make_dataset: batch_size", batch_size, integer=True, minimum=1)
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(f"need as many labels as images (>0), got {len(x)} and {len(y)}.")
-    if cutout_size < 0:
-        raise ValueError(f"cutout_size must be >= 0 (0 disables cutout), got {cutout_size}.")
+    # 0 disables cutout
+    cutout_size = check_number("make_dataset: cutout_size", cutout_size, integer=True, minimum=0)
     if start_batch < 0 or (start_batch and not (training and repeat)):
         raise ValueError(
             f"start_batch={start_batch} must be >= 0 and needs training=True and repeat=True; "

@@ -42,6 +42,7 @@ from wpl_keras.data.errors import (
     download_failure_message,
     verify_standard_files,
 )
+from wpl_keras.utils.validation import check_number
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -408,8 +409,7 @@ def make_dataset(
     """
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}.")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    batch_size = check_number("make_dataset: batch_size", batch_size, integer=True, minimum=1)
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)

@@ -31,6 +31,7 @@ from wpl_keras.data.errors import (
     download_failure_message,
     verify_standard_files,
 )
+from wpl_keras.utils.validation import check_number
 
 PTB_VOCAB_SIZE = 10000
 EOS = "<eos>"
@@ -252,8 +253,7 @@ def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.ndim != 1:
         raise ValueError(f"batchify expects a 1-D id array, got shape {ids.shape}.")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    batch_size = check_number("batchify: batch_size", batch_size, integer=True, minimum=1)
     steps = len(ids) // batch_size
     if steps < 2:
         raise ValueError(
@@ -264,8 +264,7 @@ def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
 
 def num_windows(batched: np.ndarray, bptt: int) -> int:
     """Number of full BPTT windows of ``bptt`` steps (inputs and shifted targets)."""
-    if bptt <= 0:
-        raise ValueError(f"bptt must be positive, got {bptt}.")
+    bptt = check_number("num_windows: bptt", bptt, integer=True, minimum=1)
     return (batched.shape[1] - 1) // bptt
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from wpl_keras.experiments.data_source import save_data_source
 from wpl_keras.nas.search import SearchConfig, SearchResult
+from wpl_keras.utils.validation import check_fields
 
 # Space name → "module:attribute" of its SpaceSpec, imported on first use.
 _SPACES: Dict[str, str] = {
@@ -81,6 +82,14 @@ class ControllerConfig:
         if not isinstance(self.baseline_reset_each_epoch, bool):
             raise ValueError("ControllerConfig.baseline_reset_each_epoch must be true or false, "
                              f"got {self.baseline_reset_each_epoch!r}.")
+        positive = dict(minimum=0, exclusive_minimum=True)
+        check_fields(self, {
+            "units": dict(integer=True, minimum=1),
+            "temperature": dict(positive, optional=True),
+            "tanh_constant": dict(positive, optional=True), "learning_rate": positive,
+            "baseline_decay": dict(minimum=0, maximum=1, exclusive_maximum=True),
+            "entropy_weight": dict(minimum=0),
+        })
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +126,12 @@ class ENASExperimentConfig:
     def __post_init__(self):
         if not dataclasses.is_dataclass(self.task):
             raise TypeError(f"task must be a dataclass config, got {type(self.task).__name__}.")
-        if self.derive_samples < 1 or self.train_epochs < 0:
-            raise ValueError("derive_samples must be >= 1 and train_epochs >= 0.")
+        check_fields(self, {
+            "derive_samples": dict(integer=True, minimum=1),
+            "train_epochs": dict(integer=True, minimum=0),
+            "seed": dict(integer=True, minimum=0),
+            "train_max_batches": dict(integer=True, minimum=1, optional=True),
+        })
 
     def with_wpl(self, wpl: bool) -> "ENASExperimentConfig":
         return dataclasses.replace(self, search=dataclasses.replace(self.search, wpl=bool(wpl)))

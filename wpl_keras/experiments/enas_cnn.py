@@ -40,6 +40,7 @@ from wpl_keras.nas.cnn_search import CNNOptimizerConfig, CNNSearchConfig
 from wpl_keras.nas.cnn_supernet import SupernetConfig
 from wpl_keras.nas.search import SearchConfig
 from wpl_keras.utils.config import JsonConfig
+from wpl_keras.utils.validation import check_fields
 from wpl_keras.wpl.config import WPLConfig
 
 _NESTED = {"supernet": SupernetConfig, "optimizer": CNNOptimizerConfig, "wpl": WPLConfig,
@@ -93,6 +94,14 @@ class CNNTaskConfig(JsonConfig):
 
     def __post_init__(self):
         self._coerce_nested()  # dicts from JSON or overrides become the nested configs
+        count, optional_count = dict(integer=True, minimum=1), dict(integer=True, minimum=1,
+                                                                    optional=True)
+        check_fields(self, {
+            "num_nodes": count, "lr_epochs": optional_count,
+            "batch_size": count, "eval_batch_size": count, "fixed_valid_size": count,
+            "num_valid": count, "train_size": optional_count,
+            "final_train_size": optional_count,
+        })
 
     def search_config(self, epochs: int = 150) -> CNNSearchConfig:
         """The :class:`~wpl_keras.nas.cnn_search.CNNSearchConfig` of the supernet task

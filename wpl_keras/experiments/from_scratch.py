@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from wpl_keras.experiments.enas import ENASExperimentConfig
 from wpl_keras.utils.strict_json import write_json_atomic
+from wpl_keras.utils.validation import check_fields
 
 # The CIFAR-10 held-out split of from-scratch training: one split for every cell and search seed.
 HELD_OUT_SEED = 0
@@ -41,12 +42,9 @@ class TrainBudget:
     train_size: Optional[int] = None
 
     def __post_init__(self):
-        if int(self.epochs) < 1:
-            raise ValueError(f"TrainBudget.epochs must be >= 1, got {self.epochs}.")
-        for name in ("max_batches", "train_size"):
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise ValueError(f"TrainBudget.{name} must be >= 1 or None, got {value}.")
+        optional_count = dict(integer=True, minimum=1, optional=True)
+        check_fields(self, {"epochs": dict(integer=True, minimum=1),
+                            "max_batches": optional_count, "train_size": optional_count})
 
     def check_space(self, space: str) -> None:
         """Raises ValueError when a field the space does not use is set."""

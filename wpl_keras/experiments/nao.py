@@ -25,6 +25,7 @@ from wpl_keras.nas.nao_search import (
     run_nao_search,
     with_regularization,
 )
+from wpl_keras.utils.validation import check_fields
 
 __all__ = ["NAOExperimentConfig", "nao_preset", "build_nao_search", "prepare_nao",
            "run_nao_experiment"]
@@ -44,10 +45,10 @@ class NAOExperimentConfig:
     path_keep: Optional[float] = None
 
     def __post_init__(self):
-        if self.output_dropout is not None and not 0.0 <= self.output_dropout < 1.0:
-            raise ValueError(f"output_dropout must be in [0, 1), got {self.output_dropout}.")
-        if self.path_keep is not None and not 0.0 < self.path_keep <= 1.0:
-            raise ValueError(f"path_keep must be in (0, 1], got {self.path_keep}.")
+        check_fields(self, {
+            "output_dropout": dict(minimum=0, maximum=1, exclusive_maximum=True, optional=True),
+            "path_keep": dict(minimum=0, maximum=1, exclusive_minimum=True, optional=True),
+        })
 
     @property
     def task_config(self):

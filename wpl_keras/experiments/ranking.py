@@ -24,6 +24,7 @@ from wpl_keras.experiments import enas
 from wpl_keras.experiments import search_quality as sq
 from wpl_keras.experiments.from_scratch import CellCache, TrainBudget
 from wpl_keras.nas.rank_correlation import kendall_tau, spearman_rho
+from wpl_keras.utils.validation import check_fields
 
 RANKING_FILE = "ranking_config.json"
 ARCHITECTURE_SEED = 2020
@@ -106,9 +107,10 @@ class RankingConfig:
     train_seed: int = 0
 
     def __post_init__(self):
-        sq.check_seeds(self.seeds)
-        if int(self.num_architectures) < 2:
-            raise ValueError(f"num_architectures must be >= 2, got {self.num_architectures}.")
+        object.__setattr__(self, "seeds", sq.check_seeds(self.seeds))
+        check_fields(self, {"num_architectures": dict(integer=True, minimum=2),
+                            "architecture_seed": dict(integer=True, minimum=0),
+                            "train_seed": dict(integer=True, minimum=0)})
         self.budget.check_space(self.experiment.space)
 
     def to_json(self) -> dict:

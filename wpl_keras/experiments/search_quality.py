@@ -35,6 +35,7 @@ import numpy as np
 from wpl_keras.experiments import enas
 from wpl_keras.experiments.from_scratch import CellCache, TrainBudget
 from wpl_keras.utils.strict_json import write_json_atomic
+from wpl_keras.utils.validation import check_fields, check_number
 
 ARMS = ("enas", "wpl", "random")
 CONFIG_FILE = "search_quality_config.json"
@@ -140,10 +141,13 @@ def summarize_arms(results: Mapping[int, Mapping[str, Mapping[str, float]]]) -> 
     return out
 
 
-def check_seeds(seeds: Sequence[int]) -> None:
-    """Raises ValueError unless ``seeds`` is non-empty and without repeats."""
+def check_seeds(seeds: Sequence[int]) -> Tuple[int, ...]:
+    """``seeds`` as a tuple of Python ints; raises ValueError unless it is non-empty and
+    without repeats and each seed an integer >= 0 (``TypeError`` for a non-integer)."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and non-empty, got {seeds}.")
+    return tuple(check_number(f"seeds[{i}]", seed, integer=True, minimum=0)
+                 for i, seed in enumerate(seeds))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,9 +170,9 @@ class SearchQualityConfig:
     train_seed: int = 0
 
     def __post_init__(self):
-        check_seeds(self.seeds)
-        if int(self.derive_samples) < 1:
-            raise ValueError(f"derive_samples must be >= 1, got {self.derive_samples}.")
+        object.__setattr__(self, "seeds", check_seeds(self.seeds))
+        check_fields(self, {"derive_samples": dict(integer=True, minimum=1),
+                            "train_seed": dict(integer=True, minimum=0)})
         self.budget.check_space(self.experiment.space)
 
     def to_json(self) -> dict:

@@ -55,6 +55,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from wpl_keras.utils.validation import check_fields, check_number
 from wpl_keras.wpl.callbacks import DivergenceGuard
 from wpl_keras.wpl.fisher import estimate_fisher
 from wpl_keras.wpl.penalty import check_wpl_mode, max_stable_strength
@@ -123,39 +124,40 @@ class TwoModelsConfig:
     shared_layers: int = len(A_LAYER_NAMES)
 
     def __post_init__(self):
-        checks = {
-            "hidden_units": self.hidden_units > 0,
-            "batch_size": self.batch_size > 0,
-            "iterations": self.iterations > 0,
-            "eval_every": 0 < self.eval_every <= self.iterations,
-            "fisher_samples": self.fisher_samples > 0,
-            "strength": self.strength >= 0,
-            "seeds": len(self.seeds) > 0,
-            "a_max_epochs": self.a_max_epochs > 0,
-            "loose_check_every": self.loose_check_every > 0,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"TwoModelsConfig: invalid {', '.join(bad)} ({self}).")
-        if not 1 <= self.shared_layers <= len(A_LAYER_NAMES):
-            raise ValueError(
-                f"shared_layers must be 1..{len(A_LAYER_NAMES)} (how many of A's "
-                f"{len(A_LAYER_NAMES)} layers B shares), got {self.shared_layers}."
-            )
+        count, positive = dict(integer=True, minimum=1), dict(minimum=0, exclusive_minimum=True)
+        optional_count = dict(integer=True, minimum=1, optional=True)
+        check_wpl_mode(self.wpl_mode, "TwoModelsConfig.wpl_mode")
+        check_fields(self, {
+            "hidden_units": count, "batch_size": count, "a_learning_rate": positive,
+            "a_max_epochs": count, "a_patience": dict(integer=True, minimum=0),
+            "a_steps_per_epoch": optional_count, "loose_learning_rate": positive,
+            "loose_check_every": count, "loose_max_steps": count, "iterations": count,
+            "b_learning_rate": positive,
+            "b_momentum": dict(minimum=0, maximum=1, exclusive_maximum=True),
+            "eval_every": count, "fisher_samples": count,
+            # α = inf holds every weight with F > 0 at its anchor in the proximal mode
+            "strength": dict(minimum=0, allow_inf=self.wpl_mode == "proximal"),
+            "l2": dict(minimum=0), "eval_examples": optional_count, "validation_size": count,
+            "shared_layers": dict(integer=True, minimum=1, maximum=len(A_LAYER_NAMES)),
+        })
+        if not self.seeds:
+            raise ValueError("TwoModelsConfig.seeds must name at least one seed, got ().")
         if self.iterations % self.eval_every:
             raise ValueError(
                 f"iterations ({self.iterations}) must be a multiple of eval_every ({self.eval_every})."
             )
         if self.a_optimizer not in ("sgd", "adam"):
             raise ValueError(f"a_optimizer must be 'sgd' or 'adam', got {self.a_optimizer!r}.")
-        check_wpl_mode(self.wpl_mode, "wpl_mode")
         if self.fisher_kind not in ("empirical", "true"):
             raise ValueError(f"fisher_kind must be 'empirical' or 'true', got {self.fisher_kind!r}.")
-        for level in self.loose_levels:
-            if not 0.0 < level < 1.0:
-                raise ValueError(f"loose levels are top-1 accuracies in (0, 1), got {level}.")
-        object.__setattr__(self, "loose_levels", tuple(float(v) for v in self.loose_levels))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        # loose levels are top-1 accuracies in (0, 1)
+        object.__setattr__(self, "loose_levels", tuple(
+            check_number(f"TwoModelsConfig.loose_levels[{i}]", level, minimum=0, maximum=1,
+                         exclusive_minimum=True, exclusive_maximum=True)
+            for i, level in enumerate(self.loose_levels)))
+        object.__setattr__(self, "seeds", tuple(
+            check_number(f"TwoModelsConfig.seeds[{i}]", seed, integer=True, minimum=0)
+            for i, seed in enumerate(self.seeds)))
 
     def to_json(self) -> dict:
         """JSON-serialisable dict of every field."""

@@ -27,6 +27,7 @@ import tensorflow as tf
 from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
 from wpl_keras.nas.drop_path import DropPath, DropPathSchedule, drop_path_progress
 from wpl_keras.utils.config import JsonConfig
+from wpl_keras.utils.validation import check_fields, check_number
 
 
 _SCHEDULES = ("cosine_restarts", "cosine")
@@ -90,17 +91,24 @@ class FinalConfig(JsonConfig):
     num_classes: int = 10
 
     def __post_init__(self):
-        if self.filters < 2 or self.filters % 2:
-            raise ValueError(f"filters must be an even number >= 2, got {self.filters}.")
-        if self.num_cells < 1 or self.num_stages < 1 or self.batch_size < 1:
-            raise ValueError("num_cells, num_stages and batch_size must be >= 1.")
-        for name in ("drop_path_keep", "dropout_keep"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}.")
+        positive, probability = dict(integer=True, minimum=1), dict(
+            minimum=0, maximum=1, exclusive_minimum=True)
+        check_fields(self, {
+            "num_cells": positive, "filters": dict(integer=True, minimum=2),
+            "num_stages": positive, "batch_size": positive, "lr_t0": positive,
+            "lr_t_mul": positive, "num_classes": dict(integer=True, minimum=2),
+            "cutout": dict(integer=True, minimum=0), "aux_weight": dict(minimum=0),
+            "drop_path_keep": probability, "dropout_keep": probability,
+            "lr_max": dict(minimum=0, exclusive_minimum=True), "lr_min": dict(minimum=0),
+            "momentum": dict(minimum=0, maximum=1, exclusive_maximum=True),
+            "weight_decay": dict(minimum=0),
+            "grad_clip": dict(minimum=0, exclusive_minimum=True, optional=True),
+        })
+        if self.filters % 2:
+            raise ValueError(f"FinalConfig.filters must be an even integer >= 2, got "
+                             f"{self.filters}.")
         if self.lr_schedule not in _SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {_SCHEDULES}, got {self.lr_schedule!r}.")
-        if self.lr_t0 < 1 or self.lr_t_mul < 1:
-            raise ValueError(f"lr_t0 and lr_t_mul must be >= 1, got {self.lr_t0}, {self.lr_t_mul}.")
 
 
 @keras.saving.register_keras_serializable(package="wpl_keras")
@@ -382,9 +390,8 @@ def train_final(
     from wpl_keras.data.cifar10 import subsample
     from wpl_keras.data.cifar10_pipeline import make_dataset
 
-    if int(epochs) < 1:
-        raise ValueError(f"train_final needs epochs >= 1, got {epochs}.")
-    epochs = int(epochs)
+    epochs = check_number("train_final: epochs", epochs, minimum=1, integer=True)
+    check_number("train_final: train_size", train_size, minimum=1, integer=True, optional=True)
     strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(seed)
     x_train, y_train = subsample(arrays.x_train, arrays.y_train, train_size, seed)

@@ -38,6 +38,7 @@ from wpl_keras.nas.base import Architecture, SharedWeightsTask
 from wpl_keras.nas.cnn_space import MicroCellSpace
 from wpl_keras.nas.cnn_supernet import CNNSupernet, SupernetConfig
 from wpl_keras.utils.config import JsonConfig
+from wpl_keras.utils.validation import check_fields, check_number
 from wpl_keras.wpl import core
 from wpl_keras.wpl.config import WPLConfig
 from wpl_keras.wpl.fisher import WPLState
@@ -63,20 +64,17 @@ class CNNOptimizerConfig(JsonConfig):
     grad_clip: Optional[float] = 5.0
 
     def __post_init__(self):
-        if not 0.0 <= self.lr_min <= self.lr_max:
+        check_fields(self, {
+            "lr_min": dict(minimum=0), "lr_max": dict(minimum=0),
+            "momentum": dict(minimum=0, maximum=1, exclusive_maximum=True),
+            "weight_decay": dict(minimum=0),
+            "grad_clip": dict(minimum=0, exclusive_minimum=True, optional=True),
+        })
+        if self.lr_min > self.lr_max:
             raise ValueError(
                 f"CNNOptimizerConfig needs 0 <= lr_min <= lr_max, got lr_min {self.lr_min}, "
                 f"lr_max {self.lr_max}."
             )
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"CNNOptimizerConfig.momentum must be in [0, 1), got "
-                             f"{self.momentum}.")
-        if self.weight_decay < 0:
-            raise ValueError(f"CNNOptimizerConfig.weight_decay must be >= 0, got "
-                             f"{self.weight_decay}.")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"CNNOptimizerConfig.grad_clip must be positive or None, got "
-                             f"{self.grad_clip}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +114,9 @@ class CNNSearchConfig:
                     f"CNNSearchConfig.{name} must be a {kind.__name__}, got "
                     f"{type(getattr(self, name)).__name__}; build it with {kind.__name__}(...)."
                 )
+        positive = dict(integer=True, minimum=1)
+        check_fields(self, {"batch_size": positive, "eval_batch_size": positive,
+                            "fixed_valid_size": positive, "epochs": positive})
 
 
 class MaskedMomentumSGD(tf.Module):
@@ -358,8 +359,8 @@ class CNNSearchTask(SharedWeightsTask):
                            wpl_active: bool) -> Dict[str, float]:
         """Trains ``arch`` for ``num_batches`` steps; with ``wpl_active`` the Fisher is updated
         on the last step and the anchors of the used slices are snapshot after it."""
-        if num_batches < 1:
-            raise ValueError(f"num_batches must be >= 1, got {num_batches}.")
+        num_batches = check_number("CNNSearchTask.train_architecture: num_batches", num_batches,
+                                   minimum=1, integer=True)
         a = self._arch(arch)
         on = tf.constant(bool(wpl_active))
         step = int(self.step.numpy())

@@ -62,6 +62,7 @@ import tensorflow as tf
 
 from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
 from wpl_keras.utils.config import JsonConfig
+from wpl_keras.utils.validation import check_fields
 
 SEP_OPS = {"sep3x3": 3, "sep5x5": 5}
 BN_EPSILON = 1e-5
@@ -94,14 +95,17 @@ class SupernetConfig(JsonConfig):
     dropout: float = 0.0
 
     def __post_init__(self):
-        if self.num_cells < 1 or self.num_stages < 1 or self.stem_multiplier < 1:
-            raise ValueError("num_cells, num_stages and stem_multiplier must be >= 1.")
-        if self.filters < 2 or self.filters % 2:
-            raise ValueError(f"filters must be an even number >= 2, got {self.filters}.")
-        if not 0.0 < self.drop_path_keep <= 1.0:
-            raise ValueError(f"drop_path_keep must be in (0, 1], got {self.drop_path_keep}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        positive = dict(integer=True, minimum=1)
+        check_fields(self, {
+            "num_cells": positive, "num_stages": positive, "stem_multiplier": positive,
+            "filters": dict(integer=True, minimum=2),
+            "num_classes": dict(integer=True, minimum=2),
+            "drop_path_keep": dict(minimum=0, maximum=1, exclusive_minimum=True),
+            "dropout": dict(minimum=0, maximum=1, exclusive_maximum=True),
+        })
+        if self.filters % 2:
+            raise ValueError(f"SupernetConfig.filters must be an even integer >= 2, got "
+                             f"{self.filters}.")
 
 
 # --------------------------------------------------------------------------- batch norm

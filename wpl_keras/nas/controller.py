@@ -21,7 +21,6 @@ Sampling draws from a ``tf.random.Generator`` owned by the controller, so a
 
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import keras
@@ -29,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from wpl_keras.nas.base import check_size, check_sizes
+from wpl_keras.utils.validation import check_number
 
 
 class Controller(keras.Model):
@@ -68,20 +68,12 @@ class Controller(keras.Model):
         super().__init__(name=name, **kwargs)
         sizes = check_sizes(decision_sizes, "Controller decision_sizes")
         units = check_size(units, "Controller units", 1)
-        for field, value in (("temperature", temperature), ("tanh_constant", tanh_constant)):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (
-                math.isfinite(value) and value > 0
-            ):
-                raise ValueError(
-                    f"Controller {field} must be a positive finite number or None, got {value!r}."
-                )
+        positive = dict(minimum=0, exclusive_minimum=True, optional=True)
         self.decision_sizes = sizes
         self.units = int(units)
-        self.temperature = None if temperature is None else float(temperature)
-        self.tanh_constant = None if tanh_constant is None else float(tanh_constant)
-        self.seed = int(seed)
+        self.temperature = check_number("Controller temperature", temperature, **positive)
+        self.tanh_constant = check_number("Controller tanh_constant", tanh_constant, **positive)
+        self.seed = check_number("Controller seed", seed, integer=True, minimum=0)
 
         init = lambda k: keras.initializers.RandomUniform(-0.1, 0.1, seed=self.seed * 1009 + k)
         self.cell = keras.layers.LSTMCell(

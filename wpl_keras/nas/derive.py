@@ -18,6 +18,7 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from wpl_keras.nas.base import InvalidArchitectureError, strict_int
+from wpl_keras.utils.validation import check_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +57,10 @@ def derive_best(task, controller, num_samples: int = 100) -> DerivedArchitecture
     Raises:
         ValueError: for ``num_samples < 1`` or a non-finite error of every candidate.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    num_samples = check_number("derive_best: num_samples", num_samples, minimum=1,
+                               integer=True)
     scores: Dict[Tuple[int, ...], float] = {}
-    for _ in range(int(num_samples)):
+    for _ in range(num_samples):
         arch = tuple(int(a) for a in controller.sample_architecture())
         if arch not in scores:
             scores[arch] = float(task.validation_error(arch))

@@ -28,9 +28,13 @@ import json
 import os
 import signal
 import socket
+import sys
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
+
+from wpl_keras.utils.listening import describe_server
+from wpl_keras.utils.validation import check_number
 
 KINDS = ("auto", "default", "mirrored", "multi_worker")
 
@@ -67,6 +71,12 @@ def make_strategy(
 ) -> tf.distribute.Strategy:
     """Creates the strategy named by ``kind`` (see module docstring).
 
+    A ``multi_worker`` strategy starts this worker's TensorFlow gRPC server at its
+    ``TF_CONFIG`` address; that server listens on every interface whatever host the address
+    names, has no authentication and runs any TensorFlow op a client sends. Where it really
+    listens, and (unless loopback only) a warning that names the fix, go to stderr
+    (:func:`~wpl_keras.utils.listening.describe_server`).
+
     Raises:
         ValueError: for an unknown kind, or ``multi_worker`` without ``TF_CONFIG``.
     """
@@ -91,7 +101,16 @@ def make_strategy(
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.RING
     )
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    task_type, index, cluster = task_of(strategy)
+    tasks = cluster.get(task_type) or []
+    address = tasks.get(index) if isinstance(tasks, Mapping) else (
+        tasks[index] if index < len(tasks) else None)
+    if address:
+        for text in describe_server(f"multi-worker task /job:{task_type}/task:{index}", address):
+            if text:
+                print(text, file=sys.stderr, flush=True)
+    return strategy
 
 
 def split_cpu(num_devices: int) -> None:
@@ -100,8 +119,7 @@ def split_cpu(num_devices: int) -> None:
     Raises:
         RuntimeError: if TensorFlow has already initialised its devices.
     """
-    if num_devices < 1:
-        raise ValueError(f"num_devices must be >= 1, got {num_devices}.")
+    num_devices = check_number("split_cpu: num_devices", num_devices, minimum=1, integer=True)
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(

@@ -30,6 +30,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from wpl_keras.utils.validation import check_number
+
 DIFF_KEYS = ("mean_diff", "best5_diff", "max_diff")
 
 
@@ -65,8 +67,7 @@ def forgetting_summary(
     Returns:
         ``{"mean_diff", "best5_diff", "max_diff", "mean_err1", "mean_err2", "num_archs"}``.
     """
-    if best_k < 1:
-        raise ValueError(f"best_k must be >= 1, got {best_k}.")
+    best_k = check_number("forgetting_summary: best_k", best_k, minimum=1, integer=True)
     d = forgetting_differences(err1, err2)
     e1 = np.asarray(err1, dtype=np.float64).reshape(-1)
     best = np.argsort(e1, kind="stable")[:best_k]

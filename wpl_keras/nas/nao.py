@@ -46,9 +46,9 @@ from wpl_keras.nas.base import (
     InvalidArchitectureError,
     check_architecture,
     check_sizes,
-    strict_int,
 )
 from wpl_keras.utils.config import JsonConfig
+from wpl_keras.utils.validation import check_fields, check_number
 from wpl_keras.utils.checkpoint import VariableBundle
 
 _NEG = -1e9
@@ -215,21 +215,14 @@ class NAOConfig(JsonConfig):
     max_rounds: int = 20
 
     def __post_init__(self):
-        minimum = {"token_embedding": 1, "units": 1, "predictor_units": 1, "epochs": 1,
-                   "batch_size": 1, "max_rounds": 1, "predictor_layers": 0}
-        for name, low in minimum.items():
-            value = strict_int(getattr(self, name), f"NAOConfig.{name}", error=ValueError)
-            if value < low:
-                raise ValueError(f"NAOConfig.{name} must be an integer >= {low}, got {value}.")
-        for name in ("trade_off", "learning_rate", "step_size", "grad_clip"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or \
-                    not np.isfinite(value):
-                raise ValueError(f"NAOConfig.{name} must be a finite number, got {value!r}.")
-        if not 0.0 <= self.trade_off <= 1.0:
-            raise ValueError(f"NAOConfig.trade_off must be in [0, 1], got {self.trade_off}.")
-        if self.learning_rate <= 0 or self.step_size <= 0 or self.grad_clip <= 0:
-            raise ValueError("NAOConfig.learning_rate, step_size and grad_clip must be > 0.")
+        size, positive = dict(integer=True, minimum=1), dict(minimum=0, exclusive_minimum=True)
+        check_fields(self, {
+            "token_embedding": size, "units": size, "predictor_units": size, "epochs": size,
+            "batch_size": size, "max_rounds": size,
+            "predictor_layers": dict(integer=True, minimum=0),
+            "trade_off": dict(minimum=0, maximum=1), "learning_rate": positive,
+            "step_size": positive, "grad_clip": positive,
+        })
 
 
 
@@ -491,8 +484,10 @@ class NAOController(keras.Model):
             raise ValueError(f"{tokens.shape[0]} architectures but {y.shape[0]} scores.")
         if not np.all((y >= 0) & (y <= 1)):
             raise ValueError("scores must be normalised to [0, 1] (see normalize_scores).")
-        epochs = int(epochs or self.nao_config.epochs)
-        batch = int(batch_size or self.nao_config.batch_size)
+        epochs = check_number("NAOController.fit: epochs", epochs, minimum=1, integer=True,
+                              optional=True) or self.nao_config.epochs
+        batch = check_number("NAOController.fit: batch_size", batch_size, minimum=1,
+                             integer=True, optional=True) or self.nao_config.batch_size
         tokens_t, y_t = tf.constant(tokens), tf.constant(y)
         n = tokens.shape[0]
         last: Dict[str, float] = {}
@@ -526,13 +521,17 @@ class NAOController(keras.Model):
         Returns:
             Up to ``num_new`` new architectures, in the order found.
         """
-        if num_new < 0:
-            raise ValueError(f"num_new must be >= 0, got {num_new}.")
+        num_new = check_number("NAOController.generate: num_new", num_new, minimum=0,
+                               integer=True)
+        step_size = check_number("NAOController.generate: step_size", step_size, minimum=0,
+                                 exclusive_minimum=True, optional=True)
+        max_rounds = check_number("NAOController.generate: max_rounds", max_rounds, minimum=1,
+                                  integer=True, optional=True)
         seeds = [tuple(int(v) for v in a) for a in seed_archs]
         if not seeds or num_new == 0:
             return []
-        eta = float(step_size or self.nao_config.step_size)
-        rounds = int(max_rounds or self.nao_config.max_rounds)
+        eta = self.nao_config.step_size if step_size is None else step_size
+        rounds = self.nao_config.max_rounds if max_rounds is None else max_rounds
         seen = {tuple(int(v) for v in a) for a in exclude} | set(seeds)
         z = self.encode(seeds)
         new: List[Architecture] = []

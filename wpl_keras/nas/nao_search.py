@@ -61,6 +61,7 @@ from wpl_keras.nas.driver import (
 )
 from wpl_keras.nas.nao import NAOController, normalize_scores
 from wpl_keras.utils.config_fields import find_field, replace_fields
+from wpl_keras.utils.validation import check_fields
 
 Architecture = Tuple[int, ...]
 
@@ -101,13 +102,12 @@ class NAOSearchConfig(LoopConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("seed_archs", "controller_every", "top_k_seeds", "max_pool"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"NAOSearchConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.new_archs < 0:
-            raise ValueError(f"NAOSearchConfig.new_archs must be >= 0, got {self.new_archs}.")
-        if self.controller_epochs is not None and self.controller_epochs < 1:
-            raise ValueError("NAOSearchConfig.controller_epochs must be >= 1 or None.")
+        positive = dict(integer=True, minimum=1)
+        check_fields(self, {
+            "seed_archs": positive, "controller_every": positive, "top_k_seeds": positive,
+            "max_pool": positive, "new_archs": dict(integer=True, minimum=0),
+            "controller_epochs": dict(integer=True, minimum=1, optional=True),
+        })
         if self.max_pool < self.seed_archs:
             raise ValueError(
                 f"NAOSearchConfig.max_pool ({self.max_pool}) must be >= seed_archs "

@@ -44,10 +44,10 @@ from __future__ import annotations
 from typing import Dict, Optional, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from wpl_keras.nas.controller import Controller
+from wpl_keras.utils.validation import check_number
 
 ENTROPY_MODES = ("bonus", "reward", "reward_sum")
 BASELINE_INITS = ("zero", "first_reward")
@@ -133,12 +133,12 @@ class Reinforce:
         baseline_reset_each_epoch: bool = False,
         optimizer: Optional[keras.optimizers.Optimizer] = None,
     ):
-        if not 0.0 <= baseline_decay < 1.0:
-            raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay}.")
-        if entropy_weight < 0:
-            raise ValueError(f"entropy_weight must be >= 0, got {entropy_weight}.")
-        if optimizer is None and learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+        baseline_decay = check_number("Reinforce baseline_decay", baseline_decay, minimum=0,
+                                      maximum=1, exclusive_maximum=True)
+        entropy_weight = check_number("Reinforce entropy_weight", entropy_weight, minimum=0)
+        if optimizer is None:
+            learning_rate = check_number("Reinforce learning_rate", learning_rate, minimum=0,
+                                         exclusive_minimum=True)
         if not isinstance(baseline_reset_each_epoch, bool):
             raise ValueError(
                 f"baseline_reset_each_epoch must be a bool, got {baseline_reset_each_epoch!r}."
@@ -218,10 +218,9 @@ class Reinforce:
 
         Raises:
             ValueError: for an invalid architecture or a non-finite reward.
+            TypeError: for a reward that is not a number.
         """
-        reward = float(reward)
-        if not np.isfinite(reward):
-            raise ValueError(f"reward must be finite, got {reward}.")
+        reward = check_number("Reinforce.update: reward", reward)
         arch = self.controller._check_arch(arch)
         out = self._update_fn(arch, tf.constant(reward, tf.float32))
         return {k: float(v) for k, v in out.items()}

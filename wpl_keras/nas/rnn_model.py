@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from wpl_keras.data.ptb import PTBCorpus, batchify, bptt_windows
+from wpl_keras.utils.validation import check_number
 from wpl_keras.nas.rnn_space import RNNCellSpace
 from wpl_keras.nas.rnn_cell import row_moments
 from wpl_keras.nas.rnn_supernet import (
@@ -243,8 +244,11 @@ def train_from_scratch(
     Returns:
         ``{"valid_ppl", "test_ppl", "train_ppl", "epochs", "seconds", "model"}``.
     """
-    if epochs <= 0:
-        raise ValueError(f"epochs must be positive, got {epochs}.")
+    epochs = check_number("train_from_scratch: epochs", epochs, minimum=1, integer=True)
+    for name, value in (("max_batches_per_epoch", max_batches_per_epoch),
+                        ("max_eval_batches", max_eval_batches)):
+        check_number(f"train_from_scratch: {name}", value, minimum=1, integer=True,
+                     optional=True)
     space = space or RNNCellSpace(config.model.num_nodes)
     model = build_language_model(space, arch, config, seed=seed)
     optimizer = keras.optimizers.SGD(learning_rate=config.optimizer.learning_rate)

@@ -29,6 +29,7 @@ from wpl_keras.nas.rnn_cell import clamp_rows, draw_dropout_masks, sequence_loss
 from wpl_keras.nas.rnn_space import RNNCellSpace
 from wpl_keras.nas.rnn_supernet import RNNSupernet, RNNSupernetConfig, slice_dropout_masks
 from wpl_keras.utils.checkpoint import VariableBundle
+from wpl_keras.utils.validation import check_number
 from wpl_keras.wpl import core
 from wpl_keras.wpl.fisher import WPLState, read_rows
 
@@ -401,8 +402,8 @@ class RNNSearchTask(SharedWeightsTask):
         Returns:
             ``loss`` (mean CE), ``penalty``, ``ppl`` (``exp(loss)``), ``grad_norm``.
         """
-        if int(num_batches) <= 0:
-            raise ValueError(f"num_batches must be positive, got {num_batches}.")
+        num_batches = check_number("RNNSearchTask.train_architecture: num_batches", num_batches,
+                                   minimum=1, integer=True)
         a = self._arch_tensor(arch)
         active = tf.constant(bool(wpl_active))
         from_train = self.cfg.wpl.fisher_source == "train"

@@ -50,6 +50,7 @@ from wpl_keras.nas.rnn_cell import (  # noqa: F401  (re-exported: the cell's pub
 from wpl_keras.nas.distribute import KINDS as STRATEGY_KINDS
 from wpl_keras.nas.rnn_space import RNNCellSpace
 from wpl_keras.utils.config import JsonConfig
+from wpl_keras.utils.validation import check_fields
 from wpl_keras.wpl.config import WPLConfig
 from wpl_keras.wpl.fisher import read_rows
 
@@ -58,25 +59,6 @@ WPL_SCOPES = ("cell", "all")
 WEIGHT_DROP_SCOPES = ("recurrent", "all")
 BATCH_NORM_INITS = ("uniform", "unit")
 RECURRENT_STATES = ("loose_mean", "last_node")
-
-
-def _check_int(owner: str, name: str, value, minimum: int) -> None:
-    """Raise unless ``value`` is an int (not a bool) ``>= minimum``, naming ``owner.name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}.{name} must be an int >= {minimum}, got {value!r}.")
-
-
-def _check_real(owner: str, name: str, value, low: float, high: float, *,
-                low_open: bool = False, high_open: bool = False) -> None:
-    """Raise unless ``value`` is a real number in the interval ``low .. high`` (ends open as
-    flagged), naming ``owner.name`` and the interval."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (
-            value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{owner}.{name} must be a number in {interval}, got {value!r}.")
 
 
 def _check_choice(owner: str, name: str, value, choices) -> None:
@@ -152,20 +134,21 @@ class RNNModelConfig(JsonConfig):
 
     def __post_init__(self):
         owner = "RNNModelConfig"
-        _check_int(owner, "num_nodes", self.num_nodes, 2)
-        for name in ("vocab_size", "embedding_size", "hidden_size"):
-            _check_int(owner, name, getattr(self, name), 1)
+        size, rate = dict(integer=True, minimum=1), dict(minimum=0, maximum=1,
+                                                         exclusive_maximum=True)
+        positive = dict(minimum=0, exclusive_minimum=True)
+        check_fields(self, {
+            "num_nodes": dict(integer=True, minimum=2), "vocab_size": size,
+            "embedding_size": size, "hidden_size": size, "weight_drop": rate,
+            "output_dropout": rate, "embedding_dropout": rate, "input_dropout": rate,
+            "init_range": positive, "hidden_max_norm": positive,
+            "path_keep": dict(minimum=0, maximum=1, exclusive_minimum=True),
+        })
         if self.embedding_size != self.hidden_size:
             raise ValueError(
                 "RNNModelConfig: the decoder is tied to the embedding, so embedding_size "
                 f"({self.embedding_size}) must equal hidden_size ({self.hidden_size})."
             )
-        for name in ("weight_drop", "output_dropout", "embedding_dropout", "input_dropout"):
-            _check_real(owner, name, getattr(self, name), 0.0, 1.0, high_open=True)
-        for name in ("init_range", "hidden_max_norm"):
-            _check_real(owner, name, getattr(self, name), 0.0, float("inf"), low_open=True,
-                        high_open=True)
-        _check_real(owner, "path_keep", self.path_keep, 0.0, 1.0, low_open=True)
         _check_choice(owner, "weight_drop_scope", self.weight_drop_scope, WEIGHT_DROP_SCOPES)
         _check_choice(owner, "batch_norm_init", self.batch_norm_init, BATCH_NORM_INITS)
         _check_choice(owner, "recurrent_state", self.recurrent_state, RECURRENT_STATES)
@@ -209,15 +192,13 @@ class RNNOptimizerConfig(JsonConfig):
     l2: float = 1e-7
 
     def __post_init__(self):
-        owner = "RNNOptimizerConfig"
-        inf = float("inf")
-        _check_real(owner, "learning_rate", self.learning_rate, 0.0, inf, low_open=True,
-                    high_open=True)
-        _check_real(owner, "lr_decay", self.lr_decay, 0.0, 1.0, low_open=True)
-        _check_int(owner, "lr_decay_start_epoch", self.lr_decay_start_epoch, 0)
-        _check_real(owner, "grad_clip", self.grad_clip, 0.0, inf, low_open=True,
-                    high_open=True)
-        _check_real(owner, "l2", self.l2, 0.0, inf, high_open=True)
+        positive = dict(minimum=0, exclusive_minimum=True)
+        check_fields(self, {
+            "learning_rate": positive,
+            "lr_decay": dict(minimum=0, maximum=1, exclusive_minimum=True),
+            "lr_decay_start_epoch": dict(integer=True, minimum=0),
+            "grad_clip": positive, "l2": dict(minimum=0),
+        })
 
     def rate(self, epoch: int) -> float:
         """Learning rate of ``epoch``: ``lr₀ · d^max(0, epoch − s)``."""
@@ -293,15 +274,16 @@ class RNNSupernetConfig(JsonConfig):
 
     def __post_init__(self):
         self._coerce_nested()  # dicts from JSON or overrides become the nested configs
-        for name in ("batch_size", "bptt", "eval_batch_size", "eval_bptt"):
-            _check_int("RNNSupernetConfig", name, getattr(self, name), 1)
+        size = dict(integer=True, minimum=1)
+        check_fields(self, {
+            "batch_size": size, "bptt": size, "eval_batch_size": size, "eval_bptt": size,
+            "reward_constant": dict(minimum=0, exclusive_minimum=True),
+        })
         if self.wpl_scope not in WPL_SCOPES:
             raise ValueError(
                 f"RNNSupernetConfig.wpl_scope must be one of {WPL_SCOPES}, got "
                 f"{self.wpl_scope!r}."
             )
-        _check_real("RNNSupernetConfig", "reward_constant", self.reward_constant, 0.0,
-                    float("inf"), low_open=True, high_open=True)
         if not isinstance(self.jit_compile, bool):
             raise ValueError(
                 f"RNNSupernetConfig.jit_compile must be a bool, got {self.jit_compile!r}.")

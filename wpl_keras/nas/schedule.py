@@ -21,6 +21,7 @@ import dataclasses
 from typing import Optional
 
 from wpl_keras.utils.config import JsonConfig
+from wpl_keras.utils.validation import check_fields
 from wpl_keras.wpl import strength_schedule
 
 
@@ -56,18 +57,20 @@ class ScheduleConfig(JsonConfig):
 
     def __post_init__(self):
         name = type(self).__name__
-        for field in ("wpl_start_epoch", "flush_every"):
-            if int(getattr(self, field)) < 0:
-                raise ValueError(f"{name}.{field} must be >= 0, got {getattr(self, field)}.")
-        if self.strength < 0 or self.strength_floor < 0:
-            raise ValueError(f"{name}.strength and strength_floor must be >= 0.")
         if self.strength_decay not in (None, "linear", "exponential"):
             raise ValueError(
                 f"{name}.strength_decay must be None, 'linear' or 'exponential', "
                 f"got {self.strength_decay!r}."
             )
-        # Fails early on a bad exponential rate.
-        strength_at(self.strength_decay_start + 1, self)
+        exponential = self.strength_decay == "exponential"
+        count = dict(integer=True, minimum=0)
+        check_fields(self, {
+            "wpl_start_epoch": count, "flush_every": count, "strength_decay_start": count,
+            "strength": dict(minimum=0), "strength_floor": dict(minimum=0),
+            # an amount per epoch (linear) or a factor in (0, 1] (exponential)
+            "strength_decay_rate": dict(minimum=0, exclusive_minimum=exponential,
+                                        maximum=1 if exponential else None),
+        })
 
     def schedule(self) -> "ScheduleConfig":
         """The schedule fields alone, as a plain :class:`ScheduleConfig`."""
@@ -101,13 +104,13 @@ class LoopConfig(ScheduleConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        name = type(self).__name__
-        for field in ("epochs", "shared_steps_per_epoch", "batches_per_arch", "best_k",
-                      "max_to_keep"):
-            if int(getattr(self, field)) < 1:
-                raise ValueError(f"{name}.{field} must be >= 1, got {getattr(self, field)}.")
-        if int(self.checkpoint_every) < 0:
-            raise ValueError(f"{name}.checkpoint_every must be >= 0, got {self.checkpoint_every}.")
+        positive = dict(integer=True, minimum=1)
+        check_fields(self, {
+            "epochs": positive, "shared_steps_per_epoch": positive,
+            "batches_per_arch": positive, "best_k": positive, "max_to_keep": positive,
+            "checkpoint_every": dict(integer=True, minimum=0),
+            "verbose": dict(integer=True, minimum=0),
+        })
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from wpl_keras.nas.driver import (
     numeric_values,
     run_driver,
 )
+from wpl_keras.utils.validation import check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +70,7 @@ class SearchConfig(LoopConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if int(self.controller_steps) < 0:
-            raise ValueError(
-                f"SearchConfig.controller_steps must be >= 0, got {self.controller_steps}."
-            )
+        check_fields(self, {"controller_steps": dict(integer=True, minimum=0)})
 
     @classmethod
     def paper(cls, **overrides) -> "SearchConfig":

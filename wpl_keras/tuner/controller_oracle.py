@@ -41,6 +41,7 @@ import keras_tuner
 from keras_tuner.engine import trial as trial_module
 
 from wpl_keras.nas.base import Architecture, InvalidArchitectureError, SearchSpace
+from wpl_keras.utils.validation import check_number
 
 TrialStatus = trial_module.TrialStatus
 
@@ -140,10 +141,19 @@ class ControllerOracle(keras_tuner.Oracle):
     ):
         if repeats not in ("cache", "rerun"):
             raise ValueError(f"repeats must be 'cache' or 'rerun', got {repeats!r}.")
-        if max_resamples < 0:
-            raise ValueError(f"max_resamples must be >= 0, got {max_resamples}.")
-        if trial_timeout is not None and trial_timeout <= 0:
-            raise ValueError(f"trial_timeout must be positive or None, got {trial_timeout}.")
+        count = dict(integer=True, minimum=0)
+        max_trials = check_number("ControllerOracle max_trials", max_trials, integer=True,
+                                  minimum=1, optional=True)
+        max_resamples = check_number("ControllerOracle max_resamples", max_resamples, **count)
+        trial_timeout = check_number("ControllerOracle trial_timeout (seconds)", trial_timeout,
+                                     minimum=0, exclusive_minimum=True, optional=True)
+        idle_wait = check_number("ControllerOracle idle_wait (seconds)", idle_wait, minimum=0)
+        seed = check_number("ControllerOracle seed", seed, integer=True, optional=True)
+        max_retries_per_trial = check_number("ControllerOracle max_retries_per_trial",
+                                             max_retries_per_trial, **count)
+        max_consecutive_failed_trials = check_number(
+            "ControllerOracle max_consecutive_failed_trials", max_consecutive_failed_trials,
+            integer=True, minimum=1)
         if isinstance(objective, (list, tuple)):
             raise ValueError("ControllerOracle needs a single objective (one reward).")
         if not isinstance(adapter, ControllerAdapter):
@@ -162,9 +172,9 @@ class ControllerOracle(keras_tuner.Oracle):
         self.adapter = adapter
         self.reward_fn = reward_fn
         self.repeats = repeats
-        self.max_resamples = int(max_resamples)
-        self.trial_timeout = None if trial_timeout is None else float(trial_timeout)
-        self.idle_wait = float(idle_wait)
+        self.max_resamples = max_resamples
+        self.trial_timeout = trial_timeout
+        self.idle_wait = idle_wait
         self.num_controller_updates = 0
         self.num_cached_updates = 0
         self.num_reaped_trials = 0

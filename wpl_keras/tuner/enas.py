@@ -42,6 +42,7 @@ from wpl_keras.tuner.controller_oracle import (
 )
 from wpl_keras.tuner.shared_weights import SharedWeightStore, shared_task_variables
 from wpl_keras.utils.checkpoint import check_checkpoint_covers
+from wpl_keras.utils.validation import check_number
 
 
 class ENASAdapter(ControllerAdapter):
@@ -178,19 +179,13 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
         shared_weights: Optional[SharedWeightStore] = None,
         **kwargs,
     ):
-        if batches_per_trial < 1:
-            raise ValueError(f"batches_per_trial must be >= 1, got {batches_per_trial}.")
-        if wpl_start_trial < 0:
-            raise ValueError(f"wpl_start_trial must be >= 0, got {wpl_start_trial}.")
-        if isinstance(strength, bool) or not (
-            isinstance(strength, (int, float)) and 0.0 <= strength and strength == strength
-        ):
-            raise ValueError(f"strength must be a number >= 0, got {strength!r}.")
         self.task = task
-        self.strength = float(strength)
+        self.strength = check_number("WeightSharingTuner strength (α)", strength, minimum=0)
         self.space = task.space
-        self.batches_per_trial = int(batches_per_trial)
-        self.wpl_start_trial = int(wpl_start_trial)
+        self.batches_per_trial = check_number("WeightSharingTuner batches_per_trial", batches_per_trial,
+                                              integer=True, minimum=1)
+        self.wpl_start_trial = check_number("WeightSharingTuner wpl_start_trial", wpl_start_trial,
+                                            integer=True, minimum=0)
         self.build_standalone = build_standalone
         self.shared_weights = shared_weights
         self.trials_run = 0

@@ -29,6 +29,7 @@ import tensorflow as tf
 from wpl_keras.nas.base import Architecture, SearchSpace
 from wpl_keras.nas.nao import NAOConfig, NAOController, normalize_scores
 from wpl_keras.tuner.controller_oracle import ControllerAdapter, ControllerOracle
+from wpl_keras.utils.validation import check_number
 
 
 class NAOAdapter(ControllerAdapter):
@@ -56,8 +57,11 @@ class NAOAdapter(ControllerAdapter):
         top_k_seeds: int = 5,
         seed: int = 0,
     ):
-        if seed_archs < 2 or new_archs < 1 or top_k_seeds < 1:
-            raise ValueError("need seed_archs >= 2, new_archs >= 1 and top_k_seeds >= 1.")
+        seed_archs = check_number("NAOAdapter seed_archs", seed_archs, integer=True, minimum=2)
+        new_archs = check_number("NAOAdapter new_archs", new_archs, integer=True, minimum=1)
+        top_k_seeds = check_number("NAOAdapter top_k_seeds", top_k_seeds, integer=True,
+                                   minimum=1)
+        seed = check_number("NAOAdapter seed", seed, integer=True, minimum=0)
         self.space = space
         self.controller = controller or NAOController(space.decision_sizes, config, seed=seed)
         if tuple(self.controller.decision_sizes) != tuple(space.decision_sizes):

@@ -56,10 +56,14 @@ import argparse
 import contextlib
 import dataclasses
 import socket
+import sys
 import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
+
+from wpl_keras.utils.listening import describe_server
+from wpl_keras.utils.validation import check_number
 
 DEFAULT_CONTAINER = "wpl_keras"
 PS_JOB = "ps"
@@ -129,6 +133,13 @@ def serve_parameter_server(
     ``experimental_connect_to_cluster``, so this process can create the ticket-lock variables
     ``next_ticket = now_serving = 0`` that :class:`SharedWeightStore` needs), then serves
     until killed (``block=False`` returns after starting, for in-process use).
+
+    It prints the sockets the server really listens on
+    (:func:`~wpl_keras.utils.listening.describe_server`): TensorFlow's gRPC server binds every
+    interface, IPv4 and IPv6, whatever host ``address`` names, so ``127.0.0.1:2222`` serves
+    ``[::]:2222``; clients still dial ``address``. Unless it listens on loopback only, a
+    warning on stderr says that the server has no authentication and runs any TensorFlow op a
+    client sends, and how to confine the port.
     """
     global _connected_to
     parse_address(address)
@@ -140,7 +151,10 @@ def serve_parameter_server(
         if not _is_initialized(handle):
             with tf.device(PS_DEVICE):
                 tf.raw_ops.AssignVariableOp(resource=handle, value=tf.constant(0, tf.int64))
-    print(f"parameter server /job:{PS_JOB}/task:0 serving at {address}", flush=True)
+    line, warning = describe_server(f"parameter server /job:{PS_JOB}/task:0", address)
+    print(line, flush=True)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     while block:
         time.sleep(3600)
 
@@ -226,8 +240,8 @@ class SharedWeightStore:
             raise ValueError(
                 f"namespace must be non-empty and not use 'lock/', got {namespace!r}."
             )
-        if not init_timeout > 0:
-            raise ValueError(f"init_timeout must be > 0 seconds, got {init_timeout!r}.")
+        init_timeout = check_number("SharedWeightStore init_timeout (seconds)", init_timeout,
+                                    minimum=0, exclusive_minimum=True)
         self.ps_address = ps_address
         self.namespace = namespace
         self.local_address = local_address
@@ -248,7 +262,10 @@ class SharedWeightStore:
         """Connects this process to the ps (once per process; the same ps for every store).
 
         Call it before creating the variables to share: it replaces the eager context, and
-        variables created before it can no longer be used (see the module docstring).
+        variables created before it can no longer be used (see the module docstring). It
+        starts this process's own TensorFlow gRPC server at ``local_address`` (default: a free
+        port), which listens on every interface like the ps's; what it listens on, and a
+        warning unless loopback only, go to stderr.
         """
         global _connected_to
         if _connected_to == self.ps_address:
@@ -266,6 +283,13 @@ class SharedWeightStore:
         cluster = tf.train.ClusterSpec({PS_JOB: [self.ps_address], LOCAL_JOB: [local]})
         tf.config.experimental_connect_to_cluster(cluster, job_name=LOCAL_JOB, task_index=0)
         _connected_to = self.ps_address
+        # Connecting gives this process its own gRPC server (the ps sends results back to it),
+        # started with the eager context by the first op: start it, say on stderr where it
+        # really listens, and warn unless on loopback only.
+        tf.constant(0)
+        for text in describe_server(f"parameter-server client /job:{LOCAL_JOB}/task:0", local):
+            if text:
+                print(text, file=sys.stderr, flush=True)
 
     def _name(self, suffix: str) -> str:
         return f"{self.namespace}/{suffix}"
