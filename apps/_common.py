@@ -71,7 +71,12 @@ def add_search_app_arguments(parser: argparse.ArgumentParser, *, commands, confi
                         help=f"use the Weight Plasticity Loss (--no-wpl: plain {plain}); default "
                              "from the preset/config (on)")
     parser.add_argument("--resume", action="store_true",
-                        help="search: continue from the latest checkpoint in --out")
+                        help="search / train-best: continue from the latest checkpoint in "
+                             "--out (train-best: the recorded run, with its architecture, "
+                             "epochs and config; a finished one is not trained again)")
+    parser.add_argument("--train-checkpoint-every", type=int, default=None,
+                        help="train-best: also checkpoint every this many training batches "
+                             "(0: at epoch ends and on SIGINT/SIGTERM only); default 100")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: preset's)")
     add_override_arguments(parser, overrides)
     parser.add_argument("--strategy", default=None, choices=STRATEGY_KINDS,
@@ -86,7 +91,8 @@ def add_search_app_arguments(parser: argparse.ArgumentParser, *, commands, confi
                         help="train-best/export: architecture string (space.to_string form) "
                              "instead of DIR/derived.json")
     parser.add_argument("--export-dir", default=None,
-                        help="export: destination (default DIR/export)")
+                        help="export: the TensorFlow Serving model base path; each export "
+                             "writes its next version folder <n>/ there (default DIR/export)")
 
 
 def add_override_arguments(parser: argparse.ArgumentParser, table) -> None:
@@ -157,8 +163,11 @@ def stage_data(args: argparse.Namespace, spec):
 
 def run_stage(prog: str, spec, stage: Callable[[], int]) -> int:
     """Runs ``stage()``; a data error of the loaders is printed as one paragraph on stderr
-    (what failed, which files ``--data-dir`` needs) and gives exit status 2."""
+    (what failed, which files ``--data-dir`` needs) and gives exit status 2, and so does a
+    train-best/export stage that cannot run on what ``--out`` holds
+    (:class:`~wpl_keras.experiments.enas.TrainBestError`: the message says what to run)."""
     from wpl_keras.experiments.data_source import data_error_message, data_error_types
+    from wpl_keras.experiments.enas import TrainBestError
 
     try:
         return stage()
@@ -166,24 +175,35 @@ def run_stage(prog: str, spec, stage: Callable[[], int]) -> int:
         print(data_error_message(prog, error, dataset=spec.dataset, files=spec.data_files),
               file=sys.stderr)
         return DATA_ERROR_STATUS
+    except TrainBestError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return DATA_ERROR_STATUS
 
 
 def train_best_or_export(args: argparse.Namespace, base, source) -> None:
     """The ``train-best`` / ``export`` stages of the ENAS experiment ``base`` (an
     :class:`~wpl_keras.experiments.enas.ENASExperimentConfig`) on the data ``source``; prints
-    the stage's JSON line."""
+    the stage's JSON line (train-best: the record of ``train_best.json`` without its config;
+    export: the version folder written and the seconds it took). ``export`` loads the model
+    train-best kept and never trains."""
+    import time
+
     from wpl_keras.experiments import enas
 
     arch = enas.build_space(base).from_string(args.arch) if args.arch else None
-    derived = os.path.join(args.out, "derived.json")
-    if arch is None and not os.path.exists(derived):
-        raise SystemExit(f"{derived} is missing: run the search (and, for ENAS, derive) on "
-                         f"--out {args.out} first, or pass --arch.")
     if args.command == "train-best":
-        _, result = enas.run_train_best(base, source.data_dir, args.out, arch=arch,
-                                        verify=source.verify)
-        print(json.dumps({"command": "train-best", **result}, default=float))
+        every = args.train_checkpoint_every
+        if every is not None and every < 0:
+            raise SystemExit(f"--train-checkpoint-every {every}: must be >= 0 (0 checkpoints "
+                             "at epoch ends and on SIGINT/SIGTERM only).")
+        _, record = enas.run_train_best(
+            base, source.data_dir, args.out, arch=arch, epochs=args.train_epochs,
+            verify=source.verify, resume=args.resume,
+            checkpoint_every=enas.TRAIN_CHECKPOINT_EVERY if every is None else every)
+        shown = {k: v for k, v in record.items() if k != "config"}
+        print(json.dumps({"command": "train-best", **shown}, default=float))
     else:
-        path = enas.run_export(base, source.data_dir, args.out, args.export_dir, arch=arch,
-                               verify=source.verify)
-        print(json.dumps({"command": "export", "path": path}))
+        start = time.time()
+        path = enas.run_export(args.out, args.export_dir, arch=arch)
+        print(json.dumps({"command": "export", "path": path,
+                          "seconds": round(time.time() - start, 2)}))

@@ -5,8 +5,9 @@ Stages, as subcommands (``search`` is the default when none is given):
     wpl-enas-search [search] --space rnn --preset cpu-small --wpl --data-dir DATA --out DIR
     wpl-enas-search search --out DIR --resume          # continue an interrupted search
     wpl-enas-search derive --out DIR --samples 100      # best of K sampled architectures
-    wpl-enas-search train-best --out DIR --train-epochs 1
-    wpl-enas-search export --out DIR --export-dir DIR/export
+    wpl-enas-search train-best --out DIR --train-epochs 1   # checkpoints as it trains
+    wpl-enas-search train-best --out DIR --resume           # continue an interrupted train-best
+    wpl-enas-search export --out DIR                        # DIR/export/<n>/, never trains
 
 On several devices (``--strategy``, either space; the batch sizes must divide by the replicas):
 
@@ -24,7 +25,9 @@ and calls a runner of :mod:`wpl_keras.experiments.enas`. The config is saved as
 say otherwise. The search records its data folder and ``--verify`` choice as
 ``DIR/data_source.json``; later stages load the same data unless ``--data-dir``/``--verify``
 say otherwise. A data error (a failed download, missing or bad files) is reported in one
-paragraph, with exit status 2.
+paragraph, with exit status 2. train-best keeps the trained model in ``DIR``
+(``train_best.weights.h5``, named by ``train_best.json`` with the metrics); export exports that
+model and never trains; without one it stops with exit status 2 and says to run train-best.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=None,
                         help="derive: architectures sampled from the controller (K)")
     parser.add_argument("--train-epochs", type=int, default=None,
-                        help="train-best/export: epochs of training from scratch")
+                        help="train-best: epochs of training from scratch")
     return parser
 
 

@@ -6,8 +6,9 @@ Stages, as subcommands (``search`` is the default when none is given):
         --data-dir DATA --out DIR
     wpl-nao-search search --out DIR --resume       # continue an interrupted search
     wpl-nao-search derive --out DIR                # best scored pool architecture
-    wpl-nao-search train-best --out DIR --train-epochs 1
-    wpl-nao-search export --out DIR --export-dir DIR/export
+    wpl-nao-search train-best --out DIR --train-epochs 1   # checkpoints as it trains
+    wpl-nao-search train-best --out DIR --resume           # continue an interrupted train-best
+    wpl-nao-search export --out DIR                        # DIR/export/<n>/, never trains
 
 On several devices (``--strategy``, either space; the batch sizes must divide by the replicas):
 
@@ -27,7 +28,10 @@ cell from scratch and exporting it. The config is saved as ``DIR/nao_experiment.
 stages reload it from there unless ``--preset``/``--config`` say otherwise. The search records
 its data folder and ``--verify`` choice as ``DIR/data_source.json``; later stages load the same
 data unless ``--data-dir``/``--verify`` say otherwise. A data error (a failed download, missing
-or bad files) is reported in one paragraph, with exit status 2.
+or bad files) is reported in one paragraph, with exit status 2. train-best keeps the trained
+model in ``DIR`` (``train_best.weights.h5``, named by ``train_best.json`` with the metrics);
+export exports that model and never trains; without one it stops with exit status 2 and says
+to run train-best.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="random path dropping: keep probability of each path (spaces "
                              "whose supernet supports it)")
     parser.add_argument("--train-epochs", type=int, default=None,
-                        help="train-best/export: epochs of training from scratch")
+                        help="train-best: epochs of training from scratch")
     return parser
 
 

@@ -101,6 +101,10 @@ def test_nao_later_stages_reuse_the_search_data(tmp_path, offline, capsys):
     # A resumed search reads the recorded data too.
     assert nao_search.main(["--out", out, "--resume", "--epochs", "3", "--quiet"]) == 0
     assert _last_json(capsys)["epochs"] == 3
+    # Data given on the command line wins over the recorded one (a failed load records nothing).
+    assert nao_search.main(["train-best", "--out", out, "--data-dir",
+                            str(tmp_path / "missing")]) == 2
+    _assert_data_error(capsys, "wpl-nao-search", "PTB", "missing")
     assert nao_search.main(["train-best", "--out", out]) == 0
     trained = _last_json(capsys)
     assert np.isfinite(trained["valid_ppl"])
@@ -121,9 +125,6 @@ def test_nao_later_stages_reuse_the_search_data(tmp_path, offline, capsys):
     out_ids = loaded.signatures["serving_default"](tokens=tf.constant([ids], tf.int32))
     np.testing.assert_array_equal(out_words["log_probs"], out_ids["log_probs"])
     assert out_ids["log_probs"].shape == (1, 4, len(vocab))
-    assert nao_search.main(["train-best", "--out", out, "--data-dir",
-                            str(tmp_path / "missing")]) == 2
-    _assert_data_error(capsys, "wpl-nao-search", "PTB", "missing")
 
 
 @pytest.mark.parametrize("app, space, needles", [
@@ -168,7 +169,7 @@ def _data_error_classes():
 
 
 @pytest.mark.parametrize("error_class", _data_error_classes())
-@pytest.mark.parametrize("command", ["search", "derive", "train-best", "export"])
+@pytest.mark.parametrize("command", ["search", "derive", "train-best"])
 def test_every_stage_reports_data_errors(tmp_path, monkeypatch, capsys, error_class, command):
     from wpl_keras.data import ptb
 
@@ -183,7 +184,7 @@ def test_every_stage_reports_data_errors(tmp_path, monkeypatch, capsys, error_cl
     for app in (enas_search, nao_search):
         out = str(tmp_path / app.__name__)
         args = [command, "--preset", "tiny", "--out", out, "--data-dir", str(tmp_path)]
-        if command in ("train-best", "export"):
+        if command == "train-best":
             args += ["--arch", arch]
         if app is nao_search and command == "derive":
             continue  # NAO's derive reads derived.json and loads no data.
@@ -263,11 +264,21 @@ def test_two_models_no_verify_and_data_errors(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("app", [enas_search, nao_search])
-@pytest.mark.parametrize("command", ["train-best", "export"])
-def test_missing_derived_architecture_is_named(tmp_path, app, command):
-    with pytest.raises(SystemExit, match="derived.json is missing.*--arch"):
-        app.main([command, "--preset", "tiny", "--out", str(tmp_path), "--data-dir",
-                  str(tmp_path)])
+def test_missing_derived_architecture_or_trained_model_is_named(tmp_path, app, capsys):
+    """train-best without derived.json or --arch, and export without a trained model, stop
+    with exit status 2 and say what to run; export loads no data and trains nothing."""
+    from wpl_keras.experiments import enas
+
+    space = enas.build_space(enas.get_preset("rnn", "tiny"))
+    args = ["--preset", "tiny", "--out", str(tmp_path), "--data-dir", str(tmp_path)]
+    assert app.main(["train-best", *args]) == 2
+    assert "derived.json is missing" in capsys.readouterr().err
+    for extra in ([], ["--arch", space.to_string(space.sample(np.random.default_rng(0)))]):
+        assert app.main(["export", *args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "train_best.json holds no trained model: run train-best on --out" in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == []  # nothing written, no data loaded
 
 
 @pytest.mark.parametrize("app", [enas_search, nao_search])
@@ -338,3 +349,96 @@ def test_rnn_search_runs_under_the_strategy_of_its_config(tmp_path):
     assert task.strategy.num_replicas_in_sync == 1
     assert enas.write_dir(str(tmp_path / "run"), task) == str(tmp_path / "run")
     assert enas.get_preset("rnn", "tiny").task.strategy == "auto"
+
+
+class _Kill(RuntimeError):
+    """Stands for kill -9: nothing is saved when it is raised."""
+
+
+def test_train_best_killed_then_resumed_gives_the_uninterrupted_metrics(tmp_path, offline,
+                                                                        monkeypatch, capsys):
+    """wpl-enas-search train-best (RNN, 3 epochs of 2 batches, a checkpoint every 2 batches)
+    killed after 3 batches, before anything is saved for the third, then ``--resume`` alone:
+    the recorded architecture, epochs, config and data give the uninterrupted run's metrics."""
+    from wpl_keras.experiments import enas
+    from wpl_keras.nas.resumable import ResumableTraining
+
+    data = write_tiny_ptb(tmp_path / "ptb")
+    space = enas.build_space(enas.get_preset("rnn", "tiny"))
+    arch = space.to_string(space.sample(np.random.default_rng(1)))
+    first = ["train-best", "--preset", "tiny", "--arch", arch, "--data-dir", data,
+             "--train-epochs", "3", "--train-checkpoint-every", "2"]
+    assert enas_search.main([*first, "--out", str(tmp_path / "full")]) == 0
+    full = _last_json(capsys)
+    out = str(tmp_path / "killed")
+    count, batches, limit = ResumableTraining.batch_done, [], [3]
+
+    def batch_done(run, loss):
+        if len(batches) == limit[0]:
+            raise _Kill("simulated kill -9")
+        batches.append(loss)
+        count(run, loss)
+
+    monkeypatch.setattr(ResumableTraining, "batch_done", batch_done)
+    with pytest.raises(_Kill):
+        enas_search.main([*first, "--out", out])
+    batches.clear()
+    limit[0] = None
+    assert not os.path.exists(os.path.join(out, "train_best.json"))
+    assert enas_search.main(["train-best", "--out", out]) == 2  # not without --resume
+    assert "already holds a started train-best run; pass --resume" in capsys.readouterr().err
+    assert enas_search.main(["train-best", "--out", out, "--resume", "--train-epochs",
+                             "4"]) == 2
+    assert "trains 3 epochs, not the given 4" in capsys.readouterr().err
+    assert enas_search.main(["train-best", "--out", out, "--resume"]) == 0
+    resumed = _last_json(capsys)
+    assert len(batches) == 4  # the last save was after batch 2: batches 3-6 trained again
+    assert resumed["epochs"] == 3 and resumed["arch"] == full["arch"]
+    for key in ("valid_ppl", "test_ppl", "train_ppl"):
+        assert resumed[key] == pytest.approx(full[key], rel=1e-6), key
+    assert offline == []
+
+
+def test_exports_of_trained_models_serve_in_a_session(tmp_path, offline, capsys):
+    """The NAO export (RNN language model, both signatures) and the ENAS CNN export of
+    train-best models, loaded by the session-based loader (TensorFlow Serving's path) in one
+    subprocess, give the outputs of the trained models in Python."""
+    import tensorflow as tf
+
+    from tests.utils.session_loader import serve_in_session
+    from wpl_keras.data.cifar10_pipeline import normalize
+    from wpl_keras.experiments import enas
+    from wpl_keras.nas.cnn_model import classifier_of
+
+    runs = {}
+    for app, space_name, data in (
+            (nao_search, "rnn", write_tiny_ptb(tmp_path / "ptb")),
+            (enas_search, "cnn", os.path.dirname(
+                write_tiny_cifar(tmp_path / "cifar" / "cifar-10-batches-py")))):
+        space = enas.build_space(enas.get_preset(space_name, "tiny"))
+        arch = space.to_string(space.sample(np.random.default_rng(0)))
+        out = str(tmp_path / space_name)
+        assert app.main(["train-best", "--space", space_name, "--preset", "tiny", "--arch",
+                         arch, "--data-dir", data, "--out", out]) == 0
+        assert app.main(["export", "--out", out]) == 0
+        runs[space_name] = (out, _last_json(capsys)["path"])
+        assert runs[space_name][1] == os.path.join(out, "export", "1")
+    lm, _, _ = enas.load_trained_model(runs["rnn"][0])
+    with open(os.path.join(runs["rnn"][1], "assets", "vocab.txt")) as f:
+        vocab = f.read().splitlines()
+    words = np.array([["w3", "w1", "never-seen", "<eos>"]])
+    ids = np.array([[vocab.index(w) for w in ("w3", "w1", "<unk>", "<eos>")]], np.int32)
+    lm_expected = tf.nn.log_softmax(lm(tf.constant(ids))[0], axis=-1).numpy()
+    cnn, _, _ = enas.load_trained_model(runs["cnn"][0])
+    images = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    cnn_expected = tf.nn.softmax(classifier_of(cnn)(normalize(images), training=False)).numpy()
+    by_ids, by_words, by_images = serve_in_session([
+        {"dir": runs["rnn"][1], "signature": "serving_default", "inputs": {"tokens": ids}},
+        {"dir": runs["rnn"][1], "signature": "serve_words", "inputs": {"words": words}},
+        {"dir": runs["cnn"][1], "signature": "serving_default", "inputs": {"images": images}},
+    ], str(tmp_path / "session"))
+    np.testing.assert_allclose(by_ids["log_probs"], lm_expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(by_words["ids"], ids)
+    np.testing.assert_allclose(by_words["log_probs"], lm_expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(by_images["probabilities"], cnn_expected, rtol=1e-5, atol=1e-6)
+    assert offline == []

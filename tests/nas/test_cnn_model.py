@@ -115,6 +115,49 @@ def test_train_export_reload_round_trip(seed, tmp_path):
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_train_final_resumed_after_a_kill_equals_the_uninterrupted_run(tmp_path):
+    """2 epochs of 4 batches, killed after batch 3 of epoch 1 (checkpoints every 3 batches:
+    the last one after batch 2 of epoch 1, so batch 3 is trained again), then resumed: the
+    test error, the last epoch's loss and the weights equal the uninterrupted run's. Dropout,
+    drop-path, the auxiliary head, cutout and the cosine schedule are on, so the generators'
+    states, the data position, the SGD momentum and step must all be restored."""
+    from wpl_keras.nas.resumable import ResumableTraining
+
+    space, config, arrays = MicroCellSpace(num_nodes=2), _tiny_config(num_stages=1), _arrays()
+    model, full = train_final(space, ARCH, config, arrays, epochs=2, seed=5)
+    folder = str(tmp_path / "ckpt")
+    done: list = []
+
+    class Kill(RuntimeError):
+        pass
+
+    def killed_after(run, batches, counter):
+        count = run.batch_done
+
+        def batch_done(loss):
+            if len(counter) == batches:
+                raise Kill("simulated kill -9")
+            counter.append(loss)
+            count(loss)
+
+        run.batch_done = batch_done
+        return run
+
+    with pytest.raises(Kill):
+        train_final(space, ARCH, config, arrays, epochs=2, seed=5,
+                    checkpoint=killed_after(ResumableTraining(folder, every=3), 7, done))
+    again: list = []
+    resumed_model, resumed = train_final(
+        space, ARCH, config, arrays, epochs=2, seed=5,
+        checkpoint=killed_after(ResumableTraining(folder, every=3, resume=True), 99, again))
+    assert len(again) == 2  # batches 3 and 4 of epoch 1
+    assert resumed["test_error_percent"] == full["test_error_percent"]
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-5)
+    assert float(drop_path_progress(resumed_model).numpy()) == 1.0
+    for a, b in zip(resumed_model.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------- ENAS structure
 # normal: node 2 = sep3x3(0) + identity(0), node 3 = max3x3(0) + sep5x5(0): inputs 1 and
 # nodes 2, 3 are unused (concatenated: 3 · F channels, an unused cell input among them);

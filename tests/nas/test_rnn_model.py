@@ -206,3 +206,53 @@ def test_output_batch_norm_trains_on_batch_statistics_and_evaluates_on_moving_av
     np.testing.assert_allclose(alone.numpy()[0], evaluated.numpy()[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.bn_moving_mean.numpy(), moving_mean, rtol=1e-5,
                                atol=1e-7)  # evaluation leaves the averages alone
+
+
+class _Kill(RuntimeError):
+    """Stands for kill -9: nothing is saved when it is raised."""
+
+
+def _killed_after(run, batches: int, counter: list):
+    """Makes ``run`` die right after training batch number ``batches + 1`` (before that
+    batch is counted or saved); ``counter`` collects the batches it did count."""
+    count = run.batch_done
+
+    def batch_done(loss):
+        if len(counter) == batches:
+            raise _Kill("simulated kill -9")
+        counter.append(loss)
+        count(loss)
+
+    run.batch_done = batch_done
+    return run
+
+
+def test_train_from_scratch_resumed_after_a_kill_equals_the_uninterrupted_run(tmp_path):
+    """Killed in epoch 1 after 4 of its 6 windows (checkpoints every 3 batches: the last one
+    after window 3, so window 4 is trained again), then resumed: the perplexities and the
+    weights equal the uninterrupted run's. Dropouts, path dropping and the output BatchNorm
+    are on, so the dropout generator's state, the hidden state and the moving averages must
+    all be restored."""
+    from wpl_keras.nas.resumable import ResumableTraining
+
+    ids = np.random.default_rng(0).integers(0, V, 4 * 31).astype(np.int32)  # 6 windows
+    corpus = PTBCorpus(ids, ids[:60], ids[:60], [str(i) for i in range(V)], {})
+    cfg = tiny_config(model=RELEASE_OPTIONS)
+    full = train_from_scratch(corpus, ARCH, cfg, 2, seed=3)
+    folder = str(tmp_path / "ckpt")
+    done: list = []
+    with pytest.raises(_Kill):
+        train_from_scratch(corpus, ARCH, cfg, 2, seed=3, checkpoint=_killed_after(
+            ResumableTraining(folder, every=3), 10, done))
+    again: list = []
+    resumed = train_from_scratch(corpus, ARCH, cfg, 2, seed=3, checkpoint=_killed_after(
+        ResumableTraining(folder, every=3, resume=True), 99, again))
+    assert len(again) == 3  # windows 4-6 of epoch 1: the last save was after its window 3
+    for key in ("valid_ppl", "test_ppl", "train_ppl"):
+        assert resumed[key] == pytest.approx(full[key], rel=1e-6), key
+    for a, b in zip(resumed["model"].get_weights(), full["model"].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # A folder with a checkpoint is not overwritten by a run that does not resume.
+    with pytest.raises(FileExistsError, match="resume"):
+        train_from_scratch(corpus, ARCH, cfg, 2, seed=3,
+                           checkpoint=ResumableTraining(folder, every=3))

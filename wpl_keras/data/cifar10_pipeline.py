@@ -78,20 +78,49 @@ def make_dataset(
         return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
     return _training_batches(x, y, batch_size, cutout_size=cutout_size, repeat=repeat,
                              seed=seed, drop_remainder=drop_remainder,
-                             start_batch=start_batch)
+                             start_element=int(start_batch) * batch_size)
+
+
+def epoch_batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, epoch: int,
+                  start_step: int = 0, cutout_size: int = 0, seed: int) -> tf.data.Dataset:
+    """Training batches ``start_step, …, ⌊N / batch_size⌋ − 1`` of epoch ``epoch`` (the last
+    partial batch dropped), augmented as :func:`make_dataset` does.
+
+    The elements are those of epoch ``epoch`` of the endless training stream
+    (:func:`~wpl_keras.data.augment.training_elements` with ``repeat``), so batch ``s`` of
+    epoch ``e`` is a pure function of ``(seed, e, s)``: a resumed training starts at any
+    batch and sees what the uninterrupted one saw.
+
+    Raises:
+        ValueError: for fewer images than ``batch_size``, or ``start_step`` outside
+            ``[0, ⌊N / batch_size⌋)``, or ``epoch`` < 0.
+    """
+    steps = len(x) // int(batch_size) if batch_size > 0 else 0
+    if steps < 1:
+        raise ValueError(f"epoch_batches needs at least batch_size={batch_size} images, got "
+                         f"{len(x)}; lower the batch size or use more images.")
+    if not 0 <= int(start_step) < steps or int(epoch) < 0:
+        raise ValueError(f"start_step must be in [0, {steps}) and epoch >= 0, got "
+                         f"start_step={start_step}, epoch={epoch}.")
+    return _training_batches(x, y, batch_size, cutout_size=cutout_size, repeat=True,
+                             seed=seed, drop_remainder=True,
+                             start_element=int(epoch) * len(x) + int(start_step) * batch_size,
+                             num_batches=steps - int(start_step))
 
 
 def _training_batches(x, y, batch_size: int, *, cutout_size: int, repeat: bool,
-                      seed: Optional[int], drop_remainder: bool,
-                      start_batch: int) -> tf.data.Dataset:
+                      seed: Optional[int], drop_remainder: bool, start_element: int,
+                      num_batches: Optional[int] = None) -> tf.data.Dataset:
     """Batches of element indices and their draws, then gather, normalise and augment per
-    batch (one vectorised map call per batch)."""
+    batch (one vectorised map call per batch); ``num_batches`` of them when given."""
     x = np.asarray(x)
     images = tf.constant(x)
     labels = tf.constant(np.asarray(y, np.int32))
     elements = training_elements(
         len(x), seed=check_seed(seed), height=int(x.shape[1]), width=int(x.shape[2]),
-        pad=CROP_PAD, repeat=repeat, start_element=int(start_batch) * batch_size)
+        pad=CROP_PAD, repeat=repeat, start_element=start_element)
+    if num_batches is not None:
+        elements = elements.take(int(num_batches) * batch_size)
 
     def prepare(index, draws):
         batch = normalize(tf.gather(images, index))
@@ -100,7 +129,9 @@ def _training_batches(x, y, batch_size: int, *, cutout_size: int, repeat: bool,
 
     ds = elements.batch(batch_size, drop_remainder=drop_remainder)
     # flat_map hides the length; state it (endless, or the batches of one epoch) for Keras
-    if repeat:
+    if num_batches is not None:
+        count = int(num_batches)
+    elif repeat:
         count = tf.data.INFINITE_CARDINALITY
     else:
         count = len(x) // batch_size if drop_remainder else -(-len(x) // batch_size)

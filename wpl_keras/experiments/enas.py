@@ -7,8 +7,10 @@ Runners build the objects from a config and run one stage:
 
 * :func:`run_search_experiment`: the search (with or without WPL), resumable;
 * :func:`run_derive`: reload the finished search, sample ``K`` architectures, keep the best;
-* :func:`run_train_best`: train the derived architecture from scratch;
-* :func:`run_export`: export the trained model (a SavedModel for the RNN space).
+* :func:`run_train_best`: train the derived architecture from scratch, checkpointing as it
+  goes (resumable), and keep its weights with the metrics;
+* :func:`run_export`: export the model :func:`run_train_best` trained (never trains) as a
+  SavedModel in TensorFlow Serving's layout (:mod:`wpl_keras.utils.serving`).
 
 Search spaces plug in through a registry of :class:`SpaceSpec` objects, imported lazily:
 ``"rnn"`` from :mod:`wpl_keras.experiments.enas_rnn` (PTB language modelling with the ENAS
@@ -26,9 +28,10 @@ import json
 import os
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from wpl_keras.experiments.data_source import save_data_source
+from wpl_keras.experiments.data_source import load_data_source, save_data_source
 from wpl_keras.nas.search import SearchConfig, SearchResult
 from wpl_keras.utils.validation import check_fields
+from wpl_keras.utils.strict_json import write_json_atomic
 
 # Space name → "module:attribute" of its SpaceSpec, imported on first use.
 _SPACES: Dict[str, str] = {
@@ -196,9 +199,16 @@ class SpaceSpec:
         load_data: ``(data_dir, config) -> data``; called with ``verify=False`` as well when
             local files are not to be checked against their standard checksums.
         build_task: ``(data, config) -> SharedWeightsTask``.
-        train_best: ``(data, arch, config, out_dir) -> (model, metrics dict)`` or None.
-        export: ``(model, arch, space, export_dir, data) -> path`` or None (``data`` as
-            ``load_data`` returned it, e.g. for the vocabulary of a language model).
+        train_best: ``(data, arch, config, out_dir, *, checkpoint) -> (model, metrics
+            dict)`` or None; ``checkpoint`` a :class:`~wpl_keras.nas.resumable.ResumableTraining`
+            the training saves into and resumes from.
+        export: ``(model, arch, space, export_dir, files) -> path`` or None: writes the next
+            version folder of ``export_dir`` and returns it; ``files`` maps the names
+            ``model_files`` returned to their paths.
+        build_model: ``(arch, config) -> model``, untrained, the model ``train_best`` builds
+            (its saved weights load into it), or None.
+        model_files: ``(data, out_dir) -> {name: file name}``: writes into ``out_dir`` what
+            ``export`` needs besides the weights (e.g. a language model's vocabulary), or None.
         build_space: ``(config) -> SearchSpace`` without building the task, or None.
         adapt_config: ``(data, config) -> config`` fitting sizes to the loaded data (e.g. the
             vocabulary of a tiny corpus when ``data_check`` is off), or None.
@@ -215,6 +225,8 @@ class SpaceSpec:
     build_task: Callable[[Any, ENASExperimentConfig], Any]
     train_best: Optional[Callable[..., Tuple[Any, Dict[str, Any]]]] = None
     export: Optional[Callable[..., str]] = None
+    build_model: Optional[Callable[[Tuple[int, ...], ENASExperimentConfig], Any]] = None
+    model_files: Optional[Callable[[Any, str], Dict[str, str]]] = None
     build_space: Optional[Callable[[ENASExperimentConfig], Any]] = None
     adapt_config: Optional[Callable[[Any, ENASExperimentConfig], ENASExperimentConfig]] = None
     error_name: str = "error"
@@ -401,6 +413,19 @@ def run_derive(
     return derived
 
 
+# The files of train-best in its output folder (see run_train_best).
+TRAIN_BEST_FILE = "train_best.json"
+TRAIN_BEST_WEIGHTS = "train_best.weights.h5"
+TRAIN_BEST_CHECKPOINTS = "train_best_ckpt"
+TRAIN_BEST_RUN = "run.json"  # in TRAIN_BEST_CHECKPOINTS: the run's architecture, epochs, config
+TRAIN_CHECKPOINT_EVERY = 100  # training batches between two checkpoints of train-best
+
+
+class TrainBestError(RuntimeError):
+    """train-best or export cannot run on what the output folder holds; the message says
+    what to run instead (the apps print it and exit with status 2)."""
+
+
 def run_train_best(
     config: ENASExperimentConfig,
     data_dir: Optional[str],
@@ -410,54 +435,183 @@ def run_train_best(
     epochs: Optional[int] = None,
     data=None,
     verify: bool = True,
+    resume: bool = False,
+    checkpoint_every: int = TRAIN_CHECKPOINT_EVERY,
 ):
     """Trains the derived architecture (``out_dir/derived.json`` unless ``arch`` is given)
-    from scratch for ``epochs`` (default ``config.train_epochs``); writes ``train_best.json``.
+    from scratch for ``epochs`` (default ``config.train_epochs``) and keeps the trained model.
+
+    Written into ``out_dir`` (a worker of a multi-worker task other than the chief: into its
+    private folder, :func:`write_dir`):
+
+    * ``train_best_ckpt/``: ``run.json`` (the run's architecture, epochs and config) and the
+      latest checkpoint of the training (:class:`~wpl_keras.nas.resumable.ResumableTraining`:
+      every ``checkpoint_every`` batches, at each epoch end, and on SIGINT/SIGTERM);
+    * ``train_best.weights.h5``: the final weights (``keras.Model.save_weights``);
+    * what the export needs besides the weights (the space's ``model_files``; the RNN space:
+      ``train_best_vocab.txt``);
+    * ``train_best.json``, last: the architecture, the epochs trained, the metrics, ``weights``
+      (the name of the weights file it describes), ``files`` and the (data-fitted) ``config``.
+
+    With ``resume`` the recorded run continues from its latest checkpoint, with its recorded
+    architecture, epochs and config, to the result of an uninterrupted run; a finished run is
+    returned as recorded, without training. A run started without a search also records its
+    data source (``data_source.json``, see :func:`run_search_experiment`) for the resume.
 
     Returns:
-        ``(model, metrics)`` from the space's ``train_best``.
-    """
-    from wpl_keras.nas.derive import load_derived
+        ``(model, record)``: the trained model and the contents of ``train_best.json``.
 
+    Raises:
+        TrainBestError: the folder holds a train-best run and ``resume`` is False; ``arch`` or
+            ``epochs`` differ from the recorded run's; no ``derived.json`` and no ``arch``.
+    """
+    from wpl_keras.nas.distribute import worker_out_dir
+    from wpl_keras.nas.resumable import ResumableTraining
+
+    here = worker_out_dir(out_dir)
+    recorded, finished = _recorded_train_best(here)
+    if (recorded or finished) and not resume:
+        raise TrainBestError(
+            f"{here} already holds a {'finished' if finished else 'started'} train-best run; "
+            "pass --resume (resume=True) to continue it (a finished one is not trained again), "
+            f"or remove {TRAIN_BEST_CHECKPOINTS}/, {TRAIN_BEST_FILE} and {TRAIN_BEST_WEIGHTS} "
+            "there to train again.")
+    if finished:
+        model, record, _ = load_trained_model(here)
+        _check_same_run(here, record, arch, epochs)
+        return model, record
+    if recorded:
+        _check_same_run(here, recorded, arch, epochs)
+        config = ENASExperimentConfig.from_json(recorded["config"])
+        arch, epochs = recorded["arch"], recorded["epochs"]
     spec = get_space(config.space)
     if spec.train_best is None:
         raise NotImplementedError(f"space {config.space!r} has no train-best runner.")
+    arch = tuple(int(a) for a in (arch if arch is not None else _derived_arch(out_dir)))
+    data_given = data
     data, config = prepare(config, data_dir, data, verify=verify)
-    if arch is None:
-        arch = load_derived(os.path.join(out_dir, "derived.json"))
     if epochs is not None:
         config = dataclasses.replace(config, train_epochs=int(epochs))
-    model, result = spec.train_best(data, tuple(arch), config, out_dir)
-    with open(os.path.join(out_dir, "train_best.json"), "w") as f:
-        json.dump({"arch": list(arch), "epochs": config.train_epochs, **result}, f, indent=1,
-                  default=float)
-    return model, result
+    folder = os.path.join(here, TRAIN_BEST_CHECKPOINTS)
+    if not recorded:
+        os.makedirs(folder, exist_ok=True)
+        write_json_atomic(os.path.join(folder, TRAIN_BEST_RUN), {
+            "arch": list(arch), "epochs": config.train_epochs, "config": config.to_json()})
+        if data_given is None and load_data_source(here) is None:  # a run without a search
+            save_data_source(here, data_dir, verify=verify)
+    checkpoint = ResumableTraining(folder, every=checkpoint_every, resume=True)
+    model, metrics = spec.train_best(data, arch, config, here, checkpoint=checkpoint)
+    return model, _keep_trained(model, arch, config, metrics, data, here)
 
 
-def run_export(
-    config: ENASExperimentConfig,
-    data_dir: Optional[str],
-    out_dir: str,
-    export_dir: Optional[str] = None,
-    *,
-    arch=None,
-    epochs: Optional[int] = None,
-    data=None,
-    verify: bool = True,
-) -> str:
-    """Trains the derived architecture or ``arch`` (as :func:`run_train_best`) and exports it to
-    ``export_dir`` (default ``out_dir/export``). Returns the export path."""
+def _recorded_train_best(folder: str) -> Tuple[Optional[dict], bool]:
+    """``(run.json of a started train-best or None, whether a finished one is recorded)``;
+    a ``train_best.json`` without ``weights`` (no trained model kept) counts as none."""
+    run = os.path.join(folder, TRAIN_BEST_CHECKPOINTS, TRAIN_BEST_RUN)
+    recorded = None
+    if os.path.exists(run):
+        with open(run) as f:
+            recorded = json.load(f)
+    path = os.path.join(folder, TRAIN_BEST_FILE)
+    finished = False
+    if os.path.exists(path):
+        with open(path) as f:
+            finished = "weights" in json.load(f)
+    return recorded, finished
+
+
+def _check_same_run(folder: str, recorded: Mapping[str, Any], arch, epochs) -> None:
+    """Refuses an explicit ``arch`` or ``epochs`` other than the recorded run's."""
+    if arch is not None and [int(a) for a in arch] != list(recorded["arch"]):
+        raise TrainBestError(
+            f"the train-best run in {folder} trains architecture {list(recorded['arch'])}, not "
+            f"the given {[int(a) for a in arch]}; resume it without --arch, or train the other "
+            "architecture into another --out.")
+    if epochs is not None and int(epochs) != int(recorded["epochs"]):
+        raise TrainBestError(
+            f"the train-best run in {folder} trains {recorded['epochs']} epochs, not the given "
+            f"{epochs}; resume it without --train-epochs, or train {epochs} epochs into another "
+            "--out.")
+
+
+def _derived_arch(out_dir: str):
+    from wpl_keras.nas.derive import load_derived
+
+    path = os.path.join(out_dir, "derived.json")
+    if not os.path.exists(path):
+        raise TrainBestError(f"{path} is missing: run the search (and, for ENAS, derive) on "
+                             f"--out {out_dir} first, or pass --arch.")
+    return load_derived(path)
+
+
+def _keep_trained(model, arch, config: ENASExperimentConfig, metrics: Mapping[str, Any], data,
+                  folder: str) -> Dict[str, Any]:
+    """Saves the weights, the space's model files and, last, ``train_best.json`` into
+    ``folder``; returns the record."""
+    spec = get_space(config.space)
+    partial = os.path.join(folder, f".partial-{os.getpid()}.weights.h5")
+    model.save_weights(partial)
+    os.replace(partial, os.path.join(folder, TRAIN_BEST_WEIGHTS))
+    files = spec.model_files(data, folder) if spec.model_files is not None else {}
+    record = {"arch": list(arch), "epochs": config.train_epochs, **metrics,
+              "weights": TRAIN_BEST_WEIGHTS, "files": dict(files), "config": config.to_json()}
+    write_json_atomic(os.path.join(folder, TRAIN_BEST_FILE), record)
+    return record
+
+
+def load_trained_model(out_dir: str):
+    """The model train-best kept in ``out_dir``, with its weights loaded.
+
+    Returns:
+        ``(model, record, config)``: the model, ``train_best.json`` and its config.
+
+    Raises:
+        TrainBestError: no ``train_best.json`` naming a weights file, or that file is missing
+            (the message says to run train-best first).
+    """
+    path = os.path.join(out_dir, TRAIN_BEST_FILE)
+    record = None
+    if os.path.exists(path):
+        with open(path) as f:
+            record = json.load(f)
+    if record is None or "weights" not in record:
+        found = "holds no" if record is None else "names no weights file in its"
+        raise TrainBestError(
+            f"{path} {found} trained model: run train-best on --out {out_dir} first (export "
+            "exports the model train-best trained and never trains).")
+    weights = os.path.join(out_dir, record["weights"])
+    if not os.path.exists(weights):
+        raise TrainBestError(f"{path} names the weights file {weights}, which is missing: run "
+                             f"train-best on --out {out_dir} again.")
+    config = ENASExperimentConfig.from_json(record["config"])
+    spec = get_space(config.space)
+    if spec.build_model is None:
+        raise NotImplementedError(f"space {config.space!r} does not define build_model.")
+    model = spec.build_model(tuple(record["arch"]), config)
+    model.load_weights(weights)
+    return model, record, config
+
+
+def run_export(out_dir: str, export_dir: Optional[str] = None, *, arch=None) -> str:
+    """Exports the model train-best kept in ``out_dir`` (:func:`load_trained_model`; nothing
+    is trained) as the next version folder of ``export_dir`` (default ``out_dir/export``), the
+    layout of :mod:`wpl_keras.utils.serving`. Returns the version folder.
+
+    Raises:
+        TrainBestError: no trained model in ``out_dir``, or ``arch`` is not its architecture.
+    """
+    model, record, config = load_trained_model(out_dir)
+    if arch is not None and [int(a) for a in arch] != list(record["arch"]):
+        raise TrainBestError(
+            f"--arch {[int(a) for a in arch]} is not the architecture of the model trained in "
+            f"{out_dir} ({record['arch']}); export exports that model: train the other "
+            "architecture with train-best --arch into another --out first.")
     spec = get_space(config.space)
     if spec.export is None:
         raise NotImplementedError(f"space {config.space!r} has no export.")
-    data, config = prepare(config, data_dir, data, verify=verify)
-    from wpl_keras.nas.derive import load_derived
-
-    if arch is None:
-        arch = load_derived(os.path.join(out_dir, "derived.json"))
-    model, _ = run_train_best(config, data_dir, out_dir, arch=arch, epochs=epochs, data=data)
-    space = build_space(config)
-    return spec.export(model, arch, space, export_dir or os.path.join(out_dir, "export"), data)
+    files = {name: os.path.join(out_dir, file) for name, file in record["files"].items()}
+    return spec.export(model, tuple(record["arch"]), build_space(config),
+                       export_dir or os.path.join(out_dir, "export"), files)
 
 
 def build_space(config: ENASExperimentConfig):

@@ -230,7 +230,7 @@ def build_task(config: ENASExperimentConfig, data_dir: Optional[str] = None, see
     return _task_from_data(load_data(data_dir, config), config, seed)
 
 
-def _train_best(arrays, arch, config: ENASExperimentConfig, out_dir: str):
+def _train_best(arrays, arch, config: ENASExperimentConfig, out_dir: str, *, checkpoint):
     from wpl_keras.nas.cnn_model import train_final
     from wpl_keras.nas.distribute import make_strategy
 
@@ -238,10 +238,18 @@ def _train_best(arrays, arch, config: ENASExperimentConfig, out_dir: str):
     return train_final(_space(config), arch, t.final, arrays,
                        epochs=max(int(config.train_epochs), 1),
                        strategy=make_strategy(t.strategy), seed=config.seed,
-                       train_size=t.final_train_size)
+                       train_size=t.final_train_size, checkpoint=checkpoint)
 
 
-def _export(model, arch, space, export_dir: str, arrays=None) -> str:
+def _build_model(arch, config: ENASExperimentConfig):
+    """The untrained final model of ``arch`` (CIFAR-10's 32×32×3 images) that
+    :func:`_train_best` trains."""
+    from wpl_keras.nas.cnn_model import build_final_model
+
+    return build_final_model(_space(config), arch, config.task.final, (32, 32, 3))
+
+
+def _export(model, arch, space, export_dir: str, files=None) -> str:
     from wpl_keras.nas.cnn_model import export_classifier
 
     return export_classifier(model, arch, space, export_dir)["saved_model"]
@@ -256,6 +264,7 @@ CNN_SPACE = SpaceSpec(
     build_task=lambda data, config: _task_from_data(data, config),
     train_best=_train_best,
     export=_export,
+    build_model=_build_model,
     build_space=_space,
     error_name="error_percent",
     dataset="CIFAR-10",

@@ -6,7 +6,8 @@ the registry entry.
 :func:`~wpl_keras.data.ptb.load_ptb`, the supernet task
 :class:`~wpl_keras.nas.rnn_search.RNNSearchTask`, a standalone language model trained from
 scratch (:func:`~wpl_keras.nas.rnn_model.train_from_scratch`) and its SavedModel with the
-corpus' vocabulary (:func:`~wpl_keras.nas.rnn_model.export_language_model`).
+corpus' vocabulary (:func:`~wpl_keras.nas.rnn_model.export_language_model`), which train-best
+keeps next to the weights as ``train_best_vocab.txt``.
 
 Presets: ``paper`` (the reference defaults of the public WPL release, sized for a GPU),
 ``cpu-small`` (minutes on 2 CPU cores) and ``tiny`` (seconds, for tests).
@@ -15,6 +16,7 @@ Presets: ``paper`` (the reference defaults of the public WPL release, sized for 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional
 
 from wpl_keras.experiments.enas import ControllerConfig, ENASExperimentConfig, SpaceSpec
@@ -47,28 +49,45 @@ def _rnn_build_task(corpus, config: ENASExperimentConfig):
                          strategy=make_strategy(config.task.strategy))
 
 
-def _rnn_train_best(corpus, arch, config: ENASExperimentConfig, out_dir: str):
+def _rnn_train_best(corpus, arch, config: ENASExperimentConfig, out_dir: str, *, checkpoint):
     from wpl_keras.nas.rnn_model import train_from_scratch
 
     result = dict(train_from_scratch(
         corpus, arch, config.task, config.train_epochs, seed=config.seed,
         max_batches_per_epoch=config.train_max_batches,
-        max_eval_batches=config.train_max_batches,
+        max_eval_batches=config.train_max_batches, checkpoint=checkpoint,
     ))
     model = result.pop("model")
     return model, result
 
 
-def _rnn_export(model, arch, space, export_dir: str, corpus) -> str:
-    """The SavedModel of the language model with the corpus' vocabulary as an asset (and a
-    signature that takes words; see :func:`~wpl_keras.nas.rnn_model.export_language_model`)."""
-    from wpl_keras.nas.rnn_model import build_language_model, export_language_model
+def _rnn_build_model(arch, config: ENASExperimentConfig):
+    """The untrained language model of ``arch`` that :func:`_rnn_train_best` trains."""
+    from wpl_keras.nas.rnn_model import build_language_model
 
-    # A model whose training step traced its custom gradient cannot be saved (the SavedModel
-    # would capture that gradient function), so export a fresh copy holding the same weights.
-    fresh = build_language_model(space, arch, model.cfg)
-    fresh.set_weights(model.get_weights())
-    return export_language_model(fresh, arch, space, export_dir, vocab=corpus.vocab)
+    return build_language_model(_rnn_build_space(config), arch, config.task, seed=config.seed)
+
+
+VOCAB_FILE = "train_best_vocab.txt"
+
+
+def _rnn_model_files(corpus, out_dir: str):
+    """Writes the corpus' vocabulary (line ``i``: the word of id ``i``) for the export's
+    ``serve_words`` signature."""
+    with open(os.path.join(out_dir, VOCAB_FILE), "w", encoding="utf-8") as f:
+        f.write("".join(f"{word}\n" for word in corpus.vocab))
+    return {"vocab": VOCAB_FILE}
+
+
+def _rnn_export(model, arch, space, export_dir: str, files) -> str:
+    """The SavedModel of the language model with the vocabulary train-best kept
+    (``files["vocab"]``) as an asset and a signature that takes words (see
+    :func:`~wpl_keras.nas.rnn_model.export_language_model`)."""
+    from wpl_keras.nas.rnn_model import export_language_model
+
+    with open(files["vocab"], encoding="utf-8") as f:
+        vocab = f.read().splitlines()
+    return export_language_model(model, arch, space, export_dir, vocab=vocab)
 
 
 def _rnn_preset(name: str) -> ENASExperimentConfig:
@@ -172,6 +191,8 @@ RNN_SPACE = SpaceSpec(
     build_task=_rnn_build_task,
     train_best=_rnn_train_best,
     export=_rnn_export,
+    build_model=_rnn_build_model,
+    model_files=_rnn_model_files,
     build_space=_rnn_build_space,
     adapt_config=_rnn_adapt_config,
     error_name="perplexity",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from typing import Dict, Optional, Sequence, Tuple
 
 import keras
@@ -26,8 +25,10 @@ import tensorflow as tf
 
 from wpl_keras.nas.cnn_space import OPS, MicroCellSpace
 from wpl_keras.nas.drop_path import DropPath, DropPathSchedule, drop_path_progress
+from wpl_keras.nas.resumable import ResumableTraining
 from wpl_keras.utils.config import JsonConfig
 from wpl_keras.utils.validation import check_fields, check_number
+from wpl_keras.utils.serving import save_serving_module
 
 
 _SCHEDULES = ("cosine_restarts", "cosine")
@@ -370,25 +371,35 @@ def train_final(
     seed: int = 0,
     train_size: Optional[int] = None,
     verbose: int = 0,
+    checkpoint: Optional[ResumableTraining] = None,
 ) -> Tuple[keras.Model, Dict[str, float]]:
     """Trains ``arch`` from scratch on the train split and reports the test error.
 
     SGD with Nesterov momentum on :func:`learning_rate_schedule`, cross-entropy
     ``+ aux_weight ·`` auxiliary cross-entropy ``+`` L2, drop-path ramped by
     :class:`DropPathSchedule` over all ``epochs · steps_per_epoch`` steps, padded crop + flip
-    + cutout; everything under ``strategy`` (default: the current one).
+    + cutout; everything under ``strategy`` (default: the current one). Batch ``s`` of epoch
+    ``e`` is a pure function of ``(seed, e, s)``
+    (:func:`~wpl_keras.data.cifar10_pipeline.epoch_batches`) and every random draw of the
+    model comes from its seed generators, so a run restored from ``checkpoint`` (weights,
+    SGD slots and step, generator states, the epoch's losses; see
+    :class:`~wpl_keras.nas.resumable.ResumableTraining`) continues exactly as the
+    uninterrupted run.
 
     Args:
         arrays: :class:`wpl_keras.data.cifar10.CIFAR10Arrays` (train and test).
         epochs: training length (>= 1).
         train_size: train on a random subset of this size (None: all).
+        checkpoint: where the run checkpoints as it goes, and resumes from (None: nothing
+            kept).
 
     Returns:
         The trained model and ``{"test_error_percent", "test_accuracy", "train_loss",
-        "seconds", "replicas", "lossy_jpeg"}``.
+        "seconds", "replicas", "lossy_jpeg"}`` (``train_loss``: the last epoch's mean;
+        ``seconds``: training time over every process of a resumed run).
     """
     from wpl_keras.data.cifar10 import subsample
-    from wpl_keras.data.cifar10_pipeline import make_dataset
+    from wpl_keras.data.cifar10_pipeline import epoch_batches
 
     epochs = check_number("train_final: epochs", epochs, minimum=1, integer=True)
     check_number("train_final: train_size", train_size, minimum=1, integer=True, optional=True)
@@ -396,33 +407,46 @@ def train_final(
     keras.utils.set_random_seed(seed)
     x_train, y_train = subsample(arrays.x_train, arrays.y_train, train_size, seed)
     steps_per_epoch = max(len(x_train) // config.batch_size, 1)
-    with strategy.scope():
-        model = build_final_model(space, arch, config, tuple(arrays.x_train.shape[1:]))
-        optimizer = keras.optimizers.SGD(
-            learning_rate_schedule(config, steps_per_epoch, epochs), momentum=config.momentum,
-            nesterov=True, global_clipnorm=config.grad_clip)
-        loss, weights = _loss_fn(config, len(model.outputs))
-        model.compile(optimizer=optimizer, loss=loss, loss_weights=weights)
-    train = make_dataset(x_train, y_train, config.batch_size, training=True,
-                         cutout_size=config.cutout, seed=seed, drop_remainder=True)
-    if len(model.outputs) == 2:
-        train = train.map(lambda x, y: (x, (y, y)))
+    model, optimizer = _compiled_model(space, arch, config, tuple(arrays.x_train.shape[1:]),
+                                       strategy, learning_rate_schedule(
+                                           config, steps_per_epoch, epochs))
+    run = checkpoint or ResumableTraining()
+    run.start(model=model, optimizer=optimizer)
     progress = drop_path_progress(model)
-    callbacks = [] if progress is None else [
-        DropPathSchedule(progress, epochs * steps_per_epoch)]
-    start = time.time()
-    history = model.fit(train, epochs=epochs, verbose=verbose, shuffle=False,
-                        callbacks=callbacks)
-    seconds = time.time() - start
+    callbacks = [run.keras_callback()] + ([] if progress is None else [
+        DropPathSchedule(progress, epochs * steps_per_epoch)])
+    with run:
+        while run.epoch < epochs:
+            if run.step < steps_per_epoch:  # else saved after its last batch
+                train = epoch_batches(x_train, y_train, config.batch_size, epoch=run.epoch,
+                                      start_step=run.step, cutout_size=config.cutout, seed=seed)
+                if len(model.outputs) == 2:
+                    train = train.map(lambda x, y: (x, (y, y)))
+                model.fit(train, epochs=1, verbose=verbose, shuffle=False, callbacks=callbacks)
+            run.epoch_done()
     accuracy = evaluate_accuracy(classifier_of(model), arrays.x_test, arrays.y_test)
     return model, {
         "test_error_percent": 100.0 * (1.0 - accuracy),
         "test_accuracy": accuracy,
-        "train_loss": float(history.history["loss"][-1]),
-        "seconds": seconds,
+        "train_loss": run.last_epoch_loss,
+        "seconds": run.seconds,
         "replicas": int(strategy.num_replicas_in_sync),
         "lossy_jpeg": bool(getattr(arrays, "lossy_jpeg", False)),
     }
+
+
+def _compiled_model(space, arch, config: FinalConfig, input_shape, strategy, learning_rate):
+    """``(model, optimizer)``: :func:`build_final_model` compiled under ``strategy`` with SGD
+    (Nesterov momentum, ``global_clipnorm`` ``grad_clip``), the optimizer built (its slots
+    exist before a checkpoint is restored into them)."""
+    with strategy.scope():
+        model = build_final_model(space, arch, config, input_shape)
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=config.momentum,
+                                         nesterov=True, global_clipnorm=config.grad_clip)
+        loss, weights = _loss_fn(config, len(model.outputs))
+        model.compile(optimizer=optimizer, loss=loss, loss_weights=weights)
+        optimizer.build(model.trainable_variables)
+    return model, optimizer
 
 
 def evaluate_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray,
@@ -438,46 +462,53 @@ def evaluate_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray,
 
 
 class _Serving(tf.Module):
+    """The serving function of a classifier, which it reaches through a closure (its Keras
+    variables are not tracked; :func:`~wpl_keras.utils.serving.save_serving_module` tracks
+    the ``tf.Variable`` objects the signature captures)."""
+
     def __init__(self, model: keras.Model, input_shape):
         super().__init__()
-        self.model = model
         from wpl_keras.data.cifar10_pipeline import MEAN, STD
 
-        self.mean = tf.constant(MEAN)
-        self.std = tf.constant(STD)
-        self.serve = tf.function(
-            self._serve,
-            input_signature=[tf.TensorSpec((None,) + tuple(input_shape), tf.float32, "images")],
-        )
+        mean, std = tf.constant(MEAN), tf.constant(STD)
 
-    def _serve(self, images):
-        x = (images / 255.0 - self.mean) / self.std
-        logits = self.model(x, training=False)
-        return {"probabilities": tf.nn.softmax(logits, axis=-1)}
+        @tf.function(input_signature=[
+            tf.TensorSpec((None,) + tuple(input_shape), tf.float32, "images")])
+        def serve(images):
+            logits = model((images / 255.0 - mean) / std, training=False)
+            return {"probabilities": tf.nn.softmax(logits, axis=-1)}
+
+        self.serve = serve
 
 
 def export_classifier(model: keras.Model, arch: Sequence[int], space: MicroCellSpace,
                       export_dir: str) -> Dict[str, str]:
-    """Writes a SavedModel plus ``cells.json`` and ``cells.png`` to ``export_dir``.
+    """Writes the SavedModel with ``cells.json`` and ``cells.png`` as the next version folder
+    of ``export_dir`` (TensorFlow Serving's layout,
+    :func:`~wpl_keras.utils.serving.save_serving_module`).
 
     The ``serving_default`` signature takes ``images``: float32 ``[N, H, W, 3]`` raw pixel
     values in ``[0, 255]`` (normalised inside with the CIFAR-10 mean/std) and returns
-    ``probabilities``: ``softmax(logits)`` ``[N, classes]``.
+    ``probabilities``: ``softmax(logits)`` ``[N, classes]``. It serves through the
+    session-based loader (TensorFlow Serving, ``saved_model_cli run``) as well as
+    ``tf.saved_model.load``.
 
     Returns:
-        Paths of the SavedModel folder, the JSON and the picture.
+        Paths of the version folder (``"saved_model"``), the JSON and the picture in it.
     """
     arch = space.validate(arch)
     classifier = classifier_of(model)
-    os.makedirs(export_dir, exist_ok=True)
-    saved = os.path.join(export_dir, "saved_model")
-    module = _Serving(classifier, classifier.inputs[0].shape[1:])
-    tf.saved_model.save(module, saved, signatures={"serving_default": module.serve})
-    cells_json = os.path.join(export_dir, "cells.json")
     normal, reduce = space.cells(arch)
-    with open(cells_json, "w", encoding="utf-8") as handle:
-        json.dump({**space.to_json(arch), "num_nodes": space.num_nodes, "ops": list(OPS),
-                   "normal": [list(n) for n in normal], "reduce": [list(n) for n in reduce]},
-                  handle, indent=2)
-    picture = space.plot(arch, os.path.join(export_dir, "cells.png"))
-    return {"saved_model": saved, "cells_json": cells_json, "cells_png": picture}
+
+    def write_cells(folder: str) -> None:
+        with open(os.path.join(folder, "cells.json"), "w", encoding="utf-8") as handle:
+            json.dump({**space.to_json(arch), "num_nodes": space.num_nodes, "ops": list(OPS),
+                       "normal": [list(n) for n in normal],
+                       "reduce": [list(n) for n in reduce]}, handle, indent=2)
+        space.plot(arch, os.path.join(folder, "cells.png"))
+
+    module = _Serving(classifier, classifier.inputs[0].shape[1:])
+    saved = save_serving_module(module, export_dir, {"serving_default": module.serve},
+                                side_files=write_cells)
+    return {"saved_model": saved, "cells_json": os.path.join(saved, "cells.json"),
+            "cells_png": os.path.join(saved, "cells.png")}

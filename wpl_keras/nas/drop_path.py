@@ -20,16 +20,20 @@ class DropPath(keras.layers.Layer):
     for cell ``l`` (0-based) of ``L`` and ``progress = min(1, (t + 1) / T)`` at step ``t``
     (0-based) of ``T`` — ENAS's ``MicroChild._apply_drop_path``. ``progress`` is one scalar
     variable shared by a model's DropPath layers and set by :class:`DropPathSchedule`; a layer
-    made without one holds its own, at 1. At inference ``y = x``.
+    made without one holds its own, at 1. At inference ``y = x``. ``U`` comes from the layer's
+    ``keras.random.SeedGenerator`` (``seed``; None draws one from Keras' global seed), whose
+    state is a variable of the model, so a checkpointed training resumes the same draws.
     """
 
-    def __init__(self, keep_prob: float, layer_ratio: float = 1.0, progress=None, **kwargs):
+    def __init__(self, keep_prob: float, layer_ratio: float = 1.0, progress=None,
+                 seed=None, **kwargs):
         super().__init__(**kwargs)
         self.keep_prob = float(keep_prob)
         self.layer_ratio = float(layer_ratio)
         if progress is None:
             progress = keras.Variable(1.0, trainable=False, name="drop_path_progress")
         self.progress = progress
+        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def current_keep(self) -> tf.Tensor:
         """``p = 1 − layer_ratio · progress · (1 − keep_prob)`` at the current progress."""
@@ -40,7 +44,8 @@ class DropPath(keras.layers.Layer):
         if not training or self.keep_prob >= 1.0:
             return x
         keep = tf.cast(self.current_keep(), x.dtype)
-        noise = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], dtype=x.dtype)
+        noise = keras.random.uniform((tf.shape(x)[0], 1, 1, 1), dtype=x.dtype,
+                                     seed=self.seed_generator)
         return x * tf.floor(keep + noise) / keep
 
     def get_config(self):

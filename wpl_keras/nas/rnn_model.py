@@ -19,7 +19,6 @@ import json
 import math
 import os
 import tempfile
-import time
 import weakref
 from typing import Dict, Optional, Sequence
 
@@ -30,6 +29,7 @@ import tensorflow as tf
 from wpl_keras.data.ptb import PTBCorpus, batchify, bptt_windows
 from wpl_keras.utils.validation import check_number
 from wpl_keras.nas.rnn_space import RNNCellSpace
+from wpl_keras.nas.resumable import ResumableTraining
 from wpl_keras.nas.rnn_cell import row_moments
 from wpl_keras.nas.rnn_supernet import (
     RNNSupernetConfig,
@@ -42,6 +42,7 @@ from wpl_keras.nas.rnn_supernet import (
     enas_cell_sequence_inference,
     sequence_loss,
 )
+from wpl_keras.utils.serving import save_serving_module
 
 
 class RNNLanguageModel(keras.Model):
@@ -222,13 +223,18 @@ def train_from_scratch(
     max_batches_per_epoch: Optional[int] = None,
     max_eval_batches: Optional[int] = None,
     log=None,
+    checkpoint: Optional[ResumableTraining] = None,
 ) -> Dict[str, object]:
     """Trains the cell ``arch`` from scratch on ``corpus.train`` and reports perplexities.
 
     SGD of ``config.optimizer``: epoch ``e`` steps with ``lr₀ · d^max(0, e − s)``
     (:meth:`~wpl_keras.nas.rnn_supernet.RNNOptimizerConfig.rate`), global-norm clip
     ``grad_clip``, L2 ``λ`` on all weights; the dropouts of ``config.model``; hidden state
-    carried across windows.
+    carried across windows. Every epoch reads the training split in order, so batch ``s`` of
+    epoch ``e`` is window ``s``: a run restored from ``checkpoint`` (the weights, the SGD
+    state, the dropout generator's state, the hidden state and the epoch's loss sum, see
+    :class:`~wpl_keras.nas.resumable.ResumableTraining`) continues exactly as the
+    uninterrupted run.
 
     Args:
         corpus: PTB ids.
@@ -240,9 +246,13 @@ def train_from_scratch(
         max_batches_per_epoch: cap on training windows per epoch (quick runs).
         max_eval_batches: cap on validation/test windows (quick runs).
         log: optional callable receiving a dict per epoch.
+        checkpoint: where the run checkpoints as it goes, and resumes from (None: nothing
+            kept).
 
     Returns:
-        ``{"valid_ppl", "test_ppl", "train_ppl", "epochs", "seconds", "model"}``.
+        ``{"valid_ppl", "test_ppl", "train_ppl", "epochs", "seconds", "model"}``
+        (``train_ppl``: ``exp`` of the last epoch's mean training loss; ``seconds``: training
+        time over every process of a resumed run).
     """
     epochs = check_number("train_from_scratch: epochs", epochs, minimum=1, integer=True)
     for name, value in (("max_batches_per_epoch", max_batches_per_epoch),
@@ -253,25 +263,19 @@ def train_from_scratch(
     model = build_language_model(space, arch, config, seed=seed)
     optimizer = keras.optimizers.SGD(learning_rate=config.optimizer.learning_rate)
     train_step = _train_step_fn(model, optimizer, config)
-    data = batchify(corpus.train, config.batch_size)
-    start = time.time()
-    train_ppl = float("nan")
-    for epoch in range(epochs):
-        lr = config.optimizer.rate(epoch)
-        optimizer.learning_rate.assign(lr)
-        state = tf.zeros([config.batch_size, config.model.hidden_size])
-        total, count = 0.0, 0
-        for k, (x, y) in enumerate(bptt_windows(data, config.bptt)):
-            if max_batches_per_epoch is not None and k >= max_batches_per_epoch:
-                break
-            loss, state = train_step(tf.constant(x), tf.constant(y), state)
-            total += float(loss)
-            count += 1
-        if not math.isfinite(total):
-            raise FloatingPointError(f"training diverged in epoch {epoch} (loss {total}).")
-        train_ppl = math.exp(min(total / max(count, 1), 50.0))
-        if log is not None:
-            log({"epoch": epoch, "train_ppl": train_ppl, "lr": lr})
+    state = tf.Variable(tf.zeros([config.batch_size, config.model.hidden_size]),
+                        trainable=False, name="hidden_state")
+    run = checkpoint or ResumableTraining()
+    run.start(model=model, optimizer=optimizer, hidden_state=state)
+    with run:
+        while run.epoch < epochs:
+            epoch = run.epoch
+            _train_epoch(train_step, optimizer, run, state, corpus, config,
+                         max_batches_per_epoch)
+            train_ppl = math.exp(min(run.epoch_done(), 50.0))
+            if log is not None:
+                log({"epoch": epoch, "train_ppl": train_ppl, "lr": config.optimizer.rate(epoch)})
+    train_ppl = math.exp(min(run.last_epoch_loss, 50.0))
     kwargs = dict(batch_size=config.eval_batch_size, bptt=config.eval_bptt,
                   max_batches=max_eval_batches)
     return {
@@ -279,9 +283,35 @@ def train_from_scratch(
         "test_ppl": evaluate_perplexity(model, corpus.test, **kwargs),
         "train_ppl": float(train_ppl),
         "epochs": int(epochs),
-        "seconds": float(time.time() - start),
+        "seconds": run.seconds,
         "model": model,
     }
+
+
+def _train_epoch(train_step, optimizer, run: ResumableTraining, state: tf.Variable, corpus,
+                 config: RNNSupernetConfig, max_batches: Optional[int]) -> None:
+    """The rest of epoch ``run.epoch``, from window ``run.step``: the hidden state starts at
+    zero with the epoch and is kept in ``state`` after every window (for the checkpoint).
+
+    Raises:
+        FloatingPointError: the epoch's loss sum is not finite.
+    """
+    epoch, done = run.epoch, run.step
+    optimizer.learning_rate.assign(config.optimizer.rate(epoch))
+    if done == 0:
+        state.assign(tf.zeros_like(state))
+    data = batchify(corpus.train, config.batch_size)
+    for k, (x, y) in enumerate(bptt_windows(data, config.bptt)):
+        if max_batches is not None and k >= max_batches:
+            break
+        if k < done:
+            continue
+        loss, new_state = train_step(tf.constant(x), tf.constant(y), state.value())
+        state.assign(new_state)
+        run.batch_done(float(loss))
+    if not math.isfinite(run.epoch_mean_loss()):
+        raise FloatingPointError(
+            f"training diverged in epoch {epoch} (mean loss {run.epoch_mean_loss()}).")
 
 
 VOCAB_FILE = "vocab.txt"
@@ -289,9 +319,10 @@ WORDS_SIGNATURE = "serve_words"
 
 
 class _ServingModule(tf.Module):
-    """Tracks only the model's variables; the model itself is reached through a closure so
-    that functions traced on it earlier (training steps with custom gradients) are not
-    saved.
+    """Reaches the model through a closure, so that functions traced on it earlier (training
+    steps with custom gradients) are not saved and its Keras variables are not tracked
+    (:func:`~wpl_keras.utils.serving.save_serving_module` tracks the ``tf.Variable`` objects
+    the signatures capture).
 
     With ``vocab_path`` (one word per line, line ``i`` is the word of id ``i``), the file is
     a SavedModel asset and ``serve_words`` maps words to ids through a
@@ -301,7 +332,6 @@ class _ServingModule(tf.Module):
     def __init__(self, model: RNNLanguageModel, vocab_path: Optional[str] = None,
                  unk_id: int = 0):
         super().__init__()
-        self.weights = list(model.variables)
 
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="tokens")])
         def serve(tokens):
@@ -354,7 +384,8 @@ def check_vocabulary(vocab: Sequence[str], vocab_size: int, unk_token: str) -> i
 def export_language_model(model: RNNLanguageModel, arch: Sequence[int], space: RNNCellSpace,
                           export_dir: str, *, vocab: Optional[Sequence[str]] = None,
                           unk_token: str = "<unk>") -> str:
-    """Writes a SavedModel and ``cell.json`` to ``export_dir``.
+    """Writes the SavedModel and ``cell.json`` as the next version folder of ``export_dir``
+    (TensorFlow Serving's layout, :func:`~wpl_keras.utils.serving.save_serving_module`).
 
     The ``serving_default`` signature maps ``tokens`` (int32 ``[batch, time]``, zero initial
     state) to ``log_probs`` (``[batch, time, vocab]``, ``log p(w_{t+1} | w_{≤t})``).
@@ -362,10 +393,12 @@ def export_language_model(model: RNNLanguageModel, arch: Sequence[int], space: R
     ``assets/vocab.txt`` (one word per line) and the ``serve_words`` signature maps ``words``
     (string ``[batch, time]``) to the same ``log_probs`` and the ``ids`` it looked up; a word
     outside the vocabulary reads as ``unk_token``. ``cell.json`` holds the cell (space name,
-    decisions, readable string) and the config.
+    decisions, readable string) and the config. Both signatures serve through the
+    session-based loader (TensorFlow Serving, ``saved_model_cli run``) as well as
+    ``tf.saved_model.load``.
 
     Returns:
-        ``export_dir``.
+        The version folder, ``<export_dir>/<n>``.
     """
     arch = space.validate(arch)
     if tuple(arch) != tuple(model.arch):
@@ -373,6 +406,11 @@ def export_language_model(model: RNNLanguageModel, arch: Sequence[int], space: R
             f"export_language_model: arch {space.to_string(arch)!r} is not the model's cell "
             f"{space.to_string(model.arch)!r}."
         )
+
+    def write_cell(folder: str) -> None:
+        with open(os.path.join(folder, "cell.json"), "w") as f:
+            json.dump({**space.to_json(arch), "config": model.cfg.to_json()}, f, indent=2)
+
     with tempfile.TemporaryDirectory() as tmp:
         vocab_path, unk_id = None, 0
         if vocab is not None:
@@ -381,10 +419,7 @@ def export_language_model(model: RNNLanguageModel, arch: Sequence[int], space: R
             with open(vocab_path, "w", encoding="utf-8") as f:
                 f.write("".join(f"{w}\n" for w in vocab))
         module = _ServingModule(model, vocab_path, unk_id)
-        signatures = {"serving_default": module.serve.get_concrete_function()}
+        signatures = {"serving_default": module.serve}
         if vocab_path is not None:
-            signatures[WORDS_SIGNATURE] = module.serve_words.get_concrete_function()
-        tf.saved_model.save(module, export_dir, signatures=signatures)
-    with open(os.path.join(export_dir, "cell.json"), "w") as f:
-        json.dump({**space.to_json(arch), "config": model.cfg.to_json()}, f, indent=2)
-    return export_dir
+            signatures[WORDS_SIGNATURE] = module.serve_words
+        return save_serving_module(module, export_dir, signatures, side_files=write_cell)
