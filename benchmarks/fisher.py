@@ -19,18 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import keras
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from wpl_keras.experiments.two_models import TwoModelsConfig, build_models  # noqa: E402
-from wpl_keras.wpl.fisher import estimate_fisher  # noqa: E402
+from wpl_keras.experiments.two_models import TwoModelsConfig, build_models
+from wpl_keras.wpl.fisher_estimation import estimate_fisher
 
 
 def _timed(fn, repeats):

@@ -26,12 +26,12 @@ TensorFlow starts; ``--no-mirrored`` skips it), at the small size without XLA, f
   the second architecture; dropout on): the loss and penalty of every architecture, its err1
   (fixed-batch perplexity) and reward, and each final weight, Fisher, anchor and carried
   hidden state tensor, every value within ``‖two − one‖₂ <= 1e-3 · max(‖one‖₂, ‖two‖₂) +
-  1e-6`` (``compare_runs`` of ``supernet_step_cnn.py``), else 0; ``mirrored_2cpu.max_rel_diff``
+  1e-6`` (:func:`wpl_keras.experiments.device_equality.compare_runs`), else 0; ``mirrored_2cpu.max_rel_diff``
   gives the largest relative difference of each kind;
 * ``mirrored_2cpu_ratio``: median step time (WPL off, ``--mirrored-steps`` steps) under
   mirrored over one device; information only: both share the same physical cores.
 
-``--space cnn`` delegates to ``benchmarks/supernet_step_cnn.py`` (its ``main(argv)``), whose
+``--space cnn`` runs ``benchmarks/supernet_step_cnn.py`` with the other arguments, whose
 ``floor_ratio`` is the analogue of the above for convolutions: the step time over the FLOPs of
 the chosen ops' convs (×3) at conv and depthwise-conv rates measured in the same run.
 The last line printed is one JSON object.
@@ -40,7 +40,6 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -51,9 +50,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from wpl_keras.experiments.device_equality import compare_runs, equality_values  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
@@ -194,25 +193,16 @@ def run_rnn(args) -> dict:
     return result
 
 
-def _cnn_module():
-    """``benchmarks/supernet_step_cnn.py`` as a module (its ``main`` and ``compare_runs``)."""
-    path = pathlib.Path(__file__).with_name("supernet_step_cnn.py")
-    spec = importlib.util.spec_from_file_location("supernet_step_cnn", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # α of the equality check: the cpu-small preset's (proximal mode, stable for any α).
 EQUAL_STRENGTH = 1e6
 
 
 def _rnn_equality_values(task, archs) -> dict:
-    """:func:`equality_values` of ``supernet_step_cnn.py`` for the RNN task at α
+    """:func:`~wpl_keras.experiments.device_equality.equality_values` for the RNN task at α
     ``EQUAL_STRENGTH``: the supernet's weights, plus both carried hidden states."""
     task.wpl_state.strength.assign(EQUAL_STRENGTH)
     hidden = {"hidden_states": lambda: [task.train_state.numpy(), task.reward_state.numpy()]}
-    return _cnn_module().equality_values(task, archs, task.supernet.trainable_variables, hidden)
+    return equality_values(task, archs, task.supernet.trainable_variables, hidden)
 
 
 def rnn_mirrored_child(args) -> dict:
@@ -248,7 +238,7 @@ def rnn_mirrored_child(args) -> dict:
             steps.append(time.perf_counter() - start)
         times[kind] = statistics.median(steps)
         traces[kind] = [task.trace_count, task.eval_trace_count]
-    check = _cnn_module().compare_runs(values["default"], values["mirrored"])
+    check = compare_runs(values["default"], values["mirrored"])
     m = cfg.model
     return {
         "equal": check["equal"], "ratio": times["mirrored"] / times["default"],
@@ -287,8 +277,10 @@ def main(argv=None) -> dict:
     space_parser.add_argument("--space", choices=("rnn", "cnn"), default="rnn")
     space_args, rest = space_parser.parse_known_args(argv)
     if space_args.space == "cnn":
-        # Everything but --space goes to the CNN benchmark unchanged (its own --archs, --data-dir).
-        return _cnn_module().main(rest)
+        # Everything but --space goes to the CNN benchmark unchanged (its own --archs,
+        # --data-dir), run as its own program; its output (last line: the JSON) passes through.
+        cnn = pathlib.Path(__file__).with_name("supernet_step_cnn.py")
+        raise SystemExit(subprocess.run([sys.executable, str(cnn), *rest]).returncode)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", choices=("rnn", "cnn"), default="rnn")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "ptb"))

@@ -31,7 +31,8 @@ Measures, for :class:`wpl_keras.nas.cnn_search.CNNSearchTask`:
   architecture, no augmentation): the loss, penalty, err1 and reward of every architecture
   and each final weight, Fisher and anchor tensor, every value within
   ``‖two − one‖₂ <= 1e-3 · max(‖one‖₂, ‖two‖₂) + 1e-6``, else 0
-  (``mirrored_2cpu_check.max_rel_diff`` gives the largest relative difference of each kind).
+  (``mirrored_2cpu_check.max_rel_diff`` gives the largest relative difference of each kind;
+  :mod:`wpl_keras.experiments.device_equality`).
 
 Data: the CIFAR-10 JPEG archives of ``--data-dir`` (lossy JPEG re-encodings of the real
 images) when present, else random images of the same shape (``"data": "synthetic"``).
@@ -52,10 +53,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from wpl_keras.experiments.device_equality import compare_runs, equality_values  # noqa: E402
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10"
 
 
@@ -233,59 +233,12 @@ def _task(args, splits, strategy=None, augment: bool = True):
 # order of the all-reduced gradient) grows over the checks' training steps; a distribution
 # error (rows evaluated twice or not at all, a gradient not all-reduced or scaled wrongly,
 # other dropout masks) moves the values by far more than rtol.
-EQUAL_RTOL, EQUAL_ATOL = 1e-3, 1e-6
 # Environment of the CNN equality subprocess: oneDNN chooses its kernels by batch size, so a
 # replica's part of the batch and the whole batch round differently, and through the max
 # pools (whose gradient goes to one pixel of each window) and ReLUs such differences can grow
 # far beyond rounding over the check's steps. With Eigen's kernels (oneDNN off) the two runs
 # agree to rounding.
 EQUAL_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
-
-
-def compare_runs(one: dict, two: dict, rtol: float = EQUAL_RTOL,
-                 atol: float = EQUAL_ATOL) -> dict:
-    """Compares two runs' values (``name -> list of arrays or floats``), each value as a whole:
-    ``‖b − a‖₂ <= rtol · max(‖a‖₂, ‖b‖₂) + atol``.
-
-    Returns:
-        ``{"equal": 1 or 0, "max_rel_diff": {name: max ‖b − a‖ / max(‖a‖, ‖b‖)}, "rtol",
-        "atol"}`` (a relative difference of 0 where both values are 0).
-    """
-    import numpy as np
-
-    equal, diffs = True, {}
-    for name, values in one.items():
-        worst = 0.0
-        for a, b in zip(values, two[name], strict=True):
-            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-            diff, scale = np.linalg.norm(b - a), max(np.linalg.norm(a), np.linalg.norm(b))
-            worst = max(worst, float(diff / scale) if scale > 0 else 0.0)
-            equal = equal and bool(diff <= rtol * scale + atol)
-        diffs[name] = worst
-    return {"equal": int(equal), "max_rel_diff": diffs, "rtol": rtol, "atol": atol}
-
-
-def equality_values(task, archs, variables=None, extra=None) -> dict:
-    """Trains ``archs`` in turn (2 batches each, WPL on after the first: the later ones have a
-    Fisher, anchors and a penalty), then scores each (err1 and reward); returns the values to
-    compare between device counts: ``variables`` (default ``task.variables``) as ``weights``,
-    plus ``extra`` (name → list of arrays, read after the scoring)."""
-    losses, penalties = [], []
-    for k, arch in enumerate(archs):
-        out = task.train_architecture(arch, 2, wpl_active=k > 0)
-        losses.append(out["loss"])
-        penalties.append(out["penalty"])
-    state = task.wpl_state
-    values = {
-        "loss": losses, "penalty": penalties,
-        "err1": [task.validation_error(a) for a in archs],
-        "reward": [task.reward(a) for a in archs],
-        "weights": [v.numpy() for v in (task.variables if variables is None else variables)],
-        "fisher": [f.numpy() for f in state.fisher],
-        "anchors": [a.numpy() for a in state.anchors],
-    }
-    values.update({name: read() for name, read in (extra or {}).items()})
-    return values
 
 
 def _mirrored_child(args) -> dict:

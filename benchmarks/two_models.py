@@ -22,15 +22,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from wpl_keras.data.mnist import load_mnist  # noqa: E402
-from wpl_keras.experiments import two_models as tm  # noqa: E402
+from wpl_keras.data.mnist import load_mnist
+from wpl_keras.experiments import two_models as tm
 
 
 def _triple(case: dict) -> dict:

@@ -36,15 +36,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import keras
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from wpl_keras.wpl.training import WPLModel, apply_wpl  # noqa: E402
+from wpl_keras.wpl.training import WPLModel, apply_wpl
 
 
 class _StepTimer(keras.callbacks.Callback):
