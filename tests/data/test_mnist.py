@@ -273,3 +273,19 @@ def test_truncated_real_file_fails_the_checksum(shared_data, tmp_path):
         mnist.load_mnist(str(tmp_path))
     with pytest.raises(mnist.MnistDataError, match=f"{name}.*corrupt"):
         mnist.load_mnist(str(tmp_path), verify=False)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda x, y: mnist.split_validation(x, y, 10), ValueError,
+     r"split_validation: validation_size \(10 training examples\) must be an integer in \[0, 10\)"),
+    (lambda x, y: mnist.split_validation(x, y, -1), ValueError, "validation_size"),
+    (lambda x, y: mnist.split_validation(x, y, 2.0), TypeError, "validation_size"),
+    (lambda x, y: mnist.make_dataset(x, y, batch_size=0), ValueError,
+     "make_dataset: batch_size must be an integer >= 1"),
+    (lambda x, y: mnist.make_dataset(x, y, batch_size="4"), TypeError, "make_dataset: batch_size"),
+])
+def test_sizes_are_checked_naming_argument_and_range(call, error, match):
+    x, y = np.zeros((10, 28, 28), np.float32), np.arange(10, dtype=np.int32)
+    with pytest.raises(error, match=match):
+        call(x, y)
+    assert len(mnist.split_validation(x, y, np.int64(3))[3]) == 3

@@ -148,3 +148,16 @@ def test_truncated_real_file_fails_the_checksum(shared_data, tmp_path, split):
     (tmp_path / f"{split}.txt").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ptb.PTBChecksumError, match=f"{split}.txt: md5 .* differs"):
         ptb.load_ptb(str(tmp_path))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda ids: ptb.batchify(ids, 0), ValueError, "batchify: batch_size must be an integer >= 1"),
+    (lambda ids: ptb.batchify(ids, 2.0), TypeError, "batchify: batch_size"),
+    (lambda ids: ptb.num_windows(ptb.batchify(ids, 2), -1), ValueError, "num_windows: bptt"),
+    (lambda ids: ptb.num_windows(ptb.batchify(ids, 2), "35"), TypeError, "num_windows: bptt"),
+])
+def test_batch_size_and_bptt_are_checked(call, error, match):
+    ids = np.arange(20)
+    with pytest.raises(error, match=match):
+        call(ids)
+    assert ptb.num_windows(ptb.batchify(ids, np.int64(2)), np.int32(3)) == 3

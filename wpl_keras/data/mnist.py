@@ -328,11 +328,9 @@ def split_validation(x: np.ndarray, y: np.ndarray, validation_size: int, seed: i
     Returns:
         ``(x_train, y_train, x_val, y_val)``.
     """
-    if not 0 <= validation_size < len(y):
-        raise ValueError(
-            f"validation_size must be in [0, {len(y)}) for {len(y)} training examples, "
-            f"got {validation_size}."
-        )
+    validation_size = check_number(
+        f"split_validation: validation_size ({len(y)} training examples)", validation_size,
+        integer=True, minimum=0, maximum=len(y), exclusive_maximum=True)
     order = np.random.default_rng(seed).permutation(len(y))
     val, train = order[:validation_size], order[validation_size:]
     return x[train], y[train], x[val], y[val]
