@@ -437,7 +437,7 @@ def run_train_best(
     verify: bool = True,
     resume: bool = False,
     checkpoint_every: int = TRAIN_CHECKPOINT_EVERY,
-):
+) -> Tuple[Any, Dict[str, Any]]:
     """Trains the derived architecture (``out_dir/derived.json`` unless ``arch`` is given)
     from scratch for ``epochs`` (default ``config.train_epochs``) and keeps the trained model.
 
@@ -559,7 +559,7 @@ def _keep_trained(model, arch, config: ENASExperimentConfig, metrics: Mapping[st
     return record
 
 
-def load_trained_model(out_dir: str):
+def load_trained_model(out_dir: str) -> Tuple[Any, Dict[str, Any], ENASExperimentConfig]:
     """The model train-best kept in ``out_dir``, with its weights loaded.
 
     Returns:
