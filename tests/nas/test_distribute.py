@@ -7,6 +7,7 @@ so they run in subprocesses (started together, so their start-up overlaps).
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -106,7 +107,7 @@ def _last_json(proc, timeout=900):  # four CNN runs on 2 shared cores
         pytest.fail(f"subprocess timed out; stderr tail:\n{err[-2000:]}")
     lines = [line for line in out.splitlines() if line.startswith("{")]
     assert proc.returncode == 0 and lines, f"subprocess failed ({proc.returncode}):\n{err[-3000:]}"
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "stderr": err}
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def runs():
         "worker1": _start(_WORKER, {"TF_CONFIG": local_tf_config(ports, 1)}),
     }
     try:
-        yield {name: _last_json(proc) for name, proc in procs.items()}
+        yield {**{name: _last_json(proc) for name, proc in procs.items()}, "ports": ports}
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -172,6 +173,20 @@ def test_two_workers_complete_steps(runs):
     np.testing.assert_allclose(runs["worker0"]["err1"], one["err1"], rtol=0, atol=1e-9)
     np.testing.assert_allclose(runs["worker0"]["eval_ce"], one["eval_ce"], rtol=1e-5, atol=1e-6)
     assert runs["worker0"]["eval_traces"] == 1
+
+
+def test_each_worker_says_where_its_server_really_listens(runs):
+    """TF_CONFIG names 127.0.0.1, but TensorFlow's gRPC server listens on every interface:
+    each worker says so on stderr, with the port of its TF_CONFIG entry, and warns."""
+    for index, port in enumerate(runs["ports"]):
+        err = runs[f"worker{index}"]["stderr"]
+        found = re.search(rf"multi-worker task /job:worker/task:{index} listening on "
+                          rf"(\S+):{port} \(([^)]*)\)", err)
+        assert found, err[-2000:]
+        if found.group(1) != "127.0.0.1":  # TensorFlow 2.x: [::], every interface
+            assert found.group(2) == "every interface, IPv4 and IPv6", found.group(0)
+            assert f"asked for 127.0.0.1:{port}: TensorFlow's gRPC server cannot bind" in err
+            assert f"WARNING: port {port} is open to every machine" in err
 
 
 def test_resolve_kind_and_tf_config():
