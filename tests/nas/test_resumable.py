@@ -81,5 +81,7 @@ def test_without_a_folder_it_only_counts_and_bad_every_is_refused():
     run.batch_done(2.0)
     run.batch_done(4.0)
     assert run.epoch_done() == 3.0 and (run.epoch, run.step) == (1, 0)
-    with pytest.raises(ValueError, match="every must be >= 0"):
+    with pytest.raises(ValueError, match="ResumableTraining every must be an integer >= 0"):
         ResumableTraining(every=-1)
+    with pytest.raises(TypeError, match="ResumableTraining every must be an integer >= 0"):
+        ResumableTraining(every=2.5)

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from wpl_keras.nas.driver import SignalCatcher
 from wpl_keras.utils.checkpoint import check_checkpoint_covers, checkpoint_for
+from wpl_keras.utils.validation import check_number
 
 
 class TrainingProgress(tf.Module):
@@ -72,13 +73,14 @@ class ResumableTraining:
 
     Raises:
         ValueError: ``every`` < 0.
+        TypeError: ``every`` not an integer.
     """
 
     def __init__(self, directory: Optional[str] = None, *, every: int = 0,
                  resume: bool = False, handle_signals: bool = True):
-        if int(every) < 0:
-            raise ValueError(f"every must be >= 0 (0: save at epoch ends only), got {every}.")
-        self.directory, self.every, self.resume = directory, int(every), bool(resume)
+        # 0: save at epoch ends only
+        every = check_number("ResumableTraining every", every, integer=True, minimum=0)
+        self.directory, self.every, self.resume = directory, every, bool(resume)
         self.handle_signals = handle_signals
         self.progress = TrainingProgress()
         self.manager: Optional[tf.train.CheckpointManager] = None
