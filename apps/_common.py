@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional
 
 ENV_DATA_DIR = "WPL_DATA_DIR"
 DATA_ERROR_STATUS = 2
-# The strategy kinds of `wpl_keras.nas.distribute.KINDS` (not imported here: it loads
+# The strategy kinds of `wpl_keras.nas.search.distribute.KINDS` (not imported here: it loads
 # TensorFlow, and the apps parse their arguments before that).
 STRATEGY_KINDS = ("auto", "default", "mirrored", "multi_worker")
 
@@ -34,7 +34,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # (flag, loop config field, type, help): the loop settings every search app overrides the same
-# way (`wpl_keras.nas.schedule.LoopConfig`); each app adds its controller's.
+# way (`wpl_keras.nas.search.schedule.LoopConfig`); each app adds its controller's.
 LOOP_OVERRIDES = (
     ("--epochs", "epochs", int, "search epochs"),
     ("--shared-steps", "shared_steps_per_epoch", int,

@@ -37,7 +37,7 @@ import time
 
 from wpl_keras.experiments import enas
 from wpl_keras.experiments.forgetting_summary import reduction_fields
-from wpl_keras.nas import metrics
+from wpl_keras.nas.analysis import metrics
 from wpl_keras.utils.config_fields import parse_assignments, replace_fields
 from wpl_keras.utils.strict_json import finite_or_null
 

@@ -39,7 +39,7 @@ def _tasks(corpus, task_config, seed: int) -> dict:
     """``{source: RNNSearchTask}`` for both Fisher sources, ``α`` written in."""
     import dataclasses
 
-    from wpl_keras.nas.rnn_search import RNNSearchTask
+    from wpl_keras.nas.spaces.rnn.task import RNNSearchTask
 
     tasks = {}
     for source in ("train", "valid"):

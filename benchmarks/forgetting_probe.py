@@ -45,7 +45,7 @@ def _load(args, scope=None, mode=None):
     import tensorflow as tf
 
     from wpl_keras.experiments import enas
-    from wpl_keras.nas import search
+    from wpl_keras.nas.search import enas as search
 
     config = enas.get_preset("rnn", args.preset)
     if scope is not None:
@@ -64,7 +64,7 @@ def _load(args, scope=None, mode=None):
 
 
 def _summary(err1, err2, best_k=5):
-    from wpl_keras.nas import metrics
+    from wpl_keras.nas.analysis import metrics
 
     s = metrics.forgetting_summary(err1, err2, best_k=best_k)
     return {k: round(s[k], 3) for k in ("mean_diff", "best5_diff", "max_diff", "mean_err1")}

@@ -129,7 +129,7 @@ def _path_figures(path_by_seed, runs, seeds, rates, keeps, out: str) -> list:
     """One Figure-4 PNG per rate with the path-dropping arms (seed-averaged) drawn beside NAO
     with and without WPL; none without path arms."""
     from wpl_keras.experiments.forgetting_summary import HISTORY_KEYS
-    from wpl_keras.nas import metrics
+    from wpl_keras.nas.analysis import metrics
 
     pngs = []
     for rate in rates if keeps else []:
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
 
     from wpl_keras.experiments import nao as nao_experiment
     from wpl_keras.experiments.forgetting_summary import path_dropping_fields, summary_fields
-    from wpl_keras.nas import metrics
+    from wpl_keras.nas.analysis import metrics
 
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     keeps = [float(k) for k in args.path_keep.split(",") if k.strip()]

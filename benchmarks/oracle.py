@@ -38,7 +38,7 @@ from wpl_keras.tuner.enas import ENASOracle  # noqa: E402
 
 def make_space(num_nodes: int):
     try:
-        from wpl_keras.nas.rnn_space import RNNCellSpace
+        from wpl_keras.nas.spaces.rnn.space import RNNCellSpace
     except ImportError:  # pragma: no cover - fallback before the RNN space existed
         from wpl_keras.nas.base import SearchSpace
 

@@ -94,7 +94,7 @@ def time_size(corpus, cfg, num_archs: int, seed: int = 0, flops: float = 0.0) ->
     import numpy as np
     import tensorflow as tf
 
-    from wpl_keras.nas.rnn_search import RNNSearchTask
+    from wpl_keras.nas.spaces.rnn.task import RNNSearchTask
 
     task = RNNSearchTask(corpus, cfg, seed=seed)
     rng = np.random.default_rng(seed)
@@ -138,7 +138,7 @@ def run_rnn(args) -> dict:
     import tensorflow as tf
 
     from wpl_keras.data.ptb import load_ptb
-    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+    from wpl_keras.nas.spaces.rnn.config import RNNSupernetConfig
 
     corpus = load_ptb(args.data_dir)
     rate = matmul_rate()
@@ -210,7 +210,7 @@ def rnn_mirrored_child(args) -> dict:
     under ``MirroredStrategy``; the equality check over ``args.equal_archs`` architectures
     (:func:`_rnn_equality_values`), then ``args.mirrored_steps`` timed steps (WPL off) on
     the same tasks."""
-    from wpl_keras.nas.distribute import make_strategy, split_cpu
+    from wpl_keras.nas.search.distribute import make_strategy, split_cpu
 
     split_cpu(2)
     import dataclasses
@@ -219,8 +219,8 @@ def rnn_mirrored_child(args) -> dict:
     import tensorflow as tf
 
     from wpl_keras.data.ptb import load_ptb
-    from wpl_keras.nas.rnn_search import RNNSearchTask
-    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+    from wpl_keras.nas.spaces.rnn.task import RNNSearchTask
+    from wpl_keras.nas.spaces.rnn.config import RNNSupernetConfig
 
     corpus = load_ptb(args.data_dir)
     cfg = dataclasses.replace(RNNSupernetConfig.cpu_small(), jit_compile=False)

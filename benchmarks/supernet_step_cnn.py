@@ -1,6 +1,6 @@
 """Benchmark: one-trace micro-CNN supernet training step (CIFAR-10 shapes).
 
-Measures, for :class:`wpl_keras.nas.cnn_search.CNNSearchTask`:
+Measures, for :class:`wpl_keras.nas.spaces.cnn.task.CNNSearchTask`:
 
 * ``traces``: traces of the training step after training ``--archs`` random architectures
   (must be 1: the architecture is an int32 tensor input);
@@ -119,7 +119,7 @@ def chosen_conv_flops(supernet, arch, batch: int, image_size: int) -> dict:
     reduction cell and a factorised calibration ``2 P c_in c``, a 1×1 calibration
     ``2 P c_in c``; per slot running a separable conv twice ``2 P k² c`` (depthwise) and
     ``2 P c²`` (pointwise); the output conv ``2 P (L c) c`` with ``L`` the cell's loose ends."""
-    from wpl_keras.nas.cnn_space import OPS
+    from wpl_keras.nas.spaces.cnn.space import OPS
 
     space = supernet.space
     cells = space.cells(arch)
@@ -212,9 +212,9 @@ def _floor_fields(task, archs, plain_times, batch, image_size, rates) -> dict:
 
 
 def _task(args, splits, strategy=None, augment: bool = True):
-    from wpl_keras.nas.cnn_space import MicroCellSpace
-    from wpl_keras.nas.cnn_search import CNNSearchConfig, CNNSearchTask
-    from wpl_keras.nas.cnn_supernet import SupernetConfig
+    from wpl_keras.nas.spaces.cnn.space import MicroCellSpace
+    from wpl_keras.nas.spaces.cnn.task import CNNSearchConfig, CNNSearchTask
+    from wpl_keras.nas.spaces.cnn.supernet import SupernetConfig
 
     config = CNNSearchConfig(
         supernet=SupernetConfig(num_cells=args.num_cells, filters=args.filters,
@@ -243,7 +243,7 @@ EQUAL_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 
 def _mirrored_child(args) -> dict:
     """In a fresh process with 2 logical CPUs: step time under mirrored over default."""
-    from wpl_keras.nas.distribute import make_strategy, split_cpu
+    from wpl_keras.nas.search.distribute import make_strategy, split_cpu
 
     split_cpu(2)
     import numpy as np
@@ -267,7 +267,7 @@ def _equality_child(args) -> dict:
     :func:`compare_runs`. Both runs train without augmentation (its random crops and flips
     are not reproducible between two dataset instances, even on one device); the parent
     starts this process with oneDNN off (:data:`EQUAL_ENV`)."""
-    from wpl_keras.nas.distribute import make_strategy, split_cpu
+    from wpl_keras.nas.search.distribute import make_strategy, split_cpu
 
     split_cpu(2)
     import numpy as np

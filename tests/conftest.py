@@ -28,3 +28,14 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not present at {SHARED_DATA} (only on development machines and CI)")
     return SHARED_DATA
+
+
+DISTRIBUTED = pathlib.Path(__file__).resolve().parent / "distributed"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks every test under ``tests/distributed/`` ``distributed`` (``-m "not distributed"``
+    leaves them out)."""
+    for item in items:
+        if DISTRIBUTED in pathlib.Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.distributed)

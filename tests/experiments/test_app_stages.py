@@ -309,7 +309,7 @@ def test_strategy_flag_sets_the_task_strategy_of_either_space(tmp_path, space, k
 @pytest.mark.parametrize("app", [enas_search, nao_search])
 def test_strategy_flag_refuses_unknown_kinds_and_lists_the_known_ones(app, capsys):
     from apps._common import STRATEGY_KINDS
-    from wpl_keras.nas.distribute import KINDS
+    from wpl_keras.nas.search.distribute import KINDS
 
     assert STRATEGY_KINDS == KINDS  # the apps' copy of the kinds (kept TF-free) is the same
     with pytest.raises(SystemExit):
@@ -408,7 +408,7 @@ def test_exports_of_trained_models_serve_in_a_session(tmp_path, offline, capsys)
     from tests.utils.session_loader import serve_in_session
     from wpl_keras.data.cifar10_pipeline import normalize
     from wpl_keras.experiments import enas
-    from wpl_keras.nas.cnn_model import classifier_of
+    from wpl_keras.nas.spaces.cnn.model import classifier_of
 
     runs = {}
     for app, space_name, data in (

@@ -8,7 +8,7 @@ import pytest
 
 from apps import enas_search
 from wpl_keras.experiments import enas
-from wpl_keras.nas.search import SearchConfig
+from wpl_keras.nas.search.enas import SearchConfig
 
 
 def write_tiny_ptb(directory, *, words=30, lines=60, seed=0):

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from wpl_keras.experiments import forgetting_summary as fs
-from wpl_keras.nas import metrics
+from wpl_keras.nas.analysis import metrics
 from wpl_keras.utils.strict_json import finite_or_null
 
 

@@ -210,7 +210,7 @@ def test_both_protocols_on_tiny_text_share_searches_and_cells_and_resume(tmp_pat
     truth = [a["valid"] for a in ranked["architectures"]]
     for seed in ("0", "1"):
         assert len(ranked["supernet_errors"][seed]["enas"]) == 4
-    from wpl_keras.nas.rank_correlation import kendall_tau
+    from wpl_keras.nas.analysis.rank_correlation import kendall_tau
     want = kendall_tau(ranked["supernet_errors"]["1"]["wpl"], truth)
     got = ranked["kendall_tau_with_per_seed"][1]
     assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from mnist_files import write_mnist
+from tests.experiments.mnist_files import write_mnist
 from wpl_keras.data.mnist import load_mnist
 from wpl_keras.experiments import shared_layers as sl
 from wpl_keras.experiments import two_models as tm

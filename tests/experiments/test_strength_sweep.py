@@ -15,7 +15,7 @@ from wpl_keras.experiments import strength_sweep as ss
 from wpl_keras.experiments import two_models as tm
 from wpl_keras.wpl.strength import choose_strength
 from wpl_keras.wpl.training import WPLDivergenceError
-from mnist_files import write_mnist
+from tests.experiments.mnist_files import write_mnist
 
 TINY_ARGS = ["--iterations", "20", "--eval-every", "10", "--hidden-units", "16",
              "--a-max-epochs", "4", "--fisher-samples", "20", "--validation-size", "60"]

@@ -14,8 +14,8 @@ from wpl_keras.nas.base import (
     check_sizes,
     strict_int,
 )
-from wpl_keras.nas.cnn_space import MicroCellSpace
-from wpl_keras.nas.rnn_space import RNNCellSpace
+from wpl_keras.nas.spaces.cnn.space import MicroCellSpace
+from wpl_keras.nas.spaces.rnn.space import RNNCellSpace
 
 SPACES = [RNNCellSpace(num_nodes=3), MicroCellSpace(num_nodes=1)]
 

@@ -2,7 +2,7 @@
 
 import json
 
-from nbrun import execute_notebook
+from tests.notebooks.nbrun import execute_notebook
 
 
 def test_notebook_01_runs_small_two_model_experiment(tmp_path, monkeypatch, shared_data):

@@ -3,7 +3,7 @@
 import pathlib
 
 import numpy as np
-from nbrun import execute_notebook
+from tests.notebooks.nbrun import execute_notebook
 
 
 def _write_tiny_ptb(directory: pathlib.Path) -> str:

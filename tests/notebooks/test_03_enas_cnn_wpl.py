@@ -4,7 +4,7 @@ import io
 import pathlib
 
 import numpy as np
-from nbrun import execute_notebook
+from tests.notebooks.nbrun import execute_notebook
 from PIL import Image
 
 from wpl_keras.data.cifar10 import CLASSES

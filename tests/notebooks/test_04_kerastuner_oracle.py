@@ -2,7 +2,7 @@
 
 import json
 
-from nbrun import execute_notebook
+from tests.notebooks.nbrun import execute_notebook
 
 
 def test_notebook_04_runs_oracle_tuners_and_resume(tmp_path, monkeypatch):

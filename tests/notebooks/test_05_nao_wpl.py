@@ -3,7 +3,7 @@
 import json
 import pathlib
 
-from nbrun import execute_notebook
+from tests.notebooks.nbrun import execute_notebook
 
 
 WORDS = ["the", "cat", "dog", "sat", "on", "mat", "a", "big", "red", "ran"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tiny_task import TinySpace, TinyTask, match_score  # noqa: E402
+from tests.tuner.tiny_task import TinySpace, TinyTask, match_score  # noqa: E402
 
 from wpl_keras.nas.base import InvalidArchitectureError  # noqa: E402
 from wpl_keras.tuner.controller_oracle import (  # noqa: E402
@@ -206,7 +206,7 @@ def test_oracle_refuses_bad_numbers_naming_the_argument(kwargs, error, match):
     (dict(top_k_seeds="5"), TypeError, "top_k_seeds"), (dict(seed=None), TypeError, "seed"),
 ])
 def test_nao_oracle_refuses_bad_numbers_naming_the_argument(kwargs, error, match):
-    from wpl_keras.nas.nao import NAOConfig
+    from wpl_keras.nas.controllers.nao import NAOConfig
     from wpl_keras.tuner.nao import NAOOracle
 
     with pytest.raises(error, match=f"NAOAdapter {match} must be"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tiny_task import TinyTask  # noqa: E402
+from tests.tuner.tiny_task import TinyTask  # noqa: E402
 
 from wpl_keras.tuner.shared_weights import (  # noqa: E402
     SharedWeightStore,

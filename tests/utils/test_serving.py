@@ -60,9 +60,9 @@ def test_a_module_tracking_keras_variables_is_refused(tmp_path):
 
 
 def _language_model_export(folder: str):
-    from wpl_keras.nas.rnn_model import build_language_model, export_language_model
-    from wpl_keras.nas.rnn_space import RNNCellSpace
-    from wpl_keras.nas.rnn_supernet import RNNModelConfig, RNNSupernetConfig
+    from wpl_keras.nas.spaces.rnn.model import build_language_model, export_language_model
+    from wpl_keras.nas.spaces.rnn.space import RNNCellSpace
+    from wpl_keras.nas.spaces.rnn.config import RNNModelConfig, RNNSupernetConfig
 
     # Output BatchNorm: non-trainable moving averages must be restored as well.
     config = RNNSupernetConfig.cpu_small(model=RNNModelConfig(
@@ -80,13 +80,13 @@ def _language_model_export(folder: str):
 
 def _classifier_export(folder: str):
     from wpl_keras.data.cifar10_pipeline import normalize
-    from wpl_keras.nas.cnn_model import (
+    from wpl_keras.nas.spaces.cnn.model import (
         FinalConfig,
         build_final_model,
         classifier_of,
         export_classifier,
     )
-    from wpl_keras.nas.cnn_space import MicroCellSpace
+    from wpl_keras.nas.spaces.cnn.space import MicroCellSpace
 
     arch = (0, 1, 1, 2, 2, 3, 0, 4) + (1, 0, 0, 2, 2, 1, 1, 3)
     config = FinalConfig(num_cells=1, filters=4, num_stages=2, batch_size=8)  # aux head on

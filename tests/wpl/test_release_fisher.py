@@ -198,8 +198,8 @@ def test_rnn_search_node_rows_reach_the_release_strength(monkeypatch):
     """One tiny ENAS RNN search with α = 60, clip 10: every node row's ``α ‖F‖`` matches
     the release replayed on the very gradients the search fed to its Fisher."""
     from wpl_keras.data.ptb import PTBCorpus
-    from wpl_keras.nas.rnn_search import RNNSearchTask
-    from wpl_keras.nas.rnn_supernet import RNNModelConfig, RNNSupernetConfig
+    from wpl_keras.nas.spaces.rnn.task import RNNSearchTask
+    from wpl_keras.nas.spaces.rnn.config import RNNModelConfig, RNNSupernetConfig
     from wpl_keras.wpl.config import WPLConfig
 
     vocab, nodes = 30, 4

@@ -2,7 +2,7 @@
 
 An experiment is one :class:`ENASExperimentConfig`: the search space's name, its task config
 (a frozen dataclass of that space, e.g. ``RNNSupernetConfig``), the controller settings
-(:class:`ControllerConfig`) and the loop settings (:class:`~wpl_keras.nas.search.SearchConfig`).
+(:class:`ControllerConfig`) and the loop settings (:class:`~wpl_keras.nas.search.enas.SearchConfig`).
 Runners build the objects from a config and run one stage:
 
 * :func:`run_search_experiment`: the search (with or without WPL), resumable;
@@ -29,7 +29,7 @@ import os
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from wpl_keras.experiments.data_source import load_data_source, save_data_source
-from wpl_keras.nas.search import SearchConfig, SearchResult
+from wpl_keras.nas.search.enas import SearchConfig, SearchResult
 from wpl_keras.utils.validation import check_fields
 from wpl_keras.utils.strict_json import write_json_atomic
 
@@ -54,7 +54,7 @@ class ControllerConfig:
         entropy_mode: ``"bonus"`` (``loss = −(log π·A + w·H)``, default), ``"reward"`` (the
             WPL/ENAS-PyTorch release: ``w·H_k`` added to decision ``k``'s reward, per-decision
             baselines) or ``"reward_sum"`` (ENAS TF: ``w·H`` added to the reward); see
-            :mod:`wpl_keras.nas.reinforce`.
+            :mod:`wpl_keras.nas.controllers.reinforce`.
         baseline_init: ``"zero"`` (default) or ``"first_reward"`` (the release).
         baseline_reset_each_epoch: reset the baseline at each epoch's first controller update
             (the release: True; default False).
@@ -75,7 +75,7 @@ class ControllerConfig:
     baseline_reset_each_epoch: bool = False
 
     def __post_init__(self):
-        from wpl_keras.nas.reinforce import BASELINE_INITS, ENTROPY_MODES
+        from wpl_keras.nas.controllers.reinforce import BASELINE_INITS, ENTROPY_MODES
 
         for field, choices in (("entropy_mode", ENTROPY_MODES),
                                ("baseline_init", BASELINE_INITS)):
@@ -285,8 +285,8 @@ def _seed_everything(seed: int) -> None:
 
 def build_search(config: ENASExperimentConfig, data) -> Tuple[Any, Any, Any]:
     """Builds ``(task, controller, reinforce)`` of an experiment from its config and data."""
-    from wpl_keras.nas.controller import Controller
-    from wpl_keras.nas.reinforce import Reinforce
+    from wpl_keras.nas.controllers.enas import Controller
+    from wpl_keras.nas.controllers.reinforce import Reinforce
 
     spec = get_space(config.space)
     _seed_everything(config.seed)
@@ -358,7 +358,7 @@ def run_search_experiment(
     strategy (``config.task.strategy``) every worker runs this; only the chief writes
     ``out_dir``, the others their private folder (:func:`write_dir`).
     """
-    from wpl_keras.nas.search import run_search
+    from wpl_keras.nas.search.enas import run_search
 
     data, config = prepare(config, data_dir, data, verify=verify)
     task, controller, reinforce = build_search(config, data)
@@ -369,8 +369,8 @@ def run_search_experiment(
 def write_dir(out_dir: str, task) -> str:
     """Where this process writes the experiment's files: ``out_dir`` on the chief (and in any
     single-process run), a private folder on the other workers of a multi-worker task
-    (:func:`wpl_keras.nas.distribute.worker_out_dir` of the task's strategy)."""
-    from wpl_keras.nas.distribute import task_strategy, worker_out_dir
+    (:func:`wpl_keras.nas.search.distribute.worker_out_dir` of the task's strategy)."""
+    from wpl_keras.nas.search.distribute import task_strategy, worker_out_dir
 
     return worker_out_dir(out_dir, task_strategy(task))
 
@@ -400,10 +400,10 @@ def run_derive(
     restores).
 
     Returns:
-        The :class:`~wpl_keras.nas.derive.DerivedArchitecture`.
+        The :class:`~wpl_keras.nas.search.derive.DerivedArchitecture`.
     """
-    from wpl_keras.nas.derive import derive_best, write_derived
-    from wpl_keras.nas.search import restore_latest
+    from wpl_keras.nas.search.derive import derive_best, write_derived
+    from wpl_keras.nas.search.enas import restore_latest
 
     data, config = prepare(config, data_dir, data, verify=verify)
     task, controller, reinforce = build_search(config, data)
@@ -465,7 +465,7 @@ def run_train_best(
         TrainBestError: the folder holds a train-best run and ``resume`` is False; ``arch`` or
             ``epochs`` differ from the recorded run's; no ``derived.json`` and no ``arch``.
     """
-    from wpl_keras.nas.distribute import worker_out_dir
+    from wpl_keras.nas.search.distribute import worker_out_dir
     from wpl_keras.nas.resumable import ResumableTraining
 
     here = worker_out_dir(out_dir)
@@ -535,7 +535,7 @@ def _check_same_run(folder: str, recorded: Mapping[str, Any], arch, epochs) -> N
 
 
 def _derived_arch(out_dir: str):
-    from wpl_keras.nas.derive import load_derived
+    from wpl_keras.nas.search.derive import load_derived
 
     path = os.path.join(out_dir, "derived.json")
     if not os.path.exists(path):

@@ -2,7 +2,7 @@
 
 :data:`CNN_SPACE` is the :class:`~wpl_keras.experiments.enas.SpaceSpec` that
 :mod:`wpl_keras.experiments.enas` imports lazily for ``space="cnn"``; :func:`build_task`
-builds a :class:`~wpl_keras.nas.cnn_search.CNNSearchTask` straight from a config and a data
+builds a :class:`~wpl_keras.nas.spaces.cnn.task.CNNSearchTask` straight from a config and a data
 folder.
 
 Presets:
@@ -16,7 +16,7 @@ Presets:
   sampled architectures per epoch); WPL from epoch 3 at the release's effective strength
   (Fisher normalised per tensor to norm 10, α 60 decaying by 1 per epoch from epoch 15),
   flushed every 3 epochs, 7 batches per architecture. The final training is ENAS's
-  (``scripts/cifar10_micro_final.sh``: :class:`~wpl_keras.nas.cnn_model.FinalConfig`'s
+  (``scripts/cifar10_micro_final.sh``: :class:`~wpl_keras.nas.spaces.cnn.model.FinalConfig`'s
   defaults, 630 epochs). Every value, its source and each difference from ENAS, the paper
   and the release: ``wpl_keras/experiments/paper_presets.json`` (checked by
   ``tests/experiments/test_paper_presets.py``, shown in the README). Sized for a GPU.
@@ -35,10 +35,10 @@ import dataclasses
 from typing import Optional
 
 from wpl_keras.experiments.enas import ControllerConfig, ENASExperimentConfig, SpaceSpec
-from wpl_keras.nas.cnn_model import FinalConfig
-from wpl_keras.nas.cnn_search import CNNOptimizerConfig, CNNSearchConfig
-from wpl_keras.nas.cnn_supernet import SupernetConfig
-from wpl_keras.nas.search import SearchConfig
+from wpl_keras.nas.spaces.cnn.model import FinalConfig
+from wpl_keras.nas.spaces.cnn.task import CNNOptimizerConfig, CNNSearchConfig
+from wpl_keras.nas.spaces.cnn.supernet import SupernetConfig
+from wpl_keras.nas.search.enas import SearchConfig
 from wpl_keras.utils.config import JsonConfig
 from wpl_keras.utils.validation import check_fields
 from wpl_keras.wpl.config import WPLConfig
@@ -58,21 +58,21 @@ class CNNTaskConfig(JsonConfig):
     Attributes:
         num_nodes: ``B`` nodes per cell.
         supernet: the search supernet's shape
-            (:class:`~wpl_keras.nas.cnn_supernet.SupernetConfig`).
+            (:class:`~wpl_keras.nas.spaces.cnn.supernet.SupernetConfig`).
         optimizer: the shared weights' masked SGD
-            (:class:`~wpl_keras.nas.cnn_search.CNNOptimizerConfig`).
+            (:class:`~wpl_keras.nas.spaces.cnn.task.CNNOptimizerConfig`).
         lr_epochs: length of its cosine schedule (None: the search's epochs).
         wpl: the WPL step (:class:`~wpl_keras.wpl.config.WPLConfig`: Fisher momentum
             ``η_F``, Fisher clip, ``"proximal"`` or ``"gradient"`` mode). ``α`` and the
-            Fisher flush are the search schedule's (:class:`~wpl_keras.nas.search.SearchConfig`).
+            Fisher flush are the search schedule's (:class:`~wpl_keras.nas.search.enas.SearchConfig`).
         batch_size, eval_batch_size, fixed_valid_size: search batches (see
-            :class:`~wpl_keras.nas.cnn_search.CNNSearchConfig`).
+            :class:`~wpl_keras.nas.spaces.cnn.task.CNNSearchConfig`).
         augment: crop + flip during the search.
         num_valid: train images held out for validation; train_size: search-train subset size
             (None: all the rest).
-        strategy: ``tf.distribute`` strategy kind (:func:`wpl_keras.nas.distribute.make_strategy`).
+        strategy: ``tf.distribute`` strategy kind (:func:`wpl_keras.nas.search.distribute.make_strategy`).
         final: the derived architecture's training from scratch
-            (:class:`~wpl_keras.nas.cnn_model.FinalConfig`; its length is the experiment's
+            (:class:`~wpl_keras.nas.spaces.cnn.model.FinalConfig`; its length is the experiment's
             ``train_epochs``).
         final_train_size: train the final model on a subset (None: all 50,000).
     """
@@ -104,7 +104,7 @@ class CNNTaskConfig(JsonConfig):
         })
 
     def search_config(self, epochs: int = 150) -> CNNSearchConfig:
-        """The :class:`~wpl_keras.nas.cnn_search.CNNSearchConfig` of the supernet task
+        """The :class:`~wpl_keras.nas.spaces.cnn.task.CNNSearchConfig` of the supernet task
         (``epochs``: length of the cosine schedule when ``lr_epochs`` is None)."""
         return CNNSearchConfig(
             supernet=self.supernet, batch_size=self.batch_size,
@@ -202,15 +202,15 @@ def load_data(data_dir: Optional[str], config: Optional[ENASExperimentConfig] = 
 
 
 def _space(config: ENASExperimentConfig):
-    from wpl_keras.nas.cnn_space import MicroCellSpace
+    from wpl_keras.nas.spaces.cnn.space import MicroCellSpace
 
     return MicroCellSpace(num_nodes=config.task.num_nodes)
 
 
 def _task_from_data(arrays, config: ENASExperimentConfig, seed: Optional[int] = None):
     from wpl_keras.data.cifar10 import SearchSplits, search_splits, subsample
-    from wpl_keras.nas.cnn_search import CNNSearchTask
-    from wpl_keras.nas.distribute import make_strategy
+    from wpl_keras.nas.spaces.cnn.task import CNNSearchTask
+    from wpl_keras.nas.search.distribute import make_strategy
 
     t = config.task
     seed = config.seed if seed is None else int(seed)
@@ -231,8 +231,8 @@ def build_task(config: ENASExperimentConfig, data_dir: Optional[str] = None, see
 
 
 def _train_best(arrays, arch, config: ENASExperimentConfig, out_dir: str, *, checkpoint):
-    from wpl_keras.nas.cnn_model import train_final
-    from wpl_keras.nas.distribute import make_strategy
+    from wpl_keras.nas.spaces.cnn.model import train_final
+    from wpl_keras.nas.search.distribute import make_strategy
 
     t = config.task
     return train_final(_space(config), arch, t.final, arrays,
@@ -244,13 +244,13 @@ def _train_best(arrays, arch, config: ENASExperimentConfig, out_dir: str, *, che
 def _build_model(arch, config: ENASExperimentConfig):
     """The untrained final model of ``arch`` (CIFAR-10's 32×32×3 images) that
     :func:`_train_best` trains."""
-    from wpl_keras.nas.cnn_model import build_final_model
+    from wpl_keras.nas.spaces.cnn.model import build_final_model
 
     return build_final_model(_space(config), arch, config.task.final, (32, 32, 3))
 
 
 def _export(model, arch, space, export_dir: str, files=None) -> str:
-    from wpl_keras.nas.cnn_model import export_classifier
+    from wpl_keras.nas.spaces.cnn.model import export_classifier
 
     return export_classifier(model, arch, space, export_dir)["saved_model"]
 

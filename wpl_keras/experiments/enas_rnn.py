@@ -4,9 +4,9 @@ the registry entry.
 :data:`RNN_SPACE` is the :class:`~wpl_keras.experiments.enas.SpaceSpec` that
 :mod:`wpl_keras.experiments.enas` imports lazily for ``space="rnn"``: PTB from
 :func:`~wpl_keras.data.ptb.load_ptb`, the supernet task
-:class:`~wpl_keras.nas.rnn_search.RNNSearchTask`, a standalone language model trained from
-scratch (:func:`~wpl_keras.nas.rnn_model.train_from_scratch`) and its SavedModel with the
-corpus' vocabulary (:func:`~wpl_keras.nas.rnn_model.export_language_model`), which train-best
+:class:`~wpl_keras.nas.spaces.rnn.task.RNNSearchTask`, a standalone language model trained from
+scratch (:func:`~wpl_keras.nas.spaces.rnn.model.train_from_scratch`) and its SavedModel with the
+corpus' vocabulary (:func:`~wpl_keras.nas.spaces.rnn.model.export_language_model`), which train-best
 keeps next to the weights as ``train_best_vocab.txt``.
 
 Presets: ``paper`` (the reference defaults of the public WPL release, sized for a GPU),
@@ -20,7 +20,7 @@ import os
 from typing import Optional
 
 from wpl_keras.experiments.enas import ControllerConfig, ENASExperimentConfig, SpaceSpec
-from wpl_keras.nas.search import SearchConfig
+from wpl_keras.nas.search.enas import SearchConfig
 
 
 def _rnn_load_data(data_dir: Optional[str], config: ENASExperimentConfig, *,
@@ -41,16 +41,16 @@ def _rnn_adapt_config(corpus, config: ENASExperimentConfig) -> ENASExperimentCon
 
 def _rnn_build_task(corpus, config: ENASExperimentConfig):
     """The supernet task under the strategy ``config.task.strategy`` names
-    (:func:`~wpl_keras.nas.distribute.make_strategy`; ``multi_worker`` needs ``TF_CONFIG``)."""
-    from wpl_keras.nas.distribute import make_strategy
-    from wpl_keras.nas.rnn_search import RNNSearchTask
+    (:func:`~wpl_keras.nas.search.distribute.make_strategy`; ``multi_worker`` needs ``TF_CONFIG``)."""
+    from wpl_keras.nas.search.distribute import make_strategy
+    from wpl_keras.nas.spaces.rnn.task import RNNSearchTask
 
     return RNNSearchTask(corpus, config.task, seed=config.seed,
                          strategy=make_strategy(config.task.strategy))
 
 
 def _rnn_train_best(corpus, arch, config: ENASExperimentConfig, out_dir: str, *, checkpoint):
-    from wpl_keras.nas.rnn_model import train_from_scratch
+    from wpl_keras.nas.spaces.rnn.model import train_from_scratch
 
     result = dict(train_from_scratch(
         corpus, arch, config.task, config.train_epochs, seed=config.seed,
@@ -63,7 +63,7 @@ def _rnn_train_best(corpus, arch, config: ENASExperimentConfig, out_dir: str, *,
 
 def _rnn_build_model(arch, config: ENASExperimentConfig):
     """The untrained language model of ``arch`` that :func:`_rnn_train_best` trains."""
-    from wpl_keras.nas.rnn_model import build_language_model
+    from wpl_keras.nas.spaces.rnn.model import build_language_model
 
     return build_language_model(_rnn_build_space(config), arch, config.task, seed=config.seed)
 
@@ -82,8 +82,8 @@ def _rnn_model_files(corpus, out_dir: str):
 def _rnn_export(model, arch, space, export_dir: str, files) -> str:
     """The SavedModel of the language model with the vocabulary train-best kept
     (``files["vocab"]``) as an asset and a signature that takes words (see
-    :func:`~wpl_keras.nas.rnn_model.export_language_model`)."""
-    from wpl_keras.nas.rnn_model import export_language_model
+    :func:`~wpl_keras.nas.spaces.rnn.model.export_language_model`)."""
+    from wpl_keras.nas.spaces.rnn.model import export_language_model
 
     with open(files["vocab"], encoding="utf-8") as f:
         vocab = f.read().splitlines()
@@ -91,7 +91,11 @@ def _rnn_export(model, arch, space, export_dir: str, files) -> str:
 
 
 def _rnn_preset(name: str) -> ENASExperimentConfig:
-    from wpl_keras.nas.rnn_supernet import RNNModelConfig, RNNOptimizerConfig, RNNSupernetConfig
+    from wpl_keras.nas.spaces.rnn.config import (
+        RNNModelConfig,
+        RNNOptimizerConfig,
+        RNNSupernetConfig,
+    )
 
     if name == "paper":
         # The WPL release's run command and the ENAS RNN defaults, sized for a GPU; the
@@ -150,7 +154,7 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
 def _tiny_rnn_task_config():
     """The smallest sensible RNN task config: cpu_small with 2 nodes, hidden 8, batches of 2
     rows and windows of 4 steps."""
-    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+    from wpl_keras.nas.spaces.rnn.config import RNNSupernetConfig
 
     base = RNNSupernetConfig.cpu_small()
     model = dataclasses.replace(base.model, num_nodes=2, embedding_size=8, hidden_size=8)
@@ -159,13 +163,13 @@ def _tiny_rnn_task_config():
 
 
 def _rnn_build_space(config: ENASExperimentConfig):
-    from wpl_keras.nas.rnn_space import RNNCellSpace
+    from wpl_keras.nas.spaces.rnn.space import RNNCellSpace
 
     return RNNCellSpace(num_nodes=config.task.model.num_nodes)
 
 
 def _rnn_config_type():
-    from wpl_keras.nas.rnn_supernet import RNNSupernetConfig
+    from wpl_keras.nas.spaces.rnn.config import RNNSupernetConfig
 
     return RNNSupernetConfig
 

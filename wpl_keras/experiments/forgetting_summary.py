@@ -2,7 +2,7 @@
 over the epochs where WPL is on (paper Figure 3 for ENAS, Figure 4 for NAO).
 
 A history is a search's per-epoch list of ``err2 − err1`` statistics (``mean_diff``,
-``best5_diff``, ``max_diff``, ``mean_err1``, ...: :mod:`wpl_keras.nas.metrics`). With ``E`` the
+``best5_diff``, ``max_diff``, ``mean_err1``, ...: :mod:`wpl_keras.nas.analysis.metrics`). With ``E`` the
 epochs where WPL is on and ``d`` a difference averaged over the seeds, the headline reduction
 is the paper's ratio of forgetting amounts ``1 − Σ_{e∈E} d_with[e] / Σ_{e∈E} d_without[e]``
 (NaN, written as null, when ``Σ d_without <= 0``), with each seed's own reduction and their
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
 
-from wpl_keras.nas import metrics
+from wpl_keras.nas.analysis import metrics
 from wpl_keras.utils.strict_json import finite_or_null
 
 NAMES = ("mean", "best5", "max")
@@ -33,7 +33,7 @@ def reduction_fields(runs: dict, by_seed: dict, active: Sequence[int]) -> dict:
         ``= 1 − Σ_{e∈active} d_with / Σ_{e∈active} d_without`` of the seed-averaged
         differences (headline; NaN when the sum without WPL is ``<= 0``),
         ``reduction_epochs_used``, ``<name>_reduction_per_seed`` / ``_seed_mean`` / ``_std``
-        (:func:`wpl_keras.nas.metrics.reductions_over_seeds`), ``<name>_reduction_per_epoch``
+        (:func:`wpl_keras.nas.analysis.metrics.reductions_over_seeds`), ``<name>_reduction_per_epoch``
         (mean of per-epoch ratios over epochs with ``d_without > 0``) and
         ``reduction_per_epoch_epochs_used``, ``reduction_nan_reasons``,
         ``forgetting_is_real``, ``<name>_diff_without`` / ``_with`` (means over the epochs
@@ -86,7 +86,7 @@ def summary_fields(by_seed: dict, seeds: Sequence[int], rates: Sequence[float],
 
     Returns:
         ``(runs, fields)``: ``runs[(rate, wpl)]`` the per-epoch differences averaged over the
-        seeds (:func:`wpl_keras.nas.metrics.average_histories`), and ``fields``: per rate
+        seeds (:func:`wpl_keras.nas.analysis.metrics.average_histories`), and ``fields``: per rate
         under ``best5_diff_by_rate`` the mean best-5 ``err2 − err1`` over the WPL epochs
         ``E`` without and with WPL, ``reduction = 1 − Σ_E best5_with / Σ_E best5_without`` of
         the seed-averaged differences (headline; null when the sum without WPL is ``<= 0``),

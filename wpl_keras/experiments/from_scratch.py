@@ -3,8 +3,8 @@ results, for judging searches (:mod:`wpl_keras.experiments.search_quality`,
 :mod:`wpl_keras.experiments.ranking`).
 
 The recipe is the space's own train-from-scratch procedure
-(:func:`wpl_keras.nas.rnn_model.train_from_scratch` for ``"rnn"``: perplexity on the whole
-validation and test splits; :func:`wpl_keras.nas.cnn_model.train_final` for ``"cnn"``:
+(:func:`wpl_keras.nas.spaces.rnn.model.train_from_scratch` for ``"rnn"``: perplexity on the whole
+validation and test splits; :func:`wpl_keras.nas.spaces.cnn.model.train_final` for ``"cnn"``:
 trained on train minus a held-out split, error % on the held-out split and on test). Every
 cell gets the same :class:`TrainBudget` and the same initialisation seed, so the only
 difference between two results is the cell.
@@ -85,7 +85,7 @@ def train_cell(data, arch: Sequence[int], config: ENASExperimentConfig, budget: 
     arch = tuple(int(a) for a in arch)
     start = time.time()
     if config.space == "rnn":
-        from wpl_keras.nas.rnn_model import train_from_scratch
+        from wpl_keras.nas.spaces.rnn.model import train_from_scratch
 
         result = train_from_scratch(data, arch, config.task, budget.epochs, seed=seed,
                                     max_batches_per_epoch=budget.max_batches,
@@ -99,7 +99,7 @@ def train_cell(data, arch: Sequence[int], config: ENASExperimentConfig, budget: 
 def _train_cnn_cell(arrays, arch, config: ENASExperimentConfig, budget: TrainBudget, seed: int):
     from wpl_keras.data.cifar10 import CIFAR10Arrays, search_splits
     from wpl_keras.experiments.enas import build_space
-    from wpl_keras.nas.cnn_model import classifier_of, evaluate_accuracy, train_final
+    from wpl_keras.nas.spaces.cnn.model import classifier_of, evaluate_accuracy, train_final
 
     splits = search_splits(arrays, num_valid=config.task.num_valid, seed=HELD_OUT_SEED)
     train = CIFAR10Arrays(splits.x_train, splits.y_train, arrays.x_test, arrays.y_test,

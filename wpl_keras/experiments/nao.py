@@ -5,7 +5,7 @@ The space's data loader, task builder, train-from-scratch and export runners are
 they are; this module adds the NAO experiment config (:class:`NAOExperimentConfig`), its presets
 (:func:`nao_preset`) and runners (:func:`build_nao_search`, :func:`prepare_nao`,
 :func:`run_nao_experiment`). The search loop itself is
-:func:`wpl_keras.nas.nao_search.run_nao_search`.
+:func:`wpl_keras.nas.search.nao.run_nao_search`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any, Callable, Dict, Optional
 
 from wpl_keras.experiments import enas
 from wpl_keras.experiments.enas import ENASExperimentConfig
-from wpl_keras.nas.derive import DerivedArchitecture, write_derived
-from wpl_keras.nas.nao import NAOConfig, NAOController
-from wpl_keras.nas.nao_search import (
+from wpl_keras.nas.search.derive import DerivedArchitecture, write_derived
+from wpl_keras.nas.controllers.nao import NAOConfig, NAOController
+from wpl_keras.nas.search.nao import (
     NAOSearchConfig,
     NAOSearchResult,
     run_nao_search,
@@ -206,7 +206,7 @@ def run_nao_experiment(
     """Runs (or resumes) the NAO search of ``config`` into ``out_dir``; saves
     ``nao_experiment.json``, ``data_source.json`` (``data_dir`` and ``verify``, for the later
     stages; :mod:`wpl_keras.experiments.data_source`) and, at the end, ``derived.json`` (the
-    best pool architecture, in the format of :mod:`wpl_keras.nas.derive`, so the ENAS
+    best pool architecture, in the format of :mod:`wpl_keras.nas.search.derive`, so the ENAS
     train-best/export runners read it). Under a multi-worker strategy every worker runs this;
     only the chief writes ``out_dir``, the others their private folder
     (:func:`~wpl_keras.experiments.enas.write_dir`)."""

@@ -8,7 +8,7 @@ After each seed's search without and with WPL (the searches of
 :mod:`wpl_keras.experiments.search_quality`, shared when both benchmarks use one folder), each
 supernet scores the ``M`` architectures with the derive step's measure
 (``task.validation_error`` on the fixed validation batch). The agreement is Kendall's τ_b and
-Spearman's ρ (:mod:`wpl_keras.nas.rank_correlation`) between the supernet's errors and the
+Spearman's ρ (:mod:`wpl_keras.nas.analysis.rank_correlation`) between the supernet's errors and the
 from-scratch validation errors; 1 is the same order, 0 no relation.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 from wpl_keras.experiments import enas
 from wpl_keras.experiments import search_quality as sq
 from wpl_keras.experiments.from_scratch import CellCache, TrainBudget
-from wpl_keras.nas.rank_correlation import kendall_tau, spearman_rho
+from wpl_keras.nas.analysis.rank_correlation import kendall_tau, spearman_rho
 from wpl_keras.utils.validation import check_fields
 
 RANKING_FILE = "ranking_config.json"

@@ -6,7 +6,7 @@ Per seed ``s``, with the experiment's preset and ``seed = s``:
 
 1. ``enas``: the ENAS search without WPL; its derive step samples ``K`` architectures from
    the trained controller and keeps the one with the lowest supernet error on the fixed
-   validation batch (:func:`wpl_keras.nas.derive.derive_best`);
+   validation batch (:func:`wpl_keras.nas.search.derive.derive_best`);
 2. ``wpl``: the same search with WPL, derived the same way;
 3. ``random``: ``K`` architectures drawn uniformly (:class:`UniformSampler`) and scored by the
    same derive step on the ``enas`` arm's final shared weights, so it differs from ``enas``
@@ -75,7 +75,7 @@ def run_arm_search(base: enas.ENASExperimentConfig, data, out_dir: str, seed: in
 
 def restore_search(config: enas.ENASExperimentConfig, data, directory: str):
     """``(task, controller)`` of the finished search in ``directory``."""
-    from wpl_keras.nas.search import restore_latest
+    from wpl_keras.nas.search.enas import restore_latest
 
     task, controller, reinforce = enas.build_search(config, data)
     restored = restore_latest(task, controller, reinforce, directory)
@@ -92,7 +92,7 @@ def derive_arm(base: enas.ENASExperimentConfig, data, out_dir: str, seed: int, a
     Returns:
         :meth:`DerivedArchitecture.to_json` of the arm, saved as ``seed<s>/derived_<arm>.json``.
     """
-    from wpl_keras.nas.derive import derive_best
+    from wpl_keras.nas.search.derive import derive_best
 
     path = os.path.join(out_dir, f"seed{seed}", f"derived_{arm}.json")
     if os.path.exists(path):

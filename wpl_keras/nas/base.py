@@ -7,9 +7,9 @@ A search is split as NASLib/NNI do it, without their inheritance chains:
 * a :class:`SharedWeightsTask` owns a supernet, its optimizer, its data streams and its
   :class:`~wpl_keras.wpl.WPLState`, and trains/evaluates one architecture at a time (the
   architecture reaches the traced step as an int32 tensor, so one graph serves them all);
-* a controller (:mod:`wpl_keras.nas.controller`) proposes architectures and learns from rewards.
+* a controller (:mod:`wpl_keras.nas.controllers.enas`) proposes architectures and learns from rewards.
 
-The search loop (:mod:`wpl_keras.nas.search`) only talks to these interfaces, so the RNN
+The search loop (:mod:`wpl_keras.nas.search.enas`) only talks to these interfaces, so the RNN
 (PTB) and micro-CNN (CIFAR-10) spaces plug into the same loop, and ENAS or NAO controllers into
 the same loop and KerasTuner oracle.
 """

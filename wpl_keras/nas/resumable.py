@@ -28,7 +28,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from wpl_keras.nas.driver import SignalCatcher
+from wpl_keras.nas.search.driver import SignalCatcher
 from wpl_keras.utils.checkpoint import check_checkpoint_covers, checkpoint_for
 from wpl_keras.utils.validation import check_number
 

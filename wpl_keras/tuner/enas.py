@@ -1,8 +1,8 @@
 """ENAS as a KerasTuner oracle, and a weight-sharing tuner that trains a supernet with WPL.
 
 :class:`ENASOracle` is a :class:`~wpl_keras.tuner.controller_oracle.ControllerOracle` whose
-controller is the ENAS LSTM (:class:`~wpl_keras.nas.controller.Controller`) trained by
-REINFORCE with an EMA baseline and an entropy bonus (:class:`~wpl_keras.nas.reinforce.Reinforce`):
+controller is the ENAS LSTM (:class:`~wpl_keras.nas.controllers.enas.Controller`) trained by
+REINFORCE with an EMA baseline and an entropy bonus (:class:`~wpl_keras.nas.controllers.reinforce.Reinforce`):
 when a trial ends with score ``s``, ``R = reward(s)``, ``b ← decay·b + (1 − decay)·R`` and one
 Adam step on ``−(log π(arch)·(R − b) + entropy_weight·H)``.
 
@@ -33,8 +33,8 @@ import keras_tuner
 import tensorflow as tf
 
 from wpl_keras.nas.base import Architecture, SearchSpace, SharedWeightsTask
-from wpl_keras.nas.controller import Controller
-from wpl_keras.nas.reinforce import Reinforce
+from wpl_keras.nas.controllers.enas import Controller
+from wpl_keras.nas.controllers.reinforce import Reinforce
 from wpl_keras.tuner.controller_oracle import (
     ControllerAdapter,
     ControllerOracle,
@@ -87,7 +87,7 @@ class ENASOracle(ControllerOracle):
         learning_rate, baseline_decay, entropy_weight: REINFORCE settings (ENAS RNN preset:
             3.5e-4, 0.95, 1e-4).
         entropy_mode, baseline_init: how the entropy enters the update and where the
-            baseline starts (:class:`~wpl_keras.nas.reinforce.Reinforce`: ``"bonus"`` /
+            baseline starts (:class:`~wpl_keras.nas.controllers.reinforce.Reinforce`: ``"bonus"`` /
             ``"reward"`` (the WPL release) / ``"reward_sum"`` (ENAS TF); ``"zero"`` /
             ``"first_reward"``). A tuner has no epochs, so the baseline is never reset.
         controller_seed: seeds controller weights and sampling.

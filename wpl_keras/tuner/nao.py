@@ -1,6 +1,6 @@
 """NAO as a KerasTuner oracle (a :class:`~wpl_keras.tuner.controller_oracle.ControllerOracle`).
 
-:class:`NAOAdapter` puts the NAO controller (:class:`~wpl_keras.nas.nao.NAOController`)
+:class:`NAOAdapter` puts the NAO controller (:class:`~wpl_keras.nas.controllers.nao.NAOController`)
 behind the ``propose()`` / ``learn(arch, reward)`` interface, in NAO's batch rhythm:
 
 * it first proposes ``seed_archs`` distinct random architectures of the space;
@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from wpl_keras.nas.base import Architecture, SearchSpace
-from wpl_keras.nas.nao import NAOConfig, NAOController, normalize_scores
+from wpl_keras.nas.controllers.nao import NAOConfig, NAOController, normalize_scores
 from wpl_keras.tuner.controller_oracle import ControllerAdapter, ControllerOracle
 from wpl_keras.utils.validation import check_number
 

@@ -4,7 +4,7 @@ Every weight-sharing task (the ENAS RNN and micro-CNN supernets, and NAO through
 holds one :class:`WPLConfig`. What it does not hold, on purpose:
 
 * ``α`` (``strength``): a search's α changes per epoch and belongs to its schedule
-  (:class:`~wpl_keras.nas.schedule.ScheduleConfig`); ``apply_wpl`` takes it as an argument.
+  (:class:`~wpl_keras.nas.search.schedule.ScheduleConfig`); ``apply_wpl`` takes it as an argument.
 * which weights are covered: that is the task's (an RNN's ``wpl_scope``, a CNN's usage masks).
 """
 
@@ -63,7 +63,7 @@ class WPLConfig(JsonConfig):
               the architecture, after its last training step, on the next small
               validation batch (paper §4.2; the WPL release's ``shared_valid_fisher``); no
               optimizer step is taken from it. Supported by the ENAS RNN task
-              (:class:`~wpl_keras.nas.rnn_search.RNNSearchTask`, and NAO through it); the
+              (:class:`~wpl_keras.nas.spaces.rnn.task.RNNSearchTask`, and NAO through it); the
               micro-CNN task does not support it yet and refuses it.
     """
 

@@ -1,0 +1,1 @@
+"""Analysis of a search: multi-model forgetting metrics and rank correlations."""

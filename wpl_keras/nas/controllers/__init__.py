@@ -1,0 +1,1 @@
+"""The controllers that propose architectures: the ENAS LSTM, its REINFORCE update, NAO."""

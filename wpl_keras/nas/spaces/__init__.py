@@ -1,0 +1,1 @@
+"""The search spaces, each with its supernet, search task and final model."""

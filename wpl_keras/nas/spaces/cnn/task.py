@@ -1,0 +1,414 @@
+"""The ENAS micro-CNN search task: shared-weights training of :class:`CNNSupernet` with WPL.
+
+:class:`CNNSearchTask` trains one sampled architecture at a time on the one-trace supernet of
+:mod:`wpl_keras.nas.spaces.cnn.supernet`. Its WPL step is the functional core's sequence
+(:mod:`wpl_keras.wpl.core`), with the supernet's usage masks ``m`` as coverage, so the weights
+of ops an architecture does not run get no update, no penalty, no Fisher change and no new
+anchor:
+
+1. gradient mode: :func:`~wpl_keras.wpl.core.wpl_gradients` adds
+   ``α m F (θ − θ*)`` to the all-reduced data gradient;
+2. the gradient is masked and clipped to a global norm; :class:`MaskedMomentumSGD` steps on
+   it plus ``λ θ`` (weight decay);
+3. proximal mode: ``θ ← (θ + η α m F θ*) / (1 + η α m F)``
+   (:meth:`~wpl_keras.wpl.WPLState.apply_proximal`);
+4. on the last batch of an architecture, ``F ← F + m (clip((1 − η_F) F + η_F g²) − F)`` with
+   ``g`` the masked, clipped gradient of step 2 (the data gradient, plus the WPL term in
+   gradient mode), each op slice (a node's ``[slot, input]`` slice, a state's block of a
+   cell's output conv) clipped on its own (:meth:`~wpl_keras.wpl.WPLState.update_fisher`);
+5. after the architecture's batches, ``θ* ← θ* + m (θ − θ*)``
+   (:meth:`~wpl_keras.wpl.WPLState.snapshot_anchors`).
+
+The reported penalty is ``(α/2) Σ m F (θ − θ*)²`` at the weights the step's loss saw. ``α``
+starts at 0: the search driver writes the schedule's ``α`` into ``wpl_state.strength`` and
+owns the Fisher flush (:mod:`wpl_keras.nas.search.schedule`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from wpl_keras.nas.base import Architecture, SharedWeightsTask
+from wpl_keras.nas.spaces.cnn.space import MicroCellSpace
+from wpl_keras.nas.spaces.cnn.supernet import CNNSupernet, SupernetConfig
+from wpl_keras.utils.config import JsonConfig
+from wpl_keras.utils.validation import check_fields, check_number
+from wpl_keras.wpl import core
+from wpl_keras.wpl.config import WPLConfig
+from wpl_keras.wpl.fisher import WPLState
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNOptimizerConfig(JsonConfig):
+    """The masked SGD of the shared weights (:class:`MaskedMomentumSGD`).
+
+    Attributes:
+        lr_max, lr_min: ends of the cosine schedule
+            ``lr = lr_min + (lr_max − lr_min)(1 + cos(π e/E))/2`` over ``E`` epochs.
+        momentum: heavy-ball momentum ``μ`` (Nesterov when ``nesterov``).
+        weight_decay: ``λ``, added as ``λ θ`` to the gradient of the used weights.
+        grad_clip: global-norm clip of the gradient (None disables).
+    """
+
+    lr_max: float = 0.05
+    lr_min: float = 0.0005
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    grad_clip: Optional[float] = 5.0
+
+    def __post_init__(self):
+        check_fields(self, {
+            "lr_min": dict(minimum=0), "lr_max": dict(minimum=0),
+            "momentum": dict(minimum=0, maximum=1, exclusive_maximum=True),
+            "weight_decay": dict(minimum=0),
+            "grad_clip": dict(minimum=0, exclusive_minimum=True, optional=True),
+        })
+        if self.lr_min > self.lr_max:
+            raise ValueError(
+                f"CNNOptimizerConfig needs 0 <= lr_min <= lr_max, got lr_min {self.lr_min}, "
+                f"lr_max {self.lr_max}."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNSearchConfig:
+    """Training settings of the shared weights during the search.
+
+    The reference values (ENAS micro search / public WPL release) are in
+    :mod:`wpl_keras.experiments.enas_cnn`'s ``paper`` preset.
+
+    Attributes:
+        supernet: shape of the supernet.
+        batch_size: global training batch (split over replicas).
+        eval_batch_size: batch of :meth:`CNNSearchTask.reward`.
+        fixed_valid_size: size of the FIXED validation batch of ``validation_error``.
+        optimizer: the masked SGD (:class:`CNNOptimizerConfig`).
+        epochs: ``E`` of its cosine schedule, set at each :meth:`CNNSearchTask.start_epoch`.
+        augment: padded crop + flip on training batches.
+        wpl: how the WPL step is formed (:class:`~wpl_keras.wpl.config.WPLConfig`: Fisher
+            momentum ``η_F``, the clip of each updated Fisher slice, proximal or gradient
+            mode). ``α`` and the Fisher flush belong to the search's schedule.
+    """
+
+    supernet: SupernetConfig = SupernetConfig()
+    batch_size: int = 32
+    eval_batch_size: int = 100
+    fixed_valid_size: int = 500
+    optimizer: CNNOptimizerConfig = CNNOptimizerConfig()
+    epochs: int = 150
+    augment: bool = True
+    wpl: WPLConfig = WPLConfig()
+
+    def __post_init__(self):
+        for name, kind in (("supernet", SupernetConfig), ("optimizer", CNNOptimizerConfig),
+                           ("wpl", WPLConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(
+                    f"CNNSearchConfig.{name} must be a {kind.__name__}, got "
+                    f"{type(getattr(self, name)).__name__}; build it with {kind.__name__}(...)."
+                )
+        positive = dict(integer=True, minimum=1)
+        check_fields(self, {"batch_size": positive, "eval_batch_size": positive,
+                            "fixed_valid_size": positive, "epochs": positive})
+
+
+class MaskedMomentumSGD(tf.Module):
+    """SGD with (Nesterov) momentum whose update touches only masked-in slices.
+
+    ``v ← m (μ v + g) + (1 − m) v``;  ``θ ← θ − lr · m · (g + μ v)`` (Nesterov) or
+    ``θ ← θ − lr · m · v``. Weights of ops an architecture does not run keep their values
+    and their momentum, unlike a plain optimizer whose momentum would keep moving them.
+    """
+
+    def __init__(self, variables: Sequence, learning_rate: float, momentum: float = 0.9,
+                 nesterov: bool = True, name: str = "masked_sgd"):
+        super().__init__(name=name)
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self.learning_rate = tf.Variable(float(learning_rate), trainable=False, name="lr")
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
+        self.velocities = [
+            tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False, name=f"velocity_{k}")
+            for k, v in enumerate(variables)
+        ]
+
+    def apply(self, variables, gradients, masks) -> None:
+        """One masked step (call in cross-replica context with all-reduced gradients)."""
+        lr = self.learning_rate
+        for var, g, m, vel in zip(variables, gradients, masks, self.velocities):
+            new_vel = m * (self.momentum * vel + g) + (1.0 - m) * vel
+            vel.assign(new_vel)
+            step = g + self.momentum * new_vel if self.nesterov else new_vel
+            var.assign_sub(lr * m * step)
+        self.iterations.assign_add(1)
+
+
+def _none_to_zeros(grads, variables):
+    return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, variables)]
+
+
+def coverage(masks: Sequence[tf.Tensor]) -> List[Optional[tf.Tensor]]:
+    """The usage masks as the WPL core's coverage: ``None`` (the whole weight) for an
+    always-used weight's scalar mask, the ``[2, i + 2, 1, …]`` mask of a node's op weight and
+    the ``[B + 2, 1, 1]`` mask of an output-conv kernel as they are.
+    """
+    return [None if m.shape.rank == 0 else m for m in masks]
+
+
+class CNNSearchTask(SharedWeightsTask):
+    """Trains and scores micro-CNN architectures on shared weights, with WPL.
+
+    Every training loop runs under ``strategy`` (default: the current one, i.e. one device):
+    per-replica losses are scaled by the global batch, gradients are all-reduced (summed),
+    and the WPL terms, the masked SGD step, the Fisher update and the anchor snapshot run once
+    on the all-reduced values (see the module docstring for the step). Evaluation
+    (:meth:`validation_error` on the fixed batch, :meth:`reward` on the next validation
+    minibatch, and so derive's scoring) scores the batch whole on one device
+    (:meth:`_eval_fn`); one trace serves every architecture and batch size
+    (``eval_traces``). The supernet's BatchNorm uses the statistics of the evaluated batch,
+    as ENAS's search does (:mod:`~wpl_keras.nas.spaces.cnn.supernet`): a score depends on the batch
+    it is computed in, and not on the number of replicas.
+
+    Args:
+        space: a :class:`MicroCellSpace`.
+        config: :class:`CNNSearchConfig`.
+        splits: arrays with ``x_train, y_train, x_valid, y_valid`` (uint8 images), e.g.
+            :func:`wpl_keras.data.cifar10.search_splits`; the search never sees test data.
+        strategy: a ``tf.distribute.Strategy``.
+        seed: seeds weights and data order.
+    """
+
+    def __init__(self, space: MicroCellSpace, config: CNNSearchConfig, splits, *,
+                 strategy: Optional[tf.distribute.Strategy] = None, seed: int = 0):
+        from wpl_keras.data.cifar10_pipeline import make_dataset, normalize
+
+        self.space = space
+        self.cfg = config
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.seed = int(seed)
+        n_valid = len(splits.x_valid)
+        if n_valid < 1 or len(splits.x_train) < config.batch_size:
+            raise ValueError(
+                f"need at least one validation image and a full training batch "
+                f"({config.batch_size}); got {len(splits.x_train)} train, {n_valid} valid."
+            )
+        if config.wpl.fisher_source != "train":
+            raise NotImplementedError(
+                f"CNNSearchTask: WPLConfig.fisher_source={config.wpl.fisher_source!r} is not "
+                "supported by the micro-CNN task yet (the RNN task supports 'valid'); use "
+                "fisher_source='train'."
+            )
+        if config.batch_size % self.strategy.num_replicas_in_sync:
+            raise ValueError(
+                f"batch_size {config.batch_size} is not divisible by the "
+                f"{self.strategy.num_replicas_in_sync} replicas."
+            )
+        keras.utils.set_random_seed(self.seed)
+        with self.strategy.scope():
+            self.supernet = CNNSupernet(space, config.supernet,
+                                        input_channels=int(splits.x_train.shape[-1]))
+            self.variables = list(self.supernet.trainable_variables)
+            sgd = config.optimizer
+            self.optimizer = MaskedMomentumSGD(self.variables, sgd.lr_max, sgd.momentum,
+                                               sgd.nesterov)
+            self.wpl_state = WPLState(self.variables, strength=0.0,
+                                      fisher_momentum=config.wpl.fisher_momentum,
+                                      clip_norm=config.wpl.clip_norm,
+                                      fisher_normalization=config.wpl.fisher_normalization)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="supernet_step")
+        self._clip_axes = self.supernet.slice_axes()
+        def train_batches(start: int):
+            """The endless training stream from global batch ``start`` (seeded, stateless:
+            batch k is the same whenever it is drawn), distributed over the replicas."""
+            data = make_dataset(splits.x_train, splits.y_train, config.batch_size,
+                                training=config.augment, repeat=True, seed=self.seed,
+                                drop_remainder=True, start_batch=start)
+            return iter(self.strategy.experimental_distribute_dataset(data))
+
+        self._train_batches = train_batches
+        self._train_iter, self._train_position = train_batches(0), 0
+        valid = make_dataset(splits.x_valid, splits.y_valid,
+                             min(config.eval_batch_size, n_valid), training=False, repeat=True)
+        self._valid_iter = iter(valid)
+        fixed = min(config.fixed_valid_size, n_valid)
+        self.fixed_images = normalize(splits.x_valid[:fixed])
+        self.fixed_labels = tf.constant(splits.y_valid[:fixed], tf.int32)
+        self.train_traces = 0
+        self.eval_traces = 0
+        self._train_step = tf.function(self._train_step_fn, autograph=False)
+        shape = tuple(splits.x_train.shape[1:])
+        self._eval = tf.function(
+            self._eval_fn, autograph=False,
+            input_signature=[
+                tf.TensorSpec((None,) + shape, tf.float32),
+                tf.TensorSpec((None,), tf.int32),
+                tf.TensorSpec((space.num_decisions,), tf.int32),
+            ],
+        )
+        self._snapshot = tf.function(self._snapshot_fn, autograph=False)
+
+    # ------------------------------------------------------------------ traced bodies
+    def _wpl_terms(self, params, grads, masks, wpl_active) -> core.WPLGradients:
+        """:func:`~wpl_keras.wpl.core.wpl_gradients` over every weight with coverage ``m``:
+        the penalty ``(α/2) Σ m F (θ − θ*)²`` at ``params`` and, in gradient mode, the
+        gradients ``g + α m F (θ − θ*)``."""
+        s = self.wpl_state
+        return core.wpl_gradients(
+            params, grads, [tf.convert_to_tensor(f) for f in s.fisher],
+            [tf.convert_to_tensor(a) for a in s.anchors],
+            strength=tf.convert_to_tensor(s.strength), mode=self.cfg.wpl.mode,
+            masks=coverage(masks), active=wpl_active,
+        )
+
+    def _penalty(self, masks) -> tf.Tensor:
+        """``(α/2) Σ m F (θ − θ*)²`` at the current weights."""
+        params = [tf.convert_to_tensor(v) for v in self.variables]
+        return self._wpl_terms(params, [None] * len(params), masks, True).penalty
+
+    def _replica_step(self, images, labels, arch):
+        """Data loss (over the global batch), correct count and data gradients of a replica."""
+        with tf.GradientTape() as tape:
+            logits = self.supernet((images, arch), training=True)
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            data_loss = tf.reduce_sum(ce) / float(self.cfg.batch_size)
+        grads = _none_to_zeros(tape.gradient(data_loss, self.variables), self.variables)
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        )
+        return data_loss, correct, grads
+
+    def _train_step_fn(self, iterator, arch, wpl_active, update_fisher):
+        """One step (module docstring); ``wpl_active`` and ``update_fisher``: bool tensors."""
+        self.train_traces += 1  # Python side effect: runs once per trace.
+        strategy, cfg = self.strategy, self.cfg
+        images, labels = next(iterator)
+        data_loss, correct, grads = strategy.run(self._replica_step, args=(images, labels, arch))
+        sum_ = tf.distribute.ReduceOp.SUM
+        data_loss = strategy.reduce(sum_, data_loss, axis=None)
+        correct = strategy.reduce(sum_, correct, axis=None)
+        grads = [strategy.reduce(sum_, g, axis=None) for g in grads]
+        masks = self.supernet.usage_masks(arch)
+        before = [tf.convert_to_tensor(v) for v in self.variables]  # the weights the loss saw
+        proximal = cfg.wpl.mode == "proximal"
+        penalty = tf.constant(0.0)
+        if not proximal:
+            penalty, grads = self._wpl_terms(before, grads, masks, wpl_active)
+        sgd = cfg.optimizer
+        if sgd.grad_clip:
+            grads, _ = tf.clip_by_global_norm([m * g for m, g in zip(masks, grads)],
+                                              sgd.grad_clip)
+        step_grads = grads
+        if sgd.weight_decay:
+            step_grads = [g + sgd.weight_decay * b for g, b in zip(grads, before)]
+        self.optimizer.apply(self.variables, step_grads, masks)
+        if proximal:  # with the Fisher and anchors of this step (the update comes after)
+            penalty = tf.cond(wpl_active, lambda: self._proximal_pull(masks, before),
+                              lambda: tf.constant(0.0))
+        # Fisher from the gradient of this update (no extra backward pass), masked.
+        self.wpl_state.update_fisher(grads, masks=coverage(masks), update=update_fisher,
+                                     clip_axes=self._clip_axes)
+        self.step.assign_add(1)
+        return data_loss, penalty, correct / float(cfg.batch_size)
+
+    def _proximal_pull(self, masks, before=None) -> tf.Tensor:
+        """``θ ← (θ + η α m F θ*) / (1 + η α m F)`` on every weight
+        (:meth:`WPLState.apply_proximal` with the usage masks ``m``: unused slices keep their
+        values). Returns the penalty at ``before`` (the weights this step's loss saw), or 0
+        without it."""
+        lr = tf.convert_to_tensor(self.optimizer.learning_rate)
+        penalty = tf.constant(0.0)
+        for k, m in enumerate(coverage(masks)):
+            penalty += self.wpl_state.apply_proximal(
+                k, lr, mask=m, penalty_at=None if before is None else before[k])
+        return penalty
+
+    def _snapshot_fn(self, arch):
+        """``θ* ← θ* + m (θ − θ*)`` with the usage masks of ``arch``."""
+        self.wpl_state.snapshot_anchors(masks=coverage(self.supernet.usage_masks(arch)))
+
+    def _eval_fn(self, images, labels, arch):
+        """``(accuracy, mean cross-entropy)`` over the batch: ``correct / n`` and
+        ``Σ CE / n``.
+
+        The batch is scored whole, in the strategy's cross-replica context (outside
+        ``strategy.run``, so on one device): the supernet's BatchNorm uses the statistics of the
+        whole evaluated batch, as on one device, and the evaluation graph has no collective
+        op (splitting the batch over the replicas would need an all-reduce per BatchNorm).
+        Every worker of a multi-worker strategy computes the same score."""
+        self.eval_traces += 1  # Python side effect: runs once per trace.
+        logits = self.supernet((images, arch), training=False)
+        pred = tf.argmax(logits, -1, output_type=tf.int32)
+        correct = tf.reduce_sum(tf.cast(tf.equal(pred, labels), tf.float32))
+        ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        n = tf.cast(tf.shape(images)[0], tf.float32)
+        return correct / n, ce / n
+
+    # ------------------------------------------------------------------ contract
+    def _arch(self, arch) -> tf.Tensor:
+        return tf.constant(self.space.validate(arch), tf.int32)
+
+    def train_architecture(self, arch: Architecture, num_batches: int, *,
+                           wpl_active: bool) -> Dict[str, float]:
+        """Trains ``arch`` for ``num_batches`` steps; with ``wpl_active`` the Fisher is updated
+        on the last step and the anchors of the used slices are snapshot after it."""
+        num_batches = check_number("CNNSearchTask.train_architecture: num_batches", num_batches,
+                                   minimum=1, integer=True)
+        a = self._arch(arch)
+        on = tf.constant(bool(wpl_active))
+        step = int(self.step.numpy())
+        if step != self._train_position:  # restored from a checkpoint: continue the stream
+            self._train_iter, self._train_position = self._train_batches(step), step
+        losses, penalties, accs = [], [], []
+        for b in range(num_batches):
+            update = tf.constant(bool(wpl_active and b == num_batches - 1))
+            loss, pen, acc = self._train_step(self._train_iter, a, on, update)
+            self._train_position += 1
+            losses.append(float(loss))
+            penalties.append(float(pen))
+            accs.append(float(acc))
+        if wpl_active:
+            self._snapshot(a)
+        return {"loss": float(np.mean(losses)), "penalty": float(np.mean(penalties)),
+                "accuracy": float(np.mean(accs))}
+
+    def validation_error(self, arch: Architecture) -> float:
+        """Error rate in percent of ``arch`` on the FIXED validation batch,
+        ``100 (1 − correct / n)`` (:meth:`_eval_fn`)."""
+        acc, _ = self._eval(self.fixed_images, self.fixed_labels, self._arch(arch))
+        return 100.0 * (1.0 - float(acc))
+
+    def reward(self, arch: Architecture) -> float:
+        """Accuracy ``correct / n`` of ``arch`` on the next validation minibatch (in [0, 1]),
+        scored as :meth:`_eval_fn`. The minibatch comes from one host iterator (the same
+        sequence for every device count; it is checkpointed)."""
+        images, labels = next(self._valid_iter)
+        acc, _ = self._eval(images, labels, self._arch(arch))
+        return float(acc)
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """``lr_min + (lr_max − lr_min)(1 + cos(π min(epoch, E)/E))/2``."""
+        c, sgd = self.cfg, self.cfg.optimizer
+        t = min(max(epoch, 0), c.epochs) / max(c.epochs, 1)
+        return sgd.lr_min + 0.5 * (sgd.lr_max - sgd.lr_min) * (1.0 + math.cos(math.pi * t))
+
+    def start_epoch(self, epoch: int) -> None:
+        """Sets the cosine learning rate (the Fisher flush is the search driver's)."""
+        self.optimizer.learning_rate.assign(self.learning_rate_at(epoch))
+
+    def checkpoint_items(self) -> Dict[str, object]:
+        return {"supernet": self.supernet, "optimizer": self.optimizer,
+                "wpl_state": self.wpl_state, "step": self.step,
+                "valid_iterator": self._valid_iter}
+
+    def config(self) -> dict:
+        return {"space": self.space.name, "num_nodes": self.space.num_nodes,
+                **dataclasses.asdict(self.cfg),
+                "replicas": int(self.strategy.num_replicas_in_sync)}
