@@ -50,6 +50,7 @@ from apps._common import (
     train_best_or_export,
     with_task_strategy,
 )
+from apps.tf_startup import start_tensorflow
 
 COMMANDS = ("search", "derive", "train-best", "export")
 
@@ -105,6 +106,7 @@ def make_config(args):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    start_tensorflow()
     args = build_parser().parse_args(argv)
     from wpl_keras.experiments import enas
 

@@ -41,7 +41,7 @@ def start_tensorflow() -> None:
     is already imported.
     """
     if LOG_LEVEL_VARIABLE in os.environ or "tensorflow" in sys.modules:
-        import tensorflow as tf  # noqa: F401
+        import tensorflow  # noqa: F401
 
         return
     os.environ[LOG_LEVEL_VARIABLE] = "2"
