@@ -125,7 +125,7 @@ def test_strength_scheduler_and_monitor(seed):
     sched = functools.partial(strength_schedule, initial=10.0, decay="linear", start_epoch=1, rate=2.0)
     state, seen, history = _fit_with(lambda s: [StrengthScheduler(s, sched), WPLMonitor(s)], epochs=3)
     assert [a for _, a in seen] == [10.0, 8.0, 6.0]
-    assert history.history["wpl_alpha"] == [10.0, 8.0, 6.0]
+    assert history.history["wpl_strength"] == [10.0, 8.0, 6.0]
     assert all(p >= 0 for p in history.history["wpl_penalty"])
 
 

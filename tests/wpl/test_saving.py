@@ -121,7 +121,7 @@ def _round_trip(tmp_path, kind, load=keras.models.load_model, **wpl):
     assert loaded.wpl_state is not None
     got = _fit(loaded, x, y, 1)
     _assert_same(reference, loaded)
-    for key in ("loss", "wpl_penalty", "wpl_fisher_norm", "wpl_alpha"):
+    for key in ("loss", "wpl_penalty", "wpl_fisher_norm", "wpl_strength"):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-6, err_msg=key)
     return loaded
 

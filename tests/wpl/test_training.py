@@ -88,9 +88,9 @@ def test_fisher_update_uses_data_gradient_only(seed):
     history = model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
     for f, w in zip(state.fisher, want):
         np.testing.assert_allclose(f.numpy(), w.numpy(), rtol=1e-4, atol=1e-7)
-    for key in ("wpl_alpha", "wpl_penalty", "wpl_fisher_norm"):
+    for key in ("wpl_strength", "wpl_penalty", "wpl_fisher_norm"):
         assert key in history.history
-    assert history.history["wpl_alpha"][0] == pytest.approx(3.0)
+    assert history.history["wpl_strength"][0] == pytest.approx(3.0)
 
 
 def test_proximal_mode_is_stable_where_gradient_mode_diverges(seed):
@@ -367,7 +367,7 @@ def test_wpl_values_reach_epoch_logs_before_other_callbacks(seed, mode):
     assert len(seen.epoch) == 2 and len(seen.batch) == 8
     for logs, epoch_end in zip(seen.epoch, (3, 7)):
         # a callback listed by the user already sees the values of the epoch that ended
-        assert logs["wpl_alpha"] == pytest.approx(2.0)
+        assert logs["wpl_strength"] == pytest.approx(2.0)
         assert logs["wpl_penalty"] == pytest.approx(penalties[epoch_end], rel=1e-5)
         assert logs["wpl_penalty"] == pytest.approx(seen.asked[epoch_end]["wpl_penalty"])
     assert seen.epoch[-1]["wpl_fisher_norm"] == pytest.approx(float(state.fisher_norm()))
@@ -386,14 +386,14 @@ def test_wpl_logs_with_positional_callbacks_and_callback_list(seed):
     seen = _SeeLogs()
     # fit(x, y, batch_size, epochs, verbose, callbacks): callbacks given positionally
     history = model.fit(x, y, 16, 1, 0, [seen], shuffle=False)
-    assert seen.epoch[0]["wpl_alpha"] == pytest.approx(3.0)
+    assert seen.epoch[0]["wpl_strength"] == pytest.approx(3.0)
     assert history.history["wpl_fisher_norm"][0] == pytest.approx(float(state.fisher_norm()))
     listed = _SeeLogs()
     callbacks = keras.callbacks.CallbackList([listed], model=model)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=callbacks)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=callbacks)  # no second logger
     assert len(callbacks.callbacks) == 2
-    assert all("wpl_penalty" in e and "wpl_alpha" in e for e in listed.epoch)
+    assert all("wpl_penalty" in e and "wpl_strength" in e for e in listed.epoch)
 
 
 def test_model_without_wpl_state_fits_and_logs_plainly(seed):

@@ -104,7 +104,7 @@ class SnapshotAnchors(_StateCallback):
 
 
 class WPLMonitor(_StateCallback):
-    """Writes ``wpl_alpha``, ``wpl_penalty`` and ``wpl_fisher_norm`` into epoch logs.
+    """Writes ``wpl_strength``, ``wpl_penalty`` and ``wpl_fisher_norm`` into epoch logs.
 
     For plain Keras models trained through :func:`apply_wpl`'s regularizers (a
     :class:`~wpl_keras.wpl.WPLModel` logs these itself). Put it before ``TensorBoard`` or
@@ -114,7 +114,7 @@ class WPLMonitor(_StateCallback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        logs["wpl_alpha"] = float(self.state.strength.numpy())
+        logs["wpl_strength"] = float(self.state.strength.numpy())
         logs["wpl_penalty"] = float(self.state.penalty().numpy())
         logs["wpl_fisher_norm"] = float(self.state.fisher_norm().numpy())
 

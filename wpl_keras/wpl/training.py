@@ -11,7 +11,7 @@ Two ways in:
   or applies the exact proximal step after the optimiser (stable for any ``α``), can update
   the Fisher from the data gradients ``fit`` already computed (``F ← (1 − η_F)F + η_F g²``,
   or its normalised form under ``apply_wpl(..., fisher_normalization=...)``; no second
-  backward pass), and puts ``wpl_alpha``, ``wpl_penalty`` and ``wpl_fisher_norm`` into each
+  backward pass), and puts ``wpl_strength``, ``wpl_penalty`` and ``wpl_fisher_norm`` into each
   epoch's logs (``model.wpl_logs()`` reads them at any time). ``model.save("m.keras")``
   stores the WPL settings in the model's config and ``keras.models.load_model`` restores
   them, with the Fisher, its raw EMA and the anchors from the weights.
@@ -303,7 +303,7 @@ class WPLTrainingMixin:
     averaged weights, the ones the trained model keeps, is evaluated and saved with.
 
     The logged ``loss`` is ``L + P`` in gradient mode and ``L`` in proximal mode; each epoch's
-    logs also hold ``wpl_alpha`` (``α``), ``wpl_penalty`` (``P`` of the epoch's last step) and
+    logs also hold ``wpl_strength`` (``α``), ``wpl_penalty`` (``P`` of the epoch's last step) and
     ``wpl_fisher_norm`` (``‖F‖``) (:meth:`wpl_logs`; per-batch logs carry only the compiled
     loss and metrics, so that a step returns no more outputs than Keras' own).
     ``compute_loss(..., training=True)`` returns ``L + P / replicas`` in gradient mode, for a
@@ -379,7 +379,7 @@ class WPLTrainingMixin:
     def wpl_logs(self) -> dict:
         """The WPL values that ``fit`` adds to each epoch's logs, as Python floats.
 
-        ``wpl_alpha``: ``α`` now; ``wpl_penalty``: ``P`` of the last training step (at the
+        ``wpl_strength``: ``α`` now; ``wpl_penalty``: ``P`` of the last training step (at the
         weights that step started from, as in the logged ``loss``); ``wpl_fisher_norm``:
         ``‖F‖`` now (after the last step's Fisher update). A callback that wants them per
         batch calls this method in ``on_train_batch_end``. Empty without a WPL state.
@@ -387,12 +387,12 @@ class WPLTrainingMixin:
         state = self.wpl_state
         if state is None:
             return {}
-        return {"wpl_alpha": float(state.strength.numpy()),
+        return {"wpl_strength": float(state.strength.numpy()),
                 "wpl_penalty": float(self._wpl_penalty_log.numpy()),
                 "wpl_fisher_norm": float(state.fisher_norm().numpy())}
 
     def fit(self, *args, **kwargs):
-        """``keras.Model.fit``, with ``wpl_alpha``, ``wpl_penalty`` and ``wpl_fisher_norm``
+        """``keras.Model.fit``, with ``wpl_strength``, ``wpl_penalty`` and ``wpl_fisher_norm``
         (:meth:`wpl_logs`) added to each epoch's logs before any other callback sees them.
 
         The values are read once per epoch instead of leaving the train function as three
