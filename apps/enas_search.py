@@ -125,7 +125,7 @@ def _run(args, config, spec) -> int:
                                             resume=args.resume, verify=source.verify)
         last = result.history[-1] if result.history else {}
         summary = {k: last.get(k) for k in ("epoch", "mean_diff", "best5_diff", "max_diff",
-                                             "mean_reward", "alpha")}
+                                             "mean_reward", "wpl_strength")}
         # result.out_dir: --out, or this worker's private folder under several workers
         print(json.dumps({"command": "search", "out": result.out_dir,
                           "epochs": len(result.history),

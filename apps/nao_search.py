@@ -137,7 +137,7 @@ def _run(args, config, spec) -> int:
                                                    resume=args.resume, verify=source.verify)
         last = result.history[-1] if result.history else {}
         summary = {k: last.get(k) for k in ("epoch", "mean_err1", "mean_diff", "best5_diff",
-                                             "max_diff", "alpha", "pool_best_error")}
+                                             "max_diff", "wpl_strength", "pool_best_error")}
         # result.out_dir: --out, or this worker's private folder under several workers
         print(json.dumps({"command": "search", "out": result.out_dir,
                           "epochs": len(result.history),

@@ -214,7 +214,7 @@ def main(argv=None) -> dict:
         label: [
             {"epoch": r["epoch"], "mean": round(r["mean_diff"], 4),
              "best5": round(r["best5_diff"], 4), "max": round(r["max_diff"], 4),
-             "mean_err1": round(r["mean_err1"], 3), "alpha": r["alpha"]}
+             "mean_err1": round(r["mean_err1"], 3), "wpl_strength": r["wpl_strength"]}
             for r in history
         ]
         for label, history in runs.items()

@@ -56,7 +56,7 @@ def write_tiny_ptb(directory, words=30, lines=60):
 
 _HISTORY = """
 KEYS = ("epoch", "archs", "err1", "err2", "train_loss", "train_penalty", "mean_reward",
-        "fisher_norm", "alpha", "wpl_active")
+        "fisher_norm", "wpl_strength", "wpl_active")
 
 def history(records):
     return [{k: r[k] for k in KEYS if k in r} for r in records]
@@ -228,7 +228,7 @@ def _same_history(one, two, what):
     assert len(one) == len(two), what
     for r1, r2 in zip(one, two):
         assert r1["archs"] == r2["archs"], (what, r1["epoch"])
-        assert r1["wpl_active"] == r2["wpl_active"] and r1["alpha"] == r2["alpha"], what
+        assert r1["wpl_active"] == r2["wpl_active"] and r1["wpl_strength"] == r2["wpl_strength"], what
         for key in ("err1", "err2", "train_loss", "train_penalty", "mean_reward",
                     "fisher_norm"):
             if key in r1:

@@ -114,7 +114,7 @@ def test_app_search_derive_export_on_tiny_text(tmp_path, seed, capsys):
     with open(os.path.join(out, "history.json")) as f:
         history = json.load(f)
     assert [r["epoch"] for r in history] == [0, 1]
-    assert history[1]["wpl_active"] and history[1]["alpha"] == 60.0
+    assert history[1]["wpl_active"] and history[1]["wpl_strength"] == 60.0
     assert all(np.isfinite(r["mean_diff"]) for r in history)
     saved = enas.ENASExperimentConfig.load(os.path.join(out, "experiment.json"))
     assert saved.preset == "tiny" and saved.task.model.vocab_size == 31

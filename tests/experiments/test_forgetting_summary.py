@@ -11,7 +11,7 @@ from wpl_keras.utils.strict_json import finite_or_null
 
 
 def _history(mean, best5, maximum):
-    return [{"epoch": e, "alpha": 0.0, "mean_diff": a, "best5_diff": b, "max_diff": c,
+    return [{"epoch": e, "wpl_strength": 0.0, "mean_diff": a, "best5_diff": b, "max_diff": c,
              "mean_err1": 50.0, "mean_err2": 50.0 + a}
             for e, (a, b, c) in enumerate(zip(mean, best5, maximum))]
 

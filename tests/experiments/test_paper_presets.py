@@ -22,7 +22,7 @@ import pytest
 import wpl_keras.experiments
 from wpl_keras.experiments import enas
 from wpl_keras.experiments.nao import nao_preset
-from wpl_keras.nas.search.schedule import flush_at, strength_at, wpl_active_at
+from wpl_keras.wpl.schedule import flush_at, strength_at, wpl_active_at
 
 DATA_PATH = os.path.join(os.path.dirname(wpl_keras.experiments.__file__), "paper_presets.json")
 README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")

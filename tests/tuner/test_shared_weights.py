@@ -147,16 +147,19 @@ def test_tuner_pulls_and_pushes_each_trial_and_counts_shared_trials(
 ):
     """With a store the tuner attaches the task's shared variables once, pulls before and
     pushes after every trial, and turns WPL on from the SHARED trial count
-    (``wpl_start_trial=2``: on when the counter at the pull is ≥ 2), not its own."""
+    (``wpl_start_epoch=2`` of its schedule: on when the counter at the pull is ≥ 2), not its own."""
     import keras_tuner
 
     from wpl_keras.tuner.enas import ENASOracle, WeightSharingTuner
+    from wpl_keras.wpl.schedule import ScheduleConfig
 
     task = TinyTask(seed=0)
     store = _RecordingStore(shared_trials)
     oracle = ENASOracle(task.space, keras_tuner.Objective("reward", "max"), max_trials=3,
                         units=8, repeats="rerun")
-    tuner = WeightSharingTuner(oracle, task, batches_per_trial=1, wpl_start_trial=2,
+    schedule = ScheduleConfig(wpl_start_epoch=2, strength=60.0, strength_decay=None,
+                              flush_every=0)
+    tuner = WeightSharingTuner(oracle, task, batches_per_trial=1, schedule=schedule,
                                shared_weights=store, directory=str(tmp_path), project_name="s")
     tuner.search(verbose=0)
     assert store.calls == ["attach"] + ["pull", "push"] * 3

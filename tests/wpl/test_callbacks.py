@@ -1,6 +1,4 @@
-"""Tests for the α schedule and the WPL callbacks."""
-
-import functools
+"""Tests for the WPL callbacks."""
 
 import keras
 import numpy as np
@@ -16,48 +14,8 @@ from wpl_keras.wpl import (
     WPLMonitor,
     WPLState,
     apply_wpl,
-    strength_schedule,
 )
-
-
-def test_strength_schedule_values():
-    assert strength_schedule(3, initial=60.0) == 60.0
-    lin = functools.partial(strength_schedule, initial=60.0, decay="linear", start_epoch=15, rate=1.0, floor=5.0)
-    assert [lin(e) for e in (0, 14, 15, 16)] == [60.0, 60.0, 59.0, 58.0]
-    assert lin(200) == 5.0
-    exp = functools.partial(strength_schedule, initial=8.0, decay="exponential", start_epoch=2, rate=0.5)
-    assert [exp(e) for e in (1, 2, 3)] == [8.0, 4.0, 2.0]
-    with pytest.raises(ValueError, match="decay must be"):
-        strength_schedule(20, initial=1.0, decay="cosine")
-    with pytest.raises(ValueError, match=r"rate must be a finite number in \(0, 1\]"):
-        strength_schedule(20, initial=1.0, decay="exponential", rate=2.0)
-
-
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(epoch=-1), ValueError, "epoch must be an integer >= 0"),
-    (dict(epoch=1.5), TypeError, "epoch must be an integer"),
-    (dict(epoch=np.int64(2), initial=np.float32(-1)), ValueError, "initial must be a number >= 0"),
-    (dict(initial="60"), TypeError, "initial"),
-    (dict(initial=float("nan")), ValueError, "initial .*NaN"),
-    (dict(start_epoch=None), TypeError, "start_epoch"),
-    (dict(decay="linear", rate=-1.0), ValueError, "rate must be a finite number >= 0"),
-    (dict(decay="linear", rate=float("inf")), ValueError, "rate"),
-    (dict(decay="exponential", rate=0.0), ValueError, r"rate must be a finite number in \(0, 1\]"),
-    (dict(floor=tf.constant(-1.0)), ValueError, "floor"),
-    (dict(floor=True), TypeError, "floor"),
-])
-def test_strength_schedule_refuses_bad_numbers(kwargs, error, match):
-    kwargs = {"epoch": 3, "initial": 60.0, **kwargs}
-    with pytest.raises(error, match=f"strength_schedule: {match}"):
-        strength_schedule(kwargs.pop("epoch"), **kwargs)
-
-
-def test_strength_schedule_takes_numpy_and_tensor_scalars():
-    value = strength_schedule(np.int64(16), initial=np.float32(60.0), decay="linear",
-                              start_epoch=tf.constant(15), rate=tf.constant(1.0),
-                              floor=np.float64(5.0))
-    assert value == 58.0 and type(value) is float
-    assert strength_schedule(0, initial=float("inf")) == float("inf")
+from wpl_keras.wpl.schedule import ScheduleConfig, flush_at, strength_at
 
 
 @pytest.mark.parametrize("every, error", [
@@ -82,19 +40,11 @@ def test_divergence_guard_factor_must_exceed_one(factor, error):
     assert DivergenceGuard(factor=np.float32(10.0)).factor == 10.0
 
 
-@pytest.mark.parametrize("alpha, error", [
-    (-1.0, ValueError), (np.float32("nan"), ValueError), ("10", TypeError), (None, TypeError),
-])
-def test_strength_scheduler_refuses_a_bad_alpha_naming_the_epoch(alpha, error):
-    inputs = keras.Input((3,))
-    model = keras.Model(inputs, keras.layers.Dense(2, name="d")(inputs))
-    state = apply_wpl(model, ["d"], strength=1.0)
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    callback = StrengthScheduler(state, lambda epoch: alpha)
-    with pytest.raises(error, match=r"StrengthScheduler: schedule\(0\) \(α\) must be"):
-        model.fit(np.ones((4, 3), "float32"), np.zeros((4, 2), "float32"), epochs=1,
-                  verbose=0, callbacks=[callback])
-    assert float(state.strength.numpy()) == 1.0
+@pytest.mark.parametrize("schedule", [lambda epoch: 1.0, 60.0, None])
+def test_strength_scheduler_takes_only_the_one_schedule_type(schedule):
+    state = WPLState([keras.Variable(np.zeros(2, "float32"))])
+    with pytest.raises(TypeError, match="schedule must be a wpl_keras.wpl.schedule.ScheduleConfig"):
+        StrengthScheduler(state, schedule)
 
 
 def _fit_with(callbacks_for, epochs=4):
@@ -122,11 +72,27 @@ def test_fisher_flush_every_k_epochs(seed):
 
 
 def test_strength_scheduler_and_monitor(seed):
-    sched = functools.partial(strength_schedule, initial=10.0, decay="linear", start_epoch=1, rate=2.0)
+    sched = ScheduleConfig(wpl_start_epoch=0, strength=10.0, strength_decay="linear",
+                           strength_decay_start=1, strength_decay_rate=2.0, flush_every=0)
     state, seen, history = _fit_with(lambda s: [StrengthScheduler(s, sched), WPLMonitor(s)], epochs=3)
     assert [a for _, a in seen] == [10.0, 8.0, 6.0]
     assert history.history["wpl_strength"] == [10.0, 8.0, 6.0]
+    assert "wpl_alpha" not in history.history
     assert all(p >= 0 for p in history.history["wpl_penalty"])
+
+
+def test_strength_scheduler_applies_the_schedule_like_a_search(seed):
+    """model.fit's epochs follow the same strength_at / flush_at as a search's: α 0 before
+    wpl_start_epoch, the Fisher reset at the flush epochs (and nowhere else)."""
+    sched = ScheduleConfig(wpl_start_epoch=1, strength=5.0, strength_decay="exponential",
+                           strength_decay_start=2, strength_decay_rate=0.5, flush_every=2)
+    state, seen, _ = _fit_with(lambda s: [StrengthScheduler(s, sched)], epochs=5)
+    assert [a for _, a in seen] == [strength_at(e, sched) for e in range(5)] == [
+        0.0, 5.0, 2.5, 1.25, 0.625]
+    norms = [n for n, _ in seen]
+    assert [e for e in range(5) if flush_at(e, sched)] == [3]
+    # the Fisher set before fit is kept through epochs 0-2 and reset at 3 (fit does not refill it)
+    assert all(n > 0 for n in norms[:3]) and norms[3] == norms[4] == 0.0
 
 
 def test_snapshot_anchors_on_train_end(seed):

@@ -13,7 +13,8 @@ Two ways to use it:
    :func:`~wpl_keras.tuner.controller_oracle.hyperparameters_to_architecture`;
 2. with :class:`WeightSharingTuner`: every trial trains the trial's architecture on the shared
    weights of a :class:`~wpl_keras.nas.base.SharedWeightsTask` for ``batches_per_trial``
-   batches (with the Weight Plasticity Loss once ``wpl_start_trial`` trials have run) and
+   batches (with the Weight Plasticity Loss as its ``schedule`` says, one schedule step per
+   trial) and
    scores it on validation (metrics ``val_error`` and ``reward``); the best trials become
    standalone models through a ``build_standalone(arch)`` callable.
 
@@ -43,6 +44,11 @@ from wpl_keras.tuner.controller_oracle import (
 from wpl_keras.tuner.shared_weights import SharedWeightStore, shared_task_variables
 from wpl_keras.utils.checkpoint import check_checkpoint_covers
 from wpl_keras.utils.validation import check_number
+from wpl_keras.wpl.schedule import ScheduleConfig, flush_at, strength_at, wpl_active_at
+
+# A tuner's default schedule: WPL from the first trial at a constant α 60, never flushed.
+DEFAULT_TRIAL_SCHEDULE = ScheduleConfig(wpl_start_epoch=0, strength=60.0, strength_decay=None,
+                                        flush_every=0)
 
 
 class ENASAdapter(ControllerAdapter):
@@ -138,11 +144,13 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
     """A tuner whose trials all train one shared supernet (a :class:`SharedWeightsTask`).
 
     ``run_trial`` for architecture ``a`` (read from the trial's hyperparameters):
-    ``task.train_architecture(a, batches_per_trial, wpl_active=trials_run >= wpl_start_trial)``
-    with ``task.wpl_state.strength`` set to ``α = strength`` while WPL is on and 0 before,
-    then ``val_error = task.validation_error(a)`` (fixed validation batch) and
+    ``task.train_architecture(a, batches_per_trial, wpl_active=wpl_active_at(t, schedule))``
+    where ``t`` is the number of trials run before it; first the Fisher is reset iff
+    ``flush_at(t, schedule)`` and ``task.wpl_state.strength`` (the one variable of ``α``) is set
+    to ``strength_at(t, schedule)``: the same schedule type and functions as a search
+    (:class:`~wpl_keras.wpl.schedule.ScheduleConfig`), with trials for epochs. Then ``val_error = task.validation_error(a)`` (fixed validation batch) and
     ``reward = task.reward(a)``; it returns those and the training logs (``loss``,
-    ``penalty``, ...), so the oracle's objective can be ``Objective("reward", "max")`` or
+    ``penalty``, ``wpl_strength``, ...), so the oracle's objective can be ``Objective("reward", "max")`` or
     ``Objective("val_error", "min")``. ``save()`` also writes the task's checkpoint (supernet,
     optimizer, WPL state) under the project directory; ``reload()`` reads it back.
 
@@ -158,9 +166,10 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
         oracle: usually an :class:`ENASOracle` (any Oracle over ``task.space`` works).
         task: the shared-weights task.
         batches_per_trial: training batches per trial (paper RNN preset: 7).
-        wpl_start_trial: trials of plain training before WPL turns on (0: from the start).
-        strength: ``α`` of the trials with WPL on (the tasks start at ``α = 0``: a search's
-            ``α`` belongs to its schedule, and this tuner is that schedule).
+        schedule: the WPL schedule over trials (``wpl_start_epoch``: trials of plain
+            training before WPL turns on; ``strength``: ``α0``; decay and flush per trial).
+            Default: WPL from the first trial, ``α = 60`` constant, no flush. The tasks
+            start at ``α = 0``: a search's ``α`` belongs to its schedule.
         build_standalone: ``arch -> keras.Model`` for :meth:`load_model` / ``get_best_models``.
         shared_weights: a store that shares the task's state with the other workers (None:
             this process's task alone, as on one machine).
@@ -173,19 +182,23 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
         task: SharedWeightsTask,
         *,
         batches_per_trial: int = 7,
-        wpl_start_trial: int = 0,
-        strength: float = 60.0,
+        schedule: ScheduleConfig = DEFAULT_TRIAL_SCHEDULE,
         build_standalone: Optional[Callable[[Architecture], keras.Model]] = None,
         shared_weights: Optional[SharedWeightStore] = None,
         **kwargs,
     ):
         self.task = task
-        self.strength = check_number("WeightSharingTuner strength (α)", strength, minimum=0)
+        if not isinstance(schedule, ScheduleConfig):
+            raise TypeError(
+                "WeightSharingTuner: schedule must be a wpl_keras.wpl.schedule.ScheduleConfig "
+                f"(trials for epochs), got {type(schedule).__name__}; e.g. "
+                "ScheduleConfig(wpl_start_epoch=2, strength=60.0, strength_decay=None, "
+                "flush_every=0)."
+            )
+        self.schedule = schedule
         self.space = task.space
         self.batches_per_trial = check_number("WeightSharingTuner batches_per_trial", batches_per_trial,
                                               integer=True, minimum=1)
-        self.wpl_start_trial = check_number("WeightSharingTuner wpl_start_trial", wpl_start_trial,
-                                            integer=True, minimum=0)
         self.build_standalone = build_standalone
         self.shared_weights = shared_weights
         self.trials_run = 0
@@ -196,10 +209,13 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
 
     def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
         arch = hyperparameters_to_architecture(self.space, trial.hyperparameters)
-        wpl_active = self._pull_shared() >= self.wpl_start_trial
+        before = self._pull_shared()
+        wpl_active = wpl_active_at(before, self.schedule)
         state = getattr(self.task, "wpl_state", None)
         if state is not None:
-            state.strength.assign(self.strength if wpl_active else 0.0)
+            if flush_at(before, self.schedule):
+                state.reset_fisher()
+            state.strength.assign(strength_at(before, self.schedule))
         logs = self.task.train_architecture(arch, self.batches_per_trial, wpl_active=wpl_active)
         if self.shared_weights is not None:
             self.shared_weights.push()
@@ -208,7 +224,7 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
         metrics["val_error"] = float(self.task.validation_error(arch))
         metrics["reward"] = float(self.task.reward(arch))
         metrics["wpl_active"] = float(wpl_active)
-        metrics["wpl_strength"] = self.strength if wpl_active else 0.0
+        metrics["wpl_strength"] = 0.0 if state is None else float(state.strength.numpy())
         return metrics
 
     def _pull_shared(self) -> int:

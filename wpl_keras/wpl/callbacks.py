@@ -1,63 +1,22 @@
 """Keras callbacks around the WPL state: flush, α schedule, anchors, logging, divergence.
 
-The schedule itself is a pure function, :func:`strength_schedule`:
-
-    α(e) = α0                                   for e < start
-    α(e) = max(floor, α0 − rate · (e − start))  linear decay
-    α(e) = max(floor, α0 · rate^(e − start))    exponential decay
+The α schedule is the one schedule type of the package,
+:class:`~wpl_keras.wpl.schedule.ScheduleConfig`, applied by :class:`StrengthScheduler` to
+``model.fit``'s epochs exactly as the search driver applies it to a search's epochs.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import keras
 import tensorflow as tf
 
 from wpl_keras.utils.validation import check_number
 from wpl_keras.wpl.fisher import WPLState
+from wpl_keras.wpl.schedule import ScheduleConfig, flush_at, strength_at
 from wpl_keras.wpl.training import WPLDivergenceError
-
-
-def strength_schedule(
-    epoch: int,
-    *,
-    initial: float,
-    decay: Optional[str] = None,
-    start_epoch: int = 0,
-    rate: float = 0.0,
-    floor: float = 0.0,
-) -> float:
-    """``α`` at ``epoch``: constant, then linear or exponential decay after ``start_epoch``.
-
-    Args:
-        epoch: 0-based epoch.
-        initial: ``α0``.
-        decay: ``None`` (constant), ``"linear"`` (``α0 − rate·(e − start)``) or
-            ``"exponential"`` (``α0 · rate^(e − start)``, ``0 < rate <= 1``).
-        start_epoch: first epoch whose ``α`` decays.
-        rate: decay per epoch (amount for linear, factor for exponential).
-        floor: ``α`` never goes below this.
-    """
-    epoch = check_number("strength_schedule: epoch", epoch, minimum=0, integer=True)
-    initial = check_number("strength_schedule: initial", initial, minimum=0, allow_inf=True)
-    start_epoch = check_number("strength_schedule: start_epoch", start_epoch, minimum=0,
-                               integer=True)
-    floor = check_number("strength_schedule: floor", floor, minimum=0)
-    exponential = decay == "exponential"
-    rate = check_number("strength_schedule: rate", rate, minimum=0,
-                        exclusive_minimum=exponential, maximum=1 if exponential else None)
-    if decay is None or epoch < start_epoch:
-        return initial
-    steps = epoch - start_epoch + 1
-    if decay == "linear":
-        value = initial - rate * steps
-    elif exponential:
-        value = initial * rate**steps
-    else:
-        raise ValueError(f"decay must be None, 'linear' or 'exponential', got {decay!r}.")
-    return float(max(floor, value))
 
 
 class _StateCallback(keras.callbacks.Callback):
@@ -81,19 +40,35 @@ class FisherFlush(_StateCallback):
 
 
 class StrengthScheduler(_StateCallback):
-    """Sets ``α`` at the start of each epoch from ``schedule(epoch) -> float``.
+    """Applies a :class:`~wpl_keras.wpl.schedule.ScheduleConfig` to ``model.fit``'s epochs.
 
-    ``schedule`` is typically ``functools.partial(strength_schedule, initial=..., ...)``.
+    At the start of epoch ``e``: the Fisher is reset iff ``flush_at(e, schedule)``, then
+    ``state.strength ← strength_at(e, schedule)`` (0 before ``wpl_start_epoch``, else ``α0``
+    decaying as the schedule says): the same functions, in the same order, as the search
+    driver's epoch start. ``flush_every=0`` never flushes.
+
+    Args:
+        state: the WPL state whose ``strength`` variable holds ``α``.
+        schedule: the schedule, e.g. ``ScheduleConfig(wpl_start_epoch=0, strength=10.0,
+            strength_decay="linear", strength_decay_start=1, strength_decay_rate=2.0,
+            flush_every=0)``.
     """
 
-    def __init__(self, state: WPLState, schedule: Callable[[int], float]):
+    def __init__(self, state: WPLState, schedule: ScheduleConfig):
         super().__init__(state)
+        if not isinstance(schedule, ScheduleConfig):
+            raise TypeError(
+                "StrengthScheduler: schedule must be a wpl_keras.wpl.schedule.ScheduleConfig "
+                f"(the one schedule type), got {type(schedule).__name__}; e.g. "
+                "ScheduleConfig(wpl_start_epoch=0, strength=10.0, strength_decay=None, "
+                "flush_every=0)."
+            )
         self.schedule = schedule
 
     def on_epoch_begin(self, epoch, logs=None):
-        alpha = check_number(f"StrengthScheduler: schedule({epoch}) (α)", self.schedule(epoch),
-                             minimum=0, allow_inf=True)
-        self.state.strength.assign(alpha)
+        if flush_at(epoch, self.schedule):
+            self.state.reset_fisher()
+        self.state.strength.assign(strength_at(epoch, self.schedule))
 
 
 class SnapshotAnchors(_StateCallback):

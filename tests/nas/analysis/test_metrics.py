@@ -50,15 +50,15 @@ def test_reduction():
 
 def test_average_histories_is_the_per_epoch_mean_over_runs():
     seed0 = [{"mean_diff": 1.0, "best5_diff": 2.0, "max_diff": 3.0, "mean_err1": 10.0,
-              "mean_err2": 11.0, "alpha": 0.0},
+              "mean_err2": 11.0, "wpl_strength": 0.0},
              {"mean_diff": -4.0, "best5_diff": 0.0, "max_diff": 5.0, "mean_err1": 8.0,
-              "mean_err2": 4.0, "alpha": 60.0}]
+              "mean_err2": 4.0, "wpl_strength": 60.0}]
     seed1 = [{"mean_diff": 3.0, "best5_diff": 4.0, "max_diff": 1.0, "mean_err1": 20.0,
-              "mean_err2": 23.0, "alpha": 0.0},
+              "mean_err2": 23.0, "wpl_strength": 0.0},
              {"mean_diff": 6.0, "best5_diff": 2.0, "max_diff": 7.0, "mean_err1": 6.0,
-              "mean_err2": 12.0, "alpha": 60.0}]
+              "mean_err2": 12.0, "wpl_strength": 60.0}]
     avg = metrics.average_histories([seed0, seed1])
-    assert [r["epoch"] for r in avg] == [0, 1] and avg[1]["alpha"] == 60.0
+    assert [r["epoch"] for r in avg] == [0, 1] and avg[1]["wpl_strength"] == 60.0
     assert avg[0]["mean_diff"] == pytest.approx(2.0) and avg[1]["mean_diff"] == pytest.approx(1.0)
     assert avg[1]["max_diff"] == pytest.approx(6.0) and avg[0]["mean_err1"] == pytest.approx(15.0)
     # One run averages to itself.

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from wpl_keras.nas.search import driver, schedule
+from wpl_keras.nas.search import driver
+from wpl_keras.wpl import schedule
 from wpl_keras.nas.search import enas as search
 from tests.nas.fakes import RowTargetTask
 
@@ -140,7 +141,7 @@ def test_config_validation_and_json():
 
 def test_schedule_config_is_shared_by_both_searches():
     """ENAS and NAO hold the same schedule fields, validated and read by the same code."""
-    from wpl_keras.nas.search.schedule import ScheduleConfig
+    from wpl_keras.wpl.schedule import ScheduleConfig
     from wpl_keras.nas.search.nao import NAOSearchConfig
 
     fields = dict(wpl_start_epoch=1, strength=10.0, strength_decay="linear",
@@ -249,6 +250,11 @@ def test_loop_schedule_logs_and_outputs(tmp_path, seed):
     with open(tmp_path / "history.csv") as f:
         lines = f.read().strip().splitlines()
     assert len(lines) == 6 and "mean_diff" in lines[0]
+    # α has one log name, read from its one variable: the schedule's α of each epoch.
+    header = lines[0].split(",")
+    assert "wpl_strength" in header and "alpha" not in header
+    assert [r["wpl_strength"] for r in h] == [schedule.strength_at(e, config) for e in range(5)]
+    assert all("alpha" not in r for r in h)
     assert any(n.startswith("events") for n in os.listdir(tmp_path / "tb"))
     # Re-running into the same directory without resume is refused.
     with pytest.raises(FileExistsError, match="resume"):
@@ -296,6 +302,42 @@ def test_baseline_resets_at_each_epoch_start_through_the_strategy(tmp_path, seed
                 assert out["baseline"] == pytest.approx(0.95 * previous + 0.05 * reward,
                                                         rel=1e-5)
         assert len({r for _, r, _ in seen}) > 3  # the rewards differ: the checks can fail
+
+
+def test_resume_continues_with_the_strength_of_the_one_variable(tmp_path, seed):
+    """α lives in one variable, the task's ``wpl_state.strength``, checkpointed with the task:
+    the checkpoint holds no other α, and a search interrupted mid-epoch resumes with the
+    saved α (not the new task's initial one), then follows the schedule, logging
+    ``wpl_strength`` equal to what the task trained with."""
+    config = _config()
+    objs = _build(real_controller=False)
+    calls = {"n": 0}
+    original = objs[0].train_architecture
+
+    def train(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 14:  # epoch 3's second architecture (4 per epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*a, **k)
+
+    objs[0].train_architecture = train
+    out = str(tmp_path / "run")
+    with pytest.raises(driver.SearchInterrupted) as info:
+        search.run_search(*objs, config, out)
+    names = [n for n, _ in tf.train.list_variables(info.value.checkpoint)]
+    alphas = [n for n in names if "alpha" in n or "strength" in n]
+    assert len(alphas) == 1 and alphas[0].startswith("task_wpl_state/"), alphas
+    assert tf.train.load_variable(info.value.checkpoint, alphas[0]) == 8.0
+
+    task, controller, reinforce = _build(real_controller=False)
+    task.wpl_state.strength.assign(123.0)  # a new task's own α must not survive the restore
+    history = search.run_search(task, controller, reinforce, config, out, resume=True).history
+    # The rest of epoch 3 (its units 3 and 4; start_epoch is not called again mid-epoch), at
+    # the saved α, then epoch 4 at the schedule's.
+    assert [(active, a) for _, active, a in task.log[:2]] == [(True, 8.0)] * 2
+    assert task.log[2:] == [(4, True, 6.0)] * 4
+    assert [r["wpl_strength"] for r in history] == [0.0, 10.0, 10.0, 8.0, 6.0]
+    assert float(task.wpl_state.strength.numpy()) == 6.0
 
 
 def _final_state(task, controller, reinforce):

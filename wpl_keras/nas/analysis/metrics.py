@@ -315,7 +315,8 @@ def average_histories(
     """Per-epoch means over several runs (e.g. seeds) of the same schedule.
 
     ``out[e][k] = mean_r histories[r][e][k]`` for every ``k`` in ``keys``; ``out[e]["epoch"]``
-    is ``e`` and ``out[e]["alpha"]`` the first run's ``alpha`` (equal across seeds). Averaging
+    is ``e`` and ``out[e]["wpl_strength"]`` the first run's ``wpl_strength`` (``α``, equal across
+    seeds). Averaging
     the per-epoch differences over seeds before taking reductions removes much of the
     per-seed noise of ``err2 − err1`` (which architectures were sampled, their order).
 
@@ -329,7 +330,8 @@ def average_histories(
         raise ValueError(f"runs have different numbers of epochs: {sorted(lengths)}.")
     out: List[Dict[str, float]] = []
     for e in range(lengths.pop()):
-        record: Dict[str, float] = {"epoch": e, "alpha": histories[0][e].get("alpha", 0.0)}
+        record: Dict[str, float] = {"epoch": e,
+                                    "wpl_strength": histories[0][e].get("wpl_strength", 0.0)}
         for key in keys:
             record[key] = float(np.mean([float(h[e][key]) for h in histories]))
         out.append(record)

@@ -17,16 +17,17 @@ Each epoch ``e`` runs three phases, numbered as stored in the checkpoint (``Loop
    :mod:`wpl_keras.nas.analysis.metrics` (mean / best-k / max of ``err2 − err1``), the strategy's
    fields, the record appended to the history, logs, and a checkpoint.
 
-The WPL schedule (:class:`ScheduleConfig`) is applied here and nowhere else: WPL is off for the
-first ``wpl_start_epoch`` epochs; before an epoch's first unit the Fisher is reset when
-:func:`flush_at` says so and ``α(e) = strength_at(e)`` is written into
-``task.wpl_state.strength``; ``wpl_active_at(e)`` is passed to the task, which then adds
-``(α/2) Σ F (θ − θ*)²`` over the trained architecture's weights, updates
-``F ← (1 − η)F + η g²`` and sets ``θ* ← θ``.
+The WPL schedule (:class:`~wpl_keras.wpl.schedule.ScheduleConfig`) is applied here and nowhere
+else: WPL is off for the first ``wpl_start_epoch`` epochs; before an epoch's first unit the
+Fisher is reset when :func:`flush_at` says so and ``α(e) = strength_at(e)`` is written into
+``task.wpl_state.strength``, the one variable that holds ``α`` during a search (saved with the
+task's checkpoint items; the logs' ``wpl_strength`` is read from it); ``wpl_active_at(e)`` is
+passed to the task, which then adds ``(α/2) Σ F (θ − θ*)²`` over the trained architecture's
+weights, updates ``F ← (1 − η)F + η g²`` and sets ``θ* ← θ``.
 
 State and resumption: a ``tf.train.CheckpointManager`` under ``out_dir/ckpt`` holds the task's
 ``checkpoint_items()`` (prefixed ``task_``), the strategy's ``checkpoint_items()``, and the
-:class:`LoopState` (epoch, phase, step, units done, ``α``, the partial epoch as JSON, the
+:class:`LoopState` (epoch, phase, step, units done, the partial epoch as JSON, the
 history, NumPy's and Python's global RNG states; TensorFlow's global generator is tracked
 directly). It saves at every epoch end, every ``checkpoint_every`` units if set, and on
 SIGINT/SIGTERM, which are deferred to the end of the current unit, then raise
@@ -70,13 +71,8 @@ import tensorflow as tf
 from wpl_keras.nas.analysis import metrics
 from wpl_keras.nas.search.distribute import agreed_signal, task_strategy, worker_out_dir
 from wpl_keras.utils.checkpoint import check_checkpoint_covers
-from wpl_keras.nas.search.schedule import (  # noqa: F401 - re-exported with the driver
-    LoopConfig,
-    ScheduleConfig,
-    flush_at,
-    strength_at,
-    wpl_active_at,
-)
+from wpl_keras.nas.search.schedule import LoopConfig
+from wpl_keras.wpl.schedule import flush_at, strength_at, wpl_active_at
 
 Architecture = Tuple[int, ...]
 Record = Dict[str, Any]
@@ -94,7 +90,11 @@ PARTIAL_FORMAT = 2
 
 
 class LoopState(tf.Module):
-    """Counters, partial epoch, history, α and RNG states as checkpointable variables."""
+    """Counters, partial epoch, history and RNG states as checkpointable variables.
+
+    ``α`` is not here: its one variable is the task's ``wpl_state.strength``, saved with the
+    task. A checkpoint written before (with ``loop/alpha``, always equal to it) still
+    restores; that old key is ignored."""
 
     def __init__(self):
         super().__init__(name="search_loop")
@@ -102,7 +102,6 @@ class LoopState(tf.Module):
         self.phase = tf.Variable(SHARED, dtype=tf.int64, trainable=False, name="phase")
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.units = tf.Variable(0, dtype=tf.int64, trainable=False, name="units_done")
-        self.alpha = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="alpha")
         self.partial = tf.Variable("", dtype=tf.string, trainable=False, name="partial_epoch")
         self.history = tf.Variable("[]", dtype=tf.string, trainable=False, name="history")
         self.numpy_rng = tf.Variable("", dtype=tf.string, trainable=False, name="numpy_rng")
@@ -381,8 +380,6 @@ class SearchDriver:
             )
         self.manager.checkpoint.restore(latest).assert_existing_objects_matched()
         self.loop.restore_rngs()
-        if self.config.wpl:
-            self.task.wpl_state.strength.assign(float(self.loop.alpha.numpy()))
         self.strategy.start(restored=True)
 
     def _write_configs(self) -> None:
@@ -400,34 +397,34 @@ class SearchDriver:
         if partial is None:
             partial = self._begin_epoch(epoch)
         _check_partial(partial)
-        active, alpha = wpl_active_at(epoch, config), float(loop.alpha.numpy())
+        active, strength = wpl_active_at(epoch, config), self._strength()
         self._clock = time.time()
         shared, units = config.shared_steps_per_epoch, self.strategy.controller_units(epoch)
         bar = self._progress_bar(epoch, active, shared + units)
 
         def train() -> List[Tuple[str, float]]:
-            return self._train_unit(partial, active) + [("alpha", alpha)]
+            return self._train_unit(partial, active) + [("wpl_strength", strength)]
 
         def control() -> List[Tuple[str, float]]:
             entry = self.strategy.controller_unit(epoch)
             partial["controller"].append(entry)
             shown = [(k, float(entry[k])) for k in self.strategy.progress_keys if k in entry]
-            return shown + [("alpha", alpha)]
+            return shown + [("wpl_strength", strength)]
 
         self._run_phase(SHARED, shared, train, partial, bar, offset=0)
         self._run_phase(CONTROLLER, units, control, partial, bar, offset=shared)
-        self._end_epoch(epoch, partial, active, alpha)
+        self._end_epoch(epoch, partial, active, strength)
 
     def _begin_epoch(self, epoch: int) -> Record:
-        """The schedule's flush and ``α`` (the one place both are applied), then the task's
-        ``start_epoch`` hook; returns the new partial epoch, committed."""
-        flushed, alpha = flush_at(epoch, self.config), strength_at(epoch, self.config)
+        """The schedule's flush and ``α`` (the one place both are applied: ``α`` goes into
+        its one variable, ``task.wpl_state.strength``), then the task's ``start_epoch`` hook;
+        returns the new partial epoch, committed."""
+        flushed = flush_at(epoch, self.config)
         state = getattr(self.task, "wpl_state", None)
         if state is not None:
             if flushed:
                 state.reset_fisher()
-            state.strength.assign(alpha)
-        self.loop.alpha.assign(alpha)
+            state.strength.assign(strength_at(epoch, self.config))
         self.task.start_epoch(epoch)
         partial = {"archs": [], "err1": [], "train": [], "controller": [],
                    "flushed": bool(flushed), "elapsed": 0.0, "format": PARTIAL_FORMAT}
@@ -483,10 +480,16 @@ class SearchDriver:
         if every and int(self.loop.units.numpy()) % every == 0:
             self.save()
 
-    def _end_epoch(self, epoch: int, partial: Record, active: bool, alpha: float) -> None:
+    def _strength(self) -> float:
+        """``α`` now, read from its one variable ``task.wpl_state.strength`` (0 for a task
+        without a WPL state)."""
+        state = getattr(self.task, "wpl_state", None)
+        return 0.0 if state is None else float(state.strength.numpy())
+
+    def _end_epoch(self, epoch: int, partial: Record, active: bool, strength: float) -> None:
         """``EPOCH_END``: the record, logs and the epoch's commit and checkpoint; then
         ``on_epoch_end`` and, if a signal arrived, :class:`SearchInterrupted`."""
-        record = self._epoch_record(epoch, partial, active, alpha)
+        record = self._epoch_record(epoch, partial, active, strength)
         self.history.append(record)
         self._log(record)
         self.loop.close_epoch(self.history)
@@ -497,10 +500,11 @@ class SearchDriver:
         if pending is not None:
             raise SearchInterrupted(pending, path)
 
-    def _epoch_record(self, epoch: int, partial: Record, active: bool, alpha: float) -> Record:
+    def _epoch_record(self, epoch: int, partial: Record, active: bool,
+                      strength: float) -> Record:
         archs = [tuple(a) for a in partial["archs"]]
         err2 = [float(self.task.validation_error(a)) for a in archs]
-        record: Record = {"epoch": epoch, "wpl_active": active, "alpha": alpha,
+        record: Record = {"epoch": epoch, "wpl_active": active, "wpl_strength": strength,
                           "flushed": partial["flushed"]}
         record.update(metrics.forgetting_summary(partial["err1"], err2, best_k=self.config.best_k))
         record.update(mean_of_dicts(partial["train"], "train_"))
@@ -520,7 +524,7 @@ class SearchDriver:
         if not self.config.verbose:
             return None
         print(f"Epoch {epoch + 1}/{self.config.epochs} (WPL {'on' if active else 'off'})")
-        stateful = ["alpha", "err1", *self.strategy.progress_keys]
+        stateful = ["wpl_strength", "err1", *self.strategy.progress_keys]
         bar = keras.utils.Progbar(max(total, 1), stateful_metrics=stateful, verbose=1)
         done = int(self.loop.step.numpy())
         if int(self.loop.phase.numpy()) > SHARED:
@@ -566,8 +570,7 @@ def run_driver(task, strategy: SearchStrategy, config: LoopConfig, out_dir: str,
 
 
 __all__ = [
-    "SHARED", "CONTROLLER", "EPOCH_END", "ScheduleConfig", "LoopConfig", "wpl_active_at",
-    "strength_at", "flush_at", "LoopState", "SearchInterrupted", "SignalCatcher",
+    "SHARED", "CONTROLLER", "EPOCH_END", "LoopState", "SearchInterrupted", "SignalCatcher",
     "SearchResult", "SearchStrategy", "SearchDriver", "run_driver", "checkpoint_items",
     "checkpoint_dir", "json_var", "mean_of_dicts", "numeric_values", "write_logs",
 ]

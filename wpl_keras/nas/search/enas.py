@@ -15,7 +15,7 @@ ENAS supplies its phases to the search driver (:mod:`wpl_keras.nas.search.driver
 3. ``EPOCH_END``: ``err2(a)`` for every architecture of step 1, and the forgetting metrics of
    :mod:`wpl_keras.nas.analysis.metrics` (mean / best-5 / max of ``err2 − err1``).
 
-The driver applies the WPL schedule (:class:`~wpl_keras.nas.search.driver.ScheduleConfig`: off for the
+The driver applies the WPL schedule (:class:`~wpl_keras.wpl.schedule.ScheduleConfig`: off for the
 first ``wpl_start_epoch`` epochs, then ``α(e)`` written into ``task.wpl_state.strength`` at
 the start of each epoch and the Fisher reset every ``flush_every`` epochs), restores, defers
 SIGINT/SIGTERM, commits each unit, checkpoints and writes the logs; see its docstring. The
@@ -39,7 +39,6 @@ import tensorflow as tf
 
 from wpl_keras.nas.search.distribute import task_strategy, worker_out_dir
 from wpl_keras.nas.search.driver import (
-    LoopConfig,
     LoopState,
     SearchResult,
     SearchStrategy,
@@ -50,15 +49,16 @@ from wpl_keras.nas.search.driver import (
     numeric_values,
     run_driver,
 )
+from wpl_keras.nas.search.schedule import LoopConfig
 from wpl_keras.utils.validation import check_fields
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig(LoopConfig):
     """Settings of the ENAS search: the loop and WPL schedule of
-    :class:`~wpl_keras.nas.search.driver.LoopConfig` (``epochs``, ``shared_steps_per_epoch``,
+    :class:`~wpl_keras.nas.search.schedule.LoopConfig` (``epochs``, ``shared_steps_per_epoch``,
     ``batches_per_arch``, ``best_k``, ``checkpoint_every``, ``max_to_keep``, ``verbose``, and
-    the :class:`~wpl_keras.nas.search.driver.ScheduleConfig` fields ``wpl``, ``wpl_start_epoch``,
+    the :class:`~wpl_keras.wpl.schedule.ScheduleConfig` fields ``wpl``, ``wpl_start_epoch``,
     ``strength``, ``strength_decay``, ``strength_decay_start``, ``strength_decay_rate``,
     ``strength_floor``, ``flush_every``; defaults: the WPL release's RNN run) plus
 

@@ -21,7 +21,7 @@ epoch ``e``:
    :mod:`wpl_keras.nas.analysis.metrics` (mean / best-5 / max of ``err2 − err1``).
 
 WPL runs exactly as in the ENAS search: the driver applies the schedule
-(:class:`~wpl_keras.nas.search.driver.ScheduleConfig`) before each epoch and passes ``wpl_active`` to
+(:class:`~wpl_keras.wpl.schedule.ScheduleConfig`) before each epoch and passes ``wpl_active`` to
 the task, which adds ``(α/2) Σ F (θ − θ*)²`` over the trained architecture's weights, updates
 ``F ← (1 − η)F + η g²`` from the last gradient and sets ``θ* ← θ``.
 
@@ -51,7 +51,6 @@ import numpy as np
 import tensorflow as tf
 
 from wpl_keras.nas.search.driver import (
-    LoopConfig,
     LoopState,
     SearchResult,
     SearchStrategy,
@@ -59,6 +58,7 @@ from wpl_keras.nas.search.driver import (
     json_var,
     run_driver,
 )
+from wpl_keras.nas.search.schedule import LoopConfig
 from wpl_keras.nas.controllers.nao import NAOController, normalize_scores
 from wpl_keras.utils.config_fields import find_field, replace_fields
 from wpl_keras.utils.validation import check_fields
@@ -69,10 +69,10 @@ Architecture = Tuple[int, ...]
 @dataclasses.dataclass(frozen=True)
 class NAOSearchConfig(LoopConfig):
     """Settings of the NAO weight-sharing search: the loop and WPL schedule of
-    :class:`~wpl_keras.nas.search.driver.LoopConfig` (``epochs``, ``shared_steps_per_epoch``,
+    :class:`~wpl_keras.nas.search.schedule.LoopConfig` (``epochs``, ``shared_steps_per_epoch``,
     ``batches_per_arch``, ``best_k``, ``checkpoint_every`` — counting architectures trained and
     NAO iterations —, ``max_to_keep``, ``verbose``, and the
-    :class:`~wpl_keras.nas.search.driver.ScheduleConfig` fields ``wpl``, ``wpl_start_epoch``,
+    :class:`~wpl_keras.wpl.schedule.ScheduleConfig` fields ``wpl``, ``wpl_start_epoch``,
     ``strength``, ``strength_decay``, ``strength_decay_start``, ``strength_decay_rate``,
     ``strength_floor``, ``flush_every``) with sizes for a CPU run, plus
 

@@ -310,7 +310,7 @@ def test_start_epoch_schedule_and_no_own_flush(task):
 ])
 def test_cnn_presets_flush_through_the_schedule(name, flushes):
     from wpl_keras.experiments import enas_cnn
-    from wpl_keras.nas.search.schedule import flush_at
+    from wpl_keras.wpl.schedule import flush_at
 
     search = enas_cnn.preset(name).search
     horizon = 17 if name == "paper" else search.epochs
