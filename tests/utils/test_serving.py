@@ -115,3 +115,13 @@ def test_exports_serve_through_the_session_loader(tmp_path, seed):
     np.testing.assert_array_equal(by_words["ids"], [[2, 3, 4], [5, 1, 0]])  # unknown → <unk>
     np.testing.assert_allclose(by_words["log_probs"], lm_expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(by_images["probabilities"], cnn_expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [[[2, 6, 1]], [[-1, 2, 3]], [[2, 3], [4, 600]]])
+def test_token_ids_outside_the_vocabulary_are_refused_by_name(tmp_path, seed, bad):
+    path, tokens, _, expected = _language_model_export(str(tmp_path / "export"))
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    np.testing.assert_allclose(serve(tokens=tf.constant(tokens))["log_probs"], expected,
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"tokens: every id must be in \[0, 6\)"):
+        serve(tokens=tf.constant(bad, tf.int32))

@@ -335,6 +335,13 @@ class _ServingModule(tf.Module):
 
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="tokens")])
         def serve(tokens):
+            vocab_size = model.cfg.model.vocab_size
+            in_range = tf.reduce_all((tokens >= 0) & (tokens < vocab_size))
+            check = tf.debugging.Assert(in_range, [
+                f"tokens: every id must be in [0, {vocab_size}) (the model's vocabulary); got "
+                "min and max", tf.reduce_min(tokens), tf.reduce_max(tokens)])
+            with tf.control_dependencies([check]):
+                tokens = tf.identity(tokens)
             logits, _ = model(tokens, None, training=False, differentiable=False)
             return {"log_probs": tf.nn.log_softmax(logits, axis=-1)}
 
