@@ -120,14 +120,14 @@ def with_task_strategy(task_config, args: argparse.Namespace):
     Raises:
         SystemExit: the task config has no ``strategy`` field.
     """
-    import dataclasses
+    from wpl_keras.utils.config_fields import find_field, replace_fields
 
     if args.strategy is None:
         return task_config
-    if "strategy" not in {f.name for f in dataclasses.fields(task_config)}:
+    if find_field(task_config, ["strategy"]) != ("strategy",):
         raise SystemExit(f"--strategy: the task config {type(task_config).__name__} has no "
                          "strategy field; this space's task runs on one device only.")
-    return dataclasses.replace(task_config, strategy=args.strategy)
+    return replace_fields(task_config, {"strategy": args.strategy}, where="--strategy")
 
 
 def load_config(args: argparse.Namespace, config_type, saved_name: str,

@@ -33,7 +33,6 @@ model and never trains; without one it stops with exit status 2 and says to run 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -101,8 +100,8 @@ def make_config(args):
         top["derive_samples"] = args.samples
     if args.train_epochs is not None:
         top["train_epochs"] = args.train_epochs
-    config = config.replace(search=search, **top)
-    return dataclasses.replace(config, task=with_task_strategy(config.task, args))
+    top["task"] = with_task_strategy(config.task, args)
+    return config.replace(search=search, **top)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

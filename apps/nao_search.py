@@ -92,9 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_config(args):
     """The experiment config from the arguments (preset / config file / saved + overrides)."""
-    import dataclasses
-
     from wpl_keras.experiments.nao import NAOExperimentConfig, nao_preset
+    from wpl_keras.utils.config_fields import nested_changes, replace_fields
 
     config = load_config(args, NAOExperimentConfig, "nao_experiment.json", nao_preset)
     if args.space and args.space != config.base.space:
@@ -112,9 +111,8 @@ def make_config(args):
         base["train_epochs"] = args.train_epochs
     if args.strategy is not None:
         base["task"] = with_task_strategy(config.base.task, args)
-    if base:
-        top["base"] = dataclasses.replace(config.base, **base)
-    return config.replace(search=search, **top)
+    return replace_fields(config, nested_changes(top, search=search, base=base),
+                          where="wpl-nao-search")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

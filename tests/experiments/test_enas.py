@@ -202,3 +202,38 @@ def test_cnn_task_config_refuses_bad_numbers():
     with pytest.raises(TypeError, match="CNNTaskConfig.final_train_size must be"):
         CNNTaskConfig(final_train_size=1e4)
     assert CNNTaskConfig(batch_size=np.int64(8)).batch_size == 8
+
+
+def test_experiment_replace_sets_nested_fields_through_replace_fields():
+    """ENASExperimentConfig.replace and NAOExperimentConfig.replace change only the nested
+    fields given (one helper, replace_fields), run each config's checks, and name the
+    method and the field in their errors."""
+    from wpl_keras.experiments.nao import nao_preset
+
+    config = enas.get_preset("cnn", "tiny")
+    new = config.replace(seed=3, search={"epochs": 2}, task={"optimizer": {"lr_max": 0.5}})
+    assert (new.seed, new.search.epochs, new.task.optimizer.lr_max) == (3, 2, 0.5)
+    assert new.task.optimizer.momentum == config.task.optimizer.momentum
+    assert new.search.strength == config.search.strength and new.task.final == config.task.final
+    with pytest.raises(ValueError, match="ENASExperimentConfig.replace.*no field 'epoch'"):
+        config.replace(search={"epoch": 2})
+    with pytest.raises(ValueError, match="ENASExperimentConfig.replace.*epochs"):
+        config.replace(search={"epochs": 0})
+    nao = nao_preset("rnn", "tiny")
+    moved = nao.replace(output_dropout=0.25, search={"wpl": False}, nao={"units": 8})
+    assert (moved.output_dropout, moved.search.wpl, moved.nao.units) == (0.25, False, 8)
+    assert moved.nao.token_embedding == nao.nao.token_embedding
+    with pytest.raises(ValueError, match="NAOExperimentConfig.replace.*no field 'unit'"):
+        nao.replace(nao={"unit": 8})
+
+
+def test_nao_cpu_small_sizes_only_the_fields_a_task_has():
+    from wpl_keras.experiments.nao import nao_preset
+
+    rnn = nao_preset("rnn", "cpu-small").base.task
+    assert (rnn.batch_size, rnn.bptt, rnn.eval_batch_size, rnn.eval_bptt) == (32, 20, 32, 20)
+    assert rnn.model.embedding_size == rnn.model.hidden_size == 128
+    cnn, plain = nao_preset("cnn", "cpu-small").base.task, enas.get_preset("cnn", "cpu-small").task
+    assert cnn.batch_size == 32 and cnn.eval_batch_size == 32
+    assert cnn.final == plain.final  # FinalConfig.batch_size is not the search batch
+

@@ -4,7 +4,12 @@ import dataclasses
 
 import pytest
 
-from wpl_keras.utils.config_fields import find_field, parse_assignments, replace_fields
+from wpl_keras.utils.config_fields import (
+    find_field,
+    nested_changes,
+    parse_assignments,
+    replace_fields,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,3 +113,15 @@ def test_task_config_of_a_preset_through_command_line_items():
     ):
         with pytest.raises(ValueError, match=message):
             task_set([item])
+
+
+def test_nested_changes_prefix_each_nested_mapping():
+    changes = nested_changes({"steps": 3}, inner={"width": 4, "rate": 1}, other=None)
+    assert changes == {"steps": 3, "inner.width": 4, "inner.rate": 1}
+    assert nested_changes({}, inner={}) == {}
+    new = replace_fields(Outer(), changes)
+    assert new == Outer(inner=Inner(width=4, rate=1.0), steps=3)
+    assert type(new.inner.rate) is float
+    whole = nested_changes({}, inner=Inner(width=6), other={"on": True})
+    assert replace_fields(Outer(), whole) == Outer(inner=Inner(width=6), other=Inner(on=True))
+

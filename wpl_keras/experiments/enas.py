@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from wpl_keras.experiments.data_source import load_data_source, save_data_source
 from wpl_keras.nas.search.enas import SearchConfig, SearchResult
+from wpl_keras.utils.config_fields import nested_changes, replace_fields
 from wpl_keras.utils.validation import check_fields
 from wpl_keras.utils.strict_json import write_json_atomic
 
@@ -141,13 +142,11 @@ class ENASExperimentConfig:
 
     def replace(self, *, search: Optional[Mapping[str, Any]] = None, task=None,
                 **fields) -> "ENASExperimentConfig":
-        """A copy with some top-level fields, search fields and/or task fields changed."""
-        new = dataclasses.replace(self, **fields)
-        if search:
-            new = dataclasses.replace(new, search=dataclasses.replace(new.search, **search))
-        if task:
-            new = dataclasses.replace(new, task=dataclasses.replace(new.task, **task))
-        return new
+        """A copy with some top-level fields, search fields and/or task fields changed, through
+        :func:`~wpl_keras.utils.config_fields.replace_fields` (a dict for a nested config changes
+        only the fields it gives)."""
+        return replace_fields(self, nested_changes(fields, search=search, task=task),
+                              where="ENASExperimentConfig.replace")
 
     def to_json(self) -> dict:
         return {

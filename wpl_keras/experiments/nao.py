@@ -25,6 +25,7 @@ from wpl_keras.nas.search.nao import (
     run_nao_search,
     with_regularization,
 )
+from wpl_keras.utils.config_fields import find_field, nested_changes, replace_fields
 from wpl_keras.utils.validation import check_fields
 
 __all__ = ["NAOExperimentConfig", "nao_preset", "build_nao_search", "prepare_nao",
@@ -63,12 +64,10 @@ class NAOExperimentConfig:
 
     def replace(self, *, search: Optional[Dict[str, Any]] = None,
                 nao: Optional[Dict[str, Any]] = None, **fields) -> "NAOExperimentConfig":
-        new = dataclasses.replace(self, **fields)
-        if search:
-            new = dataclasses.replace(new, search=dataclasses.replace(new.search, **search))
-        if nao:
-            new = dataclasses.replace(new, nao=dataclasses.replace(new.nao, **nao))
-        return new
+        """A copy with some top-level, search and/or NAO controller fields changed, through
+        :func:`~wpl_keras.utils.config_fields.replace_fields`."""
+        return replace_fields(self, nested_changes(fields, search=search, nao=nao),
+                              where="NAOExperimentConfig.replace")
 
     def to_json(self) -> dict:
         return {"base": self.base.to_json(), "search": self.search.to_json(),
@@ -99,16 +98,14 @@ def _small_task(base: ENASExperimentConfig) -> ENASExperimentConfig:
     """``base`` with the NAO cpu-small sizes on the task fields that exist: batches of 32 rows,
     windows of 20 steps and, for a task with a ``model`` of ``embedding_size`` /
     ``hidden_size`` (RNN), both 128."""
-    task = base.task
-    names = {f.name for f in dataclasses.fields(task)}
-    small = dict(batch_size=32, bptt=20, eval_batch_size=32, eval_bptt=20)
-    changes: Dict[str, Any] = {k: v for k, v in small.items() if k in names}
-    model = getattr(task, "model", None)
-    if dataclasses.is_dataclass(model):
-        model_names = {f.name for f in dataclasses.fields(model)}
-        sizes = {k: 128 for k in ("embedding_size", "hidden_size") if k in model_names}
-        changes["model"] = dataclasses.replace(model, **sizes)
-    return dataclasses.replace(base, task=dataclasses.replace(task, **changes))
+    small = {(): dict(batch_size=32, bptt=20, eval_batch_size=32, eval_bptt=20),
+             ("model",): dict(embedding_size=128, hidden_size=128)}
+    changes: Dict[str, Any] = {
+        ".".join(("task", *where, name)): value
+        for where, fields in small.items() for name, value in fields.items()
+        if find_field(base.task, [name]) == (*where, name)
+    }
+    return replace_fields(base, changes, where="nao cpu-small task")
 
 
 def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:

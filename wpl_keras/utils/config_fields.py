@@ -3,15 +3,17 @@
 The one helper that sets a nested config field: ``replace_fields(task, {"model.hidden_size":
 64})`` rebuilds ``task.model`` and then ``task`` with :func:`dataclasses.replace`, so every
 config's own checks run on the new values. ``parse_assignments`` reads ``KEY=VALUE`` items of a
-command line (VALUE is JSON) into the pairs ``replace_fields`` takes, and ``find_field`` looks a
-field up by name through the nested configs.
+command line (VALUE is JSON) into the pairs ``replace_fields`` takes, ``nested_changes`` builds
+them from per-config mappings, and ``find_field`` looks a field up by name through the nested
+configs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from typing import (Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar,
+                    Union)
 
 Config = TypeVar("Config")
 Changes = Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]
@@ -54,6 +56,22 @@ def replace_fields(config: Config, changes: Changes, *, where: str = "replace_fi
                                  "either the whole config or dotted fields of it.")
         level[name] = value
     return _apply(config, nested, where)
+
+
+def nested_changes(fields: Mapping[str, Any],
+                   **nested: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The changes of :func:`replace_fields` from top-level ``fields`` and, per nested config
+    ``name``, a mapping of its fields: ``nested_changes({"seed": 1}, search={"epochs": 3})`` is
+    ``{"seed": 1, "search.epochs": 3}``. A ``None`` or empty mapping changes nothing; a
+    dataclass config in place of the mapping replaces that nested config whole."""
+    changes: Dict[str, Any] = dict(fields)
+    for name, values in nested.items():
+        if dataclasses.is_dataclass(values) and not isinstance(values, type):
+            changes[name] = values
+            continue
+        for key, value in (values or {}).items():
+            changes[f"{name}.{key}"] = value
+    return changes
 
 
 def parse_assignments(items: Sequence[str], *, flag: str) -> List[Tuple[str, Any]]:
