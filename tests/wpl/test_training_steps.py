@@ -10,6 +10,7 @@ checked against :func:`_reference`, a plain TensorFlow loop that applies SGD by 
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,8 @@ import tensorflow as tf
 from wpl_keras.wpl.callbacks import SnapshotAnchors
 from wpl_keras.wpl.training import WPLModel, apply_wpl
 
+# The subprocess imports this file as ``tests.wpl.test_training_steps`` from the repository root.
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 ALPHA, F0, ETA_F, LR, EMA_MOMENTUM = 3.0, 0.5, 0.4, 0.05, 0.5
 BATCH, BATCHES = 8, 7
 # An overflow batch has y = 1e18: its loss (~1e36) and unscaled gradients (~1e17) are finite,
@@ -208,16 +211,14 @@ def test_mixed_float16_overflow_leaves_the_fisher_finite(seed, mode):
 
 MIRRORED_SCRIPT = textwrap.dedent(
     """
-    import importlib.util, json, os, sys
+    import json, sys
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    spec = importlib.util.spec_from_file_location("steps", sys.argv[1])
-    steps = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(steps)
+    from tests.wpl import test_training_steps as steps
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     out = {}
-    for case, (mode, options) in json.loads(sys.argv[2]).items():
+    for case, (mode, options) in json.loads(sys.argv[1]).items():
         start, anchors, model, state = steps._fit(mode=mode, strategy=strategy, **options)
         out[case] = {"start": [w.tolist() for w in start], "anchors": [a.tolist() for a in anchors],
                      "weights": [w.numpy().tolist() for w in model.trainable_weights],
@@ -243,8 +244,8 @@ def test_mirrored_strategy_on_two_logical_cpus_follows_applied_updates(tmp_path)
     # One subprocess (the logical CPUs must be set before TensorFlow starts) runs both cases.
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.getcwd(), TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, str(script), __file__, json.dumps(MIRRORED_CASES)],
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, str(script), json.dumps(MIRRORED_CASES)],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
