@@ -31,11 +31,18 @@ def shared_data():
 
 
 DISTRIBUTED = pathlib.Path(__file__).resolve().parent / "distributed"
+# Each notebook test executes a notebook in a fresh Jupyter kernel (TensorFlow start-up, then
+# a tiny run): an end-to-end test of more than 5 s.
+NOTEBOOKS = pathlib.Path(__file__).resolve().parent / "notebooks"
 
 
 def pytest_collection_modifyitems(config, items):
-    """Marks every test under ``tests/distributed/`` ``distributed`` (``-m "not distributed"``
-    leaves them out)."""
+    """Marks every test under ``tests/distributed/`` ``distributed`` and every test under
+    ``tests/notebooks/`` ``slow`` (the quick loop ``-m "not distributed and not slow"`` leaves
+    them out)."""
     for item in items:
-        if DISTRIBUTED in pathlib.Path(str(item.fspath)).resolve().parents:
+        parents = pathlib.Path(str(item.fspath)).resolve().parents
+        if DISTRIBUTED in parents:
             item.add_marker(pytest.mark.distributed)
+        if NOTEBOOKS in parents:
+            item.add_marker(pytest.mark.slow)

@@ -74,12 +74,14 @@ def _expect(folder, tmp_path, where, pattern):
 @pytest.mark.parametrize(
     "raw,pattern",
     [
-        (os.urandom(3000), "not a CIFAR-10 python batch"),
+        # seeded noise: every pytest-xdist worker collects the same parameters
+        (np.random.default_rng(0).bytes(3000), "not a CIFAR-10 python batch"),
         (pickle.dumps(_batch())[:500], "truncated or corrupt"),
         (b"", "truncated or corrupt"),
         (pickle.dumps([1, 2, 3]), "holds a list, not a dict"),
         (pickle.dumps({b"labels": [1]}), "without 'data'/'labels'"),
     ],
+    ids=["noise", "truncated", "empty", "list", "no-data"],
 )
 def test_corrupt_pickle_names_the_batch(tmp_path, raw, pattern):
     folder = _write_batches(tmp_path / "cifar-10-batches-py", {"data_batch_3": raw})
