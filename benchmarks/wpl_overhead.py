@@ -9,8 +9,8 @@ batch 64, MNIST-shaped inputs):
   WPL on both convolutions and the hidden dense layer.
 
 "With WPL" is a :class:`~wpl_keras.wpl.training.WPLModel` after
-``apply_wpl(..., update_fisher=True)``: one gradient-mode WPL step of
-:mod:`wpl_keras.wpl.core` per batch (the penalty ``(α/2) Σ F (θ − θ*)²``, its closed-form
+``apply_wpl(..., update_fisher=True)``: one gradient-mode
+:class:`~wpl_keras.wpl.step.WPLStep` per batch (the penalty ``(α/2) Σ F (θ − θ*)²``, its closed-form
 gradient added to the data gradient, the Fisher update ``F ← (1 − η_F) F + η_F g²`` from the
 step's own data gradients; ``P`` is logged per epoch with ``α`` and ``‖F‖``, which are
 read once per epoch); "without" is the same ``WPLModel`` class

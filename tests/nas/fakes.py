@@ -68,7 +68,7 @@ class RowTargetTask(SharedWeightsTask):
             noise = 0.05 * self.gen.normal([3, self.dim])
             with tf.GradientTape() as tape:
                 loss = tf.reduce_mean(tf.square(tf.gather(self.w, rows) - target - noise))
-                total = loss + (self.wpl_state.penalty_rows(0, rows) if wpl_active else 0.0)
+                total = loss + (self.wpl_state.penalty(index=0, rows=rows) if wpl_active else 0.0)
             dense = tf.convert_to_tensor(tape.gradient(total, self.w))
             self.w.assign_sub(self.lr * dense)
             self.on_batch()

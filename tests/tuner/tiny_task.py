@@ -87,9 +87,9 @@ class TinyTask(SharedWeightsTask):
                 tf.nn.sparse_softmax_cross_entropy_with_logits(y, self._logits(arch, x))
             )
             penalty = (
-                self.wpl_state.penalty_rows(0, rows[0])
-                + self.wpl_state.penalty_rows(1, rows[1])
-                + self.wpl_state.penalty_rows(2, tf.range(tf.shape(self.module.head)[0]))
+                self.wpl_state.penalty(index=0, rows=rows[0])
+                + self.wpl_state.penalty(index=1, rows=rows[1])
+                + self.wpl_state.penalty(index=2, rows=tf.range(tf.shape(self.module.head)[0]))
             )
             total = loss + tf.where(wpl_active, penalty, 0.0)
         grads = tape.gradient(total, self.variables)

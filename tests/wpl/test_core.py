@@ -4,62 +4,38 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from wpl_keras.wpl import core
+import wpl_keras.wpl.core as core
 
 THETA = tf.constant([1.0, 2.0, -1.0])
 FISHER = tf.constant([0.5, 0.0, 2.0])
 ANCHOR = tf.constant([0.0, 1.0, 1.0])
-GRAD = tf.constant([0.1, 0.2, -0.3])
 
 
 def test_penalty_and_gradient_by_hand():
-    penalty, grad = core.penalty_and_gradient(THETA, FISHER, ANCHOR, 3.0)
+    penalty, (grad,) = core.wpl_penalty([THETA], [FISHER], [ANCHOR], 3.0, with_gradients=True)
     # α F (θ − θ*) = 3 · [0.5·1, 0·1, 2·(−2)] = [1.5, 0, −12]
     np.testing.assert_allclose(grad, [1.5, 0.0, -12.0])
     # (α/2) Σ F (θ − θ*)² = 1.5 · (0.5 + 0 + 8) = 12.75
     assert float(penalty) == pytest.approx(12.75)
-    penalty, grad = core.penalty_and_gradient(THETA, FISHER, ANCHOR, 3.0,
-                                              coverage=tf.constant([1.0, 1.0, 0.0]))
+    penalty, (grad,) = core.wpl_penalty([THETA], [FISHER], [ANCHOR], 3.0,
+                                        masks=[tf.constant([1.0, 1.0, 0.0])],
+                                        with_gradients=True)
     np.testing.assert_allclose(grad, [1.5, 0.0, 0.0])
     assert float(penalty) == pytest.approx(0.75)
+    # + (λ/2) Σ θ² = 0.05 · 6; the returned gradient is the Fisher term's only
+    with_l2 = core.wpl_penalty([THETA], [FISHER], [ANCHOR], 3.0, l2=0.1)
+    assert float(with_l2) == pytest.approx(12.75 + 0.3)
+    assert float(core.wpl_penalty([], [], [], 3.0, l2=0.1)) == 0.0
 
 
-def test_gradient_mode_adds_scaled_penalty_and_l2_gradient():
-    out = core.wpl_gradients([THETA], [GRAD], [FISHER], [ANCHOR], strength=3.0,
-                             mode="gradient", l2=0.1, scale=tf.constant(0.5))
-    extra = np.array([1.5, 0.0, -12.0]) + 0.1 * np.array([1.0, 2.0, -1.0])
-    np.testing.assert_allclose(out.gradients[0], np.array([0.1, 0.2, -0.3]) + 0.5 * extra,
-                               rtol=1e-6)
-    assert float(out.penalty) == pytest.approx(12.75 + 0.05 * 6.0)
-
-
-def test_proximal_mode_leaves_the_fisher_term_to_the_pull():
-    out = core.wpl_gradients([THETA], [GRAD], [FISHER], [ANCHOR], strength=3.0,
-                             mode="proximal")
-    np.testing.assert_allclose(out.gradients[0], GRAD)
-    assert float(out.penalty) == pytest.approx(12.75)  # the term the step minimises
-    pulled = core.wpl_pull([THETA], [FISHER], [ANCHOR], strength=3.0, learning_rate=0.1)[0]
+def test_proximal_pull_by_hand_with_coverage():
+    pulled = core.proximal_pull(THETA, FISHER, ANCHOR, 3.0, 0.1)
     k = 0.1 * 3.0 * np.array([0.5, 0.0, 2.0])
     want = (np.array([1.0, 2.0, -1.0]) + k * np.array([0.0, 1.0, 1.0])) / (1 + k)
     np.testing.assert_allclose(pulled, want, rtol=1e-6)
-
-
-@pytest.mark.parametrize("active", [False, tf.constant(False), tf.constant(0.0)])
-def test_inactive_step_adds_nothing_and_pulls_nothing(active):
-    out = core.wpl_gradients([THETA], [GRAD], [FISHER], [ANCHOR], strength=3.0,
-                             mode="gradient", active=active)
-    np.testing.assert_allclose(out.gradients[0], GRAD)
-    assert float(out.penalty) == 0.0
-    pulled = core.wpl_pull([THETA], [FISHER], [ANCHOR], strength=3.0, learning_rate=0.1,
-                           active=active)[0]
-    np.testing.assert_allclose(pulled, THETA)
-
-
-@pytest.mark.parametrize("active", [True, tf.constant(True), tf.constant(1.0)])
-def test_active_flag_forms_agree(active):
-    out = core.wpl_gradients([THETA], [GRAD], [FISHER], [ANCHOR], strength=3.0,
-                             mode="gradient", active=active)
-    assert float(out.penalty) == pytest.approx(12.75)
+    covered = core.proximal_pull(THETA, FISHER, ANCHOR, 3.0, 0.1,
+                                 coverage=tf.constant([1.0, 1.0, 0.0]))
+    np.testing.assert_allclose(covered, [want[0], 2.0, -1.0], rtol=1e-6)
 
 
 def test_mask_covers_slices_only():
@@ -67,15 +43,13 @@ def test_mask_covers_slices_only():
     anchor = tf.zeros_like(theta)
     fisher = tf.ones_like(theta)
     mask = tf.constant([[1.0], [0.0]])  # row 0 used, row 1 not
-    out = core.wpl_gradients([theta], [None], [fisher], [anchor], strength=2.0,
-                             mode="gradient", masks=[mask])
-    np.testing.assert_allclose(out.gradients[0], [[2.0, 2.0], [0.0, 0.0]])
-    assert float(out.penalty) == pytest.approx(2.0)
-    pulled = core.wpl_pull([theta], [fisher], [anchor], strength=2.0, learning_rate=0.5,
-                           masks=[mask])[0]
+    penalty, (grad,) = core.wpl_penalty([theta], [fisher], [anchor], 2.0, masks=[mask],
+                                        with_gradients=True)
+    np.testing.assert_allclose(grad, [[2.0, 2.0], [0.0, 0.0]])
+    assert float(penalty) == pytest.approx(2.0)
+    pulled = core.proximal_pull(theta, fisher, anchor, 2.0, 0.5, coverage=mask)
     np.testing.assert_allclose(pulled, [[0.5, 0.5], [2.0, 2.0]])
-    new = core.fisher_updates([fisher], [tf.fill([2, 2], 3.0)], fisher_momentum=0.5,
-                              masks=[mask])[0]
+    new = core.fisher_update(fisher, tf.fill([2, 2], 3.0), 0.5, coverage=mask)
     np.testing.assert_allclose(new, [[5.0, 5.0], [1.0, 1.0]])  # 0.5·1 + 0.5·9
     np.testing.assert_allclose(core.snapshot(theta, anchor, mask), [[1.0, 1.0], [0.0, 0.0]])
     np.testing.assert_allclose(core.snapshot(theta, anchor), theta)
@@ -89,16 +63,14 @@ def test_fisher_update_formula_clip_and_flags():
     assert float(tf.norm(clipped)) == pytest.approx(1.0)
     per_row = core.clip_fisher(tf.constant([[3.0, 4.0], [0.3, 0.4]]), 1.0, axes=[1])
     np.testing.assert_allclose(per_row, [[0.6, 0.8], [0.3, 0.4]], rtol=1e-6)
-    f = [tf.constant([1.0])]
-    assert core.fisher_updates(f, [tf.constant([2.0])], fisher_momentum=0.5,
-                               update=False) == [None]
-    assert core.fisher_updates(f, [None], fisher_momentum=0.5) == [None]
-    off = core.fisher_updates(f, [tf.constant([2.0])], fisher_momentum=0.5,
-                              update=tf.constant(0.0))[0]
-    np.testing.assert_allclose(off, [1.0])
-    on = core.fisher_updates(f, [tf.constant([2.0])], fisher_momentum=0.5,
-                             update=tf.constant(True))[0]
-    np.testing.assert_allclose(on, [2.5])
+    f, g = tf.constant([1.0]), tf.constant([2.0])
+    for off in (False, tf.constant(False), tf.constant(0.0)):
+        np.testing.assert_allclose(core.fisher_update(f, g, 0.5, update=off), [1.0])
+    for on in (True, tf.constant(True), tf.constant(1.0)):
+        np.testing.assert_allclose(core.fisher_update(f, g, 0.5, update=on), [2.5])
+    raw, fisher = core.normalized_fisher_update(f, f, g, 0.5, normalization="mean",
+                                                update=False)
+    np.testing.assert_allclose([raw, fisher], [[1.0], [1.0]])
 
 
 def test_row_slices_are_blocks_of_the_dense_formula():
@@ -114,25 +86,28 @@ def test_row_slices_are_blocks_of_the_dense_formula():
     dense = core.fisher_update(fisher, dense_grad, 0.9)
     block = core.fisher_update(tf.gather(fisher, rows), values, 0.9)
     np.testing.assert_allclose(tf.gather(dense, rows), block)
-    p_dense, g_dense = core.penalty_and_gradient(
-        tf.gather(theta, rows), tf.gather(fisher, rows), tf.gather(anchor, rows), 2.0)
-    p_rows, g_rows = core.penalty_and_gradient(
-        theta, fisher, anchor, 2.0, coverage=tf.constant([[0.0], [1.0], [0.0], [1.0]]))
-    assert float(p_dense) == pytest.approx(float(p_rows))
-    np.testing.assert_allclose(g_dense, tf.gather(g_rows, rows))
+    p_rows, (g_rows,) = core.wpl_penalty(
+        [tf.gather(theta, rows)], [tf.gather(fisher, rows)], [tf.gather(anchor, rows)], 2.0,
+        with_gradients=True)
+    p_mask, (g_mask,) = core.wpl_penalty(
+        [theta], [fisher], [anchor], 2.0, masks=[tf.constant([[0.0], [1.0], [0.0], [1.0]])],
+        with_gradients=True)
+    assert float(p_rows) == pytest.approx(float(p_mask))
+    np.testing.assert_allclose(g_rows, tf.gather(g_mask, rows))
 
 
 def test_pull_keeps_float64_and_lists_must_align():
     theta = tf.constant([1.0, 2.0], tf.float64)
-    pulled = core.wpl_pull([theta], [tf.constant([1.0, 0.0], tf.float64)],
-                           [tf.zeros([2], tf.float64)], strength=1.0, learning_rate=1.0)[0]
+    pulled = core.proximal_pull(theta, tf.constant([1.0, 0.0], tf.float64),
+                                tf.zeros([2], tf.float64), 1.0, 1.0)
     assert pulled.dtype == tf.float64
     np.testing.assert_allclose(pulled, [0.5, 2.0])
-    with pytest.raises(ValueError, match="one gradient, Fisher, anchor and mask per weight"):
-        core.wpl_gradients([THETA], [GRAD, GRAD], [FISHER], [ANCHOR], strength=1.0,
-                           mode="gradient")
+    with pytest.raises(ValueError, match="one Fisher tensor, anchor and mask per parameter"):
+        core.wpl_penalty([THETA], [FISHER], [ANCHOR], 1.0, masks=[None, None])
+    with pytest.raises(ValueError, match="shape mismatch at entry 0"):
+        core.wpl_penalty([THETA], [tf.zeros([2])], [ANCHOR], 1.0)
     with pytest.raises(ValueError, match="mode must be one of"):
-        core.wpl_gradients([THETA], [GRAD], [FISHER], [ANCHOR], strength=1.0, mode="adam")
+        core.check_wpl_mode("adam")
 
 
 def test_global_norm_squared():
@@ -177,13 +152,11 @@ def test_normalized_fisher_update_keeps_raw_ema_and_respects_coverage():
     np.testing.assert_allclose(new_raw, [[5.0, 1.0], [2.0, 2.0]])
     np.testing.assert_allclose(new[0], 2.0 * np.array([5.0, 1.0]) / np.sqrt(26.0), rtol=1e-6)
     np.testing.assert_array_equal(new[1], [9.0, 9.0])  # not covered: exactly the old F
-    out = core.normalized_fisher_updates([raw], [fisher], [None], fisher_momentum=0.5,
-                                         normalization="mean")
-    assert out == [None]
-    out = core.normalized_fisher_updates([raw], [fisher], [grad], fisher_momentum=0.5,
-                                         normalization="mean", update=False)
-    assert out == [None]
-    (r, f), = core.normalized_fisher_updates([raw], [fisher], [grad], fisher_momentum=0.5,
-                                             normalization="mean", update=tf.constant(True))
+    r, f = core.normalized_fisher_update(raw, fisher, grad, 0.5, normalization="mean",
+                                         update=tf.constant(0.0))
+    np.testing.assert_array_equal(r, raw)
+    np.testing.assert_array_equal(f, fisher)
+    r, f = core.normalized_fisher_update(raw, fisher, grad, 0.5, normalization="mean",
+                                         update=tf.constant(True))
     np.testing.assert_allclose(r, [[5.0, 1.0], [5.5, 1.5]])
     np.testing.assert_allclose(float(tf.reduce_mean(f)), 1.0, rtol=1e-6)

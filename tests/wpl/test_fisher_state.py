@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from wpl_keras.wpl import WPLState, momentum_fisher
+from wpl_keras.wpl.core import fisher_update
+from wpl_keras.wpl.fisher import WPLState
 
 
 def _vars(shapes):
@@ -30,7 +31,7 @@ def test_fisher_momentum_update_matches_formula():
     state.update_fisher([g])
     want = 0.1 * np.array([1.0, 2.0]) + 0.9 * np.array([9.0, 1.0])
     np.testing.assert_allclose(state.fisher[0].numpy(), want, rtol=1e-6)
-    np.testing.assert_allclose(momentum_fisher(tf.constant([1.0]), tf.constant([2.0]), 0.5), [2.5])
+    np.testing.assert_allclose(fisher_update(tf.constant([1.0]), tf.constant([2.0]), 0.5), [2.5])
     assert int(state.num_fisher_updates.numpy()) == 1
 
 
@@ -57,13 +58,13 @@ def test_indexed_slices_update_touches_only_rows_and_sums_duplicates():
     np.testing.assert_allclose(f[3], [4.0, 0.0])
 
 
-def test_snapshot_rows_and_penalty_rows():
+def test_snapshot_rows_and_penalty_of_rows():
     v = _vars([(3, 2)])
     state = WPLState(v, strength=2.0)
     state.fisher[0].assign(tf.ones((3, 2)))
     v[0].assign(tf.constant([[2.0, 2.0], [3.0, 3.0], [4.0, 4.0]]))
     # Penalty of row 1 only: (2/2) * 2 * (3 − 1)² = 8
-    assert float(state.penalty_rows(0, tf.constant([1]))) == pytest.approx(8.0)
+    assert float(state.penalty(index=0, rows=tf.constant([1]))) == pytest.approx(8.0)
     state.snapshot_anchors(rows={0: tf.constant([1])})
     np.testing.assert_allclose(state.anchors[0].numpy()[1], [3.0, 3.0])
     np.testing.assert_allclose(state.anchors[0].numpy()[0], [1.0, 1.0])
@@ -71,15 +72,17 @@ def test_snapshot_rows_and_penalty_rows():
     assert float(state.penalty()) == 0.0
 
 
-def test_whole_weight_snapshot_and_penalty_and_gradient():
+def test_whole_weight_snapshot_and_penalty_of_one_weight():
     v = _vars([(3, 2), (2,)])
     state = WPLState(v, strength=2.0)
     state.fisher[1].assign([1.0, 3.0])
     v[1].assign([2.0, 0.0])
-    penalty, grad = state.penalty_and_gradient(1)
-    # gradient = α F (θ − θ*) = 2 * [1, 3] * [1, −1]; penalty = (2/2)(1·1 + 3·1) = 4
-    np.testing.assert_allclose(grad.numpy(), [2.0, -6.0])
+    penalty = state.penalty(index=1)
+    # penalty = (α/2) Σ F (θ − θ*)² = (2/2)(1·1 + 3·1) = 4
     assert float(penalty) == pytest.approx(4.0)
+    assert float(state.penalty(index=1, strength=4.0)) == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="rows needs index"):
+        state.penalty(rows=tf.constant([0]))
     assert float(penalty) == pytest.approx(float(state.penalty()))
     v[0].assign(tf.fill((3, 2), 7.0))
     # rows={1: None}: the whole of weight 1, nothing of weight 0.
@@ -94,11 +97,10 @@ def test_apply_proximal_whole_weight_and_rows():
     state.fisher[0].assign([[1.0, 0.0], [2.0, 2.0], [0.5, 0.5]])
     v[0].assign(tf.fill((3, 2), 3.0))
     # rows only: (θ + η α F θ*) / (1 + η α F) with η = 0.5, α = 4 → k = 2 F.
-    before = v[0].numpy()
-    penalty = state.apply_proximal(0, 0.5, rows=tf.constant([1]), penalty_at=before[[1]])
+    # The penalty of row 1 before the pull: (4/2) * 2 * 2 * (3 − 1)² = 32.
+    assert float(state.penalty(index=0, rows=tf.constant([1]))) == pytest.approx(32.0)
+    state.apply_proximal(0, 0.5, rows=tf.constant([1]))
     np.testing.assert_allclose(v[0].numpy()[1], [(3 + 4) / 5] * 2, rtol=1e-6)
-    # The penalty at the given (pre-step) rows: (4/2) * 2 * 2 * (3 − 1)² = 32.
-    assert float(penalty) == pytest.approx(32.0)
     np.testing.assert_allclose(v[0].numpy()[[0, 2]], np.full((2, 2), 3.0))
     state.apply_proximal(0, 0.5)
     np.testing.assert_allclose(v[0].numpy()[0], [(3 + 2) / 3, 3.0], rtol=1e-6)
@@ -214,12 +216,9 @@ def test_masked_snapshot_and_masked_proximal_rows():
     np.testing.assert_allclose(state.anchors[0].numpy(), [[2, 2], [2, 2], [4, 4]])
     state.fisher[0].assign(np.ones((3, 2), np.float32))
     # rows 0 and 1 only; of those, the mask keeps row 1 free
-    penalty = state.apply_proximal(0, 0.5, rows=tf.constant([0, 1]),
-                                   mask=tf.constant([[0.0], [1.0]]),
-                                   penalty_at=tf.constant([[2.0, 2.0], [3.0, 3.0]]))
-    # row 1: θ = 3, θ* = 2, η α F = 1 → (3 + 2) / 2 = 2.5; penalty (α/2)·F·1²·2 = 2
+    state.apply_proximal(0, 0.5, rows=tf.constant([0, 1]), mask=tf.constant([[0.0], [1.0]]))
+    # row 1: θ = 3, θ* = 2, η α F = 1 → (3 + 2) / 2 = 2.5
     np.testing.assert_allclose(v[0].numpy(), [[2, 2], [2.5, 2.5], [4, 4]])
-    assert float(penalty) == pytest.approx(2.0)
 
 
 # ----------------------------------------------------------------- Fisher normalisation

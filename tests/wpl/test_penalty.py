@@ -5,15 +5,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from wpl_keras.wpl import (
-    WeightPlasticity,
-    WPLState,
-    max_stable_strength,
-    numpy_wpl_penalty,
-    proximal_pull,
-    wpl_penalty,
-    wpl_penalty_and_gradient,
-)
+from wpl_keras.wpl.core import proximal_pull, wpl_penalty
+from wpl_keras.wpl.fisher import WPLState
+from wpl_keras.wpl.penalty import WeightPlasticity, max_stable_strength
+
+
+def numpy_wpl_penalty(params, fisher, anchors, strength, l2=0.0) -> float:
+    """float64 NumPy reference: (α/2) Σ F (θ − θ*)² + (λ/2) Σ θ²."""
+    total = 0.0
+    for theta, f, anchor in zip(params, fisher, anchors):
+        theta = np.asarray(theta, np.float64)
+        total += 0.5 * strength * float(np.sum(np.asarray(f, np.float64) * (theta - anchor) ** 2))
+        total += 0.5 * l2 * float(np.sum(theta**2))
+    return total
 
 
 def test_penalty_matches_numpy_reference(seed):
@@ -34,7 +38,8 @@ def test_penalty_matches_numpy_reference(seed):
 
 def test_penalty_hand_computed_value():
     # (α/2) F (θ − θ*)² = (2/2) * 3 * (1 − 0.5)² = 0.75; (λ/2) θ² = 0.5 * 0.1 * 1 = 0.05
-    got = wpl_penalty([tf.constant([1.0])], [tf.constant([3.0])], [tf.constant([0.5])], 2.0, 0.1)
+    got = wpl_penalty([tf.constant([1.0])], [tf.constant([3.0])], [tf.constant([0.5])], 2.0,
+                      l2=0.1)
     assert float(got) == pytest.approx(0.8)
 
 
@@ -46,7 +51,7 @@ def test_penalty_zero_at_anchor_and_grows_away():
 
 
 def test_penalty_rejects_mismatched_lists_and_shapes():
-    with pytest.raises(ValueError, match="one Fisher and one anchor"):
+    with pytest.raises(ValueError, match="one Fisher tensor, anchor and mask"):
         wpl_penalty([tf.zeros(2)], [], [tf.zeros(2)], 1.0)
     with pytest.raises(ValueError, match="shape mismatch at entry 0"):
         wpl_penalty([tf.zeros(2)], [tf.zeros(3)], [tf.zeros(2)], 1.0)
@@ -98,9 +103,7 @@ def test_regularizer_config_round_trip_and_value(seed):
     assert float(bound(layer.kernel)) == pytest.approx(0.5 * 4.0 * 6.0, rel=1e-5)
 
 
-def test_penalty_and_gradient_closed_form_matches_tape():
-    from wpl_keras.wpl import wpl_penalty_and_gradient
-
+def test_penalty_with_gradients_closed_form_matches_tape():
     rng = np.random.default_rng(4)
     theta = tf.constant(rng.normal(size=(5, 3)), tf.float32)
     fisher = tf.constant(rng.uniform(size=(5, 3)), tf.float32)
@@ -108,9 +111,16 @@ def test_penalty_and_gradient_closed_form_matches_tape():
     with tf.GradientTape() as tape:
         tape.watch(theta)
         reference = wpl_penalty([theta], [fisher], [anchor], 7.0)
-    penalty, grad = wpl_penalty_and_gradient(theta, fisher, anchor, 7.0)
+    penalty, (grad,) = wpl_penalty([theta], [fisher], [anchor], 7.0, with_gradients=True)
     np.testing.assert_allclose(penalty, reference, rtol=1e-6)
     np.testing.assert_allclose(grad, tape.gradient(reference, theta), rtol=1e-6)
+    # a mask c: the penalty and the gradient of the masked-out entries are 0
+    mask = tf.constant([[1.0], [0.0], [1.0], [0.0], [1.0]])
+    masked, (masked_grad,) = wpl_penalty([theta], [fisher], [anchor], 7.0, masks=[mask],
+                                         with_gradients=True)
+    np.testing.assert_allclose(masked_grad, grad * mask, rtol=1e-6)
+    want = 3.5 * float(tf.reduce_sum(mask * fisher * (theta - anchor) ** 2))
+    assert float(masked) == pytest.approx(want, rel=1e-6)
 
 
 # ------------------------------------------------------------------ proximal_pull edge cases
@@ -230,7 +240,8 @@ def test_infinite_strength_gives_zero_not_nan_at_the_anchors():
     fisher = tf.constant([0.0, 4.0, 0.0])
     # every entry has F = 0 or θ = θ*: the Fisher term is 0 for any α, also α = ∞
     assert float(wpl_penalty([theta], [fisher], [anchor], float("inf"))) == 0.0
-    penalty, grad = wpl_penalty_and_gradient(theta, fisher, anchor, float("inf"))
+    penalty, (grad,) = wpl_penalty([theta], [fisher], [anchor], float("inf"),
+                                   with_gradients=True)
     assert float(penalty) == 0.0
     np.testing.assert_array_equal(grad.numpy(), [0.0, 0.0, 0.0])
     # away from the anchor with F > 0 the formula says ∞, and so does the function

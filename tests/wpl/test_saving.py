@@ -145,9 +145,9 @@ def test_wpl_model_round_trip_equals_uninterrupted_training(tmp_path, wpl):
     loaded = _round_trip(tmp_path, "wpl_functional", **wpl)
     state = loaded.wpl_state
     assert isinstance(loaded, WPLModel)
-    assert loaded.wpl_settings.mode == wpl["mode"]
-    assert loaded.wpl_settings.update_fisher == wpl["update_fisher"]
-    assert loaded.wpl_settings.l2 == pytest.approx(wpl.get("l2", 0.0))
+    assert loaded.wpl_step_config.mode == wpl["mode"]
+    assert loaded.wpl_update_fisher == wpl["update_fisher"]
+    assert loaded.wpl_l2 == pytest.approx(wpl.get("l2", 0.0))
     assert state.clip_norm == wpl.get("clip_norm")
     assert state.fisher_momentum == pytest.approx(wpl.get("fisher_momentum", 0.9))
     assert float(state.strength.numpy()) == pytest.approx(wpl["strength"])
@@ -165,7 +165,7 @@ def test_other_wpl_model_kinds_round_trip(tmp_path, kind):
     loaded = _round_trip(tmp_path, kind, mode="proximal", update_fisher=True, strength=20.0,
                          clip_norm=1.0)
     assert isinstance(loaded, WPLTrainingMixin)
-    assert loaded.wpl_settings.mode == "proximal"
+    assert loaded.wpl_step_config.mode == "proximal"
 
 
 @pytest.mark.parametrize("kind", ["functional", "sequential"])
@@ -205,7 +205,7 @@ def test_model_saved_before_training_loads_with_wpl(tmp_path):
     loaded = keras.models.load_model(path)
     for u, v in zip(state.weights, loaded.wpl_state.weights):
         np.testing.assert_allclose(u.numpy(), v.numpy())
-    assert loaded.wpl_settings.mode == "proximal"
+    assert loaded.wpl_step_config.mode == "proximal"
     assert int(loaded.optimizer.iterations.numpy()) == 0
 
 

@@ -182,8 +182,8 @@ def test_apply_wpl_takes_numpy_and_tensor_scalars(kind):
     state = apply_wpl(model, ["shared"], strength=kind(2.0), l2=kind(0.5),
                       fisher_momentum=kind(0.5), clip_norm=kind(3.0))
     assert float(state.strength.numpy()) == 2.0
-    assert (state.fisher_momentum, state.clip_norm, model.wpl_settings.l2) == (0.5, 3.0, 0.5)
-    assert type(model.wpl_settings.l2) is float
+    assert (state.fisher_momentum, state.clip_norm, model.wpl_l2) == (0.5, 3.0, 0.5)
+    assert type(model.wpl_l2) is float
     inf = apply_wpl(_model(WPLModel), ["shared"], strength=kind(float("inf")), mode="proximal")
     assert float(inf.strength.numpy()) == float("inf")
 

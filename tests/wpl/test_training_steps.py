@@ -141,7 +141,7 @@ def _assert_matches(model, state, want, *, rtol=1e-4, atol=1e-6, anchors=None):
         for got, expected in zip(state.anchors, anchors):
             np.testing.assert_allclose(got.numpy(), expected, rtol=rtol, atol=atol)
     assert int(model.optimizer.iterations.numpy()) == updates
-    if getattr(getattr(model, "wpl_settings", None), "update_fisher", False):
+    if getattr(model, "wpl_update_fisher", False):
         assert int(state.num_fisher_updates.numpy()) == updates
 
 

@@ -57,8 +57,9 @@ import tensorflow as tf
 
 from wpl_keras.utils.validation import check_fields, check_number
 from wpl_keras.wpl.callbacks import DivergenceGuard
-from wpl_keras.wpl.fisher import estimate_fisher
-from wpl_keras.wpl.penalty import check_wpl_mode, max_stable_strength
+from wpl_keras.wpl.core import check_wpl_mode
+from wpl_keras.wpl.fisher_estimation import estimate_fisher
+from wpl_keras.wpl.penalty import max_stable_strength
 from wpl_keras.wpl.training import WPLModel, apply_wpl
 
 A_LAYER_NAMES = ("W_A1", "W_A2", "W_A3", "W_A4")

@@ -4,7 +4,7 @@ Every weight-sharing task (the ENAS RNN and micro-CNN supernets, and NAO through
 holds one :class:`WPLConfig`. What it does not hold, on purpose:
 
 * ``α`` (``strength``): a search's α changes per epoch and belongs to its schedule
-  (:class:`~wpl_keras.nas.search.schedule.ScheduleConfig`); ``apply_wpl`` takes it as an argument.
+  (:class:`~wpl_keras.wpl.schedule.ScheduleConfig`); ``apply_wpl`` takes it as an argument.
 * which weights are covered: that is the task's (an RNN's ``wpl_scope``, a CNN's usage masks).
 """
 
@@ -15,11 +15,14 @@ from typing import Optional
 
 from wpl_keras.utils.config import JsonConfig
 from wpl_keras.utils.validation import check_fields
-from wpl_keras.wpl.core import check_fisher_normalization
-from wpl_keras.wpl.penalty import check_wpl_mode
+from wpl_keras.wpl.core import check_fisher_normalization, check_wpl_mode
 
 #: The values of :attr:`WPLConfig.fisher_source`.
 FISHER_SOURCES = ("train", "valid")
+#: The values of :attr:`WPLConfig.fisher_gradient`.
+FISHER_GRADIENTS = ("data", "total")
+#: The values of :attr:`WPLConfig.l2_placement`.
+L2_PLACEMENTS = ("before_wpl", "after_clip", "penalty")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +68,31 @@ class WPLConfig(JsonConfig):
               optimizer step is taken from it. Supported by the ENAS RNN task
               (:class:`~wpl_keras.nas.spaces.rnn.task.RNNSearchTask`, and NAO through it); the
               micro-CNN task does not support it yet and refuses it.
+        fisher_gradient: which gradient of a training step ``g`` is in the Fisher update
+            (:class:`~wpl_keras.wpl.step.WPLStep`):
+
+            * ``"data"`` (default; paper §3.2: ``F ← (1 − η) F + η (∂L/∂θ)²`` with ``L`` the
+              architectures' loss, "the derivatives already computed for back-propagation"):
+              the raw data-loss gradient, all-reduced, before L2, the WPL term and the clip.
+              The RNN task, NAO, ``WPLModel`` and the micro-CNN task use it;
+            * ``"total"``: the gradient the optimiser is handed: the data gradient plus L2
+              (``l2_placement="before_wpl"``) plus the WPL term (gradient mode), masked and
+              clipped to the global norm (the micro-CNN task's Fisher before this option
+              existed).
+        l2_placement: where the L2 term ``λ θ`` (``λ`` the trainer's L2 / weight decay)
+            enters the step:
+
+            * ``"before_wpl"``: added to the data gradient of every weight of the step before
+              the WPL term and the clip; not part of the reported penalty;
+            * ``"after_clip"``: added after the clip, so it is not clipped and, with
+              ``fisher_gradient="total"``, not in the Fisher;
+            * ``"penalty"``: part of the WPL penalty of the covered weights,
+              ``P = (α/2) Σ F (θ − θ*)² + (λ/2) Σ θ²``, its gradient scaled like the data
+              gradient's (``1/replicas``, the loss scale), in both modes;
+            * ``None`` (default): the trainer's own placement, as each had it before this
+              option: ``"before_wpl"`` for the RNN task (its L2), ``"after_clip"`` for the
+              micro-CNN task (its weight decay, as in ENAS), ``"penalty"`` for ``WPLModel``
+              (``apply_wpl(..., l2=λ)``, eq. 8 of the paper).
     """
 
     fisher_momentum: float = 0.9
@@ -72,6 +100,8 @@ class WPLConfig(JsonConfig):
     mode: str = "proximal"
     fisher_normalization: str = "none"
     fisher_source: str = "train"
+    fisher_gradient: str = "data"
+    l2_placement: Optional[str] = None
 
     def __post_init__(self):
         check_fields(self, {
@@ -86,6 +116,11 @@ class WPLConfig(JsonConfig):
                 "WPLConfig.fisher_normalization='tensor_norm' scales each Fisher unit to norm "
                 "clip_norm, but clip_norm is None; set clip_norm (WPL release: 10)."
             )
+        for name, choices in (("fisher_gradient", FISHER_GRADIENTS),
+                              ("l2_placement", L2_PLACEMENTS + (None,))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"WPLConfig.{name} must be one of {choices}, got "
+                                 f"{getattr(self, name)!r} (see the WPLConfig docstring).")
         if self.fisher_source not in FISHER_SOURCES:
             raise ValueError(
                 f"WPLConfig.fisher_source must be one of {FISHER_SOURCES} (\"train\": the last "

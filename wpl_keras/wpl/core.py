@@ -1,87 +1,45 @@
 """The functional core of the Weight Plasticity Loss: pure functions of tensors, no variables.
 
-Every trainer (``WPLModel``, a supernet task) runs one WPL step as the same sequence of pure
-calls, in the spirit of Optax's ``update(grads, state, params)`` with a ``mask``:
+One function per formula (notation: ``α`` is ``strength``, ``η_F`` is ``fisher_momentum``,
+``η`` the learning rate, ``λ`` the L2 weight ``l2``, ``c`` the coverage):
 
-1. :func:`wpl_gradients` before the optimiser's step: the penalty
+* :func:`wpl_penalty`: ``P = (α/2) Σ c F (θ − θ*)² + (λ/2) Σ θ²`` and, on request, the
+  closed-form gradient ``α c F (θ − θ*)`` of its Fisher term;
+* :func:`proximal_pull`: ``θ ← (θ + η α c F θ*) / (1 + η α c F)``, the exact proximal step of
+  the Fisher term after an optimiser's step, stable for every ``α``;
+* :func:`fisher_update`: ``F ← F + u c (clip((1 − η_F) F + η_F g²) − F)`` (``u``: update
+  flag); with a Fisher normalisation, :func:`normalized_fisher_update` keeps the raw EMA
+  ``R`` of ``g²`` apart and writes ``F = N(R)`` per unit (:func:`normalize_fisher`);
+* :func:`snapshot`: ``θ* ← θ* + c (θ − θ*)``.
 
-       ``P = (α/2) Σ_k Σ_i c_k,i F_k,i (θ_k,i − θ*_k,i)²  +  (λ/2) Σ_k Σ_i θ_k,i²``
+How they compose into one training step (L2, the WPL term or the pull, the clip, the
+optimiser's step, the Fisher update, gated on the step the optimiser really applied) is
+:class:`wpl_keras.wpl.step.WPLStep`, the one step every trainer calls; the variables it reads
+and writes are a :class:`wpl_keras.wpl.fisher.WPLState`.
 
-   and the gradients to apply, ``g_k + s (α c_k F_k (θ_k − θ*_k) + λ θ_k)`` in
-   ``"gradient"`` mode (``s``: the factor the data gradient carries, e.g. ``1/replicas``)
-   or ``g_k + s λ θ_k`` in ``"proximal"`` mode;
-2. the optimiser's step (not part of the core);
-3. :func:`wpl_pull` after it, in ``"proximal"`` mode: ``θ ← (θ + η α c F θ*) / (1 + η α c F)``
-   (:func:`~wpl_keras.wpl.penalty.proximal_pull` with ``c F``), stable for every ``α``;
-4. :func:`fisher_updates`: ``F ← F + u c (clip((1 − η_F) F + η_F g²) − F)`` (``u``: update
-   flag), each updated tensor (or slice) clipped to an L2 norm; or, with a Fisher
-   normalisation (:func:`normalized_fisher_updates`), the raw EMA ``R`` of ``g²`` is kept
-   apart and ``F`` is ``R`` normalised per unit (:func:`normalize_fisher`: ``c R / ‖R‖`` or
-   ``R / mean(R)``);
-5. :func:`snapshot`, when a model's training ends: ``θ* ← θ* + c (θ − θ*)``.
+Coverage ``c``: ``None`` (the whole weight) or a 0/1 float tensor that broadcasts against the
+weight (a CNN supernet's usage mask of an op slice); entries with ``c = 0`` get no penalty, no
+pull and keep their Fisher and anchor. Row slices (an RNN supernet's node rows) are passed as
+the gathered blocks of rows (:func:`unique_rows` turns a ``tf.IndexedSlices`` gradient into
+distinct rows and their summed values): the formulas are elementwise, so a block of rows is
+computed exactly like the whole weight. Flags (``update``): a python bool (decided when
+tracing), a bool tensor or a 0/1 float tensor (decided in the graph by multiplication).
 
-All use the state at the START of the step: ``F`` and ``θ*`` are read once and the new ``F``
-is returned, not used by the pull of the same step.
-
-Notation: ``α`` is ``strength``, ``η_F`` is ``fisher_momentum``, ``η`` the learning rate,
-``λ`` the L2 weight ``l2``.
-
-Coverage ``c`` (which weights are covered) and the flags:
-
-* ``masks``: one entry per weight, ``None`` (all of it) or a 0/1 float tensor that broadcasts
-  against the weight (a CNN supernet's usage mask of an op slice). Entries with ``c = 0`` get
-  no penalty, no pull and keep their Fisher and anchor.
-* Row slices (an RNN supernet's node rows): the caller gathers the covered rows of ``θ``,
-  ``F`` and ``θ*`` (:func:`unique_rows` turns a ``tf.IndexedSlices`` gradient into distinct
-  rows and their summed values), passes the row blocks as dense tensors, and scatters the
-  returned blocks back. The formulas are elementwise, so a block of rows is computed exactly
-  like the whole weight; ``clip_axes`` says over which axes a Fisher slice is clipped.
-* ``active`` (WPL on this step) and ``update`` (update the Fisher this step): a python bool
-  (decided when tracing, no ops), a bool tensor or a 0/1 float tensor (decided in the graph
-  by multiplication, no ``tf.cond``). ``active = 0`` gives ``P = 0`` (λ term aside), no extra
-  gradient and no pull.
-
-Everything is computed in float32, except :func:`wpl_pull`, which works in the weights' own
-dtype (see :func:`~wpl_keras.wpl.penalty.proximal_pull`).
-
-How a trainer uses it (``state`` a :class:`~wpl_keras.wpl.fisher.WPLState`, which reads and
-writes the variables; ``state.read(k, rows)`` gives ``(θ, F, θ*)`` of weight ``k``):
-
-* a supernet with row slices (node matrices): ``rows, g = unique_rows(node_grad)``; read
-  ``state.read(0, rows)`` and the dense weights ``state.read(k)``; call :func:`wpl_gradients`
-  with ``active=wpl_active`` (bool tensor), rebuild ``tf.IndexedSlices(g_out, rows)`` for the
-  optimiser; after it, ``state.apply_proximal(0, lr, rows=rows, penalty_at=...)`` or
-  :func:`wpl_pull` + scatter; ``state.update_fisher([...], update=update_fisher)`` takes the
-  ``IndexedSlices`` as they are; ``state.snapshot_anchors(rows={0: rows, ...})``;
-* a supernet with usage masks (op slices): pass ``masks=usage_masks`` and
-  ``active=wpl_on`` (0/1 float) to :func:`wpl_gradients` / :func:`wpl_pull`, and
-  ``state.update_fisher(grads, masks=usage_masks, update=fisher_gate, clip_axes=...)``
-  (``clip_axes=[2, ...]`` clips each ``[node, slot]`` slice of a stacked op weight;
-  ``None`` for a weight clipped as a whole); ``state.snapshot_anchors(masks=usage_masks)``.
+Everything is computed in float32, except :func:`proximal_pull`, which works in the weights'
+own dtype.
 """
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
+import numpy as np
 import tensorflow as tf
 
-from wpl_keras.wpl.penalty import check_wpl_mode, proximal_pull
+from wpl_keras.utils.validation import check_number
 
 Flag = Union[bool, tf.Tensor]
 MaybeTensor = Optional[tf.Tensor]
-
-
-class WPLGradients(NamedTuple):
-    """Output of :func:`wpl_gradients`.
-
-    Attributes:
-        penalty: ``P`` (float32 scalar, unscaled by ``s``).
-        gradients: the gradients to hand to the optimiser, aligned with the inputs.
-    """
-
-    penalty: tf.Tensor
-    gradients: List[MaybeTensor]
 
 
 def _flag(value: Flag):
@@ -99,25 +57,63 @@ def _coverage(mask: MaybeTensor, active) -> MaybeTensor:
     return active if c is None else active * c
 
 
-def penalty_and_gradient(
-    theta: tf.Tensor,
-    fisher: tf.Tensor,
-    anchor: tf.Tensor,
+def wpl_penalty(
+    params: Sequence[tf.Tensor],
+    fisher: Sequence[tf.Tensor],
+    anchors: Sequence[tf.Tensor],
     strength: Union[float, tf.Tensor],
     *,
-    coverage: MaybeTensor = None,
-) -> tuple:
-    """Fisher term of one weight (or block of rows) and its gradient, in closed form.
+    l2: Union[float, tf.Tensor] = 0.0,
+    masks: Optional[Sequence[MaybeTensor]] = None,
+    with_gradients: bool = False,
+):
+    """The Weight Plasticity penalty over aligned lists (weights, blocks of rows or slices):
 
-    ``gradient = α c F ⊙ (θ − θ*)`` and ``penalty = ½ Σ gradient ⊙ (θ − θ*)``
-    ``= (α/2) Σ c F (θ − θ*)²`` (``c = 1`` when ``coverage`` is None).
+        ``P = (α/2) Σ_k Σ_i c_k,i F_k,i (θ_k,i − θ*_k,i)²  +  (λ/2) Σ_k Σ_i θ_k,i²``
+
+    (``c = 1`` where ``masks`` is None or an entry is None). ``0 · α`` is 0 also for
+    ``α = ∞`` (a weight at its anchor or without Fisher adds 0, not NaN).
+
+    Args:
+        params: ``θ_k``; fisher: ``F_k``; anchors: ``θ*_k``, one per entry of ``params``.
+        strength: ``α`` (python float or scalar tensor); l2: ``λ`` (0 disables it).
+        masks: coverage ``c_k`` per weight (0/1 float tensors broadcast against it) or None.
+        with_gradients: also return the closed-form gradient of the Fisher term,
+            ``α c_k F_k ⊙ (θ_k − θ*_k)`` per weight (float32; without the ``λ θ`` term).
 
     Returns:
-        ``(penalty, gradient)``: a float32 scalar and a float32 tensor shaped like ``theta``.
+        ``P`` (float32 scalar), or ``(P, [gradients])`` with ``with_gradients``.
+
+    Raises:
+        ValueError: if the lists differ in length or a pair of static shapes differs.
     """
-    weighted, total = _fisher_term(theta, fisher, anchor, coverage)
+    n = len(params)
+    masks = [None] * n if masks is None else list(masks)
+    if not n == len(fisher) == len(anchors) == len(masks):
+        raise ValueError(
+            "wpl_penalty needs one Fisher tensor, anchor and mask per parameter; got "
+            f"{n} params, {len(fisher)} Fisher tensors, {len(anchors)} anchors, "
+            f"{len(masks)} masks."
+        )
     alpha = tf.cast(strength, tf.float32)
-    return _times(0.5 * alpha, total), _times(alpha, weighted)
+    sums, l2_sums, grads = [], [], []
+    for k, (theta, f, a, m) in enumerate(zip(params, fisher, anchors, masks)):
+        theta, f, a = (tf.convert_to_tensor(t) for t in (theta, f, a))
+        if theta.shape.is_fully_defined() and f.shape.is_fully_defined() and (
+                theta.shape != f.shape or theta.shape != a.shape):
+            raise ValueError(f"wpl_penalty: shape mismatch at entry {k}: param {theta.shape}, "
+                             f"Fisher {f.shape}, anchor {a.shape}.")
+        coverage = None if m is None else tf.cast(m, tf.float32)
+        weighted, total = _fisher_term(theta, f, a, coverage)
+        sums.append(total)
+        grads.append(_times(alpha, weighted))
+        l2_sums.append(tf.nn.l2_loss(tf.cast(theta, tf.float32)))  # ½ Σ θ²
+    penalty = tf.constant(0.0, tf.float32)
+    if sums:
+        penalty = _times(0.5 * alpha, tf.add_n(sums))
+        if not (isinstance(l2, (int, float)) and l2 == 0):
+            penalty = penalty + tf.cast(l2, tf.float32) * tf.add_n(l2_sums)
+    return (penalty, grads) if with_gradients else penalty
 
 
 def _times(alpha: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
@@ -127,8 +123,7 @@ def _times(alpha: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
 
 
 def _fisher_term(theta, fisher, anchor, coverage):
-    """``(c F ⊙ (θ − θ*), Σ c F (θ − θ*)²)`` without ``α`` and ``½`` (multiplied in once by
-    the caller over all weights)."""
+    """``(c F ⊙ (θ − θ*), Σ c F (θ − θ*)²)`` without ``α`` and ``½``."""
     diff = tf.cast(theta, tf.float32) - tf.cast(anchor, tf.float32)
     weighted = tf.cast(fisher, tf.float32) * diff
     if coverage is not None:
@@ -136,119 +131,86 @@ def _fisher_term(theta, fisher, anchor, coverage):
     return weighted, tf.reduce_sum(weighted * diff)
 
 
-def wpl_gradients(
-    params: Sequence[tf.Tensor],
-    gradients: Sequence[MaybeTensor],
-    fisher: Sequence[tf.Tensor],
-    anchors: Sequence[tf.Tensor],
-    *,
-    strength: Union[float, tf.Tensor],
-    mode: str,
-    masks: Optional[Sequence[MaybeTensor]] = None,
-    active: Flag = True,
-    l2: float = 0.0,
-    scale: Optional[tf.Tensor] = None,
-) -> WPLGradients:
-    """The penalty ``P`` and the gradients to apply (step 1 of the module docstring).
-
-    ``gradient mode``: ``g_k + s (α c_k F_k (θ_k − θ*_k) + λ θ_k)``; ``proximal mode``:
-    ``g_k + s λ θ_k`` (the Fisher term acts in :func:`wpl_pull`). ``P`` counts the Fisher
-    term in both modes (it is the term the step minimises).
-
-    Args:
-        params: ``θ_k`` as read for this step (dense weights or blocks of rows).
-        gradients: the data gradients ``g_k`` (dense, aligned with ``params``); a ``None``
-            entry is taken as 0 where a term is added, and stays None otherwise.
-        fisher, anchors: ``F_k`` and ``θ*_k``, aligned with ``params``.
-        strength: ``α``.
-        mode: ``"gradient"`` or ``"proximal"``.
-        masks: coverage per weight (see the module docstring), or None for full coverage.
-        active: WPL on this step (python bool, bool tensor or 0/1 float tensor).
-        l2: ``λ``.
-        scale: ``s``, the factor the data gradients carry (loss scale, ``1/replicas``);
-            None for 1.
-
-    Returns:
-        :class:`WPLGradients`.
-    """
-    check_wpl_mode(mode)
-    active = _flag(active)
-    masks = [None] * len(params) if masks is None else list(masks)
-    if not len(params) == len(gradients) == len(fisher) == len(anchors) == len(masks):
-        raise ValueError(
-            "wpl_gradients needs one gradient, Fisher, anchor and mask per weight; got "
-            f"{len(params)} weights, {len(gradients)} gradients, {len(fisher)} Fisher tensors, "
-            f"{len(anchors)} anchors, {len(masks)} masks."
-        )
-    alpha = tf.cast(strength, tf.float32)
-    fisher_sums, l2_sums, out = [], [], []
-    for theta, g, f, a, m in zip(params, gradients, fisher, anchors, masks):
-        theta = tf.cast(theta, tf.float32)
-        extra = None
-        if active is not False:
-            weighted, total = _fisher_term(theta, f, a, _coverage(m, active))
-            fisher_sums.append(total)
-            if mode == "gradient":
-                extra = _times(alpha, weighted)
-        if l2:
-            l2_sums.append(tf.nn.l2_loss(theta))  # ½ Σ θ²
-            extra = l2 * theta if extra is None else extra + l2 * theta
-        if extra is not None:
-            if scale is not None:
-                extra = extra * scale
-            if g is None:
-                g = tf.cast(extra, theta.dtype)
-            else:
-                g = tf.convert_to_tensor(g)
-                g = g + tf.cast(extra, g.dtype)
-        out.append(g)
-    penalty = tf.constant(0.0, tf.float32)
-    if fisher_sums:
-        penalty = _times(0.5 * alpha, tf.add_n(fisher_sums))
-    if l2_sums:
-        penalty = penalty + l2 * tf.add_n(l2_sums)
-    return WPLGradients(penalty, out)
+WPL_MODES = ("gradient", "proximal")
 
 
-def wpl_pull(
-    params: Sequence[tf.Tensor],
-    fisher: Sequence[tf.Tensor],
-    anchors: Sequence[tf.Tensor],
-    *,
+def check_wpl_mode(mode: str, owner: str = "mode") -> str:
+    """Returns ``mode`` if it is a WPL update mode, else raises a ``ValueError`` naming
+    ``owner``: ``"gradient"`` (``α F (θ − θ*)`` added to the gradient, the penalty in the
+    loss) or ``"proximal"`` (:func:`proximal_pull` after the optimiser's step)."""
+    if mode not in WPL_MODES:
+        raise ValueError(f"{owner} must be one of {WPL_MODES}, got {mode!r}.")
+    return mode
+
+
+def proximal_pull(
+    theta: tf.Tensor,
+    fisher: tf.Tensor,
+    anchor: tf.Tensor,
     strength: Union[float, tf.Tensor],
     learning_rate: Union[float, tf.Tensor],
-    masks: Optional[Sequence[MaybeTensor]] = None,
-    active: Flag = True,
-) -> List[tf.Tensor]:
-    """Proximal step of the Fisher term after the optimiser's step (step 3).
+    *,
+    coverage: MaybeTensor = None,
+) -> tf.Tensor:
+    """Exact proximal step of the Fisher term, stable for every ``α`` (``∞`` included).
 
-    ``θ ← (θ + η α c F θ*) / (1 + η α c F)``: ``θ`` unchanged where ``c F = 0``, held at
-    ``θ*`` as ``α → ∞`` where ``c F > 0``.
+    After an optimiser step that left ``θ̃``, the proximal operator of ``η (α/2) F (θ − θ*)²``
+    is the closed form
+
+        ``θ = (θ̃ + k θ*) / (1 + k) = w θ̃ + (1 − w) θ*``,  ``k = η α F``, ``w = 1 / (1 + k)``
+
+    a convex combination of ``θ̃`` and ``θ*``: it never overshoots the anchor, whatever
+    ``η α F`` is, whereas a gradient step on the same term diverges once ``η α F > 2``.
+    It is evaluated as ``w θ̃ + u θ*`` with ``u = k / (1 + k)`` (``u = 1`` where ``k = ∞``),
+    so that:
+
+    * ``k = ∞`` (``α = ∞``, or ``η α F`` beyond the float range) gives ``θ*`` exactly where
+      ``F > 0``;
+    * ``k = 0`` (``F = 0``, ``α = 0`` or ``η = 0``) leaves ``θ̃`` unchanged exactly, also for
+      ``α = ∞`` (``0 · ∞`` is taken as 0, not NaN); a NaN input still gives NaN;
+    * float16 / bfloat16 weights are pulled in float32 and cast back (the result lies between
+      ``θ̃`` and ``θ*``, so it cannot overflow); float64 weights are pulled in float64, and a
+      Python or NumPy ``α`` / ``η`` is converted to float64 directly, never through float32.
 
     Args:
-        params: the weights after the optimiser's step.
-        fisher, anchors: ``F`` and ``θ*`` of the step (read before it).
-        strength: ``α``; learning_rate: the step's ``η``.
-        masks, active: coverage (see the module docstring).
+        theta: weights after the data-loss step, ``θ̃``.
+        fisher: diagonal Fisher ``F`` (``>= 0``), same shape (cast to the compute dtype).
+        anchor: anchors ``θ*``, same shape (cast to the compute dtype).
+        strength: ``α >= 0`` (``inf`` allowed): a number or a scalar tensor/variable.
+        learning_rate: ``η >= 0``: a number or a scalar tensor/variable.
+        coverage: ``c``, 0/1 weights broadcast against ``F`` (None: 1): the pull uses
+            ``c F``, so entries with ``c = 0`` keep ``θ̃`` exactly.
 
     Returns:
-        The pulled weights, in each weight's dtype.
+        The pulled weights, same shape and dtype as ``theta``.
+
+    Raises:
+        ValueError: if a number given for ``strength`` or ``learning_rate`` is negative or NaN
+            (:func:`~wpl_keras.utils.validation.check_number`; a tensor is not checked).
     """
-    active = _flag(active)
-    masks = [None] * len(params) if masks is None else list(masks)
-    out = []
-    for theta, f, a, m in zip(params, fisher, anchors, masks):
-        theta = tf.convert_to_tensor(theta)
-        c = _coverage(m, active)
-        if active is False:
-            out.append(theta)
-            continue
-        f = tf.convert_to_tensor(f)
-        if c is not None:
-            f = tf.cast(c, f.dtype) * f
-        out.append(proximal_pull(theta, tf.cast(f, theta.dtype), tf.cast(a, theta.dtype),
-                                 strength, learning_rate))
-    return out
+    theta = tf.convert_to_tensor(theta)
+    compute = tf.float64 if theta.dtype == tf.float64 else tf.float32
+
+    def as_compute(value, what):
+        if isinstance(value, (int, float, np.number, np.ndarray)):
+            if what:
+                value = check_number(f"proximal_pull: {what}", value, minimum=0,
+                                     allow_inf=True)
+            return tf.constant(np.asarray(value, np.float64), compute)
+        return tf.cast(value, compute)
+
+    alpha = as_compute(strength, "strength")
+    eta = as_compute(learning_rate, "learning_rate")
+    f = as_compute(fisher, None)
+    if coverage is not None:
+        f = tf.cast(coverage, compute) * f
+    # 0 · ∞ is 0 here (no pull), while a NaN input still propagates to the result.
+    scale = tf.where((alpha == 0) | (eta == 0), tf.zeros_like(alpha * eta), alpha * eta)
+    k = tf.where((f == 0) | (scale == 0), tf.zeros_like(f), scale * f)
+    w = 1.0 / (1.0 + k)
+    u = tf.where(tf.math.is_inf(k), tf.ones_like(k), k * w)
+    pulled = w * tf.cast(theta, compute) + u * as_compute(anchor, None)
+    return tf.cast(tf.where(k == 0, tf.cast(theta, compute), pulled), theta.dtype)
 
 
 def clip_fisher(fisher: tf.Tensor, clip_norm: float, axes: Optional[Sequence[int]] = None):
@@ -268,13 +230,22 @@ def fisher_update(
     clip_norm: Optional[float] = None,
     clip_axes: Optional[Sequence[int]] = None,
     coverage: MaybeTensor = None,
+    update: Flag = True,
 ) -> tf.Tensor:
     """``F' = c clip((1 − η_F) F + η_F g²) + (1 − c) F`` for one weight or block of rows
-    (exactly the new value where ``c = 1`` and exactly the old one where ``c = 0``).
+    (exactly the new value where ``c = 1`` and exactly the old one where ``c = 0``), the one
+    Fisher update of the package (the EMA of paper §3.2, ``η_F = 0.9``).
 
-    ``c = 1`` when ``coverage`` is None (then ``F' = clip((1 − η_F) F + η_F g²)``).
-    ``gradient`` is the data gradient only (all-reduced, loss scaling undone).
+    ``c = u · m``: the coverage ``m`` (None: 1) times the update flag ``u`` (python bool,
+    bool tensor or 0/1 float; python ``False`` returns ``F`` unchanged). With ``c = 1``,
+    ``F' = clip((1 − η_F) F + η_F g²)``, ``clip`` the L2 norm clip over ``clip_axes`` (all
+    axes when None; no clip when ``clip_norm`` is None). ``gradient`` is all-reduced, with
+    loss scaling undone.
     """
+    update = _flag(update)
+    if update is False:
+        return tf.cast(fisher, tf.float32)
+    coverage = _coverage(coverage, update)
     fisher = tf.cast(fisher, tf.float32)
     eta = fisher_momentum  # a python float stays a graph constant: 1 − η_F is folded here
     if not isinstance(eta, (int, float)):
@@ -285,33 +256,6 @@ def fisher_update(
     if coverage is None:
         return new
     return coverage * new + (1.0 - coverage) * fisher
-
-
-def fisher_updates(
-    fisher: Sequence[tf.Tensor],
-    gradients: Sequence[MaybeTensor],
-    *,
-    fisher_momentum: Union[float, tf.Tensor],
-    clip_norm: Optional[float] = None,
-    clip_axes: Optional[Sequence[Optional[Sequence[int]]]] = None,
-    masks: Optional[Sequence[MaybeTensor]] = None,
-    update: Flag = True,
-) -> List[MaybeTensor]:
-    """:func:`fisher_update` over aligned lists (step 4); ``None`` where the gradient is None
-    or the update is off (python ``False``): that Fisher is unchanged and need not be written.
-    """
-    update = _flag(update)
-    n = len(fisher)
-    masks = [None] * n if masks is None else list(masks)
-    clip_axes = [None] * n if clip_axes is None else list(clip_axes)
-    out = []
-    for f, g, m, axes in zip(fisher, gradients, masks, clip_axes):
-        if g is None or update is False:
-            out.append(None)
-            continue
-        out.append(fisher_update(f, g, fisher_momentum, clip_norm=clip_norm, clip_axes=axes,
-                                 coverage=_coverage(m, update)))
-    return out
 
 
 FISHER_NORMALIZATIONS = ("none", "tensor_norm", "mean")
@@ -378,6 +322,7 @@ def normalized_fisher_update(
     target_norm: Optional[float] = None,
     axes: Optional[Sequence[int]] = None,
     coverage: MaybeTensor = None,
+    update: Flag = True,
 ) -> tuple:
     """``(R', F')`` of one weight (or block of rows) under a Fisher normalisation:
 
@@ -388,41 +333,15 @@ def normalized_fisher_update(
     normalised ``F`` (and ``α``) never feed back into it. A 0/1 coverage gives exactly the
     new values where ``c = 1`` and exactly the old ones where ``c = 0``.
     """
+    update = _flag(update)
+    if update is False:
+        return tf.cast(raw, tf.float32), tf.cast(fisher, tf.float32)
+    coverage = _coverage(coverage, update)
     new_raw = fisher_update(raw, gradient, fisher_momentum, coverage=coverage)
     new = normalize_fisher(new_raw, normalization, target_norm=target_norm, axes=axes)
     if coverage is None:
         return new_raw, new
     return new_raw, coverage * new + (1.0 - coverage) * tf.cast(fisher, tf.float32)
-
-
-def normalized_fisher_updates(
-    raw: Sequence[tf.Tensor],
-    fisher: Sequence[tf.Tensor],
-    gradients: Sequence[MaybeTensor],
-    *,
-    fisher_momentum: Union[float, tf.Tensor],
-    normalization: str,
-    target_norm: Optional[float] = None,
-    axes: Optional[Sequence[Optional[Sequence[int]]]] = None,
-    masks: Optional[Sequence[MaybeTensor]] = None,
-    update: Flag = True,
-) -> List[Optional[tuple]]:
-    """:func:`normalized_fisher_update` over aligned lists (step 4 with a normalisation):
-    ``(R', F')`` per weight, ``None`` where the gradient is None or the update is off
-    (python ``False``): that weight's ``R`` and ``F`` are unchanged."""
-    update = _flag(update)
-    n = len(fisher)
-    masks = [None] * n if masks is None else list(masks)
-    axes = [None] * n if axes is None else list(axes)
-    out = []
-    for r, f, g, m, ax in zip(raw, fisher, gradients, masks, axes):
-        if g is None or update is False:
-            out.append(None)
-            continue
-        out.append(normalized_fisher_update(
-            r, f, g, fisher_momentum, normalization=normalization, target_norm=target_norm,
-            axes=ax, coverage=_coverage(m, update)))
-    return out
 
 
 def snapshot(theta: tf.Tensor, anchor: tf.Tensor, mask: MaybeTensor = None) -> tf.Tensor:

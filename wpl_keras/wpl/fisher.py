@@ -8,7 +8,7 @@ attribute Keras' saving walks and a checkpoint dependency ``tf.train.Checkpoint`
 every way the model is saved keeps them; loading checks the saved :meth:`WPLState.layout`
 (Fisher normalisation, protected shapes) first. Its formulas are the pure functions of
 :mod:`wpl_keras.wpl.core`; the estimate of ``F`` from data is
-:func:`wpl_keras.wpl.fisher_estimation.estimate_fisher` (re-exported here).
+:func:`wpl_keras.wpl.fisher_estimation.estimate_fisher`.
 """
 
 from __future__ import annotations
@@ -21,15 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from wpl_keras.utils.validation import check_number
-from wpl_keras.wpl import core
+import wpl_keras.wpl.core as core
 
 GradientLike = Union[tf.Tensor, tf.IndexedSlices, None]
-
-
-def momentum_fisher(fisher: tf.Tensor, gradient: tf.Tensor, momentum: float) -> tf.Tensor:
-    """One momentum step of the running Fisher: ``F ← (1 − η) F + η g²``
-    (:func:`wpl_keras.wpl.core.fisher_update` without clip or coverage)."""
-    return core.fisher_update(fisher, gradient, momentum)
 
 
 @keras.saving.register_keras_serializable(package="wpl_keras")
@@ -190,82 +184,29 @@ class WPLState(keras.layers.Layer):
                 read_rows(self.anchors[index], rows))
 
     # --------------------------------------------------------------- penalty
-    def penalty(self, strength=None) -> tf.Tensor:
-        """``(α/2) Σ F (θ − θ*)²`` over every protected weight (``α`` = ``strength`` var)."""
+    def penalty(self, strength=None, *, index: Optional[int] = None,
+                rows: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """``(α/2) Σ F (θ − θ*)²`` (:func:`wpl_keras.wpl.core.wpl_penalty`) over every
+        protected weight, or only weight ``index`` (and of it only rows ``rows``, leading
+        axis, read by resource gathers). ``α`` is the ``strength`` variable unless given."""
         alpha = self.strength if strength is None else strength
-        terms = [core.penalty_and_gradient(*self.read(k), alpha)[0]
-                 for k in range(len(self._protected))]
-        return tf.add_n(terms)
-
-    def penalty_rows(self, index: int, rows: tf.Tensor, strength=None) -> tf.Tensor:
-        """Penalty restricted to rows ``rows`` (leading axis) of protected weight ``index``.
-
-        ``(α/2) Σ_{r ∈ rows} Σ_j F[r, j] (θ[r, j] − θ*[r, j])²``: a supernet uses it to
-        penalise only the slices the sampled architecture uses. Reads only those rows
-        (resource gathers), never the whole variables.
-        """
-        return self.penalty_and_gradient_rows(index, rows, strength)[0]
-
-    def penalty_and_gradient_rows(self, index: int, rows: tf.Tensor, strength=None,
-                                  values: Optional[tf.Tensor] = None):
-        """``(penalty, gradient)`` of :meth:`penalty_rows` in closed form
-        (:func:`wpl_keras.wpl.core.penalty_and_gradient` on the gathered rows).
-
-        ``gradient = α F[rows] ⊙ (θ[rows] − θ*[rows])`` (shape ``[len(rows), ...]``, aligned
-        with ``rows``; ``rows`` must be distinct) and ``penalty = ½ Σ gradient ⊙ (θ − θ*)``.
-        ``values``: ``θ[rows]`` if the caller has already read them (saves one gather).
-        """
-        rows = tf.cast(rows, tf.int32)
-        theta = read_rows(self._protected[index], rows) if values is None else values
-        return core.penalty_and_gradient(
-            theta, read_rows(self.fisher[index], rows), read_rows(self.anchors[index], rows),
-            self.strength if strength is None else strength,
-        )
-
-    def penalty_and_gradient(self, index: int, strength=None,
-                             values: Optional[tf.Tensor] = None):
-        """``(penalty, gradient)`` of protected weight ``index`` as a whole, in closed form:
-        ``gradient = α F ⊙ (θ − θ*)``, ``penalty = (α/2) Σ F (θ − θ*)²``.
-        ``values``: ``θ`` if the caller has already read it."""
-        theta, fisher, anchor = self.read(index)
-        return core.penalty_and_gradient(
-            theta if values is None else values, fisher, anchor,
-            self.strength if strength is None else strength,
-        )
+        indices = range(len(self._protected)) if index is None else [index]
+        if rows is not None and index is None:
+            raise ValueError("WPLState.penalty: rows needs index (the weight they are rows of).")
+        theta, fisher, anchors = zip(*[self.read(k, rows) for k in indices])
+        return core.wpl_penalty(theta, fisher, anchors, alpha)
 
     def apply_proximal(self, index: int, learning_rate, rows: Optional[tf.Tensor] = None,
-                       strength=None, penalty_at: Optional[tf.Tensor] = None,
-                       mask: Optional[tf.Tensor] = None) -> tf.Tensor:
+                       strength=None, mask: Optional[tf.Tensor] = None) -> None:
         """In place, the exact proximal step of the Fisher term on protected weight ``index``
         (only rows ``rows`` when given): ``θ ← (θ + η α m F θ*) / (1 + η α m F)``
-        (:func:`wpl_keras.wpl.core.wpl_pull`).
-
-        Call it right after the optimiser's step on the data loss, with that step's
-        ``learning_rate`` ``η``: together they minimise the loss plus
-        ``(α/2) Σ F (θ − θ*)²`` like a gradient step on the sum, but stay stable for every
-        ``α`` (a gradient step on the penalty diverges once ``η α F > 2``).
-
-        Args:
-            penalty_at: the weights (or rows) the step's loss was computed at; the penalty
-                ``(α/2) Σ m F (penalty_at − θ*)²`` is returned, computed from the ``F`` and
-                ``θ*`` already read for the step (no second read).
-            mask: ``m``, 0/1 weights broadcast against ``F`` (e.g. which slices an
-                architecture uses): masked-out entries keep their values and add no penalty.
-
-        Returns:
-            That penalty (a float32 scalar), or 0 when ``penalty_at`` is None.
-        """
+        (:func:`wpl_keras.wpl.core.proximal_pull`), right after an optimiser's step with that
+        step's learning rate ``η``. ``mask``: ``m``, 0/1 weights broadcast against ``F``
+        (masked-out entries keep their values); None for 1."""
         alpha = self.strength if strength is None else strength
         theta, fisher, anchor = self.read(index, rows)
-        masks = None if mask is None else [mask]
-        penalty = tf.constant(0.0)
-        if penalty_at is not None:
-            penalty = core.wpl_gradients([penalty_at], [None], [fisher], [anchor],
-                                         strength=alpha, mode="proximal", masks=masks).penalty
-        pulled = core.wpl_pull([theta], [fisher], [anchor], strength=alpha,
-                               learning_rate=learning_rate, masks=masks)[0]
+        pulled = core.proximal_pull(theta, fisher, anchor, alpha, learning_rate, coverage=mask)
         self._write(self._protected[index], pulled, rows)
-        return penalty
 
     def fisher_norm(self) -> tf.Tensor:
         """Global L2 norm of the Fisher over all protected weights."""
@@ -315,7 +256,7 @@ class WPLState(keras.layers.Layer):
         momentum: Optional[float] = None,
     ) -> None:
         """``F ← F + u m (clip((1 − η_F) F + η_F g²) − F)`` from gradients aligned with
-        :attr:`protected_variables` (:func:`wpl_keras.wpl.core.fisher_updates`).
+        :attr:`protected_variables` (:func:`wpl_keras.wpl.core.fisher_update`).
 
         A ``None`` gradient leaves its Fisher unchanged. A ``tf.IndexedSlices`` gradient (from a
         ``tf.gather`` of some rows) updates only those rows; rows that appear several times are
@@ -342,6 +283,8 @@ class WPLState(keras.layers.Layer):
                 f"update_fisher got {len(gradients)} gradients for {len(self.fisher)} "
                 "protected variables."
             )
+        if update is False:
+            return
         n = len(gradients)
         masks = [None] * n if masks is None else list(masks)
         clip_axes = [None] * n if clip_axes is None else list(clip_axes)
@@ -355,13 +298,10 @@ class WPLState(keras.layers.Layer):
                 self._update_normalized(k, g, rows, eta, clip, clip_axes[k], masks[k], update)
                 continue
             fisher = self.read(k, rows)[1]
-            new = core.fisher_updates([fisher], [g], fisher_momentum=eta, clip_norm=clip,
-                                      clip_axes=[clip_axes[k]], masks=[masks[k]],
-                                      update=update)[0]
-            if new is not None:
-                self._write(self.fisher[k], new, rows)
-        if update is not False:
-            self.num_fisher_updates.assign_add(tf.cast(tf.cast(update, tf.bool), tf.int64))
+            new = core.fisher_update(fisher, g, eta, clip_norm=clip, clip_axes=clip_axes[k],
+                                     coverage=masks[k], update=update)
+            self._write(self.fisher[k], new, rows)
+        self.num_fisher_updates.assign_add(tf.cast(tf.cast(update, tf.bool), tf.int64))
 
     def _update_normalized(self, k, gradient, rows, eta, target_norm, axes, mask,
                            update) -> None:
@@ -373,13 +313,11 @@ class WPLState(keras.layers.Layer):
             raw, fisher = (read_rows(v, rows) for v in (self.fisher_raw[k], self.fisher[k]))
             if axes is None:  # each row is one unit
                 axes = list(range(1, len(self.fisher[k].shape)))
-        out = core.normalized_fisher_updates(
-            [raw], [fisher], [gradient], fisher_momentum=eta,
-            normalization=self.fisher_normalization, target_norm=target_norm, axes=[axes],
-            masks=[mask], update=update)[0]
-        if out is not None:
-            self._write(self.fisher_raw[k], out[0], rows)
-            self._write(self.fisher[k], out[1], rows)
+        new_raw, new = core.normalized_fisher_update(
+            raw, fisher, gradient, eta, normalization=self.fisher_normalization,
+            target_norm=target_norm, axes=axes, coverage=mask, update=update)
+        self._write(self.fisher_raw[k], new_raw, rows)
+        self._write(self.fisher[k], new, rows)
 
     def assign_fisher(self, values: Sequence[tf.Tensor],
                       clip_axes: Optional[Sequence[Optional[Sequence[int]]]] = None) -> None:
@@ -607,5 +545,3 @@ def _same_variable(a, b) -> bool:
 
 
 # --------------------------------------------------------------------------- estimation
-# Estimation lives in wpl_keras.wpl.fisher_estimation; re-exported for existing imports.
-from wpl_keras.wpl.fisher_estimation import estimate_fisher, fisher_to_numpy  # noqa: E402,F401

@@ -23,7 +23,6 @@ for customising ``fit``; ``compute_loss``, ``compute_metrics``, ``optimizer.scal
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import weakref
 from typing import Optional, Sequence
@@ -31,34 +30,16 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
-from wpl_keras.utils.validation import check_fields, check_number
-from wpl_keras.wpl import core
+from wpl_keras.utils.validation import check_number
+from wpl_keras.wpl.config import WPLConfig
+from wpl_keras.wpl.core import check_wpl_mode, wpl_penalty
 from wpl_keras.wpl.fisher import WPLState, _resolve_alias
-from wpl_keras.wpl.penalty import WeightPlasticity, check_wpl_mode
+from wpl_keras.wpl.penalty import WeightPlasticity
+from wpl_keras.wpl.step import Covered, WPLStep
 
 
 class WPLDivergenceError(RuntimeError):
     """Training with WPL produced a NaN or exploding loss."""
-
-
-@dataclasses.dataclass(frozen=True)
-class WPLSettings:
-    """How a :class:`WPLTrainingMixin` model uses its WPL state in ``fit``.
-
-    Attributes:
-        mode: ``"gradient"`` (``α F (θ − θ*)`` added to the gradient) or ``"proximal"``
-            (:func:`~wpl_keras.wpl.core.wpl_pull` after the optimiser's step).
-        update_fisher: update ``F`` from each step's data gradients.
-        l2: ``λ`` of the L2 term ``(λ/2) Σ θ²`` on the protected weights.
-    """
-
-    mode: str = "gradient"
-    update_fisher: bool = False
-    l2: float = 0.0
-
-    def __post_init__(self):
-        check_wpl_mode(self.mode)
-        check_fields(self, {"l2": dict(minimum=0)})
 
 
 def resolve_shared_variables(model: keras.Model, shared: Sequence) -> list:
@@ -152,18 +133,16 @@ def apply_wpl(
     l2 = check_number("apply_wpl: l2 (λ)", l2, minimum=0)
     clip_norm = check_number("apply_wpl: clip_norm", clip_norm, minimum=0,
                              exclusive_minimum=True, optional=True)
-    settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=l2)
+    check_wpl_mode(mode, "apply_wpl: mode")
     if strength == float("inf") and mode != "proximal":
         raise ValueError(
             "apply_wpl: strength=inf needs mode='proximal' (the proximal step holds each weight "
-            "with F > 0 at its anchor); in mode='gradient' the penalty's gradient is infinite."
-        )
+            "with F > 0 at its anchor); in mode='gradient' the penalty's gradient is infinite.")
     is_wpl_model = isinstance(model, WPLTrainingMixin)
     if (update_fisher or mode == "proximal") and not is_wpl_model:
         raise ValueError(
             "update_fisher=True and mode='proximal' need the WPL train step: build the model as "
-            "wpl_keras.wpl.WPLModel(inputs, outputs) or mix WPLTrainingMixin into its class."
-        )
+            "wpl_keras.wpl.WPLModel(inputs, outputs) or mix WPLTrainingMixin into its class.")
     variables = resolve_shared_variables(model, shared)
     strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
     with strategy.scope():
@@ -172,7 +151,7 @@ def apply_wpl(
     regularizers = None if is_wpl_model else _bound_regularizers(state, variables, l2)
     _attach_state(model, state)
     if is_wpl_model:
-        model.configure_wpl(**dataclasses.asdict(settings))
+        model.configure_wpl(update_fisher=bool(update_fisher), mode=mode, l2=l2)
     else:
         for v, regularizer in zip(variables, regularizers):
             v.regularizer = regularizer
@@ -271,16 +250,19 @@ class WPLTrainingMixin:
     """Mix into a ``keras.Model`` subclass (before it in the bases) to train with WPL from
     ``fit`` and to save and load the WPL state with the model.
 
-    One training step, with ``θ, F, θ*`` read at its start (:mod:`wpl_keras.wpl.core`):
+    One training step is one :class:`~wpl_keras.wpl.step.WPLStep` over the protected weights
+    (config ``wpl_step_config``: the raw data gradient in the Fisher, L2 in the penalty),
+    with ``θ, F, θ*`` read at its start:
 
     1. the data loss ``L`` (the parent class's ``compute_loss``: compiled loss plus
        ``model.losses``) and its gradient ``g``;
-    2. :func:`~wpl_keras.wpl.core.wpl_gradients`: the penalty
-       ``P = (α/2) Σ F (θ − θ*)² + (λ/2) Σ θ²`` and, in gradient mode, the closed-form
+    2. the penalty ``P = (α/2) Σ F (θ − θ*)² + (λ/2) Σ θ²``
+       (:func:`~wpl_keras.wpl.core.wpl_penalty`) and, in gradient mode, the closed-form
        ``α F (θ − θ*) + λ θ`` added to ``g`` with the data gradient's own factor
-       (``1 / replicas`` under ``tf.distribute``, times the loss scale);
+       (``1 / replicas`` under ``tf.distribute``, times the loss scale; proximal mode adds
+       ``λ θ`` only);
     3. ``optimizer.apply_gradients``;
-    4. proximal mode: :func:`~wpl_keras.wpl.core.wpl_pull`,
+    4. proximal mode: :func:`~wpl_keras.wpl.core.proximal_pull`,
        ``θ ← (θ + η α F θ*) / (1 + η α F)`` with this step's learning rate ``η``;
     5. with ``update_fisher``: :meth:`WPLState.update_fisher` from the all-reduced data
        gradient, ``F ← clip((1 − η_F) F + η_F g²)``; under a Fisher normalisation
@@ -318,13 +300,31 @@ class WPLTrainingMixin:
     """
 
     wpl_state: Optional[WPLState] = None
-    wpl_settings: WPLSettings = WPLSettings()
+    #: The step's choices: the raw data gradient in the Fisher, L2 in the penalty.
+    wpl_step_config: WPLConfig = WPLConfig(mode="gradient", fisher_gradient="data",
+                                           l2_placement="penalty", clip_norm=None)
+    #: Update ``F`` from each step's data gradients.
+    wpl_update_fisher: bool = False
+    #: ``λ`` of the L2 term ``(λ/2) Σ θ²`` on the protected weights.
+    wpl_l2: float = 0.0
 
     def configure_wpl(self, *, update_fisher: bool = False, mode: str = "gradient",
                       l2: float = 0.0) -> None:
-        """Sets how ``fit`` uses the WPL state (see :func:`apply_wpl`)."""
-        settings = WPLSettings(mode=mode, update_fisher=bool(update_fisher), l2=l2)
-        object.__setattr__(self, "wpl_settings", settings)
+        """Sets how ``fit`` uses the WPL state (see :func:`apply_wpl`): ``mode``
+        (``"gradient"`` or ``"proximal"``), ``update_fisher`` and ``l2`` (``λ``), as the
+        :class:`~wpl_keras.wpl.step.WPLStep` config ``WPLConfig(mode=mode,
+        fisher_gradient="data", l2_placement="penalty")`` (Fisher momentum, clip and
+        normalisation are the state's)."""
+        l2 = check_number("configure_wpl: l2 (λ)", l2, minimum=0)
+        state = self.wpl_state
+        config = WPLConfig(
+            mode=check_wpl_mode(mode, "configure_wpl: mode"), fisher_gradient="data",
+            l2_placement="penalty", clip_norm=None if state is None else state.clip_norm,
+            fisher_momentum=0.9 if state is None else state.fisher_momentum,
+            fisher_normalization="none" if state is None else state.fisher_normalization)
+        object.__setattr__(self, "wpl_step_config", config)
+        object.__setattr__(self, "wpl_update_fisher", bool(update_fisher))
+        object.__setattr__(self, "wpl_l2", l2)
         if self.__dict__.get("_wpl_penalty_log") is None:
             # P of the last step, for the epoch logs; a plain attribute, not saved with the
             # model. Every replica computes the same P, the first one's value is kept.
@@ -343,14 +343,12 @@ class WPLTrainingMixin:
             return tf.constant(0.0)
         k = range(len(state.protected_variables))
         theta, fisher, anchors = zip(*[state.read(i) for i in k])
-        return core.wpl_gradients(theta, [None] * len(theta), fisher, anchors,
-                                  strength=state.strength, mode="gradient",
-                                  l2=self.wpl_settings.l2).penalty
+        return wpl_penalty(theta, fisher, anchors, state.strength, l2=self.wpl_l2)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                     training=training)
-        if training and self.wpl_state is not None and self.wpl_settings.mode == "gradient":
+        if training and self.wpl_state is not None and self.wpl_step_config.mode == "gradient":
             loss = loss + tf.cast(self.wpl_penalty_value() / _replicas(), loss.dtype)
         return loss
 
@@ -369,7 +367,7 @@ class WPLTrainingMixin:
         # Keras' own step reports the loss unscaled by the replica count: L · replicas + P.
         replicas = _replicas()
         loss = data_loss if replicas == 1 else data_loss * replicas
-        if self.wpl_settings.mode == "gradient":
+        if self.wpl_step_config.mode == "gradient":
             loss = loss + tf.cast(penalty, loss.dtype)
         _loss_tracker(self).update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
         # P goes to the epoch logs through a variable (see `fit`), not as a per-batch output.
@@ -413,38 +411,43 @@ class WPLTrainingMixin:
 
     # ----------------------------------------------------------------- the WPL step
     def _wpl_apply(self, gradients, trainable):
-        """Steps 2–5 of the class docstring, 4 and 5 only where the optimiser applied an
-        update (:func:`_step_outcome`); returns ``P``."""
-        state, settings = self.wpl_state, self.wpl_settings
+        """Steps 2–5 of the class docstring, one :class:`~wpl_keras.wpl.step.WPLStep` over
+        the protected weights (4 and 5 only where the optimiser applied an update,
+        :func:`_step_outcome`); returns ``P``."""
+        state, optimizer = self.wpl_state, self.optimizer
         protected = state.protected_variables
         positions = [next((i for i, t in enumerate(trainable) if t is v), None) for v in protected]
-        theta, fisher, anchors = (list(t) for t in zip(*[state.read(k)
-                                                         for k in range(len(protected))]))
         data = [None if i is None else gradients[i] for i in positions]
         data = [None if g is None else tf.convert_to_tensor(g) for g in data]
-        scale = self.optimizer.scale_loss(1.0 / _replicas())
-        step = core.wpl_gradients(
-            theta, data, fisher, anchors, strength=tf.convert_to_tensor(state.strength),
-            mode=settings.mode, l2=settings.l2,
-            scale=None if _is_one(scale) else tf.convert_to_tensor(scale, tf.float32))
-        penalty, step_grads = step.penalty, step.gradients
-        gradients = list(gradients)
-        for i, g in zip(positions, step_grads):
-            if i is not None:
-                gradients[i] = g
-        if settings.mode == "proximal":  # this step's η, read before the step moves a schedule
-            learning_rate = tf.convert_to_tensor(self.optimizer.learning_rate)
-        unit = self.optimizer.scale_loss(1.0)  # this step's loss scale (the step may change it)
-        marks = _step_marks(self.optimizer)
-        self.optimizer.apply_gradients(zip(gradients, trainable))
-        applied, consumed = _step_outcome(self.optimizer, marks)
-        if settings.mode == "proximal":
-            self._wpl_pull(fisher, anchors, learning_rate, active=applied)
-        if settings.update_fisher:  # after the step, which used the F read at its start
-            data = self._wpl_applied_gradients(_all_reduce(_unscale(data, unit)), applied,
-                                               consumed)
-            state.update_fisher(data, update=applied)
-        return penalty
+        scale = optimizer.scale_loss(1.0 / _replicas())
+        learning_rate = None  # this step's η, read before the step moves a schedule
+        if self.wpl_step_config.mode == "proximal":
+            learning_rate = tf.convert_to_tensor(optimizer.learning_rate)
+        unit = optimizer.scale_loss(1.0)  # this step's loss scale (the step may change it)
+        consumed = []
+
+        def apply(step_gradients):
+            merged = list(gradients)
+            for i, g in zip(positions, step_gradients):
+                if i is not None:
+                    merged[i] = g
+            marks = _step_marks(optimizer)
+            optimizer.apply_gradients(zip(merged, trainable))
+            applied, used = _step_outcome(optimizer, marks)
+            consumed.append(used)
+            return applied
+
+        def for_fisher(values, applied):  # after the step, which used the F read at its start
+            return self._wpl_applied_gradients(_all_reduce(_unscale(values, unit)), applied,
+                                               consumed[0])
+
+        result = WPLStep(state, self.wpl_step_config)(
+            [tf.convert_to_tensor(v) for v in protected], data, apply,
+            covered=[Covered(position=k, index=k) for k in range(len(protected))],
+            learning_rate=learning_rate, l2=self.wpl_l2, update_fisher=self.wpl_update_fisher,
+            scale=None if _is_one(scale) else tf.convert_to_tensor(scale, tf.float32),
+            fisher_gradients=for_fisher)
+        return result.penalty
 
     def _wpl_applied_gradients(self, gradients, applied, consumed) -> list:
         """The data gradients of the update the optimiser applied, for the Fisher.
@@ -493,36 +496,10 @@ class WPLTrainingMixin:
     def make_train_function(self, force=False):
         """``keras.Model.make_train_function``, after making the gradient sums of
         :meth:`_wpl_accumulators` (variables are made outside the traced step)."""
-        if (self.wpl_state is not None and self.wpl_settings.update_fisher
+        if (self.wpl_state is not None and self.wpl_update_fisher
                 and _accumulation_steps(self.optimizer) is not None):
             self._wpl_accumulators()
         return super().make_train_function(force=force)
-
-    def _wpl_pull(self, fisher, anchors, learning_rate, active=True) -> None:
-        """Assigns :func:`~wpl_keras.wpl.core.wpl_pull` to the protected weights (on every
-        replica's copy under ``tf.distribute``); ``active``: pull on this step (python bool or
-        bool tensor; off, every weight is assigned its own value)."""
-        state = self.wpl_state
-        targets = [getattr(v, "value", v) for v in state.protected_variables]
-
-        def pull_all(strategy):
-            for var, f, a in zip(targets, fisher, anchors):
-                def pull(v, f=f, a=a):
-                    return v.assign(core.wpl_pull([v], [f], [a], strength=state.strength,
-                                                  learning_rate=learning_rate,
-                                                  active=active)[0])
-
-                strategy.extended.update(var, pull)
-
-        ctx = tf.distribute.get_replica_context()
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
-            ctx.merge_call(lambda strategy: pull_all(strategy))
-            return
-        pulled = core.wpl_pull([tf.convert_to_tensor(v) for v in targets], fisher, anchors,
-                               strength=state.strength, learning_rate=learning_rate,
-                               active=active)
-        for var, value in zip(targets, pulled):
-            var.assign(value)
 
     # ----------------------------------------------------------------- saving
     def wpl_config(self) -> Optional[dict]:
@@ -541,7 +518,9 @@ class WPLTrainingMixin:
             "fisher_momentum": state.fisher_momentum,
             "clip_norm": state.clip_norm,
             "fisher_normalization": state.fisher_normalization,
-            **dataclasses.asdict(self.wpl_settings),
+            "mode": self.wpl_step_config.mode,
+            "update_fisher": self.wpl_update_fisher,
+            "l2": self.wpl_l2,
         }
 
     def get_config(self):

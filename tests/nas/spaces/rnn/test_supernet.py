@@ -252,9 +252,9 @@ def test_wpl_touches_only_the_sampled_rows(task):
     state.fisher[0].assign(tf.ones_like(state.fisher[0]))
     w.assign(state.anchors[0])
     w.assign(w.numpy() + np.eye(task.space.num_pairs)[others[0]][:, None, None])
-    assert float(state.penalty_rows(0, rows_t)) == 0.0
+    assert float(state.penalty(index=0, rows=rows_t)) == 0.0
     w.assign(w.numpy() + np.eye(task.space.num_pairs)[rows[0]][:, None, None] * 0.1)
-    assert float(state.penalty_rows(0, rows_t)) > 0.0
+    assert float(state.penalty(index=0, rows=rows_t)) > 0.0
     out = task.train_architecture(arch, 1, wpl_active=True)
     assert out["penalty"] > 0.0
     assert task.train_architecture(arch, 1, wpl_active=False)["penalty"] == 0.0

@@ -1,21 +1,23 @@
 """The ENAS micro-CNN search task: shared-weights training of :class:`CNNSupernet` with WPL.
 
 :class:`CNNSearchTask` trains one sampled architecture at a time on the one-trace supernet of
-:mod:`wpl_keras.nas.spaces.cnn.supernet`. Its WPL step is the functional core's sequence
-(:mod:`wpl_keras.wpl.core`), with the supernet's usage masks ``m`` as coverage, so the weights
-of ops an architecture does not run get no update, no penalty, no Fisher change and no new
-anchor:
+:mod:`wpl_keras.nas.spaces.cnn.supernet`. Its training step is one
+:class:`~wpl_keras.wpl.step.WPLStep` (the step ``WPLModel`` and the RNN task call too), with
+the supernet's usage masks ``m`` as coverage, so the weights of ops an architecture does not
+run get no update, no penalty, no Fisher change and no new anchor:
 
-1. gradient mode: :func:`~wpl_keras.wpl.core.wpl_gradients` adds
-   ``α m F (θ − θ*)`` to the all-reduced data gradient;
+1. gradient mode: ``α m F (θ − θ*)`` added to the all-reduced data gradient;
 2. the gradient is masked and clipped to a global norm; :class:`MaskedMomentumSGD` steps on
-   it plus ``λ θ`` (weight decay);
-3. proximal mode: ``θ ← (θ + η α m F θ*) / (1 + η α m F)``
-   (:meth:`~wpl_keras.wpl.WPLState.apply_proximal`);
-4. on the last batch of an architecture, ``F ← F + m (clip((1 − η_F) F + η_F g²) − F)`` with
-   ``g`` the masked, clipped gradient of step 2 (the data gradient, plus the WPL term in
-   gradient mode), each op slice (a node's ``[slot, input]`` slice, a state's block of a
-   cell's output conv) clipped on its own (:meth:`~wpl_keras.wpl.WPLState.update_fisher`);
+   it plus ``λ θ`` (weight decay, after the clip: ``WPLConfig.l2_placement`` None or
+   ``"after_clip"``);
+3. proximal mode: ``θ ← (θ + η α m F θ*) / (1 + η α m F)``;
+4. on the last batch of an architecture, ``F ← F + m (clip((1 − η_F) F + η_F g²) − F)``, each
+   op slice (a node's ``[slot, input]`` slice, a state's block of a cell's output conv)
+   clipped on its own, with ``g`` the raw all-reduced data gradient
+   (``WPLConfig.fisher_gradient="data"``, the default: the paper's
+   ``F ← (1 − η) F + η (∂L/∂θ)²`` from the gradients back-propagation already computed) or
+   the masked, clipped gradient of step 2 (``"total"``: the data gradient plus the WPL term
+   in gradient mode; this task's Fisher before ``fisher_gradient`` existed);
 5. after the architecture's batches, ``θ* ← θ* + m (θ − θ*)``
    (:meth:`~wpl_keras.wpl.WPLState.snapshot_anchors`).
 
@@ -39,9 +41,9 @@ from wpl_keras.nas.spaces.cnn.space import MicroCellSpace
 from wpl_keras.nas.spaces.cnn.supernet import CNNSupernet, SupernetConfig
 from wpl_keras.utils.config import JsonConfig
 from wpl_keras.utils.validation import check_fields, check_number
-from wpl_keras.wpl import core
 from wpl_keras.wpl.config import WPLConfig
 from wpl_keras.wpl.fisher import WPLState
+from wpl_keras.wpl.step import Covered, WPLStep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +227,7 @@ class CNNSearchTask(SharedWeightsTask):
                                       fisher_normalization=config.wpl.fisher_normalization)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="supernet_step")
         self._clip_axes = self.supernet.slice_axes()
+        self.wpl_step = WPLStep(self.wpl_state, config.wpl, default_l2_placement="after_clip")
         def train_batches(start: int):
             """The endless training stream from global batch ``start`` (seeded, stateless:
             batch k is the same whenever it is drawn), distributed over the replicas."""
@@ -256,22 +259,16 @@ class CNNSearchTask(SharedWeightsTask):
         self._snapshot = tf.function(self._snapshot_fn, autograph=False)
 
     # ------------------------------------------------------------------ traced bodies
-    def _wpl_terms(self, params, grads, masks, wpl_active) -> core.WPLGradients:
-        """:func:`~wpl_keras.wpl.core.wpl_gradients` over every weight with coverage ``m``:
-        the penalty ``(α/2) Σ m F (θ − θ*)²`` at ``params`` and, in gradient mode, the
-        gradients ``g + α m F (θ − θ*)``."""
-        s = self.wpl_state
-        return core.wpl_gradients(
-            params, grads, [tf.convert_to_tensor(f) for f in s.fisher],
-            [tf.convert_to_tensor(a) for a in s.anchors],
-            strength=tf.convert_to_tensor(s.strength), mode=self.cfg.wpl.mode,
-            masks=coverage(masks), active=wpl_active,
-        )
+    def _covered(self, masks) -> List[Covered]:
+        """Every weight, covered with its usage mask (None for an always-used weight) and its
+        Fisher clip axes."""
+        return [Covered(position=k, index=k, mask=m, clip_axes=axes)
+                for k, (m, axes) in enumerate(zip(coverage(masks), self._clip_axes))]
 
     def _penalty(self, masks) -> tf.Tensor:
         """``(α/2) Σ m F (θ − θ*)²`` at the current weights."""
         params = [tf.convert_to_tensor(v) for v in self.variables]
-        return self._wpl_terms(params, [None] * len(params), masks, True).penalty
+        return self.wpl_step.penalty(params, self._covered(masks))
 
     def _replica_step(self, images, labels, arch):
         """Data loss (over the global batch), correct count and data gradients of a replica."""
@@ -297,38 +294,23 @@ class CNNSearchTask(SharedWeightsTask):
         grads = [strategy.reduce(sum_, g, axis=None) for g in grads]
         masks = self.supernet.usage_masks(arch)
         before = [tf.convert_to_tensor(v) for v in self.variables]  # the weights the loss saw
-        proximal = cfg.wpl.mode == "proximal"
-        penalty = tf.constant(0.0)
-        if not proximal:
-            penalty, grads = self._wpl_terms(before, grads, masks, wpl_active)
         sgd = cfg.optimizer
-        if sgd.grad_clip:
-            grads, _ = tf.clip_by_global_norm([m * g for m, g in zip(masks, grads)],
-                                              sgd.grad_clip)
-        step_grads = grads
-        if sgd.weight_decay:
-            step_grads = [g + sgd.weight_decay * b for g, b in zip(grads, before)]
-        self.optimizer.apply(self.variables, step_grads, masks)
-        if proximal:  # with the Fisher and anchors of this step (the update comes after)
-            penalty = tf.cond(wpl_active, lambda: self._proximal_pull(masks, before),
-                              lambda: tf.constant(0.0))
-        # Fisher from the gradient of this update (no extra backward pass), masked.
-        self.wpl_state.update_fisher(grads, masks=coverage(masks), update=update_fisher,
-                                     clip_axes=self._clip_axes)
+        step = self.wpl_step(
+            before, grads, lambda step_grads: self.optimizer.apply(self.variables, step_grads,
+                                                                   masks),
+            covered=self._covered(masks),
+            learning_rate=tf.convert_to_tensor(self.optimizer.learning_rate),
+            l2=sgd.weight_decay, grad_clip=sgd.grad_clip, active=wpl_active,
+            update_fisher=update_fisher)
         self.step.assign_add(1)
-        return data_loss, penalty, correct / float(cfg.batch_size)
+        return data_loss, step.penalty, correct / float(cfg.batch_size)
 
-    def _proximal_pull(self, masks, before=None) -> tf.Tensor:
-        """``θ ← (θ + η α m F θ*) / (1 + η α m F)`` on every weight
-        (:meth:`WPLState.apply_proximal` with the usage masks ``m``: unused slices keep their
-        values). Returns the penalty at ``before`` (the weights this step's loss saw), or 0
-        without it."""
+    def _proximal_pull(self, masks) -> None:
+        """``θ ← (θ + η α m F θ*) / (1 + η α m F)`` on every weight with the usage masks ``m``
+        (unused slices keep their values), outside a training step."""
         lr = tf.convert_to_tensor(self.optimizer.learning_rate)
-        penalty = tf.constant(0.0)
-        for k, m in enumerate(coverage(masks)):
-            penalty += self.wpl_state.apply_proximal(
-                k, lr, mask=m, penalty_at=None if before is None else before[k])
-        return penalty
+        for c in self._covered(masks):
+            self.wpl_state.apply_proximal(c.index, lr, mask=c.mask)
 
     def _snapshot_fn(self, arch):
         """``θ* ← θ* + m (θ − θ*)`` with the usage masks of ``arch``."""

@@ -2,11 +2,11 @@
 :class:`~wpl_keras.nas.spaces.rnn.supernet.RNNSupernet` one architecture at a time, with SGD,
 gradient clipping and the Weight Plasticity Loss over the weights ``wpl_scope`` names.
 
-Every WPL formula of a step (the penalty and its gradient, the proximal pull, the Fisher update
-and its clip, the anchor snapshot) is a call into :mod:`wpl_keras.wpl.core`, directly or
-through the task's :class:`~wpl_keras.wpl.fisher.WPLState`; the task only says which weights a
-step covers (the architecture's node-matrix rows, and with ``wpl_scope="all"`` the dense
-shared weights) and when (``wpl_active``, ``update_fisher``).
+A training step is one :class:`~wpl_keras.wpl.step.WPLStep` (L2, the WPL term or the
+proximal pull, the clip, SGD, the Fisher update), the step ``WPLModel`` and the micro-CNN task
+call too; the task only says which weights a step covers (the architecture's node-matrix rows
+as row slices, and with ``wpl_scope="all"`` the dense shared weights) and when
+(``wpl_active``, ``update_fisher``).
 
 Under a ``tf.distribute`` strategy each replica runs the forward and backward pass of its
 rows of the batch; the WPL step runs once on the all-reduced gradient, so ``R`` replicas
@@ -32,15 +32,11 @@ from wpl_keras.nas.spaces.rnn.config import RNNSupernetConfig
 from wpl_keras.nas.spaces.rnn.supernet import RNNSupernet
 from wpl_keras.utils.checkpoint import VariableBundle
 from wpl_keras.utils.validation import check_number
-from wpl_keras.wpl import core
 from wpl_keras.wpl.fisher import WPLState, read_rows
+from wpl_keras.wpl.step import Covered, WPLStep
 
 #: ``fisher_seed_generator`` is seeded ``seed + FISHER_SEED_OFFSET`` (the supernet's: ``seed``).
 FISHER_SEED_OFFSET = 1000003
-
-
-def _zero() -> tf.Tensor:
-    return tf.constant(0.0)
 
 
 class RNNSearchTask(SharedWeightsTask):
@@ -48,15 +44,16 @@ class RNNSearchTask(SharedWeightsTask):
 
     Training reads consecutive BPTT windows of the batchified training split and carries the
     hidden state across them (reset by :meth:`start_epoch`). Each step:
-    ``g = ∇ CE`` over the used weights only, plus ``λ θ`` (L2 on used weights), clipped to
-    global norm ``grad_clip`` and applied by SGD (sparse rows for the node matrices). With
+    one :class:`~wpl_keras.wpl.step.WPLStep` with ``config.wpl`` (defaults: L2 before the WPL
+    term, the raw data gradient in the Fisher): ``g = ∇ CE`` over the used weights only, plus
+    ``λ θ`` (L2 on used weights), clipped to global norm ``grad_clip`` and applied by SGD
+    (sparse rows for the node matrices). With
     WPL, the Fisher term covers the architecture's node-matrix rows (and, with
     ``wpl_scope="all"``, the embedding, ``w_x``, ``w_h``, decoder bias and, with output
     BatchNorm, its ``γ`` and ``β``): with
     ``wpl.mode="proximal"`` as the proximal step ``θ ← (θ + η α F θ*) / (1 + η α F)`` after
-    the SGD step (:func:`~wpl_keras.wpl.core.wpl_pull`); with ``wpl.mode="gradient"`` as
-    ``α F (θ − θ*)`` added to ``g`` before clipping
-    (:func:`~wpl_keras.wpl.core.wpl_gradients`). The WPL work runs only in steps with WPL on
+    the SGD step (:func:`~wpl_keras.wpl.core.proximal_pull`); with ``wpl.mode="gradient"`` as
+    ``α F (θ − θ*)`` added to ``g`` before clipping. The WPL work runs only in steps with WPL on
     (``tf.cond``), so a step without it costs what a plain ENAS step costs.
 
     ``α`` is the variable ``wpl_state.strength``: 0 until the search driver (or the caller)
@@ -153,6 +150,7 @@ class RNNSearchTask(SharedWeightsTask):
             fisher_normalization=config.wpl.fisher_normalization,
             name="rnn_wpl_state",
         )
+        self.wpl_step = WPLStep(self.wpl_state, config.wpl)
         # The Fisher validation pass's dropout masks: a generator apart from the training's.
         self.fisher_seed_generator = keras.random.SeedGenerator(seed + FISHER_SEED_OFFSET)
         self._init_data(corpus, config)
@@ -213,12 +211,11 @@ class RNNSearchTask(SharedWeightsTask):
         return loss if size == batch else loss * (size / batch)
 
     def _train_step_impl(self, arch, wpl_active, update_fisher):
-        """One SGD step of ``arch`` on the next training window.
-
-        ``g_k = ∂CE/∂θ_k + λ θ_k`` for the step's weights ``θ_k`` (the dense shared weights
-        and the architecture's node rows); in gradient mode plus the core's
-        ``α F (θ − θ*)`` on the covered ones; clipped to global norm ``grad_clip`` and applied;
-        in proximal mode then pulled by the core. With ``wpl_active`` and ``update_fisher``
+        """One SGD step of ``arch`` on the next training window: the task's
+        :class:`~wpl_keras.wpl.step.WPLStep` over the step's weights (the dense shared
+        weights and the architecture's node rows), ``g_k = ∂CE/∂θ_k + λ θ_k``, in gradient
+        mode plus ``α F (θ − θ*)`` on the covered ones, clipped to global norm ``grad_clip``
+        and applied; in proximal mode then pulled. With ``wpl_active`` and ``update_fisher``
         the raw data gradients update the covered Fisher.
 
         Returns:
@@ -235,18 +232,20 @@ class RNNSearchTask(SharedWeightsTask):
                                                      cfg.batch_size)
         params = [tf.convert_to_tensor(v) for v in self._dense_vars]
         params.append(read_rows(self.supernet.w_nodes, rows))
-        grads = [g + cfg.optimizer.l2 * p for g, p in zip(data, params)]
-        penalty = tf.constant(0.0)
-        if cfg.wpl.mode == "gradient":
-            penalty, grads = self._penalty_gradients(rows, params, grads, wpl_active)
-        clipped, grad_norm = tf.clip_by_global_norm(grads, cfg.optimizer.grad_clip)
-        self._apply(clipped, rows)
-        if cfg.wpl.mode == "proximal":
-            penalty = tf.cond(wpl_active, lambda: self._pull(rows, params), _zero)
+        step = self.wpl_step(
+            params, data, lambda grads: self._apply(grads, rows),
+            covered=self._covered_weights(rows),
+            learning_rate=tf.convert_to_tensor(self.optimizer.learning_rate),
+            l2=cfg.optimizer.l2, grad_clip=cfg.optimizer.grad_clip, active=wpl_active,
+            update_fisher=tf.logical_and(wpl_active, update_fisher))
         self.train_state.assign(clamp_rows(new_state, cfg.model.hidden_max_norm))
-        tf.cond(tf.logical_and(wpl_active, update_fisher),
-                lambda: self._update_fisher(rows, data), _zero)
-        return loss, penalty, grad_norm
+        return loss, step.penalty, step.grad_norm
+
+    def _covered_weights(self, rows) -> List[Covered]:
+        """The step's weights WPL covers: the node matrices' ``rows`` (state index 0) and, with
+        ``wpl_scope="all"``, the dense shared weights (state indices 1, 2, ...)."""
+        return [Covered(position=i, index=k, rows=rows if k == 0 else None)
+                for k, i in enumerate(self._covered)]
 
     def _data_gradients(self, x, y, arch, masks, state, batch: int):
         """``(loss, new_state, data gradients)`` of the mean cross-entropy of ``arch`` on the
@@ -297,39 +296,8 @@ class RNNSearchTask(SharedWeightsTask):
         loss, new_state, data = self._data_gradients(x, y, arch, masks, self.fisher_state,
                                                      cfg.eval_batch_size)
         self.fisher_state.assign(clamp_rows(new_state, model.hidden_max_norm))
-        self._update_fisher(self.supernet.wpl_rows(arch), data)
+        self.wpl_step.update_fisher(data, self._covered_weights(self.supernet.wpl_rows(arch)))
         return loss
-
-    def _fisher_and_anchors(self, rows) -> tuple:
-        """``F`` and ``θ*`` of every covered weight, in WPL-state order (node rows gathered)."""
-        state = self.wpl_state
-        fisher = [read_rows(state.fisher[0], rows)]
-        anchors = [read_rows(state.anchors[0], rows)]
-        fisher += [tf.convert_to_tensor(f) for f in state.fisher[1:]]
-        anchors += [tf.convert_to_tensor(a) for a in state.anchors[1:]]
-        return fisher, anchors
-
-    def _penalty_gradients(self, rows, params, grads, wpl_active):
-        """Gradient mode: ``(P, grads)`` with ``g_k + α F_k (θ_k − θ*_k)`` on the covered
-        weights (:func:`~wpl_keras.wpl.core.wpl_gradients`); ``(0, grads)`` without WPL."""
-        covered = self._covered
-
-        def on():
-            fisher, anchors = self._fisher_and_anchors(rows)
-            out = core.wpl_gradients(
-                [params[i] for i in covered], [grads[i] for i in covered], fisher, anchors,
-                strength=self.wpl_state.strength, mode="gradient",
-            )
-            return out.penalty, out.gradients
-
-        def off():
-            return tf.constant(0.0), [grads[i] for i in covered]
-
-        penalty, new = tf.cond(wpl_active, on, off)
-        grads = list(grads)
-        for i, g in zip(covered, new):
-            grads[i] = g
-        return penalty, grads
 
     def _apply(self, grads: List[tf.Tensor], rows) -> None:
         """SGD on the dense weights and, as sparse rows, on the architecture's node rows."""
@@ -343,26 +311,6 @@ class RNNSearchTask(SharedWeightsTask):
         """``values`` of the node rows ``rows`` as a row-slice gradient of ``w_nodes``."""
         shape = tf.constant([int(d) for d in self.supernet.w_nodes.shape], tf.int32)
         return tf.IndexedSlices(values, rows, shape)
-
-    def _pull(self, rows, params) -> tf.Tensor:
-        """Proximal mode, after the SGD step: every covered weight pulled by the core
-        (:meth:`WPLState.apply_proximal` → :func:`~wpl_keras.wpl.core.wpl_pull`) with this
-        step's learning rate; returns the penalty at the weights this step's loss saw."""
-        lr = tf.convert_to_tensor(self.optimizer.learning_rate)
-        penalties = [
-            self.wpl_state.apply_proximal(k, lr, rows=rows if i == self._node_index else None,
-                                          penalty_at=params[i])
-            for k, i in enumerate(self._covered)
-        ]
-        return tf.add_n(penalties)
-
-    def _update_fisher(self, rows, data) -> tf.Tensor:
-        """``F ← clip((1 − η_F) F + η_F g²)`` from the raw data gradients of the covered
-        weights (:meth:`WPLState.update_fisher`; the node rows as row slices)."""
-        gradients = [self._node_slices(data[self._node_index], rows)]
-        gradients += [data[i] for i in self._covered[1:]]
-        self.wpl_state.update_fisher(gradients)
-        return tf.constant(0.0)
 
     def _eval_step_impl(self, arch, x, y, state):
         """``(mean CE, new state)`` of ``arch`` on ``x -> y`` from ``state`` (no dropout):
