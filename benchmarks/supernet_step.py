@@ -51,6 +51,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from wpl_keras.experiments.device_equality import compare_runs, equality_values  # noqa: E402
+from wpl_keras.experiments.presets import cpu_small_rnn_task, paper_rnn_task  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -138,7 +139,6 @@ def run_rnn(args) -> dict:
     import tensorflow as tf
 
     from wpl_keras.data.ptb import load_ptb
-    from wpl_keras.nas.spaces.rnn.config import RNNSupernetConfig
 
     corpus = load_ptb(args.data_dir)
     rate = matmul_rate()
@@ -152,9 +152,9 @@ def run_rnn(args) -> dict:
         "tensorflow": tf.__version__,
         "matmul_gflops": round(rate / 1e9, 2),
     }
-    sizes = [("small", RNNSupernetConfig.cpu_small(), args.archs)]
+    sizes = [("small", cpu_small_rnn_task(), args.archs)]
     if not args.skip_paper:
-        sizes.append(("paper", RNNSupernetConfig.paper(), args.paper_steps))
+        sizes.append(("paper", paper_rnn_task(), args.paper_steps))
     for label, cfg, steps in sizes:
         flops = 3.0 * forward_matmul_flops(cfg)
         m = cfg.model
@@ -220,10 +220,9 @@ def rnn_mirrored_child(args) -> dict:
 
     from wpl_keras.data.ptb import load_ptb
     from wpl_keras.nas.spaces.rnn.task import RNNSearchTask
-    from wpl_keras.nas.spaces.rnn.config import RNNSupernetConfig
 
     corpus = load_ptb(args.data_dir)
-    cfg = dataclasses.replace(RNNSupernetConfig.cpu_small(), jit_compile=False)
+    cfg = dataclasses.replace(cpu_small_rnn_task(), jit_compile=False)
     values, times, traces = {}, {}, {}
     for kind in ("default", "mirrored"):
         task = RNNSearchTask(corpus, cfg, seed=0, strategy=make_strategy(kind))

@@ -213,10 +213,10 @@ def _floor_fields(task, archs, plain_times, batch, image_size, rates) -> dict:
 
 def _task(args, splits, strategy=None, augment: bool = True):
     from wpl_keras.nas.spaces.cnn.space import MicroCellSpace
-    from wpl_keras.nas.spaces.cnn.task import CNNSearchConfig, CNNSearchTask
+    from wpl_keras.nas.spaces.cnn.task import CNNSearchTask, CNNTaskConfig
     from wpl_keras.nas.spaces.cnn.supernet import SupernetConfig
 
-    config = CNNSearchConfig(
+    config = CNNTaskConfig(
         supernet=SupernetConfig(num_cells=args.num_cells, filters=args.filters,
                                 num_stages=args.num_stages),
         batch_size=args.batch_size, eval_batch_size=100, fixed_valid_size=100, augment=augment,

@@ -23,7 +23,7 @@ import json, sys
 import numpy as np
 from wpl_keras.data.cifar10 import SearchSplits
 from wpl_keras.nas.spaces.cnn.space import MicroCellSpace
-from wpl_keras.nas.spaces.cnn.task import CNNSearchConfig, CNNSearchTask
+from wpl_keras.nas.spaces.cnn.task import CNNSearchTask, CNNTaskConfig
 from wpl_keras.nas.spaces.cnn.supernet import SupernetConfig
 from wpl_keras.wpl.config import WPLConfig
 
@@ -37,9 +37,9 @@ def run(strategy, mode="proximal"):
     # BatchNorm runs on batch statistics: in training they are all-reduced over the replicas
     # (each replica's half of the batch is normalised as the whole batch is on one device),
     # evaluation scores each batch whole.
-    cfg = CNNSearchConfig(supernet=SupernetConfig(num_cells=1, filters=4, num_stages=2),
-                          batch_size=8, eval_batch_size=7, fixed_valid_size=15, augment=False,
-                          wpl=WPLConfig(mode=mode))
+    cfg = CNNTaskConfig(supernet=SupernetConfig(num_cells=1, filters=4, num_stages=2),
+                        batch_size=8, eval_batch_size=7, fixed_valid_size=15, augment=False,
+                        wpl=WPLConfig(mode=mode))
     task = CNNSearchTask(space, cfg, splits, strategy=strategy, seed=0)
     task.wpl_state.strength.assign(60.0)  # alpha as the search driver would write it
     rng = np.random.default_rng(1)

@@ -52,6 +52,7 @@ from wpl_keras.data.ptb import PTBCorpus
 from wpl_keras.nas.spaces.rnn.task import RNNSearchTask
 from wpl_keras.nas.spaces.rnn.config import RNNModelConfig, RNNSupernetConfig
 from wpl_keras.wpl.config import WPLConfig
+from wpl_keras.experiments.presets import cpu_small_rnn_task
 
 V = 30
 ONE, TWO = make_strategy("default"), make_strategy("mirrored")
@@ -85,7 +86,7 @@ def config(mode, scope, model=None, **kw):
     base = dict(batch_size=6, bptt=4, eval_batch_size=4, eval_bptt=3,
                 wpl=WPLConfig(mode=mode), wpl_scope=scope)
     base.update(kw)
-    return RNNSupernetConfig.cpu_small(
+    return cpu_small_rnn_task(
         model=RNNModelConfig(num_nodes=4, vocab_size=V, embedding_size=6, hidden_size=6,
                              **(model or {})),
         **base)

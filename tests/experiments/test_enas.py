@@ -9,6 +9,7 @@ import pytest
 from apps import enas_search
 from wpl_keras.experiments import enas
 from wpl_keras.nas.search.enas import SearchConfig
+from wpl_keras.experiments.presets import paper_search
 
 
 def write_tiny_ptb(directory, *, words=30, lines=60, seed=0):
@@ -33,7 +34,7 @@ def test_registry_and_presets():
     with pytest.raises(ValueError, match="unknown preset"):
         enas.get_preset("rnn", "huge")
     paper = enas.get_preset("rnn", "paper")
-    assert paper.search == SearchConfig.paper()
+    assert paper.search == paper_search()
     assert paper.task.model.hidden_size == 1000 and paper.task.model.num_nodes == 12
     assert paper.controller.temperature == 5.0 and paper.controller.baseline_decay == 0.95
     small = enas.get_preset("rnn", "cpu_small", seed=3)
@@ -195,7 +196,7 @@ def test_controller_config_refuses_bad_numbers(field, value, error):
 
 
 def test_cnn_task_config_refuses_bad_numbers():
-    from wpl_keras.experiments.enas_cnn import CNNTaskConfig
+    from wpl_keras.nas.spaces.cnn.task import CNNTaskConfig
 
     with pytest.raises(ValueError, match="CNNTaskConfig.num_valid must be an integer >= 1"):
         CNNTaskConfig(num_valid=0)

@@ -15,6 +15,7 @@ from wpl_keras.utils.serving import (
     save_serving_module,
     version_numbers,
 )
+from wpl_keras.experiments.presets import cpu_small_rnn_task
 
 
 def _dense_module():
@@ -62,10 +63,10 @@ def test_a_module_tracking_keras_variables_is_refused(tmp_path):
 def _language_model_export(folder: str):
     from wpl_keras.nas.spaces.rnn.model import build_language_model, export_language_model
     from wpl_keras.nas.spaces.rnn.space import RNNCellSpace
-    from wpl_keras.nas.spaces.rnn.config import RNNModelConfig, RNNSupernetConfig
+    from wpl_keras.nas.spaces.rnn.config import RNNModelConfig
 
     # Output BatchNorm: non-trainable moving averages must be restored as well.
-    config = RNNSupernetConfig.cpu_small(model=RNNModelConfig(
+    config = cpu_small_rnn_task(model=RNNModelConfig(
         num_nodes=3, vocab_size=6, embedding_size=4, hidden_size=4, output_batch_norm=True))
     space = RNNCellSpace(3)
     model = build_language_model(space, (1, 0, 2, 1, 3), config, seed=1)

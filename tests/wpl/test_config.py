@@ -79,7 +79,7 @@ def test_tensor_norm_needs_clip_norm():
 
 
 def test_fisher_normalization_round_trips_inside_task_configs():
-    from wpl_keras.experiments.enas_cnn import CNNTaskConfig
+    from wpl_keras.nas.spaces.cnn.task import CNNTaskConfig
     from wpl_keras.nas.spaces.rnn.config import RNNSupernetConfig
 
     wpl = WPLConfig(fisher_normalization="tensor_norm", clip_norm=10.0)
@@ -107,7 +107,7 @@ def test_unknown_fisher_source_names_the_field_and_choices(value):
 
 
 def test_fisher_source_round_trips_inside_task_configs():
-    from wpl_keras.experiments.enas_cnn import CNNTaskConfig
+    from wpl_keras.nas.spaces.cnn.task import CNNTaskConfig
     from wpl_keras.nas.spaces.rnn.config import RNNSupernetConfig
 
     wpl = WPLConfig(fisher_source="valid")

@@ -28,6 +28,7 @@ import pytest
 import tensorflow as tf
 
 from wpl_keras.wpl import WPLState
+from wpl_keras.experiments.presets import cpu_small_rnn_task
 
 ALPHA = 60.0
 CLIP = 10.0
@@ -199,7 +200,7 @@ def test_rnn_search_node_rows_reach_the_release_strength(monkeypatch):
     the release replayed on the very gradients the search fed to its Fisher."""
     from wpl_keras.data.ptb import PTBCorpus
     from wpl_keras.nas.spaces.rnn.task import RNNSearchTask
-    from wpl_keras.nas.spaces.rnn.config import RNNModelConfig, RNNSupernetConfig
+    from wpl_keras.nas.spaces.rnn.config import RNNModelConfig
     from wpl_keras.wpl.config import WPLConfig
 
     vocab, nodes = 30, 4
@@ -207,7 +208,7 @@ def test_rnn_search_node_rows_reach_the_release_strength(monkeypatch):
     ids = lambda n: rng.integers(0, vocab, n).astype(np.int32)  # noqa: E731
     corpus = PTBCorpus(ids(400), ids(120), ids(60), [f"w{i}" for i in range(vocab)], {})
     wpl = WPLConfig(fisher_momentum=ETA, clip_norm=CLIP, fisher_normalization="tensor_norm")
-    config = RNNSupernetConfig.cpu_small(
+    config = cpu_small_rnn_task(
         model=RNNModelConfig(num_nodes=nodes, vocab_size=vocab, embedding_size=6,
                              hidden_size=6),
         batch_size=3, bptt=4, eval_batch_size=2, eval_bptt=4, wpl=wpl)

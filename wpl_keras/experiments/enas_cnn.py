@@ -1,4 +1,4 @@
-"""ENAS micro-CNN search on CIFAR-10: task config, presets and the registry entry.
+"""ENAS micro-CNN search on CIFAR-10: presets and the registry entry of its task config.
 
 :data:`CNN_SPACE` is the :class:`~wpl_keras.experiments.enas.SpaceSpec` that
 :mod:`wpl_keras.experiments.enas` imports lazily for ``space="cnn"``; :func:`build_task`
@@ -36,83 +36,11 @@ from typing import Optional
 
 from wpl_keras.experiments.enas import ControllerConfig, ENASExperimentConfig, SpaceSpec
 from wpl_keras.nas.spaces.cnn.model import FinalConfig
-from wpl_keras.nas.spaces.cnn.task import CNNOptimizerConfig, CNNSearchConfig
+from wpl_keras.nas.spaces.cnn.task import CNNOptimizerConfig, CNNTaskConfig
 from wpl_keras.nas.spaces.cnn.supernet import SupernetConfig
 from wpl_keras.nas.search.enas import SearchConfig
-from wpl_keras.utils.config import JsonConfig
-from wpl_keras.utils.validation import check_fields
 from wpl_keras.wpl.config import WPLConfig
-
-_NESTED = {"supernet": SupernetConfig, "optimizer": CNNOptimizerConfig, "wpl": WPLConfig,
-           "final": FinalConfig}
-
-
-@dataclasses.dataclass(frozen=True)
-class CNNTaskConfig(JsonConfig):
-    """Task config of the CIFAR-10 micro search (JSON round-trips through the registry).
-
-    The search's model, optimizer and WPL step are nested configs; a JSON object in their
-    place (``experiment.json``, an override) is read through that config's ``from_json``,
-    which rejects unknown fields. An override of a nested config replaces all of it.
-
-    Attributes:
-        num_nodes: ``B`` nodes per cell.
-        supernet: the search supernet's shape
-            (:class:`~wpl_keras.nas.spaces.cnn.supernet.SupernetConfig`).
-        optimizer: the shared weights' masked SGD
-            (:class:`~wpl_keras.nas.spaces.cnn.task.CNNOptimizerConfig`).
-        lr_epochs: length of its cosine schedule (None: the search's epochs).
-        wpl: the WPL step (:class:`~wpl_keras.wpl.config.WPLConfig`: Fisher momentum
-            ``η_F``, Fisher clip, ``"proximal"`` or ``"gradient"`` mode). ``α`` and the
-            Fisher flush are the search schedule's (:class:`~wpl_keras.nas.search.enas.SearchConfig`).
-        batch_size, eval_batch_size, fixed_valid_size: search batches (see
-            :class:`~wpl_keras.nas.spaces.cnn.task.CNNSearchConfig`).
-        augment: crop + flip during the search.
-        num_valid: train images held out for validation; train_size: search-train subset size
-            (None: all the rest).
-        strategy: ``tf.distribute`` strategy kind (:func:`wpl_keras.nas.search.distribute.make_strategy`).
-        final: the derived architecture's training from scratch
-            (:class:`~wpl_keras.nas.spaces.cnn.model.FinalConfig`; its length is the experiment's
-            ``train_epochs``).
-        final_train_size: train the final model on a subset (None: all 50,000).
-    """
-
-    num_nodes: int = 5
-    supernet: SupernetConfig = SupernetConfig()
-    optimizer: CNNOptimizerConfig = CNNOptimizerConfig()
-    lr_epochs: Optional[int] = None
-    wpl: WPLConfig = WPLConfig()
-    batch_size: int = 32
-    eval_batch_size: int = 100
-    fixed_valid_size: int = 500
-    augment: bool = True
-    num_valid: int = 5000
-    train_size: Optional[int] = None
-    strategy: str = "auto"
-    final: FinalConfig = FinalConfig()
-    final_train_size: Optional[int] = None
-
-    def __post_init__(self):
-        self._coerce_nested()  # dicts from JSON or overrides become the nested configs
-        count, optional_count = dict(integer=True, minimum=1), dict(integer=True, minimum=1,
-                                                                    optional=True)
-        check_fields(self, {
-            "num_nodes": count, "lr_epochs": optional_count,
-            "batch_size": count, "eval_batch_size": count, "fixed_valid_size": count,
-            "num_valid": count, "train_size": optional_count,
-            "final_train_size": optional_count,
-        })
-
-    def search_config(self, epochs: int = 150) -> CNNSearchConfig:
-        """The :class:`~wpl_keras.nas.spaces.cnn.task.CNNSearchConfig` of the supernet task
-        (``epochs``: length of the cosine schedule when ``lr_epochs`` is None)."""
-        return CNNSearchConfig(
-            supernet=self.supernet, batch_size=self.batch_size,
-            eval_batch_size=self.eval_batch_size, fixed_valid_size=self.fixed_valid_size,
-            optimizer=self.optimizer, epochs=self.lr_epochs or epochs, augment=self.augment,
-            wpl=self.wpl,
-        )
-
+from wpl_keras.experiments.presets import cpu_small_search, paper_search
 
 _CNN_CONTROLLER = ControllerConfig(units=100, temperature=8.0, tanh_constant=1.1,
                                    learning_rate=3.5e-3, baseline_decay=0.99,
@@ -127,7 +55,7 @@ def _preset(name: str) -> ENASExperimentConfig:
         # clip 10). 40 architectures x 7 batches of 160 is about one pass over the 45,000
         # search-train images, ENAS's epoch. Every value and its source:
         # wpl_keras/experiments/paper_presets.json.
-        search = SearchConfig.paper(shared_steps_per_epoch=40, controller_steps=300,
+        search = paper_search(shared_steps_per_epoch=40, controller_steps=300,
                                     wpl_start_epoch=3, flush_every=3)
         task = CNNTaskConfig(
             num_nodes=5,
@@ -164,7 +92,7 @@ def _preset(name: str) -> ENASExperimentConfig:
         # 20 epochs x 30 architectures x 5 batches. Proximal WPL (stable for any alpha) at
         # alpha 1e6: with lr 0.05, lr alpha F exceeds 1 only on the weights with the largest
         # Fisher values, which the pull holds near their anchors.
-        search = SearchConfig.cpu_small(epochs=20, shared_steps_per_epoch=30, flush_every=3,
+        search = cpu_small_search(epochs=20, shared_steps_per_epoch=30, flush_every=3,
                                         strength=1e6)
         return ENASExperimentConfig(space="cnn", preset="cpu-small", task=task, search=search,
                                     controller=dataclasses.replace(_CNN_CONTROLLER, units=32),
@@ -217,8 +145,7 @@ def _task_from_data(arrays, config: ENASExperimentConfig, seed: Optional[int] = 
     splits = search_splits(arrays, num_valid=t.num_valid, seed=seed)
     x, y = subsample(splits.x_train, splits.y_train, t.train_size, seed)
     splits = SearchSplits(x, y, splits.x_valid, splits.y_valid)
-    search_config = t.search_config(config.search.epochs)
-    return CNNSearchTask(_space(config), search_config, splits,
+    return CNNSearchTask(_space(config), t, splits, epochs=config.search.epochs,
                          strategy=make_strategy(t.strategy), seed=seed)
 
 

@@ -21,6 +21,7 @@ from typing import Optional
 
 from wpl_keras.experiments.enas import ControllerConfig, ENASExperimentConfig, SpaceSpec
 from wpl_keras.nas.search.enas import SearchConfig
+from wpl_keras.experiments.presets import cpu_small_rnn_task, cpu_small_search, paper_rnn_task, paper_search
 
 
 def _rnn_load_data(data_dir: Optional[str], config: ENASExperimentConfig, *,
@@ -91,23 +92,19 @@ def _rnn_export(model, arch, space, export_dir: str, files) -> str:
 
 
 def _rnn_preset(name: str) -> ENASExperimentConfig:
-    from wpl_keras.nas.spaces.rnn.config import (
-        RNNModelConfig,
-        RNNOptimizerConfig,
-        RNNSupernetConfig,
-    )
+    from wpl_keras.nas.spaces.rnn.config import RNNModelConfig, RNNOptimizerConfig
 
     if name == "paper":
         # The WPL release's run command and the ENAS RNN defaults, sized for a GPU; the
-        # supernet is the release's (RNNModelConfig.paper: init ±0.025, weight-drop on W_h
+        # supernet is the release's (paper_rnn_model: init ±0.025, weight-drop on W_h
         # only, BatchNorm on the cell output, the last node carried), WPL at the release's
         # effective strength (tensor_norm, clip 10, α 60). The CPU presets keep the model
         # defaults. Every value, its source and each difference from the paper and the
         # release: wpl_keras/experiments/paper_presets.json (checked by
         # tests/experiments/test_paper_presets.py, shown in the README).
         return ENASExperimentConfig(
-            space="rnn", preset="paper", task=RNNSupernetConfig.paper(),
-            search=SearchConfig.paper(),
+            space="rnn", preset="paper", task=paper_rnn_task(),
+            search=paper_search(),
             # The release's controller and its update: entropy in each decision's reward,
             # baseline from the first reward, reset every epoch.
             controller=ControllerConfig(units=100, temperature=5.0, tanh_constant=2.5,
@@ -120,7 +117,7 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
         )
     if name == "cpu-small":
         # Sized for 2 CPU cores: hidden 128 and batch 32 (a smaller step than
-        # RNNSupernetConfig.cpu_small's hidden 256, batch 64); 26 epochs x 10 architectures x 10
+        # cpu_small_rnn_task's hidden 256, batch 64); 26 epochs x 10 architectures x 10
         # batches at lr 10. WPL from epoch 20 over every shared weight (wpl_scope="all": the
         # embedding / tied decoder, w_x, w_h and decoder bias as well as the node matrices),
         # in the default proximal mode (WPLConfig(), stable for any alpha), with alpha 1e6,
@@ -128,11 +125,11 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
         # what this preset gives.
         return ENASExperimentConfig(
             space="rnn", preset="cpu-small",
-            task=RNNSupernetConfig.cpu_small(
+            task=cpu_small_rnn_task(
                 model=RNNModelConfig(embedding_size=128, hidden_size=128),
                 optimizer=RNNOptimizerConfig(learning_rate=10.0),
                 batch_size=32, eval_batch_size=32, wpl_scope="all"),
-            search=SearchConfig.cpu_small(epochs=26, batches_per_arch=10, wpl_start_epoch=20,
+            search=cpu_small_search(epochs=26, batches_per_arch=10, wpl_start_epoch=20,
                                           strength=1e6),
             controller=ControllerConfig(),
             derive_samples=20, train_epochs=1, train_max_batches=200,
@@ -154,9 +151,7 @@ def _rnn_preset(name: str) -> ENASExperimentConfig:
 def _tiny_rnn_task_config():
     """The smallest sensible RNN task config: cpu_small with 2 nodes, hidden 8, batches of 2
     rows and windows of 4 steps."""
-    from wpl_keras.nas.spaces.rnn.config import RNNSupernetConfig
-
-    base = RNNSupernetConfig.cpu_small()
+    base = cpu_small_rnn_task()
     model = dataclasses.replace(base.model, num_nodes=2, embedding_size=8, hidden_size=8)
     return dataclasses.replace(base, model=model, batch_size=2, eval_batch_size=2, bptt=4,
                                eval_bptt=4)

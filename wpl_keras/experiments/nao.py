@@ -27,6 +27,7 @@ from wpl_keras.nas.search.nao import (
 )
 from wpl_keras.utils.config_fields import find_field, nested_changes, replace_fields
 from wpl_keras.utils.validation import check_fields
+from wpl_keras.experiments.presets import cpu_small_nao_search
 
 __all__ = ["NAOExperimentConfig", "nao_preset", "build_nao_search", "prepare_nao",
            "run_nao_experiment"]
@@ -132,7 +133,7 @@ def nao_preset(space: str, preset: str, **overrides) -> NAOExperimentConfig:
             base=base,
             # α 1e6 as the ENAS cpu-small preset (whose task also brings wpl_scope="all" and
             # the proximal step), large against this supernet's small per-batch Fisher.
-            search=NAOSearchConfig.cpu_small(shared_steps_per_epoch=8, strength=1e6,
+            search=cpu_small_nao_search(shared_steps_per_epoch=8, strength=1e6,
                                              epochs=18, wpl_start_epoch=10),
             nao=NAOConfig(token_embedding=32, units=64, predictor_units=64, epochs=60),
         )

@@ -15,6 +15,7 @@ from tests.nas.fakes import RowTargetTask
 
 from wpl_keras.nas.controllers.enas import Controller
 from wpl_keras.nas.controllers.reinforce import Reinforce
+from wpl_keras.experiments.presets import cpu_small_search, paper_search
 
 
 class FakeTask(RowTargetTask):
@@ -130,9 +131,9 @@ def test_config_validation_and_json():
         search.SearchConfig(strength_decay="cosine")
     with pytest.raises(ValueError, match="rate"):
         search.SearchConfig(strength_decay="exponential", strength_decay_rate=2.0)
-    c = search.SearchConfig.cpu_small(epochs=3)
+    c = cpu_small_search(epochs=3)
     assert search.SearchConfig.from_json(json.dumps(c.to_json())) == c
-    paper = search.SearchConfig.paper()
+    paper = paper_search()
     assert (paper.wpl_start_epoch, paper.strength, paper.flush_every, paper.batches_per_arch) == (
         5, 60.0, 2, 7)
     with pytest.raises(ValueError, match="unknown"):

@@ -15,6 +15,7 @@ from tests.nas.fakes import RowTargetTask
 from wpl_keras.nas.controllers.nao import NAOConfig, NAOController
 from wpl_keras.nas.search.driver import SearchInterrupted
 from wpl_keras.nas.search.nao import NAOSearchConfig, run_nao_search
+from wpl_keras.experiments.presets import cpu_small_rnn_task
 
 
 class _Crash(RuntimeError):
@@ -77,27 +78,26 @@ def test_grow_pool_keeps_new_and_best():
 
 def test_with_regularization_sets_the_spaces_fields():
     from wpl_keras.nas.spaces.cnn.supernet import SupernetConfig
-    from wpl_keras.nas.spaces.rnn.config import RNNSupernetConfig
 
-    rnn = nao_search.with_regularization(RNNSupernetConfig.cpu_small(), output_dropout=0.75)
+    rnn = nao_search.with_regularization(cpu_small_rnn_task(), output_dropout=0.75)
     assert rnn.model.output_dropout == 0.75
-    rnn_drop = nao_search.with_regularization(RNNSupernetConfig.cpu_small(), path_keep=0.9)
+    rnn_drop = nao_search.with_regularization(cpu_small_rnn_task(), path_keep=0.9)
     assert rnn_drop.model.path_keep == 0.9  # the RNN supernet's random path dropping
     with pytest.raises(ValueError, match="no path-dropping field"):
-        nao_search.with_regularization(RNNSupernetConfig.cpu_small().optimizer, path_keep=0.9)
+        nao_search.with_regularization(cpu_small_rnn_task().optimizer, path_keep=0.9)
     cnn = nao_search.with_regularization(SupernetConfig(), output_dropout=0.25, path_keep=0.8)
     assert (cnn.dropout, cnn.drop_path_keep) == (0.25, 0.8)
     # The fields are found inside nested configs: the RNN task's model, the CNN task's supernet.
-    from wpl_keras.experiments.enas_cnn import CNNTaskConfig
+    from wpl_keras.nas.spaces.cnn.task import CNNTaskConfig
 
     task = CNNTaskConfig()
     cnn_task = nao_search.with_regularization(task, output_dropout=0.3, path_keep=0.7)
     assert (cnn_task.supernet.dropout, cnn_task.supernet.drop_path_keep) == (0.3, 0.7)
     assert cnn_task.final == task.final and cnn_task.optimizer == task.optimizer
-    assert rnn.optimizer == RNNSupernetConfig.cpu_small().optimizer
+    assert rnn.optimizer == cpu_small_rnn_task().optimizer
     assert nao_search.with_regularization(task) is task
     with pytest.raises(ValueError, match="output_dropout must be a finite number in"):
-        nao_search.with_regularization(RNNSupernetConfig.cpu_small(), output_dropout=1.0)
+        nao_search.with_regularization(cpu_small_rnn_task(), output_dropout=1.0)
 
 
 def test_config_validation_and_schedule():

@@ -72,35 +72,6 @@ class SearchConfig(LoopConfig):
         super().__post_init__()
         check_fields(self, {"controller_steps": dict(integer=True, minimum=0)})
 
-    @classmethod
-    def paper(cls, **overrides) -> "SearchConfig":
-        """The WPL release's RNN run command (150 epochs, 60 architectures × 7 batches, WPL
-        from epoch 5, α 60 decaying by 1 per epoch from epoch 15, ``α(e) = max(60 − (e − 14),
-        0)``, flush every 2 epochs, 2000 controller steps per epoch), best-5 as the paper's
-        §4.2. Sized for a GPU; sources in ``wpl_keras/experiments/paper_presets.json``."""
-        base = cls(
-            epochs=150, shared_steps_per_epoch=60, batches_per_arch=7, best_k=5,
-            controller_steps=2000, wpl=True, wpl_start_epoch=5, strength=60.0,
-            strength_decay="linear", strength_decay_start=15, strength_decay_rate=1.0,
-            strength_floor=0.0, flush_every=2,
-        )
-        return dataclasses.replace(base, **overrides)
-
-    @classmethod
-    def cpu_small(cls, **overrides) -> "SearchConfig":
-        """Minutes on 2 CPU cores: 10 epochs of 10 architectures × 5 batches and 10 controller
-        steps; WPL from epoch 3, α 60 constant, flush every 2 epochs."""
-        base = cls(
-            epochs=10,
-            shared_steps_per_epoch=10,
-            batches_per_arch=5,
-            controller_steps=10,
-            wpl_start_epoch=3,
-            strength_decay=None,
-            flush_every=2,
-        )
-        return dataclasses.replace(base, **overrides)
-
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoint and the ENAS strategy.

@@ -114,16 +114,6 @@ class NAOSearchConfig(LoopConfig):
                 f"({self.seed_archs})."
             )
 
-    @classmethod
-    def cpu_small(cls, **overrides) -> "NAOSearchConfig":
-        """Minutes on 2 CPU cores: 6 epochs of 10 pool architectures × 3 batches, a pool of
-        16 random seeds growing by 6 every 2 epochs; WPL from epoch 2, α 60, flush every 2."""
-        base = cls(
-            epochs=6, shared_steps_per_epoch=10, batches_per_arch=3, seed_archs=16,
-            controller_every=2, new_archs=6, top_k_seeds=6, max_pool=40, wpl_start_epoch=2,
-        )
-        return dataclasses.replace(base, **overrides)
-
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers.

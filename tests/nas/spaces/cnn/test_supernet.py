@@ -9,7 +9,7 @@ import tensorflow as tf
 from wpl_keras.data.cifar10 import SearchSplits
 from wpl_keras.nas.base import InvalidArchitectureError
 from wpl_keras.nas.spaces.cnn.space import OPS, MicroCellSpace
-from wpl_keras.nas.spaces.cnn.task import CNNOptimizerConfig, CNNSearchConfig, CNNSearchTask
+from wpl_keras.nas.spaces.cnn.task import CNNOptimizerConfig, CNNSearchTask, CNNTaskConfig
 from wpl_keras.nas.spaces.cnn.supernet import CNNSupernet, SupernetConfig, batch_norm
 from wpl_keras.utils.checkpoint import check_checkpoint_covers
 from wpl_keras.wpl.config import WPLConfig
@@ -28,10 +28,10 @@ def _config(**kwargs):
     base = dict(
         supernet=SupernetConfig(num_cells=1, filters=4, num_stages=1),
         batch_size=8, eval_batch_size=8, fixed_valid_size=16, augment=False,
-        optimizer=CNNOptimizerConfig(lr_max=0.05), epochs=4,
+        optimizer=CNNOptimizerConfig(lr_max=0.05), lr_epochs=4,
     )
     base.update(kwargs)
-    return CNNSearchConfig(**base)
+    return CNNTaskConfig(**base)
 
 
 @pytest.fixture(scope="module")
@@ -575,7 +575,10 @@ def test_registry_builds_the_cnn_task_from_a_preset():
     task = enas.get_space("cnn").build_task(arrays, config)
     assert isinstance(task, CNNSearchTask) and task.space.num_nodes == 2
     assert len(task.fixed_labels) == 16  # the held-out part of train, not test
-    assert task.cfg.epochs == config.search.epochs
+    assert task.cfg is config.task and task.cfg.lr_epochs is None
+    assert task.lr_epochs == config.search.epochs  # E of the cosine: the search's epochs
+    with pytest.raises(ValueError, match="CNNSearchTask: epochs must be an integer >= 1"):
+        CNNSearchTask(MicroCellSpace(num_nodes=2), _config(lr_epochs=None), _splits(), epochs=0)
     assert enas_cnn.preset("cpu_small").task.num_nodes == 3
     with pytest.raises(ValueError, match="unknown CNN preset"):
         enas_cnn.preset("huge")
@@ -584,20 +587,18 @@ def test_registry_builds_the_cnn_task_from_a_preset():
 def test_cnn_task_config_holds_one_wpl_config():
     import json
 
-    from wpl_keras.experiments import enas, enas_cnn
+    from wpl_keras.experiments import enas
 
     config = enas.get_preset("cnn", "tiny").replace(
         task={"wpl": {"fisher_momentum": 0.5, "clip_norm": None, "mode": "gradient"}})
     assert config.task.wpl == WPLConfig(fisher_momentum=0.5, clip_norm=None, mode="gradient")
     assert enas.ENASExperimentConfig.from_json(json.dumps(config.to_json())) == config
-    search = config.task.search_config(epochs=7)
-    assert search.wpl == config.task.wpl and search.epochs == 7
     for old in ("fisher_momentum", "fisher_clip", "wpl_mode", "wpl_strength"):
-        assert not hasattr(config.task, old) and not hasattr(search, old)
+        assert not hasattr(config.task, old)
     with pytest.raises(ValueError, match="unknown WPLConfig fields"):
-        enas_cnn.CNNTaskConfig(wpl={"momentum": 0.5})
+        CNNTaskConfig(wpl={"momentum": 0.5})
     with pytest.raises(TypeError, match="CNNTaskConfig.wpl"):
-        enas_cnn.CNNTaskConfig(wpl=0.9)
+        CNNTaskConfig(wpl=0.9)
 
 
 def test_cnn_task_config_nests_model_and_optimizer():
@@ -613,31 +614,30 @@ def test_cnn_task_config_nests_model_and_optimizer():
     assert task.final == FinalConfig(num_cells=1, filters=16, num_stages=3, batch_size=64,
                                       lr_schedule="cosine")
     assert enas.get_preset("cnn", "paper").task.final == FinalConfig()
-    search = task.search_config(epochs=20)
-    assert (search.supernet, search.optimizer, search.epochs) == (task.supernet,
-                                                                   task.optimizer, 20)
-    assert dataclasses.replace(task, lr_epochs=9).search_config(epochs=20).epochs == 9
+    assert enas.get_space("cnn").task_config_type is CNNTaskConfig  # one CNN task config
+    assert not hasattr(enas_cnn, "CNNSearchConfig") and not hasattr(task, "search_config")
     changed = config.replace(task={"optimizer": {"lr_max": 0.1, "weight_decay": 0.0},
                                    "supernet": {"filters": 6, "num_cells": 2}})
     assert changed.task.optimizer == CNNOptimizerConfig(lr_max=0.1, weight_decay=0.0)
-    assert changed.task.supernet == SupernetConfig(filters=6, num_cells=2)
+    # replace_fields: a dict changes only the fields it gives (num_stages 2 of cpu-small kept)
+    assert changed.task.supernet == SupernetConfig(filters=6, num_cells=2, num_stages=2)
     assert enas.ENASExperimentConfig.from_json(json.dumps(changed.to_json())) == changed
-    assert enas_cnn.CNNTaskConfig.from_json(changed.task.to_json()) == changed.task
+    assert CNNTaskConfig.from_json(changed.task.to_json()) == changed.task
     for flat in ("num_cells", "filters", "num_stages", "lr_max", "momentum", "grad_clip",
                  "final_filters", "final_lr_max", "final_batch_size"):
         assert not hasattr(task, flat)
     final = config.replace(task={"final": {"filters": 8, "cutout": 0}}).task.final
-    assert final == FinalConfig(filters=8, cutout=0)
+    assert final == dataclasses.replace(config.task.final, filters=8, cutout=0)
     with pytest.raises(ValueError, match="unknown FinalConfig fields"):
-        enas_cnn.CNNTaskConfig(final={"epochs": 3})  # the length is train_epochs
+        CNNTaskConfig(final={"epochs": 3})  # the length is train_epochs
     with pytest.raises(ValueError, match="unknown CNNOptimizerConfig fields"):
-        enas_cnn.CNNTaskConfig(optimizer={"learning_rate": 0.1})
+        CNNTaskConfig(optimizer={"learning_rate": 0.1})
     with pytest.raises(ValueError, match="unknown SupernetConfig fields"):
-        enas_cnn.CNNTaskConfig(supernet={"channels": 8})
+        CNNTaskConfig(supernet={"channels": 8})
     with pytest.raises(TypeError, match="CNNTaskConfig.supernet"):
-        enas_cnn.CNNTaskConfig(supernet=8)
-    with pytest.raises(TypeError, match="CNNSearchConfig.optimizer"):
-        CNNSearchConfig(optimizer={"lr_max": 0.1})
+        CNNTaskConfig(supernet=8)
+    with pytest.raises(TypeError, match="CNNTaskConfig.optimizer"):
+        CNNTaskConfig(optimizer=0.1)
     for bad in ({"lr_min": 0.1, "lr_max": 0.01}, {"momentum": 1.0}, {"weight_decay": -1.0},
                 {"grad_clip": 0.0}):
         with pytest.raises(ValueError, match="CNNOptimizerConfig"):
@@ -675,8 +675,8 @@ def test_checkpoint_restores_every_supernet_variable(tmp_path):
     (CNNOptimizerConfig, "weight_decay", None, TypeError),
     (CNNOptimizerConfig, "grad_clip", 0.0, ValueError),
     (CNNOptimizerConfig, "grad_clip", float("inf"), ValueError),
-    (CNNSearchConfig, "batch_size", 0, ValueError), (CNNSearchConfig, "epochs", 1.5, TypeError),
-    (CNNSearchConfig, "fixed_valid_size", True, TypeError),
+    (CNNTaskConfig, "batch_size", 0, ValueError), (CNNTaskConfig, "lr_epochs", 1.5, TypeError),
+    (CNNTaskConfig, "fixed_valid_size", True, TypeError),
 ])
 def test_cnn_configs_refuse_bad_numbers_naming_the_field(kind, field, value, error):
     with pytest.raises(error, match=f"{kind.__name__}.{field} must be"):
@@ -684,7 +684,7 @@ def test_cnn_configs_refuse_bad_numbers_naming_the_field(kind, field, value, err
 
 
 def test_cnn_configs_take_numpy_scalars():
-    config = CNNSearchConfig(batch_size=np.int64(8), optimizer=CNNOptimizerConfig(
+    config = CNNTaskConfig(batch_size=np.int64(8), optimizer=CNNOptimizerConfig(
         lr_max=np.float32(0.5), grad_clip=None))
     assert (config.batch_size, config.optimizer.lr_max) == (8, 0.5)
     assert type(config.batch_size) is int and type(config.optimizer.lr_max) is float

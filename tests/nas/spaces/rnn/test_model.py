@@ -15,7 +15,8 @@ from wpl_keras.nas.spaces.rnn.model import (
 )
 from wpl_keras.nas.spaces.rnn.cell import enas_cell_sequence_inference
 from wpl_keras.nas.spaces.rnn.space import RNNCellSpace
-from wpl_keras.nas.spaces.rnn.config import RNNModelConfig, RNNOptimizerConfig, RNNSupernetConfig
+from wpl_keras.nas.spaces.rnn.config import RNNModelConfig, RNNOptimizerConfig
+from wpl_keras.experiments.presets import cpu_small_rnn_task
 
 V = 20
 ARCH = (1, 0, 0, 0, 3, 1, 2)
@@ -25,7 +26,7 @@ def tiny_config(model=None, optimizer=None):
     """cpu_small with tiny sizes and lr 2; ``model`` / ``optimizer``: fields of the nested
     configs to change."""
     sizes = dict(num_nodes=4, vocab_size=V, embedding_size=8, hidden_size=8)
-    return RNNSupernetConfig.cpu_small(
+    return cpu_small_rnn_task(
         model=RNNModelConfig(**{**sizes, **(model or {})}),
         optimizer=RNNOptimizerConfig(**{"learning_rate": 2.0, **(optimizer or {})}),
         batch_size=4, bptt=5, eval_batch_size=2, eval_bptt=5)

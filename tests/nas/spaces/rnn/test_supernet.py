@@ -24,6 +24,7 @@ from wpl_keras.nas.spaces.rnn.config import RNNModelConfig, RNNOptimizerConfig, 
 from wpl_keras.nas.spaces.rnn.supernet import RNNSupernet
 from wpl_keras.utils.checkpoint import VariableBundle
 from wpl_keras.wpl.config import WPLConfig
+from wpl_keras.experiments.presets import cpu_small_rnn_task, paper_rnn_model, paper_rnn_task
 
 V = 30
 
@@ -41,7 +42,7 @@ def tiny_config(**kw):
         target = (model if name in _MODEL_FIELDS else
                   optimizer if name in _OPTIMIZER_FIELDS else top)
         target[name] = value
-    return RNNSupernetConfig.cpu_small(model=RNNModelConfig(**model),
+    return cpu_small_rnn_task(model=RNNModelConfig(**model),
                                        optimizer=RNNOptimizerConfig(**optimizer), **top)
 
 
@@ -96,13 +97,13 @@ def reference_logits(net, tokens, arch, state, max_norm=None, path=None, last_no
 
 
 def test_config_presets_and_checks():
-    paper = RNNSupernetConfig.paper()
+    paper = paper_rnn_task()
     assert (paper.model.hidden_size, paper.model.embedding_size, paper.model.num_nodes,
             paper.batch_size, paper.bptt, paper.model.vocab_size) == (1000, 1000, 12, 64, 35,
                                                                      10000)
     assert (paper.optimizer.lr_decay, paper.optimizer.grad_clip, paper.optimizer.l2,
             paper.wpl.fisher_momentum) == (0.96, 0.25, 1e-7, 0.9)
-    assert RNNSupernetConfig.cpu_small().model.hidden_size <= 256
+    assert cpu_small_rnn_task().model.hidden_size <= 256
     with pytest.raises(ValueError, match="tied"):
         RNNModelConfig(embedding_size=10, hidden_size=12)
     with pytest.raises(ValueError, match="input_dropout"):
@@ -394,12 +395,12 @@ def test_config_is_nested_by_concern_and_reads_json_objects():
         with pytest.raises(TypeError, match=f"RNNSupernetConfig.{nested} must be a {kind}"):
             RNNSupernetConfig(**{nested: 0.5})
     # The presets take nested configs (or their JSON objects) as keyword overrides.
-    small = RNNSupernetConfig.cpu_small(optimizer=RNNOptimizerConfig(learning_rate=10.0))
+    small = cpu_small_rnn_task(optimizer=RNNOptimizerConfig(learning_rate=10.0))
     assert small.optimizer.learning_rate == 10.0 and small.model.hidden_size == 256
-    paper = RNNSupernetConfig.paper(model={"num_nodes": 3}, bptt=7)
+    paper = paper_rnn_task(model={"num_nodes": 3}, bptt=7)
     assert paper.model == RNNModelConfig(num_nodes=3) and paper.bptt == 7
-    assert RNNSupernetConfig.paper().model == RNNModelConfig.paper()
-    assert RNNSupernetConfig.paper(model=RNNModelConfig.paper(num_nodes=3)).model.init_range == (
+    assert paper_rnn_task().model == paper_rnn_model()
+    assert paper_rnn_task(model=paper_rnn_model(num_nodes=3)).model.init_range == (
         0.025)
 
 
@@ -565,16 +566,16 @@ def test_paper_model_is_the_release_search_supernet_and_cpu_presets_keep_theirs(
     """models/shared_rnn.py of the WPL release (mode "train"): init ±0.025, weight-drop on
     w_hc/w_hh only, BatchNorm1d on the cell output (every parameter, BN's included, drawn
     uniform), no path dropping."""
-    model = RNNSupernetConfig.paper().model
+    model = paper_rnn_task().model
     assert (model.init_range, model.weight_drop_scope, model.output_batch_norm,
             model.batch_norm_init, model.recurrent_state, model.path_keep) == (
         0.025, "recurrent", True, "uniform", "last_node", 1.0)
-    small = RNNSupernetConfig.cpu_small().model
+    small = cpu_small_rnn_task().model
     assert (small.init_range, small.weight_drop_scope, small.output_batch_norm,
             small.recurrent_state, small.path_keep) == (0.04, "all", False, "loose_mean", 1.0)
-    again = RNNSupernetConfig.from_json(json.dumps(RNNSupernetConfig.paper().to_json()))
-    assert again == RNNSupernetConfig.paper()
-    net = RNNSupernet(RNNSupernetConfig.paper(model=RNNModelConfig.paper(
+    again = RNNSupernetConfig.from_json(json.dumps(paper_rnn_task().to_json()))
+    assert again == paper_rnn_task()
+    net = RNNSupernet(paper_rnn_task(model=paper_rnn_model(
         num_nodes=3, vocab_size=V, embedding_size=6, hidden_size=6)), seed=0)
     for w in net.dense_weights() + [net.w_nodes]:
         values = np.asarray(w)

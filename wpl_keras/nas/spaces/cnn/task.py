@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from wpl_keras.nas.base import Architecture, SharedWeightsTask
+from wpl_keras.nas.spaces.cnn.model import FinalConfig
 from wpl_keras.nas.spaces.cnn.space import MicroCellSpace
 from wpl_keras.nas.spaces.cnn.supernet import CNNSupernet, SupernetConfig
 from wpl_keras.utils.config import JsonConfig
@@ -80,45 +81,67 @@ class CNNOptimizerConfig(JsonConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class CNNSearchConfig:
-    """Training settings of the shared weights during the search.
+class CNNTaskConfig(JsonConfig):
+    """The one config of the CIFAR-10 micro search task: the shared weights' training during the
+    search, the data split, and the derived architecture's final training.
 
     The reference values (ENAS micro search / public WPL release) are in
-    :mod:`wpl_keras.experiments.enas_cnn`'s ``paper`` preset.
+    :mod:`wpl_keras.experiments.enas_cnn`'s ``paper`` preset. The search's model, optimizer, WPL
+    step and final training are nested configs; a JSON object in their place
+    (``experiment.json``, an override) is read through that config's ``from_json``, which
+    rejects unknown fields.
 
     Attributes:
-        supernet: shape of the supernet.
+        num_nodes: ``B`` nodes per cell.
+        supernet: the search supernet's shape
+            (:class:`~wpl_keras.nas.spaces.cnn.supernet.SupernetConfig`).
+        optimizer: the shared weights' masked SGD (:class:`CNNOptimizerConfig`).
+        lr_epochs: ``E`` of its cosine schedule (None: the search's epochs, which
+            :class:`CNNSearchTask` takes as ``epochs``), set at each
+            :meth:`CNNSearchTask.start_epoch`.
+        wpl: how the WPL step is formed (:class:`~wpl_keras.wpl.config.WPLConfig`: Fisher
+            momentum ``η_F``, the clip of each updated Fisher slice, proximal or gradient
+            mode). ``α`` and the Fisher flush belong to the search's schedule
+            (:class:`~wpl_keras.wpl.schedule.ScheduleConfig`).
         batch_size: global training batch (split over replicas).
         eval_batch_size: batch of :meth:`CNNSearchTask.reward`.
         fixed_valid_size: size of the FIXED validation batch of ``validation_error``.
-        optimizer: the masked SGD (:class:`CNNOptimizerConfig`).
-        epochs: ``E`` of its cosine schedule, set at each :meth:`CNNSearchTask.start_epoch`.
         augment: padded crop + flip on training batches.
-        wpl: how the WPL step is formed (:class:`~wpl_keras.wpl.config.WPLConfig`: Fisher
-            momentum ``η_F``, the clip of each updated Fisher slice, proximal or gradient
-            mode). ``α`` and the Fisher flush belong to the search's schedule.
+        num_valid: train images held out for validation; train_size: search-train subset size
+            (None: all the rest).
+        strategy: ``tf.distribute`` strategy kind
+            (:func:`wpl_keras.nas.search.distribute.make_strategy`).
+        final: the derived architecture's training from scratch
+            (:class:`~wpl_keras.nas.spaces.cnn.model.FinalConfig`; its length is the
+            experiment's ``train_epochs``).
+        final_train_size: train the final model on a subset (None: all 50,000).
     """
 
+    num_nodes: int = 5
     supernet: SupernetConfig = SupernetConfig()
+    optimizer: CNNOptimizerConfig = CNNOptimizerConfig()
+    lr_epochs: Optional[int] = None
+    wpl: WPLConfig = WPLConfig()
     batch_size: int = 32
     eval_batch_size: int = 100
     fixed_valid_size: int = 500
-    optimizer: CNNOptimizerConfig = CNNOptimizerConfig()
-    epochs: int = 150
     augment: bool = True
-    wpl: WPLConfig = WPLConfig()
+    num_valid: int = 5000
+    train_size: Optional[int] = None
+    strategy: str = "auto"
+    final: FinalConfig = FinalConfig()
+    final_train_size: Optional[int] = None
 
     def __post_init__(self):
-        for name, kind in (("supernet", SupernetConfig), ("optimizer", CNNOptimizerConfig),
-                           ("wpl", WPLConfig)):
-            if not isinstance(getattr(self, name), kind):
-                raise TypeError(
-                    f"CNNSearchConfig.{name} must be a {kind.__name__}, got "
-                    f"{type(getattr(self, name)).__name__}; build it with {kind.__name__}(...)."
-                )
-        positive = dict(integer=True, minimum=1)
-        check_fields(self, {"batch_size": positive, "eval_batch_size": positive,
-                            "fixed_valid_size": positive, "epochs": positive})
+        self._coerce_nested()  # dicts from JSON or overrides become the nested configs
+        count, optional_count = dict(integer=True, minimum=1), dict(integer=True, minimum=1,
+                                                                    optional=True)
+        check_fields(self, {
+            "num_nodes": count, "lr_epochs": optional_count,
+            "batch_size": count, "eval_batch_size": count, "fixed_valid_size": count,
+            "num_valid": count, "train_size": optional_count,
+            "final_train_size": optional_count,
+        })
 
 
 class MaskedMomentumSGD(tf.Module):
@@ -180,20 +203,27 @@ class CNNSearchTask(SharedWeightsTask):
     it is computed in, and not on the number of replicas.
 
     Args:
-        space: a :class:`MicroCellSpace`.
-        config: :class:`CNNSearchConfig`.
+        space: a :class:`MicroCellSpace` (experiments build it with ``config.num_nodes``).
+        config: :class:`CNNTaskConfig` (its data-split, strategy and final-training fields
+            are read by :mod:`wpl_keras.experiments.enas_cnn`, not here).
         splits: arrays with ``x_train, y_train, x_valid, y_valid`` (uint8 images), e.g.
             :func:`wpl_keras.data.cifar10.search_splits`; the search never sees test data.
+        epochs: the search's epochs: ``E`` of the cosine schedule when ``config.lr_epochs`` is
+            None.
         strategy: a ``tf.distribute.Strategy``.
         seed: seeds weights and data order.
     """
 
-    def __init__(self, space: MicroCellSpace, config: CNNSearchConfig, splits, *,
-                 strategy: Optional[tf.distribute.Strategy] = None, seed: int = 0):
+    def __init__(self, space: MicroCellSpace, config: CNNTaskConfig, splits, *,
+                 epochs: int = 150, strategy: Optional[tf.distribute.Strategy] = None,
+                 seed: int = 0):
         from wpl_keras.data.cifar10_pipeline import make_dataset, normalize
 
         self.space = space
         self.cfg = config
+        # E of the cosine schedule: the config's lr_epochs, else the search's epochs.
+        self.lr_epochs = config.lr_epochs or check_number("CNNSearchTask: epochs", epochs,
+                                                          integer=True, minimum=1)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.seed = int(seed)
         n_valid = len(splits.x_valid)
@@ -376,9 +406,9 @@ class CNNSearchTask(SharedWeightsTask):
         return float(acc)
 
     def learning_rate_at(self, epoch: int) -> float:
-        """``lr_min + (lr_max − lr_min)(1 + cos(π min(epoch, E)/E))/2``."""
-        c, sgd = self.cfg, self.cfg.optimizer
-        t = min(max(epoch, 0), c.epochs) / max(c.epochs, 1)
+        """``lr_min + (lr_max − lr_min)(1 + cos(π min(epoch, E)/E))/2``, ``E = lr_epochs``."""
+        sgd, total = self.cfg.optimizer, self.lr_epochs
+        t = min(max(epoch, 0), total) / max(total, 1)
         return sgd.lr_min + 0.5 * (sgd.lr_max - sgd.lr_min) * (1.0 + math.cos(math.pi * t))
 
     def start_epoch(self, epoch: int) -> None:
@@ -391,6 +421,6 @@ class CNNSearchTask(SharedWeightsTask):
                 "valid_iterator": self._valid_iter}
 
     def config(self) -> dict:
-        return {"space": self.space.name, "num_nodes": self.space.num_nodes,
-                **dataclasses.asdict(self.cfg),
+        return {"space": self.space.name, **dataclasses.asdict(self.cfg),
+                "num_nodes": self.space.num_nodes, "lr_epochs": self.lr_epochs,
                 "replicas": int(self.strategy.num_replicas_in_sync)}

@@ -31,7 +31,7 @@ class RNNModelConfig(JsonConfig):
 
     Defaults: the WPL release's RNN search for sizes and rates; ``init_range``,
     ``weight_drop_scope``, ``output_batch_norm`` and ``recurrent_state`` default to this
-    package's earlier behaviour (which the CPU presets were sized with) and :meth:`paper`
+    package's earlier behaviour (which the CPU presets were sized with) and the paper preset
     sets the release's search values (``models/shared_rnn.py`` of the public WPL release,
     mode ``train``).
 
@@ -43,16 +43,16 @@ class RNNModelConfig(JsonConfig):
             0.5 / 0.4 / 0.1 / 0.65.
         init_range: weights start uniform in ``[−init_range, init_range]`` (> 0). Default
             0.04 (the release's fixed-cell training); the release's search uses 0.025
-            (:meth:`paper`).
+            (the paper preset).
         hidden_max_norm: every step's hidden state rows (and so the carried state) are
             rescaled to at most this norm (ENAS: 25), which keeps ReLU/identity cells from
             exploding.
         weight_drop_scope: which matrices weight-drop masks. ``"recurrent"``: ``W_h`` only
-            (``[W_hc | W_hh]``, the release's ``w_hc_raw`` / ``w_hh_raw``; :meth:`paper`).
+            (``[W_hc | W_hh]``, the release's ``w_hc_raw`` / ``w_hh_raw``; the paper preset).
             ``"all"`` (default): ``W_h`` and the architecture's node matrices.
         output_batch_norm: batch-normalise the cell output, ``y = γ (h − μ) / sqrt(σ² + ε) + β``
             per step over the batch rows (the release's search supernet,
-            ``BatchNorm1d(hidden)`` after the mean of the loose ends; :meth:`paper`). The
+            ``BatchNorm1d(hidden)`` after the mean of the loose ends; the paper preset). The
             statistics are always the batch's, in training and evaluation (the release
             computes its rewards and forgetting evaluations with the supernet in train mode,
             and no moving average mixes architectures); under ``tf.distribute`` they are over
@@ -65,7 +65,7 @@ class RNNModelConfig(JsonConfig):
             mean of the loose ends, which is also the output. ``"last_node"``: the last node's
             state ``s_{N−1}`` (clamped to ``hidden_max_norm``), the output being the loose-end
             mean (the release's ``cell`` returns ``(BN(mean of loose ends), h[N − 1])``;
-            :meth:`paper`).
+            the paper preset).
         path_keep: keep probability of random path dropping, in ``(0, 1]``: in training, each
             node ``i ≥ 1``'s input from its chosen previous node is kept with this
             probability and scaled by ``1 / path_keep``, else zeroed, one draw per node and
@@ -113,21 +113,6 @@ class RNNModelConfig(JsonConfig):
         if not isinstance(self.output_batch_norm, bool):
             raise ValueError(f"{owner}.output_batch_norm must be a bool, got "
                              f"{self.output_batch_norm!r}.")
-
-    @classmethod
-    def paper(cls, **overrides) -> "RNNModelConfig":
-        """The release's search supernet (``models/shared_rnn.py``, mode ``train``): init
-        ±0.025, weight-drop on ``W_h`` only, BatchNorm on the cell output (``γ``, ``β``
-        uniform like every weight), the last node carried to the next step, no path
-        dropping; the release's sizes and rates (12 nodes, embedding = hidden = 1000,
-        dropouts 0.5 / 0.4 / 0.1 / 0.65, hidden norm 25); ``overrides`` are fields.
-        ``wpl_keras/experiments/paper_presets.json`` gives each value's source."""
-        base = dict(num_nodes=12, vocab_size=10000, embedding_size=1000, hidden_size=1000,
-                    weight_drop=0.5, output_dropout=0.4, embedding_dropout=0.1,
-                    input_dropout=0.65, hidden_max_norm=25.0,
-                    init_range=0.025, weight_drop_scope="recurrent", output_batch_norm=True,
-                    batch_norm_init="uniform", recurrent_state="last_node", path_keep=1.0)
-        return cls(**{**base, **overrides})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,39 +250,3 @@ class RNNSupernetConfig(JsonConfig):
                 "config accordingly."
             )
         return super().from_json(obj)
-
-    @classmethod
-    def paper(cls, **overrides) -> "RNNSupernetConfig":
-        """The WPL release's RNN search: embedding = hidden = 1000, 12 nodes, batch 64,
-        BPTT 35, vocabulary 10k, the release's search supernet (:meth:`RNNModelConfig.paper`:
-        init ±0.025, weight-drop on ``W_h`` only, output BatchNorm, the last node as the
-        carried state), its SGD (lr 20, ×0.96 per epoch after 15, clip 0.25, L2 1e-7), reward
-        80 / ppl, WPL on the node matrices (``wpl_scope="cell"``) at the release's effective
-        strength: each node matrix's Fisher normalised to norm 10
-        (``fisher_normalization="tensor_norm"``, ``clip_norm=10``, so ``α = 60`` gives
-        ``‖αF‖ = 600``), estimated from a validation batch (``fisher_source="valid"``), with
-        the proximal step. Sources and the differences from the release:
-        ``wpl_keras/experiments/paper_presets.json``. ``overrides`` are fields of this class
-        (``model=`` and ``optimizer=`` take a nested config or a JSON object of one, which
-        replaces all of it)."""
-        base = cls(
-            model=RNNModelConfig.paper(),
-            optimizer=RNNOptimizerConfig(learning_rate=20.0, lr_decay=0.96,
-                                         lr_decay_start_epoch=15, grad_clip=0.25, l2=1e-7),
-            batch_size=64, bptt=35, eval_batch_size=64, eval_bptt=35,
-            wpl=WPLConfig(fisher_momentum=0.9, clip_norm=10.0, mode="proximal",
-                          fisher_normalization="tensor_norm", fisher_source="valid"),
-            wpl_scope="cell", reward_constant=80.0,
-        )
-        return dataclasses.replace(base, **overrides)
-
-    @classmethod
-    def cpu_small(cls, **overrides) -> "RNNSupernetConfig":
-        """Hidden 256 (otherwise the reference sizes and rates, with the model's defaults:
-        init ±0.04, weight-drop on every matrix, no output BatchNorm, the loose-end mean
-        carried, no path dropping): the
-        small size of ``benchmarks/supernet_step.py``, which reports its step time.
-        ``overrides`` as :meth:`paper`."""
-        base = cls(model=RNNModelConfig(embedding_size=256, hidden_size=256),
-                   eval_batch_size=32)
-        return dataclasses.replace(base, **overrides)
