@@ -44,6 +44,7 @@ def _run(env):
                           text=True, timeout=300, check=True)
 
 
+@pytest.mark.slow
 def test_start_tensorflow_silences_the_start_up_log_only_when_the_user_did_not_set_a_level():
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     quiet = _run(env)

@@ -298,6 +298,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_two_replicas_see_the_one_device_batches():
     root = pathlib.Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS], cwd=str(root), text=True,

@@ -56,6 +56,7 @@ def _assert_data_error(capsys, *needles):
     return err
 
 
+@pytest.mark.slow
 def test_enas_rnn_later_stages_reuse_the_search_data(tmp_path, offline, capsys):
     data = write_tiny_ptb(tmp_path / "ptb")
     out = str(tmp_path / "run")
@@ -77,6 +78,7 @@ def test_enas_rnn_later_stages_reuse_the_search_data(tmp_path, offline, capsys):
     assert json.load(open(os.path.join(out, "data_source.json"))) == recorded
 
 
+@pytest.mark.slow
 def test_enas_cnn_later_stages_reuse_the_search_data(tmp_path, offline, capsys):
     data = write_tiny_cifar(tmp_path / "cifar" / "cifar-10-batches-py")
     out = str(tmp_path / "run")
@@ -92,6 +94,7 @@ def test_enas_cnn_later_stages_reuse_the_search_data(tmp_path, offline, capsys):
     _assert_data_error(capsys, "CIFAR-10", "cifar-10-batches-py")
 
 
+@pytest.mark.slow
 def test_nao_later_stages_reuse_the_search_data(tmp_path, offline, capsys):
     data = write_tiny_ptb(tmp_path / "ptb")
     out = str(tmp_path / "run")
@@ -221,6 +224,7 @@ def test_verify_follows_the_flag_and_the_data_check(tmp_path, monkeypatch):
     assert seen == [True, False, False]
 
 
+@pytest.mark.slow
 def test_no_verify_reaches_the_loader_and_is_recorded(tmp_path, monkeypatch, capsys):
     from wpl_keras.experiments import enas
 
@@ -355,6 +359,7 @@ class _Kill(RuntimeError):
     """Stands for kill -9: nothing is saved when it is raised."""
 
 
+@pytest.mark.slow
 def test_train_best_killed_then_resumed_gives_the_uninterrupted_metrics(tmp_path, offline,
                                                                         monkeypatch, capsys):
     """wpl-enas-search train-best (RNN, 3 epochs of 2 batches, a checkpoint every 2 batches)
@@ -399,6 +404,7 @@ def test_train_best_killed_then_resumed_gives_the_uninterrupted_metrics(tmp_path
     assert offline == []
 
 
+@pytest.mark.slow
 def test_exports_of_trained_models_serve_in_a_session(tmp_path, offline, capsys):
     """The NAO export (RNN language model, both signatures) and the ENAS CNN export of
     train-best models, loaded by the session-based loader (TensorFlow Serving's path) in one

@@ -103,6 +103,7 @@ def test_app_config_overrides(tmp_path, monkeypatch):
     assert enas_search._data_dir(args, enas.get_space("rnn")) == "/data/root/ptb"
 
 
+@pytest.mark.slow
 def test_app_search_derive_export_on_tiny_text(tmp_path, seed, capsys):
     """The real RNN task end to end through the app (resume is tested in tests/nas)."""
     data = write_tiny_ptb(tmp_path / "ptb")

@@ -157,6 +157,7 @@ def test_configs_refuse_bad_seeds_and_a_budget_for_another_space():
 
 
 # --------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_both_protocols_on_tiny_text_share_searches_and_cells_and_resume(tmp_path,
                                                                          monkeypatch):
     data, config, budget = _tiny_protocol(write_tiny_ptb(tmp_path / "ptb"))
@@ -216,6 +217,7 @@ def test_both_protocols_on_tiny_text_share_searches_and_cells_and_resume(tmp_pat
     assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want)
 
 
+@pytest.mark.slow
 def test_measure_spread_trains_two_cells_with_two_seeds(tmp_path):
     data, config, budget = _tiny_protocol(write_tiny_ptb(tmp_path / "ptb"))
     out = tmp_path / "out"
@@ -232,6 +234,7 @@ def test_measure_spread_trains_two_cells_with_two_seeds(tmp_path):
     assert len(json.load(open(os.path.join(out, "cells.json")))) == 4
 
 
+@pytest.mark.slow
 def test_cnn_cell_is_trained_on_train_minus_held_out_and_scored_on_both(tmp_path):
     from wpl_keras.data.cifar10 import load_cifar10
 

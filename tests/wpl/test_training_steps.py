@@ -240,6 +240,7 @@ MIRRORED_CASES = {
 }
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus_follows_applied_updates(tmp_path):
     # One subprocess (the logical CPUs must be set before TensorFlow starts) runs both cases.
     script = tmp_path / "mirrored.py"

@@ -133,6 +133,7 @@ def test_search_grows_pool_and_follows_wpl_schedule(tmp_path):
         _run(tmp_path / "run", _config())
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     config = _config(epochs=3, checkpoint_every=1)
     ref_task, ref_nao, ref = _run(tmp_path / "ref", config)
@@ -166,6 +167,7 @@ def _saved_counters(out, config):
     ("crash", 0, (1, driver.SHARED, 0)),
     ("sigterm", 0, (1, driver.CONTROLLER, 1)),
 ])
+@pytest.mark.slow
 def test_resume_killed_in_controller_phase_equals_uninterrupted(
         tmp_path, how, checkpoint_every, saved):
     config = _config(epochs=3, checkpoint_every=checkpoint_every)

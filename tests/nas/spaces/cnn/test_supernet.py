@@ -49,6 +49,7 @@ def _arch_without(space, op, rng):
             return arch
 
 
+@pytest.mark.slow
 def test_one_trace_serves_every_architecture(task):
     rng = np.random.default_rng(1)
     for k in range(6):
@@ -166,6 +167,7 @@ def test_slice_axes_and_per_slice_fisher_clip():
 
 
 
+@pytest.mark.slow
 def test_tensor_norm_fisher_has_norm_clip_on_every_used_slice():
     """WPLConfig.fisher_normalization reaches the task's state: each used op slice (and each
     whole weight that got a gradient) has ‖F‖ = clip_norm, unused slices stay 0."""
@@ -205,6 +207,7 @@ def test_penalty_counts_only_used_slices():
     assert expected < 0.99 * sum(float(np.sum(f.numpy() * 0.25)) for f in state.fisher)
 
 
+@pytest.mark.slow
 def test_proximal_pull_moves_only_used_slices_toward_anchors():
     space = MicroCellSpace(num_nodes=2)
     task = CNNSearchTask(space, _config(), _splits(), seed=0)
@@ -237,6 +240,7 @@ def test_proximal_pull_moves_only_used_slices_toward_anchors():
         _config(wpl="proximal")
 
 
+@pytest.mark.slow
 def test_gradient_mode_puts_the_penalty_in_the_loss():
     space = MicroCellSpace(num_nodes=2)
     arch = (0, 1, 1, 1, 2, 0, 0, 1) + (1, 3, 0, 4, 2, 2, 1, 0)
@@ -353,6 +357,7 @@ def test_checkpoint_round_trip(task, tmp_path):
 
 
 
+@pytest.mark.slow
 def test_restored_task_continues_the_training_stream(tmp_path):
     """A task restored from a checkpoint draws the training batches (augmented) that the
     saved task would have drawn next, not the stream's start again."""
@@ -644,6 +649,7 @@ def test_cnn_task_config_nests_model_and_optimizer():
             CNNOptimizerConfig(**bad)
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_every_supernet_variable(tmp_path):
     """Every weight (calibrations, per-input op slices of normal and reduction cells, output
     convs, BN, optimizer slots, Fisher) comes back from a checkpoint, not only some."""

@@ -110,6 +110,7 @@ print(json.dumps({"ids": by_words["ids"].numpy().tolist(),
 """
 
 
+@pytest.mark.slow
 def test_export_ships_vocabulary_and_a_words_signature(seed, tmp_path):
     import subprocess
     import sys

@@ -905,6 +905,7 @@ def test_valid_fisher_position_and_state_are_checkpointed_and_reset_by_epoch(tmp
     assert not task.fisher_state.numpy().any() and int(task.fisher_position.numpy()) == 2
 
 
+@pytest.mark.slow
 def test_one_trace_with_the_valid_fisher_under_jit():
     """jit_compile: the validation pass is its own XLA-compiled step, traced once."""
     task = _valid_task(jit_compile=True)
