@@ -427,6 +427,45 @@ def test_resume_equals_uninterrupted(tmp_path, seed, options, kill_at, reference
     assert info["epoch"] == 2 and len(info["history"]) == 2
 
 
+def test_a_checkpoint_of_the_former_layout_with_loop_alpha_resumes(tmp_path, seed, monkeypatch,
+                                                                   reference_runs):
+    """Checkpoints written while the loop still kept its own copy of α (``loop/alpha``)
+    resume unchanged: that key is ignored, α comes from the task's ``wpl_state.strength``."""
+    config = _config(**_RESUME_CONFIG)
+    ref, ref_state = reference_runs("default")
+    former_init = driver.LoopState.__init__
+
+    def init_with_alpha(self):
+        former_init(self)
+        self.alpha = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="alpha")
+
+    monkeypatch.setattr(driver.LoopState, "__init__", init_with_alpha)
+    objs = _build()
+    calls = {"n": 0}
+    original = objs[0].train_architecture
+
+    def train(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # epoch 1's first architecture: WPL on, α 10
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*a, **k)
+
+    objs[0].train_architecture = train
+    out = str(tmp_path / "run")
+    with pytest.raises(driver.SearchInterrupted) as info:
+        search.run_search(*objs, config, out)
+    monkeypatch.undo()
+    names = [n for n, _ in tf.train.list_variables(info.value.checkpoint)]
+    assert any(n.startswith("loop/alpha/") for n in names)
+    np.random.seed(999)
+    resumed_objs = _build()
+    resumed = search.run_search(*resumed_objs, config, out, resume=True).history
+    strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in h]
+    assert strip(resumed) == strip(ref)
+    for a, b in zip(_final_state(*resumed_objs), ref_state):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
 def test_derive_keeps_the_lowest_error(tmp_path, seed):
     from wpl_keras.nas.search import derive
 
