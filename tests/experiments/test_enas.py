@@ -68,7 +68,8 @@ def test_rnn_task_wpl_config_round_trips_and_old_fields_are_named(tmp_path):
         saved = json.load(f)
     assert saved["task"]["wpl"] == {"fisher_momentum": 0.5, "clip_norm": None,
                                     "mode": "gradient", "fisher_normalization": "none",
-                                    "fisher_source": "train"}
+                                    "fisher_source": "train", "fisher_gradient": "data",
+                                    "l2_placement": None}
     again = enas.ENASExperimentConfig.load(path)
     assert again == config and isinstance(again.task.wpl, WPLConfig)
     # An experiment.json of the layout with the task's own WPL fields.
