@@ -65,6 +65,7 @@ def test_plot_writes_png(tmp_path, empty):
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_tiny_run_on_idx_files(tmp_path):
     write_mnist(str(tmp_path / "data"))
     out = tmp_path / "out"

@@ -52,6 +52,7 @@ TINY = dict(hidden_units=8, batch_size=16, a_max_epochs=2, a_steps_per_epoch=10,
 
 
 # --------------------------------------------------------------------------- two_models hook
+@pytest.mark.slow
 def test_run_case_validation_adds_validation_values_and_changes_nothing_else():
     data = _synthetic()
     config = tm.TwoModelsConfig(**TINY)
@@ -73,6 +74,7 @@ def test_run_case_validation_adds_validation_values_and_changes_nothing_else():
     assert 0.0 <= val["b_final_with_val"] <= 1.0
 
 
+@pytest.mark.slow
 def test_run_case_reusing_b_without_wpl_equals_a_full_run():
     data = _synthetic()
     config = tm.TwoModelsConfig(**TINY)
@@ -163,6 +165,7 @@ def test_case_levels_and_chosen_entry_take_the_test_values_at_the_chosen_alpha()
     assert none["reason"] == "no forgetting"
 
 
+@pytest.mark.slow
 def test_tiny_sweep_on_idx_files(tmp_path, monkeypatch):
     write_mnist(str(tmp_path / "data"))
     trained, messages = [], []
@@ -226,6 +229,7 @@ def test_merge_sweeps_keeps_the_first_run_of_a_strength_and_reads_nulls_as_nan()
         ss.merge_sweeps([])
 
 
+@pytest.mark.slow
 def test_merge_of_two_tiny_runs_applies_the_rule_to_the_union_grid(tmp_path):
     write_mnist(str(tmp_path / "data"))
 
@@ -283,6 +287,7 @@ def test_app_alpha_parsing(tmp_path):
     assert "auto" in parser.format_help() and "--auto-alphas" in parser.format_help()
 
 
+@pytest.mark.slow
 def test_app_alpha_auto_uses_the_alpha_chosen_on_validation(tmp_path, capsys, monkeypatch):
     from apps import two_models as app
 

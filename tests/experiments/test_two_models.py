@@ -90,6 +90,7 @@ def test_b_shares_a_layers():
     assert dense_b == ["W_A1", "W_A2", "W_A3", "W_A4", "W_B5", "W_B6", "head_B"]
 
 
+@pytest.mark.slow
 def test_run_experiment_tiny_end_to_end(tmp_path, seed):
     # B trained hard (momentum 0.9, lr 0.5) moves the shared weights; WPL (proximal, large
     # alpha) keeps A where it was.
@@ -217,6 +218,7 @@ def test_a_starts_and_trains_the_same_whatever_k():
 
 
 @pytest.mark.parametrize("k, level", [(2, None), (1, 0.3)])
+@pytest.mark.slow
 def test_run_case_from_trained_a_equals_training_a_itself(k, level):
     data = _synthetic()
     config = tm.TwoModelsConfig(**{**TINY, "shared_layers": k, "b_learning_rate": 0.5})

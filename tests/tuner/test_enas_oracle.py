@@ -103,6 +103,7 @@ def test_state_resumes_with_trained_controller(tmp_path, seed):
     assert len(resumed.trials) == len(oracle.trials) >= 4
 
 
+@pytest.mark.slow
 def test_ordinary_tuner_with_build_function(tmp_path, seed):
     space = TinySpace((2, 3))
     widths = (4, 8)

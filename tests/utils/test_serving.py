@@ -98,6 +98,7 @@ def _classifier_export(folder: str):
     return paths["saved_model"], raw, expected
 
 
+@pytest.mark.slow
 def test_exports_serve_through_the_session_loader(tmp_path, seed):
     """The language model (both signatures) and the classifier, loaded by
     ``tf.compat.v1.saved_model.loader.load`` in a subprocess, give the Python model's

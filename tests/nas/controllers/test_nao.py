@@ -176,6 +176,7 @@ def test_get_config_round_trip():
 
 
 # --------------------------------------------------------------------------- KerasTuner oracle
+@pytest.mark.slow
 def test_nao_oracle_proposes_seeds_then_generated_and_resumes(tmp_path):
     import keras_tuner
 

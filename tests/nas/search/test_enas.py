@@ -275,6 +275,7 @@ def test_wpl_reduces_forgetting_on_the_fake(tmp_path, seed):
     assert with_wpl < without
 
 
+@pytest.mark.slow
 def test_baseline_resets_at_each_epoch_start_through_the_strategy(tmp_path, seed):
     """With ``baseline_reset_each_epoch`` (and the baseline from the first reward), each
     epoch's first REINFORCE update starts from its own reward (A = 0), later ones move the

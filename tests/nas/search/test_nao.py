@@ -218,6 +218,7 @@ def test_mismatched_controller_is_an_error(tmp_path):
         run_nao_search(task, nao, _config(), str(tmp_path), handle_signals=False)
 
 
+@pytest.mark.slow
 def test_app_search_derive_and_resume(tmp_path, capsys):
     from apps import nao_search as app
 

@@ -95,6 +95,7 @@ def test_bad_inputs():
         train_final(space, ARCH, _tiny_config(), _arrays(), epochs=2.0)
 
 
+@pytest.mark.slow
 def test_train_export_reload_round_trip(seed, tmp_path):
     space = MicroCellSpace(num_nodes=2)
     model, report = train_final(space, ARCH, _tiny_config(num_stages=1), _arrays(), epochs=1,
@@ -115,6 +116,7 @@ def test_train_export_reload_round_trip(seed, tmp_path):
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_final_resumed_after_a_kill_equals_the_uninterrupted_run(tmp_path):
     """2 epochs of 4 batches, killed after batch 3 of epoch 1 (checkpoints every 3 batches:
     the last one after batch 2 of epoch 1, so batch 3 is trained again), then resumed: the

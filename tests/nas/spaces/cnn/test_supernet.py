@@ -63,6 +63,7 @@ def test_one_trace_serves_every_architecture(task):
     assert task.eval_traces == 1
 
 
+@pytest.mark.slow
 def test_unchosen_poisoned_op_does_not_run(seed):
     space = MicroCellSpace(num_nodes=2)
     net = CNNSupernet(space, SupernetConfig(num_cells=1, filters=4, num_stages=2))
@@ -137,6 +138,7 @@ def test_unused_ops_get_no_update_fisher_or_anchor(task):
     assert int(task.wpl_state.num_fisher_updates.numpy()) == updates_before + 1
 
 
+@pytest.mark.slow
 def test_slice_axes_and_per_slice_fisher_clip():
     space = MicroCellSpace(num_nodes=2)
     clip = 1e-12  # below every used slice's ‖g²‖ (BN offsets included): each one is clipped

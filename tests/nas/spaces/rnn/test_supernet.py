@@ -217,6 +217,7 @@ def test_dropout_masks_drawn_once_and_split_by_rows_equal_the_drawn_in_call_ones
     assert RNNSupernet(off, seed=0).dropout_masks(4) == {}
 
 
+@pytest.mark.slow
 def test_one_trace_over_many_architectures(task):
     rng = np.random.default_rng(3)
     for k in range(6):
@@ -792,6 +793,7 @@ def _copied_generator(generator):
 
 
 @pytest.mark.parametrize("scope, dropout", [("cell", False), ("all", True), ("cell", True)])
+@pytest.mark.slow
 def test_valid_fisher_is_the_ema_of_the_validation_gradient(scope, dropout):
     """fisher_source="valid": after an architecture's training steps (WPL on), one pass on
     the next validation window (1, then 2, past the fixed window 0) from the Fisher's own
@@ -846,6 +848,7 @@ def test_valid_fisher_is_the_ema_of_the_validation_gradient(scope, dropout):
 
 
 @pytest.mark.parametrize("mode", ["proximal", "gradient"])
+@pytest.mark.slow
 def test_fisher_source_changes_nothing_in_the_training_steps_but_the_fisher(mode):
     """With α = 0 (WPL on, so the Fisher updates, the anchors move and the penalty is 0), every
     dropout on and 4 architectures x 2 batches: the losses, gradient norms, weights, optimizer,
