@@ -109,6 +109,7 @@ split_cpu(2)
 """ + _HISTORY + """
 import dataclasses, json, os, signal, sys
 import numpy as np
+import tensorflow as tf
 from wpl_keras.experiments import enas, nao as nao_experiment
 from wpl_keras.nas.search.nao import run_nao_search
 from wpl_keras.nas.search.driver import SearchInterrupted
