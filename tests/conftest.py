@@ -39,10 +39,13 @@ NOTEBOOKS = pathlib.Path(__file__).resolve().parent / "notebooks"
 def pytest_collection_modifyitems(config, items):
     """Marks every test under ``tests/distributed/`` ``distributed`` and every test under
     ``tests/notebooks/`` ``slow`` (the quick loop ``-m "not distributed and not slow"`` leaves
-    them out)."""
+    them out), and runs the distributed tests first: their module fixtures start several
+    processes and take minutes, so under ``-n 2`` they overlap the rest of the suite instead of
+    finishing it alone."""
     for item in items:
         parents = pathlib.Path(str(item.fspath)).resolve().parents
         if DISTRIBUTED in parents:
             item.add_marker(pytest.mark.distributed)
         if NOTEBOOKS in parents:
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("distributed") is None)  # stable
