@@ -280,7 +280,10 @@ def _proc_net_listeners(port: int) -> set:
     return found
 
 
-@pytest.mark.skipif(not pathlib.Path("/proc/net/tcp6").exists(), reason="needs Linux /proc/net")
+@pytest.mark.skipif(
+    not pathlib.Path("/proc/net/tcp6").exists(),
+    reason="compares the printed address with the kernel socket table in /proc/net/tcp and "
+           "/proc/net/tcp6, which only Linux has")
 def test_parameter_server_prints_the_sockets_it_really_listens_on(tmp_path):
     """Asked for 127.0.0.1, TensorFlow's gRPC server listens on every interface: the printed
     line must name exactly the sockets /proc/net lists for the port, and stderr must warn."""
