@@ -30,7 +30,7 @@ from wpl_keras.experiments import enas
 from wpl_keras.experiments import ranking
 from wpl_keras.experiments import search_quality as sq
 from wpl_keras.experiments.from_scratch import CellCache
-from wpl_keras.experiments.protocol_options import add_protocol_arguments, experiment_and_budget
+from wpl_keras.experiments.protocol_options import add_protocol_arguments, experiment_from_arguments
 from wpl_keras.utils.strict_json import finite_or_null, write_json_atomic
 
 
@@ -49,12 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        config, budget = experiment_and_budget(
-            args.space, args.preset, quiet=args.quiet, epochs=args.train_epochs,
-            max_batches=args.train_max_batches, train_size=args.train_size)
-    except ValueError as error:
-        parser.error(str(error))
+    config, budget = experiment_from_arguments(parser, args)
     out = args.out or tempfile.mkdtemp(prefix="search_quality_")
     started = time.time()
     data, config = enas.prepare(config, args.data_dir, verify=args.verify)

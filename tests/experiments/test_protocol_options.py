@@ -10,6 +10,7 @@ from wpl_keras.experiments.from_scratch import TrainBudget
 from wpl_keras.experiments.protocol_options import (
     add_protocol_arguments,
     experiment_and_budget,
+    experiment_from_arguments,
     parse_seeds,
 )
 
@@ -55,3 +56,16 @@ def test_experiment_and_budget_takes_the_presets_budget_and_each_override():
         experiment_and_budget("rnn", "cpu-small", train_size=3)
     with pytest.raises(ValueError, match="epochs"):
         experiment_and_budget("rnn", "cpu-small", epochs=0)
+
+
+def test_experiment_from_arguments_applies_the_overrides_and_exits_on_a_foreign_one(capsys):
+    parser = argparse.ArgumentParser()
+    add_protocol_arguments(parser)
+    config, budget = experiment_from_arguments(
+        parser, parser.parse_args(["--quiet", "--train-epochs", "2", "--train-max-batches", "7"]))
+    assert (config.space, config.search.verbose, budget.epochs, budget.max_batches) == (
+        "rnn", 0, 2, 7)
+    with pytest.raises(SystemExit) as exit_info:
+        experiment_from_arguments(parser, parser.parse_args(["--train-size", "3"]))
+    assert exit_info.value.code == 2
+    assert "train_size" in capsys.readouterr().err

@@ -72,3 +72,15 @@ def experiment_and_budget(space: str, preset: str, *, quiet: bool = False,
         train_size=own.train_size if train_size is None else train_size)
     budget.check_space(config.space)
     return config, budget
+
+
+def experiment_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace
+                              ) -> Tuple[enas.ENASExperimentConfig, TrainBudget]:
+    """:func:`experiment_and_budget` of the options :func:`add_protocol_arguments` parsed into
+    ``args``; an override the space does not use exits through ``parser.error`` (status 2)."""
+    try:
+        return experiment_and_budget(
+            args.space, args.preset, quiet=args.quiet, epochs=args.train_epochs,
+            max_batches=args.train_max_batches, train_size=args.train_size)
+    except ValueError as error:
+        parser.error(str(error))
