@@ -29,7 +29,8 @@ import keras_tuner  # noqa: E402
 
 from tests.tuner.tiny_task import TinyTask  # noqa: E402
 
-from wpl_keras.tuner.enas import ENASOracle, WeightSharingTuner  # noqa: E402
+from wpl_keras.tuner.enas import ENASOracle  # noqa: E402
+from wpl_keras.tuner.weight_sharing import WeightSharingTuner  # noqa: E402
 from wpl_keras.tuner.shared_weights import (  # noqa: E402
     SharedWeightStore,
     shared_task_variables,

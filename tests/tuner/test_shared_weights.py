@@ -150,7 +150,8 @@ def test_tuner_pulls_and_pushes_each_trial_and_counts_shared_trials(
     (``wpl_start_epoch=2`` of its schedule: on when the counter at the pull is ≥ 2), not its own."""
     import keras_tuner
 
-    from wpl_keras.tuner.enas import ENASOracle, WeightSharingTuner
+    from wpl_keras.tuner.enas import ENASOracle
+    from wpl_keras.tuner.weight_sharing import WeightSharingTuner
     from wpl_keras.wpl.schedule import ScheduleConfig
 
     task = TinyTask(seed=0)

@@ -15,7 +15,7 @@ behind the ``propose()`` / ``learn(arch, reward)`` interface, in NAO's batch rhy
 Its whole state (controller weights, Adam state, shuffling stream, queue, scored set and the
 random generator) goes into the oracle's side checkpoint, so ``overwrite=False`` resumes it.
 :class:`NAOOracle` is the oracle; pair it with any Tuner, or with
-:class:`~wpl_keras.tuner.enas.WeightSharingTuner` for weight sharing (use ``repeats="rerun"``).
+:class:`~wpl_keras.tuner.weight_sharing.WeightSharingTuner` for weight sharing (use ``repeats="rerun"``).
 """
 
 from __future__ import annotations

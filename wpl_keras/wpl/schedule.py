@@ -2,7 +2,7 @@
 
 :class:`ScheduleConfig` is the schedule. The search driver
 (:mod:`wpl_keras.nas.search.driver`, epochs of a search), the weight-sharing tuner
-(:class:`~wpl_keras.tuner.enas.WeightSharingTuner`, one "epoch" per trial) and ``model.fit``
+(:class:`~wpl_keras.tuner.weight_sharing.WeightSharingTuner`, one "epoch" per trial) and ``model.fit``
 (:class:`~wpl_keras.wpl.callbacks.StrengthScheduler`, Keras epochs) all apply it through the
 same three functions, writing ``α`` into the one variable that holds it,
 ``WPLState.strength``:
