@@ -26,6 +26,26 @@
   workers wait (``IDLE``) for such trials instead of stopping, so the chief never waits forever
   for a dead worker. Set it above the longest trial: a standard Tuner reports only at the end.
 
+Without a space (``space=None``) the oracle learns the hyperparameters the hypermodel
+declares, as KerasTuner's own oracles do: the tuner's first builds (every conditional scope
+activated) reach :meth:`ControllerOracle.update_space`, and every hyperparameter of the oracle's
+``HyperParameters`` becomes one decision of the controller
+(:func:`~wpl_keras.tuner.hyperparameter_decisions.decisions_from_hyperparameters`: ``Choice``,
+``Boolean``, ``Fixed``, ``Int``, ``Float`` with a step or with ``float_bins``), in the order
+they were declared:
+
+* a trial's values are the values of the sampled indices of the *active* decisions only (a
+  decision whose ``conditional_scope`` parents took other values gets no value, as in
+  ``RandomSearchOracle``);
+* the controller learns from the trial with the mask ``m_k = 1`` for the decisions that were
+  active and sampled for it, ``m_k = 0`` otherwise (inactive, or declared after the trial was
+  proposed), along the path it sampled (kept per trial in the oracle state);
+* a hyperparameter first seen in a later trial (``update_space`` from ``end_trial``) is
+  appended as a new decision: the adapter grows (:meth:`ControllerAdapter.grow`) and the
+  decisions already learned keep their weights;
+* the decision list is part of the JSON state, so ``overwrite=False`` grows the fresh
+  controller to the saved size before its checkpoint is read.
+
 A controller plugs in through :class:`ControllerAdapter` (ENAS: :mod:`wpl_keras.tuner.enas`).
 """
 
@@ -35,12 +55,20 @@ import abc
 import math
 import os
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import keras_tuner
+import numpy as np
 from keras_tuner.engine import trial as trial_module
 
 from wpl_keras.nas.base import Architecture, InvalidArchitectureError, SearchSpace
+from wpl_keras.tuner.hyperparameter_decisions import (
+    DecisionOptions,
+    active_mask,
+    decisions_from_hyperparameters,
+    indices_to_values,
+    values_to_indices,
+)
 from wpl_keras.utils.validation import check_number
 
 TrialStatus = trial_module.TrialStatus
@@ -56,8 +84,20 @@ class ControllerAdapter(abc.ABC):
         """A new architecture to evaluate (a tuple of ints of the space)."""
 
     @abc.abstractmethod
-    def learn(self, arch: Architecture, reward: float) -> Dict[str, float]:
-        """Updates the controller from ``arch``'s reward (higher is better); returns logs."""
+    def learn(self, arch: Architecture, reward: float, mask=None) -> Dict[str, float]:
+        """Updates the controller from ``arch``'s reward (higher is better); returns logs.
+
+        ``mask`` (``m ∈ {0, 1}^D`` or None for all ones): only decisions with ``m_k = 1`` are
+        learned from."""
+
+    def grow(self, decision_sizes: Sequence[int]) -> None:
+        """Makes the controller cover ``decision_sizes`` (the current sizes followed by new
+        decisions), keeping what it learned about the current ones. The first call, for a
+        controller built without a space, creates it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} works on a fixed SearchSpace only; it cannot learn the "
+            "hyperparameters a hypermodel declares. Give its oracle a space."
+        )
 
     @abc.abstractmethod
     def save(self, path: str) -> None:
@@ -105,11 +145,29 @@ def space_hyperparameters(space: SearchSpace) -> keras_tuner.HyperParameters:
     return hp
 
 
+def _check_space_arguments(space, hyperparameters, decision_options) -> None:
+    if space is not None and not isinstance(space, SearchSpace):
+        raise TypeError(
+            f"space must be a wpl_keras SearchSpace or None, got {type(space).__name__}; "
+            "pass the objective by keyword (objective=...) when there is no space."
+        )
+    if space is not None and hyperparameters is not None:
+        raise ValueError(
+            "hyperparameters= is for an oracle without a space; a space's decisions are "
+            "its hyperparameters."
+        )
+    if not isinstance(decision_options, DecisionOptions):
+        raise TypeError(
+            f"decision_options must be a DecisionOptions, got {type(decision_options).__name__}."
+        )
+
+
 class ControllerOracle(keras_tuner.Oracle):
     """KerasTuner oracle whose proposals come from a learned controller.
 
     Args:
-        space: the search space.
+        space: the search space, or None to learn the hypermodel's own hyperparameters (see
+            the module docstring).
         adapter: the controller (see :class:`ControllerAdapter`).
         objective: KerasTuner objective (name or ``keras_tuner.Objective``); single objective.
         max_trials: trial budget.
@@ -121,11 +179,15 @@ class ControllerOracle(keras_tuner.Oracle):
             (None: never; the KerasTuner behaviour).
         idle_wait: seconds an idle worker is held before asking again for a trial.
         seed, max_retries_per_trial, max_consecutive_failed_trials: as ``keras_tuner.Oracle``.
+        hyperparameters, allow_new_entries, tune_new_entries: as ``keras_tuner.Oracle``;
+            without a space only (with a space its decisions are the hyperparameters).
+        decision_options: how ``Int``/``Float`` hyperparameters become decisions, without a
+            space (:class:`~wpl_keras.tuner.hyperparameter_decisions.DecisionOptions`).
     """
 
     def __init__(
         self,
-        space: SearchSpace,
+        space: Optional[SearchSpace],
         adapter: ControllerAdapter,
         objective=None,
         max_trials: int = 10,
@@ -138,7 +200,12 @@ class ControllerOracle(keras_tuner.Oracle):
         seed: Optional[int] = None,
         max_retries_per_trial: int = 0,
         max_consecutive_failed_trials: int = 3,
+        hyperparameters: Optional[keras_tuner.HyperParameters] = None,
+        allow_new_entries: bool = True,
+        tune_new_entries: bool = True,
+        decision_options: DecisionOptions = DecisionOptions(),
     ):
+        _check_space_arguments(space, hyperparameters, decision_options)
         if repeats not in ("cache", "rerun"):
             raise ValueError(f"repeats must be 'cache' or 'rerun', got {repeats!r}.")
         count = dict(integer=True, minimum=0)
@@ -158,12 +225,15 @@ class ControllerOracle(keras_tuner.Oracle):
             raise ValueError("ControllerOracle needs a single objective (one reward).")
         if not isinstance(adapter, ControllerAdapter):
             raise TypeError(f"adapter must be a ControllerAdapter, got {type(adapter).__name__}.")
+        if space is not None:
+            hyperparameters, allow_new_entries, tune_new_entries = (
+                space_hyperparameters(space), True, False)
         super().__init__(
             objective=objective,
             max_trials=max_trials,
-            hyperparameters=space_hyperparameters(space),
-            allow_new_entries=True,
-            tune_new_entries=False,
+            hyperparameters=hyperparameters,
+            allow_new_entries=allow_new_entries,
+            tune_new_entries=tune_new_entries,
             seed=seed,
             max_retries_per_trial=max_retries_per_trial,
             max_consecutive_failed_trials=max_consecutive_failed_trials,
@@ -180,6 +250,12 @@ class ControllerOracle(keras_tuner.Oracle):
         self.num_reaped_trials = 0
         self.last_update: Dict[str, float] = {}
         self._last_seen: Dict[str, float] = {}
+        self.decision_options = decision_options
+        self.decisions = ()
+        # trial_id -> the full index path the controller sampled for it (no space only).
+        self._sampled_paths: Dict[str, list] = {}
+        if space is None:
+            self._sync_decisions()
 
     # ------------------------------------------------------------ rewards
     def reward(self, score: float) -> float:
@@ -188,9 +264,61 @@ class ControllerOracle(keras_tuner.Oracle):
             return float(self.reward_fn(score))
         return float(score) if self.objective.direction == "max" else -float(score)
 
-    def _learn(self, arch: Architecture, score: float) -> None:
-        self.last_update = self.adapter.learn(arch, self.reward(score))
+    def _learn(self, arch: Architecture, score: float, mask=None) -> None:
+        if not len(arch):  # a hypermodel with no hyperparameters: nothing to learn
+            return
+        if mask is None:
+            self.last_update = self.adapter.learn(arch, self.reward(score))
+        else:
+            self.last_update = self.adapter.learn(arch, self.reward(score), mask=mask)
         self.num_controller_updates += 1
+
+    # --------------------------------------------------- hypermodel decisions
+    def _sync_decisions(self) -> None:
+        """Appends the decisions of hyperparameters new to ``self.hyperparameters`` and grows
+        the controller to cover them."""
+        decisions = decisions_from_hyperparameters(self.hyperparameters, self.decision_options)
+        old = self.decisions
+        if decisions == old:
+            return
+        if decisions[: len(old)] != old:
+            raise RuntimeError(
+                f"{type(self).__name__}: the hyperparameters changed order or definition "
+                f"({[d.name for d in old]} -> {[d.name for d in decisions]}); only new ones "
+                "may be appended."
+            )
+        self.adapter.grow([d.size for d in decisions])
+        self.decisions = decisions
+
+    def update_space(self, hyperparameters):
+        """KerasTuner's ``update_space``; without a space the controller also grows to the new
+        hyperparameters (see the module docstring)."""
+        super().update_space(hyperparameters)
+        if self.space is None:
+            self._sync_decisions()
+
+    def _propose(self) -> Tuple[Architecture, Optional[np.ndarray], dict]:
+        """``(path, mask, values)`` of a new proposal (mask None for a space)."""
+        if self.space is not None:
+            arch = self.space.validate(self.adapter.propose())
+            return arch, None, architecture_to_values(self.space, arch)
+        if not self.decisions:
+            return (), None, {}
+        arch = tuple(int(a) for a in self.adapter.propose())
+        return arch, active_mask(self.decisions, arch), indices_to_values(self.decisions, arch)
+
+    def _trial_path(self, trial) -> Tuple[Architecture, Optional[np.ndarray]]:
+        """The path and mask a finished trial is learned from (mask None for a space)."""
+        if self.space is not None:
+            return hyperparameters_to_architecture(self.space, trial.hyperparameters), None
+        indices, mask = values_to_indices(self.decisions, trial.hyperparameters.values)
+        sampled = self._sampled_paths.get(trial.trial_id)
+        if sampled is None:
+            return indices, mask
+        n = len(sampled)
+        path = tuple(sampled) + tuple(indices[n:])
+        mask = np.concatenate([mask[:n], np.zeros(len(indices) - n, np.float32)])
+        return path, mask
 
     def _cached_score(self, values_hash: str) -> Optional[float]:
         for trial_id, trial in self.trials.items():
@@ -207,14 +335,15 @@ class ControllerOracle(keras_tuner.Oracle):
     def populate_space(self, trial_id):
         repeats = 0
         while True:
-            arch = self.space.validate(self.adapter.propose())
-            values = architecture_to_values(self.space, arch)
+            arch, mask, values = self._propose()
             values_hash = self._compute_values_hash(values)
             if self.repeats == "rerun" or values_hash not in self._tried_so_far:
+                if self.space is None:
+                    self._sampled_paths[trial_id] = list(arch)
                 return {"status": TrialStatus.RUNNING, "values": values}
             cached = self._cached_score(values_hash)
-            if cached is not None:
-                self._learn(arch, cached)
+            if cached is not None and len(arch):
+                self._learn(arch, cached, mask)
                 self.num_cached_updates += 1
             repeats += 1
             if repeats > self.max_resamples:
@@ -227,8 +356,8 @@ class ControllerOracle(keras_tuner.Oracle):
     def score_trial(self, trial):
         super().score_trial(trial)
         if trial.score is not None and math.isfinite(trial.score):
-            self._learn(hyperparameters_to_architecture(self.space, trial.hyperparameters),
-                        trial.score)
+            arch, mask = self._trial_path(trial)
+            self._learn(arch, trial.score, mask)
 
     def create_trial(self, tuner_id):
         trial = self._create_trial(tuner_id)
@@ -293,6 +422,8 @@ class ControllerOracle(keras_tuner.Oracle):
     def get_state(self):
         state = super().get_state()
         path = self._controller_path()
+        if self.space is None and not self.decisions:
+            path = None  # no hyperparameters yet: no controller to save
         if path is not None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             self.adapter.save(path)
@@ -304,24 +435,56 @@ class ControllerOracle(keras_tuner.Oracle):
             "num_reaped_trials": self.num_reaped_trials,
             **self.adapter.state(),
         }
-        state["space"] = self.space.name
+        state["space"] = self.space.name if self.space is not None else None
+        if self.space is None:
+            state["decisions"] = [d.describe() for d in self.decisions]
+            state["sampled_paths"] = dict(self._sampled_paths)
         return state
+
+    def _restore_decisions(self, state) -> None:
+        """Recomputes the decisions from the restored hyperparameters, checks them against the
+        saved ones and grows the controller to their number (before its checkpoint is read)."""
+        saved = state.get("decisions", [])
+        decisions = decisions_from_hyperparameters(self.hyperparameters, self.decision_options)
+        described = [d.describe() for d in decisions[: len(saved)]]
+        if described != saved:
+            raise ValueError(
+                f"{type(self).__name__}: the project's saved decisions "
+                f"{[(d['name'], len(d['values'])) for d in saved]} differ from those of its "
+                f"hyperparameters under this oracle's options "
+                f"{[(d['name'], len(d['values'])) for d in described]}; resume with the "
+                "float_bins / max_int_values the project was searched with."
+            )
+        self.decisions = ()
+        if saved:
+            self.adapter.grow([d.size for d in decisions[: len(saved)]])
+            self.decisions = decisions[: len(saved)]
+        self._sampled_paths = {k: list(v) for k, v in state.get("sampled_paths", {}).items()}
 
     def set_state(self, state):
         super().set_state(state)
-        if state.get("space", self.space.name) != self.space.name:
-            raise ValueError(
-                f"project was searched over space {state['space']!r}, not {self.space.name!r}."
-            )
+        mine = self.space.name if self.space is not None else None
+        if "space" in state and state["space"] != mine:
+            raise ValueError(f"project was searched over space {state['space']!r}, not {mine!r}.")
+        if self.space is None:
+            self._restore_decisions(state)
         info = state.get("controller") or {}
         self.num_controller_updates = int(info.get("num_updates", 0))
         self.num_cached_updates = int(info.get("num_cached_updates", 0))
         self.num_reaped_trials = int(info.get("num_reaped_trials", 0))
         if info.get("checkpoint"):
             self.adapter.load(os.path.join(self._project_dir, info["checkpoint"]))
+        if self.space is None:
+            self._sync_decisions()  # hyperparameters restored beyond the checkpoint, if any
 
     def best_architectures(self, num: int = 1):
-        """Architectures of the ``num`` best trials."""
+        """Architectures of the ``num`` best trials (with a space only; without one, use
+        ``get_best_trials`` or the tuner's ``get_best_hyperparameters``)."""
+        if self.space is None:
+            raise ValueError(
+                "best_architectures needs a space; without one the best trials' values are "
+                "their hyperparameters (oracle.get_best_trials(num))."
+            )
         return [
             hyperparameters_to_architecture(self.space, t.hyperparameters)
             for t in self.get_best_trials(num)

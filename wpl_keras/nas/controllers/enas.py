@@ -111,8 +111,11 @@ class Controller(keras.Model):
         self.built = True
 
         spec = tf.TensorSpec([len(sizes)], tf.int32)
+        mask_spec = tf.TensorSpec([len(sizes)], tf.float32)
         self._sample_fn = tf.function(self._sample, input_signature=[])
         self._log_prob_fn = tf.function(self._log_prob_and_entropy, input_signature=[spec])
+        self._masked_log_prob_fn = tf.function(
+            self._masked_log_prob_and_entropy, input_signature=[spec, mask_spec])
         self._probs_fn = tf.function(self._probabilities, input_signature=[spec])
 
     # ------------------------------------------------------------------ core
@@ -197,6 +200,11 @@ class Controller(keras.Model):
         decisions, all_logits = self._run(arch)
         return self._decision_scores(decisions, all_logits)
 
+    def _masked_log_prob_and_entropy(self, arch: tf.Tensor, mask: tf.Tensor):
+        """``(Σ_k m_k log π(a_k | a_<k), Σ_k m_k H_k)`` along ``arch``."""
+        log_probs, entropies = self._decision_log_probs_and_entropies(arch)
+        return tf.reduce_sum(mask * log_probs), tf.reduce_sum(mask * entropies)
+
     def _probabilities(self, arch: tf.Tensor):
         arch = tf.cast(tf.reshape(arch, [self.num_decisions]), tf.int32)
         _, all_logits = self._run(arch)
@@ -211,17 +219,73 @@ class Controller(keras.Model):
         """Samples an architecture: ``(arch int32 [D], log π(arch), H)``; one trace."""
         return self._sample_fn()
 
-    def log_prob_and_entropy(self, arch) -> Tuple[tf.Tensor, tf.Tensor]:
+    def log_prob_and_entropy(self, arch, mask=None) -> Tuple[tf.Tensor, tf.Tensor]:
         """``log π(arch) = Σ_k log softmax(z_k)[a_k]`` and ``H = Σ_k entropy(softmax(z_k))``.
+
+        With a ``mask`` ``m ∈ {0, 1}^D`` (a decision that is inactive, e.g. a conditional
+        hyperparameter whose parent took another value, has ``m_k = 0``): the masked sums
+        ``Σ_k m_k log π(a_k | a_<k)`` and ``Σ_k m_k H_k``. The LSTM still reads every ``a_k``
+        along the path (teacher forcing), so an inactive draw conditions the later steps as
+        it did when sampled; only its own terms leave the sums. The mask is a tensor input of
+        its own traced function: one trace serves every architecture and mask, and the
+        unmasked path is unchanged.
 
         Differentiable with respect to the controller weights (REINFORCE uses it inside a
         ``GradientTape``).
 
         Raises:
-            ValueError: if ``arch`` has the wrong length or a decision out of range.
+            ValueError: if ``arch`` has the wrong length or a decision out of range, or
+                ``mask`` is not ``D`` values in [0, 1].
         """
         arch = self._check_arch(arch)
-        return self._log_prob_fn(arch)
+        if mask is None:
+            return self._log_prob_fn(arch)
+        return self._masked_log_prob_fn(arch, self.check_mask(mask))
+
+    def check_mask(self, mask) -> tf.Tensor:
+        """``mask`` as a float32 tensor ``[D]`` after checking its length and range."""
+        if isinstance(mask, tf.Tensor) and not tf.executing_eagerly():
+            return tf.cast(mask, tf.float32)
+        values = np.asarray(mask, dtype=np.float32).reshape(-1)
+        if values.shape[0] != self.num_decisions:
+            raise ValueError(
+                f"mask has {values.shape[0]} values, controller expects {self.num_decisions}."
+            )
+        if not np.all((values >= 0.0) & (values <= 1.0)):
+            raise ValueError(f"mask values must be in [0, 1], got {values.tolist()}.")
+        return tf.constant(values)
+
+    def grown(self, decision_sizes: Sequence[int]) -> "Controller":
+        """A controller over ``decision_sizes`` (this one's sizes followed by new decisions)
+        that keeps every weight of this one.
+
+        The LSTM cell, the start input, the heads ``0 … D−1``, the embeddings ``0 … D−2`` and
+        the sampler's state are copied exactly; the new heads, and the embedding of decision
+        ``D − 1`` (which the old controller never read), are initialised as a fresh
+        controller with the same seed would initialise them. Decision ``k < D`` then has the
+        same distribution as before, and the new decisions come after it in emission order.
+
+        Raises:
+            ValueError: if ``decision_sizes`` does not start with this controller's sizes.
+        """
+        sizes = check_sizes(decision_sizes, "Controller.grown decision_sizes")
+        old = self.decision_sizes
+        if len(sizes) < len(old) or tuple(sizes[: len(old)]) != tuple(old):
+            raise ValueError(
+                f"Controller.grown: decision_sizes {list(sizes)} must start with the current "
+                f"sizes {list(old)} (new decisions are appended)."
+            )
+        config = {**self.get_config(), "decision_sizes": list(sizes)}
+        grown = type(self).from_config(config)
+        pairs = [(grown.cell, self.cell)]
+        pairs += list(zip(grown.heads, self.heads)) + list(zip(grown.embeddings, self.embeddings))
+        for new_layer, old_layer in pairs:
+            for new_var, old_var in zip(new_layer.weights, old_layer.weights):
+                new_var.assign(old_var)
+        grown.start.assign(self.start)
+        grown.generator.state.assign(self.generator.state)
+        grown.cell_seed_state.assign(self.cell_seed_state)
+        return grown
 
     def sample_architecture(self) -> Tuple[int, ...]:
         """A sampled architecture as a tuple of Python ints."""
@@ -254,6 +318,11 @@ class Controller(keras.Model):
             "sample": self._sample_fn.experimental_get_tracing_count(),
             "log_prob_and_entropy": self._log_prob_fn.experimental_get_tracing_count(),
         }
+
+    @property
+    def masked_tracing_count(self) -> int:
+        """Number of traces of the masked log-probability (tests check it stays at 1)."""
+        return self._masked_log_prob_fn.experimental_get_tracing_count()
 
     def get_config(self):
         return {

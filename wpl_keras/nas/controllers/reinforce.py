@@ -32,6 +32,17 @@ the EMA step, so that update has ``A = 0``. With ``baseline_reset_each_epoch`` (
 keeps the baseline local to each controller phase) :meth:`Reinforce.start_epoch` puts the
 baselines back to their start at each new epoch.
 
+With a mask ``m ∈ {0, 1}^D`` (decisions that were inactive for the sampled path, e.g. a
+conditional hyperparameter whose parent took another value, have ``m_k = 0``) only the active
+decisions enter: ``log π → Σ_k m_k ℓ_k`` and ``H → Σ_k m_k H_k``, so ``"bonus"`` descends
+
+    ``−∇[Σ_k m_k ℓ_k · (R − b) + w · Σ_k m_k H_k]``
+
+and the reward modes use ``loss = −Σ_k m_k ℓ_k · A_k`` with ``H_k → m_k H_k`` inside ``A``
+and an entropy baseline ``c_k`` that moves only where ``m_k = 1``. The mask is a tensor input
+of its own traced update (one trace for every architecture and mask); without a mask the
+update is the unmasked one above, unchanged.
+
 Each update is followed by one optimizer step (Adam by default) on the controller weights.
 The update is a ``tf.function`` with the architecture as an int32 tensor and the reward as a
 float32 scalar, so it is traced once for every architecture. The baselines, their
@@ -166,35 +177,52 @@ class Reinforce:
             tf.TensorSpec([], tf.float32),
         ]
         self._update_fn = tf.function(self._update, input_signature=spec)
+        mask_spec = tf.TensorSpec([controller.num_decisions], tf.float32)
+        self._masked_update_fn = tf.function(self._update, input_signature=spec + [mask_spec])
 
-    def _move(self, variable: tf.Variable, value: tf.Tensor) -> tf.Tensor:
+    def _move(self, variable: tf.Variable, value: tf.Tensor, mask=None) -> tf.Tensor:
         """EMA step of ``variable`` towards ``value`` (``value`` itself on a first update under
-        ``baseline_init="first_reward"``); returns the new value."""
+        ``baseline_init="first_reward"``), only where ``mask`` is 1 when one is given; returns
+        the new value."""
         moved = ema_baseline(variable, value, self.baseline_decay)
         if self.baseline_init == "first_reward":
             moved = tf.where(self.baseline_initialized, moved, value)
+        if mask is not None:
+            moved = mask * moved + (1.0 - mask) * variable
         variable.assign(moved)
         return moved
 
-    def _update(self, arch: tf.Tensor, reward: tf.Tensor) -> Dict[str, tf.Tensor]:
+    def _bonus_terms(self, arch: tf.Tensor, mask):
+        if mask is None:
+            return self.controller._log_prob_and_entropy(arch)
+        return self.controller._masked_log_prob_and_entropy(arch, mask)
+
+    def _update(self, arch: tf.Tensor, reward: tf.Tensor, mask=None) -> Dict[str, tf.Tensor]:
         variables = self.controller.trainable_variables
         w = self.entropy_weight
         with tf.GradientTape() as tape:
             if self.entropy_mode == "bonus":
-                log_prob, entropy = self.controller._log_prob_and_entropy(arch)
+                log_prob, entropy = self._bonus_terms(arch, mask)
                 advantage = reward - self._move(self.baseline, reward)
                 loss = reinforce_loss(log_prob, entropy, advantage, w)
             else:
                 log_probs, entropies = self.controller._decision_log_probs_and_entropies(arch)
                 entropies = tf.stop_gradient(entropies)
                 baseline = self._move(self.baseline, reward)
-                entropy_baseline = self._move(self.entropy_baseline, entropies)
+                entropy_baseline = self._move(self.entropy_baseline, entropies, mask)
+                if mask is not None:
+                    log_probs, entropies = mask * log_probs, mask * entropies
+                    entropy_baseline = mask * entropy_baseline
                 advantages = entropy_reward_advantages(
                     reward, baseline, entropies, entropy_baseline, w,
                     summed=self.entropy_mode == "reward_sum")
                 loss = decision_loss(log_probs, advantages)
                 log_prob, entropy = tf.reduce_sum(log_probs), tf.reduce_sum(entropies)
-                advantage = tf.reduce_mean(advantages)
+                if mask is None:
+                    advantage = tf.reduce_mean(advantages)
+                else:
+                    advantage = tf.reduce_sum(mask * advantages) / tf.maximum(
+                        tf.reduce_sum(mask), 1.0)
         self.baseline_initialized.assign(True)
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
@@ -208,22 +236,67 @@ class Reinforce:
             "entropy": entropy,
         }
 
-    def update(self, arch: Sequence[int], reward: float) -> Dict[str, float]:
+    def update(self, arch: Sequence[int], reward: float, mask=None) -> Dict[str, float]:
         """One REINFORCE step for ``arch`` with reward ``reward``.
+
+        Args:
+            arch: the sampled decisions ``a`` (``D`` ints).
+            reward: ``R``.
+            mask: optional ``m ∈ {0, 1}^D``; only decisions with ``m_k = 1`` are learned
+                from (see the module docstring). None: every decision (the unmasked update).
 
         Returns:
             Floats ``loss``, ``reward``, ``baseline`` (``b`` after the EMA step),
-            ``advantage`` (``A``; the mean of ``A_k`` in the reward modes), ``log_prob`` and
-            ``entropy`` (``log π(a)`` and ``H``, both before the optimizer step).
+            ``advantage`` (``A``; the mean of ``A_k`` over the (active) decisions in the
+            reward modes), ``log_prob`` and ``entropy`` (``Σ_k m_k ℓ_k`` and ``Σ_k m_k H_k``,
+            ``m = 1`` without a mask, both before the optimizer step).
 
         Raises:
-            ValueError: for an invalid architecture or a non-finite reward.
+            ValueError: for an invalid architecture or mask, or a non-finite reward.
             TypeError: for a reward that is not a number.
         """
         reward = check_number("Reinforce.update: reward", reward)
         arch = self.controller._check_arch(arch)
-        out = self._update_fn(arch, tf.constant(reward, tf.float32))
+        reward = tf.constant(reward, tf.float32)
+        if mask is None:
+            out = self._update_fn(arch, reward)
+        else:
+            out = self._masked_update_fn(arch, reward, self.controller.check_mask(mask))
         return {k: float(v) for k, v in out.items()}
+
+    def for_controller(self, controller: Controller) -> "Reinforce":
+        """This trainer's settings and state for a controller grown from its own
+        (:meth:`~wpl_keras.nas.controllers.enas.Controller.grown`).
+
+        The baseline ``b``, its "initialised" flag, the last started epoch and the step count
+        carry over; the entropy baselines ``c_k`` of the old decisions carry over and the new
+        ones start at 0. The optimizer is rebuilt from its config, so its slots (Adam's
+        moments and step count) start afresh over the grown controller's variables.
+
+        Raises:
+            ValueError: if ``controller`` has fewer decisions than the current one.
+        """
+        old = self.controller.num_decisions
+        if controller.num_decisions < old:
+            raise ValueError(
+                f"Reinforce.for_controller: the controller has {controller.num_decisions} "
+                f"decisions, fewer than the current {old}."
+            )
+        optimizer = type(self.optimizer).from_config(self.optimizer.get_config())
+        grown = Reinforce(
+            controller,
+            baseline_decay=self.baseline_decay,
+            entropy_weight=self.entropy_weight,
+            entropy_mode=self.entropy_mode,
+            baseline_init=self.baseline_init,
+            baseline_reset_each_epoch=self.baseline_reset_each_epoch,
+            optimizer=optimizer,
+        )
+        extra = tf.zeros([controller.num_decisions - old])
+        grown.entropy_baseline.assign(tf.concat([self.entropy_baseline, extra], 0))
+        for name in ("baseline", "baseline_initialized", "baseline_epoch", "step"):
+            getattr(grown, name).assign(getattr(self, name))
+        return grown
 
     def reset_baseline(self) -> None:
         """Puts the baselines back to their start: ``b = 0``, ``c = 0``, not initialised."""
@@ -267,6 +340,10 @@ class Reinforce:
     @property
     def tracing_count(self) -> int:
         return self._update_fn.experimental_get_tracing_count()
+
+    @property
+    def masked_tracing_count(self) -> int:
+        return self._masked_update_fn.experimental_get_tracing_count()
 
     def get_config(self) -> dict:
         return {
