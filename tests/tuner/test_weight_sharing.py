@@ -1,5 +1,6 @@
 """Tests for the weight-sharing tuner on a shared-weights task."""
 
+import keras
 import keras_tuner
 import numpy as np
 import pytest
@@ -7,7 +8,9 @@ import tensorflow as tf
 
 from tests.tuner.tiny_task import TinyTask
 from wpl_keras.tuner.enas import ENASOracle
+from wpl_keras.tuner.weight_bank import WeightKey
 from wpl_keras.tuner.weight_sharing import WeightSharingTuner
+from wpl_keras.wpl.config import WPLConfig
 from wpl_keras.wpl.schedule import ScheduleConfig, flush_at, strength_at
 
 
@@ -92,3 +95,81 @@ def test_weight_sharing_tuner_follows_a_decaying_schedule_per_trial(tmp_path, se
     got = [t.metrics.get_last_value("wpl_strength") for t in trials]
     assert got == [strength_at(t, schedule) for t in range(4)] == [0.0, 8.0, 4.0, 2.0]
     assert resets == [3]  # flush_at(3): two trials after WPL turned on at trial 1
+
+
+# ---------------------------------------------------------------------- the hypermodel form
+HIDDEN_KEY = WeightKey("hidden/kernel", (6, 4))
+
+
+def _build(hp):
+    """A user's build: the activation changes no shape, so every trial shares every weight."""
+    model = keras.Sequential([keras.Input((6,), name="features")])
+    model.add(keras.layers.Dense(4, activation=hp.Choice("activation", ["relu", "tanh", "elu",
+                                                                        "sigmoid"]),
+                                 name="hidden"))
+    model.add(keras.layers.Dense(2, name="head"))
+    model.compile(optimizer=keras.optimizers.Adam(0.05), metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 6)).astype("float32")
+    y = (x[:, 0] - x[:, 2] > 0).astype("int32")
+    return x, y
+
+
+def _hypermodel_tuner(path, *, max_trials=3, objective="val_accuracy", overwrite=True,
+                      **kwargs):
+    oracle = keras_tuner.oracles.RandomSearchOracle(
+        keras_tuner.Objective(objective, "max"), max_trials=max_trials, seed=3)
+    kwargs.setdefault("schedule", ScheduleConfig(wpl_start_epoch=1, strength=2.0,
+                                                 strength_decay=None, flush_every=0))
+    return WeightSharingTuner(oracle, hypermodel=kwargs.pop("hypermodel", _build),
+                              steps_per_trial=kwargs.pop("steps_per_trial", 3),
+                              wpl_config=WPLConfig(mode="gradient"), directory=str(path),
+                              project_name="hm", overwrite=overwrite, **kwargs)
+
+
+def _search(tuner, arrays):
+    x, y = arrays
+    tuner.search(x, y, validation_data=(x[:32], y[:32]), batch_size=16, verbose=0)
+
+
+def test_hypermodel_search_shares_weights_with_wpl_and_resumes(tmp_path, arrays, seed):
+    tuner = _hypermodel_tuner(tmp_path, max_trials=3)
+    _search(tuner, arrays)
+    trials = sorted(tuner.oracle.trials.values(), key=lambda t: int(t.trial_id))
+    assert [t.status for t in trials] == ["COMPLETED"] * 3
+    last = [{k: t.metrics.get_last_value(k) for k in ("wpl_active", "wpl_penalty",
+                                                      "shared_fraction")} for t in trials]
+    assert [m["wpl_active"] for m in last] == [0.0, 1.0, 1.0]
+    assert [m["shared_fraction"] for m in last] == [0.0, 1.0, 1.0]
+    assert last[0]["wpl_penalty"] == 0.0 == last[1]["wpl_penalty"]  # F = 0 until trial 1 ends
+    assert last[2]["wpl_penalty"] > 0
+    assert all(0 <= t.score <= 1 for t in trials)  # val_accuracy on the fixed batches
+    assert len(tuner.get_best_hyperparameters(3)) == 3 and tuner.trials_run == 3
+    best = tuner.get_best_models(1)[0]  # the best trial's model on the shared weights
+    np.testing.assert_array_equal(best.get_layer("hidden").kernel.numpy(),
+                                  tuner.work.bank.get("weight", HIDDEN_KEY))
+    # the bank holds the weights the last trial left: scoring its hyperparameters without
+    # training gives what that trial reported on the same fixed batches
+    scored = tuner.shared_score(trials[-1].hyperparameters.values,
+                                (arrays[0][:32], arrays[1][:32]), batch_size=16)
+    assert scored == pytest.approx({k: trials[-1].metrics.get_last_value(k)
+                                    for k in ("val_loss", "val_accuracy")}, rel=1e-5)
+    saved = {item: value.copy() for item, value in tuner.work.bank.values.items()}
+
+    resumed = _hypermodel_tuner(tmp_path, max_trials=4, overwrite=False)
+    assert resumed.trials_run == 3 and len(resumed.oracle.trials) == 3
+    assert resumed.work.bank.values.keys() == saved.keys()
+    for item, value in saved.items():
+        np.testing.assert_array_equal(resumed.work.bank.values[item], value)
+    assert resumed.work.bank.counters["optimizer_iterations"] == 9
+    _search(resumed, arrays)
+    assert len(resumed.oracle.trials) == 4  # continued to max_trials
+    assert resumed.trials_run == 4
+    assert resumed.work.bank.counters["optimizer_iterations"] == 12
+
