@@ -4,6 +4,7 @@ Stages, as subcommands (``search`` is the default when none is given):
 
     wpl-enas-search [search] --space rnn --preset cpu-small --wpl --data-dir DATA --out DIR
     wpl-enas-search search --out DIR --resume          # continue an interrupted search
+    wpl-enas-search search --sampler uniform --out DIR  # random search with weight sharing
     wpl-enas-search derive --out DIR --samples 100      # best of K sampled architectures
     wpl-enas-search train-best --out DIR --train-epochs 1   # checkpoints as it trains
     wpl-enas-search train-best --out DIR --resume           # continue an interrupted train-best
@@ -18,6 +19,12 @@ On several devices (``--strategy``, either space; the batch sizes must divide by
         wpl-enas-search search --strategy multi_worker --out DIR
 
 Worker 0 writes ``DIR``; every other worker writes ``DIR/workers/worker_<I>`` on its machine.
+
+``--sampler uniform`` (either space) replaces the ENAS controller by uniform draws (random
+search with weight sharing, :mod:`wpl_keras.nas.search.uniform`): no controller phase, the
+rest of the search as with ENAS; its ``derive`` ranks ``K`` uniform draws by the supernet. The
+sampler is saved in ``DIR/experiment.json``; a ``--resume`` with another ``--sampler`` is
+refused (exit status 2).
 
 The app only parses arguments into an :class:`~wpl_keras.experiments.enas.ENASExperimentConfig`
 and calls a runner of :mod:`wpl_keras.experiments.enas`. The config is saved as
@@ -52,6 +59,9 @@ from apps._common import (
 from apps.tf_startup import start_tensorflow
 
 COMMANDS = ("search", "derive", "train-best", "export")
+# The values of ENASExperimentConfig.sampler (`wpl_keras.experiments.enas.SAMPLERS`, not
+# imported here: the app parses its arguments before TensorFlow loads).
+SAMPLERS = ("enas", "uniform")
 
 _SEARCH_OVERRIDES = LOOP_OVERRIDES + (
     # (flag, SearchConfig field, type, help)
@@ -75,8 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_search_app_arguments(parser, commands=COMMANDS, config_name="experiment.json",
                              plain="ENAS", overrides=_SEARCH_OVERRIDES)
+    parser.add_argument("--sampler", default=None, choices=SAMPLERS,
+                        help="search: what proposes the architectures: enas (the controller, "
+                             "trained by REINFORCE) or uniform (random search with weight "
+                             "sharing, no controller phase); default: the preset's/config's "
+                             "(enas)")
     parser.add_argument("--samples", type=int, default=None,
-                        help="derive: architectures sampled from the controller (K)")
+                        help="derive: architectures sampled from the controller, or uniformly "
+                             "for a uniform search (K)")
     parser.add_argument("--train-epochs", type=int, default=None,
                         help="train-best: epochs of training from scratch")
     return parser
@@ -100,6 +116,8 @@ def make_config(args):
         top["derive_samples"] = args.samples
     if args.train_epochs is not None:
         top["train_epochs"] = args.train_epochs
+    if args.sampler is not None:
+        top["sampler"] = args.sampler
     top["task"] = with_task_strategy(config.task, args)
     return config.replace(search=search, **top)
 
@@ -119,6 +137,12 @@ def _run(args, config, spec) -> int:
 
     source = stage_data(args, spec)
     os.makedirs(args.out, exist_ok=True)
+    if args.command == "search" and args.resume:
+        try:
+            enas.check_resume_sampler(config, args.out)
+        except ValueError as error:
+            print(f"wpl-enas-search: {error}", file=sys.stderr)
+            return 2
     if args.command == "search":
         result = enas.run_search_experiment(config, source.data_dir, args.out,
                                             resume=args.resume, verify=source.verify)
@@ -126,12 +150,13 @@ def _run(args, config, spec) -> int:
         summary = {k: last.get(k) for k in ("epoch", "mean_diff", "best5_diff", "max_diff",
                                              "mean_reward", "wpl_strength")}
         # result.out_dir: --out, or this worker's private folder under several workers
-        print(json.dumps({"command": "search", "out": result.out_dir,
+        print(json.dumps({"command": "search", "sampler": config.sampler, "out": result.out_dir,
                           "epochs": len(result.history),
                           "last_epoch": summary}))
     elif args.command == "derive":
         derived = enas.run_derive(config, source.data_dir, args.out, verify=source.verify)
-        print(json.dumps({"command": "derive", "arch": list(derived.arch),
+        print(json.dumps({"command": "derive", "sampler": config.sampler,
+                          "arch": list(derived.arch),
                           "error": derived.error, "num_samples": derived.num_samples,
                           "json": os.path.join(args.out, "derived.json")}))
     else:

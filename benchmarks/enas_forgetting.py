@@ -22,6 +22,10 @@ by :func:`wpl_keras.experiments.forgetting_summary.reduction_fields`.
     python benchmarks/enas_forgetting.py --space rnn --preset cpu-small \
         --data-dir ../shared/data/ptb
 
+``--sampler uniform`` measures the same on random search with weight sharing (the supernet
+trained on uniformly drawn architectures, :mod:`wpl_keras.nas.search.uniform`; no controller
+phase), without and with WPL; the default is the preset's ENAS search.
+
 The last line of output is one JSON object with what was measured, on what, with what settings.
 """
 
@@ -115,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="override: batches per architecture")
     parser.add_argument("--controller-steps", type=int, default=None,
                         help="override: controller updates per epoch")
+    parser.add_argument("--sampler", default=None, choices=enas.SAMPLERS,
+                        help="what proposes the architectures: enas (the controller) or "
+                             "uniform (random search with weight sharing, no controller "
+                             "phase); default: the preset's (enas)")
     parser.add_argument("--wpl-start-epoch", type=int, default=None,
                         help="override: first epoch with WPL")
     parser.add_argument("--alpha", type=float, default=None, help="override: WPL alpha0")
@@ -158,8 +166,10 @@ def _config_and_seeds(args: argparse.Namespace):
     search = {k: v for k, v in overrides.items() if v is not None}
     if args.quiet:
         search["verbose"] = 0
-    config = config.replace(search=search,
-                            **({"seed": args.seed} if args.seed is not None else {}))
+    top = {"seed": args.seed} if args.seed is not None else {}
+    if args.sampler is not None:
+        top["sampler"] = args.sampler
+    config = config.replace(search=search, **top)
     try:  # --task-set KEY=VALUE: a (dotted) task config field, VALUE as JSON
         task = replace_fields(config.task, parse_assignments(args.task_set, flag="--task-set"),
                               where="--task-set")
@@ -208,7 +218,8 @@ def main(argv=None) -> dict:
         os.path.join(out, "figure3_forgetting.png"),
         wpl_start_epoch=start_epoch, error_name=error_name,
         first_epoch=max(0, start_epoch - 10),
-        title=f"ENAS {args.space} ({config.preset}): err2 − err1 per epoch",
+        title=(f"{'ENAS' if config.sampler == 'enas' else 'Uniform WS'} {args.space} "
+               f"({config.preset}): err2 − err1 per epoch"),
     )
     per_epoch = {
         label: [
@@ -224,6 +235,7 @@ def main(argv=None) -> dict:
         "benchmark": "enas_forgetting",
         "figure": "paper Figure 3 (err2 - err1: mean / best-5 / max per epoch)",
         "space": args.space,
+        "sampler": config.sampler,
         "preset": config.preset,
         "data_dir": args.data_dir,
         "error": error_name,

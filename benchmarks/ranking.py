@@ -1,6 +1,7 @@
-"""Ranking fidelity of the supernet with and without WPL: Kendall's τ and Spearman's ρ between
-the supernet's ranking of M fixed architectures and their ranking after training from scratch;
-see :mod:`wpl_keras.experiments.ranking` for the protocol.
+"""Ranking fidelity of the ENAS and the uniform (random search with weight sharing) supernets,
+each without and with WPL: Kendall's τ and Spearman's ρ between the supernet's ranking of M
+fixed architectures and their ranking after training from scratch; see
+:mod:`wpl_keras.experiments.ranking` for the protocol.
 
     python benchmarks/ranking.py --space rnn --preset cpu-small \
         --data-dir ../shared/data/ptb --seeds 0,1,2 --out /tmp/sq --train-epochs 1 \
@@ -9,10 +10,10 @@ see :mod:`wpl_keras.experiments.ranking` for the protocol.
 Give it the ``--out`` and budget of ``benchmarks/search_quality.py`` to reuse that
 benchmark's searches and trained cells (the ground truth is cached in ``cells.json``).
 
-The last line of output is one JSON object: ``kendall_tau_without``, ``kendall_tau_with``,
-``spearman_without``, ``spearman_with`` (means over the seeds), per-seed lists and stds,
-``with_minus_without_tau``, the architectures with their from-scratch results, every
-supernet score, and the settings.
+The last line of output is one JSON object: ``kendall_tau_<supernet>_<without|with>`` and
+``spearman_<supernet>_<without|with>`` for the supernets ``enas`` and ``uniform_ws`` (means
+over the seeds), their ``*_per_seed`` lists and ``*_std``, ``<supernet>_with_minus_without_tau``,
+the architectures with their from-scratch results, every supernet score, and the settings.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_protocol_arguments(parser)
-    parser.add_argument("--num-architectures", type=int, default=10,
+    parser.add_argument("--num-architectures", type=int, default=20,
                         help="M fixed architectures (8-12 in the literature's protocol)")
     parser.add_argument("--architecture-seed", type=int, default=ranking.ARCHITECTURE_SEED)
     return parser

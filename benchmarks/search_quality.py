@@ -1,6 +1,7 @@
-"""Does WPL find better architectures? Per seed, three arms with the same budget (an ENAS search
-without WPL, the same search with WPL, and random search scored by the ENAS supernet), each
-arm's derived cell trained from scratch with one fixed budget and recipe; see
+"""Does WPL find better architectures, and does ENAS beat random search with weight sharing? Per
+seed, five arms with the same K and budget (ENAS search without and with WPL, random search with
+weight sharing without and with WPL, and uniform draws scored by the ENAS supernet), each arm's
+derived cell trained from scratch with one fixed budget and recipe; see
 :mod:`wpl_keras.experiments.search_quality` for the protocol.
 
     python benchmarks/search_quality.py --space rnn --preset cpu-small \
@@ -9,13 +10,19 @@ arm's derived cell trained from scratch with one fixed budget and recipe; see
 
 ``--measure-spread`` first trains two random cells with two initialisation seeds each at the
 budget and prints how far apart the cells are against the seed noise (the budget's sizing
-check), then stops. ``--resume`` continues a killed run in ``--out`` (finished searches,
-derived cells and trained cells are kept; the protocol must be the same).
+check), then stops. A full run measures the same spread after the arms (the four cells are
+cached in ``cells.json``, so a run after ``--measure-spread`` trains none of them again) and
+reports its ``gap_over_noise``. ``--resume`` continues a killed run in ``--out`` (finished
+searches, derived cells and trained cells are kept; the protocol must be the same).
 
-The last line of output is one JSON object: ``arms`` (per arm ``test_per_seed``,
-``test_mean``, ``test_std`` and the same for ``valid``; perplexity for the RNN, error % for
-the CNN), ``wpl_minus_enas`` (paired per-seed test differences and their mean; negative: WPL's
-cell is better), ``wpl_better_seeds``, ``random_minus_enas``, every cell, and the settings.
+The last line of output is one JSON object: ``arms`` (per arm ``enas``, ``enas_wpl``,
+``uniform_ws``, ``uniform_ws_wpl``, ``random_on_enas``: ``test_per_seed``, ``test_mean``,
+``test_std`` and the same for ``valid``; perplexity for the RNN, error % for the CNN),
+``enas_wpl_minus_enas``, ``uniform_ws_wpl_minus_uniform_ws``, ``uniform_ws_minus_enas`` and
+``random_on_enas_minus_enas`` (paired per-seed test differences, their mean and
+``better_seeds``; negative: the first arm's cell is better), ``gap_over_noise`` (the budget's
+separation power: the gap between two random cells over the seed noise, with the measurement
+under ``spread``), every cell, and the settings.
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
 def main(argv=None) -> dict:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -63,8 +74,12 @@ def main(argv=None) -> dict:
             derive_samples=args.derive_samples or config.derive_samples)
         result = {"benchmark": "search_quality",
                   **sq.run_search_quality(protocol, data, out, resume=args.resume,
-                                          progress=lambda m: print(m, flush=True)),
+                                          progress=_say),
                   "derive_samples": protocol.derive_samples}
+        spread = ranking.measure_spread(config, data, budget,
+                                        CellCache(os.path.join(out, sq.CELLS_FILE)),
+                                        progress=_say)
+        result.update(gap_over_noise=spread["gap_over_noise"], spread=spread)
     result.update(space=args.space, preset=args.preset, data_dir=args.data_dir,
                   budget=budget.to_json(), out=out,
                   unit="perplexity" if args.space == "rnn" else "error_percent",

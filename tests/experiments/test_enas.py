@@ -240,3 +240,93 @@ def test_nao_cpu_small_sizes_only_the_fields_a_task_has():
     assert cnn.batch_size == 32 and cnn.eval_batch_size == 32
     assert cnn.final == plain.final  # FinalConfig.batch_size is not the search batch
 
+
+
+# --------------------------------------------------------------------------- the sampler
+def test_sampler_field_defaults_to_enas_round_trips_and_refuses_unknown_ones(tmp_path):
+    import dataclasses
+
+    config = enas.get_preset("rnn", "tiny")
+    assert config.sampler == "enas" and enas.SAMPLERS == ("enas", "uniform")
+    uniform = dataclasses.replace(config, sampler="uniform")
+    path = uniform.save(str(tmp_path / "experiment.json"))
+    assert json.load(open(path))["sampler"] == "uniform"
+    assert enas.ENASExperimentConfig.load(path) == uniform
+    # An experiment.json written before the field existed reads as ENAS.
+    old = {k: v for k, v in uniform.to_json().items() if k != "sampler"}
+    assert enas.ENASExperimentConfig.from_json(old).sampler == "enas"
+    with pytest.raises(ValueError, match=r"ENASExperimentConfig.sampler must be one of "
+                                         r"\['enas', 'uniform'\], got 'random'"):
+        dataclasses.replace(config, sampler="random")
+
+
+def test_builders_refuse_the_other_sampler_and_resume_refuses_another_sampler(tmp_path):
+    import dataclasses
+
+    config = enas.get_preset("rnn", "tiny")
+    uniform = dataclasses.replace(config, sampler="uniform")
+    with pytest.raises(ValueError, match="use build_uniform_search"):
+        enas.build_search(uniform, None)
+    with pytest.raises(ValueError, match="use build_search"):
+        enas.build_uniform_search(config, None)
+    out = str(tmp_path)
+    enas.check_resume_sampler(uniform, out)  # nothing saved: nothing to refuse
+    uniform.save(os.path.join(out, "experiment.json"))
+    enas.check_resume_sampler(uniform, out)
+    with pytest.raises(ValueError, match="uses the 'uniform' sampler.*--sampler uniform"):
+        enas.check_resume_sampler(config, out)
+    # A run saved before the field existed is an ENAS run.
+    with open(os.path.join(out, "experiment.json"), "w") as f:
+        json.dump({k: v for k, v in config.to_json().items() if k != "sampler"}, f)
+    enas.check_resume_sampler(config, out)
+    with pytest.raises(ValueError, match="uses the 'enas' sampler"):
+        enas.check_resume_sampler(uniform, out)
+
+
+def test_app_sampler_flag_sets_the_config_and_lists_the_samplers(tmp_path, capsys):
+    from apps.enas_search import SAMPLERS
+
+    assert SAMPLERS == enas.SAMPLERS
+    parser = enas_search.build_parser()
+    for given, expected in ((["--sampler", "uniform"], "uniform"), ([], "enas")):
+        args = parser.parse_args(["--preset", "tiny", "--out", str(tmp_path), *given])
+        assert enas_search.make_config(args).sampler == expected
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sampler", "random", "--out", str(tmp_path)])
+    assert "invalid choice: 'random'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_app_uniform_search_derive_train_best_export_on_tiny_text(tmp_path, seed, capsys):
+    """``--sampler uniform`` end to end: a search without controller phase whose trained
+    architectures are the sampler's stream, a resume with another sampler refused, derive
+    from the restored sampler, train-best and export as for ENAS."""
+    from wpl_keras.nas.search.uniform import UniformSampler
+
+    data = write_tiny_ptb(tmp_path / "ptb")
+    out = str(tmp_path / "run")
+    common = ["--data-dir", data, "--out", out, "--quiet"]
+    assert enas_search.main(["search", "--sampler", "uniform", "--preset", "tiny",
+                             "--epochs", "1", *common]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["sampler"] == "uniform"
+    saved = enas.ENASExperimentConfig.load(os.path.join(out, "experiment.json"))
+    assert saved.sampler == "uniform"
+    history = json.load(open(os.path.join(out, "history.json")))
+    sizes = enas.build_space(saved).decision_sizes
+    expected = UniformSampler(sizes, seed=saved.seed)
+    assert [tuple(a) for a in history[0]["archs"]] == [
+        expected.sample_architecture() for _ in history[0]["archs"]]
+    assert "mean_reward" not in history[0]
+    assert json.load(open(os.path.join(out, "search_config.json")))["sampler"] == "uniform"
+    assert enas_search.main(["search", "--sampler", "enas", "--resume", *common]) == 2
+    assert "cannot resume with the 'enas' sampler" in capsys.readouterr().err
+    assert enas_search.main(["search", "--epochs", "2", "--resume", *common]) == 0
+    capsys.readouterr()
+    assert enas_search.main(["derive", "--samples", "3", *common]) == 0
+    derived = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert derived["sampler"] == "uniform" and derived["num_samples"] == 3
+    enas.build_space(saved).validate(derived["arch"])
+    assert enas_search.main(["train-best", *common]) == 0
+    assert np.isfinite(json.loads(capsys.readouterr().out.splitlines()[-1])["valid_ppl"])
+    assert enas_search.main(["export", *common]) == 0
+    assert os.path.exists(os.path.join(out, "export", "1", "saved_model.pb"))

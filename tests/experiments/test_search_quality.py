@@ -29,68 +29,50 @@ def _tiny_protocol(data_dir, **budget):
     return data, config, budget
 
 
-def _search_quality(data, config, budget, out, resume=False):
-    protocol = sq.SearchQualityConfig(experiment=config, seeds=(0, 1), budget=budget,
+def _search_quality(data, config, budget, out, resume=False, seeds=(0, 1)):
+    protocol = sq.SearchQualityConfig(experiment=config, seeds=seeds, budget=budget,
                                       derive_samples=config.derive_samples)
     return sq.run_search_quality(protocol, data, out, resume=resume)
 
 
 # --------------------------------------------------------------------------- pure summaries
-def test_summarize_arms_pairs_seeds_and_counts_wpl_wins():
-    results = {
-        0: {"enas": {"valid": 100, "test": 90}, "wpl": {"valid": 95, "test": 85},
-            "random": {"valid": 102, "test": 93}},
-        1: {"enas": {"valid": 110, "test": 100}, "wpl": {"valid": 112, "test": 104},
-            "random": {"valid": 108, "test": 98}},
-        2: {"enas": {"valid": 1, "test": 1}},  # unfinished seed: left out
-    }
+def test_summarize_arms_pairs_seeds_and_counts_wins():
+    def arms(enas, enas_wpl, uniform_ws, uniform_ws_wpl, random_on_enas):
+        values = dict(enas=enas, enas_wpl=enas_wpl, uniform_ws=uniform_ws,
+                      uniform_ws_wpl=uniform_ws_wpl, random_on_enas=random_on_enas)
+        return {arm: {"valid": test + 10, "test": test} for arm, test in values.items()}
+
+    results = {0: arms(90, 85, 80, 82, 93), 1: arms(100, 104, 95, 90, 98),
+               2: {"enas": {"valid": 1, "test": 1}}}  # unfinished seed: left out
     out = sq.summarize_arms(results)
-    assert out["seeds"] == [0, 1]
-    assert out["arms"]["wpl"]["test_per_seed"] == [85, 104]
+    assert sq.ARMS == ("enas", "enas_wpl", "uniform_ws", "uniform_ws_wpl", "random_on_enas")
+    assert out["seeds"] == [0, 1] and set(out["arms"]) == set(sq.ARMS)
+    assert out["arms"]["enas_wpl"]["test_per_seed"] == [85, 104]
     assert out["arms"]["enas"]["test_mean"] == pytest.approx(95.0)
     assert out["arms"]["enas"]["test_std"] == pytest.approx(5.0)
-    assert out["arms"]["random"]["valid_mean"] == pytest.approx(105.0)
-    assert out["wpl_minus_enas"] == {"per_seed": [-5.0, 4.0], "mean": pytest.approx(-0.5)}
-    assert out["wpl_better_seeds"] == 1
-    assert out["random_minus_enas"]["per_seed"] == [3.0, -2.0]
+    assert out["arms"]["uniform_ws"]["valid_mean"] == pytest.approx(97.5)
+    assert out["enas_wpl_minus_enas"] == {"per_seed": [-5.0, 4.0], "mean": pytest.approx(-0.5),
+                                          "better_seeds": 1}
+    assert out["uniform_ws_wpl_minus_uniform_ws"]["per_seed"] == [2.0, -5.0]
+    assert out["uniform_ws_minus_enas"] == {"per_seed": [-10.0, -5.0],
+                                            "mean": pytest.approx(-7.5), "better_seeds": 2}
+    assert out["random_on_enas_minus_enas"]["per_seed"] == [3.0, -2.0]
     empty = sq.summarize_arms({})
-    assert empty["seeds"] == [] and math.isnan(empty["wpl_minus_enas"]["mean"])
+    assert empty["seeds"] == [] and math.isnan(empty["enas_wpl_minus_enas"]["mean"])
 
 
-def test_summarize_ranking_per_seed_and_means():
-    truth = [10.0, 20.0, 30.0, 40.0]
-    scores = {0: {"enas": [4, 3, 2, 1], "wpl": [1, 2, 3, 4]},
-              1: {"enas": [1, 2, 4, 3], "wpl": [1, 2, 3, 4]},
-              2: {"enas": [5, 5, 5, 5], "wpl": [2, 1, 3, 4]}}
-    out = ranking.summarize_ranking(truth, scores)
-    assert out["kendall_tau_with_per_seed"] == pytest.approx([1.0, 1.0, 4 / 6])
-    assert out["kendall_tau_without_per_seed"][:2] == pytest.approx([-1.0, 4 / 6])
-    assert math.isnan(out["kendall_tau_without_per_seed"][2])  # a constant supernet score
-    assert out["undefined"] == 2  # its tau and rho
-    assert out["kendall_tau_without"] == pytest.approx((-1.0 + 4 / 6) / 2)
-    assert out["spearman_with_per_seed"] == pytest.approx([1.0, 1.0, 0.8])
-    assert out["with_minus_without_tau"]["per_seed"][:2] == pytest.approx([2.0, 1 / 3])
-    assert out["with_minus_without_tau"]["mean"] == pytest.approx((2.0 + 1 / 3) / 2)
-
-
-def test_fixed_architectures_are_distinct_valid_and_reproducible():
-    space = enas.build_space(enas.get_preset("rnn", "cpu-small"))
-    archs = ranking.fixed_architectures(space, 10)
-    assert archs == ranking.fixed_architectures(space, 10)
-    assert len(set(archs)) == 10 and all(space.validate(a) == a for a in archs)
-    assert ranking.fixed_architectures(space, 10, seed=1) != archs
-    with pytest.raises(ValueError, match="at least 2"):
-        ranking.fixed_architectures(space, 1)
-
-
-def test_uniform_sampler_is_seeded_and_covers_the_space():
-    space = enas.build_space(enas.get_preset("rnn", "tiny"))
-    first = [sq.UniformSampler(space, 3).sample_architecture() for _ in range(2)]
-    assert first[0] == first[1]
-    sampler = sq.UniformSampler(space, 3)
-    draws = np.array([sampler.sample_architecture() for _ in range(400)])
-    for k, size in enumerate(space.decision_sizes):
-        assert set(draws[:, k]) == set(range(size))
+def test_arm_configs_set_the_sampler_and_wpl_and_name_their_folders():
+    base = enas.get_preset("rnn", "tiny")
+    got = {arm: (c.sampler, c.search.wpl, c.seed)
+           for arm, c in ((a, sq.seed_config(base, 3, a)) for a in sq.SEARCHES)}
+    assert got == {"enas": ("enas", False, 3), "enas_wpl": ("enas", True, 3),
+                   "uniform_ws": ("uniform", False, 3), "uniform_ws_wpl": ("uniform", True, 3)}
+    assert sq.search_dir("/o", 3, "uniform_ws_wpl") == os.path.join("/o", "seed3",
+                                                                    "uniform_ws_wpl")
+    for call in (lambda: sq.search_dir("/o", 0, "random_on_enas"),
+                 lambda: sq.seed_config(base, 0, "wpl")):
+        with pytest.raises(ValueError, match="has no search of its own"):
+            call()
 
 
 # --------------------------------------------------------------------------- budget and cache
@@ -160,60 +142,68 @@ def test_configs_refuse_bad_seeds_and_a_budget_for_another_space():
 @pytest.mark.slow
 def test_both_protocols_on_tiny_text_share_searches_and_cells_and_resume(tmp_path,
                                                                          monkeypatch):
+    """One seed, five arms: four searches (ENAS and uniform, each without and with WPL) and
+    uniform draws on the ENAS supernet; then a resume trains nothing, and the ranking protocol
+    reuses the four searches."""
     data, config, budget = _tiny_protocol(write_tiny_ptb(tmp_path / "ptb"))
     out = str(tmp_path / "out")
-    result = _search_quality(data, config, budget, out)
+    result = _search_quality(data, config, budget, out, seeds=(0,))
     last = json.loads(json.dumps(result))  # as the benchmark prints it
-    assert last["seeds"] == [0, 1]
+    assert last["seeds"] == [0]
     for arm in sq.ARMS:
         row = last["arms"][arm]
-        assert len(row["test_per_seed"]) == 2 and len(row["valid_per_seed"]) == 2
+        assert len(row["test_per_seed"]) == 1 and len(row["valid_per_seed"]) == 1
         assert all(v > 1.0 for v in row["test_per_seed"] + row["valid_per_seed"])
-        assert row["test_mean"] == pytest.approx(np.mean(row["test_per_seed"]))
-    diffs = [w - e for w, e in zip(last["arms"]["wpl"]["test_per_seed"],
-                                   last["arms"]["enas"]["test_per_seed"])]
-    assert last["wpl_minus_enas"]["per_seed"] == pytest.approx(diffs)
-    assert last["wpl_better_seeds"] == sum(d < 0 for d in diffs)
-    assert last["cells"]["1"]["random"]["arch"] == result["cells"]["1"]["random"]["arch"]
-    for seed in (0, 1):
-        for arm in ("enas", "wpl"):
-            saved = enas.ENASExperimentConfig.load(
-                os.path.join(sq.search_dir(out, seed, arm), "experiment.json"))
-            assert saved.seed == seed and saved.search.wpl == (arm == "wpl")
-        random = json.load(open(os.path.join(out, f"seed{seed}", "derived_random.json")))
-        assert random["scored_on"] == "enas" and random["num_samples"] == 3
+    for arm, reference in sq.DIFFERENCES:
+        diff = (last["arms"][arm]["test_per_seed"][0]
+                - last["arms"][reference]["test_per_seed"][0])
+        assert last[f"{arm}_minus_{reference}"]["per_seed"] == pytest.approx([diff])
+    for arm in sq.SEARCHES:
+        directory = sq.search_dir(out, 0, arm)
+        saved = enas.ENASExperimentConfig.load(os.path.join(directory, "experiment.json"))
+        assert (saved.sampler, saved.search.wpl) == sq.SEARCHES[arm] and saved.seed == 0
+        derived = json.load(open(os.path.join(out, "seed0", f"derived_{arm}.json")))
+        assert derived["scored_on"] == arm and derived["num_samples"] == 3
+        history = json.load(open(os.path.join(directory, "history.json")))
+        assert ("mean_reward" in history[-1]) == (saved.sampler == "enas")
+    random = json.load(open(os.path.join(out, "seed0", "derived_random_on_enas.json")))
+    assert random["scored_on"] == "enas" and last["cells"]["0"]["random_on_enas"]["scored_on"] \
+        == "enas"
+    protocol = json.load(open(os.path.join(out, sq.CONFIG_FILE)))
+    assert protocol["arms"] == list(sq.ARMS)
 
     # Not without resume; with it, nothing is trained again and the figures are the same.
     with pytest.raises(FileExistsError):
-        _search_quality(data, config, budget, out)
+        _search_quality(data, config, budget, out, seeds=(0,))
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached cell was trained again")
 
     monkeypatch.setattr(from_scratch, "train_cell", no_training)
-    resumed = _search_quality(data, config, budget, out, resume=True)
+    resumed = _search_quality(data, config, budget, out, resume=True, seeds=(0,))
     assert resumed["arms"] == result["arms"]
     with pytest.raises(ValueError, match="other settings"):
-        _search_quality(data, config, TrainBudget(epochs=1, max_batches=3), out, resume=True)
+        _search_quality(data, config, TrainBudget(epochs=1, max_batches=3), out, resume=True,
+                        seeds=(0,))
     monkeypatch.undo()
 
-    # The ranking protocol reuses the two searches per seed (no new checkpoint).
+    # The ranking protocol reuses the four searches (no new checkpoint).
     checkpoints = sorted(p for p in (tmp_path / "out").rglob("ckpt-*.index"))
     ranked = ranking.run_ranking(
-        ranking.RankingConfig(experiment=config, seeds=(0, 1), budget=budget,
+        ranking.RankingConfig(experiment=config, seeds=(0,), budget=budget,
                               num_architectures=4), data, out)
     assert sorted(p for p in (tmp_path / "out").rglob("ckpt-*.index")) == checkpoints
-    assert len(ranked["architectures"]) == 4 and ranked["seeds"] == [0, 1]
-    for key in ("kendall_tau_without", "kendall_tau_with", "spearman_without",
-                "spearman_with"):
-        assert len(ranked[f"{key}_per_seed"]) == 2
-        assert all(-1.0 <= v <= 1.0 for v in ranked[f"{key}_per_seed"] if v == v)
+    assert len(ranked["architectures"]) == 4 and ranked["seeds"] == [0]
+    for supernet in ranking.SUPERNETS:
+        for which in ("without", "with"):
+            for measure in ("kendall_tau", "spearman"):
+                values = ranked[f"{measure}_{supernet}_{which}_per_seed"]
+                assert len(values) == 1 and all(-1.0 <= v <= 1.0 for v in values if v == v)
     truth = [a["valid"] for a in ranked["architectures"]]
-    for seed in ("0", "1"):
-        assert len(ranked["supernet_errors"][seed]["enas"]) == 4
+    assert set(ranked["supernet_errors"]["0"]) == set(sq.SEARCHES)
     from wpl_keras.nas.analysis.rank_correlation import kendall_tau
-    want = kendall_tau(ranked["supernet_errors"]["1"]["wpl"], truth)
-    got = ranked["kendall_tau_with_per_seed"][1]
+    want = kendall_tau(ranked["supernet_errors"]["0"]["uniform_ws_wpl"], truth)
+    got = ranked["kendall_tau_uniform_ws_with_per_seed"][0]
     assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want)
 
 

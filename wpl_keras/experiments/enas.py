@@ -2,7 +2,11 @@
 
 An experiment is one :class:`ENASExperimentConfig`: the search space's name, its task config
 (a frozen dataclass of that space, e.g. ``RNNSupernetConfig``), the controller settings
-(:class:`ControllerConfig`) and the loop settings (:class:`~wpl_keras.nas.search.enas.SearchConfig`).
+(:class:`ControllerConfig`), the loop settings (:class:`~wpl_keras.nas.search.enas.SearchConfig`)
+and the ``sampler`` that proposes the architectures of the shared steps: ``"enas"`` (the ENAS
+controller trained by REINFORCE, :mod:`wpl_keras.nas.search.enas`) or ``"uniform"`` (random
+search with weight sharing, :mod:`wpl_keras.nas.search.uniform`: uniform draws, no controller
+phase; its derive step ranks ``K`` uniform draws by the supernet).
 Runners build the objects from a config and run one stage:
 
 * :func:`run_search_experiment`: the search (with or without WPL), resumable;
@@ -33,6 +37,9 @@ from wpl_keras.nas.search.enas import SearchConfig, SearchResult
 from wpl_keras.utils.config_fields import nested_changes, replace_fields
 from wpl_keras.utils.validation import check_fields
 from wpl_keras.utils.strict_json import write_json_atomic
+
+# The samplers of an experiment's shared steps (ENASExperimentConfig.sampler).
+SAMPLERS = ("enas", "uniform")
 
 # Space name → "module:attribute" of its SpaceSpec, imported on first use.
 _SPACES: Dict[str, str] = {
@@ -114,6 +121,11 @@ class ENASExperimentConfig:
         data_check: verify the data is the standard dataset (PTB's 10,000-word vocabulary,
             and the standard files' checksums unless the stage turns ``verify`` off); False
             for tiny test corpora, which also skips the checksums.
+        sampler: what proposes each shared step's architecture: ``"enas"`` (the controller,
+            trained by REINFORCE in each epoch's controller phase) or ``"uniform"`` (uniform
+            draws from a generator seeded with ``seed``; no controller phase, so
+            ``controller`` and ``search.controller_steps`` are unused). A config saved
+            without this field (before it existed) reads as ``"enas"``.
     """
 
     space: str
@@ -126,10 +138,14 @@ class ENASExperimentConfig:
     seed: int = 0
     train_max_batches: Optional[int] = None
     data_check: bool = True
+    sampler: str = "enas"
 
     def __post_init__(self):
         if not dataclasses.is_dataclass(self.task):
             raise TypeError(f"task must be a dataclass config, got {type(self.task).__name__}.")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"ENASExperimentConfig.sampler must be one of {list(SAMPLERS)}, "
+                             f"got {self.sampler!r}.")
         check_fields(self, {
             "derive_samples": dict(integer=True, minimum=1),
             "train_epochs": dict(integer=True, minimum=0),
@@ -160,6 +176,7 @@ class ENASExperimentConfig:
             "seed": self.seed,
             "train_max_batches": self.train_max_batches,
             "data_check": self.data_check,
+            "sampler": self.sampler,
         }
 
     @classmethod
@@ -283,10 +300,18 @@ def _seed_everything(seed: int) -> None:
 
 
 def build_search(config: ENASExperimentConfig, data) -> Tuple[Any, Any, Any]:
-    """Builds ``(task, controller, reinforce)`` of an experiment from its config and data."""
+    """Builds ``(task, controller, reinforce)`` of an ENAS experiment from its config and data.
+
+    Raises:
+        ValueError: ``config.sampler`` is not ``"enas"`` (a uniform search has no controller:
+            use :func:`build_uniform_search`).
+    """
     from wpl_keras.nas.controllers.enas import Controller
     from wpl_keras.nas.controllers.reinforce import Reinforce
 
+    if config.sampler != "enas":
+        raise ValueError(f"build_search builds the ENAS controller, but config.sampler is "
+                         f"{config.sampler!r}; use build_uniform_search for a uniform search.")
     spec = get_space(config.space)
     _seed_everything(config.seed)
     task = spec.build_task(data, config)
@@ -308,6 +333,67 @@ def build_search(config: ENASExperimentConfig, data) -> Tuple[Any, Any, Any]:
         baseline_reset_each_epoch=c.baseline_reset_each_epoch,
     )
     return task, controller, reinforce
+
+
+def build_uniform_search(config: ENASExperimentConfig, data) -> Tuple[Any, Any]:
+    """Builds ``(task, sampler)`` of a uniform experiment (``config.sampler == "uniform"``):
+    the space's task and a :class:`~wpl_keras.nas.search.uniform.UniformSampler` of its
+    decisions seeded with ``config.seed``.
+
+    Raises:
+        ValueError: ``config.sampler`` is not ``"uniform"``.
+    """
+    from wpl_keras.nas.search.uniform import UniformSampler
+
+    if config.sampler != "uniform":
+        raise ValueError(f"build_uniform_search builds a uniform search, but config.sampler is "
+                         f"{config.sampler!r}; use build_search for an ENAS search.")
+    spec = get_space(config.space)
+    _seed_everything(config.seed)
+    task = spec.build_task(data, config)
+    return task, UniformSampler(task.space.decision_sizes, seed=config.seed)
+
+
+def load_search(config: ENASExperimentConfig, data, out_dir: str) -> Tuple[Any, Any, Dict]:
+    """The search of ``config`` saved in ``out_dir``, restored from its latest checkpoint.
+
+    Returns:
+        ``(task, proposer, restored)``: the task with its shared weights; what proposes
+        architectures (``sample_architecture()``): the ENAS controller, or for a uniform
+        search its sampler, whose stream continues after the search's draws; and
+        ``{"checkpoint", "epoch", "history"}`` of the restore.
+
+    Raises:
+        FileNotFoundError: ``out_dir`` holds no search checkpoint.
+    """
+    if config.sampler == "uniform":
+        from wpl_keras.nas.search.uniform import restore_latest as restore_uniform
+
+        task, sampler = build_uniform_search(config, data)
+        return task, sampler, restore_uniform(task, sampler, out_dir)
+    from wpl_keras.nas.search.enas import restore_latest
+
+    task, controller, reinforce = build_search(config, data)
+    return task, controller, restore_latest(task, controller, reinforce, out_dir)
+
+
+def check_resume_sampler(config: ENASExperimentConfig, out_dir: str) -> None:
+    """Refuses to resume the search in ``out_dir`` with another sampler than the one its
+    ``experiment.json`` records (``"enas"`` when it records none).
+
+    Raises:
+        ValueError: naming both samplers and the fix.
+    """
+    path = os.path.join(out_dir, "experiment.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f).get("sampler", "enas")
+    if saved != config.sampler:
+        raise ValueError(f"the search in {out_dir} uses the {saved!r} sampler ({path}); it "
+                         f"cannot resume with the {config.sampler!r} sampler: resume it with "
+                         f"--sampler {saved} (or without --sampler), or start the "
+                         f"{config.sampler!r} search in another --out.")
 
 
 def load_data(config: ENASExperimentConfig, data_dir: Optional[str], *, verify: bool = True):
@@ -344,6 +430,10 @@ def run_search_experiment(
 ) -> SearchResult:
     """Runs (or resumes) the search of ``config`` into ``out_dir``; saves ``experiment.json``.
 
+    ``config.sampler`` chooses the search: ENAS (:func:`wpl_keras.nas.search.enas.run_search`)
+    or uniform (:func:`wpl_keras.nas.search.uniform.run_search`). A resume with another
+    sampler than the saved ``experiment.json``'s is refused (:func:`check_resume_sampler`).
+
     Args:
         config: the experiment.
         data_dir: the space's data folder (e.g. ``../shared/data/ptb``).
@@ -357,12 +447,22 @@ def run_search_experiment(
     strategy (``config.task.strategy``) every worker runs this; only the chief writes
     ``out_dir``, the others their private folder (:func:`write_dir`).
     """
-    from wpl_keras.nas.search.enas import run_search
+    from wpl_keras.nas.search import enas as enas_search
+    from wpl_keras.nas.search import uniform
 
     data, config = prepare(config, data_dir, data, verify=verify)
-    task, controller, reinforce = build_search(config, data)
-    save_records(config, "experiment.json", write_dir(out_dir, task), data_dir, verify=verify)
-    return run_search(task, controller, reinforce, config.search, out_dir, resume=resume)
+    if config.sampler == "uniform":
+        task, sampler = build_uniform_search(config, data)
+    else:
+        task, controller, reinforce = build_search(config, data)
+    here = write_dir(out_dir, task)
+    if resume:
+        check_resume_sampler(config, here)
+    save_records(config, "experiment.json", here, data_dir, verify=verify)
+    if config.sampler == "uniform":
+        return uniform.run_search(task, sampler, config.search, out_dir, resume=resume)
+    return enas_search.run_search(task, controller, reinforce, config.search, out_dir,
+                                  resume=resume)
 
 
 def write_dir(out_dir: str, task) -> str:
@@ -392,7 +492,9 @@ def run_derive(
     data=None,
     verify: bool = True,
 ):
-    """Reloads the search in ``out_dir`` and derives its best architecture.
+    """Reloads the search in ``out_dir`` and derives its best architecture: the lowest
+    supernet error among ``K`` architectures proposed by the search's controller (ENAS) or by
+    its restored uniform sampler (``config.sampler == "uniform"``), see :func:`load_search`.
 
     Writes ``derived.json`` and ``derived.png`` into ``out_dir`` (a worker of a multi-worker
     task other than the chief: into its private folder, :func:`write_dir`, whose checkpoint it
@@ -402,12 +504,10 @@ def run_derive(
         The :class:`~wpl_keras.nas.search.derive.DerivedArchitecture`.
     """
     from wpl_keras.nas.search.derive import derive_best, write_derived
-    from wpl_keras.nas.search.enas import restore_latest
 
     data, config = prepare(config, data_dir, data, verify=verify)
-    task, controller, reinforce = build_search(config, data)
-    restore_latest(task, controller, reinforce, out_dir)
-    derived = derive_best(task, controller, num_samples or config.derive_samples)
+    task, proposer, _ = load_search(config, data, out_dir)
+    derived = derive_best(task, proposer, num_samples or config.derive_samples)
     write_derived(derived, task.space, write_dir(out_dir, task))
     return derived
 

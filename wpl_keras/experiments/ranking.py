@@ -4,11 +4,13 @@ ranking after training from scratch, and does WPL change that?
 ``M`` architectures are drawn uniformly once (:func:`fixed_architectures`, a fixed seed, the
 same for every run) and trained from scratch with one budget (the ground truth, cached in the
 same :class:`~wpl_keras.experiments.from_scratch.CellCache` as the search-quality benchmark).
-After each seed's search without and with WPL (the searches of
-:mod:`wpl_keras.experiments.search_quality`, shared when both benchmarks use one folder), each
-supernet scores the ``M`` architectures with the derive step's measure
-(``task.validation_error`` on the fixed validation batch). The agreement is Kendall's τ_b and
-Spearman's ρ (:mod:`wpl_keras.nas.analysis.rank_correlation`) between the supernet's errors and the
+Two supernets (:data:`SUPERNETS`): ``enas`` (trained by the ENAS search) and ``uniform_ws``
+(trained on uniform draws, random search with weight sharing), each searched without and with
+WPL per seed (the searches of :mod:`wpl_keras.experiments.search_quality`: arms ``<supernet>``
+and ``<supernet>_wpl``, shared when both benchmarks use one folder). Each supernet scores the
+``M`` architectures with the derive step's measure (``task.validation_error`` on the fixed
+validation batch). The agreement is Kendall's τ_b and Spearman's ρ
+(:mod:`wpl_keras.nas.analysis.rank_correlation`) between the supernet's errors and the
 from-scratch validation errors; 1 is the same order, 0 no relation.
 """
 
@@ -28,6 +30,17 @@ from wpl_keras.utils.validation import check_fields
 
 RANKING_FILE = "ranking_config.json"
 ARCHITECTURE_SEED = 2020
+# The supernets compared: each is the search-quality arm of that name (without WPL) and
+# "<name>_wpl" (with WPL).
+SUPERNETS = ("enas", "uniform_ws")
+
+
+def supernet_arms(supernet: str) -> Dict[str, str]:
+    """``{"without": arm, "with": arm}``: the search-quality arms of ``supernet`` without and
+    with WPL (``supernet`` and ``supernet + "_wpl"``)."""
+    if supernet not in SUPERNETS:
+        raise ValueError(f"unknown supernet {supernet!r}; known: {list(SUPERNETS)}.")
+    return {"without": supernet, "with": f"{supernet}_wpl"}
 
 
 def fixed_architectures(space, count: int, seed: int = ARCHITECTURE_SEED
@@ -57,32 +70,48 @@ def correlations(supernet_errors: Sequence[float], truth: Sequence[float]) -> Di
             "spearman": spearman_rho(supernet_errors, truth)}
 
 
+def _mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
+    """``(mean, population std, count of NaN)`` of ``values`` with the NaNs left out."""
+    finite = [v for v in values if v == v]
+    if not finite:
+        return float("nan"), float("nan"), len(values)
+    return float(np.mean(finite)), float(np.std(finite)), len(values) - len(finite)
+
+
 def summarize_ranking(truth: Sequence[float],
                       scores: Mapping[int, Mapping[str, Sequence[float]]]) -> Dict[str, Any]:
-    """The benchmark's JSON from the true errors and ``{seed: {"enas"|"wpl": errors}}``.
+    """The benchmark's JSON from the true errors and ``{seed: {arm: supernet errors}}`` with
+    the arms of :func:`supernet_arms`.
 
     Returns:
-        ``kendall_tau_without``, ``kendall_tau_with``, ``spearman_without``,
-        ``spearman_with`` (means over the seeds with both arms; NaN seeds left out of the
-        mean and counted in ``undefined``), their ``*_per_seed`` lists and ``*_std``
-        (population), ``with_minus_without_tau`` (per seed and mean), and ``seeds``.
+        For each supernet ``n`` of :data:`SUPERNETS` and ``w`` in ``without``/``with`` (WPL):
+        ``kendall_tau_<n>_<w>`` and ``spearman_<n>_<w>`` (means over the seeds that have both
+        of ``n``'s arms; NaN seeds left out of the mean and counted in ``undefined``), their
+        ``*_per_seed`` lists and ``*_std`` (population), ``<n>_with_minus_without_tau`` (per
+        seed and mean), and ``seeds`` (per supernet: ``seeds_<n>``; ``seeds``: those with
+        every arm).
     """
-    seeds = sorted(s for s in scores if "enas" in scores[s] and "wpl" in scores[s])
-    out: Dict[str, Any] = {"seeds": seeds, "undefined": 0}
-    per = {}
-    for arm, suffix in (("enas", "without"), ("wpl", "with")):
-        for measure in ("kendall_tau", "spearman"):
-            values = [correlations(scores[s][arm], truth)[measure] for s in seeds]
-            per[(measure, suffix)] = values
-            finite = [v for v in values if v == v]
-            out["undefined"] += len(values) - len(finite)
-            out[f"{measure}_{suffix}_per_seed"] = values
-            out[f"{measure}_{suffix}"] = float(np.mean(finite)) if finite else float("nan")
-            out[f"{measure}_{suffix}_std"] = float(np.std(finite)) if finite else float("nan")
-    diffs = [w - o for w, o in zip(per[("kendall_tau", "with")], per[("kendall_tau", "without")])]
-    finite = [d for d in diffs if d == d]
-    out["with_minus_without_tau"] = {
-        "per_seed": diffs, "mean": float(np.mean(finite)) if finite else float("nan")}
+    out: Dict[str, Any] = {"undefined": 0}
+    every = sorted(s for s in scores
+                   if all(arm in scores[s] for n in SUPERNETS for arm in supernet_arms(n).values()))
+    out["seeds"] = every
+    for supernet in SUPERNETS:
+        arms = supernet_arms(supernet)
+        seeds = sorted(s for s in scores if all(arm in scores[s] for arm in arms.values()))
+        out[f"seeds_{supernet}"] = seeds
+        per = {}
+        for which, arm in arms.items():
+            for measure in ("kendall_tau", "spearman"):
+                values = [correlations(scores[s][arm], truth)[measure] for s in seeds]
+                per[(measure, which)] = values
+                name = f"{measure}_{supernet}_{which}"
+                mean, std, undefined = _mean_std(values)
+                out["undefined"] += undefined
+                out[f"{name}_per_seed"], out[name], out[f"{name}_std"] = values, mean, std
+        diffs = [w - o for w, o in zip(per[("kendall_tau", "with")],
+                                       per[("kendall_tau", "without")])]
+        out[f"{supernet}_with_minus_without_tau"] = {"per_seed": diffs,
+                                                     "mean": _mean_std(diffs)[0]}
     return out
 
 
@@ -94,7 +123,8 @@ class RankingConfig:
         experiment: the search experiment (space and preset); ``seed`` replaced per seed.
         seeds: the search seeds.
         budget: the from-scratch training of the ground truth.
-        num_architectures: ``M`` (8–12 in the literature's protocol).
+        num_architectures: ``M`` (8–12 in the literature's protocol; 20 here, so that one
+            pair of architectures swapped moves τ by 1/95 rather than 1/22.5).
         architecture_seed: the seed of the ``M`` uniform draws.
         train_seed: the initialisation seed of every from-scratch training.
     """
@@ -102,7 +132,7 @@ class RankingConfig:
     experiment: enas.ENASExperimentConfig
     seeds: Tuple[int, ...]
     budget: TrainBudget
-    num_architectures: int = 10
+    num_architectures: int = 20
     architecture_seed: int = ARCHITECTURE_SEED
     train_seed: int = 0
 
@@ -118,14 +148,15 @@ class RankingConfig:
                 "budget": self.budget.to_json(),
                 "num_architectures": int(self.num_architectures),
                 "architecture_seed": int(self.architecture_seed),
-                "train_seed": int(self.train_seed)}
+                "train_seed": int(self.train_seed), "supernets": list(SUPERNETS)}
 
 
 def run_ranking(config: RankingConfig, data, out_dir: str, *, resume: bool = False,
                 progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """Ground truth (cached), every seed's two searches (shared with the search-quality
-    benchmark in the same ``out_dir``), the supernets' scores, and :func:`summarize_ranking`
-    plus the architectures and every score."""
+    """Ground truth (cached), every seed's four searches (each supernet of :data:`SUPERNETS`
+    without and with WPL; shared with the search-quality benchmark in the same ``out_dir``),
+    the supernets' scores, and :func:`summarize_ranking` plus the architectures and every
+    score."""
     say = progress or (lambda message: None)
     os.makedirs(out_dir, exist_ok=True)
     sq.check_or_save_protocol(out_dir, RANKING_FILE, config.to_json(), resume=resume)
@@ -140,11 +171,11 @@ def run_ranking(config: RankingConfig, data, out_dir: str, *, resume: bool = Fal
     scores: Dict[int, Dict[str, List[float]]] = {}
     for seed in config.seeds:
         scores[seed] = {}
-        for arm in ("enas", "wpl"):
+        for arm in (a for n in SUPERNETS for a in supernet_arms(n).values()):
             say(f"seed {seed}: {arm} search")
             directory = sq.run_arm_search(config.experiment, data, out_dir, seed, arm)
-            task, _ = sq.restore_search(sq.seed_config(config.experiment, seed,
-                                                       wpl=arm == "wpl"), data, directory)
+            task, _ = sq.restore_search(sq.seed_config(config.experiment, seed, arm), data,
+                                        directory)
             scores[seed][arm] = [float(task.validation_error(a)) for a in archs]
     summary = summarize_ranking([t["valid"] for t in truth], scores)
     summary["architectures"] = [

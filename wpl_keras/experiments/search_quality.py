@@ -1,25 +1,32 @@
-"""Does a search with WPL end with a better cell? Three arms per seed, one budget, cells
-trained from scratch (the protocol of Yu et al., "Evaluating the search phase of neural
-architecture search", ICLR 2020, with WPL as the treatment).
+"""Does a search with WPL end with a better cell, and how do ENAS and random search with weight
+sharing compare? Five arms per seed, one budget, cells trained from scratch (the protocol of
+Yu et al., "Evaluating the search phase of neural architecture search", ICLR 2020, with WPL as
+the treatment and random search with weight sharing, Li & Talwalkar 2019, as the baseline).
 
-Per seed ``s``, with the experiment's preset and ``seed = s``:
+Per seed ``s``, with the experiment's preset and ``seed = s``, every arm derives one cell as the
+lowest supernet error on the fixed validation batch among ``K`` proposed architectures
+(:func:`wpl_keras.nas.search.derive.derive_best`):
 
-1. ``enas``: the ENAS search without WPL; its derive step samples ``K`` architectures from
-   the trained controller and keeps the one with the lowest supernet error on the fixed
-   validation batch (:func:`wpl_keras.nas.search.derive.derive_best`);
-2. ``wpl``: the same search with WPL, derived the same way;
-3. ``random``: ``K`` architectures drawn uniformly (:class:`UniformSampler`) and scored by the
-   same derive step on the ``enas`` arm's final shared weights, so it differs from ``enas``
-   only in the policy that proposes the candidates.
+1. ``enas``: the ENAS search without WPL; ``K`` architectures sampled from its trained
+   controller;
+2. ``enas_wpl``: the same search with WPL, derived the same way;
+3. ``uniform_ws``: random search with weight sharing (the supernet trained on uniformly drawn
+   architectures, :mod:`wpl_keras.nas.search.uniform`), without WPL; ``K`` uniform draws of its
+   restored sampler scored by its own supernet;
+4. ``uniform_ws_wpl``: the same search with WPL, derived the same way;
+5. ``random_on_enas``: ``K`` uniform draws (a :class:`~wpl_keras.nas.search.uniform.
+   UniformSampler` seeded ``10000 + s``) scored on the ``enas`` arm's final shared weights, so
+   it differs from ``enas`` only in the policy that proposes the candidates.
 
 Each arm's cell is trained from scratch with one :class:`~wpl_keras.experiments.from_scratch.
 TrainBudget` and seed (:class:`~wpl_keras.experiments.from_scratch.CellCache`), giving its
 validation and test perplexity (RNN) or error % (CNN). :func:`summarize_arms` turns the
 per-seed results into the benchmark's JSON; lower is better for every number, so
-``wpl_minus_enas < 0`` means WPL's cell is better.
+``enas_wpl_minus_enas < 0`` means WPL's cell is better.
 
-Everything is kept under one output folder (``seed<s>/<arm>`` for the searches and derive
-results, ``cells.json`` for the trained cells), so a killed run resumes where it stopped.
+Everything is kept under one output folder (``seed<s>/<arm>`` for the four searches,
+``seed<s>/derived_<arm>.json`` for the derive results, ``cells.json`` for the trained cells), so
+a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -34,55 +41,65 @@ import numpy as np
 
 from wpl_keras.experiments import enas
 from wpl_keras.experiments.from_scratch import CellCache, TrainBudget
+from wpl_keras.nas.search.uniform import UniformSampler
 from wpl_keras.utils.strict_json import write_json_atomic
 from wpl_keras.utils.validation import check_fields, check_number
 
-ARMS = ("enas", "wpl", "random")
+# The arms with a search of their own: arm → (sampler, WPL on).
+SEARCHES: Dict[str, Tuple[str, bool]] = {
+    "enas": ("enas", False), "enas_wpl": ("enas", True),
+    "uniform_ws": ("uniform", False), "uniform_ws_wpl": ("uniform", True),
+}
+# Uniform draws scored on the enas arm's supernet.
+RANDOM_ON_ENAS = "random_on_enas"
+ARMS = (*SEARCHES, RANDOM_ON_ENAS)
+# The paired differences the summary reports: (arm, reference), as "<arm>_minus_<reference>".
+DIFFERENCES = (("enas_wpl", "enas"), ("uniform_ws_wpl", "uniform_ws"), ("uniform_ws", "enas"),
+               (RANDOM_ON_ENAS, "enas"))
+# The seed of random_on_enas's sampler is this plus the search seed, so its stream differs
+# from every search's.
+RANDOM_SEED_OFFSET = 10_000
 CONFIG_FILE = "search_quality_config.json"
 CELLS_FILE = "cells.json"
 
 
-class UniformSampler:
-    """Proposes architectures uniformly at random from ``space`` (the random arm's policy),
-    with the ``sample_architecture()`` interface of the controller."""
-
-    def __init__(self, space, seed: int):
-        self.space = space
-        self.rng = np.random.default_rng(seed)
-
-    def sample_architecture(self) -> Tuple[int, ...]:
-        return self.space.sample(self.rng)
-
-
 def search_dir(out_dir: str, seed: int, arm: str) -> str:
-    """Where the search of ``arm`` (``enas`` or ``wpl``) for ``seed`` lives."""
+    """Where the search of ``arm`` (a key of :data:`SEARCHES`) for ``seed`` lives."""
+    if arm not in SEARCHES:
+        raise ValueError(f"arm {arm!r} has no search of its own; searches: {list(SEARCHES)}.")
     return os.path.join(out_dir, f"seed{seed}", arm)
 
 
-def seed_config(base: enas.ENASExperimentConfig, seed: int, *, wpl: bool
+def seed_config(base: enas.ENASExperimentConfig, seed: int, arm: str
                 ) -> enas.ENASExperimentConfig:
-    """The experiment of one search: ``base`` with ``seed`` and WPL on or off."""
-    return dataclasses.replace(base, seed=int(seed)).with_wpl(wpl)
+    """The experiment of ``arm``'s search (a key of :data:`SEARCHES`): ``base`` with ``seed``,
+    the arm's sampler and WPL on or off."""
+    if arm not in SEARCHES:
+        raise ValueError(f"arm {arm!r} has no search of its own; searches: {list(SEARCHES)}.")
+    sampler, wpl = SEARCHES[arm]
+    return dataclasses.replace(base, seed=int(seed), sampler=sampler).with_wpl(wpl)
 
 
 def run_arm_search(base: enas.ENASExperimentConfig, data, out_dir: str, seed: int, arm: str):
     """Runs (or finishes) the search of ``arm`` for ``seed``; returns its folder."""
     directory = search_dir(out_dir, seed, arm)
-    enas.run_search_experiment(seed_config(base, seed, wpl=arm == "wpl"), None, directory,
-                               resume=True, data=data)
+    enas.run_search_experiment(seed_config(base, seed, arm), None, directory, resume=True,
+                               data=data)
     return directory
 
 
 def restore_search(config: enas.ENASExperimentConfig, data, directory: str):
-    """``(task, controller)`` of the finished search in ``directory``."""
-    from wpl_keras.nas.search.enas import restore_latest
+    """``(task, proposer)`` of the finished search in ``directory``: the ENAS controller, or a
+    uniform search's restored sampler (:func:`wpl_keras.experiments.enas.load_search`).
 
-    task, controller, reinforce = enas.build_search(config, data)
-    restored = restore_latest(task, controller, reinforce, directory)
+    Raises:
+        RuntimeError: the search has not run all its epochs.
+    """
+    task, proposer, restored = enas.load_search(config, data, directory)
     if restored["epoch"] < config.search.epochs:
         raise RuntimeError(f"the search in {directory} stopped after {restored['epoch']} of "
                            f"{config.search.epochs} epochs; run it to the end first.")
-    return task, controller
+    return task, proposer
 
 
 def derive_arm(base: enas.ENASExperimentConfig, data, out_dir: str, seed: int, arm: str,
@@ -90,7 +107,8 @@ def derive_arm(base: enas.ENASExperimentConfig, data, out_dir: str, seed: int, a
     """The derived cell of ``arm`` for ``seed`` (read back when it was derived before).
 
     Returns:
-        :meth:`DerivedArchitecture.to_json` of the arm, saved as ``seed<s>/derived_<arm>.json``.
+        :meth:`DerivedArchitecture.to_json` of the arm plus ``scored_on`` (the search whose
+        supernet scored it), saved as ``seed<s>/derived_<arm>.json``.
     """
     from wpl_keras.nas.search.derive import derive_best
 
@@ -98,15 +116,22 @@ def derive_arm(base: enas.ENASExperimentConfig, data, out_dir: str, seed: int, a
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    supernet_arm = "wpl" if arm == "wpl" else "enas"
-    config = seed_config(base, seed, wpl=arm == "wpl")
-    task, controller = restore_search(config, data, search_dir(out_dir, seed, supernet_arm))
-    # The random arm's sampler seed differs from every search seed's controller stream.
-    sampler = controller if arm != "random" else UniformSampler(task.space, 10_000 + seed)
-    derived = derive_best(task, sampler, num_samples).to_json(task.space)
-    derived["scored_on"] = supernet_arm
+    supernet = "enas" if arm == RANDOM_ON_ENAS else arm
+    task, proposer = restore_search(seed_config(base, seed, supernet), data,
+                                    search_dir(out_dir, seed, supernet))
+    if arm == RANDOM_ON_ENAS:
+        proposer = UniformSampler(task.space.decision_sizes, seed=RANDOM_SEED_OFFSET + seed)
+    derived = derive_best(task, proposer, num_samples).to_json(task.space)
+    derived["scored_on"] = supernet
     write_json_atomic(path, derived)
     return derived
+
+
+def _paired(results, seeds, arm: str, reference: str) -> Dict[str, Any]:
+    diffs = [float(results[s][arm]["test"]) - float(results[s][reference]["test"])
+             for s in seeds]
+    return {"per_seed": diffs, "mean": float(np.mean(diffs)) if diffs else math.nan,
+            "better_seeds": int(sum(d < 0 for d in diffs))}
 
 
 def summarize_arms(results: Mapping[int, Mapping[str, Mapping[str, float]]]) -> Dict[str, Any]:
@@ -114,9 +139,10 @@ def summarize_arms(results: Mapping[int, Mapping[str, Mapping[str, float]]]) -> 
 
     Returns:
         ``{"arms": {arm: {"test_per_seed", "test_mean", "test_std", "valid_per_seed",
-        "valid_mean", "valid_std"}}, "seeds", "wpl_minus_enas": {"per_seed", "mean"},
-        "wpl_better_seeds", "random_minus_enas": {"per_seed", "mean"}}``; differences are of
-        test values (``wpl − enas`` per seed, negative when WPL's cell is better), std is the
+        "valid_mean", "valid_std"}}, "seeds"}`` plus, for each ``(arm, reference)`` of
+        :data:`DIFFERENCES`, ``"<arm>_minus_<reference>": {"per_seed", "mean",
+        "better_seeds"}``: the paired test differences ``arm − reference`` per seed (negative
+        when ``arm``'s cell is better), their mean, and how many are negative. std is the
         population std over seeds; only seeds with every arm count.
     """
     seeds = sorted(s for s in results if all(arm in results[s] for arm in ARMS))
@@ -129,15 +155,8 @@ def summarize_arms(results: Mapping[int, Mapping[str, Mapping[str, float]]]) -> 
             row[f"{split}_mean"] = float(np.mean(values)) if values else math.nan
             row[f"{split}_std"] = float(np.std(values)) if values else math.nan
         out["arms"][arm] = row
-
-    def paired(arm):
-        diffs = [float(results[s][arm]["test"]) - float(results[s]["enas"]["test"])
-                 for s in seeds]
-        return {"per_seed": diffs, "mean": float(np.mean(diffs)) if diffs else math.nan}
-
-    out["wpl_minus_enas"] = paired("wpl")
-    out["wpl_better_seeds"] = int(sum(d < 0 for d in out["wpl_minus_enas"]["per_seed"]))
-    out["random_minus_enas"] = paired("random")
+    for arm, reference in DIFFERENCES:
+        out[f"{arm}_minus_{reference}"] = _paired(results, seeds, arm, reference)
     return out
 
 
@@ -153,10 +172,11 @@ def check_seeds(seeds: Sequence[int]) -> Tuple[int, ...]:
 @dataclasses.dataclass(frozen=True)
 class SearchQualityConfig:
     """The benchmark's protocol, fixed before any number is read (saved as
-    ``search_quality_config.json``; a resumed run must match it).
+    ``search_quality_config.json`` with the arms, :data:`ARMS`; a resumed run must match it).
 
     Args:
-        experiment: the search experiment (space and preset); its ``seed`` is replaced per seed.
+        experiment: the search experiment (space and preset); its ``seed`` is replaced per
+            seed, its ``sampler`` and WPL per arm (:func:`seed_config`).
         seeds: the search seeds.
         budget: every cell's from-scratch training.
         derive_samples: ``K`` architectures each arm scores (default: the preset's).
@@ -178,7 +198,7 @@ class SearchQualityConfig:
     def to_json(self) -> dict:
         return {"experiment": self.experiment.to_json(), "seeds": list(self.seeds),
                 "budget": self.budget.to_json(), "derive_samples": int(self.derive_samples),
-                "train_seed": int(self.train_seed)}
+                "train_seed": int(self.train_seed), "arms": list(ARMS)}
 
 
 def check_or_save_protocol(out_dir: str, name: str, protocol: dict, *, resume: bool) -> None:
@@ -206,8 +226,9 @@ def check_or_save_protocol(out_dir: str, name: str, protocol: dict, *, resume: b
 def run_search_quality(config: SearchQualityConfig, data, out_dir: str, *,
                        resume: bool = False,
                        progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """Runs every seed's three arms (:func:`run_arm_search`, :func:`derive_arm`, cells trained
-    from scratch) and returns :func:`summarize_arms` plus per-seed details.
+    """Runs every seed's arms (the four searches of :data:`SEARCHES` with
+    :func:`run_arm_search`, then per arm of :data:`ARMS` :func:`derive_arm` and its cell
+    trained from scratch) and returns :func:`summarize_arms` plus per-seed details.
 
     Args:
         data: the space's data as :func:`wpl_keras.experiments.enas.prepare` returns it.
@@ -221,7 +242,7 @@ def run_search_quality(config: SearchQualityConfig, data, out_dir: str, *,
     results: Dict[int, Dict[str, Dict[str, float]]] = {}
     details: Dict[str, Any] = {}
     for seed in config.seeds:
-        for arm in ("enas", "wpl"):
+        for arm in SEARCHES:
             say(f"seed {seed}: {arm} search")
             run_arm_search(config.experiment, data, out_dir, seed, arm)
         results[seed], details[str(seed)] = {}, {}
@@ -236,6 +257,7 @@ def run_search_quality(config: SearchQualityConfig, data, out_dir: str, *,
             details[str(seed)][arm] = {"arch": derived["arch"],
                                        "string": derived.get("architecture", {}).get("string"),
                                        "supernet_error": derived["error"],
+                                       "scored_on": derived["scored_on"],
                                        "valid": trained["valid"], "test": trained["test"]}
     return {**summarize_arms(results), "cells": details}
 

@@ -1,8 +1,9 @@
 """Deriving the final architecture of a weight-sharing search (ENAS's derive step).
 
-Sample ``K`` architectures from the trained controller, score each on the task's fixed
-validation batch with the shared weights (``task.validation_error``), and keep the one with
-the lowest error:
+Sample ``K`` architectures from the trained controller (or, for random search with weight
+sharing, from the search's uniform sampler, :mod:`wpl_keras.nas.search.uniform`), score each
+on the task's fixed validation batch with the shared weights (``task.validation_error``), and
+keep the one with the lowest error:
 
     ``a* = argmin_{a ∈ {a_1..a_K} ~ π} err(a)``
 
@@ -48,7 +49,8 @@ def derive_best(task, controller, num_samples: int = 100) -> DerivedArchitecture
 
     Args:
         task: a :class:`~wpl_keras.nas.base.SharedWeightsTask` (its shared weights trained).
-        controller: has ``sample_architecture() -> tuple``.
+        controller: has ``sample_architecture() -> tuple`` (the ENAS controller, or a
+            :class:`~wpl_keras.nas.search.uniform.UniformSampler`).
         num_samples: ``K``, architectures sampled (ENAS: 100 for RNN, 10 for CNN per epoch).
 
     Returns:

@@ -191,6 +191,29 @@ def checkpoint_dir(out_dir: str) -> str:
     return os.path.join(out_dir, "ckpt")
 
 
+def restore_checkpoint(task, strategy_items: Dict[str, Any], out_dir: str) -> Dict[str, Any]:
+    """Restores the latest search checkpoint under ``out_dir/ckpt`` into ``task`` and the
+    strategy's objects ``strategy_items`` (the keys its :meth:`SearchStrategy.checkpoint_items`
+    gives); on a worker of a multi-worker task other than the chief, from its private folder
+    :func:`~wpl_keras.nas.search.distribute.worker_out_dir`, where the driver wrote.
+
+    Returns:
+        ``{"checkpoint": path, "epoch": completed epochs, "history": [...]}``.
+
+    Raises:
+        FileNotFoundError: if there is no checkpoint.
+    """
+    directory = checkpoint_dir(worker_out_dir(out_dir, task_strategy(task)))
+    loop = LoopState()
+    checkpoint = tf.train.Checkpoint(**checkpoint_items(task, loop, strategy_items))
+    latest = tf.train.latest_checkpoint(directory)
+    if latest is None:
+        raise FileNotFoundError(f"no search checkpoint under {directory}.")
+    checkpoint.restore(latest).expect_partial()
+    return {"checkpoint": latest, "epoch": int(loop.epoch.numpy()),
+            "history": json_var(loop.history, [])}
+
+
 class SearchInterrupted(KeyboardInterrupt):
     """Raised after the state was checkpointed on SIGINT/SIGTERM; ``signum`` says which."""
 
@@ -572,5 +595,6 @@ def run_driver(task, strategy: SearchStrategy, config: LoopConfig, out_dir: str,
 __all__ = [
     "SHARED", "CONTROLLER", "EPOCH_END", "LoopState", "SearchInterrupted", "SignalCatcher",
     "SearchResult", "SearchStrategy", "SearchDriver", "run_driver", "checkpoint_items",
-    "checkpoint_dir", "json_var", "mean_of_dicts", "numeric_values", "write_logs",
+    "checkpoint_dir", "restore_checkpoint", "json_var", "mean_of_dicts", "numeric_values",
+    "write_logs",
 ]

@@ -37,16 +37,14 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from wpl_keras.nas.search.distribute import task_strategy, worker_out_dir
 from wpl_keras.nas.search.driver import (
     LoopState,
     SearchResult,
     SearchStrategy,
-    checkpoint_dir,
     checkpoint_items,
-    json_var,
     mean_of_dicts,
     numeric_values,
+    restore_checkpoint,
     run_driver,
 )
 from wpl_keras.nas.search.schedule import LoopConfig
@@ -106,7 +104,8 @@ def make_checkpoint_manager(
 def restore_latest(task, controller, reinforce, out_dir: str) -> Dict[str, Any]:
     """Restores the latest search checkpoint under ``out_dir/ckpt`` into the given objects
     (on a worker of a multi-worker task other than the chief, from its private folder
-    :func:`~wpl_keras.nas.search.distribute.worker_out_dir`, where :func:`run_search` wrote).
+    :func:`~wpl_keras.nas.search.distribute.worker_out_dir`, where :func:`run_search` wrote;
+    see :func:`~wpl_keras.nas.search.driver.restore_checkpoint`).
 
     Returns:
         ``{"checkpoint": path, "epoch": completed epochs, "history": [...]}``.
@@ -114,16 +113,7 @@ def restore_latest(task, controller, reinforce, out_dir: str) -> Dict[str, Any]:
     Raises:
         FileNotFoundError: if there is no checkpoint.
     """
-    directory = checkpoint_dir(worker_out_dir(out_dir, task_strategy(task)))
-    manager, loop = make_checkpoint_manager(task, controller, reinforce, directory)
-    if manager.latest_checkpoint is None:
-        raise FileNotFoundError(f"no search checkpoint under {directory}.")
-    manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
-    return {
-        "checkpoint": manager.latest_checkpoint,
-        "epoch": int(loop.epoch.numpy()),
-        "history": json_var(loop.history, []),
-    }
+    return restore_checkpoint(task, _strategy_items(controller, reinforce), out_dir)
 
 
 class ENASStrategy(SearchStrategy):
