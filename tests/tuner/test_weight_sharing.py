@@ -1,4 +1,11 @@
-"""Tests for the weight-sharing tuner on a shared-weights task."""
+"""Tests for the weight-sharing tuner: the task form and the hypermodel form."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import keras_tuner
@@ -7,8 +14,9 @@ import pytest
 import tensorflow as tf
 
 from tests.tuner.tiny_task import TinyTask
+from tests.utils.session_loader import serve_in_session
 from wpl_keras.tuner.enas import ENASOracle
-from wpl_keras.tuner.weight_bank import WeightKey
+from wpl_keras.tuner.weight_bank import WeightBank, WeightKey
 from wpl_keras.tuner.weight_sharing import WeightSharingTuner
 from wpl_keras.wpl.config import WPLConfig
 from wpl_keras.wpl.schedule import ScheduleConfig, flush_at, strength_at
@@ -173,3 +181,134 @@ def test_hypermodel_search_shares_weights_with_wpl_and_resumes(tmp_path, arrays,
     assert resumed.trials_run == 4
     assert resumed.work.bank.counters["optimizer_iterations"] == 12
 
+
+
+@pytest.mark.slow
+def test_retrain_best_fits_from_scratch_and_its_export_serves(tmp_path, arrays, seed):
+    x, y = arrays
+    tuner = _hypermodel_tuner(tmp_path, max_trials=2)
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    tuner.search(train, validation_data=train.take(2), verbose=0)  # datasets work too
+    assert all(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
+    model = tuner.retrain_best(x, y, epochs=2, validation_data=(x[:32], y[:32]), verbose=0)
+    assert len(model.history.history["val_loss"]) == 2
+    assert not np.array_equal(model.get_layer("hidden").kernel.numpy(),
+                              tuner.work.bank.get("weight", HIDDEN_KEY))  # not the shared ones
+    export = str(tmp_path / "export" / "1")
+    model.export(export, verbose=False)
+    (name,) = tf.saved_model.load(export).signatures["serving_default"].structured_input_signature[1]
+    (served,) = serve_in_session([{"dir": export, "signature": "serving_default",
+                                   "inputs": {name: x[:5]}}], str(tmp_path / "session"))
+    (output,) = served.values()
+    np.testing.assert_allclose(output, model.predict(x[:5], verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_hypermodel_form_refuses_bad_input_with_clear_errors(tmp_path, arrays):
+    task = TinyTask(seed=0)
+    oracle = keras_tuner.oracles.RandomSearchOracle(keras_tuner.Objective("val_loss", "min"),
+                                                    max_trials=1)
+    with pytest.raises(ValueError, match="exactly one of task .* and hypermodel"):
+        WeightSharingTuner(oracle, task, hypermodel=_build, directory=str(tmp_path))
+    with pytest.raises(ValueError, match="needs steps_per_trial"):
+        WeightSharingTuner(oracle, hypermodel=_build, directory=str(tmp_path))
+    for steps, error in ((0, ValueError), (1.5, TypeError)):
+        with pytest.raises(error, match="WeightSharingTuner steps_per_trial"):
+            _hypermodel_tuner(tmp_path, steps_per_trial=steps)
+    with pytest.raises(NotImplementedError, match="without shared_weights"):
+        _hypermodel_tuner(tmp_path, shared_weights=object())
+    tuner = _hypermodel_tuner(tmp_path, objective="val_auc")
+    with pytest.raises(keras_tuner.errors.FatalValueError,
+                       match=r"objective \['val_auc'\] is not among.*'val_accuracy', 'val_loss'"):
+        _search(tuner, arrays)
+
+    def uncompiled(hp):
+        hp.Choice("units", [2, 3])
+        return keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)])
+
+    with pytest.raises(keras_tuner.errors.FatalValueError, match="not compiled"):
+        _search(_hypermodel_tuner(tmp_path, hypermodel=uncompiled), arrays)
+
+
+def test_a_diverging_trial_is_failed_and_the_search_goes_on(tmp_path, arrays):
+    def build(hp):
+        model = _build(hp)
+        if hp.get("activation") == "relu":  # a trial whose loss is NaN
+            model.compile(optimizer="sgd", loss=lambda y, p: p[:, 0] * np.nan)
+        return model
+
+    tuner = _hypermodel_tuner(tmp_path, hypermodel=build, max_trials=4,
+                              objective="val_loss")
+    _search(tuner, arrays)
+    statuses = {t.hyperparameters.get("activation"): t.status
+                for t in tuner.oracle.trials.values()}
+    assert statuses.pop("relu") == "FAILED" and set(statuses.values()) == {"COMPLETED"}
+    failed = [t for t in tuner.oracle.trials.values() if t.status == "FAILED"][0]
+    assert "diverged" in failed.message and tuner.trials_run == 3
+
+
+_KILLED_SEARCH = '''
+import pathlib, sys, time
+import numpy as np
+from tests.tuner.test_weight_sharing import _hypermodel_tuner, _search
+
+tuner = _hypermodel_tuner(sys.argv[1], max_trials=4)
+run_trial = tuner.run_trial
+
+def hang_on_the_fourth(trial, *args, **kwargs):
+    if tuner.trials_run == 3:  # the first three trials are saved: die inside the fourth
+        pathlib.Path(sys.argv[2]).write_text(trial.trial_id)
+        time.sleep(600)
+    return run_trial(trial, *args, **kwargs)
+
+tuner.run_trial = hang_on_the_fourth
+rng = np.random.default_rng(0)
+x = rng.normal(size=(96, 6)).astype("float32")
+_search(tuner, (x, (x[:, 0] - x[:, 2] > 0).astype("int32")))
+'''
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_trial_resumes_from_its_saved_shared_weights(tmp_path, arrays):
+    """kill -9 inside trial 4: the bank of trial 3, the counters and the oracle continue."""
+    marker = tmp_path / "hanging"
+    script = tmp_path / "search.py"
+    script.write_text(_KILLED_SEARCH)
+    root = pathlib.Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(marker)],
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the search never reached its fourth trial"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    bank = WeightBank()
+    bank.restore(str(tmp_path / "hm" / "shared_weights.npz"))
+    resumed = _hypermodel_tuner(tmp_path, max_trials=4, overwrite=False)
+    assert resumed.trials_run == 3 and bank.counters["optimizer_iterations"] == 9
+    assert resumed.work.bank.manifest() == bank.manifest()
+    _search(resumed, arrays)
+    statuses = [t.status for t in resumed.oracle.trials.values()]
+    assert statuses == ["COMPLETED"] * 4 and resumed.trials_run == 4
+    assert resumed.work.bank.counters["optimizer_iterations"] == 12
+
+
+def test_hypermodel_form_runs_with_the_enas_oracle_over_the_build_hyperparameters(
+        tmp_path, arrays, seed):
+    oracle = ENASOracle(objective=keras_tuner.Objective("val_accuracy", "max"), max_trials=3,
+                        units=8, learning_rate=0.02, repeats="rerun")  # shared scores change
+    tuner = WeightSharingTuner(oracle, hypermodel=_build, steps_per_trial=2,
+                               directory=str(tmp_path), project_name="enas_hm")
+    _search(tuner, arrays)
+    trials = list(oracle.trials.values())
+    assert [t.status for t in trials] == ["COMPLETED"] * 3
+    assert all(t.hyperparameters.get("activation") in ("relu", "tanh", "elu", "sigmoid")
+               for t in trials)
+    assert int(oracle.reinforce.step) == 3  # the controller learned from every trial
+    assert [t.metrics.get_last_value("shared_fraction") for t in trials][1:] == [1.0, 1.0]
