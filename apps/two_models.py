@@ -3,7 +3,8 @@
     wpl-two-models --data-dir ../shared/data/mnist --out runs/two_models
     wpl-two-models --out runs/two_models              # MNIST via tensorflow-datasets download
     WPL_DATA_DIR=../shared/data wpl-two-models --out runs/two_models --seeds 0 1 --loose-levels 0.56
-    wpl-two-models --out runs/two_models --alpha auto  # α per case, chosen on validation data
+    wpl-two-models --out runs/two_models --strength auto  # α per case, chosen on validation data now
+    wpl-two-models --out runs/two_models --strength 1e8   # one α for every case
 
 The app parses arguments into a :class:`~wpl_keras.experiments.two_models.TwoModelsConfig`,
 loads MNIST and calls :func:`~wpl_keras.experiments.two_models.run_experiment`; it writes
@@ -11,10 +12,21 @@ loads MNIST and calls :func:`~wpl_keras.experiments.two_models.run_experiment`; 
 and ``two_models.png`` into ``--out``. A data error (a failed download, missing or bad idx
 files) is reported in one paragraph, with exit status 2.
 
-``--alpha auto`` runs every case at every α of ``--auto-alphas`` (A trained once per seed and
-case) and keeps, per case, the runs at the α that
-:func:`~wpl_keras.wpl.strength.choose_strength` picks on validation data; ``results.json`` then
-has ``alpha_auto`` (the grid, the tolerance and each case's choice).
+The WPL strength α of each case (``--strength``, also spelled ``--alpha``):
+
+* not given: the α the α-choice rule picked on validation data in the recorded sweep
+  (:func:`~wpl_keras.experiments.strength_sweep.recorded_case_strengths`, package data
+  ``wpl_keras/experiments/two_models_strengths.json``); a case with no recorded choice is
+  refused, naming the fix;
+* ``auto``: every case at every α of ``--auto-strengths`` (A trained once per seed and case),
+  keeping per case the runs at the α that :func:`~wpl_keras.wpl.strength.choose_strength`
+  picks on this run's validation data
+  (:func:`~wpl_keras.experiments.strength_sweep.run_auto_experiment`); ``results.json`` then
+  has ``strength_auto`` (the grid, the tolerance and each case's choice);
+* a number: that α for every case.
+
+``results.json`` holds each case's ``strength`` and ``strength_source``, and ``overview``:
+per case the strength, the forgetting reduction and B's ``b_accuracy_gap`` side by side.
 """
 
 from __future__ import annotations
@@ -35,30 +47,31 @@ _MNIST_FILES = ("train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
 AUTO = "auto"
 # Decades 1 ... 1e8: on MNIST the strict case keeps B within a point up to 1e8, while the loose
 # cases qualify only at 1-10 (benchmarks/README.md, alpha sweep).
-AUTO_ALPHAS = tuple(10.0 ** e for e in range(0, 9))
+AUTO_STRENGTHS = tuple(10.0 ** e for e in range(0, 9))
+COMMAND_LINE_SOURCE = "--strength on the command line"
 
 
-def parse_alpha(text: str):
-    """``--alpha``: ``"auto"``, or a number >= 0."""
+def parse_strength(text: str):
+    """``--strength``: ``"auto"``, or a number >= 0."""
     if text.strip().lower() == AUTO:
         return AUTO
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"alpha is a number >= 0 or 'auto', got {text!r}")
+        raise argparse.ArgumentTypeError(f"strength is a number >= 0 or 'auto', got {text!r}")
     if not value >= 0:
-        raise argparse.ArgumentTypeError(f"alpha is a number >= 0 or 'auto', got {text!r}")
+        raise argparse.ArgumentTypeError(f"strength is a number >= 0 or 'auto', got {text!r}")
     return value
 
 
-def parse_alpha_grid(text: str) -> list:
-    """``--auto-alphas``: comma-separated α, each finite and > 0 (``"1e2,1e4"``)."""
+def parse_strength_grid(text: str) -> list:
+    """``--auto-strengths``: comma-separated α, each finite and > 0 (``"1e2,1e4"``)."""
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"comma-separated numbers expected, got {text!r}")
     if not values or not all(0 < v < float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"alphas must be finite numbers > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"strengths must be finite numbers > 0, got {text!r}")
     return values
 
 
@@ -113,21 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SGD steps of model B (paper: 1,500)")
     parser.add_argument("--eval-every", type=int, default=d.eval_every,
                         help="evaluate A and B on the test set every this many iterations")
-    parser.add_argument("--alpha", type=parse_alpha, default=d.strength,
-                        help="WPL strength alpha (the penalty is "
-                             "(alpha/2) sum F (theta - theta*)^2), or 'auto': per case, run "
-                             "every alpha of --auto-alphas for every seed (A trained once per "
-                             "seed and case) and keep the runs of the alpha chosen on "
-                             "validation data: the largest validation forgetting reduction "
-                             "among the alphas whose B validation accuracy is within "
-                             "--auto-tolerance points of B's without WPL (ties: the smaller "
-                             "alpha; if none is, the smallest cost to B). The choice per case "
-                             "is in results.json under alpha_auto (config.json's strength is "
-                             "then not the one used). Costs one B run pair per alpha")
-    parser.add_argument("--auto-alphas", type=parse_alpha_grid, default=list(AUTO_ALPHAS),
-                        help="comma-separated alpha grid of --alpha auto")
+    parser.add_argument(
+        "--strength", "--alpha", dest="strength", type=parse_strength, default=None,
+        help="WPL strength alpha (the penalty is (alpha/2) sum F (theta - theta*)^2). Not "
+             "given: per case, the alpha the alpha-choice rule picked on validation data in "
+             "the recorded sweep (wpl_keras/experiments/two_models_strengths.json; a case "
+             "without a recorded choice is refused). A number: that alpha for every case. "
+             "'auto': per case, run every alpha of --auto-strengths for every seed (A trained "
+             "once per seed and case) and keep the runs of the alpha chosen on this run's "
+             "validation data: the largest validation forgetting reduction among the alphas "
+             "whose B validation accuracy is within --auto-tolerance points of B's without WPL "
+             "(ties: the smaller alpha; if none is, the smallest cost to B); costs one B run "
+             "pair per alpha. results.json gives each case's strength and strength_source "
+             "(config.json's strength is the one used only for a number)")
+    parser.add_argument("--auto-strengths", "--auto-alphas", dest="auto_strengths",
+                        type=parse_strength_grid, default=list(AUTO_STRENGTHS),
+                        help="comma-separated alpha grid of --strength auto")
     parser.add_argument("--auto-tolerance", type=float, default=1.0,
-                        help="accuracy points B may lose on validation data (--alpha auto)")
+                        help="accuracy points B may lose on validation data (--strength auto)")
     parser.add_argument("--wpl-mode", choices=("proximal", "gradient"), default=d.wpl_mode,
                         help="proximal: exact proximal step after each SGD step, stable for any "
                              "alpha; gradient: penalty in the loss, diverges (with an error naming "
@@ -167,7 +183,8 @@ def config_from_args(args: argparse.Namespace):
         seeds=tuple(args.seeds),
         iterations=args.iterations,
         eval_every=args.eval_every,
-        strength=TwoModelsConfig().strength if args.alpha == AUTO else args.alpha,
+        strength=(args.strength if isinstance(args.strength, float)
+                  else TwoModelsConfig().strength),
         wpl_mode=args.wpl_mode,
         loose_levels=tuple(args.loose_levels),
         b_learning_rate=args.b_learning_rate,
@@ -181,47 +198,21 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
-def run_auto(data, config, *, strict: bool, alphas, tolerance: float, progress=print) -> dict:
-    """``--alpha auto``: :func:`~wpl_keras.experiments.two_models.run_experiment`'s result with
-    each case's runs taken at the α chosen on validation data.
-
-    Per case, :func:`~wpl_keras.experiments.strength_sweep.sweep_strengths` runs every α and
-    :func:`~wpl_keras.experiments.strength_sweep.choose_case_strength` picks one; when the rule
-    cannot choose (e.g. A forgot nothing on validation data, so no reduction is defined) the
-    smallest α with finished runs is used and ``alpha_auto`` says so.
-
-    Returns:
-        ``{"config", "source", "cases": {name: {"level", "seeds", "summary", "strength"}},
-        "alpha_auto": {"alphas", "tolerance", "cases": {name: choice + "fallback"}}}``.
+def case_strengths(args: argparse.Namespace, config) -> Optional[dict]:
+    """``{case name: CaseStrength}`` of a run that is not ``--strength auto``: the recorded
+    validation choice per case when ``--strength`` is not given, else the given number.
 
     Raises:
-        RuntimeError: if every run of a case diverged.
+        ValueError: for a case without a recorded choice (naming the fix).
     """
-    from wpl_keras.experiments import strength_sweep, two_models
+    from wpl_keras.experiments.strength_sweep import case_levels, recorded_case_strengths
+    from wpl_keras.experiments.two_models import CaseStrength, case_name
 
-    results = {"config": config.to_json(), "source": getattr(data, "source", "arrays"),
-               "cases": {}, "alpha_auto": {"alphas": list(alphas), "tolerance": tolerance,
-                                           "cases": {}}}
-    for level in ([None] if strict else []) + list(config.loose_levels):
-        name = two_models.case_name(level)
-        sweep = strength_sweep.sweep_strengths(data, config, level, alphas, progress=progress)
-        table = strength_sweep.strength_table(sweep)
-        choice = dict(strength_sweep.choose_case_strength(table, tolerance), fallback=False)
-        if choice["strength"] is None:
-            done = [row["strength"] for row in table if row["seeds_done"] > 0]
-            if not done:
-                raise RuntimeError(f"{name}: B diverged for every alpha and seed "
-                                   f"({sweep['diverged']}).")
-            choice.update(strength=min(done), fallback=True)
-        alpha = choice["strength"]
-        seeds = sweep["seeds"][f"{alpha:g}"]
-        results["cases"][name] = {"level": level, "seeds": seeds,
-                                  "summary": two_models.summarize(seeds), "strength": alpha}
-        results["alpha_auto"]["cases"][name] = choice
-        progress(f"{name}: alpha {alpha:g}"
-                 + (f" (rule could not choose: {choice['error']}; smallest alpha used)"
-                    if choice["fallback"] else f" ({choice['choice']['reason']})"))
-    return results
+    levels = case_levels(not args.no_strict, config.loose_levels)
+    if args.strength is None:
+        return recorded_case_strengths(config, levels)
+    return {case_name(level): CaseStrength(args.strength, COMMAND_LINE_SOURCE)
+            for level in levels}
 
 
 def _rounded(value: float) -> Optional[float]:
@@ -234,7 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start_tensorflow()
     args = build_parser().parse_args(argv)
     from wpl_keras.data.mnist import load_mnist
-    from wpl_keras.experiments import two_models
+    from wpl_keras.experiments import strength_sweep, two_models
     from wpl_keras.experiments.data_source import (
         data_error_message,
         data_error_types,
@@ -243,6 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         config = config_from_args(args)
+        strengths = None if args.strength == AUTO else case_strengths(args, config)
     except ValueError as error:
         print(f"wpl-two-models: {error}", file=sys.stderr)
         return 2
@@ -256,23 +248,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     save_data_source(args.out, data_dir, verify=args.verify)
     print(f"MNIST from {data.source}: {data.sizes()}", flush=True)
-    if args.alpha == AUTO:
-        results = run_auto(data, config, strict=not args.no_strict, alphas=args.auto_alphas,
-                           tolerance=args.auto_tolerance,
-                           progress=lambda m: print(m, flush=True))
+    progress = lambda m: print(m, flush=True)  # noqa: E731
+    if args.strength == AUTO:
+        results = strength_sweep.run_auto_experiment(
+            data, config, strength_sweep.case_levels(not args.no_strict, config.loose_levels),
+            args.auto_strengths, args.auto_tolerance, progress=progress)
     else:
-        results = two_models.run_experiment(
-            data, config, strict=not args.no_strict, progress=lambda m: print(m, flush=True)
-        )
+        results = two_models.run_experiment(data, config, strict=not args.no_strict,
+                                            progress=progress, strengths=strengths)
     paths = two_models.save_results(results, args.out, plot=not args.no_plot)
-    summary = {
-        name: {k: _rounded(case["summary"][k]["mean"])
-               for k in ("a_baseline", "a_drop_without", "forgetting_reduction", "b_accuracy_gap")}
-        for name, case in results["cases"].items()
-    }
-    if args.alpha == AUTO:
-        for name, case in results["cases"].items():
-            summary[name]["alpha"] = case["strength"]
+    summary = {name: {k: (_rounded(v) if isinstance(v, float) and k != "strength" else v)
+                      for k, v in row.items()}
+               for name, row in results["overview"].items()}
     print(json.dumps({"out": paths, "summary": summary}))
     return 0
 

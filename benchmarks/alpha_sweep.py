@@ -14,13 +14,19 @@ that A; B trained without and with WPL) and reports, per case and α, seed means
 ``chosen`` holds, per case, the α that :func:`wpl_keras.wpl.strength.choose_strength` picks on
 the validation values (largest validation reduction among the α whose B validation accuracy is
 within ``--tolerance`` points of B's without WPL; ties to the smaller α; if none, the smallest B
-cost), with the test-set ``reduction`` and ``b_cost`` at that α. Writes ``alpha_sweep.json``
-(report and every run) and ``alpha_sweep.png`` (per case, reduction against b_cost, one point
-per α) to ``--out``.
+cost), with the test-set ``reduction`` and ``b_cost`` at that α. Writes ``strength_sweep.json``
+(report and every run) and ``strength_sweep.png`` (per case, reduction against b_cost, one point
+per α) to ``--out``. Report keys say ``strength`` for α (``strengths``, ``chosen.<case>.strength``).
+
+The choices ``wpl-two-models`` runs by default are this benchmark's ``chosen`` strengths, kept as
+package data in ``wpl_keras/experiments/two_models_strengths.json`` with the commands and date
+that produced them; a new sweep that should change them is copied there by hand (and into
+``benchmarks/README.md``, which a test compares with the file).
 
     python benchmarks/alpha_sweep.py --data-dir ../shared/data/mnist
 
-``--merge A/alpha_sweep.json B/alpha_sweep.json`` runs nothing: it merges earlier runs made with
+``--merge A/strength_sweep.json B/strength_sweep.json`` runs nothing (files of earlier runs
+named ``alpha_sweep.json`` merge the same way): it merges earlier runs made with
 the same settings on different grids (e.g. a grid extended below the smallest α after the rule
 fell back to it) and applies the rule to the merged grid.
 
@@ -35,7 +41,7 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
-from apps.two_models import AUTO_ALPHAS, parse_alpha_grid
+from apps.two_models import AUTO_STRENGTHS, parse_strength_grid
 from wpl_keras.data.mnist import load_mnist
 from wpl_keras.experiments import strength_sweep
 from wpl_keras.experiments import two_models as tm
@@ -50,15 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MNIST idx folder (default: tensorflow-datasets download)")
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                         help="check the idx files against the official MNIST md5s")
-    parser.add_argument("--out", default=None, help="folder for alpha_sweep.json/.png "
+    parser.add_argument("--out", default=None, help="folder for strength_sweep.json/.png "
                         "(default: a new temporary folder)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                        help="instead of running: merge earlier runs' alpha_sweep.json files "
-                             "(same settings, other alpha grids) and apply the rule to the "
+                        help="instead of running: merge earlier runs' strength_sweep.json "
+                             "files (same settings, other grids) and apply the rule to the "
                              "merged grid")
-    parser.add_argument("--alphas", type=parse_alpha_grid, default=list(AUTO_ALPHAS),
-                        help="comma-separated grid of alpha (the same as wpl-two-models "
-                             "--alpha auto's default)")
+    parser.add_argument("--strengths", "--alphas", dest="strengths", type=parse_strength_grid,
+                        default=list(AUTO_STRENGTHS),
+                        help="comma-separated grid of the WPL strength alpha (the same as "
+                             "wpl-two-models --strength auto's default)")
     parser.add_argument("--tolerance", type=float, default=1.0,
                         help="accuracy points B may lose on validation data (the rule)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
@@ -91,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     the report (:func:`~wpl_keras.experiments.strength_sweep.write_sweep_report`) as one JSON
     line."""
     args = build_parser().parse_args(argv)
-    out = args.out or tempfile.mkdtemp(prefix="wpl_alpha_sweep_")
+    out = args.out or tempfile.mkdtemp(prefix="wpl_strength_sweep_")
     started = time.time()
     if args.merge:
         try:
@@ -104,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         levels = strength_sweep.case_levels(not args.no_strict, args.loose_levels)
         data = load_mnist(args.data_dir, validation_size=config.validation_size, seed=0,
                           verify=args.verify)
-        cases = strength_sweep.run_cases(data, config, levels, args.alphas, args.tolerance,
+        cases = strength_sweep.run_cases(data, config, levels, args.strengths, args.tolerance,
                                          progress=lambda m: print(m, flush=True))
         sizes = data.sizes()
         data_text = (f"MNIST ({data.source}); train {sizes['train']}, validation "

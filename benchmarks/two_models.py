@@ -2,15 +2,18 @@
 
 For every seed: train A strictly (to convergence) and loosely (stopped at validation top-1
 levels), estimate A's Fisher on 200 validation images, train B for 1,500 SGD steps (momentum
-0.9, lr 0.1) from the same start without and with WPL (proximal form, large alpha), and record
-A's and B's test accuracy. Reports, averaged over seeds:
+0.9, lr 0.1) from the same start without and with WPL (proximal form), and record A's and B's
+test accuracy. Each case runs at the WPL strength α the α-choice rule picked for it on
+validation data in the recorded sweep (``wpl_keras/experiments/two_models_strengths.json``, as
+``wpl-two-models`` does), or at ``--strength`` for every case. Reports, averaged over seeds:
 
 * ``forgetting_reduction`` = (d_without − d_with) / d_without, d = acc_A(before) − acc_A(after);
 * ``a_drop_without`` = A's baseline minus A's final accuracy when B trains without WPL (points);
 * ``b_accuracy_gap`` = B's final accuracy without WPL minus with WPL (points);
 
 for the strict case and for the loosest level where WPL still helps (mean reduction >= 0.5 with
-A's drop without WPL >= 5 points), plus every level.
+A's drop without WPL >= 5 points), plus every level, each with its ``strength`` and
+``strength_source``.
 
     python benchmarks/two_models.py --data-dir ../shared/data/mnist
 
@@ -26,12 +29,15 @@ import tempfile
 import time
 
 from wpl_keras.data.mnist import load_mnist
+from wpl_keras.experiments import strength_sweep
 from wpl_keras.experiments import two_models as tm
 
 
 def _triple(case: dict) -> dict:
     s = case["summary"]
     return {
+        "strength": case["strength"],
+        "strength_source": case["strength_source"],
         "forgetting_reduction": s["forgetting_reduction"]["mean"],
         "forgetting_reduction_std": s["forgetting_reduction"]["std"],
         "a_drop_without": s["a_drop_without"]["mean"],
@@ -58,16 +64,27 @@ def main(argv=None) -> dict:
                              "(default: a new temporary folder)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
     parser.add_argument("--iterations", type=int, default=defaults.iterations)
-    parser.add_argument("--alpha", type=float, default=defaults.strength)
+    parser.add_argument("--strength", "--alpha", dest="strength", type=float, default=None,
+                        help="WPL strength alpha for every case (default: per case, the "
+                             "recorded validation choice)")
     parser.add_argument("--loose-levels", type=float, nargs="*", default=list(defaults.loose_levels))
     args = parser.parse_args(argv)
 
-    config = dataclasses.replace(defaults, seeds=tuple(args.seeds), iterations=args.iterations,
-                                 strength=args.alpha, loose_levels=tuple(args.loose_levels))
+    config = dataclasses.replace(
+        defaults, seeds=tuple(args.seeds), iterations=args.iterations,
+        strength=defaults.strength if args.strength is None else args.strength,
+        loose_levels=tuple(args.loose_levels))
+    levels = strength_sweep.case_levels(True, config.loose_levels)
+    if args.strength is None:
+        strengths = strength_sweep.recorded_case_strengths(config, levels)
+    else:
+        strengths = {tm.case_name(level): tm.CaseStrength(args.strength, "--strength")
+                     for level in levels}
     out = args.out or tempfile.mkdtemp(prefix="wpl_two_models_")
     started = time.time()
     data = load_mnist(args.data_dir, validation_size=config.validation_size, seed=0)
-    results = tm.run_experiment(data, config, progress=lambda m: print(m, flush=True))
+    results = tm.run_experiment(data, config, progress=lambda m: print(m, flush=True),
+                                strengths=strengths)
     paths = tm.save_results(results, out)
     loose_name = tm.loosest_helpful_level(results)
     report = {
@@ -95,7 +112,8 @@ def main(argv=None) -> dict:
                  f"{config.batch_size}, {config.iterations} iterations",
             "fisher": f"{config.fisher_kind} Fisher of the shared weights on "
                       f"{config.fisher_samples} validation images",
-            "wpl": f"alpha {config.strength:g}, {config.wpl_mode} mode, l2 {config.l2}",
+            "wpl": f"{config.wpl_mode} mode, l2 {config.l2}; strength per case under "
+                   "levels.<case>.strength",
             "seeds": list(config.seeds),
         },
         "outputs": paths,

@@ -1,9 +1,10 @@
 """The two-model strength sweep (wpl_keras.experiments.strength_sweep: the sweep, its table and
-choice, several cases and their report, as benchmarks/alpha_sweep.py runs them) and
-wpl-two-models --alpha auto, at tiny sizes."""
+choice, several cases and their report, as benchmarks/alpha_sweep.py runs them; the recorded
+choices wpl-two-models runs by default; --strength auto's runner), at tiny sizes."""
 
-import argparse
 import dataclasses
+import os
+import re
 import json
 import math
 
@@ -34,6 +35,15 @@ def _tiny_cases(data_dir, strict, alphas, progress=None, **changes):
     cases = ss.run_cases(data, config, ss.case_levels(strict, config.loose_levels), alphas,
                          1.0, progress=progress)
     return cases, config, f"MNIST ({data.source})"
+
+
+def _keys(obj):
+    """Every dict key in a JSON-like object, recursively."""
+    if isinstance(obj, dict):
+        return [k for k, v in obj.items() for k in [k, *_keys(v)]]
+    if isinstance(obj, list):
+        return [k for v in obj for k in _keys(v)]
+    return []
 
 
 def _synthetic(seed=0, n=128, classes=10, side=6):
@@ -148,7 +158,7 @@ def test_choose_case_strength_on_a_table():
 
 
 # --------------------------------------------------------------------------- several cases
-def test_case_levels_and_chosen_entry_take_the_test_values_at_the_chosen_alpha():
+def test_case_levels_and_chosen_entry_take_the_test_values_at_the_chosen_strength():
     assert ss.case_levels(True, [0.5, 1]) == [None, 0.5, 1.0]
     assert ss.case_levels(False, []) == []
     table = [{"strength": 1e2, "reduction": 0.2, "b_cost": 0.5, "reduction_val": 0.3,
@@ -158,10 +168,10 @@ def test_case_levels_and_chosen_entry_take_the_test_values_at_the_chosen_alpha()
     choice = {"strength": 1e2, "error": None,
               "choice": {"qualified": True, "reason": "largest reduction among ..."}}
     entry = ss.chosen_entry(table, choice)
-    assert entry == {"alpha": 1e2, "reduction": 0.2, "b_cost": 0.5, "reduction_val": 0.3,
+    assert entry == {"strength": 1e2, "reduction": 0.2, "b_cost": 0.5, "reduction_val": 0.3,
                      "b_cost_val": 0.1, "qualified": True, "reason": "largest reduction among ..."}
     none = ss.chosen_entry(table, {"strength": None, "choice": None, "error": "no forgetting"})
-    assert none["alpha"] is None and math.isnan(none["reduction"])
+    assert none["strength"] is None and math.isnan(none["reduction"])
     assert none["reason"] == "no forgetting"
 
 
@@ -182,11 +192,15 @@ def test_tiny_sweep_on_idx_files(tmp_path, monkeypatch):
                                    data_text=data_text, seconds=1.0)
     assert json.loads(json.dumps(report, allow_nan=False)) == report  # strict JSON
     assert trained == [(0, None), (0, 0.3)]  # A once per seed and case, shared by both alphas
-    assert any(m.startswith("strict: chosen alpha") for m in messages)
-    assert report["alphas"] == [1e2, 1e8] and report["seeds"] == [0]
+    assert any(m.startswith("strict: chosen strength") for m in messages)
+    assert report["strengths"] == [1e2, 1e8] and report["seeds"] == [0]
+    assert report["benchmark"] == "strength_sweep (two models)"
+    assert [os.path.basename(p) for p in report["outputs"].values()] == [
+        "strength_sweep.json", "strength_sweep.png"]
+    assert not [k for k in _keys(report) if "alpha" in k]  # one name for α: strength
     assert set(report["cases"]) == set(report["chosen"]) == {"strict", "loose_0.3"}
     for name, case in report["cases"].items():
-        rows = case["alphas"]
+        rows = case["strengths"]
         assert set(rows) == {"100", "1e+08"} and case["diverged"] == []
         for row in rows.values():
             assert {"reduction", "b_cost", "reduction_val", "b_accuracy_val",
@@ -198,8 +212,8 @@ def test_tiny_sweep_on_idx_files(tmp_path, monkeypatch):
                                [r["reduction_val"] for r in ordered],
                                [r["b_accuracy_val"] for r in ordered],
                                np.mean([r["b_accuracy_without_val"] for r in ordered]), 1.0)
-        assert chosen["alpha"] == rule.strength and chosen["qualified"] == rule.qualified
-        at = rows[f"{chosen['alpha']:g}"]
+        assert chosen["strength"] == rule.strength and chosen["qualified"] == rule.qualified
+        at = rows[f"{chosen['strength']:g}"]
         assert (chosen["reduction"], chosen["b_cost"]) == (at["reduction"], at["b_cost"])
     saved = json.loads(open(report["outputs"]["json"]).read())
     assert saved["report"]["cases"] == report["cases"]
@@ -207,7 +221,7 @@ def test_tiny_sweep_on_idx_files(tmp_path, monkeypatch):
     low, high = runs["100"][0], runs["1e+08"][0]
     assert low["a_baseline"] == high["a_baseline"]  # both alphas start from the same A
     assert low["b_final_without"] == pytest.approx(high["b_final_without"], abs=1e-6)
-    assert report["cases"]["strict"]["alphas"]["1e+08"]["b_cost"] == pytest.approx(
+    assert report["cases"]["strict"]["strengths"]["1e+08"]["b_cost"] == pytest.approx(
         100 * (high["b_final_with"] - high["b_final_without"]))
     assert open(report["outputs"]["figure"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -246,16 +260,16 @@ def test_merge_of_two_tiny_runs_applies_the_rule_to_the_union_grid(tmp_path):
     high = run("high", [1e2, 1e8])
     low = run("low", [1, 1e2])
     merged = merge([high["outputs"]["json"], low["outputs"]["json"]])
-    rows = merged["cases"]["loose_0.3"]["alphas"]
-    assert merged["alphas"] == [1.0, 1e2, 1e8] and set(rows) == {"1", "100", "1e+08"}
-    assert rows["1e+08"] == high["cases"]["loose_0.3"]["alphas"]["1e+08"]
-    assert rows["1"] == low["cases"]["loose_0.3"]["alphas"]["1"]
+    rows = merged["cases"]["loose_0.3"]["strengths"]
+    assert merged["strengths"] == [1.0, 1e2, 1e8] and set(rows) == {"1", "100", "1e+08"}
+    assert rows["1e+08"] == high["cases"]["loose_0.3"]["strengths"]["1e+08"]
+    assert rows["1"] == low["cases"]["loose_0.3"]["strengths"]["1"]
     ordered = [rows["1"], rows["100"], rows["1e+08"]]
     rule = choose_strength([r["strength"] for r in ordered],
                            [r["reduction_val"] for r in ordered],
                            [r["b_accuracy_val"] for r in ordered],
                            np.mean([r["b_accuracy_without_val"] for r in ordered]), 1.0)
-    assert merged["chosen"]["loose_0.3"]["alpha"] == rule.strength
+    assert merged["chosen"]["loose_0.3"]["strength"] == rule.strength
     assert merged["merged_from"] == [high["outputs"]["json"], low["outputs"]["json"]]
     assert merged["data"] == high["data"]
     other = run("o", [10], seeds=(1,))
@@ -267,89 +281,127 @@ def test_merge_of_two_tiny_runs_applies_the_rule_to_the_union_grid(tmp_path):
         ss.cases_from_files([], 1.0)
 
 
-# --------------------------------------------------------------------------- app --alpha auto
-def test_app_alpha_parsing(tmp_path):
-    from apps import two_models as app
-
-    parser = app.build_parser()
-    assert parser.parse_args(["--out", "x"]).alpha == tm.TwoModelsConfig().strength
-    args = parser.parse_args(["--out", "x", "--alpha", "AUTO", "--auto-alphas", "1e3,1e5",
-                              "--auto-tolerance", "2"])
-    assert args.alpha == "auto" and args.auto_alphas == [1e3, 1e5] and args.auto_tolerance == 2
-    assert app.config_from_args(args).strength == tm.TwoModelsConfig().strength
-    assert app.config_from_args(parser.parse_args(["--out", "x", "--alpha", "60"])).strength == 60
-    for bad in ("-1", "nan", "often"):
-        with pytest.raises(argparse.ArgumentTypeError, match="'auto'"):
-            app.parse_alpha(bad)
-    for bad in ("", "1e3,0", "1e3,x", "inf"):
-        with pytest.raises(argparse.ArgumentTypeError):
-            app.parse_alpha_grid(bad)
-    assert "auto" in parser.format_help() and "--auto-alphas" in parser.format_help()
+# --------------------------------------------------------------------------- recorded choices
+README = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "README.md")
 
 
-@pytest.mark.slow
-def test_app_alpha_auto_uses_the_alpha_chosen_on_validation(tmp_path, capsys, monkeypatch):
-    from apps import two_models as app
-
-    write_mnist(str(tmp_path / "data"), n_train=300)
-    tables = []
-    real_table = ss.strength_table
-    monkeypatch.setattr(ss, "strength_table", lambda sweep: tables.append(real_table(sweep))
-                        or tables[-1])
-    out = tmp_path / "out"
-    code = app.main(["--data-dir", str(tmp_path / "data"), "--no-verify", "--out", str(out),
-                     "--seeds", "0", "--loose-levels", "--alpha", "auto",
-                     "--auto-alphas", "1e2,1e8", "--no-plot", *TINY_ARGS])
-    assert code == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]
-    results = json.loads(open(out / "results.json").read())
-    assert list(results["cases"]) == ["strict"] and len(tables) == 1
-    (table,) = tables
-    choice = results["alpha_auto"]["cases"]["strict"]
-    assert results["alpha_auto"]["alphas"] == [1e2, 1e8]
-    assert not choice["fallback"] and choice["error"] is None  # A forgets on validation here
-    rule = choose_strength([r["strength"] for r in table], [r["reduction_val"] for r in table],
-                           [r["b_accuracy_val"] for r in table],
-                           np.mean([r["b_accuracy_without_val"] for r in table]), 1.0)
-    assert choice["strength"] == rule.strength and choice["choice"]["reason"] == rule.reason
-    case = results["cases"]["strict"]
-    assert case["strength"] == choice["strength"] == summary["strict"]["alpha"]
-    row = next(r for r in table if r["strength"] == case["strength"])
-    (one,) = case["seeds"]
-    assert one["forgetting_reduction_val"] == pytest.approx(row["reduction_val"], nan_ok=True)
-    assert summary["strict"]["forgetting_reduction"] == pytest.approx(
-        round(one["forgetting_reduction"], 4), nan_ok=True)
+def test_recorded_strengths_are_the_sweeps_chosen_line_in_benchmarks_readme():
+    recorded = ss.load_recorded_strengths()
+    text = open(README).read()
+    quoted = {}  # the run printed the key "alpha" that is now "strength"
+    for name, body in re.findall(r'`"(strict|loose_[0-9.]+)": (\{"alpha": [^`]*\})`', text):
+        quoted[name] = json.loads(body)
+        quoted[name]["strength"] = quoted[name].pop("alpha")
+    assert set(quoted) == set(recorded["cases"]) == {"strict", "loose_0.56", "loose_0.44",
+                                                     "loose_0.36"}
+    for name, case in recorded["cases"].items():
+        for key in ("strength", "reduction", "b_cost", "qualified"):
+            assert case[key] == quoted[name][key], (name, key)
+        assert case["level"] == (None if name == "strict" else float(name[len("loose_"):]))
+        assert case["strength"] in case["strengths_swept"]
+    assert recorded["tolerance"] == 1.0 and recorded["produced_by"]["date"] in text
+    for command in recorded["produced_by"]["commands"]:
+        assert command.split(" --out")[0] in " ".join(text.replace("\\\n", " ").split())
+    # the sweep ran the two-model defaults (benchmarks/alpha_sweep.py's defaults)
+    assert recorded["config"] == {k: v for k, v in tm.to_jsonable(
+        tm.TwoModelsConfig().to_json()).items() if k != "strength"}
 
 
-def test_app_run_auto_falls_back_to_the_smallest_alpha_when_the_rule_cannot_choose(monkeypatch):
-    from apps import two_models as app
+def test_recorded_case_strengths_per_case_with_their_source():
+    config = tm.TwoModelsConfig()
+    chosen = ss.recorded_case_strengths(config, ss.case_levels(True, config.loose_levels))
+    recorded = ss.load_recorded_strengths()["cases"]
+    assert list(chosen) == ["strict", "loose_0.56", "loose_0.44", "loose_0.36"]
+    for name, value in chosen.items():
+        assert value.strength == recorded[name]["strength"]
+        assert value.source == ("validation choice, wpl_keras/experiments/"
+                                "two_models_strengths.json (2026-11-29)")
+    # settings that change nothing trained keep the plain source; others are named
+    quiet = ss.recorded_case_strengths(
+        dataclasses.replace(config, seeds=(5,), eval_every=50, eval_examples=100), [0.44])
+    assert quiet["loose_0.44"].source == chosen["loose_0.44"].source
+    other = ss.recorded_case_strengths(
+        dataclasses.replace(config, hidden_units=16, b_learning_rate=0.5), [None])
+    assert other["strict"].source.endswith(
+        "; swept with other settings: hidden_units, b_learning_rate")
+    with pytest.raises(ValueError, match=r"no recorded strength for the cases \['loose_0.5'\]"
+                       r".*--strength auto.*--strength VALUE"):
+        ss.recorded_case_strengths(config, [None, 0.5])
 
-    keys = ("a_baseline", "a_final_without", "a_final_with", "b_final_without", "b_final_with",
-            "d_without", "d_with", "a_drop_without", "b_accuracy_gap")
 
-    def case(alpha):  # A forgot nothing on validation: the reduction there is NaN
-        return {**{k: 0.5 for k in keys}, "forgetting_reduction": 0.0, "strength_seen": alpha,
-                "forgetting_reduction_val": float("nan"), "b_final_with_val": 0.5,
-                "b_final_without_val": 0.5}
+def test_load_recorded_strengths_refuses_unreadable_or_bad_files(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ValueError, match="cannot read the recorded strengths"):
+        ss.load_recorded_strengths(str(bad))
+    bad.write_text(json.dumps({"cases": {"strict": {"strength": 0}}}))
+    with pytest.raises(ValueError, match="cases.strict.strength"):
+        ss.load_recorded_strengths(str(bad))
+    bad.write_text(json.dumps({"cases": {"strict": {"strength": "big"}}}))
+    with pytest.raises(ValueError, match="cases.strict.strength"):
+        ss.load_recorded_strengths(str(bad))
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"cases": {"strict": {"strength": 3.0}}}))
+    chosen = ss.recorded_case_strengths(tm.TwoModelsConfig(), [None], path=str(good))
+    assert chosen["strict"] == tm.CaseStrength(3.0, f"validation choice, {good} (undated)")
 
-    def fake_sweep(data, config, level, alphas, progress=None):
-        seeds = {f"{a:g}": [] if (level, a) == (None, 1e2) else [case(a)] for a in alphas}
+
+# --------------------------------------------------------------------------- --strength auto
+_KEYS = ("a_baseline", "a_final_without", "a_final_with", "b_final_without", "b_final_with",
+         "d_without", "d_with", "a_drop_without", "b_accuracy_gap")
+
+
+def _fake_case(strength, reduction_val=float("nan")):
+    return {**{k: 0.5 for k in _KEYS}, "forgetting_reduction": 0.0, "strength_seen": strength,
+            "forgetting_reduction_val": reduction_val, "b_final_with_val": 0.5,
+            "b_final_without_val": 0.5}
+
+
+def test_run_auto_experiment_keeps_the_runs_of_the_chosen_strength(monkeypatch):
+    def fake_sweep(data, config, level, strengths, progress=None):
+        # validation reduction grows with the strength, B's cost is 0 everywhere
+        return {"level": level, "strengths": list(strengths), "diverged": [],
+                "seeds": {f"{a:g}": [_fake_case(a, reduction_val=math.log10(a) / 10)]
+                          for a in strengths}}
+
+    monkeypatch.setattr(ss, "sweep_strengths", fake_sweep)
+    messages = []
+    results = ss.run_auto_experiment(None, tm.TwoModelsConfig(seeds=(0,)), [None, 0.44],
+                                     [1, 1e4], 1.0, progress=messages.append)
+    assert results["strength_auto"]["strengths"] == [1.0, 1e4]
+    for name in ("strict", "loose_0.44"):
+        case = results["cases"][name]
+        assert case["strength"] == 1e4 == results["strength_auto"]["cases"][name]["strength"]
+        assert case["seeds"][0]["strength_seen"] == 1e4
+        assert case["strength_source"] == ("validation choice, --strength auto in this run "
+                                           "(grid 1,10000, tolerance 1 points)")
+        assert results["overview"][name]["strength"] == 1e4
+        assert results["overview"][name]["b_accuracy_gap"] == 0.5
+    assert messages[0].startswith("strict: strength 10000 (largest reduction")
+
+
+def test_run_auto_experiment_falls_back_to_the_smallest_strength_when_the_rule_cannot_choose(
+        monkeypatch):
+    def fake_sweep(data, config, level, strengths, progress=None):
+        seeds = {f"{a:g}": [] if (level, a) == (None, 1e2) else [_fake_case(a)]
+                 for a in strengths}
         if level == 0.5:
-            seeds = {f"{a:g}": [] for a in alphas}
-        return {"level": level, "strengths": list(alphas), "seeds": seeds, "diverged": []}
+            seeds = {f"{a:g}": [] for a in strengths}
+        return {"level": level, "strengths": list(strengths), "seeds": seeds, "diverged": []}
 
     monkeypatch.setattr(ss, "sweep_strengths", fake_sweep)
     messages = []
     config = tm.TwoModelsConfig(seeds=(0,), loose_levels=())
-    results = app.run_auto(None, config, strict=True, alphas=[1e2, 1e4, 1e6], tolerance=1.0,
-                           progress=messages.append)
-    choice = results["alpha_auto"]["cases"]["strict"]
-    # 1e2 has no finished run, so the smallest alpha with one is used
+    results = ss.run_auto_experiment(None, config, [None], [1e2, 1e4, 1e6], 1.0,
+                                     progress=messages.append)
+    choice = results["strength_auto"]["cases"]["strict"]
+    # 1e2 has no finished run, so the smallest strength with one is used
     assert choice["fallback"] and choice["strength"] == 1e4 and choice["left_out"] == [1e2]
     assert "must be a finite number" in choice["error"]
     assert results["cases"]["strict"]["strength"] == 1e4
+    assert results["cases"]["strict"]["strength_source"].startswith(
+        "smallest strength with finished runs: the rule could not choose")
     assert results["cases"]["strict"]["seeds"][0]["strength_seen"] == 1e4
     assert "rule could not choose" in messages[-1]
-    with pytest.raises(RuntimeError, match="diverged for every alpha"):
-        app.run_auto(None, dataclasses.replace(config, loose_levels=(0.5,)), strict=False,
-                     alphas=[1e2], tolerance=1.0, progress=messages.append)
+    with pytest.raises(RuntimeError, match="diverged for every strength"):
+        ss.run_auto_experiment(None, config, [0.5], [1e2], 1.0, progress=messages.append)

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from matplotlib.axes import Axes
 
 from wpl_keras.data.mnist import MnistSplits
 from wpl_keras.experiments import two_models as tm
@@ -114,6 +115,11 @@ def test_run_experiment_tiny_end_to_end(tmp_path, seed):
     assert abs(strict["d_with"]) < 0.5 * strict["d_without"]
     loose = results["cases"]["loose_0.3"]["seeds"][0]
     assert loose["a_training"]["val_accuracy"] >= 0.3
+    for name, case in results["cases"].items():  # no strengths given: config.strength
+        assert case["strength"] == config.strength
+        assert case["strength_source"] == "TwoModelsConfig.strength"
+        assert results["overview"][name]["b_accuracy_gap"] == pytest.approx(
+            100 * (case["seeds"][0]["b_final_without"] - case["seeds"][0]["b_final_with"]))
     paths = tm.save_results(results, str(tmp_path / "out"))
     saved = json.loads(open(paths["results"]).read())
     assert saved["config"]["strength"] == config.strength
@@ -264,3 +270,59 @@ def test_initial_weights_of_a_and_b_tail_do_not_depend_on_k(k):
     for path in ("W_B5/kernel", "W_B6/kernel", "head_B/kernel"):
         np.testing.assert_array_equal(b_k[path], b_4[path])
     assert not np.array_equal(b_k[f"W_B{k + 1}/kernel"], b_4["W_B5/kernel"])
+
+
+# --------------------------------------------------------------------------- strength per case
+def test_case_strength_checks_its_fields():
+    assert tm.CaseStrength(np.float64(2.0), "x").to_json() == {"strength": 2.0, "source": "x"}
+    assert tm.CaseStrength(float("inf"), "x").strength == float("inf")
+    with pytest.raises(ValueError, match="CaseStrength.strength"):
+        tm.CaseStrength(-1.0, "x")
+    with pytest.raises(ValueError, match="CaseStrength.source must say where"):
+        tm.CaseStrength(1.0, " ")
+
+
+def test_run_experiment_runs_each_case_at_its_strength(monkeypatch):
+    calls = []
+
+    def fake_run_case(data, config, seed, level=None):
+        calls.append((level, seed, config.strength))
+        keys = ("a_baseline", "a_final_without", "a_final_with", "b_final_without",
+                "b_final_with", "d_without", "d_with", "a_drop_without")
+        return {**{k: 0.5 for k in keys}, "forgetting_reduction": 0.9 if level is None else 0.6,
+                "b_accuracy_gap": 0.1 * config.strength, "seconds": 0.0}
+
+    monkeypatch.setattr(tm, "run_case", fake_run_case)
+    config = tm.TwoModelsConfig(**{**TINY, "loose_levels": (0.44,), "seeds": (0, 1)})
+    strengths = {"strict": tm.CaseStrength(1e8, "a"), "loose_0.44": tm.CaseStrength(1.0, "b"),
+                 "loose_0.9": tm.CaseStrength(5.0, "unused")}
+    messages = []
+    results = tm.run_experiment(None, config, strengths=strengths, progress=messages.append)
+    assert calls == [(None, 0, 1e8), (None, 1, 1e8), (0.44, 0, 1.0), (0.44, 1, 1.0)]
+    assert messages[2].startswith("loose_0.44 seed 0 strength 1: ")
+    assert results["config"]["strength"] == config.strength  # the config itself is unchanged
+    assert results["overview"] == {
+        "strict": {"strength": 1e8, "strength_source": "a", "forgetting_reduction": 0.9,
+                   "forgetting_reduction_std": 0.0, "b_accuracy_gap": 1e7,
+                   "b_accuracy_gap_std": 0.0, "a_baseline": 0.5, "a_drop_without": 0.5,
+                   "seeds": 2},
+        "loose_0.44": {"strength": 1.0, "strength_source": "b", "forgetting_reduction": 0.6,
+                       "forgetting_reduction_std": 0.0, "b_accuracy_gap": 0.1,
+                       "b_accuracy_gap_std": 0.0, "a_baseline": 0.5, "a_drop_without": 0.5,
+                       "seeds": 2}}
+    assert results["cases"]["loose_0.44"]["strength_source"] == "b"
+    with pytest.raises(ValueError, match=r"no entry for the cases \['loose_0.44'\]"):
+        tm.run_experiment(None, config, strengths={"strict": tm.CaseStrength(1.0, "a")})
+
+
+def test_figure_titles_show_the_strength_reduction_and_b_gap(tmp_path, monkeypatch):
+    titles = []
+    seed = {"a_baseline": 0.9, "runs": {r: {"iterations": [0, 10], "acc_a": [0.9, 0.5],
+                                            "acc_b": [0.1, 0.8]} for r in ("without", "with")}}
+    summary = {"forgetting_reduction": {"mean": 0.553}, "b_accuracy_gap": {"mean": -0.16}}
+    results = {"cases": {"loose_0.44": {"seeds": [seed], "summary": summary, "strength": 1.0}}}
+    real_set_title = Axes.set_title
+    monkeypatch.setattr(Axes, "set_title",
+                        lambda ax, text, **kw: titles.append(text) or real_set_title(ax, text))
+    tm.plot_results(results, str(tmp_path / "f.png"))
+    assert titles == ["loose 0.44, α 1\nreduction 0.55, B gap -0.2 pts"]

@@ -1,7 +1,8 @@
 """The WPL strength sweep of the two-model experiment: every α from one trained A, and the α
 chosen on validation data by :func:`wpl_keras.wpl.strength.choose_strength`.
 
-Used by ``wpl-two-models --alpha auto`` and ``benchmarks/alpha_sweep.py`` (whose report, with
+Used by ``wpl-two-models`` (the recorded choices, :func:`recorded_case_strengths`; ``--strength
+auto``, :func:`run_auto_experiment`) and ``benchmarks/alpha_sweep.py`` (whose report, with
 the sweeps of several cases, their choices and the reduction-against-cost figure, is
 :func:`write_sweep_report`).
 """
@@ -14,14 +15,18 @@ import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from wpl_keras.experiments.two_models import (
+    CaseStrength,
     TwoModelsConfig,
     case_name,
+    case_overview,
     mean_std,
     run_case,
+    summarize,
     to_jsonable,
     train_a,
 )
 from wpl_keras.utils.strict_json import finite_or_null
+from wpl_keras.utils.validation import check_number
 from wpl_keras.wpl.strength import choose_strength
 from wpl_keras.wpl.training import WPLDivergenceError
 
@@ -46,17 +51,19 @@ def sweep_strengths(data, config: TwoModelsConfig, level: Optional[float],
     for seed in config.seeds:
         trained = train_a(data, config, seed, level)
         earlier = None
-        for alpha in strengths:
+        for strength in strengths:
             try:
-                case = run_case(data, dataclasses.replace(config, strength=alpha), seed, level,
-                                trained_a=trained, validation=True, without_from=earlier)
+                case = run_case(data, dataclasses.replace(config, strength=strength), seed,
+                                level, trained_a=trained, validation=True,
+                                without_from=earlier)
             except WPLDivergenceError as error:
-                out["diverged"].append({"seed": seed, "strength": alpha, "error": str(error)})
+                out["diverged"].append({"seed": seed, "strength": strength,
+                                        "error": str(error)})
                 continue
             earlier = case
-            out["seeds"][f"{alpha:g}"].append(case)
+            out["seeds"][f"{strength:g}"].append(case)
             if progress is not None:
-                progress(f"{case_name(level)} seed {seed} alpha {alpha:g}: reduction "
+                progress(f"{case_name(level)} seed {seed} strength {strength:g}: reduction "
                          f"{case['forgetting_reduction']:.4f} (validation "
                          f"{case['forgetting_reduction_val']:.4f}); B "
                          f"{case['b_final_without']:.4f} -> {case['b_final_with']:.4f} "
@@ -74,14 +81,14 @@ def strength_table(sweep: dict) -> list:
         ``b_accuracy_without_val`` and ``b_cost_val``. NaN where no seed finished.
     """
     rows = []
-    for alpha in sweep["strengths"]:
-        cases = sweep["seeds"][f"{alpha:g}"]
+    for strength in sweep["strengths"]:
+        cases = sweep["seeds"][f"{strength:g}"]
 
         def mean(fn):
             return mean_std([fn(c) for c in cases])["mean"]
 
         rows.append({
-            "strength": alpha, "seeds_done": len(cases),
+            "strength": strength, "seeds_done": len(cases),
             "reduction": mean(lambda c: c["forgetting_reduction"]),
             "b_cost": mean(lambda c: 100.0 * (c["b_final_with"] - c["b_final_without"])),
             "reduction_val": mean(lambda c: c["forgetting_reduction_val"]),
@@ -121,6 +128,129 @@ def choose_case_strength(table: Sequence[dict], tolerance: float = 1.0) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------- recorded choices
+RECORDED_STRENGTHS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                       "two_models_strengths.json")
+RECORDED_STRENGTHS_NAME = "wpl_keras/experiments/two_models_strengths.json"  # as sources say
+# Settings that do not change what is trained (what is evaluated, how often, which cases and
+# seeds run), so a run that differs from the recorded sweep only in them runs its settings.
+_NOT_TRAINING = ("strength", "seeds", "loose_levels", "eval_every", "eval_examples")
+
+
+def load_recorded_strengths(path: Optional[str] = None) -> dict:
+    """The α choices of a recorded sweep (default :data:`RECORDED_STRENGTHS_FILE`, package
+    data): ``{"produced_by", "tolerance", "config", "cases": {name: {"level", "strength",
+    "reduction", "b_cost", "qualified", "strengths_swept"}}, ...}``.
+
+    Raises:
+        ValueError: naming the file, if it cannot be read or a case has no finite
+            ``strength`` > 0.
+    """
+    path = RECORDED_STRENGTHS_FILE if path is None else path
+    try:
+        with open(path) as handle:
+            recorded = json.load(handle)
+        cases = recorded["cases"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot read the recorded strengths {path}: {error!r}") from None
+    for name, case in cases.items():
+        try:
+            check_number(f"{path}: cases.{name}.strength", case.get("strength"), minimum=0,
+                         exclusive_minimum=True)
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+    return recorded
+
+
+def recorded_case_strengths(config: TwoModelsConfig, levels: Sequence[Optional[float]],
+                            path: Optional[str] = None) -> Dict[str, CaseStrength]:
+    """``{case name: CaseStrength}`` for the cases ``levels`` (:func:`case_levels`), each at
+    the α the rule chose on validation data in the recorded sweep
+    (:func:`load_recorded_strengths`); what ``wpl-two-models`` runs without ``--strength``.
+
+    Each ``source`` reads ``"validation choice, <file> (<date>)"``; where ``config`` trains
+    differently from the sweep's config (any field but strength, seeds, loose_levels,
+    eval_every, eval_examples), it adds ``"; swept with other settings: <fields>"``.
+
+    Raises:
+        ValueError: for a case the file has no choice for, naming the recorded cases and the
+            fix (``--strength auto`` chooses it on validation data, ``--strength VALUE`` fixes
+            it).
+    """
+    path = RECORDED_STRENGTHS_FILE if path is None else path
+    recorded = load_recorded_strengths(path)
+    names = [case_name(level) for level in levels]
+    missing = [name for name in names if name not in recorded["cases"]]
+    if missing:
+        raise ValueError(
+            f"no recorded strength for the cases {missing} in {path} (it has "
+            f"{sorted(recorded['cases'])}); pass --strength auto to choose it on validation "
+            "data, or --strength VALUE to run every case at VALUE.")
+    run = config.to_json()
+    swept = recorded.get("config", {})
+    differ = [k for k in run if k not in _NOT_TRAINING and k in swept
+              and to_jsonable(run[k]) != swept[k]]
+    date = recorded.get("produced_by", {}).get("date", "undated")
+    shown = (RECORDED_STRENGTHS_NAME if os.path.abspath(path) == RECORDED_STRENGTHS_FILE
+             else path)
+    source = f"validation choice, {shown} ({date})"
+    if differ:
+        source += "; swept with other settings: " + ", ".join(differ)
+    return {name: CaseStrength(recorded["cases"][name]["strength"], source) for name in names}
+
+
+def run_auto_experiment(data, config: TwoModelsConfig, levels: Sequence[Optional[float]],
+                        strengths: Sequence[float], tolerance: float, *,
+                        progress: Optional[Callable[[str], None]] = None) -> dict:
+    """:func:`~wpl_keras.experiments.two_models.run_experiment`'s result with each case's runs
+    taken at the α the rule chooses on validation data in this run (``--strength auto``).
+
+    Per case (``levels``, :func:`case_levels`), :func:`sweep_strengths` runs every strength
+    and :func:`choose_case_strength` picks one; when the rule cannot choose (e.g. A forgot
+    nothing on validation data, so no reduction is defined) the smallest strength with
+    finished runs is used and ``strength_auto`` says so (``fallback`` true).
+
+    Returns:
+        ``{"config", "source", "cases": {name: {"level", "seeds", "summary", "strength",
+        "strength_source"}}, "overview", "strength_auto": {"strengths", "tolerance",
+        "cases": {name: choice + "fallback"}}}``.
+
+    Raises:
+        RuntimeError: if every run of a case diverged.
+    """
+    strengths = [float(a) for a in strengths]
+    results = {"config": config.to_json(), "source": getattr(data, "source", "arrays"),
+               "cases": {}, "strength_auto": {"strengths": strengths, "tolerance": tolerance,
+                                              "cases": {}}}
+    for level in levels:
+        name = case_name(level)
+        sweep = sweep_strengths(data, config, level, strengths, progress=progress)
+        table = strength_table(sweep)
+        choice = dict(choose_case_strength(table, tolerance), fallback=False)
+        if choice["strength"] is None:
+            done = [row["strength"] for row in table if row["seeds_done"] > 0]
+            if not done:
+                raise RuntimeError(f"{name}: B diverged for every strength and seed "
+                                   f"({sweep['diverged']}).")
+            choice.update(strength=min(done), fallback=True)
+        strength = choice["strength"]
+        seeds = sweep["seeds"][f"{strength:g}"]
+        how = ("smallest strength with finished runs: the rule could not choose"
+               if choice["fallback"] else "validation choice")
+        results["cases"][name] = {
+            "level": level, "seeds": seeds, "summary": summarize(seeds), "strength": strength,
+            "strength_source": f"{how}, --strength auto in this run (grid "
+                               f"{','.join(f'{a:g}' for a in strengths)}, tolerance "
+                               f"{tolerance:g} points)"}
+        results["strength_auto"]["cases"][name] = choice
+        if progress is not None:
+            progress(f"{name}: strength {strength:g}"
+                     + (f" (rule could not choose: {choice['error']}; smallest strength used)"
+                        if choice["fallback"] else f" ({choice['choice']['reason']})"))
+    results["overview"] = case_overview(results)
+    return results
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -143,9 +273,9 @@ def merge_sweeps(sweeps: Sequence[dict]) -> dict:
     out = {"level": sweeps[0]["level"], "strengths": [], "seeds": {}, "diverged": []}
     for sweep in sweeps:
         new = [a for a in sweep["strengths"] if f"{float(a):g}" not in out["seeds"]]
-        for alpha in new:
-            key = f"{float(alpha):g}"
-            out["strengths"].append(float(alpha))
+        for strength in new:
+            key = f"{float(strength):g}"
+            out["strengths"].append(float(strength))
             out["seeds"][key] = [
                 {k: (float("nan") if v is None else v) for k, v in case.items()}
                 for case in sweep["seeds"][key]]
@@ -168,7 +298,7 @@ def chosen_entry(table: Sequence[dict], choice: dict) -> dict:
         table: :func:`strength_table` of the case.
         choice: :func:`choose_case_strength` of that table.
     """
-    entry = {"alpha": choice["strength"], "reduction": float("nan"), "b_cost": float("nan"),
+    entry = {"strength": choice["strength"], "reduction": float("nan"), "b_cost": float("nan"),
              "reduction_val": float("nan"), "b_cost_val": float("nan"),
              "qualified": None, "reason": choice["error"]}
     if choice["strength"] is None:
@@ -205,7 +335,7 @@ def run_cases(data, config: TwoModelsConfig, levels: Sequence[Optional[float]],
         case = out[case_name(level)] = case_entry(level, sweep, tolerance)
         choice = case["choice"]
         if progress is not None:
-            progress(f"{case_name(level)}: chosen alpha {choice['strength']}"
+            progress(f"{case_name(level)}: chosen strength {choice['strength']}"
                      + (f" ({choice['error']})" if choice["error"] else ""))
     return out
 
@@ -228,7 +358,7 @@ def cases_from_files(paths: Sequence[str],
             raise ValueError(f"cannot read {path}: {error}") from None
         if runs[-1].get("config") != runs[0].get("config"):
             raise ValueError(f"{path} was run with other settings than {paths[0]} (only the "
-                             "alpha grid may differ).")
+                             "strength grid may differ).")
     if not runs:
         raise ValueError("cases_from_files needs at least one file.")
     names = list(dict.fromkeys(name for run in runs for name in run["sweeps"]))
@@ -255,9 +385,9 @@ def plot_pareto(cases: Dict[str, dict], path: str) -> None:
             ax.annotate(f"{r['strength']:g}", (r["b_cost"], r["reduction"]), fontsize=7,
                         textcoords="offset points", xytext=(4, 4))
         chosen = cases[name]["chosen"]
-        if chosen["alpha"] is not None:
+        if chosen["strength"] is not None:
             ax.plot([chosen["b_cost"]], [chosen["reduction"]], "o", markersize=12,
-                    markerfacecolor="none", color="tab:red", label=f"chosen α {chosen['alpha']:g}")
+                    markerfacecolor="none", color="tab:red", label=f"chosen α {chosen['strength']:g}")
             ax.legend(fontsize=8, loc="best")
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.set_xlabel("b_cost: B with − without WPL (test, points)")
@@ -273,7 +403,7 @@ def _settings(config: TwoModelsConfig) -> dict:
     return {
         "model_a": f"flatten -> W_A1..W_A4 Dense({config.hidden_units}, relu) -> head_A Dense(10)",
         "model_b": "flatten -> W_A1..W_A4 (shared) -> W_B5, W_B6 -> head_B Dense(10)",
-        "a": "trained once per seed and case, every alpha starts from it; strict: "
+        "a": "trained once per seed and case, every strength starts from it; strict: "
              f"{config.a_optimizer} lr {config.a_learning_rate}, <= {config.a_max_epochs} epochs,"
              f" early stopping; loose: plain SGD lr {config.loose_learning_rate} to the level",
         "b": f"SGD lr {config.b_learning_rate} momentum {config.b_momentum}, batch "
@@ -289,8 +419,8 @@ def _settings(config: TwoModelsConfig) -> dict:
 def write_sweep_report(cases: Dict[str, dict], config: TwoModelsConfig, out: str, *,
                        tolerance: float, data_text: str, seconds: float,
                        merged_from: Sequence[str] = ()) -> dict:
-    """Writes ``alpha_sweep.json`` (the report, the config, every sweep and choice; NaN as
-    null) and ``alpha_sweep.png`` (:func:`plot_pareto`) to ``out``; returns the report.
+    """Writes ``strength_sweep.json`` (the report, the config, every sweep and choice; NaN as
+    null) and ``strength_sweep.png`` (:func:`plot_pareto`) to ``out``; returns the report.
 
     Args:
         cases: :func:`run_cases` or :func:`cases_from_files` output.
@@ -301,26 +431,26 @@ def write_sweep_report(cases: Dict[str, dict], config: TwoModelsConfig, out: str
     Returns:
         The report, as strict JSON (NaN as null): per case and α the seed means of
         :func:`strength_table` under ``cases``, the rule's ``chosen`` α per case
-        (:func:`chosen_entry`), the ``alphas`` run, ``seeds``, ``settings`` and ``outputs``.
+        (:func:`chosen_entry`), the ``strengths`` run, ``seeds``, ``settings`` and ``outputs``.
     """
     os.makedirs(out, exist_ok=True)
-    paths = {"json": os.path.join(out, "alpha_sweep.json"),
-             "figure": os.path.join(out, "alpha_sweep.png")}
+    paths = {"json": os.path.join(out, "strength_sweep.json"),
+             "figure": os.path.join(out, "strength_sweep.png")}
     plot_pareto(cases, paths["figure"])
     report = {
-        "benchmark": "alpha_sweep (two models)",
+        "benchmark": "strength_sweep (two models)",
         "data": data_text,
-        "alphas": sorted({a for c in cases.values() for a in c["sweep"]["strengths"]}),
+        "strengths": sorted({a for c in cases.values() for a in c["sweep"]["strengths"]}),
         "seeds": list(config.seeds),
         "tolerance": tolerance,
-        "cases": {name: {"level": c["level"], "alphas": {f"{r['strength']:g}": r
-                                                         for r in c["table"]},
-                         "diverged": [{"seed": d["seed"], "alpha": d["strength"]}
+        "cases": {name: {"level": c["level"], "strengths": {f"{r['strength']:g}": r
+                                                            for r in c["table"]},
+                         "diverged": [{"seed": d["seed"], "strength": d["strength"]}
                                       for d in c["sweep"]["diverged"]]}
                   for name, c in cases.items()},
         "chosen": {name: c["chosen"] for name, c in cases.items()},
-        "rule": "on validation data: largest reduction_val among alphas with b_cost_val >= "
-                "-tolerance; ties to the smaller alpha; if none, the largest b_cost_val",
+        "rule": "on validation data: largest reduction_val among strengths with b_cost_val >= "
+                "-tolerance; ties to the smaller strength; if none, the largest b_cost_val",
         "units": "reduction: fraction; b_cost: accuracy points (B with WPL minus without); "
                  "accuracies: fractions; all seed means",
         "settings": _settings(config),

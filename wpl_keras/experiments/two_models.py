@@ -49,7 +49,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import keras
 import numpy as np
@@ -570,6 +570,52 @@ def case_name(level: Optional[float]) -> str:
     return "strict" if level is None else f"loose_{level:g}"
 
 
+@dataclasses.dataclass(frozen=True)
+class CaseStrength:
+    """The WPL strength ``α`` one case runs at, and where that value came from.
+
+    Attributes:
+        strength: ``α`` (>= 0; ``inf`` only in the proximal mode, as
+            :attr:`TwoModelsConfig.strength`).
+        source: one phrase naming its origin, e.g. ``"TwoModelsConfig.strength"`` or
+            ``"validation choice, wpl_keras/experiments/two_models_strengths.json"``; written
+            into ``results.json`` beside the case.
+    """
+
+    strength: float
+    source: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "strength", check_number(
+            "CaseStrength.strength", self.strength, minimum=0, allow_inf=True))
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ValueError("CaseStrength.source must say where the strength came from "
+                             f"(a non-empty string), got {self.source!r}.")
+
+    def to_json(self) -> dict:
+        """``{"strength", "source"}``."""
+        return dataclasses.asdict(self)
+
+
+def case_strengths_or_config(config: TwoModelsConfig, names: Sequence[str],
+                             strengths: Optional[Mapping[str, CaseStrength]]) -> dict:
+    """``{case name: CaseStrength}`` for every case of ``names``: from ``strengths`` when
+    given, else ``config.strength`` for every case (source ``"TwoModelsConfig.strength"``).
+
+    Raises:
+        ValueError: if ``strengths`` lacks one of ``names`` (naming it and the cases it has).
+    """
+    if strengths is None:
+        return {name: CaseStrength(config.strength, "TwoModelsConfig.strength")
+                for name in names}
+    missing = [name for name in names if name not in strengths]
+    if missing:
+        raise ValueError(f"strengths has no entry for the cases {missing} (it has "
+                         f"{sorted(strengths)}); give one CaseStrength per case run, or "
+                         "strengths=None to run every case at config.strength.")
+    return {name: strengths[name] for name in names}
+
+
 def run_experiment(
     data,
     config: TwoModelsConfig,
@@ -577,6 +623,7 @@ def run_experiment(
     strict: bool = True,
     levels: Optional[Sequence[float]] = None,
     progress: Optional[Callable[[str], None]] = None,
+    strengths: Optional[Mapping[str, CaseStrength]] = None,
 ) -> dict:
     """Runs every seed for the strict case and each loose level.
 
@@ -587,29 +634,69 @@ def run_experiment(
         strict: include the strict-convergence case.
         levels: loose levels (default ``config.loose_levels``).
         progress: called with a one-line message after each case.
+        strengths: ``{case name: CaseStrength}``, the WPL strength of each case run
+            (e.g. :func:`~wpl_keras.experiments.strength_sweep.recorded_case_strengths`);
+            None runs every case at ``config.strength``.
 
     Returns:
-        ``{"config", "source", "cases": {name: {"level", "seeds": [...], "summary"}}}``.
+        ``{"config", "source", "cases": {name: {"level", "seeds": [...], "summary",
+        "strength", "strength_source"}}, "overview"}`` (:func:`case_overview`).
+
+    Raises:
+        ValueError: if ``strengths`` misses a case that runs.
     """
     levels = config.loose_levels if levels is None else tuple(levels)
     wanted = ([None] if strict else []) + list(levels)
+    chosen = case_strengths_or_config(config, [case_name(v) for v in wanted], strengths)
     results = {"config": config.to_json(), "source": getattr(data, "source", "arrays"), "cases": {}}
     for level in wanted:
+        name = case_name(level)
+        case_config = dataclasses.replace(config, strength=chosen[name].strength)
         per_seed = []
         for seed in config.seeds:
-            case = run_case(data, config, seed, level)
+            case = run_case(data, case_config, seed, level)
             per_seed.append(case)
             if progress is not None:
                 progress(
-                    f"{case_name(level)} seed {seed}: A {case['a_baseline']:.4f} -> "
-                    f"{case['a_final_without']:.4f} without / {case['a_final_with']:.4f} with WPL; "
-                    f"B {case['b_final_without']:.4f} / {case['b_final_with']:.4f}; reduction "
+                    f"{name} seed {seed} strength {case_config.strength:g}: A "
+                    f"{case['a_baseline']:.4f} -> {case['a_final_without']:.4f} without / "
+                    f"{case['a_final_with']:.4f} with WPL; B {case['b_final_without']:.4f} / "
+                    f"{case['b_final_with']:.4f}; reduction "
                     f"{case['forgetting_reduction']:.4f} ({case['seconds']:.0f}s)"
                 )
-        results["cases"][case_name(level)] = {
-            "level": level, "seeds": per_seed, "summary": summarize(per_seed)
+        results["cases"][name] = {
+            "level": level, "seeds": per_seed, "summary": summarize(per_seed),
+            "strength": chosen[name].strength, "strength_source": chosen[name].source,
         }
+    results["overview"] = case_overview(results)
     return results
+
+
+def case_overview(results: dict) -> dict:
+    """Per case, the strength it ran at and the two figures that judge it side by side: the
+    forgetting reduction ``(d_without − d_with) / d_without`` and B's cost
+    ``b_accuracy_gap = 100 · (acc_B without WPL − acc_B with WPL)`` (accuracy points;
+    positive: B lost accuracy with WPL), seed means and population std.
+
+    Returns:
+        ``{case name: {"strength", "strength_source", "forgetting_reduction",
+        "forgetting_reduction_std", "b_accuracy_gap", "b_accuracy_gap_std", "a_baseline",
+        "a_drop_without", "seeds"}}``; ``strength`` and ``strength_source`` are None for a case without them.
+    """
+    out = {}
+    for name, case in results["cases"].items():
+        s = case["summary"]
+        out[name] = {
+            "strength": case.get("strength"), "strength_source": case.get("strength_source"),
+            "forgetting_reduction": s["forgetting_reduction"]["mean"],
+            "forgetting_reduction_std": s["forgetting_reduction"]["std"],
+            "b_accuracy_gap": s["b_accuracy_gap"]["mean"],
+            "b_accuracy_gap_std": s["b_accuracy_gap"]["std"],
+            "a_baseline": s["a_baseline"]["mean"],
+            "a_drop_without": s["a_drop_without"]["mean"],
+            "seeds": len(case["seeds"]),
+        }
+    return out
 
 
 def loosest_helpful_level(results: dict, min_reduction: float = 0.5, min_drop: float = 5.0):
@@ -639,9 +726,20 @@ def to_jsonable(obj):
     return obj
 
 
+def _panel_title(name: str, case: dict) -> str:
+    """A case's panel title: its name and strength, then the reduction beside B's gap."""
+    s = case["summary"]
+    strength = case.get("strength")
+    head = name.replace("_", " ") + ("" if strength is None else f", α {strength:g}")
+    return (f"{head}\nreduction {s['forgetting_reduction']['mean']:.2f}, "
+            f"B gap {s['b_accuracy_gap']['mean']:+.1f} pts")
+
+
 def plot_results(results: dict, path: str) -> None:
     """Figure-2-style plot: per case, A's (top) and B's (bottom) test accuracy vs iterations;
-    baseline green, without WPL blue, with WPL orange (mean over seeds, band = ±1 std)."""
+    baseline green, without WPL blue, with WPL orange (mean over seeds, band = ±1 std). Each
+    column's title gives the case's strength α, its forgetting reduction and B's
+    ``b_accuracy_gap`` (without minus with WPL, points), seed means."""
     from wpl_keras.utils.plotting import new_figure
 
     names = list(results["cases"])
@@ -664,7 +762,7 @@ def plot_results(results: dict, path: str) -> None:
             ax.set_xlabel("Iterations (training B)")
             ax.set_ylabel(f"Model {'A' if key == 'acc_a' else 'B'} test accuracy")
             if row == 0:
-                ax.set_title(name.replace("_", " "))
+                ax.set_title(_panel_title(name, results["cases"][name]), fontsize=9)
             ax.grid(alpha=0.3)
     axes[0][0].legend(loc="lower left", fontsize=8)
     fig.tight_layout()
