@@ -25,9 +25,9 @@ def _data():
     return x, x.sum(axis=1, keepdims=True)
 
 
-def _tuner(tmp_path, budget_s):
+def _tuner(tmp_path, budget_s, clock="wall"):
     return with_wall_clock_budget(keras_tuner.RandomSearch)(
-        _build, objective="val_loss", max_trials=100, seed=0, budget_s=budget_s,
+        _build, objective="val_loss", max_trials=100, seed=1, budget_s=budget_s, clock=clock,
         directory=str(tmp_path), project_name="rs", overwrite=False)
 
 
@@ -54,13 +54,19 @@ def test_search_stops_at_the_first_trial_end_past_the_budget_and_resumes_the_cou
     assert best[1] == min(p["score"] for p in saved["curve"])  # the anytime best, minimised
 
 
-def test_budget_allows_several_trials(tmp_path):
+@pytest.mark.parametrize("clock", ["wall", "process"])
+def test_budget_allows_several_trials(tmp_path, clock):
     x, y = _data()
-    tuner = _tuner(tmp_path, budget_s=3600)
+    tuner = _tuner(tmp_path, budget_s=3600, clock=clock)
     tuner.oracle.max_trials = 3
     tuner.search(x, y, validation_data=(x, y), epochs=1, verbose=0)
     assert len(tuner.wall_clock["curve"]) == 3
-    assert tuner.elapsed_s < 3600
+    assert 0 < tuner.elapsed_s < 3600
+    other = "wall" if clock == "process" else "process"
+    with pytest.raises(ValueError, match="keeps its clock"):
+        _tuner(tmp_path, budget_s=3600, clock=other)
+    with pytest.raises(ValueError, match="clock must be one of"):
+        _tuner(tmp_path / "new", budget_s=1, clock="cpu")
 
 
 @pytest.mark.parametrize("budget, error", [(0, ValueError), (-1.0, ValueError),
