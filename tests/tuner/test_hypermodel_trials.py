@@ -108,6 +108,20 @@ def test_fisher_and_anchors_per_key_follow_the_trials(data, seed):
     assert bank.get("fisher", HIDDEN).max() == 0.0
 
 
+def test_the_fisher_update_uses_the_configured_momentum(data):
+    """F starts at 0, so one update gives F = η_F g² (g: the last step's data gradient, the
+    same for both runs: same seed, same batches)."""
+    fishers = []
+    for momentum in (0.9, 0.3):
+        keras.utils.set_random_seed(7)
+        trials = HypermodelTrials(build, steps_per_trial=2,
+                                  wpl_config=WPLConfig(fisher_momentum=momentum, clip_norm=None))
+        _run(trials, data, hp_of(4), active=True, strength=1.0)
+        fishers.append(trials.bank.get("fisher", HIDDEN))
+    assert fishers[0].max() > 0
+    np.testing.assert_allclose(fishers[1], fishers[0] * (0.3 / 0.9), rtol=1e-5, atol=1e-12)
+
+
 def test_proximal_mode_holds_weights_with_fisher_at_their_anchors(data, seed):
     trials = _trials(mode="proximal")
     _run(trials, data, hp_of(4), active=True, strength=1.0)

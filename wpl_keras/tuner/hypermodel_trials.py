@@ -322,13 +322,12 @@ class HypermodelTrials:
                           update_fisher=update_fisher)
             return loss, result.penalty
 
-        total, penalty, last = 0.0, 0.0, self.steps_per_trial - 1
-        for k in range(self.steps_per_trial):
+        losses, last = [], self.steps_per_trial - 1
+        for k in range(self.steps_per_trial):  # read back once, after the steps
             x, y, weight = data.next_batch()
-            loss, p = train_step(x, y, weight, tf.constant(bool(wpl_active) and k == last))
-            total += float(loss)
-            penalty = float(p)
-        return total / self.steps_per_trial, penalty
+            loss, penalty = train_step(x, y, weight, tf.constant(bool(wpl_active) and k == last))
+            losses.append(loss)
+        return float(tf.reduce_mean(tf.cast(tf.stack(losses), tf.float32))), float(penalty)
 
     def score(self, hp, validation: tf.data.Dataset) -> Dict[str, float]:
         """``val_<metric>`` of ``hp``'s model on the current shared weights (no training) on
