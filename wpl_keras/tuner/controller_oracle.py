@@ -63,6 +63,7 @@ from keras_tuner.engine import trial as trial_module
 
 from wpl_keras.nas.base import Architecture, InvalidArchitectureError, SearchSpace
 from wpl_keras.tuner.hyperparameter_decisions import (
+    Decision,
     DecisionOptions,
     active_mask,
     decisions_from_hyperparameters,
@@ -90,10 +91,10 @@ class ControllerAdapter(abc.ABC):
         ``mask`` (``m ∈ {0, 1}^D`` or None for all ones): only decisions with ``m_k = 1`` are
         learned from."""
 
-    def grow(self, decision_sizes: Sequence[int]) -> None:
-        """Makes the controller cover ``decision_sizes`` (the current sizes followed by new
-        decisions), keeping what it learned about the current ones. The first call, for a
-        controller built without a space, creates it."""
+    def grow(self, decisions: Sequence[Decision]) -> None:
+        """Makes the controller cover ``decisions`` (the current ones followed by new ones),
+        keeping what it learned about the current ones. The first call, for a controller
+        built without a space, creates it."""
         raise NotImplementedError(
             f"{type(self).__name__} works on a fixed SearchSpace only; it cannot learn the "
             "hyperparameters a hypermodel declares. Give its oracle a space."
@@ -287,7 +288,7 @@ class ControllerOracle(keras_tuner.Oracle):
                 f"({[d.name for d in old]} -> {[d.name for d in decisions]}); only new ones "
                 "may be appended."
             )
-        self.adapter.grow([d.size for d in decisions])
+        self.adapter.grow(decisions)
         self.decisions = decisions
 
     def update_space(self, hyperparameters):
@@ -457,7 +458,7 @@ class ControllerOracle(keras_tuner.Oracle):
             )
         self.decisions = ()
         if saved:
-            self.adapter.grow([d.size for d in decisions[: len(saved)]])
+            self.adapter.grow(decisions[: len(saved)])
             self.decisions = decisions[: len(saved)]
         self._sampled_paths = {k: list(v) for k, v in state.get("sampled_paths", {}).items()}
 

@@ -61,7 +61,11 @@ from wpl_keras.nas.base import Architecture, SearchSpace
 from wpl_keras.nas.controllers.enas import Controller
 from wpl_keras.nas.controllers.reinforce import Reinforce
 from wpl_keras.tuner.controller_oracle import ControllerAdapter, ControllerOracle
-from wpl_keras.tuner.hyperparameter_decisions import DEFAULT_MAX_INT_VALUES, DecisionOptions
+from wpl_keras.tuner.hyperparameter_decisions import (
+    DEFAULT_MAX_INT_VALUES,
+    Decision,
+    DecisionOptions,
+)
 
 
 class ENASAdapter(ControllerAdapter):
@@ -104,12 +108,13 @@ class ENASAdapter(ControllerAdapter):
                 "hyperparameters (the tuner calls oracle.update_space after its first build)."
             )
 
-    def grow(self, decision_sizes: Sequence[int]) -> None:
-        """Covers ``decision_sizes``: builds the controller if there is none, keeps it when the
+    def grow(self, decisions: Sequence[Decision]) -> None:
+        """Covers ``decisions``: builds the controller if there is none, keeps it when their
         sizes are its own, else grows it (:meth:`Controller.grown`, weights kept exactly) with
         :meth:`Reinforce.for_controller` (baselines kept, optimizer rebuilt). Sizes that do
-        not extend the current ones (restoring a project over a used adapter) rebuild it."""
-        sizes = tuple(int(s) for s in decision_sizes)
+        not extend the current ones (restoring a project over a used adapter) rebuild it.
+        Conditions need nothing here: the oracle masks inactive decisions."""
+        sizes = tuple(d.size for d in decisions)
         current = None if self.controller is None else tuple(self.controller.decision_sizes)
         if current == sizes:
             return

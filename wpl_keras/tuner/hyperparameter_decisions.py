@@ -26,6 +26,9 @@ Activity follows KerasTuner's ``Oracle._random_values``: walking the decisions i
 it (``Parent(name, values)``: ``values[name] ∈ values``); only active decisions put a value
 into a trial (:func:`indices_to_values`) and only active ones are learned from
 (:func:`values_to_indices` returns the mask ``m_k ∈ {0, 1}``).
+
+:class:`DecisionSpace` views a fixed decision list as a :class:`~wpl_keras.nas.base.SearchSpace`
+(for a controller that works on whole index sequences, as NAO does).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 import keras_tuner
 import numpy as np
 
+from wpl_keras.nas.base import Architecture, InvalidArchitectureError, SearchSpace
 from wpl_keras.utils.validation import check_number
 
 DEFAULT_MAX_INT_VALUES = 100
@@ -264,3 +268,47 @@ def values_to_indices(
         indices.append(0 if index is None else index)
         mask.append(0.0 if index is None else 1.0)
     return tuple(indices), np.array(mask, np.float32)
+
+
+class DecisionSpace(SearchSpace):
+    """A fixed list of decisions as a :class:`~wpl_keras.nas.base.SearchSpace`: an
+    architecture is one index per decision, ``to_string`` writes ``name=value`` pairs.
+
+    Args:
+        decisions: the decisions (at least one).
+    """
+
+    name = "hyperparameters"
+
+    def __init__(self, decisions: Sequence[Decision]):
+        self.decisions = tuple(decisions)
+        if not self.decisions:
+            raise ValueError("DecisionSpace needs at least one decision.")
+
+    @property
+    def decision_sizes(self) -> Tuple[int, ...]:
+        return tuple(d.size for d in self.decisions)
+
+    @property
+    def decision_names(self) -> Tuple[str, ...]:
+        return tuple(d.name for d in self.decisions)
+
+    def to_string(self, arch: Sequence[int]) -> str:
+        arch = self.validate(arch)
+        return " ".join(f"{d.name}={d.values[a]!r}" for d, a in zip(self.decisions, arch))
+
+    def from_string(self, text: str) -> Architecture:
+        pairs = [token.split("=", 1) for token in text.split()]
+        if any(len(pair) != 2 for pair in pairs) or [p[0] for p in pairs] != list(
+                self.decision_names):
+            raise InvalidArchitectureError(
+                f"{self.name}: expected 'name=value' for {list(self.decision_names)}, "
+                f"got {text!r}.")
+        arch = []
+        for decision, (_, value) in zip(self.decisions, pairs):
+            found = [i for i, v in enumerate(decision.values) if repr(v) == value]
+            if not found:
+                raise InvalidArchitectureError(
+                    f"{self.name}: {value} is not a value of {decision.name!r}.")
+            arch.append(found[0])
+        return self.validate(arch)

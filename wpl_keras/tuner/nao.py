@@ -12,6 +12,19 @@ behind the ``propose()`` / ``learn(arch, reward)`` interface, in NAO's batch rhy
   up to ``new_archs`` decoded architectures not scored yet; when ascent finds none it queues
   random unscored ones, so a proposal is always available.
 
+Without a space (``NAOOracle(objective=..., max_trials=...)``) the decisions are the
+hyperparameters the hypermodel declares (as for :class:`~wpl_keras.tuner.enas.ENASOracle`),
+but only where NAO's token sequence maps cleanly onto them: one token per decision, the same
+decisions in every architecture. So NAO refuses, with an error that says why:
+
+* conditional hyperparameters (``conditional_scope``): NAO encodes, predicts from and decodes
+  whole sequences; an inactive decision would be a token the model never used, scored as if
+  it mattered, and the decoder has no notion of a token that is absent;
+* a hyperparameter first declared after the search started (a later trial): the encoder,
+  predictor and decoder are trained on sequences of one length and the scored set holds
+  sequences of that length, so there is no sequence to extend them to. Hyperparameters
+  declared before the first proposal (the tuner's first builds) are fine.
+
 Its whole state (controller weights, Adam state, shuffling stream, queue, scored set and the
 random generator) goes into the oracle's side checkpoint, so ``overwrite=False`` resumes it.
 :class:`NAOOracle` is the oracle; pair it with any Tuner, or with
@@ -21,14 +34,21 @@ random generator) goes into the oracle's side checkpoint, so ``overwrite=False``
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
+import keras_tuner
 import numpy as np
 import tensorflow as tf
 
 from wpl_keras.nas.base import Architecture, SearchSpace
 from wpl_keras.nas.controllers.nao import NAOConfig, NAOController, normalize_scores
 from wpl_keras.tuner.controller_oracle import ControllerAdapter, ControllerOracle
+from wpl_keras.tuner.hyperparameter_decisions import (
+    DEFAULT_MAX_INT_VALUES,
+    Decision,
+    DecisionOptions,
+    DecisionSpace,
+)
 from wpl_keras.utils.validation import check_number
 
 
@@ -36,7 +56,8 @@ class NAOAdapter(ControllerAdapter):
     """The NAO controller behind :class:`ControllerAdapter` (see the module docstring).
 
     Args:
-        space: the search space.
+        space: the search space, or None to build it at the first :meth:`grow` from the
+            hypermodel's decisions (see the module docstring).
         controller: a :class:`NAOController` over ``space.decision_sizes`` (built from
             ``config`` and ``seed`` when None).
         config: the controller's :class:`NAOConfig` when ``controller`` is None.
@@ -48,7 +69,7 @@ class NAOAdapter(ControllerAdapter):
 
     def __init__(
         self,
-        space: SearchSpace,
+        space: Optional[SearchSpace],
         controller: Optional[NAOController] = None,
         *,
         config: Optional[NAOConfig] = None,
@@ -62,12 +83,23 @@ class NAOAdapter(ControllerAdapter):
         top_k_seeds = check_number("NAOAdapter top_k_seeds", top_k_seeds, integer=True,
                                    minimum=1)
         seed = check_number("NAOAdapter seed", seed, integer=True, minimum=0)
+        if space is None and controller is not None:
+            raise ValueError("NAOAdapter: a controller needs its space.")
+        self.seed_archs, self.new_archs, self.top_k_seeds = seed_archs, new_archs, top_k_seeds
+        self.config, self.seed = config, seed
+        self.space = self.controller = None
+        self._checkpoint = None
+        self._started = False
+        if space is not None:
+            self._build(space, controller)
+
+    def _build(self, space: SearchSpace, controller: Optional[NAOController]) -> None:
         self.space = space
-        self.controller = controller or NAOController(space.decision_sizes, config, seed=seed)
+        self.controller = controller or NAOController(space.decision_sizes, self.config,
+                                                      seed=self.seed)
         if tuple(self.controller.decision_sizes) != tuple(space.decision_sizes):
             raise ValueError("the NAO controller's decision sizes do not match the space.")
-        self.seed_archs, self.new_archs, self.top_k_seeds = seed_archs, new_archs, top_k_seeds
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(self.seed)
         self.queue: List[Architecture] = []
         self.scored: Dict[Architecture, float] = {}
         self.rounds = 0
@@ -77,6 +109,39 @@ class NAOAdapter(ControllerAdapter):
             adapter_state=self._state_var, **self.controller.checkpoint_items()
         )
         self._fill_random(self.seed_archs, exclude=set())
+
+    def grow(self, decisions: Sequence[Decision]) -> None:
+        """Builds the controller over ``decisions`` (a hypermodel's, no space), while the
+        search has not started; refuses conditional decisions and, once it has started, new
+        ones (see the module docstring for why)."""
+        conditional = [d.name for d in decisions if d.conditions]
+        if conditional:
+            raise ValueError(
+                f"NAOOracle cannot search conditional hyperparameters {conditional}: NAO "
+                "encodes, predicts from and decodes whole token sequences, one token per "
+                "decision in every architecture, and an inactive decision has no token. "
+                "Declare them unconditionally, or use ENASOracle, which masks inactive "
+                "decisions."
+            )
+        sizes = tuple(d.size for d in decisions)
+        if self.space is not None and tuple(self.space.decision_sizes) == sizes:
+            return
+        if self._started:
+            new = [d.name for d in decisions[len(self.space.decision_sizes):]]
+            raise ValueError(
+                f"NAOOracle cannot add hyperparameters {new} after the search started: its "
+                "encoder, predictor, decoder and scored architectures are sequences of a "
+                "fixed length. Declare every hyperparameter in the hypermodel's first build, "
+                "or use ENASOracle, whose controller grows."
+            )
+        self._build(DecisionSpace(decisions), None)
+
+    def _require(self) -> None:
+        if self.space is None:
+            raise RuntimeError(
+                "the NAO controller has no decisions yet: the hypermodel has declared no "
+                "hyperparameters (the tuner calls oracle.update_space after its first build)."
+            )
 
     def _fill_random(self, count: int, exclude) -> None:
         tries = 0
@@ -102,6 +167,8 @@ class NAOAdapter(ControllerAdapter):
         self.rounds += 1
 
     def propose(self) -> Architecture:
+        self._require()
+        self._started = True
         if not self.queue:
             if len(self.scored) >= 2:
                 self._controller_round()
@@ -111,7 +178,11 @@ class NAOAdapter(ControllerAdapter):
                     self.queue.append(self.space.sample(self.rng))
         return self.queue.pop(0)
 
-    def learn(self, arch, reward: float) -> Dict[str, float]:
+    def learn(self, arch, reward: float, mask=None) -> Dict[str, float]:
+        self._require()
+        if mask is not None and float(np.min(mask)) < 1.0:
+            raise ValueError("NAO learns whole architectures; it cannot mask decisions out.")
+        self._started = True
         arch = self.space.validate(arch)
         self.scored[arch] = float(reward)
         return {"num_scored": float(len(self.scored)), **self.last_fit}
@@ -125,10 +196,13 @@ class NAOAdapter(ControllerAdapter):
         })
 
     def save(self, path: str) -> None:
+        self._require()
         self._state_var.assign(self._json_state())
         self._checkpoint.write(path)
 
     def load(self, path: str) -> None:
+        self._require()
+        self._started = True
         self._checkpoint.read(path).assert_existing_objects_matched()
         obj = json.loads(self._state_var.numpy().decode())
         self.queue = [tuple(a) for a in obj["queue"]]
@@ -137,6 +211,8 @@ class NAOAdapter(ControllerAdapter):
         self.rng.bit_generator.state = obj["rng"]
 
     def state(self) -> dict:
+        if self.space is None:
+            return {}
         return {"nao_rounds": self.rounds, "nao_scored": len(self.scored),
                 "nao_queue": len(self.queue)}
 
@@ -147,19 +223,23 @@ class NAOOracle(ControllerOracle):
     Example:
 
     >>> oracle = NAOOracle(space, objective="val_accuracy", max_trials=30)  # doctest: +SKIP
+    >>> oracle = NAOOracle(objective="val_accuracy", max_trials=30)  # hypermodel's own  +SKIP
 
     Args:
-        space: the search space.
+        space: the search space, or None (default) for the hyperparameters the hypermodel
+            declares: a fixed list, no conditionals (see the module docstring).
         objective, max_trials: as ``keras_tuner.Oracle``.
         nao_config: the controller's :class:`NAOConfig`.
         seed_archs, new_archs, top_k_seeds: see :class:`NAOAdapter`.
         seed: seeds the controller and the random proposals.
+        float_bins, max_int_values, hyperparameters, allow_new_entries, tune_new_entries:
+            without a space, as :class:`~wpl_keras.tuner.enas.ENASOracle`.
         **kwargs: :class:`ControllerOracle` options (``reward_fn``, ``repeats``, ...).
     """
 
     def __init__(
         self,
-        space: SearchSpace,
+        space: Optional[SearchSpace] = None,
         objective=None,
         max_trials: int = 10,
         *,
@@ -168,13 +248,28 @@ class NAOOracle(ControllerOracle):
         new_archs: int = 5,
         top_k_seeds: int = 5,
         seed: int = 0,
+        float_bins: Union[None, int, Mapping[str, int]] = None,
+        max_int_values: int = DEFAULT_MAX_INT_VALUES,
+        hyperparameters: Optional[keras_tuner.HyperParameters] = None,
+        allow_new_entries: bool = True,
+        tune_new_entries: bool = True,
         **kwargs,
     ):
+        if space is not None and not isinstance(space, SearchSpace):
+            raise TypeError(
+                f"NAOOracle: space must be a wpl_keras SearchSpace or None, got "
+                f"{type(space).__name__}; pass the objective by keyword (objective=...)."
+            )
         adapter = NAOAdapter(space, config=nao_config, seed_archs=seed_archs,
                              new_archs=new_archs, top_k_seeds=top_k_seeds, seed=seed)
         super().__init__(space, adapter, objective=objective, max_trials=max_trials,
-                         seed=seed, **kwargs)
+                         seed=seed, hyperparameters=hyperparameters,
+                         allow_new_entries=allow_new_entries,
+                         tune_new_entries=tune_new_entries,
+                         decision_options=DecisionOptions(float_bins=float_bins,
+                                                          max_int_values=max_int_values),
+                         **kwargs)
 
     @property
-    def controller(self) -> NAOController:
+    def controller(self) -> Optional[NAOController]:
         return self.adapter.controller

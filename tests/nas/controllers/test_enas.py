@@ -170,3 +170,51 @@ def test_non_number_options_are_type_errors_naming_the_field(field, value):
 def test_numpy_integer_sizes_are_accepted():
     controller = Controller(np.array([2, 3], dtype=np.int64), units=np.int32(4))
     assert controller.decision_sizes == (2, 3) and controller.units == 4
+
+
+def test_masked_log_prob_sums_active_decisions_only_and_traces_once(seed):
+    """``log_prob_and_entropy(arch, mask) = (Σ_k m_k ℓ_k, Σ_k m_k H_k)``; one trace for every
+    architecture and mask; all ones equals the unmasked sums."""
+    controller = Controller(SIZES, units=8, temperature=0.5, tanh_constant=2.5, seed=3)
+    for arch, mask in [((2, 0, 1, 4), (1, 0, 1, 1)), ((0, 3, 0, 0), (0, 1, 0, 1)),
+                       ((1, 1, 1, 2), (1, 1, 1, 1))]:
+        log_probs, entropies = controller._decision_log_probs_and_entropies(
+            tf.constant(arch, tf.int32))
+        m = np.array(mask, np.float32)
+        log_prob, entropy = controller.log_prob_and_entropy(arch, mask=mask)
+        np.testing.assert_allclose(float(log_prob), (m * log_probs.numpy()).sum(), rtol=1e-5)
+        np.testing.assert_allclose(float(entropy), (m * entropies.numpy()).sum(), rtol=1e-5)
+    full = controller.log_prob_and_entropy((1, 1, 1, 2))
+    np.testing.assert_allclose([float(log_prob), float(entropy)], [float(v) for v in full],
+                               rtol=1e-5)
+    assert controller.masked_tracing_count == 1
+    with pytest.raises(ValueError, match="mask has 3 values"):
+        controller.log_prob_and_entropy((0, 0, 0, 0), mask=(1, 1, 1))
+    with pytest.raises(ValueError, match=r"mask values must be in \[0, 1\]"):
+        controller.log_prob_and_entropy((0, 0, 0, 0), mask=(1, 2, 1, 1))
+
+
+def test_grown_controller_keeps_every_weight_and_the_old_distributions(seed):
+    controller = Controller(SIZES, units=8, temperature=0.5, tanh_constant=2.5, seed=3)
+    for v in controller.trainable_variables:
+        v.assign(3.0 * v)  # trained-looking weights, not the initial ones
+    controller.sample_architecture()  # move the sampler
+    grown = controller.grown(SIZES + (6, 2))
+    assert grown.decision_sizes == SIZES + (6, 2) and grown.units == controller.units
+    pairs = [(controller.cell, grown.cell)] + list(zip(controller.heads, grown.heads))
+    pairs += list(zip(controller.embeddings, grown.embeddings))
+    assert len(pairs) == 1 + 4 + 3
+    for layer_old, layer_new in pairs:
+        assert len(layer_old.weights) == len(layer_new.weights) > 0
+        for a, b in zip(layer_old.weights, layer_new.weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(controller.start.numpy(), grown.start.numpy())
+    np.testing.assert_array_equal(controller.generator.state.numpy(),
+                                  grown.generator.state.numpy())
+    assert len(grown.heads) == 6 and len(grown.embeddings) == 5
+    arch = (2, 0, 1, 4)
+    for p_old, p_new in zip(controller.decision_probabilities(arch),
+                            grown.decision_probabilities(arch + (0, 0))[:4]):
+        np.testing.assert_array_equal(p_old, p_new)
+    with pytest.raises(ValueError, match="must start with the current sizes"):
+        controller.grown((3, 4, 3, 5, 2))

@@ -325,3 +325,72 @@ def test_bad_mode_arguments():
         Reinforce(controller, baseline_init="mean")
     with pytest.raises(ValueError, match="baseline_reset_each_epoch"):
         Reinforce(controller, baseline_reset_each_epoch=1)
+
+
+@pytest.mark.parametrize("mode", ["bonus", "reward", "reward_sum"])
+def test_masked_update_never_moves_an_inactive_head(seed, mode):
+    """A decision with ``m_k = 0`` in every update gets no gradient: its head's weights are
+    unchanged (Adam's moments stay 0), while the active heads move; one trace for all masks."""
+    controller = _tiny_controller()
+    trainer = Reinforce(controller, learning_rate=0.1, baseline_decay=0.5, entropy_weight=W,
+                        entropy_mode=mode)
+    inactive = [w.numpy().copy() for w in controller.heads[1].weights]
+    active = [w.numpy().copy() for w in controller.heads[2].weights]
+    for arch, reward in STEPS:
+        out = trainer.update(arch, reward, mask=(1, 0, 1))
+        assert np.isfinite(out["loss"])
+    for before, w in zip(inactive, controller.heads[1].weights):
+        np.testing.assert_array_equal(before, w.numpy())
+    assert any(not np.allclose(b, w.numpy()) for b, w in zip(active, controller.heads[2].weights))
+    assert trainer.masked_tracing_count == 1 and trainer.tracing_count == 0
+    if mode != "bonus":  # the inactive decision's entropy baseline never moved
+        assert float(trainer.entropy_baseline[1]) == 0.0
+        assert float(trainer.entropy_baseline[0]) != 0.0
+
+
+def test_masked_bonus_update_matches_hand_computed_gradient(seed):
+    """SGD with rate 1: ``Δθ = ∇[Σ_k m_k ℓ_k · (R − b) + w Σ_k m_k H_k]``."""
+    controller = _tiny_controller()
+    trainer = Reinforce(controller, baseline_decay=0.75, entropy_weight=W,
+                        optimizer=keras.optimizers.SGD(learning_rate=1.0))
+    mask = np.array([1.0, 0.0, 1.0], np.float32)
+    b = 0.0
+    for arch, reward in STEPS:
+        b = 0.75 * b + 0.25 * reward
+        variables = controller.trainable_variables
+        with tf.GradientTape() as tape:
+            probs = controller._probabilities(tf.constant(arch, tf.int32))
+            log_probs = tf.stack([tf.math.log(p[a]) for p, a in zip(probs, arch)])
+            entropies = tf.stack([-tf.reduce_sum(p * tf.math.log(p)) for p in probs])
+            objective = (tf.reduce_sum(mask * log_probs) * (reward - b)
+                         + W * tf.reduce_sum(mask * entropies))
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(objective, variables)]
+        want_lp = float(tf.reduce_sum(mask * log_probs))
+        before = [v.numpy() for v in variables]
+        got = trainer.update(arch, reward, mask=mask)
+        assert got["log_prob"] == pytest.approx(want_lp, rel=1e-5)
+        assert got["advantage"] == pytest.approx(reward - b, rel=1e-6)
+        for old, v, g in zip(before, controller.trainable_variables, grads):
+            np.testing.assert_allclose(v.numpy(), old + g.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_for_controller_keeps_baselines_and_step_and_rebuilds_the_optimizer(seed):
+    controller = _tiny_controller()
+    trainer = Reinforce(controller, learning_rate=0.05, baseline_decay=0.5, entropy_weight=W,
+                        entropy_mode="reward")
+    for arch, reward in STEPS:
+        trainer.update(arch, reward)
+    grown = controller.grown(SIZES + (4,))
+    moved = trainer.for_controller(grown)
+    assert moved.controller is grown and moved.optimizer is not trainer.optimizer
+    assert float(moved.baseline) == float(trainer.baseline)
+    assert int(moved.step) == int(trainer.step) == len(STEPS)
+    assert bool(moved.baseline_initialized)
+    np.testing.assert_array_equal(moved.entropy_baseline.numpy()[:3],
+                                  trainer.entropy_baseline.numpy())
+    assert float(moved.entropy_baseline[3]) == 0.0
+    assert moved.get_config()["optimizer"]["config"]["learning_rate"] == pytest.approx(0.05)
+    moved.update((1, 0, 1, 3), 1.0)
+    assert int(moved.step) == len(STEPS) + 1
+    with pytest.raises(ValueError, match="fewer than the current"):
+        moved.for_controller(Controller((3,), units=8))
