@@ -170,6 +170,18 @@ def test_bad_models_and_arguments_are_refused(data):
                    kwargs={"batch_size": 16})
 
 
+def test_a_loss_scale_optimizer_is_refused_by_name(data):
+    def scaled(hp):
+        model = build(hp)
+        model.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD()),
+                      loss="sparse_categorical_crossentropy")
+        return model
+
+    trials = HypermodelTrials(scaled, steps_per_trial=1, wpl_config=WPLConfig())
+    with pytest.raises(keras_tuner.errors.FatalValueError, match="LossScaleOptimizer.*bfloat16"):
+        _run(trials, data, hp_of())
+
+
 def test_a_diverging_trial_fails_and_leaves_the_bank_untouched(data):
     trials = _trials()
     (x, y), kwargs = data

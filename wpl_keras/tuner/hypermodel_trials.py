@@ -115,6 +115,11 @@ class BoundModel:
         if not train:
             return
         optimizer = model.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            raise keras_tuner.errors.FatalValueError(
+                "build(hp) compiled a LossScaleOptimizer (the 'mixed_float16' policy makes one), "
+                "whose loss scaling the trial's WPL step does not apply; use the float32 or "
+                "'mixed_bfloat16' policy for the search (retrain_best may use any).")
         if optimizer.built:
             raise keras_tuner.errors.FatalValueError(
                 "build(hp) returned a model whose optimizer is already built (used before); "
@@ -249,7 +254,7 @@ class HypermodelTrials:
     # ------------------------------------------------------------------ models
     def build_model(self, hp) -> keras.Model:
         """A fresh model of ``hp`` (its own initial weights), after ``clear_session``."""
-        keras.backend.clear_session(free_memory=False)  # Python's own gc frees old models
+        keras.backend.clear_session()  # as KerasTuner: fresh names, old models collected
         return check_compiled(self.build(hp))
 
     def load_model(self, hp) -> keras.Model:
