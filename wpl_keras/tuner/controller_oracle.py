@@ -266,8 +266,8 @@ class ControllerOracle(keras_tuner.Oracle):
         return float(score) if self.objective.direction == "max" else -float(score)
 
     def _learn(self, arch: Architecture, score: float, mask=None) -> None:
-        if not len(arch):  # a hypermodel with no hyperparameters: nothing to learn
-            return
+        if not len(arch) or (mask is not None and not np.any(mask)):
+            return  # no decision the controller sampled for this trial: nothing to learn
         if mask is None:
             self.last_update = self.adapter.learn(arch, self.reward(score))
         else:
