@@ -232,18 +232,20 @@ def test_hypermodel_form_refuses_bad_input_with_clear_errors(tmp_path, arrays):
 def test_a_diverging_trial_is_failed_and_the_search_goes_on(tmp_path, arrays):
     def build(hp):
         model = _build(hp)
-        if hp.get("activation") == "relu":  # a trial whose loss is NaN
+        if hp.get("activation") in ("relu", "tanh"):  # trials whose loss is NaN
             model.compile(optimizer="sgd", loss=lambda y, p: p[:, 0] * np.nan)
         return model
 
-    tuner = _hypermodel_tuner(tmp_path, hypermodel=build, max_trials=4,
+    tuner = _hypermodel_tuner(tmp_path, hypermodel=build, max_trials=3, steps_per_trial=1,
                               objective="val_loss")
-    _search(tuner, arrays)
-    statuses = {t.hyperparameters.get("activation"): t.status
-                for t in tuner.oracle.trials.values()}
-    assert statuses.pop("relu") == "FAILED" and set(statuses.values()) == {"COMPLETED"}
-    failed = [t for t in tuner.oracle.trials.values() if t.status == "FAILED"][0]
-    assert "diverged" in failed.message and tuner.trials_run == 3
+    _search(tuner, arrays)  # 3 of 4 activations: at least one NaN trial, one finite trial
+    trials = list(tuner.oracle.trials.values())
+    failed = [t for t in trials if t.status == "FAILED"]
+    assert {t.hyperparameters.get("activation") for t in failed} <= {"relu", "tanh"}
+    assert len(trials) == 3 and failed and all(
+        t.status == "COMPLETED" for t in trials if t not in failed)
+    assert all("diverged" in t.message for t in failed)
+    assert tuner.trials_run == 3 - len(failed)
 
 
 _KILLED_SEARCH = '''

@@ -314,18 +314,22 @@ class HypermodelTrials:
         def apply(gradients):
             optimizer.apply_gradients(zip(gradients, trainable))
 
+        # The WPL step branches with tf.cond itself: autograph (kept for the user's model, as
+        # Keras' own train function keeps it) need not convert it again at every trace.
+        @tf.autograph.experimental.do_not_convert
+        def wpl_step(gradients, update_fisher):
+            rate = tf.convert_to_tensor(optimizer.learning_rate) if proximal else None
+            return step([tf.convert_to_tensor(v) for v in trainable], gradients, apply,
+                        covered=covered, learning_rate=rate, active=bool(wpl_active),
+                        update_fisher=update_fisher).penalty
+
         @tf.function
         def train_step(x, y, sample_weight, update_fisher):
             with tf.GradientTape() as tape:
                 y_pred = model(x, training=True)
                 loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                           training=True)
-            gradients = tape.gradient(loss, trainable)
-            rate = tf.convert_to_tensor(optimizer.learning_rate) if proximal else None
-            result = step([tf.convert_to_tensor(v) for v in trainable], gradients, apply,
-                          covered=covered, learning_rate=rate, active=bool(wpl_active),
-                          update_fisher=update_fisher)
-            return loss, result.penalty
+            return loss, wpl_step(tape.gradient(loss, trainable), update_fisher)
 
         losses, last = [], self.steps_per_trial - 1
         for k in range(self.steps_per_trial):  # read back once, after the steps
