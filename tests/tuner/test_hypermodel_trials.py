@@ -88,6 +88,20 @@ def test_another_shape_is_a_fresh_weight_and_unused_keys_keep_their_values(data,
     assert not np.array_equal(bank.get("weight", head_bias), before[("weight", head_bias)])
 
 
+def test_a_model_without_an_input_is_built_on_a_batch_and_shares_its_weights(data):
+    def lazy(hp):
+        model = keras.Sequential([keras.layers.Dense(4, name="hidden"),
+                                  keras.layers.Dense(2, name="head")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        return model
+
+    trials = HypermodelTrials(lazy, steps_per_trial=1, wpl_config=WPLConfig())
+    assert _run(trials, data, hp_of())["shared_fraction"] == 0.0
+    assert _run(trials, data, hp_of())["shared_fraction"] == 1.0
+    np.testing.assert_array_equal(trials.load_model(hp_of()).get_layer("hidden").kernel.numpy(),
+                                  trials.bank.get("weight", HIDDEN))
+
+
 def test_fisher_and_anchors_per_key_follow_the_trials(data, seed):
     trials = _trials()
     off = _run(trials, data, hp_of(4))

@@ -252,14 +252,28 @@ class HypermodelTrials:
         self._data_arguments = None
 
     # ------------------------------------------------------------------ models
-    def build_model(self, hp) -> keras.Model:
-        """A fresh model of ``hp`` (its own initial weights), after ``clear_session``."""
+    def build_model(self, hp, validation: Optional[tf.data.Dataset] = None) -> keras.Model:
+        """A fresh model of ``hp`` (its own initial weights), after ``clear_session``; a model
+        without an ``Input`` is built by a call on the first batch of ``validation`` (its
+        weights must exist before they can be shared)."""
         keras.backend.clear_session()  # as KerasTuner: fresh names, old models collected
-        return check_compiled(self.build(hp))
+        model = check_compiled(self.build(hp))
+        if not model.built and validation is not None:
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(next(iter(validation)))
+            model(x, training=False)
+        return model
 
-    def load_model(self, hp) -> keras.Model:
-        """The model of ``hp`` on the current shared weights."""
-        model = self.build_model(hp)
+    def load_model(self, hp, validation: Optional[tf.data.Dataset] = None) -> keras.Model:
+        """The model of ``hp`` on the current shared weights (``validation``, default the
+        search's, builds a model without an ``Input``)."""
+        if validation is None and self._data is not None:
+            validation = self._data.validation
+        model = self.build_model(hp, validation)
+        if not model.built:
+            raise ValueError(
+                f"model {model.name!r} of {hp.values} is not built (no keras.Input) and no "
+                "search data is at hand to build it; give build(hp) an Input layer, or run "
+                "search() (or shared_score) in this process first.")
         BoundModel(model, self.bank, train=False)
         return model
 
@@ -290,8 +304,8 @@ class HypermodelTrials:
         if flush:
             self.bank.reset("fisher")
             self.bank.reset("fisher_raw")
-        bound = BoundModel(self.build_model(hp), self.bank, wpl_config=self.wpl_config,
-                           strength=strength)
+        bound = BoundModel(self.build_model(hp, data.validation), self.bank,
+                           wpl_config=self.wpl_config, strength=strength)
         losses, penalty = self._train(bound, data, wpl_active)
         if not (math.isfinite(losses) and math.isfinite(penalty)):
             raise keras_tuner.errors.FailedTrialError(
@@ -341,7 +355,7 @@ class HypermodelTrials:
     def score(self, hp, validation: tf.data.Dataset) -> Dict[str, float]:
         """``val_<metric>`` of ``hp``'s model on the current shared weights (no training) on
         ``validation`` (:func:`fixed_batches`)."""
-        return evaluate(self.load_model(hp), validation)
+        return evaluate(self.load_model(hp, validation), validation)
 
     # ------------------------------------------------------------------ saving
     def write(self, path: str) -> None:

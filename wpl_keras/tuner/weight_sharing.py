@@ -172,6 +172,8 @@ class WeightSharingTuner(keras_tuner.engine.base_tuner.BaseTuner):
     layers are made; name layers by role (``Dense(units, name=f"dense_{i}")``) so that a role
     is one weight whatever the other hyperparameters. A layer whose shape changes under the
     same name (``units`` 64 vs 128) is a separate weight per shape (a warning says so once).
+    A model without a ``keras.Input`` is built by a call on the first validation batch before
+    its weights are bound.
     ``retrain_best`` trains the best hyperparameters from scratch; ``shared_score`` scores
     any hyperparameters on the shared weights without training; ``get_best_models`` returns
     the best trials' models on the current shared weights.
