@@ -177,6 +177,45 @@ def test_a_step_the_optimizer_did_not_apply_changes_no_wpl_state(mode):
         np.testing.assert_allclose(v.numpy(), np.array(THETA) - LR * np.array(DATA), rtol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["gradient", "proximal"])
+def test_a_skipped_step_with_a_nan_gradient_keeps_the_fisher_exactly(mode):
+    """A skipped step (e.g. a loss-scale overflow) may hand inf/NaN gradients to the Fisher
+    update; the select on ``applied`` keeps ``F`` bit for bit."""
+    v, state = _state()
+    step = WPLStep(state, WPLConfig(mode=mode))
+    step([tf.convert_to_tensor(v)], [tf.constant([math.nan, math.inf])],
+         lambda grads: tf.constant(False), covered=[Covered(0, 0)], learning_rate=LR)
+    np.testing.assert_array_equal(state.fisher[0].numpy(), FISHER)
+
+
+@pytest.mark.parametrize("mode", ["gradient", "proximal"])
+def test_a_traced_step_reads_fisher_and_anchor_once_per_weight(mode):
+    """Whole weights: ``F`` and ``θ*`` are read once per step (penalty, WPL term or pull, and
+    the Fisher update share the reads); the same values as the eager step."""
+    v, state = _state()
+    step = WPLStep(state, WPLConfig(mode=mode))
+
+    def run():
+        return step([tf.convert_to_tensor(v)], [tf.constant(DATA)], _sgd(v),
+                    covered=[Covered(0, 0)], learning_rate=LR).penalty
+
+    graph = tf.function(run).get_concrete_function().graph
+    handles = {id(t): name for name, t in (("fisher", state.fisher[0].value.handle),
+                                            ("anchor", state.anchors[0].value.handle))}
+    captured = {graph.captures[k][1].name: handles[id(graph.captures[k][0])]
+                for k in range(len(graph.captures)) if id(graph.captures[k][0]) in handles}
+    reads = {"fisher": 0, "anchor": 0}
+    for op in graph.get_operations():
+        if op.type == "ReadVariableOp" and op.inputs[0].name in captured:
+            reads[captured[op.inputs[0].name]] += 1
+    assert reads == {"fisher": 1, "anchor": 1}
+    _, eager_state, eager = _step(WPLConfig(mode=mode))
+    v.assign(THETA)
+    state.fisher[0].assign(FISHER)
+    assert float(tf.function(run)()) == pytest.approx(float(eager.penalty))
+    np.testing.assert_allclose(state.fisher[0].numpy(), eager_state.fisher[0].numpy(), rtol=1e-6)
+
+
 def test_fisher_gradients_hook_and_fisher_only_pass():
     v, state = _state()
     step = WPLStep(state, WPLConfig())

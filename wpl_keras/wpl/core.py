@@ -42,21 +42,6 @@ Flag = Union[bool, tf.Tensor]
 MaybeTensor = Optional[tf.Tensor]
 
 
-def _flag(value: Flag):
-    """A python bool stays python (decided when tracing); a tensor becomes a float32 0/1."""
-    if isinstance(value, bool):
-        return value
-    return tf.cast(value, tf.float32)
-
-
-def _coverage(mask: MaybeTensor, active) -> MaybeTensor:
-    """``c = active · mask`` as a float32 tensor, or None when every entry is covered."""
-    c = None if mask is None else tf.cast(mask, tf.float32)
-    if isinstance(active, bool):
-        return c
-    return active if c is None else active * c
-
-
 def wpl_penalty(
     params: Sequence[tf.Tensor],
     fisher: Sequence[tf.Tensor],
@@ -96,6 +81,7 @@ def wpl_penalty(
             f"{len(masks)} masks."
         )
     alpha = tf.cast(strength, tf.float32)
+    with_l2 = not (isinstance(l2, (int, float)) and l2 == 0)
     sums, l2_sums, grads = [], [], []
     for k, (theta, f, a, m) in enumerate(zip(params, fisher, anchors, masks)):
         theta, f, a = (tf.convert_to_tensor(t) for t in (theta, f, a))
@@ -107,11 +93,12 @@ def wpl_penalty(
         weighted, total = _fisher_term(theta, f, a, coverage)
         sums.append(total)
         grads.append(_times(alpha, weighted))
-        l2_sums.append(tf.nn.l2_loss(tf.cast(theta, tf.float32)))  # ½ Σ θ²
+        if with_l2:
+            l2_sums.append(tf.nn.l2_loss(tf.cast(theta, tf.float32)))  # ½ Σ θ²
     penalty = tf.constant(0.0, tf.float32)
     if sums:
         penalty = _times(0.5 * alpha, tf.add_n(sums))
-        if not (isinstance(l2, (int, float)) and l2 == 0):
+        if with_l2:
             penalty = penalty + tf.cast(l2, tf.float32) * tf.add_n(l2_sums)
     return (penalty, grads) if with_gradients else penalty
 
@@ -206,7 +193,8 @@ def proximal_pull(
         f = tf.cast(coverage, compute) * f
     # 0 · ∞ is 0 here (no pull), while a NaN input still propagates to the result.
     scale = tf.where((alpha == 0) | (eta == 0), tf.zeros_like(alpha * eta), alpha * eta)
-    k = tf.where((f == 0) | (scale == 0), tf.zeros_like(f), scale * f)
+    # k = s F, and 0 where F = 0 or s = 0 (two multiply_no_nan: no NaN from 0 · ∞).
+    k = tf.math.multiply_no_nan(tf.math.multiply_no_nan(scale, f), tf.cast(scale != 0, compute))
     w = 1.0 / (1.0 + k)
     u = tf.where(tf.math.is_inf(k), tf.ones_like(k), k * w)
     pulled = w * tf.cast(theta, compute) + u * as_compute(anchor, None)
@@ -240,12 +228,12 @@ def fisher_update(
     bool tensor or 0/1 float; python ``False`` returns ``F`` unchanged). With ``c = 1``,
     ``F' = clip((1 − η_F) F + η_F g²)``, ``clip`` the L2 norm clip over ``clip_axes`` (all
     axes when None; no clip when ``clip_norm`` is None). ``gradient`` is all-reduced, with
-    loss scaling undone.
+    loss scaling undone. The mask enters as ``m new + (1 − m) F``, the flag as one select
+    (:func:`_gate`), so a step that did not apply (``u = 0``) keeps ``F`` exactly whatever
+    its gradient holds.
     """
-    update = _flag(update)
     if update is False:
         return tf.cast(fisher, tf.float32)
-    coverage = _coverage(coverage, update)
     fisher = tf.cast(fisher, tf.float32)
     eta = fisher_momentum  # a python float stays a graph constant: 1 − η_F is folded here
     if not isinstance(eta, (int, float)):
@@ -253,9 +241,19 @@ def fisher_update(
     new = (1.0 - eta) * fisher + eta * tf.square(tf.cast(gradient, tf.float32))
     if clip_norm is not None:
         new = clip_fisher(new, clip_norm, clip_axes)
-    if coverage is None:
+    if coverage is not None:
+        c = tf.cast(coverage, tf.float32)
+        new = c * new + (1.0 - c) * fisher
+    return _gate(update, new, fisher)
+
+
+def _gate(update: Flag, new: tf.Tensor, old: tf.Tensor) -> tf.Tensor:
+    """``u new + (1 − u) old`` for a 0/1 flag ``u``, as one select: exactly ``new`` where
+    ``u = 1`` and exactly ``old`` where ``u = 0``, also when ``new`` holds inf or NaN (a
+    skipped step's gradient). A python ``True`` returns ``new``."""
+    if isinstance(update, bool):
         return new
-    return coverage * new + (1.0 - coverage) * fisher
+    return tf.where(tf.cast(update, tf.bool), new, old)
 
 
 FISHER_NORMALIZATIONS = ("none", "tensor_norm", "mean")
@@ -333,15 +331,15 @@ def normalized_fisher_update(
     normalised ``F`` (and ``α``) never feed back into it. A 0/1 coverage gives exactly the
     new values where ``c = 1`` and exactly the old ones where ``c = 0``.
     """
-    update = _flag(update)
     if update is False:
         return tf.cast(raw, tf.float32), tf.cast(fisher, tf.float32)
-    coverage = _coverage(coverage, update)
-    new_raw = fisher_update(raw, gradient, fisher_momentum, coverage=coverage)
+    fisher = tf.cast(fisher, tf.float32)
+    new_raw = fisher_update(raw, gradient, fisher_momentum, coverage=coverage, update=update)
     new = normalize_fisher(new_raw, normalization, target_norm=target_norm, axes=axes)
-    if coverage is None:
-        return new_raw, new
-    return new_raw, coverage * new + (1.0 - coverage) * tf.cast(fisher, tf.float32)
+    if coverage is not None:
+        c = tf.cast(coverage, tf.float32)
+        new = c * new + (1.0 - c) * fisher
+    return new_raw, _gate(update, new, fisher)
 
 
 def snapshot(theta: tf.Tensor, anchor: tf.Tensor, mask: MaybeTensor = None) -> tf.Tensor:

@@ -197,14 +197,22 @@ class WPLState(keras.layers.Layer):
         return core.wpl_penalty(theta, fisher, anchors, alpha)
 
     def apply_proximal(self, index: int, learning_rate, rows: Optional[tf.Tensor] = None,
-                       strength=None, mask: Optional[tf.Tensor] = None) -> None:
+                       strength=None, mask: Optional[tf.Tensor] = None, *,
+                       fisher: Optional[tf.Tensor] = None,
+                       anchor: Optional[tf.Tensor] = None) -> None:
         """In place, the exact proximal step of the Fisher term on protected weight ``index``
         (only rows ``rows`` when given): ``θ ← (θ + η α m F θ*) / (1 + η α m F)``
         (:func:`wpl_keras.wpl.core.proximal_pull`), right after an optimiser's step with that
         step's learning rate ``η``. ``mask``: ``m``, 0/1 weights broadcast against ``F``
-        (masked-out entries keep their values); None for 1."""
+        (masked-out entries keep their values); None for 1. ``fisher``, ``anchor``: ``F``
+        and ``θ*`` (of the same rows) as already read in this step; None: read here."""
         alpha = self.strength if strength is None else strength
-        theta, fisher, anchor = self.read(index, rows)
+        if fisher is None or anchor is None:
+            theta, fisher, anchor = self.read(index, rows)
+        elif rows is None:
+            theta = tf.convert_to_tensor(self._protected[index])
+        else:
+            theta = read_rows(self._protected[index], tf.cast(rows, tf.int32))
         pulled = core.proximal_pull(theta, fisher, anchor, alpha, learning_rate, coverage=mask)
         self._write(self._protected[index], pulled, rows)
 
@@ -254,6 +262,7 @@ class WPLState(keras.layers.Layer):
         clip_axes: Optional[Sequence[Optional[Sequence[int]]]] = None,
         update=True,
         momentum: Optional[float] = None,
+        current: Optional[Sequence[Optional[tf.Tensor]]] = None,
     ) -> None:
         """``F ← F + u m (clip((1 − η_F) F + η_F g²) − F)`` from gradients aligned with
         :attr:`protected_variables` (:func:`wpl_keras.wpl.core.fisher_update`).
@@ -272,6 +281,10 @@ class WPLState(keras.layers.Layer):
         a whole weight, each slice over ``clip_axes``, or each row of a row-slice gradient
         when ``clip_axes`` is not given.
 
+        ``current``: ``F`` of each whole weight as already read in this step (aligned; a
+        None entry, or a row-slice gradient, is read here), so that a step reads ``F`` once.
+        Without a Fisher normalisation only.
+
         Call it with the all-reduced data gradient under ``tf.distribute``.
         """
         eta = _resolve_alias(fisher_momentum, momentum, self.fisher_momentum,
@@ -288,6 +301,7 @@ class WPLState(keras.layers.Layer):
         n = len(gradients)
         masks = [None] * n if masks is None else list(masks)
         clip_axes = [None] * n if clip_axes is None else list(clip_axes)
+        current = [None] * n if current is None or self.normalized else list(current)
         for k, g in enumerate(gradients):
             rows = None
             if isinstance(g, tf.IndexedSlices):
@@ -297,7 +311,10 @@ class WPLState(keras.layers.Layer):
             if self.normalized:
                 self._update_normalized(k, g, rows, eta, clip, clip_axes[k], masks[k], update)
                 continue
-            fisher = self.read(k, rows)[1]
+            fisher = current[k] if rows is None else None
+            if fisher is None:
+                fisher = (tf.convert_to_tensor(self.fisher[k]) if rows is None
+                          else read_rows(self.fisher[k], tf.cast(rows, tf.int32)))
             new = core.fisher_update(fisher, g, eta, clip_norm=clip, clip_axes=clip_axes[k],
                                      coverage=masks[k], update=update)
             self._write(self.fisher[k], new, rows)

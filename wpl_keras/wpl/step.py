@@ -26,8 +26,8 @@ Gating: ``active`` (WPL on this step: steps 2 and 6) and ``update_fisher`` (step
 python bool (decided when tracing) or a bool tensor (a ``tf.cond``: a step with WPL off costs
 what a plain step costs, and a traced step serves both values: no retracing). Steps 6 and 7
 take effect only where the optimiser applied the update (``apply`` returns ``applied``: a
-python bool, or a bool tensor such as ``optimizer.iterations`` having grown, used as a 0/1
-factor of the coverage): a skipped step of a ``LossScaleOptimizer`` or a micro-step of
+python bool, or a bool tensor such as ``optimizer.iterations`` having grown: a 0/1 factor of
+the pull's coverage, one select for the Fisher): a skipped step of a ``LossScaleOptimizer`` or a micro-step of
 gradient accumulation changes no WPL state.
 """
 
@@ -160,12 +160,14 @@ class WPLStep:
         if cfg.mode == "proximal" and learning_rate is None:
             raise ValueError("WPLStep: mode='proximal' needs the step's learning_rate.")
         grads = list(data)
+        held = self._read_once(covered, active)
         if l2 and self.l2_placement == "before_wpl":
             grads = [_plus(g, l2 * tf.cast(p, tf.float32), p) for g, p in zip(grads, params)]
         penalty = None
         core_l2 = l2 if self.l2_placement == "penalty" else 0.0
         if cfg.mode == "gradient" or core_l2:
-            penalty, grads = self._gradient_terms(params, grads, covered, active, core_l2, scale)
+            penalty, grads = self._gradient_terms(params, grads, covered, active, core_l2, scale,
+                                                  held)
         for c in covered:
             if c.mask is not None and grads[c.position] is not None:
                 g = grads[c.position]
@@ -182,11 +184,12 @@ class WPLStep:
         applied = True if applied is None else applied
         if cfg.mode == "proximal":
             pulled = self._pull(params, covered, learning_rate, active, applied,
-                                with_penalty=penalty is None)
+                                with_penalty=penalty is None, held=held)
             penalty = pulled if penalty is None else penalty
         source = data if cfg.fisher_gradient == "data" else grads
         self.update_fisher(source, covered, update=update_fisher, applied=applied,
-                           fisher_gradients=fisher_gradients)
+                           fisher_gradients=fisher_gradients,
+                           current=None if held is None else held[0])
         return StepResult(_zero() if penalty is None else penalty, grad_norm, applied)
 
     # ----------------------------------------------------------------- its parts
@@ -203,20 +206,30 @@ class WPLStep:
                 anchors.append(read_rows(a, c.rows))
         return fisher, anchors
 
-    def penalty(self, params: Sequence[tf.Tensor], covered: Sequence[Covered]) -> tf.Tensor:
-        """``(α/2) Σ c F (θ − θ*)²`` at ``params`` (:func:`~wpl_keras.wpl.core.wpl_penalty`)."""
-        fisher, anchors = self.read(covered)
+    def _read_once(self, covered: Sequence[Covered], active: Flag) -> Optional[tuple]:
+        """``(F, θ*)`` read once for the whole step (its terms, pull and Fisher update) when
+        WPL is on when tracing (``active`` python True) and every covered entry is a whole
+        weight; None otherwise (each part reads what it needs, inside its ``tf.cond``)."""
+        if active is not True or any(c.rows is not None for c in covered):
+            return None
+        return self.read(covered)
+
+    def penalty(self, params: Sequence[tf.Tensor], covered: Sequence[Covered],
+                held: Optional[tuple] = None) -> tf.Tensor:
+        """``(α/2) Σ c F (θ − θ*)²`` at ``params`` (:func:`~wpl_keras.wpl.core.wpl_penalty`);
+        ``held``: ``(F, θ*)`` of :meth:`read` already read in this step (None: read here)."""
+        fisher, anchors = self.read(covered) if held is None else held
         return core.wpl_penalty([params[c.position] for c in covered], fisher, anchors,
                                 self.state.strength, masks=[c.mask for c in covered])
 
-    def _gradient_terms(self, params, grads, covered, active, l2, scale):
+    def _gradient_terms(self, params, grads, covered, active, l2, scale, held):
         """Step 2: ``(P, grads)``, the covered gradients plus ``s (α c F (θ − θ*) + λ θ)``
         (the Fisher term in gradient mode only); ``(0, grads)`` with WPL off."""
         gradient_mode = self.config.mode == "gradient"
 
         def on():
             theta = [params[c.position] for c in covered]
-            fisher, anchors = self.read(covered)
+            fisher, anchors = self.read(covered) if held is None else held
             value, terms = core.wpl_penalty(
                 theta, fisher, anchors, self.state.strength, l2=l2,
                 masks=[c.mask for c in covered], with_gradients=True)
@@ -241,18 +254,19 @@ class WPLStep:
             grads[c.position] = g
         return penalty, grads
 
-    def _pull(self, params, covered, learning_rate, active, applied, with_penalty) -> tf.Tensor:
+    def _pull(self, params, covered, learning_rate, active, applied, with_penalty,
+              held) -> tf.Tensor:
         """Step 6 where ``active``: the pull of every covered weight (only where ``applied``);
         returns ``P`` at ``params`` when ``with_penalty``, else 0."""
 
         def on():
-            value = self.penalty(params, covered) if with_penalty else _zero()
-            self._assign_pulls(covered, learning_rate, applied)
+            value = self.penalty(params, covered, held) if with_penalty else _zero()
+            self._assign_pulls(covered, learning_rate, applied, held)
             return value
 
         return _cond(active, on, _zero)
 
-    def _assign_pulls(self, covered, learning_rate, applied) -> None:
+    def _assign_pulls(self, covered, learning_rate, applied, held) -> None:
         """Writes the pulled weights: on one device (or in cross-replica context) through
         :meth:`WPLState.apply_proximal`; in a replica context of several replicas on every
         replica's copy (``strategy.extended.update`` in a ``merge_call``)."""
@@ -264,12 +278,15 @@ class WPLStep:
                 return c.mask
             return gate if c.mask is None else gate * tf.cast(c.mask, tf.float32)
 
+        fisher, anchors = ([None] * len(covered),) * 2 if held is None else held
         ctx = tf.distribute.get_replica_context()
         if ctx is None or ctx.num_replicas_in_sync == 1:
-            for c in covered:
-                state.apply_proximal(c.index, learning_rate, rows=c.rows, mask=coverage(c))
+            for c, f, a in zip(covered, fisher, anchors):
+                state.apply_proximal(c.index, learning_rate, rows=c.rows, mask=coverage(c),
+                                     fisher=f, anchor=a)
             return
-        fisher, anchors = self.read(covered)
+        if held is None:
+            fisher, anchors = self.read(covered)
 
         def pull_all(strategy):
             for c, f, a in zip(covered, fisher, anchors):
@@ -292,11 +309,15 @@ class WPLStep:
         update: Flag = True,
         applied: Flag = True,
         fisher_gradients: Optional[Callable[[list, Flag], list]] = None,
+        current: Optional[Sequence[tf.Tensor]] = None,
     ) -> None:
         """Step 7: :meth:`WPLState.update_fisher` from ``gradients`` (aligned with the step's
         weights; a block of rows as a row slice) with each covered weight's mask and clip
-        axes, where ``update`` (``tf.cond`` for a tensor) and only where ``applied`` (a 0/1
-        factor). Also the Fisher-only pass of a ``fisher_source="valid"`` task."""
+        axes, where ``update`` (``tf.cond`` for a tensor) and only where ``applied`` (one
+        select per weight: a step the optimiser skipped keeps ``F`` exactly). ``current``:
+        ``F`` of the covered whole weights as read at the step's start (aligned with
+        ``covered``; None: read here). Also the Fisher-only pass of a
+        ``fisher_source="valid"`` task."""
         state = self.state
 
         def run():
@@ -310,7 +331,11 @@ class WPLStep:
                     shape = [int(d) for d in state.protected_variables[c.index].shape]
                     g = tf.IndexedSlices(g, c.rows, tf.constant(shape, tf.int32))
                 per_weight[c.index], masks[c.index], axes[c.index] = g, c.mask, c.clip_axes
-            state.update_fisher(per_weight, masks=masks, clip_axes=axes, update=applied)
+            now = [None] * n
+            for c, f in zip(covered, current or ()):
+                now[c.index] = f
+            state.update_fisher(per_weight, masks=masks, clip_axes=axes, update=applied,
+                                current=now)
             return _zero()
 
         _cond(update, run, _zero)

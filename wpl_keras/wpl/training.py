@@ -456,8 +456,9 @@ class WPLTrainingMixin:
         With ``gradient_accumulation_steps = k``: ``(1/k) Σ g_i`` over the k micro-batches
         the optimiser consumed since its last update, as Keras averages them: each consumed
         ``g_i`` is added to a sum (:meth:`_wpl_accumulators`), which the applied update
-        resets. Zero where no update was applied (the Fisher update is then off, and the zero
-        keeps a skipped step's inf/NaN out of it).
+        resets. Where no update was applied the values are left as they are: the Fisher
+        update is then off, a select that keeps ``F`` exactly whatever they hold
+        (:func:`wpl_keras.wpl.core.fisher_update`).
         """
         k = _accumulation_steps(self.optimizer)
         sums = None if k is None else self._wpl_accumulators()
@@ -469,7 +470,7 @@ class WPLTrainingMixin:
                 total = tf.convert_to_tensor(sums[i]) + g
                 sums[i].assign(tf.where(applied, tf.zeros_like(total), total))
                 g = total / k
-            out.append(None if g is None else tf.where(applied, g, tf.zeros_like(g)))
+            out.append(g)
         return out
 
     def _wpl_accumulators(self) -> list:
