@@ -65,22 +65,28 @@ def test_one_trace_serves_every_architecture(task):
 
 @pytest.mark.slow
 def test_unchosen_poisoned_op_does_not_run(seed):
+    """NaN weights of sep5x5 leave an architecture without sep5x5 exactly as it was, and
+    change one that runs it (the poison reaches the output: as NaN, or as zeros where a fused
+    BN → ReLU kernel maps NaN to 0)."""
     space = MicroCellSpace(num_nodes=2)
     net = CNNSupernet(space, SupernetConfig(num_cells=1, filters=4, num_stages=2))
-    for cell in net.cell_weights:
-        for node in cell.op_weights:
-            for v in node["sep5x5"]:
-                v.assign(tf.fill(v.shape, np.nan))
     call = tf.function(lambda x, a: net((x, a), training=True))
     images = tf.random.normal([2, 8, 8, 3])
     rng = np.random.default_rng(0)
     clean = _arch_without(space, SEP5, rng)
-    assert np.all(np.isfinite(call(images, tf.constant(clean, tf.int32)).numpy()))
     poisoned = list(clean)
     poisoned[1] = SEP5  # normal node 2, input x runs sep5x5
     poisoned[3] = 0
-    out = call(images, tf.constant(poisoned, tf.int32)).numpy()
-    assert np.all(np.isnan(out))
+    archs = [tf.constant(a, tf.int32) for a in (clean, poisoned)]
+    before = [call(images, a).numpy() for a in archs]
+    for cell in net.cell_weights:
+        for node in cell.op_weights:
+            for v in node["sep5x5"]:
+                v.assign(tf.fill(v.shape, np.nan))
+    after = [call(images, a).numpy() for a in archs]
+    assert np.all(np.isfinite(after[0]))
+    np.testing.assert_array_equal(after[0], before[0])
+    assert not np.allclose(after[1], before[1], equal_nan=False)
 
 
 def test_masks_select_the_sliced_op_weights():
@@ -696,3 +702,24 @@ def test_cnn_configs_take_numpy_scalars():
         lr_max=np.float32(0.5), grad_clip=None))
     assert (config.batch_size, config.optimizer.lr_max) == (8, 0.5)
     assert type(config.batch_size) is int and type(config.optimizer.lr_max) is float
+
+
+def test_one_replica_gradient_is_not_differentiated_through_the_op_switches():
+    """On one replica the ops' gradients are chosen_op's backward switches: the traced
+    gradient has none of the optionals TensorFlow adds when it differentiates through a
+    switch whose branches have intermediates (that made the graph several times larger)."""
+    space = MicroCellSpace(num_nodes=2)
+    net = CNNSupernet(space, SupernetConfig(num_cells=1, filters=4, num_stages=2))
+
+    def grads(images, arch):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(net((images, arch), training=True))
+        return tape.gradient(loss, net.trainable_variables)
+
+    graph = tf.function(grads, autograph=False).get_concrete_function(
+        tf.TensorSpec([2, 8, 8, 3], tf.float32),
+        tf.TensorSpec([space.num_decisions], tf.int32)).graph.as_graph_def()
+    ops = [n.op for n in graph.node] + [n.op for f in graph.library.function
+                                        for n in f.node_def]
+    assert ops.count("FusedBatchNormGradV3") > 0
+    assert ops.count("OptionalFromValue") == 0

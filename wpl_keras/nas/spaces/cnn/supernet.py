@@ -3,7 +3,10 @@
 :class:`CNNSupernet` is a subclassed Keras model whose call takes ``(images, arch)`` with
 ``arch`` an int32 tensor of :class:`~wpl_keras.nas.spaces.cnn.space.MicroCellSpace` decisions, so one
 traced graph serves every architecture. Each node input is chosen with ``tf.switch_case`` and
-each node operation with another ``tf.switch_case``: only the chosen operations execute.
+each node operation with another ``tf.switch_case``: only the chosen operations execute. On one
+replica the operation is :func:`~wpl_keras.nas.spaces.cnn.chosen_op.chosen_op`, whose gradient
+is one more switch over hand-written backward kernels (differentiating through the switch made
+the traced graph several times larger); its BatchNorms are fused kernels.
 
 The structure is ENAS's search child (``MicroChild._enas_layer`` and the ``fixed_arc is None``
 path of ``MicroChild._model`` in melodyguan/enas ``src/cifar10/micro_child.py``):
@@ -40,7 +43,9 @@ The all-reduces cannot run inside a ``tf.switch_case`` branch (MirroredStrategy'
 must stay in the replica function's graph); with several replicas an op therefore runs as
 stages: a switch computes the pre-BN tensor, its moments are all-reduced outside the switch,
 and a second switch normalises (:meth:`CNNSupernet._op`). On one replica the whole op runs in
-one switch branch, with the same arithmetic.
+one switch branch and every BN is one ``FusedBatchNormV3`` kernel
+(:func:`~wpl_keras.nas.spaces.cnn.chosen_op.fused_batch_norm`: the same formula; its moments are
+computed in another order than :func:`batch_moments`, so the two agree to float32 rounding).
 
 Per-op weights are the slices ``[slot, input]`` of each node's variables and the rows of the
 cell's output-conv kernel ``[B + 2, C, C]`` (one ``C × C`` block per state);
@@ -60,12 +65,12 @@ from typing import List, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
+from wpl_keras.nas.spaces.cnn.chosen_op import (BN_EPSILON, SEP_OPS, chosen_op,
+                                                 fused_batch_norm, pool)
 from wpl_keras.nas.spaces.cnn.space import OPS, MicroCellSpace
 from wpl_keras.utils.config import JsonConfig
 from wpl_keras.utils.validation import check_fields
 
-SEP_OPS = {"sep3x3": 3, "sep5x5": 5}
-BN_EPSILON = 1e-5
 _REPEATS = 2  # (ReLU → sep-conv → BN) repetitions of a separable conv op
 _IDENTITY = OPS.index("identity")
 
@@ -159,9 +164,16 @@ def normalize(x, mean, var, scale, offset, eps: float = BN_EPSILON) -> tf.Tensor
 
 
 def batch_norm(x: tf.Tensor, scale, offset) -> tf.Tensor:
-    """BatchNorm on the statistics of the whole (global) batch: :func:`normalize` with the
-    moments of :func:`batch_moments` (all-reduced over the replicas). Must not run inside a
-    ``tf.switch_case`` branch when there are several replicas."""
+    """BatchNorm on the statistics of the whole (global) batch,
+    ``scale (x − μ) / sqrt(σ² + 1e-5) + offset`` with ``μ``, ``σ²`` the per-channel mean and
+    biased variance over batch, height and width.
+
+    On one replica this is one fused kernel (``FusedBatchNormV3`` in training mode, whose
+    gradient is one kernel too); with several replicas it is :func:`normalize` with the
+    moments of :func:`batch_moments` (all-reduced over the replicas), which must not run inside
+    a ``tf.switch_case`` branch."""
+    if replicas_in_sync() == 1:
+        return fused_batch_norm(x, scale, offset)
     return normalize(x, *batch_moments(x), scale, offset)
 
 
@@ -177,13 +189,6 @@ def factorized_reduce(x: tf.Tensor, k1: tf.Tensor, k2: tf.Tensor) -> tf.Tensor:
     a = tf.nn.conv2d(x, k1, 2, "VALID")
     shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
     return tf.concat([a, tf.nn.conv2d(shifted, k2, 2, "VALID")], axis=-1)
-
-
-def pool(x: tf.Tensor, kind: str) -> tf.Tensor:
-    """3×3 stride-1 SAME average (padding excluded from the mean) or max pooling."""
-    if kind == "avg3x3":
-        return tf.nn.avg_pool2d(x, 3, 1, "SAME")
-    return tf.nn.max_pool2d(x, 3, 1, "SAME")
 
 
 def drop_path(x: tf.Tensor, keep_prob: float, active: tf.Tensor) -> tf.Tensor:
@@ -364,7 +369,11 @@ class CNNSupernet(keras.Model):
 
     def _op(self, x: tf.Tensor, op_idx: tf.Tensor, weights: dict, slot: int,
             in_idx: tf.Tensor) -> tf.Tensor:
-        """The chosen op on ``x``. A separable conv uses its ``[slot, in_idx, r]`` slices."""
+        """The chosen op on ``x``. A separable conv uses its ``[slot, in_idx, r]`` slices.
+
+        One replica: :func:`~wpl_keras.nas.spaces.cnn.chosen_op.chosen_op` on the
+        ``[slot, in_idx]`` slices (taken outside its switch). Several replicas: the staged
+        switches below, differentiated by TensorFlow."""
         def sep_stage(op, r, y):
             dw, pw = weights[op][0], weights[op][1]
             return sep_conv(y, dw[slot, in_idx, r], pw[slot, in_idx, r])
@@ -376,14 +385,9 @@ class CNNSupernet(keras.Model):
             return tf.identity(y) if op == "identity" else pool(y, op)
 
         if replicas_in_sync() == 1:
-            def whole(op):
-                if op not in SEP_OPS:
-                    return first(op, x)
-                y = x
-                for r in range(_REPEATS):
-                    y = batch_norm(sep_stage(op, r, y), *bn_params(op, r))
-                return y
-            return tf.switch_case(op_idx, [lambda op=op: whole(op) for op in OPS])
+            # One switch forward and one backward (chosen_op), on the [slot, in_idx] slices.
+            return chosen_op(x, op_idx, {op: [v[slot, in_idx] for v in weights[op]]
+                                         for op in SEP_OPS})
         y = x
         for r in range(_REPEATS):
             # Collective ops must not sit in a switch branch: the chosen op runs in one switch
@@ -416,14 +420,16 @@ class CNNSupernet(keras.Model):
 
         With ``l_k`` the loose-end flag of state ``k`` and ``W_k`` its ``C × C`` block of the
         output kernel, the 1×1 conv over the concatenation of the loose ends equals
-        ``Σ_k l_k ReLU(h_k) W_k``: the 1×1 conv with the whole ``[(B + 2) C, C]`` kernel over
-        the concatenation of every ``l_k ReLU(h_k)``. The number of loose ends changes with
-        the architecture, the shapes do not (one trace); the blocks of states that are not
-        loose ends see zeros and get zero gradient."""
+        ``Σ_k ReLU(h_k) (l_k W_k)``: the 1×1 conv of the concatenation of every ``ReLU(h_k)``
+        with the masked ``[(B + 2) C, C]`` kernel (the flags multiply the small kernel, not the
+        states). The number of loose ends changes with the architecture, the shapes do not
+        (one trace); the blocks of states that are not loose ends are zero, so those states
+        and blocks get zero gradient from this conv."""
         loose = self.loose_ends(decisions)
-        x = tf.concat([tf.nn.relu(s) * loose[k] for k, s in enumerate(states)], axis=-1)
+        x = tf.concat([tf.nn.relu(s) for s in states], axis=-1)
         c = weights.channels
-        kernel = tf.reshape(weights.out_kernel, [1, 1, (self.space.num_nodes + 2) * c, c])
+        kernel = tf.reshape(weights.out_kernel * loose[:, None, None],
+                            [1, 1, (self.space.num_nodes + 2) * c, c])
         return batch_norm(tf.nn.conv2d(x, kernel, 1, "SAME"), *weights.out_bn)
 
     def _cell(self, weights: _CellWeights, decisions, inputs, training: bool) -> tf.Tensor:
