@@ -62,9 +62,13 @@ def run_pair(config, *, space: str, data_dir, data, out: str, resume: bool, fork
         tf.random.set_global_generator(tf.random.Generator.from_seed(config.seed))
     os.makedirs(out, exist_ok=True)
     runs, seconds = {}, {}
-    # The run with WPL is named by its alpha, so that runs with several alphas can share one
-    # run without WPL in the same out (with --resume).
-    dirs = {"without": "without_wpl", "with": f"with_wpl_alpha{config.search.strength:g}"}
+    # The run with WPL is named by its strength, so that runs with several strengths can share
+    # one run without WPL in the same out (with --resume).
+    dirs = {"without": "without_wpl", "with": f"with_wpl_strength{config.search.strength:g}"}
+    legacy = os.path.join(out, f"with_wpl_alpha{config.search.strength:g}")
+    if resume and os.path.isdir(legacy) and not os.path.isdir(os.path.join(out, dirs["with"])):
+        raise SystemExit(f"--resume: {legacy} is a WPL run under its former folder name; rename "
+                         f"it to {os.path.join(out, dirs['with'])} to continue it")
     start_epoch = config.search.wpl_start_epoch
     if fork:
         # Both runs are plain ENAS until WPL turns on: run those epochs once and start both
@@ -125,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
                              "phase); default: the preset's (enas)")
     parser.add_argument("--wpl-start-epoch", type=int, default=None,
                         help="override: first epoch with WPL")
-    parser.add_argument("--alpha", type=float, default=None, help="override: WPL alpha0")
+    parser.add_argument("--strength", "--alpha", dest="strength", type=float, default=None,
+                        help="override: WPL strength α0 (--alpha is an alias)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--nondeterministic", action="store_true",
                         help="allow nondeterministic TensorFlow ops (faster); by default ops are "
@@ -161,7 +166,7 @@ def _config_and_seeds(args: argparse.Namespace):
     overrides = {
         "epochs": args.epochs, "shared_steps_per_epoch": args.shared_steps,
         "batches_per_arch": args.batches_per_arch, "controller_steps": args.controller_steps,
-        "wpl_start_epoch": args.wpl_start_epoch, "strength": args.alpha,
+        "wpl_start_epoch": args.wpl_start_epoch, "strength": args.strength,
     }
     search = {k: v for k, v in overrides.items() if v is not None}
     if args.quiet:

@@ -13,14 +13,17 @@ training and at the end of its epoch, as in the search.
   put back to their values right after its training (``dense_restored``: what is left is
   forgetting through its node-matrix rows), and with its node-matrix rows put back
   (``nodes_restored``: what is left came through the shared dense weights).
-* ``alpha-scan``: the same epochs with WPL at each ``--alphas`` value (``0`` = without),
-  ``--scope`` ``cell`` or ``all`` and ``--mode`` ``proximal`` or ``gradient``; per epoch
-  mean / best-5 / max of ``err2 − err1``, the mean err1 and the mean penalty.
+* ``strength-scan``: the same epochs with WPL at each WPL strength α of ``--strengths``
+  (``0`` = without), ``--scope`` ``cell`` or ``all`` and ``--mode`` ``proximal`` or
+  ``gradient``; per epoch mean / best-5 / max of ``err2 − err1``, the mean err1 and the mean
+  penalty; each result is keyed by ``strength``. ``alpha-scan`` and ``--alphas`` (the names
+  before α was called ``strength`` everywhere) are accepted as aliases of ``strength-scan``
+  and ``--strengths``.
 
     python benchmarks/forgetting_probe.py attribution --from OUT/warmup \\
         --data-dir ../shared/data/ptb
-    python benchmarks/forgetting_probe.py alpha-scan --from OUT/warmup \\
-        --data-dir ../shared/data/ptb --alphas 0,1e5,1e6 --scope all
+    python benchmarks/forgetting_probe.py strength-scan --from OUT/warmup \\
+        --data-dir ../shared/data/ptb --strengths 0,1e5,1e6 --scope all
 
 The last line printed is one JSON object. Single runs of a few epochs: differences of a few
 perplexity points are within the epoch-to-epoch noise.
@@ -38,7 +41,7 @@ import numpy as np  # noqa: E402
 
 
 def _load(args, scope=None, mode=None):
-    """The search of ``--preset`` restored from ``--from``; ``scope`` / ``mode`` (alpha-scan)
+    """The search of ``--preset`` restored from ``--from``; ``scope`` / ``mode`` (strength-scan)
     set the task's ``wpl_scope`` and ``wpl.mode``."""
     import dataclasses
 
@@ -113,8 +116,8 @@ def attribution(args) -> dict:
                 [r["mean_nodes_restored_minus_err1"] for r in per_epoch]))}
 
 
-def alpha_scan(args) -> dict:
-    alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+def strength_scan(args) -> dict:
+    strengths = [float(a) for a in args.strengths.split(",") if a.strip()]
     config, task, controller, epoch, ckpt = _load(args, scope=args.scope, mode=args.mode)
     net, state = task.supernet, task.wpl_state
     start = [v.numpy() for v in net.weights]
@@ -123,14 +126,14 @@ def alpha_scan(args) -> dict:
     archs = [[controller.sample_architecture() for _ in range(args.archs)]
              for _ in range(args.epochs)]
     results = []
-    for alpha in alphas:
+    for strength in strengths:
         for v, x in zip(net.weights, start):
             v.assign(x)
         for v, x in zip(task.optimizer.variables, opt_start):
             v.assign(x)
         task.train_position.assign(position)
         state.reset_fisher()
-        state.strength.assign(alpha)
+        state.strength.assign(strength)
         per_epoch = []
         t = time.time()
         for k, epoch_archs in enumerate(archs):
@@ -138,14 +141,14 @@ def alpha_scan(args) -> dict:
             err1, penalties = [], []
             for arch in epoch_archs:
                 out = task.train_architecture(arch, config.search.batches_per_arch,
-                                              wpl_active=alpha > 0)
+                                              wpl_active=strength > 0)
                 penalties.append(out["penalty"])
                 err1.append(task.validation_error(arch))
             err2 = [task.validation_error(a) for a in epoch_archs]
             per_epoch.append({"epoch": epoch + k, **_summary(err1, err2),
                               "mean_penalty": round(float(np.mean(penalties)), 5),
                               "max_fisher": float(state.max_fisher().numpy())})
-        record = {"alpha": alpha, "per_epoch": per_epoch,
+        record = {"strength": strength, "per_epoch": per_epoch,
                   "mean_diff": round(float(np.mean([r["mean_diff"] for r in per_epoch])), 3),
                   "best5_diff": round(float(np.mean([r["best5_diff"] for r in per_epoch])), 3),
                   "max_diff": round(float(np.mean([r["max_diff"] for r in per_epoch])), 3),
@@ -153,13 +156,14 @@ def alpha_scan(args) -> dict:
                   "seconds": round(time.time() - t, 1)}
         results.append(record)
         print(json.dumps(record), flush=True)
-    return {"probe": "alpha-scan", "from": ckpt, "scope": args.scope, "mode": args.mode,
+    return {"probe": "strength-scan", "from": ckpt, "scope": args.scope, "mode": args.mode,
             "results": results}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("probe", choices=("attribution", "alpha-scan"))
+    parser.add_argument("probe", choices=("attribution", "strength-scan", "alpha-scan"),
+                        help="alpha-scan: alias of strength-scan")
     parser.add_argument("--from", dest="from_dir", required=True,
                         help="a search output folder with ckpt/ (e.g. OUT/warmup)")
     parser.add_argument("--data-dir", default="../shared/data/ptb", help="PTB folder")
@@ -167,14 +171,16 @@ def main(argv=None) -> dict:
                         help="the preset the checkpoint was trained with")
     parser.add_argument("--epochs", type=int, default=2, help="epochs to probe")
     parser.add_argument("--archs", type=int, default=10, help="architectures per epoch")
-    parser.add_argument("--alphas", default="0,1e5,1e6", help="alpha-scan: comma-separated")
+    parser.add_argument("--strengths", "--alphas", dest="strengths", default="0,1e5,1e6",
+                        help="strength-scan: comma-separated WPL strengths α (0 = without "
+                             "WPL); --alphas is an alias")
     parser.add_argument("--scope", default="all", choices=("cell", "all"),
-                        help="alpha-scan: RNNSupernetConfig.wpl_scope")
+                        help="strength-scan: RNNSupernetConfig.wpl_scope")
     parser.add_argument("--mode", default="proximal", choices=("proximal", "gradient"),
-                        help="alpha-scan: RNNSupernetConfig.wpl.mode")
+                        help="strength-scan: RNNSupernetConfig.wpl.mode")
     args = parser.parse_args(argv)
     start = time.time()
-    result = attribution(args) if args.probe == "attribution" else alpha_scan(args)
+    result = attribution(args) if args.probe == "attribution" else strength_scan(args)
     result.update({"benchmark": "forgetting_probe", "preset": args.preset,
                    "data_dir": args.data_dir, "epochs": args.epochs, "archs": args.archs,
                    "seconds": round(time.time() - start, 1)})

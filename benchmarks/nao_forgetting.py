@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=None, help="override search epochs")
     parser.add_argument("--wpl-start-epoch", type=int, default=None,
                         help="override the first epoch with WPL")
-    parser.add_argument("--alpha", type=float, default=None, help="override WPL alpha")
+    parser.add_argument("--strength", "--alpha", dest="strength", type=float, default=None,
+                        help="override WPL strength α (--alpha is an alias)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", default=None,
                         help="comma-separated seeds (overrides --seed); per-epoch differences "
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
     config = nao_experiment.nao_preset("rnn", args.preset)
     search_over = {"verbose": 0}
     for key, value in (("epochs", args.epochs), ("wpl_start_epoch", args.wpl_start_epoch),
-                       ("strength", args.alpha)):
+                       ("strength", args.strength)):
         if value is not None:
             search_over[key] = value
     config = config.replace(search=search_over)
