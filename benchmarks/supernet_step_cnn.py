@@ -5,6 +5,9 @@ Measures, for :class:`wpl_keras.nas.spaces.cnn.task.CNNSearchTask`:
 * ``traces``: traces of the training step after training ``--archs`` random architectures
   (must be 1: the architecture is an int32 tensor input);
 * ``compile_s``: wall time of the first step (trace + graph optimisation + first run);
+* ``paper_compile_s``: the same for the ``paper`` preset's search task (5 nodes, 3 stages of
+  2 normal cells, 20 filters, batch 160, its WPL config; random CIFAR-shaped images), in a
+  fresh subprocess (``--no-paper-compile`` skips it);
 * ``step_ms`` / ``images_per_s``: mean step time without WPL over the architectures;
 * ``wpl_ratio``: step time with WPL (α 60, proximal mode: the masked pull and its penalty
   every step, Fisher update on the last step of each architecture, anchor snapshot after it)
@@ -74,9 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--equal-archs", type=int, default=5,
                    help="architectures of the two-logical-CPU equality check (WPL on)")
     p.add_argument("--no-mirrored", action="store_true")
+    p.add_argument("--no-paper-compile", action="store_true",
+                   help="skip paper_compile_s (the paper preset's first step, minutes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mirrored-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--equality-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--paper-child", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -286,6 +292,37 @@ def _equality_child(args) -> dict:
             "augment": False, "onednn": EQUAL_ENV["TF_ENABLE_ONEDNN_OPTS"] == "1"}
 
 
+def _paper_child(args) -> dict:
+    """In a fresh process: wall time of the ``paper`` preset task's first training step
+    (trace, graph optimisation and one step of batch 160) on random CIFAR-shaped images."""
+    import numpy as np
+
+    from wpl_keras.data.cifar10 import SearchSplits
+    from wpl_keras.experiments.enas_cnn import preset
+    from wpl_keras.nas.spaces.cnn.space import MicroCellSpace
+    from wpl_keras.nas.spaces.cnn.task import CNNSearchTask
+
+    config = preset("paper").task
+    rng = np.random.default_rng(args.seed)
+    n = 2 * config.batch_size
+    x = rng.integers(0, 256, (n + 200, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, n + 200).astype(np.int32)
+    splits = SearchSplits(x[:n], y[:n], x[n:], y[n:])
+    task = CNNSearchTask(MicroCellSpace(config.num_nodes), config, splits, seed=args.seed)
+    task.wpl_state.strength.assign(60.0)
+    arch = task.space.sample(rng)
+    start = time.perf_counter()
+    task.train_architecture(arch, 1, wpl_active=False)
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    task.train_architecture(arch, 1, wpl_active=False)
+    return {"compile_s": compile_s, "step_s": time.perf_counter() - start,
+            "traces": task.train_traces, "variables": len(task.variables),
+            "sizes": {"num_nodes": config.num_nodes, **{
+                k: getattr(config.supernet, k) for k in ("num_cells", "num_stages", "filters")},
+                "batch_size": config.batch_size}}
+
+
 def _run_child(flag: str, argv, env_extra=None) -> dict:
     """Runs this script with ``flag`` in a subprocess; its last JSON line, or
     ``{"error": stderr tail}``."""
@@ -318,16 +355,30 @@ def _mirrored_fields(argv) -> dict:
     return out
 
 
+def _paper_fields(argv) -> dict:
+    """``paper_compile_s`` and its details (one child process)."""
+    paper = _run_child("--paper-child", argv)
+    if "error" in paper:
+        return {"paper_compile_s": None, "paper_error": paper["error"]}
+    return {"paper_compile_s": round(paper["compile_s"], 2),
+            "paper": {"step_s": round(paper["step_s"], 2), "traces": paper["traces"],
+                      "variables": paper["variables"], "sizes": paper["sizes"]}}
+
+
 def main(argv=None) -> dict:
     """Runs the benchmark; ``argv`` as for the command line (None: ``sys.argv[1:]``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    if args.mirrored_child or args.equality_child:
-        result = _mirrored_child(args) if args.mirrored_child else _equality_child(args)
+    children = {"mirrored_child": _mirrored_child, "equality_child": _equality_child,
+                "paper_child": _paper_child}
+    child = next((fn for flag, fn in children.items() if getattr(args, flag)), None)
+    if child is not None:
+        result = child(args)
         print(json.dumps(result))
         return result
     import numpy as np
 
+    load_start = os.getloadavg()[0]
     splits, data_name = _data(args)
     task = _task(args, splits)
     rng = np.random.default_rng(args.seed)
@@ -372,11 +423,14 @@ def main(argv=None) -> dict:
                   "variables": len(task.variables),
                   "parameters": int(sum(np.prod(v.shape) for v in task.variables))},
         "data": data_name,
+        "load_average_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "timing": "median per-step wall time over the architectures, 2 shared CPU cores, "
                   "TensorFlow " + __import__("tensorflow").__version__,
     }
     if not args.no_mirrored:
         result.update(_mirrored_fields(argv))
+    if not args.no_paper_compile:
+        result.update(_paper_fields(argv))
     print(json.dumps(result))
     return result
 
