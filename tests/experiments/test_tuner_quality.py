@@ -88,6 +88,11 @@ def test_kerastuner_arms_run_train_the_best_from_scratch_and_resume(tmp_path):
     again = tq.run_tuner_quality(config, splits, str(tmp_path), arms=arms, resume=True,
                                  hypermodel=tiny_hypermodel)
     assert again["arms"] == out["arms"]  # spent budgets, cached final trainings
+    more = tq.run_tuner_quality(tiny_config(seeds=(0, 1)), splits, str(tmp_path), arms=arms,
+                                resume=True, hypermodel=tiny_hypermodel)  # adds a seed
+    assert more["seeds"] == [0, 1] and more["arms"]["random_search"]["test_per_seed"][0] == \
+        out["arms"]["random_search"]["test_per_seed"][0]
+    assert len(json.loads((tmp_path / tq.FINALS_FILE).read_text())) == 4
     with pytest.raises(ValueError, match="other settings"):
         tq.run_tuner_quality(tiny_config(final_epochs=2), splits, str(tmp_path), arms=arms,
                              resume=True, hypermodel=tiny_hypermodel)
