@@ -36,7 +36,7 @@ def run(strategy, mode="proximal"):
     # 15 fixed and 7 reward images (odd sizes); two stages: a reduction cell too. Every
     # BatchNorm runs on batch statistics: in training they are all-reduced over the replicas
     # (each replica's half of the batch is normalised as the whole batch is on one device),
-    # evaluation scores each batch whole.
+    # and so in evaluation, which splits each batch over the replicas too.
     cfg = CNNTaskConfig(supernet=SupernetConfig(num_cells=1, filters=4, num_stages=2),
                         batch_size=8, eval_batch_size=7, fixed_valid_size=15, augment=False,
                         wpl=WPLConfig(mode=mode))

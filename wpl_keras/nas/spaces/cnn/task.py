@@ -196,11 +196,12 @@ class CNNSearchTask(SharedWeightsTask):
     and the WPL terms, the masked SGD step, the Fisher update and the anchor snapshot run once
     on the all-reduced values (see the module docstring for the step). Evaluation
     (:meth:`validation_error` on the fixed batch, :meth:`reward` on the next validation
-    minibatch, and so derive's scoring) scores the batch whole on one device
-    (:meth:`_eval_fn`); one trace serves every architecture and batch size
-    (``eval_traces``). The supernet's BatchNorm uses the statistics of the evaluated batch,
-    as ENAS's search does (:mod:`~wpl_keras.nas.spaces.cnn.supernet`): a score depends on the batch
-    it is computed in, and not on the number of replicas.
+    minibatch, and so derive's scoring) splits the batch over the replicas like training and
+    sums the correct counts and cross-entropies (:meth:`_eval_fn`); one trace serves every
+    architecture and batch size (``eval_traces``). The supernet's BatchNorm uses the
+    statistics of the evaluated batch, synchronised over the replicas, as ENAS's search does
+    (:mod:`~wpl_keras.nas.spaces.cnn.supernet`): a score depends on the batch it is computed
+    in, and not on the number of replicas.
 
     Args:
         space: a :class:`MicroCellSpace` (experiments build it with ``config.num_nodes``).
@@ -348,20 +349,45 @@ class CNNSearchTask(SharedWeightsTask):
 
     def _eval_fn(self, images, labels, arch):
         """``(accuracy, mean cross-entropy)`` over the batch: ``correct / n`` and
-        ``Σ CE / n``.
+        ``Σ CE / n``, with ``correct`` and ``Σ CE`` summed over the replicas.
 
-        The batch is scored whole, in the strategy's cross-replica context (outside
-        ``strategy.run``, so on one device): the supernet's BatchNorm uses the statistics of the
-        whole evaluated batch, as on one device, and the evaluation graph has no collective
-        op (splitting the batch over the replicas would need an all-reduce per BatchNorm).
-        Every worker of a multi-worker strategy computes the same score."""
+        The batch is split over the replicas as training splits its batch
+        (:meth:`_replica_eval` through ``strategy.run``), and the supernet's BatchNorm
+        all-reduces its moments over them (:func:`~wpl_keras.nas.spaces.cnn.supernet.batch_norm`),
+        so each replica normalises its rows with the statistics of the whole evaluated batch:
+        ``R`` replicas score what one device scores, up to the order of the sums. Every worker
+        of a multi-worker strategy gets the same batch and the same score."""
         self.eval_traces += 1  # Python side effect: runs once per trace.
+        strategy, total = self.strategy, tf.distribute.ReduceOp.SUM
+        correct, ce = strategy.run(self._replica_eval, args=(images, labels, arch))
+        correct = strategy.reduce(total, correct, axis=None)
+        ce = strategy.reduce(total, ce, axis=None)
+        n = tf.cast(tf.shape(images)[0], tf.float32)
+        return correct / n, ce / n
+
+    def _replica_eval(self, images, labels, arch):
+        """``(correct, Σ CE)`` of this replica's rows of the ``n``-row batch: replica ``r`` of
+        ``R`` (``replica_id_in_sync_group``) scores rows ``[⌊r n / R⌋, ⌊(r + 1) n / R⌋)``.
+
+        A batch of fewer rows than replicas (``n < R``) is scored whole by every replica
+        and its sums weighted ``1 / R``: BatchNorm's all-reduced sums are then ``R`` times
+        the batch's (exactly, in floating point) and its moments the batch's own, while no
+        replica runs on an empty batch (TensorFlow's ``Conv2D`` returns an empty batch with
+        its input's channel count, so the replicas' BatchNorm all-reduces would not match)."""
+        context = tf.distribute.get_replica_context()
+        replicas = int(context.num_replicas_in_sync)
+        n = tf.shape(images)[0]
+        r = tf.cast(context.replica_id_in_sync_group, tf.int32)
+        split = n >= replicas
+        lo = tf.where(split, r * n // replicas, 0)
+        hi = tf.where(split, (r + 1) * n // replicas, n)
+        weight = tf.where(split, 1.0, 1.0 / replicas)
+        images, labels = images[lo:hi], labels[lo:hi]
         logits = self.supernet((images, arch), training=False)
         pred = tf.argmax(logits, -1, output_type=tf.int32)
         correct = tf.reduce_sum(tf.cast(tf.equal(pred, labels), tf.float32))
         ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-        n = tf.cast(tf.shape(images)[0], tf.float32)
-        return correct / n, ce / n
+        return weight * correct, weight * ce
 
     # ------------------------------------------------------------------ contract
     def _arch(self, arch) -> tf.Tensor:
