@@ -16,6 +16,7 @@ from wpl_keras.tuner.controller_oracle import (  # noqa: E402
     space_hyperparameters,
 )
 from wpl_keras.tuner.enas import ENASOracle  # noqa: E402
+from tests.tuner.oracle_setup import ready_oracle
 
 
 def _run_synthetic(oracle, target, n, tuner_id="tuner0"):
@@ -179,13 +180,7 @@ def test_oracle_passes_the_release_controller_update_options(tmp_path, seed, ent
 def _hp_oracle(tmp_path, declare=None, **kwargs):
     kwargs.setdefault("units", 8)
     oracle = ENASOracle(objective=keras_tuner.Objective("score", "max"), **kwargs)
-    oracle._set_project_dir(str(tmp_path), "proj")
-    oracle.verbose = 0
-    if declare is not None:
-        hp = keras_tuner.HyperParameters()
-        declare(hp)
-        oracle.update_space(hp)
-    return oracle
+    return ready_oracle(oracle, tmp_path, declare)
 
 
 def _drive(oracle, score_fn, n, before_end=None):

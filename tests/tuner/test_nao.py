@@ -9,6 +9,7 @@ import pytest
 from wpl_keras.nas.controllers.nao import NAOConfig
 from wpl_keras.tuner.hyperparameter_decisions import DecisionSpace
 from wpl_keras.tuner.nao import NAOOracle
+from tests.tuner.oracle_setup import ready_oracle
 
 CONFIG = NAOConfig(token_embedding=4, units=8, predictor_units=8, epochs=5, batch_size=4)
 
@@ -23,13 +24,7 @@ def _oracle(tmp_path, declare=_declare, **kwargs):
     oracle = NAOOracle(objective=keras_tuner.Objective("score", "max"), max_trials=8,
                        nao_config=CONFIG, seed_archs=3, new_archs=2, top_k_seeds=2, seed=1,
                        **kwargs)
-    oracle._set_project_dir(str(tmp_path), "proj")
-    oracle.verbose = 0
-    if declare is not None:
-        hp = keras_tuner.HyperParameters()
-        declare(hp)
-        oracle.update_space(hp)
-    return oracle
+    return ready_oracle(oracle, tmp_path, declare)
 
 
 def _drive(oracle, n):
