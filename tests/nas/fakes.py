@@ -84,3 +84,18 @@ class RowTargetTask(SharedWeightsTask):
 
     def reward(self, arch):
         return 1.0 / (1.0 + self.validation_error(arch))
+
+
+def interrupt_at(task, call: int, action) -> None:
+    """Wraps ``task.train_architecture`` so that its ``call``-th call (1-based) first runs
+    ``action()`` (e.g. sends SIGTERM, or raises to stand for kill -9)."""
+    calls = {"n": 0}
+    original = task.train_architecture
+
+    def train(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == call:
+            action()
+        return original(*a, **k)
+
+    task.train_architecture = train

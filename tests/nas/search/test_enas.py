@@ -11,7 +11,7 @@ import tensorflow as tf
 from wpl_keras.nas.search import driver
 from wpl_keras.wpl import schedule
 from wpl_keras.nas.search import enas as search
-from tests.nas.fakes import RowTargetTask
+from tests.nas.fakes import RowTargetTask, interrupt_at
 
 from wpl_keras.nas.controllers.enas import Controller
 from wpl_keras.nas.controllers.reinforce import Reinforce
@@ -313,16 +313,8 @@ def test_resume_continues_with_the_strength_of_the_one_variable(tmp_path, seed):
     ``wpl_strength`` equal to what the task trained with."""
     config = _config()
     objs = _build(real_controller=False)
-    calls = {"n": 0}
-    original = objs[0].train_architecture
-
-    def train(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 14:  # epoch 3's second architecture (4 per epoch)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*a, **k)
-
-    objs[0].train_architecture = train
+    # epoch 3's second architecture (4 per epoch)
+    interrupt_at(objs[0], 14, lambda: os.kill(os.getpid(), signal.SIGTERM))
     out = str(tmp_path / "run")
     with pytest.raises(driver.SearchInterrupted) as info:
         search.run_search(*objs, config, out)
@@ -442,16 +434,8 @@ def test_a_checkpoint_of_the_former_layout_with_loop_alpha_resumes(tmp_path, see
 
     monkeypatch.setattr(driver.LoopState, "__init__", init_with_alpha)
     objs = _build()
-    calls = {"n": 0}
-    original = objs[0].train_architecture
-
-    def train(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:  # epoch 1's first architecture: WPL on, α 10
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*a, **k)
-
-    objs[0].train_architecture = train
+    # epoch 1's first architecture: WPL on, α 10
+    interrupt_at(objs[0], 4, lambda: os.kill(os.getpid(), signal.SIGTERM))
     out = str(tmp_path / "run")
     with pytest.raises(driver.SearchInterrupted) as info:
         search.run_search(*objs, config, out)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.nas.fakes import interrupt_at
 from tests.nas.search.test_enas import FakeTask
 from wpl_keras.nas.search import driver
 from wpl_keras.nas.search import uniform
@@ -163,19 +164,6 @@ def _strip(history):
     return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in history]
 
 
-def _interrupt_at(task, call, action):
-    calls = {"n": 0}
-    original = task.train_architecture
-
-    def train(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == call:
-            action()
-        return original(*a, **k)
-
-    task.train_architecture = train
-
-
 class Killed(Exception):
     """Stands for kill -9: the process ends in the middle of a unit without saving."""
 
@@ -194,11 +182,11 @@ def test_resume_continues_the_same_stream_and_equals_the_uninterrupted_run(
     config = _config(checkpoint_every=1)
     task, sampler = _build()
     if how == "signal":
-        _interrupt_at(task, call, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        interrupt_at(task, call, lambda: os.kill(os.getpid(), signal.SIGTERM))
         with pytest.raises(driver.SearchInterrupted):
             uniform.run_search(task, sampler, config, str(tmp_path))
     else:
-        _interrupt_at(task, call, _kill)
+        interrupt_at(task, call, _kill)
         with pytest.raises(Killed):
             uniform.run_search(task, sampler, config, str(tmp_path))
     np.random.seed(999)  # the global RNGs are the driver's to restore
