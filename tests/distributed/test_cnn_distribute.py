@@ -21,6 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 _COMMON = """
 import json, sys
 import numpy as np
+import tensorflow as tf
 from wpl_keras.data.cifar10 import SearchSplits
 from wpl_keras.nas.spaces.cnn.space import MicroCellSpace
 from wpl_keras.nas.spaces.cnn.task import CNNSearchTask, CNNTaskConfig
@@ -42,6 +43,14 @@ def run(strategy, mode="proximal"):
                         wpl=WPLConfig(mode=mode))
     task = CNNSearchTask(space, cfg, splits, strategy=strategy, seed=0)
     task.wpl_state.strength.assign(60.0)  # alpha as the search driver would write it
+    seen = []  # (training, replicas in sync) of every supernet call, when traced
+    call = task.supernet.call
+    def recording_call(inputs, training=False):
+        context = tf.distribute.get_replica_context()
+        seen.append([bool(training), None if context is None else
+                     int(context.num_replicas_in_sync)])
+        return call(inputs, training=training)
+    task.supernet.call = recording_call
     rng = np.random.default_rng(1)
     archs = [space.sample(rng) for _ in range(3)]  # the third one has a Fisher and anchors
     values = []
@@ -49,13 +58,18 @@ def run(strategy, mode="proximal"):
         out = task.train_architecture(arch, 2, wpl_active=k > 0)
         values += [out["loss"], out["penalty"]]
     values += [task.validation_error(archs[0]), float(task.wpl_state.fisher_norm())]
+    train_graph = task._train_step._list_all_concrete_functions()[0].graph.as_graph_def()
+    ops = [n.op for n in train_graph.node] + [
+        n.op for f in train_graph.library.function for n in f.node_def]
     return {"values": values, "replicas": int(strategy.num_replicas_in_sync),
-            "steps": int(task.step.numpy()), "traces": task.train_traces, **evaluate(task, archs)}
+            "steps": int(task.step.numpy()), "traces": task.train_traces,
+            "optionals": ops.count("OptionalFromValue"), "eval_calls": [c for c in seen if not c[0]],
+            **evaluate(task, archs)}
 
 def evaluate(task, archs):
-    # err1, reward and the mean cross-entropy on the fixed batch of the 3 trained and 3 new
-    # architectures, then accuracy and cross-entropy on the first 1 (fewer rows than
-    # replicas) and 3 fixed images.
+    # err1, reward and the mean cross-entropy on the fixed batch (15 images: an uneven split)
+    # of the 3 trained and 3 new architectures, then accuracy and cross-entropy on the first 1
+    # (fewer rows than replicas) and 4 (an even split) fixed images.
     rng = np.random.default_rng(2)
     archs = archs + [task.space.sample(rng) for _ in range(3)]
     err1, rewards, ce = [], [], []
@@ -63,7 +77,7 @@ def evaluate(task, archs):
         err1.append(task.validation_error(arch))
         rewards.append(task.reward(arch))
         ce.append(float(task._eval(task.fixed_images, task.fixed_labels, task._arch(arch))[1]))
-    for n in (1, 3):
+    for n in (1, 4):
         acc, loss = task._eval(task.fixed_images[:n], task.fixed_labels[:n], task._arch(archs[0]))
         ce += [float(acc), float(loss)]
     return {"err1": err1, "rewards": rewards, "eval_ce": ce, "eval_traces": task.eval_traces}
@@ -134,6 +148,26 @@ def test_mirrored_two_cpus_match_one_device(runs, mode):
     assert one["values"][5] > 0  # the third architecture had a WPL penalty
     for a, b in zip(one["values"], two["values"]):
         assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (one["values"], two["values"])
+
+
+@pytest.mark.parametrize("mode", ["", "_gradient"])
+def test_no_switch_is_differentiated_by_tensorflow(runs, mode):
+    """On one device and on two replicas every op, input and BN stage of the supernet has a
+    written-out gradient (chosen_op, chosen_stage, chosen_input): the traced training step has
+    none of the optionals TensorFlow adds when it differentiates through a ``tf.switch_case``
+    whose branches have intermediates (they made the two-replica graph 2.6 times as many
+    functions)."""
+    for side in ("one", "two"):
+        assert runs["mirrored"][side + mode]["optionals"] == 0, side
+
+
+def test_evaluation_runs_on_each_replica(runs):
+    """The evaluation traces once, and its supernet call is traced once per replica, inside
+    a replica context of 2 replicas (each replica scores its rows of the batch), not once in
+    cross-replica context on one device."""
+    one, two = runs["mirrored"]["one"], runs["mirrored"]["two"]
+    assert two["eval_calls"] == [[False, 2], [False, 2]], two["eval_calls"]
+    assert one["eval_calls"] == [[False, 1]], one["eval_calls"]
 
 
 @pytest.mark.parametrize("mode", ["", "_gradient"])  # proximal and gradient WPL modes

@@ -60,15 +60,42 @@ def pool(x: tf.Tensor, kind: str) -> tf.Tensor:
     return tf.nn.max_pool2d(x, 3, 1, "SAME")
 
 
+def _stage_forward(x, dw, pw) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """One repetition of a separable op before its BN: ``p = (ReLU → depthwise → pointwise)(x)``;
+    returns ``(p, a, d)`` with ``a`` the ReLU output and ``d`` the depthwise output (what the
+    backward needs)."""
+    a = tf.nn.relu(x)
+    d = tf.nn.depthwise_conv2d(a, dw, _ONE, "SAME")
+    return tf.nn.conv2d(d, pw, _ONE, "VALID"), a, d
+
+
+def _stage_backward(dp, a, d, dw, pw) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Gradients of :func:`_stage_forward` given ``dp = ∂L/∂p``: ``(dx, ddw, dpw)``."""
+    dd = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(d), filter=pw, out_backprop=dp,
+                                        strides=_ONE, padding="VALID")
+    dpw = tf.raw_ops.Conv2DBackpropFilter(input=d, filter_sizes=tf.shape(pw), out_backprop=dp,
+                                          strides=_ONE, padding="VALID")
+    da = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+        input_sizes=tf.shape(a), filter=dw, out_backprop=dd, strides=_ONE, padding="SAME")
+    ddw = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+        input=a, filter_sizes=tf.shape(dw), out_backprop=dd, strides=_ONE, padding="SAME")
+    return tf.raw_ops.ReluGrad(gradients=da, features=a), ddw, dpw
+
+
+def _pool_backward(x, y, dy, kind: str) -> tf.Tensor:
+    """``∂L/∂x`` of :func:`pool` (``y`` its output) given ``dy = ∂L/∂y``."""
+    if kind == "avg3x3":
+        return tf.raw_ops.AvgPoolGrad(orig_input_shape=tf.shape(x), grad=dy, **_POOL)
+    return tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=dy, **_POOL)
+
+
 def _sep_forward(x, dw, pw, scale, offset) -> Tuple[tf.Tensor, tuple]:
     """``(ReLU → depthwise → pointwise → BN)`` per repetition ``r`` (the leading axis of the
     weights); returns the output and, per repetition, ``(a_r, d_r, p_r, reserve spaces 1–3)``."""
     saved = []
     y = x
     for r in range(int(dw.shape[0])):
-        a = tf.nn.relu(y)
-        d = tf.nn.depthwise_conv2d(a, dw[r], _ONE, "SAME")
-        p = tf.nn.conv2d(d, pw[r], _ONE, "VALID")
+        p, a, d = _stage_forward(y, dw[r], pw[r])
         out = _fused_batch_norm_outputs(p, scale[r], offset[r])
         y = out[0]
         saved += [a, d, p, out[3], out[4], out[5]]
@@ -86,19 +113,8 @@ def _sep_backward(dy, saved, dw, pw, scale):
         dp, dscale, doffset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
             y_backprop=g, x=p, scale=scale[r], reserve_space_1=rs1, reserve_space_2=rs2,
             reserve_space_3=rs3, epsilon=BN_EPSILON, data_format="NHWC", is_training=True)
-        dd = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(d), filter=pw[r],
-                                            out_backprop=dp, strides=_ONE, padding="VALID")
-        grads["pw"][r] = tf.raw_ops.Conv2DBackpropFilter(
-            input=d, filter_sizes=tf.shape(pw[r]), out_backprop=dp, strides=_ONE,
-            padding="VALID")
-        da = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-            input_sizes=tf.shape(a), filter=dw[r], out_backprop=dd, strides=_ONE,
-            padding="SAME")
-        grads["dw"][r] = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
-            input=a, filter_sizes=tf.shape(dw[r]), out_backprop=dd, strides=_ONE,
-            padding="SAME")
+        g, grads["dw"][r], grads["pw"][r] = _stage_backward(dp, a, d, dw[r], pw[r])
         grads["scale"][r], grads["offset"][r] = dscale, doffset
-        g = tf.raw_ops.ReluGrad(gradients=da, features=a)
     return (g,) + tuple(tf.stack(grads[k]) for k in ("dw", "pw", "scale", "offset"))
 
 
@@ -140,12 +156,7 @@ def chosen_op(x: tf.Tensor, op_idx: tf.Tensor,
                     dw, pw, scale, _ = by_op[op]
                     dx, *dweights = _sep_backward(dy, saved, dw, pw, scale)
                     return [dx] + zeros[:4 * k] + dweights + zeros[4 * k + 4:]
-                if op == "avg3x3":
-                    dx = tf.raw_ops.AvgPoolGrad(orig_input_shape=tf.shape(x), grad=dy, **_POOL)
-                elif op == "max3x3":
-                    dx = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=dy, **_POOL)
-                else:
-                    dx = tf.identity(dy)
+                dx = tf.identity(dy) if op == "identity" else _pool_backward(x, y, dy, op)
                 return [dx] + zeros
 
             return tf.switch_case(op_idx, [lambda op=op: backward(op) for op in OPS])
@@ -153,3 +164,82 @@ def chosen_op(x: tf.Tensor, op_idx: tf.Tensor,
         return y, grad
 
     return run(x, *flat)
+
+
+def chosen_stage(x: tf.Tensor, op_idx: tf.Tensor, repetition: int,
+                 weights: Dict[str, Sequence[tf.Tensor]]) -> tf.Tensor:
+    """Repetition ``repetition`` of ``OPS[op_idx]`` on ``x`` before its BatchNorm, with a
+    hand-written gradient: the staged op of several replicas, whose BN moments are all-reduced
+    outside any switch (:meth:`~wpl_keras.nas.spaces.cnn.supernet.CNNSupernet._op`).
+
+    A separable op's stage is ``(ReLU → depthwise → pointwise)(x)``; a pool or identity is
+    the op itself at repetition 0 and identity after. One ``tf.switch_case`` runs forward (it
+    also returns the ReLU and depthwise outputs a separable stage's backward needs) and one
+    backward (:func:`_stage_backward`, the pools' gradient kernels, or identity), as
+    :func:`chosen_op` does; the unchosen separable op's weights get zero gradients.
+
+    Args:
+        x: ``[batch, H, W, C]`` input.
+        op_idx: int32 scalar, an index into ``OPS``.
+        repetition: which repetition (a Python int; it fixes the non-separable ops' stage).
+        weights: per separable op of :data:`SEP_OPS`, ``(depthwise [k, k, C, 1],
+            pointwise [1, 1, C, C])`` of this repetition.
+    """
+    missing = [op for op in SEP_OPS if op not in weights]
+    if missing:
+        raise ValueError(f"chosen_stage: weights needs an entry per separable op; add {missing}.")
+    flat = [tf.convert_to_tensor(w) for op in SEP_OPS for w in weights[op][:2]]
+
+    def op_at_stage(op: str) -> str:
+        return op if op in SEP_OPS or repetition == 0 else "identity"
+
+    @tf.custom_gradient
+    def run(x, *flat):
+        by_op = {op: flat[2 * k:2 * k + 2] for k, op in enumerate(SEP_OPS)}
+        empty = tf.zeros([0, 0, 0, 0])
+
+        def forward(op):
+            if op in SEP_OPS:
+                return _stage_forward(x, *by_op[op])
+            return (tf.identity(x) if op == "identity" else pool(x, op)), empty, empty
+
+        y, a, d = tf.switch_case(op_idx, [lambda op=op: forward(op_at_stage(op)) for op in OPS])
+
+        def grad(dy):
+            zeros = [tf.zeros_like(w) for w in flat]
+
+            def backward(op):
+                if op in SEP_OPS:
+                    k = list(SEP_OPS).index(op)
+                    dx, ddw, dpw = _stage_backward(dy, a, d, *by_op[op])
+                    return [dx] + zeros[:2 * k] + [ddw, dpw] + zeros[2 * k + 2:]
+                dx = tf.identity(dy) if op == "identity" else _pool_backward(x, y, dy, op)
+                return [dx] + zeros
+
+            return tf.switch_case(op_idx, [lambda op=op: backward(op_at_stage(op)) for op in OPS])
+
+        return y, grad
+
+    return run(x, *flat)
+
+
+def chosen_input(states: Sequence[tf.Tensor], index: tf.Tensor) -> tf.Tensor:
+    """``states[index]`` (``index`` an int32 scalar tensor; the states of one shape), with a
+    hand-written gradient: ``∂L/∂states[k] = ∂L/∂y`` for ``k = index`` and zeros for every
+    other state, from one backward ``tf.switch_case`` (TensorFlow's gradient of the forward
+    switch would rewrite its branches to return optional intermediates)."""
+    states = [tf.convert_to_tensor(s) for s in states]
+
+    @tf.custom_gradient
+    def run(*states):
+        y = tf.switch_case(index, [lambda s=s: tf.identity(s) for s in states])
+
+        def grad(dy):
+            zeros = tf.zeros_like(dy)
+            return tf.switch_case(index, [
+                lambda k=k: [tf.identity(dy) if j == k else zeros for j in range(len(states))]
+                for k in range(len(states))])
+
+        return y, grad
+
+    return run(*states)

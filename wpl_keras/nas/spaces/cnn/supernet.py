@@ -65,8 +65,8 @@ from typing import List, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from wpl_keras.nas.spaces.cnn.chosen_op import (BN_EPSILON, SEP_OPS, chosen_op,
-                                                 fused_batch_norm, pool)
+from wpl_keras.nas.spaces.cnn.chosen_op import (BN_EPSILON, SEP_OPS, chosen_input, chosen_op,
+                                                 chosen_stage, fused_batch_norm)
 from wpl_keras.nas.spaces.cnn.space import OPS, MicroCellSpace
 from wpl_keras.utils.config import JsonConfig
 from wpl_keras.utils.validation import check_fields
@@ -178,11 +178,6 @@ def batch_norm(x: tf.Tensor, scale, offset) -> tf.Tensor:
 
 
 # --------------------------------------------------------------------------- pure ops
-def sep_conv(x: tf.Tensor, depthwise: tf.Tensor, pointwise: tf.Tensor) -> tf.Tensor:
-    """ReLU → depthwise k×k (SAME) → pointwise 1×1: one repetition before its BN."""
-    return tf.nn.separable_conv2d(tf.nn.relu(x), depthwise, pointwise, [1, 1, 1, 1], "SAME")
-
-
 def factorized_reduce(x: tf.Tensor, k1: tf.Tensor, k2: tf.Tensor) -> tf.Tensor:
     """Two stride-2 1×1 convs (the second on the input shifted by one pixel), concatenated
     (before BN). Halves H and W without dropping pixels (ENAS ``_factorized_reduction``)."""
@@ -372,37 +367,35 @@ class CNNSupernet(keras.Model):
         """The chosen op on ``x``. A separable conv uses its ``[slot, in_idx, r]`` slices.
 
         One replica: :func:`~wpl_keras.nas.spaces.cnn.chosen_op.chosen_op` on the
-        ``[slot, in_idx]`` slices (taken outside its switch). Several replicas: the staged
-        switches below, differentiated by TensorFlow."""
-        def sep_stage(op, r, y):
-            dw, pw = weights[op][0], weights[op][1]
-            return sep_conv(y, dw[slot, in_idx, r], pw[slot, in_idx, r])
-
-        def bn_params(op, r):
-            return weights[op][2][slot, in_idx, r], weights[op][3][slot, in_idx, r]
-
-        def first(op, y):  # a non-separable op whole, or nothing (r > 0)
-            return tf.identity(y) if op == "identity" else pool(y, op)
-
+        ``[slot, in_idx]`` slices (taken outside its switch). Several replicas: per repetition
+        ``r``, :func:`~wpl_keras.nas.spaces.cnn.chosen_op.chosen_stage` (the chosen op's
+        pre-BN stage: a separable op's r-th sep-conv; otherwise the op itself at ``r = 0`` and
+        identity after), its batch moments all-reduced outside any switch (collectives must
+        not sit in a switch branch), then ``normalize`` with the chosen separable op's BN
+        parameters where the op is separable (other ops pass through). Every piece has a
+        written-out gradient or plain TensorFlow ops, so no switch is differentiated."""
         if replicas_in_sync() == 1:
             # One switch forward and one backward (chosen_op), on the [slot, in_idx] slices.
             return chosen_op(x, op_idx, {op: [v[slot, in_idx] for v in weights[op]]
                                          for op in SEP_OPS})
+        sep_ids = [OPS.index(op) for op in SEP_OPS]
+        is_sep = tf.reduce_any(tf.equal(op_idx, sep_ids))
         y = x
         for r in range(_REPEATS):
-            # Collective ops must not sit in a switch branch: the chosen op runs in one switch
-            # (a separable op's r-th sep-conv; otherwise the op itself at r = 0 and identity
-            # after), its batch moments are all-reduced outside it, and a second switch
-            # normalises a separable op's output (other ops pass through).
-            def pre(op, r=r, y=y):
-                if op in SEP_OPS:
-                    return sep_stage(op, r, y)
-                return first(op, y) if r == 0 else tf.identity(y)
-            z = tf.switch_case(op_idx, [lambda op=op: pre(op) for op in OPS])
+            stage = {op: [weights[op][0][slot, in_idx, r], weights[op][1][slot, in_idx, r]]
+                     for op in SEP_OPS}
+            z = chosen_stage(y, op_idx, r, stage)
             mean, var = batch_moments(z)
-            y = tf.switch_case(op_idx, [
-                (lambda op=op, r=r, z=z: normalize(z, mean, var, *bn_params(op, r)))
-                if op in SEP_OPS else (lambda z=z: tf.identity(z)) for op in OPS])
+            # BN parameters of the chosen separable op (those of the last one when the op
+            # is not separable: then the normalised tensor is not used and they get zero
+            # gradients, as do the unchosen op's).
+            scale, offset = None, None
+            for op, op_id in zip(SEP_OPS, sep_ids):
+                s, o = weights[op][2][slot, in_idx, r], weights[op][3][slot, in_idx, r]
+                chosen = tf.equal(op_idx, op_id)
+                scale = s if scale is None else tf.where(chosen, s, scale)
+                offset = o if offset is None else tf.where(chosen, o, offset)
+            y = tf.where(is_sep, normalize(z, mean, var, scale, offset), z)
         return y
 
     def _calibrate(self, weights: _CellWeights, inputs) -> List[tf.Tensor]:
@@ -438,8 +431,7 @@ class CNNSupernet(keras.Model):
             node = None
             for slot in range(2):
                 in_idx, op_idx = decisions[i, slot, 0], decisions[i, slot, 1]
-                x = tf.switch_case(in_idx, [lambda s=s: s for s in states],
-                                   name=f"node{i + 2}_{slot}_input")
+                x = chosen_input(states, in_idx)
                 y = self._op(x, op_idx, weights.op_weights[i], slot, in_idx)
                 if training and self.config.drop_path_keep < 1.0:
                     y = drop_path(y, self.config.drop_path_keep, op_idx != _IDENTITY)
