@@ -380,11 +380,11 @@ def test_restored_task_continues_the_training_stream(tmp_path):
     tf.train.Checkpoint(**second.checkpoint_items()).read(path).assert_consumed()
     got = second.train_architecture(archs[2], 2, wpl_active=False)["loss"]
     assert got == pytest.approx(want, rel=1e-6)
-    fresh = CNNSearchTask(MicroCellSpace(num_nodes=2), config, _splits(), seed=0)
-    tf.train.Checkpoint(**fresh.checkpoint_items()).read(path).assert_consumed()
-    fresh._train_position = int(fresh.step.numpy())  # pretend the stream were already there
-    fresh._train_iter = fresh._train_batches(0)       # ... but at its start: other batches
-    assert fresh.train_architecture(archs[2], 2, wpl_active=False)["loss"] != pytest.approx(
+    # The same restore, but with the stream at its start: other batches, another loss.
+    tf.train.Checkpoint(**second.checkpoint_items()).read(path).assert_consumed()
+    second._train_position = int(second.step.numpy())  # pretend the stream were already there
+    second._train_iter = second._train_batches(0)       # ... but at its start
+    assert second.train_architecture(archs[2], 2, wpl_active=False)["loss"] != pytest.approx(
         want, rel=1e-6)
 
 
