@@ -35,7 +35,10 @@ Measures, for :class:`wpl_keras.nas.spaces.cnn.task.CNNSearchTask`:
   and each final weight, Fisher and anchor tensor, every value within
   ``‖two − one‖₂ <= 1e-3 · max(‖one‖₂, ‖two‖₂) + 1e-6``, else 0
   (``mirrored_2cpu_check.max_rel_diff`` gives the largest relative difference of each kind;
-  :mod:`wpl_keras.experiments.device_equality`).
+  :mod:`wpl_keras.experiments.device_equality`). ``mirrored_2cpu_check.reorder_control``
+  gives the same differences between one device and one device that sums each training batch
+  in reverse order: the float32 summation-order noise the two-replica gap is to be read
+  against.
 
 Data: the CIFAR-10 JPEG archives of ``--data-dir`` (lossy JPEG re-encodings of the real
 images) when present, else random images of the same shape (``"data": "synthetic"``).
@@ -267,12 +270,28 @@ def _mirrored_child(args) -> dict:
             "ratio": times["mirrored"] / times["default"]}
 
 
+def _reversed_batches(task) -> None:
+    """Makes ``task`` train on each batch with its examples in reverse order: the same
+    examples and the same arithmetic, summed in another order (the reordering control)."""
+    import tensorflow as tf
+
+    replica_step = task._replica_step
+    task._replica_step = lambda images, labels, arch: replica_step(
+        tf.reverse(images, [0]), tf.reverse(labels, [0]), arch)
+
+
 def _equality_child(args) -> dict:
     """In a fresh process with 2 logical CPUs: MirroredStrategy against one device over
     ``--equal-archs`` architectures with WPL on (:func:`equality_values`), compared by
     :func:`compare_runs`. Both runs train without augmentation (its random crops and flips
     are not reproducible between two dataset instances, even on one device); the parent
-    starts this process with oneDNN off (:data:`EQUAL_ENV`)."""
+    starts this process with oneDNN off (:data:`EQUAL_ENV`).
+
+    The reordering control (``reorder_control``): one device against one device that sums
+    each batch in another order (:func:`_reversed_batches`), compared the same way. It is the
+    float32 noise of the summation order alone, the yardstick for the two-replica gap (two
+    replicas sum each half and then the halves). A float64 run cannot give that yardstick
+    here: ``FusedBatchNormV3``, the one-device BatchNorm, has no float64 kernel."""
     from wpl_keras.nas.search.distribute import make_strategy, split_cpu
 
     split_cpu(2)
@@ -280,14 +299,19 @@ def _equality_child(args) -> dict:
 
     splits, _ = _data(args)
     values, traces = {}, {}
-    for kind in ("default", "mirrored"):
-        task = _task(args, splits, make_strategy(kind), augment=False)
+    for kind in ("default", "mirrored", "reordered"):
+        strategy = make_strategy("mirrored" if kind == "mirrored" else "default")
+        task = _task(args, splits, strategy, augment=False)
+        if kind == "reordered":
+            _reversed_batches(task)
         rng = np.random.default_rng(args.seed + 1)
         values[kind] = equality_values(task, [task.space.sample(rng)
                                                for _ in range(args.equal_archs)])
         traces[kind] = [task.train_traces, task.eval_traces]
     check = compare_runs(values["default"], values["mirrored"])
-    return {**check, "architectures": args.equal_archs, "traces": traces["mirrored"],
+    control = compare_runs(values["default"], values["reordered"])["max_rel_diff"]
+    return {**check, "reorder_control": {"max_rel_diff": control},
+            "architectures": args.equal_archs, "traces": traces["mirrored"],
             "wpl": "alpha 60, proximal, 2 batches per architecture, WPL on from the second",
             "augment": False, "onednn": EQUAL_ENV["TF_ENABLE_ONEDNN_OPTS"] == "1"}
 
