@@ -4,7 +4,8 @@
 
 * ``"default"``: the default strategy (one device, no replicas);
 * ``"mirrored"``: ``MirroredStrategy`` over ``devices`` or all local GPUs (all local logical
-  CPUs when there is no GPU and more than one logical CPU is configured);
+  CPUs when there is no GPU and more than one logical CPU is configured); one instance per
+  device set and process (:func:`_mirrored_strategy` says why);
 * ``"multi_worker"``: ``MultiWorkerMirroredStrategy``; the cluster comes from the
   ``TF_CONFIG`` environment variable (``{"cluster": {"worker": [...]}, "task": {...}}``);
 * ``"auto"``: ``multi_worker`` when ``TF_CONFIG`` names more than one worker, else
@@ -24,6 +25,7 @@ of them got SIGINT/SIGTERM.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -66,6 +68,21 @@ def resolve_kind(kind: str = "auto", environ: Optional[dict] = None) -> str:
     return "default"
 
 
+@functools.lru_cache(maxsize=None)
+def _mirrored_strategy(devices: Optional[Tuple[str, ...]]) -> tf.distribute.MirroredStrategy:
+    """The one ``MirroredStrategy`` of this process over ``devices`` (None: TensorFlow's
+    choice).
+
+    Every new ``MirroredStrategy`` numbers the group and instance keys of its collective ops
+    from the same start, and TensorFlow keeps what it resolved for each (group, instance) for
+    the life of the process. A second strategy over the same devices therefore reuses the
+    first one's keys, and its first all-reduce whose shape differs from the first strategy's
+    at the same key fails ("Shape mismatch in the collective instance"), e.g. a second,
+    differently sized supernet with synchronised BatchNorm trained in the same process. One
+    strategy per device set keeps counting, so every task gets fresh keys."""
+    return tf.distribute.MirroredStrategy(devices=None if devices is None else list(devices))
+
+
 def make_strategy(
     kind: str = "auto", devices: Optional[Sequence[str]] = None
 ) -> tf.distribute.Strategy:
@@ -91,7 +108,7 @@ def make_strategy(
                 devices = [d.name for d in gpus]
             elif len(cpus) > 1:
                 devices = [d.name for d in cpus]
-        return tf.distribute.MirroredStrategy(devices=devices)
+        return _mirrored_strategy(None if devices is None else tuple(devices))
     if tf_config_workers() < 1:
         raise ValueError(
             "multi_worker needs TF_CONFIG, e.g. "
