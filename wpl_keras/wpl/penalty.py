@@ -15,10 +15,9 @@ regularizer that attaches the penalty to one weight; the penalty itself
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from wpl_keras.utils.validation import check_number
