@@ -118,6 +118,54 @@ def _sep_backward(dy, saved, dw, pw, scale):
     return (g,) + tuple(tf.stack(grads[k]) for k in ("dw", "pw", "scale", "offset"))
 
 
+def _switched_op(name: str, x: tf.Tensor, op_idx: tf.Tensor,
+                 weights: Dict[str, Sequence[tf.Tensor]], per_op: int, n_saved: int,
+                 sep_forward, sep_backward, repetition: int = 0) -> tf.Tensor:
+    """``OPS[op_idx]`` on ``x`` with one ``tf.switch_case`` forward and one backward: the
+    body of :func:`chosen_op` and :func:`chosen_stage`.
+
+    ``weights[op][:per_op]`` are a separable op's tensors; ``sep_forward(x, *w)`` returns its
+    output and the ``n_saved`` tensors ``sep_backward(dy, saved, *w)`` needs to return
+    ``(dx, *dw)``. A pool or identity is the op itself at ``repetition`` 0 and identity after.
+    The unchosen separable op's weights get zero gradients."""
+    missing = [op for op in SEP_OPS if op not in weights]
+    if missing:
+        raise ValueError(f"{name}: weights needs an entry per separable op; add {missing}.")
+    flat = [tf.convert_to_tensor(w) for op in SEP_OPS for w in weights[op][:per_op]]
+
+    def at_stage(op: str) -> str:
+        return op if op in SEP_OPS or repetition == 0 else "identity"
+
+    @tf.custom_gradient
+    def run(x, *flat):
+        by_op = {op: flat[per_op * k:per_op * (k + 1)] for k, op in enumerate(SEP_OPS)}
+        empty = (tf.zeros([0, 0, 0, 0]),) * n_saved
+
+        def forward(op):
+            if op in SEP_OPS:
+                return sep_forward(x, *by_op[op])
+            return (tf.identity(x) if op == "identity" else pool(x, op)), empty
+
+        y, saved = tf.switch_case(op_idx, [lambda op=op: forward(at_stage(op)) for op in OPS])
+
+        def grad(dy):
+            zeros = [tf.zeros_like(w) for w in flat]
+
+            def backward(op):
+                if op in SEP_OPS:
+                    k = list(SEP_OPS).index(op)
+                    dx, *dweights = sep_backward(dy, saved, *by_op[op])
+                    return [dx] + zeros[:per_op * k] + dweights + zeros[per_op * (k + 1):]
+                dx = tf.identity(dy) if op == "identity" else _pool_backward(x, y, dy, op)
+                return [dx] + zeros
+
+            return tf.switch_case(op_idx, [lambda op=op: backward(at_stage(op)) for op in OPS])
+
+        return y, grad
+
+    return run(x, *flat)
+
+
 def chosen_op(x: tf.Tensor, op_idx: tf.Tensor,
               weights: Dict[str, Sequence[tf.Tensor]]) -> tf.Tensor:
     """``OPS[op_idx](x)`` with a hand-written gradient (module docstring).
@@ -129,41 +177,12 @@ def chosen_op(x: tf.Tensor, op_idx: tf.Tensor,
             pointwise [R, 1, 1, C, C], scale [R, C], offset [R, C])`` tensors, one slice per
             repetition ``r`` along the leading axis.
     """
-    missing = [op for op in SEP_OPS if op not in weights]
-    if missing:
-        raise ValueError(f"chosen_op: weights needs an entry per separable op; add {missing}.")
-    flat = [tf.convert_to_tensor(w) for op in SEP_OPS for w in weights[op]]
-    n_saved = 6 * int(flat[0].shape[0])
-
-    @tf.custom_gradient
-    def run(x, *flat):
-        by_op = {op: flat[4 * k:4 * k + 4] for k, op in enumerate(SEP_OPS)}
-        empty = (tf.zeros([0, 0, 0, 0]),) * n_saved
-
-        def forward(op):
-            if op in SEP_OPS:
-                return _sep_forward(x, *by_op[op])
-            return (tf.identity(x) if op == "identity" else pool(x, op)), empty
-
-        y, saved = tf.switch_case(op_idx, [lambda op=op: forward(op) for op in OPS])
-
-        def grad(dy):
-            zeros = [tf.zeros_like(w) for w in flat]
-
-            def backward(op):
-                if op in SEP_OPS:
-                    k = list(SEP_OPS).index(op)
-                    dw, pw, scale, _ = by_op[op]
-                    dx, *dweights = _sep_backward(dy, saved, dw, pw, scale)
-                    return [dx] + zeros[:4 * k] + dweights + zeros[4 * k + 4:]
-                dx = tf.identity(dy) if op == "identity" else _pool_backward(x, y, dy, op)
-                return [dx] + zeros
-
-            return tf.switch_case(op_idx, [lambda op=op: backward(op) for op in OPS])
-
-        return y, grad
-
-    return run(x, *flat)
+    repeats = int(next(iter(weights.values()))[0].shape[0]) if weights else 0
+    return _switched_op(
+        "chosen_op", x, op_idx, weights, per_op=4, n_saved=6 * repeats,
+        sep_forward=_sep_forward,
+        sep_backward=lambda dy, saved, dw, pw, scale, offset: _sep_backward(
+            dy, saved, dw, pw, scale))
 
 
 def chosen_stage(x: tf.Tensor, op_idx: tf.Tensor, repetition: int,
@@ -185,42 +204,14 @@ def chosen_stage(x: tf.Tensor, op_idx: tf.Tensor, repetition: int,
         weights: per separable op of :data:`SEP_OPS`, ``(depthwise [k, k, C, 1],
             pointwise [1, 1, C, C])`` of this repetition.
     """
-    missing = [op for op in SEP_OPS if op not in weights]
-    if missing:
-        raise ValueError(f"chosen_stage: weights needs an entry per separable op; add {missing}.")
-    flat = [tf.convert_to_tensor(w) for op in SEP_OPS for w in weights[op][:2]]
+    def sep_forward(x, dw, pw):
+        p, a, d = _stage_forward(x, dw, pw)
+        return p, (a, d)
 
-    def op_at_stage(op: str) -> str:
-        return op if op in SEP_OPS or repetition == 0 else "identity"
-
-    @tf.custom_gradient
-    def run(x, *flat):
-        by_op = {op: flat[2 * k:2 * k + 2] for k, op in enumerate(SEP_OPS)}
-        empty = tf.zeros([0, 0, 0, 0])
-
-        def forward(op):
-            if op in SEP_OPS:
-                return _stage_forward(x, *by_op[op])
-            return (tf.identity(x) if op == "identity" else pool(x, op)), empty, empty
-
-        y, a, d = tf.switch_case(op_idx, [lambda op=op: forward(op_at_stage(op)) for op in OPS])
-
-        def grad(dy):
-            zeros = [tf.zeros_like(w) for w in flat]
-
-            def backward(op):
-                if op in SEP_OPS:
-                    k = list(SEP_OPS).index(op)
-                    dx, ddw, dpw = _stage_backward(dy, a, d, *by_op[op])
-                    return [dx] + zeros[:2 * k] + [ddw, dpw] + zeros[2 * k + 2:]
-                dx = tf.identity(dy) if op == "identity" else _pool_backward(x, y, dy, op)
-                return [dx] + zeros
-
-            return tf.switch_case(op_idx, [lambda op=op: backward(op_at_stage(op)) for op in OPS])
-
-        return y, grad
-
-    return run(x, *flat)
+    return _switched_op(
+        "chosen_stage", x, op_idx, weights, per_op=2, n_saved=2, sep_forward=sep_forward,
+        sep_backward=lambda dy, saved, dw, pw: _stage_backward(dy, *saved, dw, pw),
+        repetition=repetition)
 
 
 def chosen_input(states: Sequence[tf.Tensor], index: tf.Tensor) -> tf.Tensor:
