@@ -25,6 +25,9 @@ Measures, for :class:`wpl_keras.nas.spaces.cnn.task.CNNSearchTask`:
   Pools, BatchNorm, ReLU and additions are not counted. ``floor_ms``, ``step_gflop`` (forward
   + backward chosen conv FLOPs, median over the architectures) and ``conv_gflops`` (the rates)
   come with it;
+* ``train_graph``: ``functions`` and ``nodes`` of the traced training step (one device;
+  ``mirrored_2cpu.train_graph`` gives both sides of the two-logical-CPU child), what the
+  first step's trace and graph optimisation work through;
 * ``mirrored_2cpu_ratio``: step time under ``MirroredStrategy`` over 2 logical CPU devices
   divided by the time on 1 device (a subprocess, since logical devices must be configured
   before TensorFlow starts); for information only: both share the same physical cores;
@@ -250,15 +253,26 @@ def _task(args, splits, strategy=None, augment: bool = True):
 EQUAL_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
+def _graph_size(task) -> dict:
+    """Size of the task's traced training step: ``functions`` in its graph's library
+    (switch branches, their gradients, custom gradients) and ``nodes`` in the graph and in
+    every one of those functions."""
+    graph = task._train_step._list_all_concrete_functions()[0].graph.as_graph_def()
+    functions = graph.library.function
+    return {"functions": len(functions),
+            "nodes": len(graph.node) + sum(len(f.node_def) for f in functions)}
+
+
 def _mirrored_child(args) -> dict:
-    """In a fresh process with 2 logical CPUs: step time under mirrored over default."""
+    """In a fresh process with 2 logical CPUs: step time under mirrored over default, and
+    the size of each one's traced training step."""
     from wpl_keras.nas.search.distribute import make_strategy, split_cpu
 
     split_cpu(2)
     import numpy as np
 
     splits, _ = _data(args)
-    times = {}
+    times, graphs = {}, {}
     for kind in ("default", "mirrored"):
         task = _task(args, splits, make_strategy(kind))
         arch = task.space.sample(np.random.default_rng(args.seed))
@@ -266,8 +280,9 @@ def _mirrored_child(args) -> dict:
         start = time.perf_counter()
         task.train_architecture(arch, args.mirrored_steps, wpl_active=False)
         times[kind] = (time.perf_counter() - start) / args.mirrored_steps
+        graphs[kind] = _graph_size(task)
     return {"default_step_ms": 1e3 * times["default"], "mirrored_step_ms": 1e3 * times["mirrored"],
-            "ratio": times["mirrored"] / times["default"]}
+            "ratio": times["mirrored"] / times["default"], "train_graph": graphs}
 
 
 def _reversed_batches(task) -> None:
@@ -370,6 +385,7 @@ def _mirrored_fields(argv) -> dict:
         out["mirrored_2cpu_ratio"] = round(timing["ratio"], 3)
         out["mirrored_2cpu"] = {k: round(timing[k], 2)
                                 for k in ("default_step_ms", "mirrored_step_ms")}
+        out["mirrored_2cpu"]["train_graph"] = timing["train_graph"]
     check = _run_child("--equality-child", argv, EQUAL_ENV)
     if "error" in check:
         out["mirrored_equal_error"] = check["error"]
@@ -432,6 +448,7 @@ def main(argv=None) -> dict:
         "space": task.space.name,
         "traces": task.train_traces,
         "architectures": len(archs),
+        "train_graph": _graph_size(task),
         "compile_s": round(compile_s, 2),
         "step_ms": round(1e3 * step, 2),
         "images_per_s": round(args.batch_size / step, 1),
