@@ -121,10 +121,11 @@ class RNNSearchTask(SharedWeightsTask):
         self.eval_trace_count = 0
         self.fisher_trace_count = 0
         jit = bool(config.jit_compile)
-        self._train_step = tf.function(self._train_step_impl, jit_compile=jit)
-        self._valid_fisher_step = tf.function(self._valid_fisher_step_impl, jit_compile=jit)
-        self._eval_step = tf.function(self._eval_step_impl, jit_compile=jit)
-        self._snapshot = tf.function(self._snapshot_impl)
+        self._train_step = tf.function(self._train_step_impl, jit_compile=jit, autograph=False)
+        self._valid_fisher_step = tf.function(self._valid_fisher_step_impl, jit_compile=jit,
+                                                autograph=False)
+        self._eval_step = tf.function(self._eval_step_impl, jit_compile=jit, autograph=False)
+        self._snapshot = tf.function(self._snapshot_impl, autograph=False)
 
     def _build_state(self, corpus: PTBCorpus, config: RNNSupernetConfig, seed: int) -> None:
         """The supernet, its SGD optimizer, the WPL state, the data and the counters and
