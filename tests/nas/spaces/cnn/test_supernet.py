@@ -669,14 +669,22 @@ def test_checkpoint_restores_every_supernet_variable(tmp_path):
     checkpoint = tf.train.Checkpoint(**items)
     check_checkpoint_covers(checkpoint, items.values())
     path = checkpoint.write(str(tmp_path / "ckpt"))
+    # A second task (its variables are made when it is built), with every variable moved
+    # away from the saved value, so that each one that compares equal below was restored.
     second = CNNSearchTask(space, config, _splits(), seed=1)
-    second.train_architecture(space.sample(np.random.default_rng(1)), 1, wpl_active=False)
+    pairs = [pair for obj in ("supernet", "optimizer", "wpl_state")
+             for pair in _aligned(getattr(first, obj).variables, getattr(second, obj).variables)]
+    for a, b in pairs:
+        b.assign(a.numpy() + np.ones_like(a.numpy()))
     tf.train.Checkpoint(**second.checkpoint_items()).read(path).assert_consumed()
-    for obj in ("supernet", "optimizer", "wpl_state"):
-        saved, got = getattr(first, obj).variables, getattr(second, obj).variables
-        assert len(saved) == len(got) > 0
-        for a, b in zip(saved, got):
-            np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=a.name)
+    for a, b in pairs:
+        np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=a.name)
+
+
+def _aligned(saved, got):
+    """``saved`` and ``got`` paired (the same number, at least one)."""
+    assert len(saved) == len(got) > 0
+    return list(zip(saved, got))
 
 
 @pytest.mark.parametrize("kind, field, value, error", [
