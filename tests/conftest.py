@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import collections  # noqa: E402
 import pathlib  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -39,13 +40,26 @@ NOTEBOOKS = pathlib.Path(__file__).resolve().parent / "notebooks"
 def pytest_collection_modifyitems(config, items):
     """Marks every test under ``tests/distributed/`` ``distributed`` and every test under
     ``tests/notebooks/`` ``slow`` (the quick loop ``-m "not distributed and not slow"`` leaves
-    them out), and runs the distributed tests first: their module fixtures start several
-    processes and take minutes, so under ``-n 2`` they overlap the rest of the suite instead of
-    finishing it alone."""
+    them out), and orders the modules longest first: the distributed ones (their module
+    fixtures start several processes and take minutes), then the modules with a slow test,
+    then the rest, each group's modules by their number of tests (most first). Under
+    ``-n 2 --dist loadscope --no-loadscope-reorder`` (``pytest.ini``) the workers take the
+    modules in this order, so the long ones overlap the rest of the suite and short ones fill
+    its end."""
     for item in items:
         parents = pathlib.Path(str(item.fspath)).resolve().parents
         if DISTRIBUTED in parents:
             item.add_marker(pytest.mark.distributed)
         if NOTEBOOKS in parents:
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.get_closest_marker("distributed") is None)  # stable
+    heavy = {item.path for item in items if item.get_closest_marker("slow")}
+    sizes = collections.Counter(item.path for item in items)
+
+    def order(item):
+        if item.get_closest_marker("distributed"):
+            group = 0
+        else:
+            group = 1 if item.path in heavy else 2
+        return group, -sizes[item.path]
+
+    items.sort(key=order)  # stable: a module's tests stay together, in their order

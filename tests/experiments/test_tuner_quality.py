@@ -63,6 +63,7 @@ def test_config_refuses_bad_settings_naming_them():
         tq.TunerQualityConfig(tau_configs=1)
 
 
+@pytest.mark.slow
 def test_tau_configurations_are_distinct_and_fixed():
     first = tq.tau_configurations(5, tiny_hypermodel)
     assert first == tq.tau_configurations(5, tiny_hypermodel)
@@ -71,6 +72,7 @@ def test_tau_configurations_are_distinct_and_fixed():
         tq.tau_configurations(9, tiny_hypermodel)  # 2 + 2·2 = 6 distinct configurations
 
 
+@pytest.mark.slow
 def test_kerastuner_arms_run_train_the_best_from_scratch_and_resume(tmp_path):
     config, splits = tiny_config(), tiny_splits()
     arms = ("random_search", "hyperband")

@@ -102,6 +102,7 @@ def test_a_model_without_an_input_is_built_on_a_batch_and_shares_its_weights(dat
                                   trials.bank.get("weight", HIDDEN))
 
 
+@pytest.mark.slow
 def test_fisher_and_anchors_per_key_follow_the_trials(data, seed):
     trials = _trials()
     off = _run(trials, data, hp_of(4))

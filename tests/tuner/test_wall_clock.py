@@ -31,6 +31,7 @@ def _tuner(tmp_path, budget_s, clock="wall"):
         directory=str(tmp_path), project_name="rs", overwrite=False)
 
 
+@pytest.mark.slow
 def test_search_stops_at_the_first_trial_end_past_the_budget_and_resumes_the_count(tmp_path):
     x, y = _data()
     tuner = _tuner(tmp_path, budget_s=1e-6)
@@ -54,6 +55,7 @@ def test_search_stops_at_the_first_trial_end_past_the_budget_and_resumes_the_cou
     assert best[1] == min(p["score"] for p in saved["curve"])  # the anytime best, minimised
 
 
+@pytest.mark.slow
 def test_process_clock_budget_allows_several_trials_and_a_resume_keeps_its_clock(tmp_path):
     x, y = _data()
     clock = "process"

@@ -146,6 +146,7 @@ def _search(tuner, arrays):
     tuner.search(x, y, validation_data=(x[:32], y[:32]), batch_size=16, verbose=0)
 
 
+@pytest.mark.slow
 def test_hypermodel_search_shares_weights_with_wpl_and_resumes(tmp_path, arrays, seed):
     tuner = _hypermodel_tuner(tmp_path, max_trials=3)
     _search(tuner, arrays)
