@@ -126,3 +126,49 @@ def test_one_seed_headline_is_that_seeds_own_figures():
     assert math.isnan(fields["mean_reduction_std"])  # one finite seed: no spread
     # Only the epochs given count: epoch 2 alone.
     assert fs.seed_figures(by_seed[3], [2])["mean_reduction"] == pytest.approx(0.75)
+
+
+def test_reduction_fields_give_a_seed_interval_the_epochs_standard_error_and_each_seed_verdict():
+    """Three seeds with per-architecture errors: the Student-t 95% interval of the seeds'
+    reductions, the standard error of an epoch's mean difference (hand-computed), and
+    ``forgetting_is_real`` per seed."""
+
+    def history(diffs_per_epoch):
+        out = []
+        for e, diffs in enumerate(diffs_per_epoch):
+            err1 = [50.0 + k for k in range(len(diffs))]
+            err2 = [a + d for a, d in zip(err1, diffs)]
+            s = metrics.forgetting_summary(err1, err2)
+            out.append({"epoch": e, "wpl_strength": 0.0, **s, "err1": err1, "err2": err2})
+        return out
+
+    # Epoch 0 before WPL; epochs 1, 2 with WPL. Seed 2 has no forgetting without WPL.
+    by_seed = {
+        0: {"without": history([[9, 9], [2, 0, 4], [4, 4, 4]]),     # mean d 2, 4: sum 6
+            "with": history([[9, 9], [1, 1, 1], [0, 0, 3]])},         # 1, 1: sum 2 → 2/3
+        1: {"without": history([[9, 9], [4, 4, 4], [1, 3, 2]]),     # 4, 2: sum 6
+            "with": history([[9, 9], [3, 3, 3], [0, 0, 0]])},         # 3, 0: sum 3 → 1/2
+        2: {"without": history([[9, 9], [0, 0, -3], [0, 0, 0]]),    # -1, 0: not real
+            "with": history([[9, 9], [0, 0, 0], [0, 0, 0]])},
+    }
+    runs = {label: metrics.average_histories([by_seed[s][label] for s in by_seed])
+            for label in ("without", "with")}
+    fields = fs.reduction_fields(runs, by_seed, active=[1, 2])
+    assert fields["forgetting_is_real_per_seed"] == {"0": True, "1": True, "2": False}
+    # Seeds 0 and 1 (seed 2's reduction is NaN): mean 7/12, t(0.975, 1) = 12.7062047...
+    r = [2.0 / 3.0, 0.5]
+    half = 12.706204736174707 * (abs(r[0] - r[1]) / math.sqrt(2.0)) / math.sqrt(2.0)
+    lo, hi = fields["mean_reduction_ci95"]
+    assert (lo, hi) == (pytest.approx(7 / 12 - half), pytest.approx(7 / 12 + half))
+    # Per-epoch standard error s/√n of the differences: [2, 0, 4] → s = 2, se = 2/√3;
+    # [4, 4, 4] → 0; seed 0 without WPL averages them.
+    seed0 = fields["per_seed"]["0"]
+    assert seed0["mean_diff_se_without"] == pytest.approx((2.0 / math.sqrt(3.0) + 0.0) / 2)
+    assert seed0["mean_diff_se_with"] == pytest.approx((0.0 + math.sqrt(3.0) / math.sqrt(3.0)) / 2)
+    ses = [fields["per_seed"][s]["mean_diff_se_without"] for s in ("0", "1", "2")]
+    assert fields["mean_diff_se"]["without"] == pytest.approx(sum(ses) / 3)
+    json.dumps(finite_or_null(fields), allow_nan=False)
+    # Histories without per-architecture errors (older runs) give NaN standard errors.
+    plain = fs.seed_figures({"without": _history([5, 2, 4], [5, 3, 3], [9, 6, 6]),
+                             "with": _history([5, 1, 1], [5, 3, 0], [9, 6, 9])}, [1, 2])
+    assert math.isnan(plain["mean_diff_se_without"]) and math.isnan(plain["mean_diff_se_with"])

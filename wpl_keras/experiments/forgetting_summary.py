@@ -32,13 +32,17 @@ def reduction_fields(runs: dict, by_seed: dict, active: Sequence[int]) -> dict:
         For ``<name>`` in mean / best5 / max: ``<name>_reduction``
         ``= 1 − Σ_{e∈active} d_with / Σ_{e∈active} d_without`` of the seed-averaged
         differences (headline; NaN when the sum without WPL is ``<= 0``),
-        ``reduction_epochs_used``, ``<name>_reduction_per_seed`` / ``_seed_mean`` / ``_std``
-        (:func:`wpl_keras.nas.analysis.metrics.reductions_over_seeds`), ``<name>_reduction_per_epoch``
-        (mean of per-epoch ratios over epochs with ``d_without > 0``) and
-        ``reduction_per_epoch_epochs_used``, ``reduction_nan_reasons``,
-        ``forgetting_is_real``, ``<name>_diff_without`` / ``_with`` (means over the epochs
-        used) and ``per_seed`` (each seed's own figures, :func:`seed_figures`). NaN stays NaN
-        (pass the result through ``finite_or_null`` to write strict JSON).
+        ``reduction_epochs_used``, ``<name>_reduction_per_seed`` / ``_seed_mean`` / ``_std`` /
+        ``_ci95`` (the Student-t 95% interval of the mean over seeds;
+        :func:`wpl_keras.nas.analysis.metrics.reductions_over_seeds`),
+        ``<name>_reduction_per_epoch`` (mean of per-epoch ratios over epochs with
+        ``d_without > 0``) and ``reduction_per_epoch_epochs_used``, ``reduction_nan_reasons``,
+        ``forgetting_is_real`` (seed-averaged) and ``forgetting_is_real_per_seed``,
+        ``<name>_diff_without`` / ``_with`` (means over the epochs used), ``mean_diff_se``
+        (``{"without", "with"}``: the standard error of one epoch's mean difference on one
+        seed, averaged over the epochs used and the seeds; :func:`seed_figures`) and
+        ``per_seed`` (each seed's own figures, :func:`seed_figures`). NaN stays NaN (pass the
+        result through ``finite_or_null`` to write strict JSON).
     """
     red = metrics.reductions_over_epochs(runs["without"], runs["with"], epochs=active)
     spread = metrics.reductions_over_seeds(
@@ -46,33 +50,50 @@ def reduction_fields(runs: dict, by_seed: dict, active: Sequence[int]) -> dict:
     fields = {f"{k}_reduction": red[f"{k}_reduction"] for k in NAMES}
     fields["reduction_epochs_used"] = {k: red[f"{k}_reduction_epochs"] for k in NAMES}
     for k in NAMES:
-        for suffix in ("per_seed", "seed_mean", "std"):
+        for suffix in ("per_seed", "seed_mean", "std", "ci95"):
             fields[f"{k}_reduction_{suffix}"] = spread[f"{k}_reduction_{suffix}"]
     fields.update({f"{k}_reduction_per_epoch": red[f"{k}_reduction_per_epoch"] for k in NAMES})
     fields["reduction_per_epoch_epochs_used"] = {
         k: red[f"{k}_reduction_per_epoch_epochs"] for k in NAMES}
     fields["reduction_nan_reasons"] = metrics.nan_reasons(red)
     fields["forgetting_is_real"] = red["mean_without"] > 0
+    per_seed = {str(seed): seed_figures(seed_runs, active) for seed, seed_runs in by_seed.items()}
+    fields["forgetting_is_real_per_seed"] = {
+        seed: figures["forgetting_is_real"] for seed, figures in per_seed.items()}
     for k in NAMES:
         fields[f"{k}_diff_without"] = red[f"{k}_without"]
         fields[f"{k}_diff_with"] = red[f"{k}_with"]
-    fields["per_seed"] = {str(seed): seed_figures(seed_runs, active)
-                          for seed, seed_runs in by_seed.items()}
+    fields["mean_diff_se"] = {
+        label: metrics.seed_spread([f[f"mean_diff_se_{label}"] for f in per_seed.values()])["mean"]
+        for label in ("without", "with")}
+    fields["per_seed"] = per_seed
     return fields
 
 
 def seed_figures(runs: dict, active: Sequence[int]) -> dict:
-    """One seed's reductions (pooled ``1 − Σ d_with / Σ d_without`` and per-epoch) and its
-    mean differences over the WPL epochs ``active``; ``runs`` is ``{"without": history,
-    "with": history}``."""
+    """One seed's reductions (pooled ``1 − Σ d_with / Σ d_without`` and per-epoch), its mean
+    differences over the WPL epochs ``active``, and ``mean_diff_se_without`` / ``_with``: the
+    standard error of an epoch's ``mean_diff``
+    (:func:`wpl_keras.nas.analysis.metrics.mean_difference_se` of the epoch's ``err1`` and
+    ``err2``) averaged over ``active`` (NaN where the records hold no per-architecture
+    errors); ``runs`` is ``{"without": history, "with": history}``."""
     red = metrics.reductions_over_epochs(runs["without"], runs["with"], epochs=active)
     figures = {f"{k}_reduction": red[f"{k}_reduction"] for k in NAMES}
     figures.update({f"{k}_reduction_per_epoch": red[f"{k}_reduction_per_epoch"] for k in NAMES})
     for k in NAMES:
         figures[f"{k}_diff_without"] = red[f"{k}_without"]
         figures[f"{k}_diff_with"] = red[f"{k}_with"]
+    for label in ("without", "with"):
+        figures[f"mean_diff_se_{label}"] = _mean_se(runs[label], active)
     figures["forgetting_is_real"] = red["mean_without"] > 0
     return figures
+
+
+def _mean_se(history: Sequence[dict], active: Sequence[int]) -> float:
+    """The mean over the epochs ``active`` of each epoch's ``mean_diff`` standard error."""
+    values = [metrics.mean_difference_se(history[e]["err1"], history[e]["err2"])
+              for e in active if "err1" in history[e] and "err2" in history[e]]
+    return metrics.seed_spread(values)["mean"]
 
 
 def summary_fields(by_seed: dict, seeds: Sequence[int], rates: Sequence[float],
@@ -91,7 +112,8 @@ def summary_fields(by_seed: dict, seeds: Sequence[int], rates: Sequence[float],
         ``E`` without and with WPL, ``reduction = 1 − Σ_E best5_with / Σ_E best5_without`` of
         the seed-averaged differences (headline; null when the sum without WPL is ``<= 0``),
         ``reduction_per_seed`` (each seed's own pooled reduction), ``reduction_seed_mean``
-        and ``reduction_std`` (population std over the seeds), ``reduction_per_epoch`` (mean
+        and ``reduction_std`` (population std over the seeds), ``reduction_ci95`` (Student-t
+        95% interval of the seed mean), ``reduction_per_epoch`` (mean
         of the per-epoch ratios over epochs with a positive difference without WPL);
         ``mean_valid_ppl_by_rate``; ``wpl_lower_at_all_rates`` (seed-averaged) and
         ``wpl_lower_at_all_rates_per_seed``; ``per_seed_best5``. NaN as null.
@@ -110,6 +132,7 @@ def summary_fields(by_seed: dict, seeds: Sequence[int], rates: Sequence[float],
         by_rate[k] = {"without_wpl": v["best5_without"], "with_wpl": v["best5_with"],
                       "reduction": v["best5_reduction"], "reduction_per_seed": per_seed,
                       "reduction_seed_mean": spread["mean"], "reduction_std": spread["std"],
+                      "reduction_ci95": spread["ci95"],
                       "reduction_per_epoch": v["best5_reduction_per_epoch"]}
     fields = {
         "best5_diff_by_rate": by_rate,

@@ -195,6 +195,36 @@ def test_seed_spread_is_mean_and_population_std_of_finite_seeds():
     assert math.isnan(empty["mean"]) and math.isnan(empty["std"]) and empty["seeds"] == 0
 
 
+def test_mean_difference_se_is_the_sample_std_over_root_n():
+    # d = [2, 0, 5]: mean 7/3, sample variance ((1/3)² + (7/3)² + (8/3)²) / 2 = 19/3.
+    got = metrics.mean_difference_se([10, 20, 30], [12, 20, 35])
+    assert got == pytest.approx(math.sqrt(19.0 / 3.0) / math.sqrt(3.0))
+    assert metrics.mean_difference_se([1.0, 2.0], [1.0, 2.0]) == 0.0
+    assert math.isnan(metrics.mean_difference_se([10.0], [12.0]))  # one architecture
+    with pytest.raises(ValueError, match="they must pair up"):
+        metrics.mean_difference_se([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        metrics.mean_difference_se([1.0, float("nan")], [1.0, 2.0])
+
+
+def test_seed_interval_is_the_student_t_interval_of_the_mean():
+    # Five seeds: mean 0.36, sample std 0.2408..., t(0.975, 4) = 2.7764451051977987.
+    values = [0.1, 0.5, 0.3, 0.7, 0.2]
+    s = math.sqrt(sum((v - 0.36) ** 2 for v in values) / 4)
+    half = 2.7764451051977987 * s / math.sqrt(5)
+    assert metrics.seed_interval(values) == [pytest.approx(0.36 - half),
+                                             pytest.approx(0.36 + half)]
+    # A NaN seed is left out; 90% uses t(0.95, 1) = 6.313751514675041.
+    lo, hi = metrics.seed_interval([0.2, float("nan"), 0.6], confidence=0.9)
+    half = 6.313751514675041 * (0.4 / math.sqrt(2)) / math.sqrt(2)
+    assert (lo, hi) == (pytest.approx(0.4 - half), pytest.approx(0.4 + half))
+    assert all(math.isnan(x) for x in metrics.seed_interval([0.5, float("nan")]))
+    assert metrics.seed_spread(values)["ci95"] == metrics.seed_interval(values)
+    for bad in (0.0, 1.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="seed_interval: confidence"):
+            metrics.seed_interval(values, confidence=bad)
+
+
 def test_reductions_over_seeds():
     def pair(without, with_wpl):
         w, v = _runs(without, with_wpl)
@@ -209,6 +239,7 @@ def test_reductions_over_seeds():
     assert math.isnan(r["mean_reduction_per_seed"]["2"])
     assert r["mean_reduction_seed_mean"] == pytest.approx(0.475)
     assert r["mean_reduction_std"] == pytest.approx(0.225) and r["mean_reduction_seeds"] == 2
+    assert r["mean_reduction_ci95"] == metrics.seed_interval([0.7, 0.25])
     # Restricted to epoch 1: 1 - 4/10 and 1 - 2/3.
     r1 = metrics.reductions_over_seeds(by_seed, epochs=[1], keys=("mean_diff",))
     assert r1["mean_reduction_per_seed"]["0"] == pytest.approx(0.6)

@@ -1,10 +1,11 @@
-"""Kendall's τ_b and Spearman's ρ against hand-computed cases (and scipy where installed)."""
+"""Kendall's τ_b and Spearman's ρ against hand-computed cases and scipy."""
 
 import math
 import warnings
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from wpl_keras.nas.analysis.rank_correlation import average_ranks, kendall_tau, spearman_rho
 
@@ -60,9 +61,6 @@ def test_bad_input_is_refused(x, y, match):
 
 
 def test_agrees_with_scipy_on_random_scorings_with_ties():
-    stats = pytest.importorskip(
-        "scipy.stats", reason="scipy is optional (not a dependency); only this cross-check uses it, "
-        "the hand-computed cases above always run")
     rng = np.random.default_rng(0)
     for _ in range(20):
         n = int(rng.integers(2, 15))

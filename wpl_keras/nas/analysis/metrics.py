@@ -16,11 +16,12 @@ the paper's ratio of forgetting amounts, pooled over the epochs ``E`` with WPL a
 epochs with a tiny positive ``d_without`` dominate it and it can exceed 1.
 
 Pure functions first (:func:`forgetting_differences`, :func:`forgetting_summary`,
-:func:`reduction`, :func:`pooled_reduction`, :func:`reductions_over_epochs`,
-:func:`nan_reasons`, :func:`seed_spread`, :func:`reductions_over_seeds`,
-:func:`average_histories`), then a Figure-3-like plot (:func:`plot_forgetting`); last, the
-Figure-4 analysis of NAO runs over output-dropout rates (:func:`epochs_after_start`,
-:func:`forgetting_by_rate`, :func:`plot_figure4`).
+:func:`mean_difference_se`, :func:`reduction`, :func:`pooled_reduction`,
+:func:`reductions_over_epochs`, :func:`nan_reasons`, :func:`seed_spread`,
+:func:`seed_interval`, :func:`reductions_over_seeds`, :func:`average_histories`), then a
+Figure-3-like plot (:func:`plot_forgetting`); last, the Figure-4 analysis of NAO runs over
+output-dropout rates (:func:`epochs_after_start`, :func:`forgetting_by_rate`,
+:func:`plot_figure4`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy import stats
 
 from wpl_keras.utils.validation import check_number
 
@@ -79,6 +81,20 @@ def forgetting_summary(
         "mean_err2": float(np.mean(err2)),
         "num_archs": int(d.size),
     }
+
+
+def mean_difference_se(err1: Sequence[float], err2: Sequence[float]) -> float:
+    """Standard error of one epoch's ``mean_diff``: ``s / √n`` with ``s`` the sample standard
+    deviation (``n − 1`` in the denominator) of the ``n`` differences ``d = err2 − err1``.
+
+    It holds both noises of ``mean_diff``: which architectures were sampled, and the finite
+    fixed validation batch (an error on ``m`` images moves in steps of ``100 / m`` points).
+    NaN when ``n < 2``.
+    """
+    d = forgetting_differences(err1, err2)
+    if d.size < 2:
+        return math.nan
+    return float(d.std(ddof=1) / math.sqrt(d.size))
 
 
 def reduction(d_without: float, d_with: float) -> float:
@@ -243,15 +259,19 @@ def nan_reasons(
     return out
 
 
-def seed_spread(values: Sequence[float]) -> Dict[str, float]:
-    """Mean and spread of one figure over seeds, ignoring NaN seeds.
+def seed_spread(values: Sequence[float]) -> Dict[str, Any]:
+    """Mean, spread and 95% interval of one figure over seeds, ignoring NaN seeds.
 
-    With ``v`` the finite values: ``mean = mean(v)`` and ``std = sqrt(mean((v − mean)²))``
-    (population standard deviation, as the two-model benchmark reports).
+    With ``v`` the ``n`` finite values: ``mean = mean(v)``, ``std = sqrt(mean((v − mean)²))``
+    (population standard deviation, as the two-model benchmark reports) and ``ci95`` the
+    Student-t interval of the mean over seeds,
+    ``mean ± t_{0.975, n−1} · s / √n`` with ``s`` the sample standard deviation
+    (:func:`seed_interval`).
 
     Returns:
-        ``{"mean", "std", "seeds"}``: ``seeds = |v|``; ``mean`` is NaN when ``v`` is empty,
-        ``std`` NaN when ``|v| < 2`` (one seed shows no spread).
+        ``{"mean", "std", "seeds", "ci95"}``: ``seeds = n``; ``mean`` is NaN when ``v`` is
+        empty, ``std`` and both ends of ``ci95`` NaN when ``n < 2`` (one seed shows no
+        spread).
     """
     v = np.asarray([float(x) for x in values], dtype=np.float64)
     v = v[np.isfinite(v)]
@@ -259,7 +279,24 @@ def seed_spread(values: Sequence[float]) -> Dict[str, float]:
         "mean": float(v.mean()) if v.size else math.nan,
         "std": float(v.std()) if v.size >= 2 else math.nan,
         "seeds": int(v.size),
+        "ci95": seed_interval(v),
     }
+
+
+def seed_interval(values: Sequence[float], confidence: float = 0.95) -> List[float]:
+    """``[mean − h, mean + h]``, ``h = t_{(1+confidence)/2, n−1} · s / √n``: the Student-t
+    confidence interval of the mean of ``n`` per-seed values (NaN ones left out), ``s`` their
+    sample standard deviation (``n − 1`` in the denominator). ``[nan, nan]`` when ``n < 2``.
+    """
+    confidence = check_number("seed_interval: confidence", confidence, minimum=0,
+                              exclusive_minimum=True, maximum=1, exclusive_maximum=True)
+    v = np.asarray([float(x) for x in values], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return [math.nan, math.nan]
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, v.size - 1) * v.std(ddof=1)
+                 / math.sqrt(v.size))
+    return [float(v.mean()) - half, float(v.mean()) + half]
 
 
 def reductions_over_seeds(
@@ -273,8 +310,8 @@ def reductions_over_seeds(
     ``s``'s ``<name>_reduction = 1 − Σ_e d_with / Σ_e d_without`` over ``epochs``:
 
     * ``<name>_reduction_per_seed``: ``{s: r_s}``;
-    * ``<name>_reduction_seed_mean``, ``<name>_reduction_std``, ``<name>_reduction_seeds``:
-      :func:`seed_spread` of the ``r_s`` (NaN seeds left out).
+    * ``<name>_reduction_seed_mean``, ``<name>_reduction_std``, ``<name>_reduction_seeds``,
+      ``<name>_reduction_ci95``: :func:`seed_spread` of the ``r_s`` (NaN seeds left out).
 
     The seed mean differs from the reduction of the seed-averaged histories (which pools the
     forgetting amounts of all seeds); the spread says how much one seed's figure can move.
@@ -305,6 +342,7 @@ def reductions_over_seeds(
         out[f"{name}_seed_mean"] = spread["mean"]
         out[f"{name}_std"] = spread["std"]
         out[f"{name}_seeds"] = spread["seeds"]
+        out[f"{name}_ci95"] = spread["ci95"]
     return out
 
 
