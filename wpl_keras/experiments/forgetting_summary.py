@@ -64,7 +64,7 @@ def reduction_fields(runs: dict, by_seed: dict, active: Sequence[int]) -> dict:
         fields[f"{k}_diff_without"] = red[f"{k}_without"]
         fields[f"{k}_diff_with"] = red[f"{k}_with"]
     fields["mean_diff_se"] = {
-        label: metrics.seed_spread([f[f"mean_diff_se_{label}"] for f in per_seed.values()])["mean"]
+        label: metrics.finite_mean(f[f"mean_diff_se_{label}"] for f in per_seed.values())
         for label in ("without", "with")}
     fields["per_seed"] = per_seed
     return fields
@@ -91,9 +91,9 @@ def seed_figures(runs: dict, active: Sequence[int]) -> dict:
 
 def _mean_se(history: Sequence[dict], active: Sequence[int]) -> float:
     """The mean over the epochs ``active`` of each epoch's ``mean_diff`` standard error."""
-    values = [metrics.mean_difference_se(history[e]["err1"], history[e]["err2"])
-              for e in active if "err1" in history[e] and "err2" in history[e]]
-    return metrics.seed_spread(values)["mean"]
+    return metrics.finite_mean(
+        metrics.mean_difference_se(history[e]["err1"], history[e]["err2"])
+        for e in active if "err1" in history[e] and "err2" in history[e])
 
 
 def summary_fields(by_seed: dict, seeds: Sequence[int], rates: Sequence[float],

@@ -195,6 +195,12 @@ def test_seed_spread_is_mean_and_population_std_of_finite_seeds():
     assert math.isnan(empty["mean"]) and math.isnan(empty["std"]) and empty["seeds"] == 0
 
 
+def test_finite_mean_leaves_out_nan_and_inf():
+    assert metrics.finite_mean([float("nan"), float("inf"), 1.0, 3.0]) == 2.0
+    assert metrics.finite_mean(x for x in (4.0, -float("inf"))) == 4.0  # any iterable
+    assert math.isnan(metrics.finite_mean([])) and math.isnan(metrics.finite_mean([math.nan]))
+
+
 def test_mean_difference_se_is_the_sample_std_over_root_n():
     # d = [2, 0, 5]: mean 7/3, sample variance ((1/3)² + (7/3)² + (8/3)²) / 2 = 19/3.
     got = metrics.mean_difference_se([10, 20, 30], [12, 20, 35])

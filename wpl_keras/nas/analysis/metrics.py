@@ -18,9 +18,9 @@ epochs with a tiny positive ``d_without`` dominate it and it can exceed 1.
 Pure functions first (:func:`forgetting_differences`, :func:`forgetting_summary`,
 :func:`mean_difference_se`, :func:`reduction`, :func:`pooled_reduction`,
 :func:`reductions_over_epochs`, :func:`nan_reasons`, :func:`seed_spread`,
-:func:`seed_interval`, :func:`reductions_over_seeds`, :func:`average_histories`), then a
-Figure-3-like plot (:func:`plot_forgetting`); last, the Figure-4 analysis of NAO runs over
-output-dropout rates (:func:`epochs_after_start`, :func:`forgetting_by_rate`,
+:func:`finite_mean`, :func:`seed_interval`, :func:`reductions_over_seeds`,
+:func:`average_histories`), then a Figure-3-like plot (:func:`plot_forgetting`); last, the
+Figure-4 analysis of NAO runs over output-dropout rates (:func:`epochs_after_start`, :func:`forgetting_by_rate`,
 :func:`plot_figure4`).
 """
 
@@ -273,14 +273,25 @@ def seed_spread(values: Sequence[float]) -> Dict[str, Any]:
         empty, ``std`` and both ends of ``ci95`` NaN when ``n < 2`` (one seed shows no
         spread).
     """
-    v = np.asarray([float(x) for x in values], dtype=np.float64)
-    v = v[np.isfinite(v)]
+    v = _finite(values)
     return {
-        "mean": float(v.mean()) if v.size else math.nan,
+        "mean": finite_mean(v),
         "std": float(v.std()) if v.size >= 2 else math.nan,
         "seeds": int(v.size),
         "ci95": seed_interval(v),
     }
+
+
+def _finite(values: Iterable[float]) -> np.ndarray:
+    """The finite entries of ``values`` as a float64 array."""
+    v = np.asarray([float(x) for x in values], dtype=np.float64)
+    return v[np.isfinite(v)]
+
+
+def finite_mean(values: Iterable[float]) -> float:
+    """The mean of the finite entries of ``values`` (NaN and ±inf left out); NaN if none."""
+    v = _finite(values)
+    return float(v.mean()) if v.size else math.nan
 
 
 def seed_interval(values: Sequence[float], confidence: float = 0.95) -> List[float]:
@@ -290,8 +301,7 @@ def seed_interval(values: Sequence[float], confidence: float = 0.95) -> List[flo
     """
     confidence = check_number("seed_interval: confidence", confidence, minimum=0,
                               exclusive_minimum=True, maximum=1, exclusive_maximum=True)
-    v = np.asarray([float(x) for x in values], dtype=np.float64)
-    v = v[np.isfinite(v)]
+    v = _finite(values)
     if v.size < 2:
         return [math.nan, math.nan]
     half = float(stats.t.ppf(0.5 + confidence / 2.0, v.size - 1) * v.std(ddof=1)

@@ -177,7 +177,8 @@ def chosen_op(x: tf.Tensor, op_idx: tf.Tensor,
             pointwise [R, 1, 1, C, C], scale [R, C], offset [R, C])`` tensors, one slice per
             repetition ``r`` along the leading axis.
     """
-    repeats = int(next(iter(weights.values()))[0].shape[0]) if weights else 0
+    first = weights.get(next(iter(SEP_OPS)))  # a missing op is refused by _switched_op
+    repeats = 0 if first is None else int(first[0].shape[0])
     return _switched_op(
         "chosen_op", x, op_idx, weights, per_op=4, n_saved=6 * repeats,
         sep_forward=_sep_forward,
