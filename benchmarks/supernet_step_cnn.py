@@ -25,6 +25,9 @@ Measures, for :class:`wpl_keras.nas.spaces.cnn.task.CNNSearchTask`:
   Pools, BatchNorm, ReLU and additions are not counted. ``floor_ms``, ``step_gflop`` (forward
   + backward chosen conv FLOPs, median over the architectures) and ``conv_gflops`` (the rates)
   come with it;
+* ``grappler``, ``onednn``: ``--grappler-off`` (Grappler's meta-optimizer off in the main
+  process, to split ``compile_s`` into tracing and graph optimisation) and
+  ``TF_ENABLE_ONEDNN_OPTS`` as run;
 * ``train_graph``: ``functions`` and ``nodes`` of the traced training step (one device;
   ``mirrored_2cpu.train_graph`` gives both sides of the two-logical-CPU child), what the
   first step's trace and graph optimisation work through;
@@ -86,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-paper-compile", action="store_true",
                    help="skip paper_compile_s (the paper preset's first step, minutes)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grappler-off", action="store_true",
+                   help="switch off Grappler's meta-optimizer for this process (what "
+                        "compile_s owes to graph optimisation; not a setting the library uses)")
     p.add_argument("--mirrored-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--equality-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--paper-child", action="store_true", help=argparse.SUPPRESS)
@@ -418,6 +424,10 @@ def main(argv=None) -> dict:
         return result
     import numpy as np
 
+    if args.grappler_off:
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     load_start = os.getloadavg()[0]
     splits, data_name = _data(args)
     task = _task(args, splits)
@@ -464,6 +474,8 @@ def main(argv=None) -> dict:
                   "variables": len(task.variables),
                   "parameters": int(sum(np.prod(v.shape) for v in task.variables))},
         "data": data_name,
+        "grappler": "off" if args.grappler_off else "on",
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
         "load_average_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "timing": "median per-step wall time over the architectures, 2 shared CPU cores, "
                   "TensorFlow " + __import__("tensorflow").__version__,
