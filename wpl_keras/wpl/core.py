@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from wpl_keras.utils.validation import check_number
+from wpl_keras.wpl.flat import FlatLayout
 
 Flag = Union[bool, tf.Tensor]
 MaybeTensor = Optional[tf.Tensor]
@@ -219,8 +220,11 @@ def fisher_update(
     clip_axes: Optional[Sequence[int]] = None,
     coverage: MaybeTensor = None,
     update: Flag = True,
+    layout: Optional[FlatLayout] = None,
 ) -> tf.Tensor:
     """``F' = c clip((1 − η_F) F + η_F g²) + (1 − c) F`` for one weight or block of rows
+    (or for weights laid end to end: ``layout``, a :class:`~wpl_keras.wpl.flat.FlatLayout`
+    of the flat ``fisher`` and ``gradient``, whose clip is per unit of the layout)
     (exactly the new value where ``c = 1`` and exactly the old one where ``c = 0``), the one
     Fisher update of the package (the EMA of paper §3.2, ``η_F = 0.9``).
 
@@ -240,7 +244,8 @@ def fisher_update(
         eta = tf.cast(eta, tf.float32)
     new = (1.0 - eta) * fisher + eta * tf.square(tf.cast(gradient, tf.float32))
     if clip_norm is not None:
-        new = clip_fisher(new, clip_norm, clip_axes)
+        new = (clip_fisher(new, clip_norm, clip_axes) if layout is None
+               else layout.clip(new, clip_norm))
     if coverage is not None:
         c = tf.cast(coverage, tf.float32)
         new = c * new + (1.0 - c) * fisher

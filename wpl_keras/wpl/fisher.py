@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from wpl_keras.utils.validation import check_number
 import wpl_keras.wpl.core as core
+from wpl_keras.wpl.flat import FlatLayout
 
 GradientLike = Union[tf.Tensor, tf.IndexedSlices, None]
 
@@ -263,6 +264,7 @@ class WPLState(keras.layers.Layer):
         update=True,
         momentum: Optional[float] = None,
         current: Optional[Sequence[Optional[tf.Tensor]]] = None,
+        grouped: bool = False,
     ) -> None:
         """``F ← F + u m (clip((1 − η_F) F + η_F g²) − F)`` from gradients aligned with
         :attr:`protected_variables` (:func:`wpl_keras.wpl.core.fisher_update`).
@@ -285,6 +287,12 @@ class WPLState(keras.layers.Layer):
         None entry, or a row-slice gradient, is read here), so that a step reads ``F`` once.
         Without a Fisher normalisation only.
 
+        ``grouped``: compute the update of the whole-weight gradients laid end to end
+        (:class:`~wpl_keras.wpl.flat.FlatLayout`: a few ops over one vector instead of the
+        same ops per weight; the same formula, the clip norms summed in another order),
+        where no Fisher normalisation is set, no gradient is a row slice and every weight's
+        clip units are whole or trailing slices; otherwise (and by default) per weight.
+
         Call it with the all-reduced data gradient under ``tf.distribute``.
         """
         eta = _resolve_alias(fisher_momentum, momentum, self.fisher_momentum,
@@ -302,6 +310,13 @@ class WPLState(keras.layers.Layer):
         masks = [None] * n if masks is None else list(masks)
         clip_axes = [None] * n if clip_axes is None else list(clip_axes)
         current = [None] * n if current is None or self.normalized else list(current)
+        if not (grouped and self._update_flat(gradients, eta, clip, masks, clip_axes, update,
+                                              current)):
+            self._update_each(gradients, eta, clip, masks, clip_axes, update, current)
+        self.num_fisher_updates.assign_add(tf.cast(tf.cast(update, tf.bool), tf.int64))
+
+    def _update_each(self, gradients, eta, clip, masks, clip_axes, update, current) -> None:
+        """The update of :meth:`update_fisher`, one weight at a time."""
         for k, g in enumerate(gradients):
             rows = None
             if isinstance(g, tf.IndexedSlices):
@@ -318,7 +333,27 @@ class WPLState(keras.layers.Layer):
             new = core.fisher_update(fisher, g, eta, clip_norm=clip, clip_axes=clip_axes[k],
                                      coverage=masks[k], update=update)
             self._write(self.fisher[k], new, rows)
-        self.num_fisher_updates.assign_add(tf.cast(tf.cast(update, tf.bool), tf.int64))
+
+    def _update_flat(self, gradients, eta, clip, masks, clip_axes, update, current) -> bool:
+        """The update of :meth:`update_fisher` over the weights laid end to end; False
+        (nothing done) where that layout does not apply."""
+        entries = [k for k, g in enumerate(gradients) if g is not None]
+        if (self.normalized or not entries
+                or any(isinstance(gradients[k], tf.IndexedSlices) for k in entries)):
+            return False
+        layout = FlatLayout.of([self.fisher[k].shape for k in entries],
+                               [clip_axes[k] for k in entries])
+        if layout is None:
+            return False
+        fisher = layout.flatten([tf.convert_to_tensor(self.fisher[k]) if current[k] is None
+                                 else current[k] for k in entries])
+        new = core.fisher_update(
+            fisher, layout.flatten([gradients[k] for k in entries]), eta, clip_norm=clip,
+            coverage=layout.flatten_coverage([masks[k] for k in entries]), update=update,
+            layout=layout)
+        for k, value in zip(entries, layout.unflatten(new)):
+            self._write(self.fisher[k], value)
+        return True
 
     def _update_normalized(self, k, gradient, rows, eta, target_norm, axes, mask,
                            update) -> None:

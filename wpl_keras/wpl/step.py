@@ -40,9 +40,15 @@ import tensorflow as tf
 import wpl_keras.wpl.core as core
 from wpl_keras.wpl.config import L2_PLACEMENTS, WPLConfig
 from wpl_keras.wpl.fisher import WPLState, read_rows
+from wpl_keras.wpl.flat import FlatLayout
 
 Flag = Union[bool, tf.Tensor]
 MaybeTensor = Optional[tf.Tensor]
+
+#: A step that covers at least this many whole weights of one dtype computes its WPL terms,
+#: pull and Fisher update over the weights laid end to end (:mod:`wpl_keras.wpl.flat`):
+#: a few ops over one vector instead of the same ops per weight.
+GROUPED_FROM = 16
 
 
 class Covered(NamedTuple):
@@ -219,8 +225,21 @@ class WPLStep:
         """``(α/2) Σ c F (θ − θ*)²`` at ``params`` (:func:`~wpl_keras.wpl.core.wpl_penalty`);
         ``held``: ``(F, θ*)`` of :meth:`read` already read in this step (None: read here)."""
         fisher, anchors = self.read(covered) if held is None else held
-        return core.wpl_penalty([params[c.position] for c in covered], fisher, anchors,
-                                self.state.strength, masks=[c.mask for c in covered])
+        theta, masks = [params[c.position] for c in covered], [c.mask for c in covered]
+        layout = self.layout(covered)
+        if layout is not None:
+            theta, fisher, anchors, masks = _laid_flat(layout, theta, fisher, anchors, masks)
+        return core.wpl_penalty(theta, fisher, anchors, self.state.strength, masks=masks)
+
+    def layout(self, covered: Sequence[Covered]) -> Optional[FlatLayout]:
+        """The :class:`~wpl_keras.wpl.flat.FlatLayout` of the covered weights when the step
+        lays them end to end: at least :data:`GROUPED_FROM` entries, all whole weights of
+        one dtype with static shapes; None otherwise (each weight is computed on its own)."""
+        variables = [self.state.protected_variables[c.index] for c in covered]
+        if (len(covered) < GROUPED_FROM or any(c.rows is not None for c in covered)
+                or len({tf.as_dtype(v.dtype) for v in variables}) != 1):
+            return None
+        return FlatLayout.of([v.shape for v in variables], [c.clip_axes for c in covered])
 
     def _gradient_terms(self, params, grads, covered, active, l2, scale, held):
         """Step 2: ``(P, grads)``, the covered gradients plus ``s (α c F (θ − θ*) + λ θ)``
@@ -230,9 +249,14 @@ class WPLStep:
         def on():
             theta = [params[c.position] for c in covered]
             fisher, anchors = self.read(covered) if held is None else held
-            value, terms = core.wpl_penalty(
-                theta, fisher, anchors, self.state.strength, l2=l2,
-                masks=[c.mask for c in covered], with_gradients=True)
+            masks, layout = [c.mask for c in covered], self.layout(covered)
+            flat = theta, fisher, anchors, masks
+            if layout is not None:
+                flat = _laid_flat(layout, *flat)
+            value, terms = core.wpl_penalty(*flat[:3], self.state.strength, l2=l2,
+                                            masks=flat[3], with_gradients=True)
+            if layout is not None:
+                terms = layout.unflatten(terms[0])
             out = []
             for c, t, term in zip(covered, theta, terms):
                 extra = term if gradient_mode else None
@@ -258,6 +282,11 @@ class WPLStep:
               held) -> tf.Tensor:
         """Step 6 where ``active``: the pull of every covered weight (only where ``applied``);
         returns ``P`` at ``params`` when ``with_penalty``, else 0."""
+        layout = self.layout(covered)
+        ctx = tf.distribute.get_replica_context()
+        if layout is not None and (ctx is None or ctx.num_replicas_in_sync == 1):
+            return _cond(active, lambda: self._pull_flat(
+                params, covered, learning_rate, applied, with_penalty, held, layout), _zero)
 
         def on():
             value = self.penalty(params, covered, held) if with_penalty else _zero()
@@ -265,6 +294,30 @@ class WPLStep:
             return value
 
         return _cond(active, on, _zero)
+
+    def _pull_flat(self, params, covered, learning_rate, applied, with_penalty, held,
+                   layout: FlatLayout) -> tf.Tensor:
+        """:meth:`_pull` on one replica over the covered weights laid end to end (``F``,
+        ``θ*`` and the coverage laid out once for the penalty and the pull)."""
+        state = self.state
+        variables = [state.protected_variables[c.index] for c in covered]
+        fisher, anchors = self.read(covered) if held is None else held
+        dtype = tf.float64 if variables[0].dtype == tf.float64 else tf.float32  # as the pull
+        fisher, anchors = layout.flatten(fisher, dtype), layout.flatten(anchors, dtype)
+        mask = layout.flatten_coverage([c.mask for c in covered])
+        value = _zero()
+        if with_penalty:
+            theta = layout.flatten([params[c.position] for c in covered], dtype)
+            value = core.wpl_penalty([theta], [fisher], [anchors], state.strength, masks=[mask])
+        if applied is not True:
+            gate = tf.cast(applied, tf.float32)
+            mask = gate if mask is None else gate * mask
+        theta = layout.flatten([tf.convert_to_tensor(v) for v in variables], dtype)
+        pulled = core.proximal_pull(theta, fisher, anchors, state.strength, learning_rate,
+                                    coverage=mask)
+        for v, new in zip(variables, layout.unflatten(pulled)):
+            v.assign(tf.cast(new, v.dtype))
+        return value
 
     def _assign_pulls(self, covered, learning_rate, applied, held) -> None:
         """Writes the pulled weights: on one device (or in cross-replica context) through
@@ -335,7 +388,14 @@ class WPLStep:
             for c, f in zip(covered, current or ()):
                 now[c.index] = f
             state.update_fisher(per_weight, masks=masks, clip_axes=axes, update=applied,
-                                current=now)
+                                current=now, grouped=self.layout(covered) is not None)
             return _zero()
 
         _cond(update, run, _zero)
+
+
+def _laid_flat(layout: FlatLayout, theta, fisher, anchors, masks, dtype=tf.float32) -> tuple:
+    """``([θ], [F], [θ*], [c])``, each one vector of ``layout`` (``c``: None when every
+    coverage is None), in the argument lists of :func:`~wpl_keras.wpl.core.wpl_penalty`."""
+    return ([layout.flatten(theta, dtype)], [layout.flatten(fisher, dtype)],
+            [layout.flatten(anchors, dtype)], [layout.flatten_coverage(masks)])
