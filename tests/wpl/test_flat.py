@@ -43,7 +43,8 @@ def test_flatten_round_trip_and_coverage():
 
 def test_clip_per_unit_equals_the_clip_of_each_weight():
     rng = np.random.default_rng(1)
-    shapes, axes = [(3, 2, 4), (6,), (2, 5, 5), (1,)], [[1, 2], None, [2], None]
+    shapes = [(3, 2, 4), (6,), (2, 5, 5), (1,), (0, 3), (2, 0)]
+    axes = [[1, 2], None, [2], None, [1], [1]]  # and two weights of size 0
     values = [tf.constant(10 * rng.random(s), tf.float32) for s in shapes]
     values[3] = tf.zeros((1,))  # a zero unit stays zero (no 0/0)
     layout = FlatLayout.of(shapes, axes)

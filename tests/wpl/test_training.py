@@ -198,13 +198,18 @@ MIRRORED_SCRIPT = textwrap.dedent(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
     from wpl_keras.wpl import WPLModel, apply_wpl
 
-    def run(strategy, mode):
+    def run(strategy, mode, depth):
+        # depth 9: 18 shared weights, so the one-device step lays them end to end
+        # (wpl_keras.wpl.flat) while each of two replicas pulls them one by one.
         keras.utils.set_random_seed(3)
         with strategy.scope():
             inputs = keras.Input((6,))
             h = keras.layers.Dense(8, activation="relu", name="shared")(inputs)
+            for k in range(1, depth):
+                h = keras.layers.Dense(8, activation="relu", name=f"shared{k}")(h)
             model = WPLModel(inputs, keras.layers.Dense(2)(h))
-            state = apply_wpl(model, ["shared"], strength=4.0, update_fisher=True, mode=mode)
+            names = ["shared"] + [f"shared{k}" for k in range(1, depth)]
+            state = apply_wpl(model, names, strength=4.0, update_fisher=True, mode=mode)
             state.assign_fisher([tf.fill(f.shape, 0.3) for f in state.fisher])
             model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -218,10 +223,12 @@ MIRRORED_SCRIPT = textwrap.dedent(
                 "kernel": model.get_layer("shared").kernel.numpy().ravel().tolist()}
 
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    out = {}
+    depth = int(sys.argv[1])  # one depth per process: TensorFlow's collective instances
+    out = {}                  # are not told apart across strategies of other shapes
     for mode in ("gradient", "proximal"):
-        out[mode] = {"one": run(tf.distribute.OneDeviceStrategy(devices[0]), mode),
-                     "two": run(tf.distribute.MirroredStrategy(devices[:2]), mode)}
+        out[f"{mode}-{depth}"] = {
+            "one": run(tf.distribute.OneDeviceStrategy(devices[0]), mode, depth),
+            "two": run(tf.distribute.MirroredStrategy(devices[:2]), mode, depth)}
     print(json.dumps(out))
     """
 )
@@ -232,11 +239,14 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    procs = [subprocess.Popen([sys.executable, str(script), str(depth)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for depth in (1, 9)]
+    out = {}
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        out.update(json.loads(stdout.strip().splitlines()[-1]))
+    assert len(out) == 4
     for mode, runs in out.items():
         one, two = runs["one"], runs["two"]
         np.testing.assert_allclose(one["loss"], two["loss"], rtol=1e-4, err_msg=mode)

@@ -94,8 +94,9 @@ class FlatLayout:
     def clip(self, flat: tf.Tensor, clip_norm: float) -> tf.Tensor:
         """``F · min(1, clip / ‖F_u‖)`` per clip unit ``u`` (the L2 norm of each unit,
         ``max(‖F_u‖, 1e-12)``), as :func:`~wpl_keras.wpl.core.clip_fisher` per weight."""
-        counts = np.repeat(np.asarray(self.units, np.int64),
-                           [size // unit for size, unit in zip(self.sizes, self.units)])
+        counts = np.repeat(np.asarray(self.units, np.int64),  # a weight of size 0: no unit
+                           [size // unit if unit else 0
+                            for size, unit in zip(self.sizes, self.units)])
         ids = tf.repeat(tf.range(len(counts), dtype=tf.int32), counts)
         norm = tf.sqrt(tf.math.segment_sum(tf.square(flat), ids))
         factor = tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))
