@@ -50,6 +50,7 @@ def _run(trials, data, hp, *, active=False, strength=0.0, flush=False):
                       kwargs=kwargs)
 
 
+@pytest.mark.slow  # ~5 s of CPU
 def test_a_trained_weight_and_its_slots_start_the_next_trial_with_the_same_key(data, seed):
     trials = _trials()
     first = _run(trials, data, hp_of(4, 0.1))
@@ -88,6 +89,7 @@ def test_another_shape_is_a_fresh_weight_and_unused_keys_keep_their_values(data,
     assert not np.array_equal(bank.get("weight", head_bias), before[("weight", head_bias)])
 
 
+@pytest.mark.slow  # ~5 s of CPU
 def test_a_model_without_an_input_is_built_on_a_batch_and_shares_its_weights(data):
     def lazy(hp):
         model = keras.Sequential([keras.layers.Dense(4, name="hidden"),
@@ -137,6 +139,7 @@ def test_the_fisher_update_uses_the_configured_momentum(data):
     np.testing.assert_allclose(fishers[1], fishers[0] * (0.3 / 0.9), rtol=1e-5, atol=1e-12)
 
 
+@pytest.mark.slow  # ~5 s of CPU
 def test_proximal_mode_holds_weights_with_fisher_at_their_anchors(data, seed):
     trials = _trials(mode="proximal")
     _run(trials, data, hp_of(4), active=True, strength=1.0)

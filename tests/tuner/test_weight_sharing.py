@@ -302,6 +302,7 @@ def test_a_search_killed_mid_trial_resumes_from_its_saved_shared_weights(tmp_pat
     assert resumed.work.bank.counters["optimizer_iterations"] == 12
 
 
+@pytest.mark.slow  # ~5 s of CPU
 def test_hypermodel_form_runs_with_the_enas_oracle_over_the_build_hyperparameters(
         tmp_path, arrays, seed):
     oracle = ENASOracle(objective=keras_tuner.Objective("val_accuracy", "max"), max_trials=3,

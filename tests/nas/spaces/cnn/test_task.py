@@ -22,7 +22,7 @@ def _steps(nesterov, grouped, monkeypatch, steps=3):
         grads = [tf.constant(rng.normal(size=s), tf.float32) for s in SHAPES]
         masks = [tf.constant(rng.integers(0, 2, (s[0],) + (1,) * (len(s) - 1)), tf.float32)
                  if k % 2 == 0 and s else tf.constant(1.0) for k, s in enumerate(SHAPES)]
-        tf.function(sgd.apply, autograph=False)(variables, grads, masks)
+        sgd.apply(variables, grads, masks)
     monkeypatch.undo()
     return [v.numpy() for v in variables + sgd.velocities], sgd
 
