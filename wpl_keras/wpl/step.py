@@ -32,11 +32,11 @@ gradient accumulation changes no WPL state.
 
 Layout: a step that covers at least :data:`GROUPED_FROM` whole weights of one dtype (the
 micro-CNN supernet's 241) computes steps 2, 6 and 7 and the penalty over the weights laid end
-to end (:class:`~wpl_keras.wpl.flat.FlatLayout`), on one replica or in cross-replica
-context: the same elementwise formulas as a few ops over one vector, instead of the same ops
-once per weight in the traced graph (sums, such as ``P`` and the clip norms, are taken in
-another order). Fewer weights, row slices and several replicas in a replica context are
-computed weight by weight.
+to end (:class:`~wpl_keras.wpl.flat.FlatLayout`): the same elementwise formulas as a few ops
+over one vector, instead of the same ops once per weight in the traced graph (sums, such as
+``P`` and the clip norms, are taken in another order). Fewer weights and row slices are
+computed weight by weight, and so is the pull of several replicas in a replica context
+(written to each replica's copy in a merge call).
 """
 
 from __future__ import annotations
