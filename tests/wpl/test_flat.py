@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import wpl_keras.wpl.step as step_module
+import wpl_keras.wpl.flat as flat_module
 from wpl_keras.wpl.config import WPLConfig
 from wpl_keras.wpl.core import clip_fisher
 from wpl_keras.wpl.fisher import WPLState
-from wpl_keras.wpl.flat import FlatLayout, unit_size
-from wpl_keras.wpl.step import GROUPED_FROM, Covered, WPLStep
+from wpl_keras.wpl.flat import GROUPED_FROM, FlatLayout, unit_size
+from wpl_keras.wpl.step import Covered, WPLStep
 
 
 def test_unit_sizes_and_layouts_that_cannot_be_laid_flat():
@@ -96,7 +96,7 @@ def _run(mode, grouped, *, dtype=tf.float32, alpha=3.0, applied=None, clip_axes=
 
 
 def _per_weight(monkeypatch, **kwargs):
-    monkeypatch.setattr(step_module, "GROUPED_FROM", 10**6)
+    monkeypatch.setattr(flat_module, "GROUPED_FROM", 10**6)
     try:
         return _run(grouped=False, **kwargs)
     finally:
@@ -183,6 +183,6 @@ def test_a_traced_grouped_step_has_fewer_ops_per_weight(monkeypatch):
 
     n = GROUPED_FROM
     flat = (ops(n + 2) - ops(n)) / 2
-    monkeypatch.setattr(step_module, "GROUPED_FROM", 10**6)
+    monkeypatch.setattr(flat_module, "GROUPED_FROM", 10**6)
     each = (ops(n + 2) - ops(n)) / 2
     assert flat < 0.6 * each, (flat, each)

@@ -24,6 +24,10 @@ import tensorflow as tf
 
 MaybeTensor = Optional[tf.Tensor]
 
+#: From this many weights on, :func:`grouped_layout` lays them end to end (below it the
+#: concatenations cost more than the weights' own ops: ``benchmarks/README.md``).
+GROUPED_FROM = 16
+
 
 def unit_size(shape: Sequence[int], clip_axes: Optional[Sequence[int]]) -> Optional[int]:
     """Entries of one clip unit of a weight of ``shape``: the whole weight for ``clip_axes``
@@ -101,3 +105,13 @@ class FlatLayout:
         norm = tf.sqrt(tf.math.segment_sum(tf.square(flat), ids))
         factor = tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))
         return flat * tf.gather(factor, ids)
+
+
+def grouped_layout(variables: Sequence, clip_axes: Optional[Sequence] = None
+                   ) -> Optional[FlatLayout]:
+    """The :class:`FlatLayout` of ``variables`` when a step should lay them end to end: at
+    least :data:`GROUPED_FROM` of them, all of one dtype, with static shapes and clip units
+    that are consecutive (:meth:`FlatLayout.of`); None otherwise (one weight at a time)."""
+    if len(variables) < GROUPED_FROM or len({tf.as_dtype(v.dtype) for v in variables}) != 1:
+        return None
+    return FlatLayout.of([v.shape for v in variables], clip_axes)

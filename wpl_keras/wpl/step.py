@@ -30,7 +30,7 @@ python bool, or a bool tensor such as ``optimizer.iterations`` having grown: a 0
 the pull's coverage, one select for the Fisher): a skipped step of a ``LossScaleOptimizer`` or a micro-step of
 gradient accumulation changes no WPL state.
 
-Layout: a step that covers at least :data:`GROUPED_FROM` whole weights of one dtype (the
+Layout: a step that covers at least :data:`~wpl_keras.wpl.flat.GROUPED_FROM` whole weights of one dtype (the
 micro-CNN supernet's 241) computes steps 2, 6 and 7 and the penalty over the weights laid end
 to end (:class:`~wpl_keras.wpl.flat.FlatLayout`): the same elementwise formulas as a few ops
 over one vector, instead of the same ops once per weight in the traced graph (sums, such as
@@ -48,15 +48,10 @@ import tensorflow as tf
 import wpl_keras.wpl.core as core
 from wpl_keras.wpl.config import L2_PLACEMENTS, WPLConfig
 from wpl_keras.wpl.fisher import WPLState, read_rows
-from wpl_keras.wpl.flat import FlatLayout
+from wpl_keras.wpl.flat import FlatLayout, grouped_layout
 
 Flag = Union[bool, tf.Tensor]
 MaybeTensor = Optional[tf.Tensor]
-
-#: A step that covers at least this many whole weights of one dtype computes its WPL terms,
-#: pull and Fisher update over the weights laid end to end (:mod:`wpl_keras.wpl.flat`):
-#: a few ops over one vector instead of the same ops per weight.
-GROUPED_FROM = 16
 
 
 class Covered(NamedTuple):
@@ -241,13 +236,13 @@ class WPLStep:
 
     def layout(self, covered: Sequence[Covered]) -> Optional[FlatLayout]:
         """The :class:`~wpl_keras.wpl.flat.FlatLayout` of the covered weights when the step
-        lays them end to end: at least :data:`GROUPED_FROM` entries, all whole weights of
-        one dtype with static shapes; None otherwise (each weight is computed on its own)."""
-        variables = [self.state.protected_variables[c.index] for c in covered]
-        if (len(covered) < GROUPED_FROM or any(c.rows is not None for c in covered)
-                or len({tf.as_dtype(v.dtype) for v in variables}) != 1):
+        lays them end to end: whole weights (no row slices) that
+        :func:`~wpl_keras.wpl.flat.grouped_layout` groups; None otherwise (each weight is
+        computed on its own)."""
+        if any(c.rows is not None for c in covered):
             return None
-        return FlatLayout.of([v.shape for v in variables], [c.clip_axes for c in covered])
+        return grouped_layout([self.state.protected_variables[c.index] for c in covered],
+                              [c.clip_axes for c in covered])
 
     def _gradient_terms(self, params, grads, covered, active, l2, scale, held):
         """Step 2: ``(P, grads)``, the covered gradients plus ``s (α c F (θ − θ*) + λ θ)``

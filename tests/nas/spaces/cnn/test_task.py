@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import wpl_keras.nas.spaces.cnn.task as task_module
+import wpl_keras.wpl.flat as flat_module
 from wpl_keras.nas.spaces.cnn.task import MaskedMomentumSGD
-from wpl_keras.wpl.step import GROUPED_FROM
+from wpl_keras.wpl.flat import GROUPED_FROM
 
 SHAPES = [(2, 3, 2, 2), (4,), (3, 2, 2), ()] * 5  # 20 weights
 
@@ -14,7 +14,7 @@ SHAPES = [(2, 3, 2, 2), (4,), (3, 2, 2), ()] * 5  # 20 weights
 def _steps(nesterov, grouped, monkeypatch, steps=3):
     """``steps`` masked steps over 20 weights; returns weights and velocities."""
     if not grouped:
-        monkeypatch.setattr(task_module, "GROUPED_FROM", 10**6)
+        monkeypatch.setattr(flat_module, "GROUPED_FROM", 10**6)
     rng = np.random.default_rng(0)
     variables = [tf.Variable(rng.normal(size=s), dtype=tf.float32) for s in SHAPES]
     sgd = MaskedMomentumSGD(variables, 0.1, momentum=0.9, nesterov=nesterov)

@@ -44,8 +44,8 @@ from wpl_keras.utils.config import JsonConfig
 from wpl_keras.utils.validation import check_fields, check_number
 from wpl_keras.wpl.config import WPLConfig
 from wpl_keras.wpl.fisher import WPLState
-from wpl_keras.wpl.flat import FlatLayout
-from wpl_keras.wpl.step import GROUPED_FROM, Covered, WPLStep
+from wpl_keras.wpl.flat import grouped_layout
+from wpl_keras.wpl.step import Covered, WPLStep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,13 +168,11 @@ class MaskedMomentumSGD(tf.Module):
     def apply(self, variables, gradients, masks) -> None:
         """One masked step (call in cross-replica context with all-reduced gradients).
 
-        From :data:`~wpl_keras.wpl.step.GROUPED_FROM` float32 weights on, the step runs over
-        the weights, gradients, masks and velocities laid end to end
-        (:class:`~wpl_keras.wpl.flat.FlatLayout`: the same formula, a few ops in all instead
-        of the same ops per weight)."""
-        layout = None
-        if len(variables) >= GROUPED_FROM and all(v.dtype == tf.float32 for v in variables):
-            layout = FlatLayout.of([v.shape for v in variables])
+        Where :func:`~wpl_keras.wpl.flat.grouped_layout` groups the weights (the task's are
+        float32, as its velocities), the step runs over the weights, gradients, masks and
+        velocities laid end to end: the same formula, a few ops in all instead of the same
+        ops per weight."""
+        layout = grouped_layout(variables)
         if layout is None:
             for var, g, m, vel in zip(variables, gradients, masks, self.velocities):
                 new_vel, delta = self._update(g, m, vel)
