@@ -91,10 +91,9 @@ split_cpu(2)
 """ + _COMMON + """
 one = run(make_strategy("default"))
 two = run(make_strategy("mirrored"))
+# the gradient mode's two replicas are the two workers' (against this one device)
 one_gradient = run(make_strategy("default"), "gradient", stages=1)
-two_gradient = run(make_strategy("mirrored"), "gradient", stages=1)
-print(json.dumps({"one": one, "two": two, "one_gradient": one_gradient,
-                  "two_gradient": two_gradient}))
+print(json.dumps({"one": one, "two": two, "one_gradient": one_gradient}))
 """
 
 _WORKER = """
@@ -143,9 +142,17 @@ def runs():
                 proc.kill()
 
 
-@pytest.mark.parametrize("mode", ["", "_gradient"])  # proximal and gradient WPL modes
-def test_mirrored_two_cpus_match_one_device(runs, mode):
-    one, two = runs["mirrored"]["one" + mode], runs["mirrored"]["two" + mode]
+def _pair(runs, mode):
+    """One device and two replicas: in proximal mode a MirroredStrategy over two logical
+    CPUs, in gradient mode the two workers (one replica each) of a multi-worker strategy."""
+    if mode == "proximal":
+        return runs["mirrored"]["one"], runs["mirrored"]["two"]
+    return runs["mirrored"]["one_gradient"], runs["worker0"]
+
+
+@pytest.mark.parametrize("mode", ["proximal", "gradient"])
+def test_two_replicas_match_one_device(runs, mode):
+    one, two = _pair(runs, mode)
     assert one["replicas"] == 1 and two["replicas"] == 2
     assert two["traces"] == 1
     assert one["values"][2] > 0  # something was trained
@@ -154,15 +161,15 @@ def test_mirrored_two_cpus_match_one_device(runs, mode):
         assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (one["values"], two["values"])
 
 
-@pytest.mark.parametrize("mode", ["", "_gradient"])
+@pytest.mark.parametrize("mode", ["proximal", "gradient"])
 def test_no_switch_is_differentiated_by_tensorflow(runs, mode):
     """On one device and on two replicas every op, input and BN stage of the supernet has a
     written-out gradient (chosen_op, chosen_stage, chosen_input): the traced training step has
     none of the optionals TensorFlow adds when it differentiates through a ``tf.switch_case``
     whose branches have intermediates (they made the two-replica graph 2.6 times as many
     functions)."""
-    for side in ("one", "two"):
-        assert runs["mirrored"][side + mode]["optionals"] == 0, side
+    for side, run in zip(("one", "two"), _pair(runs, mode)):
+        assert run["optionals"] == 0, side
 
 
 def test_evaluation_runs_on_each_replica(runs):
@@ -172,10 +179,12 @@ def test_evaluation_runs_on_each_replica(runs):
     one, two = runs["mirrored"]["one"], runs["mirrored"]["two"]
     assert two["eval_calls"] == [[False, 2], [False, 2]], two["eval_calls"]
     assert one["eval_calls"] == [[False, 1]], one["eval_calls"]
+    for name in ("worker0", "worker1"):  # one replica per worker, of two in sync
+        assert runs[name]["eval_calls"] == [[False, 2]], runs[name]["eval_calls"]
 
 
-@pytest.mark.parametrize("mode", ["", "_gradient"])  # proximal and gradient WPL modes
-def test_mirrored_evaluation_matches_one_device(runs, mode):
+@pytest.mark.parametrize("mode", ["proximal", "gradient"])
+def test_replicated_evaluation_matches_one_device(runs, mode):
     """The replicated evaluation (err1 on the fixed batch, the reward's minibatches, and the
     mean cross-entropy behind them) on 2 logical CPUs equals one device after WPL training,
     over 6 architectures.
@@ -185,7 +194,7 @@ def test_mirrored_evaluation_matches_one_device(runs, mode):
     cross-entropies agree to ``rtol 1e-5, atol 1e-6`` (the weights after training, with
     BatchNorm statistics all-reduced over the replicas, agree to float rounding).
     """
-    one, two = runs["mirrored"]["one" + mode], runs["mirrored"]["two" + mode]
+    one, two = _pair(runs, mode)
     assert two["eval_traces"] == 1 and one["eval_traces"] == 1
     assert len(one["err1"]) == len(one["rewards"]) == 6
     assert len(set(one["eval_ce"][:6])) == 6  # the architectures score differently
@@ -205,14 +214,6 @@ def test_two_workers_complete_steps(runs):
     # both workers apply the same all-reduced updates and evaluate alike
     for key in ("values", "err1", "rewards", "eval_ce"):
         assert runs["worker0"][key] == pytest.approx(runs["worker1"][key], rel=1e-5)
-    # the two workers' training and replicated evaluation (one replica each) equal one
-    # device's (the same one-stage supernet in gradient mode)
-    one = runs["mirrored"]["one_gradient"]
-    for a, b in zip(one["values"], runs["worker0"]["values"]):
-        assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (one["values"], runs["worker0"]["values"])
-    np.testing.assert_allclose(runs["worker0"]["err1"], one["err1"], rtol=0, atol=1e-9)
-    np.testing.assert_allclose(runs["worker0"]["eval_ce"], one["eval_ce"], rtol=1e-5, atol=1e-6)
-    assert runs["worker0"]["eval_traces"] == 1
 
 
 def test_each_worker_says_where_its_server_really_listens(runs):

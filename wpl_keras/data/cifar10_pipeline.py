@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from wpl_keras.data.augment import augment_batch, check_seed, training_elements
+from wpl_keras.data.options import without_autotune_thread
 from wpl_keras.utils.validation import check_number
 
 MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
@@ -75,7 +76,8 @@ def make_dataset(
             ds = ds.repeat()
         ds = ds.map(lambda image, label: (normalize(image), label),
                     num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+        return without_autotune_thread(
+            ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE))
     return _training_batches(x, y, batch_size, cutout_size=cutout_size, repeat=repeat,
                              seed=seed, drop_remainder=drop_remainder,
                              start_element=int(start_batch) * batch_size)
@@ -136,4 +138,5 @@ def _training_batches(x, y, batch_size: int, *, cutout_size: int, repeat: bool,
     else:
         count = len(x) // batch_size if drop_remainder else -(-len(x) // batch_size)
     ds = ds.apply(tf.data.experimental.assert_cardinality(count))
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return without_autotune_thread(
+        ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))

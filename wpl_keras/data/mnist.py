@@ -42,6 +42,7 @@ from wpl_keras.data.errors import (
     download_failure_message,
     verify_standard_files,
 )
+from wpl_keras.data.options import without_autotune_thread
 from wpl_keras.utils.validation import check_number
 
 MNIST_FILES = {
@@ -413,7 +414,8 @@ def make_dataset(
         dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
-    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    return without_autotune_thread(
+        dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE))
 
 
 def mnist_datasets(

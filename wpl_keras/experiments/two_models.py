@@ -55,6 +55,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from wpl_keras.data.options import without_autotune_thread
 from wpl_keras.utils.validation import check_fields, check_number
 from wpl_keras.wpl.callbacks import DivergenceGuard
 from wpl_keras.wpl.core import check_wpl_mode
@@ -257,7 +258,7 @@ def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int =
 
 
 def _dataset(x, y, batch_size, seed):
-    return (
+    return without_autotune_thread(
         tf.data.Dataset.from_tensor_slices((x, y))
         .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
         .repeat()

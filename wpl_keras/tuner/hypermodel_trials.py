@@ -37,6 +37,7 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 
+from wpl_keras.data.options import without_autotune_thread
 from wpl_keras.tuner.weight_bank import WeightBank, WeightKey, weight_key
 from wpl_keras.utils.validation import check_number
 from wpl_keras.wpl.config import WPLConfig
@@ -164,7 +165,7 @@ def _batched(data, batch_size: int, *, training: bool, seed: int) -> tf.data.Dat
     training stream repeats and reshuffles, drops the last partial batch (one traced shape)."""
     if isinstance(data, tf.data.Dataset):
         return data.repeat() if training else data
-    dataset = tf.data.Dataset.from_tensor_slices(tuple(data))
+    dataset = without_autotune_thread(tf.data.Dataset.from_tensor_slices(tuple(data)))
     if not training:
         return dataset.batch(batch_size)
     size = int(len(data[0]))
