@@ -55,7 +55,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from wpl_keras.data.options import without_autotune_thread
+from wpl_keras.data.mnist import make_dataset
 from wpl_keras.utils.validation import check_fields, check_number
 from wpl_keras.wpl.callbacks import DivergenceGuard
 from wpl_keras.wpl.core import check_wpl_mode
@@ -258,13 +258,9 @@ def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int =
 
 
 def _dataset(x, y, batch_size, seed):
-    return without_autotune_thread(
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-        .repeat()
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    """The endless training stream: reshuffled each pass, full batches only."""
+    return make_dataset(x, y, batch_size=batch_size, shuffle=True, repeat=True, seed=seed,
+                        drop_remainder=True)
 
 
 def _loss():
