@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 from wpl_keras.wpl.callbacks import SnapshotAnchors
-from wpl_keras.wpl.training import WPLModel, apply_wpl
+from wpl_keras.wpl.training import WPLModel, _applies_every_call, apply_wpl
 
 # The subprocess imports this file as ``tests.wpl.test_training_steps`` from the repository root.
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -51,19 +51,21 @@ def _model(cls=WPLModel):
     return cls(inputs, keras.layers.Dense(1, name="head", dtype="float32")(hidden))
 
 
-def _optimizer(*, k=None, ema=False, lso=False, initial_scale=LOSS_SCALE):
-    optimizer = keras.optimizers.SGD(LR, gradient_accumulation_steps=k, use_ema=ema,
-                                     ema_momentum=EMA_MOMENTUM)
+def _optimizer(*, k=None, ema=False, lso=False, initial_scale=LOSS_SCALE,
+               cls=keras.optimizers.SGD):
+    optimizer = cls(LR, gradient_accumulation_steps=k, use_ema=ema, ema_momentum=EMA_MOMENTUM)
     if lso:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=initial_scale)
     return optimizer
 
 
 def _fit(*, mode="proximal", update_fisher=True, cls=WPLModel, overflow=(), k=None, lso=False,
-         scale=LOSS_SCALE, spe=1, jit=False, ema=False, callbacks=None, strategy=None):
+         scale=LOSS_SCALE, spe=1, jit=False, ema=False, callbacks=None, strategy=None,
+         optimizer_cls=keras.optimizers.SGD):
     """Trains the tiny model one epoch (7 batches, no shuffle) with WPL; returns the weights
     at the start, the anchors, the model and its state. ``callbacks(state)``: fit's callbacks;
-    ``strategy``: the ``tf.distribute`` strategy to build the model under."""
+    ``strategy``: the ``tf.distribute`` strategy to build the model under; ``optimizer_cls``:
+    an SGD class (a subclass that skips steps)."""
     with (strategy or tf.distribute.get_strategy()).scope():
         model = _model(cls)
         state = apply_wpl(model, ["shared"], strength=ALPHA, update_fisher=update_fisher,
@@ -73,7 +75,8 @@ def _fit(*, mode="proximal", update_fisher=True, cls=WPLModel, overflow=(), k=No
             v.assign(v + 0.3)
         start = [w.numpy() for w in model.trainable_weights]
         anchors = [a.numpy() for a in state.anchors]
-        model.compile(optimizer=_optimizer(k=k, ema=ema, lso=lso, initial_scale=scale),
+        model.compile(optimizer=_optimizer(k=k, ema=ema, lso=lso, initial_scale=scale,
+                                           cls=optimizer_cls),
                       loss="mse", steps_per_execution=spe, jit_compile=jit)
     x, y = _data(overflow)
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
@@ -168,6 +171,76 @@ def test_wpl_state_changes_only_on_applied_updates(seed, case):
     _assert_matches(model, state, want, anchors=anchors)
     assert 0 < want[2] < BATCHES  # some steps applied, some not: the gating was exercised
     assert model.jit_compile == options.get("jit", False)
+
+
+class _SkipLargeSGD(keras.optimizers.SGD):
+    """SGD that skips a step (no update, ``iterations`` not counted) whose gradients exceed
+    1e6 in magnitude, as a user's guard against bad batches would: a Keras optimiser whose
+    ``apply`` is not Keras' own, so WPL must read what it applied."""
+
+    def apply(self, grads, trainable_variables=None):
+        large = tf.reduce_any(tf.stack([tf.reduce_any(tf.abs(g) > 1e6) for g in grads]))
+
+        def update():
+            keras.optimizers.SGD.apply(self, grads, trainable_variables)
+            return tf.constant(True)
+
+        tf.cond(large, lambda: tf.constant(False), update)
+
+
+@pytest.mark.parametrize("mode", ["gradient", "proximal"])
+@pytest.mark.parametrize("overflow", [(2, 5), (0,)])
+def test_an_optimizer_subclass_that_skips_steps_is_followed(seed, mode, overflow):
+    # The overflow batches' gradients (~1e17) are finite and above the subclass's 1e6 guard:
+    # it skips them as a LossScaleOptimizer skips an overflow, with no loss scale involved.
+    start, anchors, model, state = _fit(mode=mode, overflow=overflow,
+                                        optimizer_cls=_SkipLargeSGD)
+    want = _reference(start, anchors, mode=mode, overflow=overflow)
+    _assert_matches(model, state, want, anchors=anchors)
+    assert want[2] == BATCHES - len(overflow)
+
+
+def _subclass(name, **methods):
+    return type(name, (keras.optimizers.SGD,), methods)
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda: keras.optimizers.SGD(0.1), True),
+    (lambda: keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True, clipnorm=1.0), True),
+    (lambda: keras.optimizers.Adam(), True),
+    (lambda: keras.optimizers.AdamW(), True),
+    (lambda: keras.optimizers.RMSprop(), True),
+    (lambda: keras.optimizers.Adagrad(), True),
+    (lambda: keras.optimizers.Lion(), True),
+    (lambda: keras.optimizers.SGD(0.1, use_ema=True), True),
+    (lambda: _subclass("Plain")(0.1), True),  # a subclass that keeps Keras' apply
+    (lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)), False),
+    (lambda: keras.optimizers.SGD(0.1, gradient_accumulation_steps=2), False),
+    (lambda: keras.optimizers.Adam(gradient_accumulation_steps=3), False),
+    (lambda: _SkipLargeSGD(0.1), False),
+    (lambda: _subclass("OwnApplyGradients", apply_gradients=lambda self, pairs: None)(0.1),
+     False),
+    (lambda: _subclass("OwnBackend",
+                       _backend_apply_gradients=lambda self, grads, variables: None)(0.1),
+     False),
+])
+def test_which_optimizers_are_known_to_apply_every_call(make, expected):
+    assert _applies_every_call(make()) is expected
+
+
+def test_a_plain_optimizer_step_has_no_per_weight_selects(seed):
+    # SGD applies on every call, so the step's WPL state changes are not gated on
+    # `iterations` (python True when tracing): no select per weight in the traced step
+    # (gradient mode: the proximal pull has selects of its own formula).
+    _, _, model, _ = _fit(mode="gradient")
+    x, y = _data()
+    step = tf.function(model.train_step)
+    graph = step.get_concrete_function((tf.constant(x[:BATCH]), tf.constant(y[:BATCH]))).graph
+    definition = graph.as_graph_def()
+    ops = [n.op for n in definition.node] + [
+        n.op for f in definition.library.function for n in f.node_def]
+    assert ops.count("SelectV2") == 0 and ops.count("Select") == 0
+    assert ops.count("MatMul") > 0 and ops.count("AssignVariableOp") > 0  # the step is there
 
 
 @pytest.mark.parametrize("mode", ["gradient", "proximal"])

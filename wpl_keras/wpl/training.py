@@ -271,7 +271,8 @@ class WPLTrainingMixin:
 
     WPL follows the optimiser's applied steps: steps 4 and 5 (the pull, the Fisher update and
     its count ``state.num_fisher_updates``) take effect exactly when ``apply_gradients``
-    updated the weights, which ``optimizer.iterations`` records (:func:`_step_outcome`). A
+    updated the weights, which ``optimizer.iterations`` records (:func:`_step_outcome`; known
+    when tracing for a Keras optimiser that updates on every call, :func:`_applies_every_call`). A
     step a ``LossScaleOptimizer`` skips for inf/NaN gradients (mixed precision) changes no
     WPL state; with ``gradient_accumulation_steps = k`` the pull runs once per real update
     (with its ``η``) and the Fisher uses ``g = (1/k) Σ g_i``, the mean of the unscaled,
@@ -431,6 +432,10 @@ class WPLTrainingMixin:
             for i, g in zip(positions, step_gradients):
                 if i is not None:
                     merged[i] = g
+            if _applies_every_call(optimizer):  # no tensors to read: python True, no selects
+                optimizer.apply_gradients(zip(merged, trainable))
+                consumed.append(True)
+                return True
             marks = _step_marks(optimizer)
             optimizer.apply_gradients(zip(merged, trainable))
             applied, used = _step_outcome(optimizer, marks)
@@ -585,6 +590,23 @@ def _accumulation_steps(optimizer) -> Optional[int]:
         optimizer = optimizer.inner_optimizer
     steps = getattr(optimizer, "gradient_accumulation_steps", None)
     return int(steps) if steps else None
+
+
+def _applies_every_call(optimizer) -> bool:
+    """True where every ``apply_gradients`` call of ``optimizer`` updates the weights, known
+    when tracing: a Keras optimiser whose ``apply`` is Keras' own (it updates and counts
+    ``iterations`` on every call), neither a ``LossScaleOptimizer`` (it skips inf/NaN steps)
+    nor accumulating gradients. Then :func:`_step_outcome`'s answer is always True, and the
+    step uses python True instead of reading ``iterations`` twice and selecting per weight.
+    A subclass that overrides ``apply``, ``apply_gradients`` or ``_backend_apply_gradients``
+    is not assumed to apply every call."""
+    if (isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+            or _accumulation_steps(optimizer) is not None):
+        return False
+    base, cls = keras.optimizers.Optimizer, type(optimizer)
+    return isinstance(optimizer, base) and all(
+        getattr(cls, name, None) is getattr(base, name, None)
+        for name in ("apply", "apply_gradients", "_backend_apply_gradients"))
 
 
 def _step_marks(optimizer) -> tuple:
