@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from wpl_keras.nas.spaces.cnn.chosen_op import (SEP_OPS, chosen_input, chosen_op, chosen_stage,
-                                                 fused_batch_norm)
+from wpl_keras.nas.spaces.cnn.chosen_op import (SEP_OPS, _chosen_op_function,
+                                                 _chosen_stage_function, chosen_input, chosen_op,
+                                                 chosen_stage, fused_batch_norm)
 from wpl_keras.nas.spaces.cnn.space import OPS
 
 
@@ -74,6 +75,59 @@ def test_traced_chosen_op_picks_the_op_from_a_tensor():
         np.testing.assert_allclose(fn(tf.constant(OPS.index(op))).numpy(),
                                    _reference(x, op, weights).numpy(), rtol=1e-4, atol=1e-4)
     assert len(fn._list_all_concrete_functions()) == 1
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_slots_of_one_shape_share_one_traced_function_called_not_inlined(staged):
+    # Four slots of one shape and one of another in a traced step: at most two traces of
+    # the op's function, two distinct functions called five times forward and five times
+    # backward, calls that stay calls (`_noinline`), and the right values through them.
+    rng = np.random.default_rng(11)
+    shapes = [(2, 5, 5, 4)] * 4 + [(2, 3, 3, 6)]
+    xs = [tf.constant(rng.normal(0, 1, s), tf.float32) for s in shapes]
+    weights = {4: _weights(rng, c=4), 6: _weights(rng, c=6)}
+    if staged:
+        weights = {c: {op: [w[0][0], w[1][0]] for op, w in ws.items()}
+                   for c, ws in weights.items()}
+    function = _chosen_stage_function if staged else _chosen_op_function
+    before = function.experimental_get_tracing_count()
+
+    def one(x, i):
+        ws = weights[int(x.shape[-1])]
+        return chosen_stage(x, i, 0, ws) if staged else chosen_op(x, i, ws)
+
+    @tf.function(autograph=False)
+    def step(ops):
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            loss = tf.add_n([tf.reduce_sum(one(x, ops[k]) ** 2) for k, x in enumerate(xs)])
+        return loss, tape.gradient(loss, xs)
+
+    ops = tf.constant([OPS.index("sep3x3"), OPS.index("max3x3"), OPS.index("sep5x5"),
+                       OPS.index("identity"), OPS.index("sep3x3")])
+    loss, grads = step(ops)
+    assert function.experimental_get_tracing_count() - before <= 2  # 0 for a shape seen before
+    definition = step.get_concrete_function(ops).graph.as_graph_def()
+    called = [n.attr["f"].func.name for n in definition.node
+              if n.op in ("PartitionedCall", "StatefulPartitionedCall")]
+    for part in ("__forward_", "__backward_"):  # the op's forward and its gradient
+        names = [name for name in called if part in name]
+        assert len(names) == len(xs) and len(set(names)) == 2, called
+    library = {f.signature.name: f for f in definition.library.function}
+    assert all(library[name].attr["_noinline"].b for name in called)
+    want = sum(float(tf.reduce_sum(_ref_stage(x, OPS[int(i)], weights[int(x.shape[-1])], staged)
+                                   ** 2)) for x, i in zip(xs, ops))
+    np.testing.assert_allclose(float(loss), want, rtol=1e-4)
+    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
+
+
+def _ref_stage(x, op, weights, staged):
+    if not staged:
+        return _reference(x, op, weights)
+    if op in SEP_OPS:
+        dw, pw = weights[op]
+        return tf.nn.separable_conv2d(tf.nn.relu(x), dw, pw, [1, 1, 1, 1], "SAME")
+    return _reference(x, op, weights)
 
 
 def test_fused_batch_norm_is_the_formula_with_epsilon_1e_5():

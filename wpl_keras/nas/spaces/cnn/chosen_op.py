@@ -22,11 +22,16 @@ TensorFlow's registered gradients use:
 * pools: ``AvgPoolGrad`` / ``MaxPoolGrad``; identity passes the gradient through.
 
 The weights of the ops the slot did not choose get zero gradients.
+
+Each of :func:`chosen_op` and :func:`chosen_stage` runs as one ``tf.function`` traced once per
+input shapes and kept a function call (not inlined) in the step that calls it: the node slots
+of every cell of one shape share one traced, optimised and instantiated copy of the switches
+(the micro-CNN step at the benchmark size: 904 → 443 functions in its traced graph).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -118,20 +123,25 @@ def _sep_backward(dy, saved, dw, pw, scale):
     return (g,) + tuple(tf.stack(grads[k]) for k in ("dw", "pw", "scale", "offset"))
 
 
-def _switched_op(name: str, x: tf.Tensor, op_idx: tf.Tensor,
-                 weights: Dict[str, Sequence[tf.Tensor]], per_op: int, n_saved: int,
-                 sep_forward, sep_backward, repetition: int = 0) -> tf.Tensor:
-    """``OPS[op_idx]`` on ``x`` with one ``tf.switch_case`` forward and one backward: the
-    body of :func:`chosen_op` and :func:`chosen_stage`.
-
-    ``weights[op][:per_op]`` are a separable op's tensors; ``sep_forward(x, *w)`` returns its
-    output and the ``n_saved`` tensors ``sep_backward(dy, saved, *w)`` needs to return
-    ``(dx, *dw)``. A pool or identity is the op itself at ``repetition`` 0 and identity after.
-    The unchosen separable op's weights get zero gradients."""
+def _flat_weights(name: str, weights: Dict[str, Sequence[tf.Tensor]],
+                  per_op: int) -> List[tf.Tensor]:
+    """``weights[op][:per_op]`` of every op of :data:`SEP_OPS`, in order, as tensors; a
+    ``ValueError`` naming ``name`` when an op is missing."""
     missing = [op for op in SEP_OPS if op not in weights]
     if missing:
         raise ValueError(f"{name}: weights needs an entry per separable op; add {missing}.")
-    flat = [tf.convert_to_tensor(w) for op in SEP_OPS for w in weights[op][:per_op]]
+    return [tf.convert_to_tensor(w) for op in SEP_OPS for w in weights[op][:per_op]]
+
+
+def _switched_op(x: tf.Tensor, op_idx: tf.Tensor, flat: Sequence[tf.Tensor], per_op: int,
+                 n_saved: int, sep_forward, sep_backward, repetition: int = 0) -> tf.Tensor:
+    """``OPS[op_idx]`` on ``x`` with one ``tf.switch_case`` forward and one backward: the
+    body of :func:`chosen_op` and :func:`chosen_stage`.
+
+    ``flat`` holds each separable op's ``per_op`` tensors (:func:`_flat_weights`);
+    ``sep_forward(x, *w)`` returns its output and the ``n_saved`` tensors
+    ``sep_backward(dy, saved, *w)`` needs to return ``(dx, *dw)``. A pool or identity is the op itself at ``repetition`` 0 and identity after.
+    The unchosen separable op's weights get zero gradients."""
 
     def at_stage(op: str) -> str:
         return op if op in SEP_OPS or repetition == 0 else "identity"
@@ -177,10 +187,21 @@ def chosen_op(x: tf.Tensor, op_idx: tf.Tensor,
             pointwise [R, 1, 1, C, C], scale [R, C], offset [R, C])`` tensors, one slice per
             repetition ``r`` along the leading axis.
     """
-    first = weights.get(next(iter(SEP_OPS)))  # a missing op is refused by _switched_op
-    repeats = 0 if first is None else int(first[0].shape[0])
+    flat = _flat_weights("chosen_op", weights, 4)
+    return _chosen_op_function(tf.convert_to_tensor(x), tf.convert_to_tensor(op_idx), *flat)
+
+
+@tf.function(autograph=False, experimental_attributes={"_noinline": True})
+def _chosen_op_function(x: tf.Tensor, op_idx: tf.Tensor, *flat: tf.Tensor) -> tf.Tensor:
+    """:func:`chosen_op` as one ``tf.function``, traced once per input shapes: every node slot
+    of the supernet's cells of one shape calls the same function, whose two switches and
+    their branches are traced, optimised and instantiated once, not once per slot.
+    ``_noinline`` keeps it a function call in the traced step (inlined, the step's graph
+    grows by a copy per slot before graph optimisation, which then costs most of the first
+    step's time); a call costs microseconds against the convolutions inside."""
+    repeats = int(flat[0].shape[0])
     return _switched_op(
-        "chosen_op", x, op_idx, weights, per_op=4, n_saved=6 * repeats,
+        x, op_idx, flat, per_op=4, n_saved=6 * repeats,
         sep_forward=_sep_forward,
         sep_backward=lambda dy, saved, dw, pw, scale, offset: _sep_backward(
             dy, saved, dw, pw, scale))
@@ -205,12 +226,23 @@ def chosen_stage(x: tf.Tensor, op_idx: tf.Tensor, repetition: int,
         weights: per separable op of :data:`SEP_OPS`, ``(depthwise [k, k, C, 1],
             pointwise [1, 1, C, C])`` of this repetition.
     """
-    def sep_forward(x, dw, pw):
-        p, a, d = _stage_forward(x, dw, pw)
-        return p, (a, d)
+    flat = _flat_weights("chosen_stage", weights, 2)
+    return _chosen_stage_function(tf.convert_to_tensor(x), tf.convert_to_tensor(op_idx),
+                                  int(repetition), *flat)
 
+
+def _stage_sep_forward(x, dw, pw):
+    p, a, d = _stage_forward(x, dw, pw)
+    return p, (a, d)
+
+
+@tf.function(autograph=False, experimental_attributes={"_noinline": True})
+def _chosen_stage_function(x: tf.Tensor, op_idx: tf.Tensor, repetition: int,
+                           *flat: tf.Tensor) -> tf.Tensor:
+    """:func:`chosen_stage` as one ``tf.function``, traced once per input shapes and
+    repetition and called, not inlined (as :func:`_chosen_op_function`)."""
     return _switched_op(
-        "chosen_stage", x, op_idx, weights, per_op=2, n_saved=2, sep_forward=sep_forward,
+        x, op_idx, flat, per_op=2, n_saved=2, sep_forward=_stage_sep_forward,
         sep_backward=lambda dy, saved, dw, pw: _stage_backward(dy, *saved, dw, pw),
         repetition=repetition)
 
