@@ -87,10 +87,17 @@ def _stage_backward(dp, a, d, dw, pw) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     return tf.raw_ops.ReluGrad(gradients=da, features=a), ddw, dpw
 
 
-def _pool_backward(x, y, dy, kind: str) -> tf.Tensor:
-    """``∂L/∂x`` of :func:`pool` (``y`` its output) given ``dy = ∂L/∂y``."""
+def _pool_backward(x, dy, kind: str) -> tf.Tensor:
+    """``∂L/∂x`` of :func:`pool` given ``dy = ∂L/∂y``.
+
+    The max pool's gradient recomputes its forward (``y``) beside ``MaxPoolGrad``: with
+    oneDNN on (TensorFlow's default on x86), a ``MaxPoolGrad`` whose ``y`` comes from a
+    ``MaxPool`` of the same graph runs oneDNN's kernel on that pool's workspace, while one fed
+    the forward switch's ``y`` falls back to TensorFlow's generic kernel, several times
+    slower than the two ops together (``benchmarks/README.md``)."""
     if kind == "avg3x3":
         return tf.raw_ops.AvgPoolGrad(orig_input_shape=tf.shape(x), grad=dy, **_POOL)
+    y = tf.raw_ops.MaxPool(input=x, **_POOL)
     return tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=dy, **_POOL)
 
 
@@ -166,7 +173,7 @@ def _switched_op(x: tf.Tensor, op_idx: tf.Tensor, flat: Sequence[tf.Tensor], per
                     k = list(SEP_OPS).index(op)
                     dx, *dweights = sep_backward(dy, saved, *by_op[op])
                     return [dx] + zeros[:per_op * k] + dweights + zeros[per_op * (k + 1):]
-                dx = tf.identity(dy) if op == "identity" else _pool_backward(x, y, dy, op)
+                dx = tf.identity(dy) if op == "identity" else _pool_backward(x, dy, op)
                 return [dx] + zeros
 
             return tf.switch_case(op_idx, [lambda op=op: backward(at_stage(op)) for op in OPS])
