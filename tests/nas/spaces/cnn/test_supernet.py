@@ -10,7 +10,8 @@ from wpl_keras.data.cifar10 import SearchSplits
 from wpl_keras.nas.base import InvalidArchitectureError
 from wpl_keras.nas.spaces.cnn.space import OPS, MicroCellSpace
 from wpl_keras.nas.spaces.cnn.task import CNNOptimizerConfig, CNNSearchTask, CNNTaskConfig
-from wpl_keras.nas.spaces.cnn.supernet import CNNSupernet, SupernetConfig, batch_norm
+from wpl_keras.nas.spaces.cnn.supernet import (CNNSupernet, SupernetConfig, batch_norm,
+                                                factorized_reduce)
 from wpl_keras.utils.checkpoint import check_checkpoint_covers
 from wpl_keras.wpl.config import WPLConfig
 
@@ -731,3 +732,34 @@ def test_one_replica_gradient_is_not_differentiated_through_the_op_switches():
                                         for n in f.node_def]
     assert ops.count("FusedBatchNormGradV3") > 0
     assert ops.count("OptionalFromValue") == 0
+
+
+def _enas_factorized_reduce(x, k1, k2):
+    """ENAS's ``_factorized_reduction`` (before BN) as written there: a stride-2 1×1 conv of
+    the input, and one of the input shifted by a pixel and zero-padded at the end."""
+    shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
+    return tf.concat([tf.nn.conv2d(x, k1, 2, "VALID"), tf.nn.conv2d(shifted, k2, 2, "VALID")],
+                     axis=-1)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 7, 3), (2, 8, 7, 3), (2, 5, 6, 4),
+                                   (1, 1, 1, 3), (1, 2, 3, 2)])
+@pytest.mark.parametrize("static", [True, False])
+def test_factorized_reduce_is_enas_formula_with_its_gradients(shape, static):
+    rng = np.random.default_rng(sum(shape))
+    c = shape[-1]
+    x = tf.constant(rng.normal(size=shape), tf.float32)
+    k1, k2 = (tf.constant(rng.normal(size=(1, 1, c, 3)), tf.float32) for _ in range(2))
+    fn = factorized_reduce if static else tf.function(
+        factorized_reduce, input_signature=[tf.TensorSpec([None, None, None, c]),
+                                            tf.TensorSpec(k1.shape), tf.TensorSpec(k2.shape)])
+    upstream = tf.constant(rng.normal(size=_enas_factorized_reduce(x, k1, k2).shape), tf.float32)
+    got, want = [], []
+    for f, out in ((fn, got), (_enas_factorized_reduce, want)):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k1, k2])
+            y = f(x, k1, k2)
+            loss = tf.reduce_sum(y * upstream)
+        out.extend([y] + tape.gradient(loss, [x, k1, k2]))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)

@@ -179,11 +179,20 @@ def batch_norm(x: tf.Tensor, scale, offset) -> tf.Tensor:
 
 # --------------------------------------------------------------------------- pure ops
 def factorized_reduce(x: tf.Tensor, k1: tf.Tensor, k2: tf.Tensor) -> tf.Tensor:
-    """Two stride-2 1×1 convs (the second on the input shifted by one pixel), concatenated
-    (before BN). Halves H and W without dropping pixels (ENAS ``_factorized_reduction``)."""
+    """Two stride-2 1×1 convs (the second on the input shifted by one pixel and zero-padded
+    at the end), concatenated (before BN). Halves H and W without dropping pixels (ENAS
+    ``_factorized_reduction``).
+
+    A stride-2 1×1 conv reads the even pixels, so the shifted path is the 1×1 conv of the odd
+    pixels ``x[:, 1::2, 1::2]``, with ENAS's zero pad as the last row (column) where H (W) is
+    odd: the same products, without copying the whole shifted and padded input (and its
+    gradient) that a stride-2 conv of it would read a quarter of."""
     a = tf.nn.conv2d(x, k1, 2, "VALID")
-    shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
-    return tf.concat([a, tf.nn.conv2d(shifted, k2, 2, "VALID")], axis=-1)
+    odd = x[:, 1::2, 1::2, :]
+    rows, cols = tf.shape(a)[1] - tf.shape(odd)[1], tf.shape(a)[2] - tf.shape(odd)[2]
+    if not (a.shape[1:3].is_fully_defined() and a.shape[1:3] == odd.shape[1:3]):
+        odd = tf.pad(odd, [[0, 0], [0, rows], [0, cols], [0, 0]])
+    return tf.concat([a, tf.nn.conv2d(odd, k2, 1, "VALID")], axis=-1)
 
 
 def drop_path(x: tf.Tensor, keep_prob: float, active: tf.Tensor) -> tf.Tensor:
