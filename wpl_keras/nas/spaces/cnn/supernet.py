@@ -6,7 +6,9 @@ traced graph serves every architecture. Each node input is chosen with ``tf.swit
 each node operation with another ``tf.switch_case``: only the chosen operations execute. On one
 replica the operation is :func:`~wpl_keras.nas.spaces.cnn.chosen_op.chosen_op`, whose gradient
 is one more switch over hand-written backward kernels (differentiating through the switch made
-the traced graph several times larger); its BatchNorms are fused kernels.
+the traced graph several times larger); its BatchNorms are fused kernels. It is one
+``tf.function`` per input shapes that every node slot of those shapes calls (not inlined), so
+the switches are traced and optimised once per cell shape, not once per slot.
 
 The structure is ENAS's search child (``MicroChild._enas_layer`` and the ``fixed_arc is None``
 path of ``MicroChild._model`` in melodyguan/enas ``src/cifar10/micro_child.py``):
