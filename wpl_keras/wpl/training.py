@@ -432,10 +432,6 @@ class WPLTrainingMixin:
             for i, g in zip(positions, step_gradients):
                 if i is not None:
                     merged[i] = g
-            if _applies_every_call(optimizer):  # no tensors to read: python True, no selects
-                optimizer.apply_gradients(zip(merged, trainable))
-                consumed.append(True)
-                return True
             marks = _step_marks(optimizer)
             optimizer.apply_gradients(zip(merged, trainable))
             applied, used = _step_outcome(optimizer, marks)
@@ -609,10 +605,12 @@ def _applies_every_call(optimizer) -> bool:
         for name in ("apply", "apply_gradients", "_backend_apply_gradients"))
 
 
-def _step_marks(optimizer) -> tuple:
+def _step_marks(optimizer) -> Optional[tuple]:
     """Read right before ``apply_gradients`` for :func:`_step_outcome`: ``optimizer.iterations``
     and, for a ``LossScaleOptimizer``, its loss scale (``initial_scale`` until it is built,
-    as in its ``scale_loss``)."""
+    as in its ``scale_loss``); None, nothing read, where :func:`_applies_every_call`."""
+    if _applies_every_call(optimizer):
+        return None
     iterations = tf.convert_to_tensor(optimizer.iterations)
     if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return iterations, None
@@ -623,7 +621,7 @@ def _step_marks(optimizer) -> tuple:
 def _step_outcome(optimizer, marks) -> tuple:
     """``(applied, consumed)`` of the ``apply_gradients`` call after :func:`_step_marks`.
 
-    * ``applied`` (bool tensor): the optimiser updated the weights, read as
+    * ``applied`` (bool tensor, or python True): the optimiser updated the weights, read as
       ``optimizer.iterations`` having grown. Keras counts exactly the applied updates there:
       one per step; with ``gradient_accumulation_steps = k``, ``⌊micro-steps / k⌋``, which
       grows on every k-th consumed micro-batch; a ``LossScaleOptimizer`` that skips a step
@@ -634,8 +632,12 @@ def _step_outcome(optimizer, marks) -> tuple:
       optimiser.
 
     Both are read from the optimiser's own variables, so every replica under
-    ``tf.distribute`` gets the same answer.
+    ``tf.distribute`` gets the same answer. Without marks (an optimiser that applies every
+    call, :func:`_applies_every_call`) both are python True, known when tracing: the step
+    then selects nothing per weight.
     """
+    if marks is None:
+        return True, True
     iterations, scale = marks
     applied = tf.greater(tf.convert_to_tensor(optimizer.iterations), iterations)
     if scale is None:

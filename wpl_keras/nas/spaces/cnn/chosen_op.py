@@ -26,7 +26,7 @@ The weights of the ops the slot did not choose get zero gradients.
 Each of :func:`chosen_op` and :func:`chosen_stage` runs as one ``tf.function`` traced once per
 input shapes and kept a function call (not inlined) in the step that calls it: the node slots
 of every cell of one shape share one traced, optimised and instantiated copy of the switches
-(the micro-CNN step at the benchmark size: 904 → 443 functions in its traced graph).
+(``benchmarks/README.md`` has what that changed in the step's graph and first-step time).
 """
 
 from __future__ import annotations
@@ -147,8 +147,9 @@ def _switched_op(x: tf.Tensor, op_idx: tf.Tensor, flat: Sequence[tf.Tensor], per
 
     ``flat`` holds each separable op's ``per_op`` tensors (:func:`_flat_weights`);
     ``sep_forward(x, *w)`` returns its output and the ``n_saved`` tensors
-    ``sep_backward(dy, saved, *w)`` needs to return ``(dx, *dw)``. A pool or identity is the op itself at ``repetition`` 0 and identity after.
-    The unchosen separable op's weights get zero gradients."""
+    ``sep_backward(dy, saved, *w)`` needs to return ``(dx, *dw)``. A pool or identity is the
+    op itself at ``repetition`` 0 and identity after. The unchosen separable op's weights get
+    zero gradients."""
 
     def at_stage(op: str) -> str:
         return op if op in SEP_OPS or repetition == 0 else "identity"

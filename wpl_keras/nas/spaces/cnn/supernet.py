@@ -191,8 +191,8 @@ def factorized_reduce(x: tf.Tensor, k1: tf.Tensor, k2: tf.Tensor) -> tf.Tensor:
     gradient) that a stride-2 conv of it would read a quarter of."""
     a = tf.nn.conv2d(x, k1, 2, "VALID")
     odd = x[:, 1::2, 1::2, :]
-    rows, cols = tf.shape(a)[1] - tf.shape(odd)[1], tf.shape(a)[2] - tf.shape(odd)[2]
     if not (a.shape[1:3].is_fully_defined() and a.shape[1:3] == odd.shape[1:3]):
+        rows, cols = tf.shape(a)[1] - tf.shape(odd)[1], tf.shape(a)[2] - tf.shape(odd)[2]
         odd = tf.pad(odd, [[0, 0], [0, rows], [0, cols], [0, 0]])
     return tf.concat([a, tf.nn.conv2d(odd, k2, 1, "VALID")], axis=-1)
 
