@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import re
+import time
 
 import keras
 import numpy as np
@@ -909,11 +910,21 @@ def test_valid_fisher_position_and_state_are_checkpointed_and_reset_by_epoch(tmp
 
 
 @pytest.mark.slow
-def test_one_trace_with_the_valid_fisher_under_jit():
-    """jit_compile: the validation pass is its own XLA-compiled step, traced once."""
+def test_one_trace_and_one_xla_compilation_with_the_valid_fisher_under_jit():
+    """jit_compile: the training step and the validation pass (its own XLA-compiled step) are
+    traced once and compiled once for every architecture and data window. A compilation
+    takes seconds here and a step of this tiny task milliseconds, so every step after the
+    first (the first compiles both) takes a small fraction of the first one's time; when a
+    window's position was a compile-time constant of the step (a slice begun at it), each
+    step compiled again and took as long as the first."""
     task = _valid_task(jit_compile=True)
     rng = np.random.default_rng(6)
-    for k in range(3):
-        task.train_architecture(task.space.sample(rng), 1, wpl_active=True)
+    seconds = []
+    for k in range(4):
+        start = time.perf_counter()
+        task.train_architecture(task.space.sample(rng), 2, wpl_active=True)
+        seconds.append(time.perf_counter() - start)
     assert (task.trace_count, task.fisher_trace_count) == (1, 1)
+    assert max(seconds[1:]) < 0.2 * seconds[0], seconds
+    assert int(task.train_position.numpy()) == 8 % task._num_train_windows
     assert float(tf.reduce_max(task.wpl_state.fisher[0])) > 0

@@ -187,10 +187,13 @@ class RNNSearchTask(SharedWeightsTask):
 
     # ------------------------------------------------------------ traced steps
     def _window(self, data, position, bptt):
-        start = position * bptt
-        x = tf.slice(data, [0, start], [-1, bptt])
-        y = tf.slice(data, [0, start + 1], [-1, bptt])
-        return x, y
+        """``(x, y)`` of window ``position`` of the batchified ``data`` (``[B, L]``), as
+        :func:`~wpl_keras.data.ptb.bptt_window`: columns gathered at ``position · T + [0, T)``.
+        A gather, not a slice: XLA (``jit_compile``) needs a slice's begin as a compile-time
+        constant, which made the position (a variable) a constant of the compiled step and
+        compiled the step again for every window."""
+        columns = position * bptt + tf.range(bptt)
+        return tf.gather(data, columns, axis=1), tf.gather(data, columns + 1, axis=1)
 
     def _replica_rows(self, batch: int) -> Tuple[tf.Tensor, int]:
         """``(start, size)`` of this replica's rows of a ``batch``-row batch: replica ``r``
