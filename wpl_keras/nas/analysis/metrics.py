@@ -30,7 +30,6 @@ import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy import stats
 
 from wpl_keras.utils.validation import check_number
 
@@ -304,6 +303,10 @@ def seed_interval(values: Sequence[float], confidence: float = 0.95) -> List[flo
     v = _finite(values)
     if v.size < 2:
         return [math.nan, math.nan]
+    # scipy.stats takes about a second to import: imported here, where it is used, not by
+    # every process that imports the search driver (apps, search workers, subprocesses).
+    from scipy import stats
+
     half = float(stats.t.ppf(0.5 + confidence / 2.0, v.size - 1) * v.std(ddof=1)
                  / math.sqrt(v.size))
     return [float(v.mean()) - half, float(v.mean()) + half]
