@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import collections  # noqa: E402
+import gc  # noqa: E402
 import pathlib  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -63,3 +64,21 @@ def pytest_collection_modifyitems(config, items):
         return group, -sizes[item.path]
 
     items.sort(key=order)  # stable: a module's tests stay together, in their order
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After a test module's last test (its module fixtures finalised): ``gc.collect()``, then
+    ``gc.freeze()``, which moves every object still alive (imported modules, TensorFlow's and
+    Keras' caches, functions kept by module-level ``tf.function``s) to the permanent
+    generation that later collections do not scan. A full collection scans every tracked
+    object, and a worker process accumulates over a million of them across modules, while
+    KerasTuner collects twice per trial and ``keras.backend.clear_session`` once per call;
+    with the freeze a collection scans what the current module made (README, "Install and
+    run the tests"). An object frozen here that becomes garbage later is still freed by its
+    reference count; only a reference cycle among frozen objects stays until the worker
+    exits."""
+    yield
+    if nextitem is None or nextitem.module is not item.module:
+        gc.collect()
+        gc.freeze()
