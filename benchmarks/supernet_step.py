@@ -17,6 +17,10 @@ BPTT 35, vocab 10k). Measures
   ``2 · B · T · (E·2H + H·2H + (N−1)·H·2H + H·V)`` (input projection, hidden matrix, node
   matrices, tied softmax).
 
+``--jit-compile`` times the same steps with the task's XLA step (``jit_compile=True``) at
+both sizes: one trace and, since every step reads the next data window, ``step_ms`` near
+``compile_s`` would mean a compilation per step.
+
 Two logical CPU devices (a subprocess, since logical devices must be configured before
 TensorFlow starts; ``--no-mirrored`` skips it), at the small size without XLA, for
 ``--equal-archs`` (5) architectures:
@@ -40,6 +44,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -152,9 +157,10 @@ def run_rnn(args) -> dict:
         "tensorflow": tf.__version__,
         "matmul_gflops": round(rate / 1e9, 2),
     }
-    sizes = [("small", cpu_small_rnn_task(), args.archs)]
+    jit = {"jit_compile": True} if args.jit_compile else {}
+    sizes = [("small", cpu_small_rnn_task(**jit), args.archs)]
     if not args.skip_paper:
-        sizes.append(("paper", paper_rnn_task(), args.paper_steps))
+        sizes.append(("paper", dataclasses.replace(paper_rnn_task(), **jit), args.paper_steps))
     for label, cfg, steps in sizes:
         flops = 3.0 * forward_matmul_flops(cfg)
         m = cfg.model
@@ -296,6 +302,9 @@ def main(argv=None) -> dict:
                         help="skip the two-logical-CPU check (mirrored_2cpu_* are null)")
     parser.add_argument("--mirrored-only", action="store_true",
                         help="run only the two-logical-CPU check")
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="time the XLA-compiled step (one device; the two-logical-CPU "
+                             "check stays without XLA)")
     parser.add_argument("--mirrored-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.mirrored_child:
